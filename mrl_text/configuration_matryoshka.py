@@ -1,0 +1,186 @@
+"""Configuration of a Matryoshka embedding model: a wrapped encoder's config plus the nesting.
+
+This file imports only transformers (and the standard library) so that ``save_pretrained`` can copy it next
+to the weights and ``trust_remote_code=True`` loads it on a machine that never installed mrl-text.
+"""
+
+import warnings
+
+from transformers import AutoConfig
+
+try:  # transformers >= 5
+    from transformers import PreTrainedConfig
+except ImportError:  # pragma: no cover - transformers 4.x
+    from transformers import PretrainedConfig as PreTrainedConfig
+
+POOLING_MODES = ("mean", "cls", "max", "last")
+
+
+class MatryoshkaConfig(PreTrainedConfig):
+    r"""
+    Configuration of a [`MatryoshkaModel`]: any encoder that `AutoModel.from_config` can build (BERT, RoBERTa,
+    MPNet, DistilBERT, XLM-R, ModernBERT, ...) whose pooled embedding is trained so that its first `d`
+    coordinates are a good embedding for every `d` in `matryoshka_dimensions` (Kusupati et al., 2022).
+
+    Args:
+        encoder (`dict` or `PreTrainedConfig`, *optional*):
+            Config of the wrapped encoder (a dict needs its `model_type`). Defaults to a BERT-base config.
+        matryoshka_dimensions (`list[int]`, *optional*):
+            The nested sizes, e.g. `[768, 512, 256, 128, 64, 32, 16]`. Stored largest first. The full embedding
+            size is always included (added with a warning when missing). Defaults to the full size alone.
+        matryoshka_weights (`list[float]`, *optional*):
+            Loss weight of each size, in the order of `matryoshka_dimensions`. Defaults to 1.0 for every size.
+        truncate_dim (`int`, *optional*):
+            The size `forward` and `encode` return by default; one of `matryoshka_dimensions`. `None` means full
+            size. Editing it in `config.json` changes what a loaded model returns, with no code change.
+        pooling (`str`, *optional*, defaults to `"mean"`):
+            How token states become one vector: `"mean"` (masked mean), `"cls"` (first token), `"max"` (masked
+            max) or `"last"` (last non-padding token).
+        normalize (`bool`, *optional*, defaults to `True`):
+            Whether embeddings are unit length. Truncated embeddings are re-normalized after truncation.
+        projection_dim (`int`, *optional*):
+            When set, a linear layer maps the pooled vector (encoder hidden size) to this size.
+        efficient_heads (`bool`, *optional*, defaults to `False`):
+            For task models: one weight-tied head whose prefixes serve every size (MRL-E) instead of one head per
+            size (MRL).
+        max_seq_length (`int`, *optional*):
+            Longest input `encode` tokenizes; `None` uses the tokenizer's limit.
+        is_matryoshka (`bool`, defaults to `True`):
+            Tells serving engines (vLLM) that `matryoshka_dimensions` may be requested as `dimensions=`.
+
+    Example:
+
+    ```python
+    >>> from transformers import BertConfig
+    >>> from mrl_text import MatryoshkaConfig
+    >>> config = MatryoshkaConfig(encoder=BertConfig(hidden_size=64, num_hidden_layers=2, num_attention_heads=2,
+    ...                           intermediate_size=128), matryoshka_dimensions=[64, 32, 16, 8], truncate_dim=32)
+    >>> config.matryoshka_dimensions
+    [64, 32, 16, 8]
+    ```
+    """
+
+    model_type = "matryoshka"
+    sub_configs = {"encoder": AutoConfig}
+
+    def __init__(
+        self,
+        encoder=None,
+        matryoshka_dimensions=None,
+        matryoshka_weights=None,
+        truncate_dim=None,
+        pooling="mean",
+        normalize=True,
+        projection_dim=None,
+        efficient_heads=False,
+        max_seq_length=None,
+        is_matryoshka=True,
+        **kwargs,
+    ):
+        if encoder is None:
+            encoder = AutoConfig.for_model("bert")
+        elif isinstance(encoder, dict):
+            encoder = dict(encoder)
+            if "model_type" not in encoder:
+                raise ValueError(
+                    f"`encoder` config dict has no 'model_type' (keys: {sorted(encoder)}); pass a config object "
+                    "such as BertConfig(...) or add 'model_type' to the dict."
+                )
+            encoder = AutoConfig.for_model(**encoder)
+        elif not isinstance(encoder, PreTrainedConfig):
+            raise ValueError(
+                f"`encoder` must be a transformers config or a dict, got {type(encoder).__name__}; use "
+                "AutoConfig.from_pretrained(name) to get one."
+            )
+        self.encoder = encoder
+        self.pooling = pooling
+        self.normalize = bool(normalize)
+        self.projection_dim = projection_dim
+        self.efficient_heads = bool(efficient_heads)
+        self.max_seq_length = max_seq_length
+        self.is_matryoshka = True if is_matryoshka is None else bool(is_matryoshka)
+        self.matryoshka_dimensions = matryoshka_dimensions
+        self.matryoshka_weights = matryoshka_weights
+        self.truncate_dim = truncate_dim
+        self._validate_nesting()
+        super().__init__(**kwargs)
+
+    @property
+    def embedding_size(self):
+        """Size of the full embedding: `projection_dim` when set, else the encoder's hidden size."""
+        if self.projection_dim is not None:
+            return self.projection_dim
+        hidden = getattr(self.encoder, "hidden_size", None)
+        if hidden is None:
+            raise ValueError(
+                f"Cannot tell the embedding size of encoder type '{self.encoder.model_type}' (no `hidden_size`); "
+                "set `projection_dim`."
+            )
+        return hidden
+
+    def _validate_nesting(self):
+        if self.pooling not in POOLING_MODES:
+            raise ValueError(f"Unknown pooling {self.pooling!r}; choose one of {', '.join(POOLING_MODES)}.")
+        if self.projection_dim is not None and (
+            isinstance(self.projection_dim, bool) or not isinstance(self.projection_dim, int) or self.projection_dim <= 0
+        ):
+            raise ValueError(f"`projection_dim` must be a positive integer or None, got {self.projection_dim!r}.")
+        if self.max_seq_length is not None and (not isinstance(self.max_seq_length, int) or self.max_seq_length <= 0):
+            raise ValueError(f"`max_seq_length` must be a positive integer or None, got {self.max_seq_length!r}.")
+
+        full = self.embedding_size
+        dims = [full] if self.matryoshka_dimensions is None else list(self.matryoshka_dimensions)
+        if not dims:
+            raise ValueError("`matryoshka_dimensions` is empty; give at least one size, e.g. [768, 256, 64].")
+        for d in dims:
+            if isinstance(d, bool) or not isinstance(d, int) or d <= 0:
+                raise ValueError(f"Matryoshka dimension {d!r} is not a positive integer; sizes must be like 64.")
+            if d > full:
+                raise ValueError(
+                    f"Matryoshka dimension {d} is larger than the embedding size {full}; use sizes <= {full} "
+                    "(or set `projection_dim`)."
+                )
+        if len(set(dims)) != len(dims):
+            repeated = sorted({d for d in dims if dims.count(d) > 1})
+            raise ValueError(f"`matryoshka_dimensions` repeats {repeated}; each size must appear once.")
+
+        weights = self.matryoshka_weights
+        if weights is None:
+            weights = [1.0] * len(dims)
+        else:
+            weights = [float(w) for w in weights]
+            if len(weights) != len(dims):
+                raise ValueError(
+                    f"`matryoshka_weights` has {len(weights)} values ({weights}) but `matryoshka_dimensions` has "
+                    f"{len(dims)} sizes ({dims}); give one weight per size."
+                )
+            for w in weights:
+                if not w >= 0:  # also refuses NaN
+                    raise ValueError(f"Matryoshka weight {w!r} is negative or NaN; weights must be >= 0.")
+
+        if full not in dims:
+            warnings.warn(
+                f"`matryoshka_dimensions` {dims} lacks the full embedding size {full}; adding it with weight 1.0.",
+                stacklevel=3,
+            )
+            dims.append(full)
+            weights.append(1.0)
+
+        # Largest first: the order users write (768 > 512 > ... > 16) and that serving engines list.
+        order = sorted(range(len(dims)), key=lambda i: -dims[i])
+        self.matryoshka_dimensions = [dims[i] for i in order]
+        self.matryoshka_weights = [weights[i] for i in order]
+
+        if self.truncate_dim is not None and self.truncate_dim not in self.matryoshka_dimensions:
+            raise ValueError(
+                f"`truncate_dim` {self.truncate_dim!r} is not one of the trained sizes {self.matryoshka_dimensions}; "
+                "pick one of them or None for full size."
+            )
+
+    def to_dict(self):
+        output = super().to_dict()
+        output["encoder"] = self.encoder.to_dict()
+        return output
+
+
+__all__ = ["MatryoshkaConfig", "POOLING_MODES"]

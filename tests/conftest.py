@@ -1,0 +1,83 @@
+"""Shared fixtures: tiny random models and tokenizers built in code, offline."""
+
+import os
+
+# Tests never reach the Hub (CI sets these too; setting them here keeps a bare `pytest` offline as well).
+for _switch in ("HF_HUB_OFFLINE", "TRANSFORMERS_OFFLINE", "HF_DATASETS_OFFLINE", "HF_EVALUATE_OFFLINE"):
+    os.environ.setdefault(_switch, "1")
+os.environ.setdefault("TOKENIZERS_PARALLELISM", "false")
+
+from pathlib import Path  # noqa: E402
+
+import pytest  # noqa: E402
+import torch  # noqa: E402
+
+SHARED_DATA = Path(__file__).resolve().parents[1].parent / "shared" / "data"
+
+WORDS = (
+    "a an the man woman child dog cat is are was playing plays eating eats running runs sleeping guitar piano "
+    "food bread park street house sun rain weather lovely bad good today tomorrow street car bike music song "
+    "red blue green big small happy sad fast slow question answer what who where when why how bank card money "
+    "transfer account balance help please thanks hello world sentence text embedding model of in on at with"
+).split()
+
+
+def build_tokenizer(directory):
+    """A WordPiece BERT tokenizer over a small English vocabulary, written to `directory`."""
+    from transformers import BertTokenizerFast
+
+    directory = Path(directory)
+    directory.mkdir(parents=True, exist_ok=True)
+    vocab = ["[PAD]", "[UNK]", "[CLS]", "[SEP]", "[MASK]", ".", ",", "?", "!", "'"]
+    vocab += sorted(set(WORDS))
+    vocab += [chr(c) for c in range(ord("a"), ord("z") + 1)] + [f"##{chr(c)}" for c in range(ord("a"), ord("z") + 1)]
+    (directory / "vocab.txt").write_text("\n".join(vocab) + "\n")
+    return BertTokenizerFast(vocab_file=str(directory / "vocab.txt"), do_lower_case=True)
+
+
+def tiny_bert_config(hidden_size=32, vocab_size=128):
+    from transformers import BertConfig
+
+    return BertConfig(
+        vocab_size=vocab_size,
+        hidden_size=hidden_size,
+        num_hidden_layers=2,
+        num_attention_heads=2,
+        intermediate_size=2 * hidden_size,
+        max_position_embeddings=64,
+    )
+
+
+@pytest.fixture(scope="session")
+def tiny_tokenizer(tmp_path_factory):
+    return build_tokenizer(tmp_path_factory.mktemp("tokenizer"))
+
+
+@pytest.fixture
+def make_model(tiny_tokenizer):
+    """Factory: a tiny random MatryoshkaModel (with tokenizer) over a 32-d BERT."""
+    from mrl_text import MatryoshkaConfig, MatryoshkaModel
+
+    def factory(matryoshka_dimensions=(32, 16, 8, 4), seed=0, **config_kwargs):
+        torch.manual_seed(seed)
+        config = MatryoshkaConfig(
+            encoder=tiny_bert_config(vocab_size=len(tiny_tokenizer)),
+            matryoshka_dimensions=list(matryoshka_dimensions),
+            **config_kwargs,
+        )
+        model = MatryoshkaModel(config).eval()
+        model.tokenizer = tiny_tokenizer
+        return model
+
+    return factory
+
+
+@pytest.fixture
+def sentences():
+    return [
+        "A man is playing a guitar.",
+        "A woman is eating bread in the park.",
+        "The weather is lovely today.",
+        "What is my account balance?",
+        "the dog runs",
+    ]

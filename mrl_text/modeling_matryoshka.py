@@ -8,6 +8,9 @@ machine without mrl-text.
 """
 
 import inspect
+import json
+import os
+import shutil
 from dataclasses import dataclass
 from typing import Optional
 
@@ -15,9 +18,15 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 from transformers import AutoModel, AutoTokenizer, PreTrainedModel
-from transformers.utils import ModelOutput
+from transformers.utils import ModelOutput, logging
 
 from .configuration_matryoshka import MatryoshkaConfig
+
+logger = logging.get_logger(__name__)
+
+
+# sentence-transformers loads the MatryoshkaTruncation module of a saved folder from this file in it.
+SENTENCE_TRANSFORMERS_MODULE_FILE = "sentence_transformers_matryoshka.py"
 
 
 def truncate_embeddings(embeddings, dim=None, normalize=True):
@@ -283,6 +292,21 @@ class MatryoshkaModel(MatryoshkaPreTrainedModel):
             model.tokenizer = tokenizer
         return model
 
+    @classmethod
+    def from_sentence_transformer(cls, model_name_or_path_or_model, matryoshka_dimensions=None, **kwargs):
+        """Wrap a sentence-transformers model (hub id, folder or loaded `SentenceTransformer`) for MRL fine-tuning.
+
+        Reads its transformer, tokenizer, pooling mode, normalization, `max_seq_length` and prompts; see
+        `mrl_text.sentence_transformers.from_sentence_transformer` for the keyword arguments.
+        """
+        try:  # lives in mrl_text so that this file, loaded with trust_remote_code, never needs sentence-transformers
+            from mrl_text.sentence_transformers import from_sentence_transformer
+        except ImportError as error:
+            raise ImportError(
+                "MatryoshkaModel.from_sentence_transformer needs the mrl-text package: pip install mrl-text"
+            ) from error
+        return from_sentence_transformer(model_name_or_path_or_model, matryoshka_dimensions, model_class=cls, **kwargs)
+
     # The tokenizer travels with the model: saved by save_pretrained, found again (lazily) from the folder or hub
     # id the model was loaded from.
     @property
@@ -302,6 +326,85 @@ class MatryoshkaModel(MatryoshkaPreTrainedModel):
         super().save_pretrained(save_directory, *args, **kwargs)
         if self.tokenizer is not None and kwargs.get("is_main_process", True):
             self.tokenizer.save_pretrained(save_directory)
+        if kwargs.get("is_main_process", True):
+            self.save_sentence_transformers_files(save_directory)
+
+    def save_sentence_transformers_files(self, save_directory):
+        """Write the files that make this folder a sentence-transformers model too.
+
+        `SentenceTransformer(folder, trust_remote_code=True)` then runs Transformer (this model) -> Pooling ->
+        MatryoshkaTruncation (`encode(texts, dim=64)`) -> Normalize and gives the embeddings of `encode`. Plain json
+        here keeps this file free of sentence-transformers; the truncation module's code is mrl_text's
+        sentence_transformers.py, shipped as `sentence_transformers_matryoshka.py`.
+        """
+        here = os.path.dirname(os.path.abspath(__file__))
+        # In the installed package the module is sentence_transformers.py; in a folder (trust_remote_code), the
+        # shipped copy sits next to this file.
+        sources = [os.path.join(here, name) for name in (SENTENCE_TRANSFORMERS_MODULE_FILE, "sentence_transformers.py")]
+        source = next((path for path in sources if os.path.isfile(path)), None)
+        if source is None:
+            logger.warning(
+                f"Not writing sentence-transformers files to {save_directory}: {SENTENCE_TRANSFORMERS_MODULE_FILE} "
+                "is not next to modeling_matryoshka.py (install mrl-text and save again to add them)."
+            )
+            return
+        target = os.path.join(save_directory, SENTENCE_TRANSFORMERS_MODULE_FILE)
+        if os.path.abspath(source) != os.path.abspath(target):
+            shutil.copyfile(source, target)
+
+        def write(name, content):
+            os.makedirs(os.path.dirname(os.path.join(save_directory, name)), exist_ok=True)
+            with open(os.path.join(save_directory, name), "w", encoding="utf-8") as f:
+                json.dump(content, f, indent=2)
+
+        config = self.config
+        st = "sentence_transformers."
+        # sentence-transformers' Pooling cannot apply the projection; then the transformer hands over the pooled,
+        # projected `full_embeddings` itself.
+        pool_in_sentence_transformers = config.projection_dim is None
+        modules = [("", st + "base.modules.transformer.Transformer")]
+        if pool_in_sentence_transformers:
+            modules.append(("Pooling", st + "sentence_transformer.modules.pooling.Pooling"))
+        modules.append(("MatryoshkaTruncation", SENTENCE_TRANSFORMERS_MODULE_FILE[:-3] + ".MatryoshkaTruncation"))
+        if config.normalize:
+            modules.append(("Normalize", st + "base.modules.normalize.Normalize"))
+        paths = [f"{i}_{name}" if name else "" for i, (name, _) in enumerate(modules)]
+        write("modules.json", [
+            {"idx": i, "name": str(i), "path": path, "type": ref} for i, (path, (_, ref)) in enumerate(zip(paths, modules))
+        ])
+        output = ("last_hidden_state", "token_embeddings") if pool_in_sentence_transformers else ("full_embeddings", "sentence_embedding")
+        transformer = {
+            "transformer_task": "feature-extraction",
+            "modality_config": {"text": {"method": "forward", "method_output_name": output[0]}},
+            "module_output_name": output[1],
+        }
+        if config.max_seq_length is not None:
+            transformer["max_seq_length"] = config.max_seq_length
+        write("sentence_bert_config.json", transformer)
+        for path, (name, _) in zip(paths, modules):
+            if name == "Pooling":
+                mode = {"last": "lasttoken"}.get(config.pooling, config.pooling)
+                write(f"{path}/config.json", {"embedding_dimension": config.embedding_size, "pooling_mode": mode, "include_prompt": True})
+            elif name == "MatryoshkaTruncation":
+                write(f"{path}/config.json", {
+                    "embedding_dimension": config.embedding_size,
+                    "matryoshka_dimensions": list(config.matryoshka_dimensions),
+                    "truncate_dim": config.truncate_dim,
+                })
+            elif name == "Normalize":
+                write(f"{path}/config.json", {"module_input_name": "sentence_embedding", "module_output_name": "sentence_embedding"})
+        # sentence-transformers writes this file before saving its modules (this model among them): keep what it
+        # wrote and override only what the config sets (`prompts`, `default_prompt_name`, `similarity_fn_name`).
+        model_config_path = os.path.join(save_directory, "config_sentence_transformers.json")
+        model_config = {"model_type": "SentenceTransformer", "prompts": {"query": "", "document": ""},
+                        "default_prompt_name": None, "similarity_fn_name": "cosine"}
+        if os.path.isfile(model_config_path):
+            with open(model_config_path, encoding="utf-8") as f:
+                model_config.update(json.load(f))
+        for key in ("prompts", "default_prompt_name", "similarity_fn_name"):
+            if getattr(config, key, None) is not None:
+                model_config[key] = getattr(config, key)
+        write("config_sentence_transformers.json", model_config)
 
     def get_input_embeddings(self):
         return self.encoder.get_input_embeddings()

@@ -18,7 +18,7 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 from transformers import AutoModel, AutoTokenizer, PreTrainedModel
-from transformers.utils import ModelOutput, logging
+from transformers.utils import ModelOutput, cached_file, logging
 
 from .configuration_matryoshka import MatryoshkaConfig
 
@@ -337,12 +337,15 @@ class MatryoshkaModel(MatryoshkaPreTrainedModel):
         here keeps this file free of sentence-transformers; the truncation module's code is mrl_text's
         sentence_transformers.py, shipped as `sentence_transformers_matryoshka.py`.
         """
-        here = os.path.dirname(os.path.abspath(__file__))
-        # In the installed package the module is sentence_transformers.py; in a folder (trust_remote_code), the
-        # shipped copy sits next to this file.
-        sources = [os.path.join(here, name) for name in (SENTENCE_TRANSFORMERS_MODULE_FILE, "sentence_transformers.py")]
-        source = next((path for path in sources if os.path.isfile(path)), None)
-        if source is None:
+        # The module's code: sentence_transformers.py next to this file in the installed package; else (this file
+        # came from a folder through trust_remote_code) the copy in the folder or hub repo the model was loaded from.
+        source = os.path.join(os.path.dirname(os.path.abspath(__file__)), "sentence_transformers.py")
+        if not os.path.isfile(source) and self.name_or_path:
+            source = cached_file(
+                self.name_or_path, SENTENCE_TRANSFORMERS_MODULE_FILE, local_files_only=True,
+                _raise_exceptions_for_missing_entries=False, _raise_exceptions_for_connection_errors=False,
+            )
+        if source is None or not os.path.isfile(source):
             logger.warning(
                 f"Not writing sentence-transformers files to {save_directory}: {SENTENCE_TRANSFORMERS_MODULE_FILE} "
                 "is not next to modeling_matryoshka.py (install mrl-text and save again to add them)."

@@ -81,6 +81,11 @@ class MatryoshkaTruncation(Module):
     def on_model_ready(self, model):
         self._sentence_transformer = weakref.ref(model)
         self._matryoshka_config = _matryoshka_config_of(model)
+        wrapped = model[0].model if self._matryoshka_config is not None else None
+        if wrapped is not None and getattr(wrapped, "_tokenizer", False) is None:
+            # Hand the MatryoshkaModel its tokenizer: its own lazy lookup would reload it from the folder (and ask
+            # about remote code again), and `model[0].model.encode(...)` works too.
+            wrapped.tokenizer = model.tokenizer
 
     def __getstate__(self):  # multi-process encoding pickles the model; a weak reference does not pickle
         state = super().__getstate__()
@@ -94,15 +99,18 @@ class MatryoshkaTruncation(Module):
             return config.embedding_size, list(config.matryoshka_dimensions), config.truncate_dim
         return self.embedding_dimension, self.matryoshka_dimensions, self.truncate_dim
 
-    def resolve_dim(self, dim=None):
-        """The size `forward` truncates to (`None`: full size); raises ValueError for an impossible `dim`."""
+    def resolve_dim(self, dim=None, training=None):
+        """The size `forward` truncates to (`None`: full size); raises ValueError for an impossible `dim`.
+
+        `training` defaults to the module's mode; `False` gives what `encode` returns.
+        """
         full, trained, default = self._sizes()
         if dim is not None and (isinstance(dim, bool) or not isinstance(dim, int) or not 0 < dim <= full):
             raise ValueError(
                 f"dim={dim!r} is not a valid size for this model: pass an integer in 1..{full}, ideally one of the "
                 f"trained sizes {trained}, e.g. encode(texts, dim={trained[-1]})."
             )
-        if self.training:
+        if self.training if training is None else training:
             return dim
         if dim is None:
             dim = default
@@ -119,7 +127,8 @@ class MatryoshkaTruncation(Module):
         return features
 
     def get_embedding_dimension(self):
-        dim = self.resolve_dim() if not self.training else None
+        """The size `encode` returns by default (a new SentenceTransformer is in training mode until encode)."""
+        dim = self.resolve_dim(training=False)
         return dim if dim is not None else self._sizes()[0]
 
     def get_config_dict(self):

@@ -27,6 +27,8 @@ logger = logging.get_logger(__name__)
 
 # sentence-transformers loads the MatryoshkaTruncation module of a saved folder from this file in it.
 SENTENCE_TRANSFORMERS_MODULE_FILE = "sentence_transformers_matryoshka.py"
+# Our pooling modes as sentence-transformers' Pooling names them (the same computations on right-padded batches).
+SENTENCE_TRANSFORMERS_POOLING = {"mean": "mean", "cls": "cls", "max": "max", "last": "lasttoken"}
 
 
 def truncate_embeddings(embeddings, dim=None, normalize=True):
@@ -347,8 +349,9 @@ class MatryoshkaModel(MatryoshkaPreTrainedModel):
             )
         if source is None or not os.path.isfile(source):
             logger.warning(
-                f"Not writing sentence-transformers files to {save_directory}: {SENTENCE_TRANSFORMERS_MODULE_FILE} "
-                "is not next to modeling_matryoshka.py (install mrl-text and save again to add them)."
+                f"Not writing sentence-transformers files to {save_directory}: the module code "
+                f"{SENTENCE_TRANSFORMERS_MODULE_FILE} is neither next to modeling_matryoshka.py nor in "
+                f"{self.name_or_path!r}; `pip install mrl-text` and save again to add them."
             )
             return
         target = os.path.join(save_directory, SENTENCE_TRANSFORMERS_MODULE_FILE)
@@ -361,41 +364,36 @@ class MatryoshkaModel(MatryoshkaPreTrainedModel):
                 json.dump(content, f, indent=2)
 
         config = self.config
-        st = "sentence_transformers."
-        # sentence-transformers' Pooling cannot apply the projection; then the transformer hands over the pooled,
-        # projected `full_embeddings` itself.
-        pool_in_sentence_transformers = config.projection_dim is None
-        modules = [("", st + "base.modules.transformer.Transformer")]
-        if pool_in_sentence_transformers:
-            modules.append(("Pooling", st + "sentence_transformer.modules.pooling.Pooling"))
-        modules.append(("MatryoshkaTruncation", SENTENCE_TRANSFORMERS_MODULE_FILE[:-3] + ".MatryoshkaTruncation"))
+        size = config.embedding_size
+        # (name, class path, module config). sentence-transformers' Pooling has no projection layer: with one, this
+        # model hands over its pooled, projected `full_embeddings` and there is no Pooling module.
+        modules = [("", "sentence_transformers.base.modules.transformer.Transformer", None)]
+        if config.projection_dim is None:
+            pooling = {"embedding_dimension": size, "pooling_mode": SENTENCE_TRANSFORMERS_POOLING[config.pooling],
+                       "include_prompt": True}
+            modules.append(("Pooling", "sentence_transformers.sentence_transformer.modules.pooling.Pooling", pooling))
+        truncation = {"embedding_dimension": size, "matryoshka_dimensions": list(config.matryoshka_dimensions),
+                      "truncate_dim": config.truncate_dim}
+        modules.append(("MatryoshkaTruncation", SENTENCE_TRANSFORMERS_MODULE_FILE[:-3] + ".MatryoshkaTruncation", truncation))
         if config.normalize:
-            modules.append(("Normalize", st + "base.modules.normalize.Normalize"))
-        paths = [f"{i}_{name}" if name else "" for i, (name, _) in enumerate(modules)]
-        write("modules.json", [
-            {"idx": i, "name": str(i), "path": path, "type": ref} for i, (path, (_, ref)) in enumerate(zip(paths, modules))
-        ])
-        output = ("last_hidden_state", "token_embeddings") if pool_in_sentence_transformers else ("full_embeddings", "sentence_embedding")
+            normalize = {"module_input_name": "sentence_embedding", "module_output_name": "sentence_embedding"}
+            modules.append(("Normalize", "sentence_transformers.base.modules.normalize.Normalize", normalize))
+        entries = []
+        for idx, (name, class_path, module_config) in enumerate(modules):
+            path = f"{idx}_{name}" if name else ""
+            entries.append({"idx": idx, "name": str(idx), "path": path, "type": class_path})
+            if module_config is not None:
+                write(os.path.join(path, "config.json"), module_config)
+        write("modules.json", entries)
+        output = "last_hidden_state" if config.projection_dim is None else "full_embeddings"
         transformer = {
             "transformer_task": "feature-extraction",
-            "modality_config": {"text": {"method": "forward", "method_output_name": output[0]}},
-            "module_output_name": output[1],
+            "modality_config": {"text": {"method": "forward", "method_output_name": output}},
+            "module_output_name": "token_embeddings" if config.projection_dim is None else "sentence_embedding",
         }
         if config.max_seq_length is not None:
             transformer["max_seq_length"] = config.max_seq_length
         write("sentence_bert_config.json", transformer)
-        for path, (name, _) in zip(paths, modules):
-            if name == "Pooling":
-                mode = {"last": "lasttoken"}.get(config.pooling, config.pooling)
-                write(f"{path}/config.json", {"embedding_dimension": config.embedding_size, "pooling_mode": mode, "include_prompt": True})
-            elif name == "MatryoshkaTruncation":
-                write(f"{path}/config.json", {
-                    "embedding_dimension": config.embedding_size,
-                    "matryoshka_dimensions": list(config.matryoshka_dimensions),
-                    "truncate_dim": config.truncate_dim,
-                })
-            elif name == "Normalize":
-                write(f"{path}/config.json", {"module_input_name": "sentence_embedding", "module_output_name": "sentence_embedding"})
         # sentence-transformers writes this file before saving its modules (this model among them): keep what it
         # wrote and override only what the config sets (`prompts`, `default_prompt_name`, `similarity_fn_name`).
         model_config_path = os.path.join(save_directory, "config_sentence_transformers.json")

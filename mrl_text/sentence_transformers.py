@@ -25,11 +25,9 @@ from sentence_transformers.base.modules import Module, Normalize, Transformer
 from sentence_transformers.sentence_transformer.modules import Pooling
 
 from .configuration_matryoshka import MatryoshkaConfig
-from .modeling_matryoshka import _build_encoder, truncate_embeddings
+from .modeling_matryoshka import SENTENCE_TRANSFORMERS_POOLING, _build_encoder, truncate_embeddings
 
-# Our pooling modes <-> sentence-transformers' Pooling modes (the same computations on right-padded batches).
-POOLING_TO_SENTENCE_TRANSFORMERS = {"mean": "mean", "cls": "cls", "max": "max", "last": "lasttoken"}
-POOLING_FROM_SENTENCE_TRANSFORMERS = {v: k for k, v in POOLING_TO_SENTENCE_TRANSFORMERS.items()}
+POOLING_FROM_SENTENCE_TRANSFORMERS = {theirs: ours for ours, theirs in SENTENCE_TRANSFORMERS_POOLING.items()}
 
 
 def _matryoshka_config_of(model):

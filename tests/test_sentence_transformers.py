@@ -1,10 +1,6 @@
 """One folder, two libraries: MatryoshkaModel.save_pretrained folders load in sentence-transformers and agree."""
 
 import json
-import os
-import subprocess
-import sys
-import textwrap
 
 import pytest
 import torch
@@ -19,7 +15,7 @@ from transformers import AutoModel, BertModel  # noqa: E402
 from mrl_text import MatryoshkaModel  # noqa: E402
 from mrl_text.sentence_transformers import MatryoshkaTruncation  # noqa: E402
 
-from .conftest import tiny_bert_config  # noqa: E402
+from .conftest import run_without_mrl_text, tiny_bert_config  # noqa: E402
 
 ATOL = 1e-5
 
@@ -172,16 +168,7 @@ def test_trust_remote_code_without_mrl_text(exported, sentences, tmp_path):
     model, folder = exported(truncate_dim=8)
     expected = {dim: model.encode(sentences, dim=dim) for dim in (None, 16, 4)}
     torch.save(expected, tmp_path / "expected.pt")
-    script = textwrap.dedent(
-        f"""
-        import sys, builtins
-        real_import = builtins.__import__
-        def guarded(name, *args, **kwargs):
-            if name == "mrl_text" or name.startswith("mrl_text."):
-                raise ImportError("mrl_text is hidden in this test")
-            return real_import(name, *args, **kwargs)
-        builtins.__import__ = guarded
-        sys.path = [p for p in sys.path if p not in ("", ".")]
+    script = f"""
         import torch
         from sentence_transformers import SentenceTransformer
         st = SentenceTransformer({str(folder)!r}, device="cpu", trust_remote_code=True)
@@ -197,13 +184,7 @@ def test_trust_remote_code_without_mrl_text(exported, sentences, tmp_path):
         assert torch.allclose(again.encode({sentences!r}, dim=4, convert_to_tensor=True), expected[4], atol={ATOL})
         print("REMOTE-OK")
         """
-    )
-    env = {**os.environ, "PYTHONPATH": ""}
-    result = subprocess.run(
-        [sys.executable, "-c", script], cwd=tmp_path, env=env, capture_output=True, text=True, timeout=300
-    )
-    assert result.returncode == 0, result.stderr[-3000:]
-    assert "REMOTE-OK" in result.stdout
+    run_without_mrl_text(script, tmp_path)
 
 
 def test_module_on_its_own():

@@ -325,11 +325,11 @@ class MatryoshkaModel(MatryoshkaPreTrainedModel):
         self._tokenizer = value
 
     def save_pretrained(self, save_directory, *args, **kwargs):
+        if kwargs.get("is_main_process", True):  # before super(): with push_to_hub=True it uploads the folder
+            self.save_sentence_transformers_files(save_directory)
         super().save_pretrained(save_directory, *args, **kwargs)
         if self.tokenizer is not None and kwargs.get("is_main_process", True):
             self.tokenizer.save_pretrained(save_directory)
-        if kwargs.get("is_main_process", True):
-            self.save_sentence_transformers_files(save_directory)
 
     def save_sentence_transformers_files(self, save_directory):
         """Write the files that make this folder a sentence-transformers model too.
@@ -354,6 +354,7 @@ class MatryoshkaModel(MatryoshkaPreTrainedModel):
                 f"{self.name_or_path!r}; `pip install mrl-text` and save again to add them."
             )
             return
+        os.makedirs(save_directory, exist_ok=True)
         target = os.path.join(save_directory, SENTENCE_TRANSFORMERS_MODULE_FILE)
         if os.path.abspath(source) != os.path.abspath(target):
             shutil.copyfile(source, target)

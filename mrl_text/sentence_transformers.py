@@ -86,7 +86,7 @@ class MatryoshkaTruncation(Module):
             wrapped.tokenizer = model.tokenizer
 
     def __getstate__(self):  # multi-process encoding pickles the model; a weak reference does not pickle
-        state = super().__getstate__()
+        state = dict(super().__getstate__())  # a copy: object.__getstate__ hands out the live __dict__
         state["_sentence_transformer"] = None
         return state
 

@@ -1,6 +1,7 @@
 """One folder, two libraries: MatryoshkaModel.save_pretrained folders load in sentence-transformers and agree."""
 
 import json
+import pickle
 
 import pytest
 import torch
@@ -104,6 +105,8 @@ def test_sentence_transformers_truncate_dim_and_dim_smaller_wins(exported, sente
         got = st_encode(st, sentences, dim=dim)
         # truncated and re-normalized inside the pipeline, not just sliced after Normalize
         torch.testing.assert_close(got, model.encode(sentences, dim=expected), atol=ATOL, rtol=0)
+    clone = pickle.loads(pickle.dumps(st[2]))  # multi-process encoding pickles modules; the original keeps its link
+    assert clone._sentence_transformer is None and st.get_embedding_dimension() == 8
     st.truncate_dim = None
     with st.truncate_embeddings(16):
         torch.testing.assert_close(st_encode(st, sentences, dim=32), model.encode(sentences, dim=16), atol=ATOL, rtol=0)

@@ -111,6 +111,9 @@ def test_sentence_transformers_truncate_dim_and_dim_smaller_wins(exported, sente
     with st.truncate_embeddings(16):
         torch.testing.assert_close(st_encode(st, sentences, dim=32), model.encode(sentences, dim=16), atol=ATOL, rtol=0)
     assert st_encode(st, sentences).shape == (len(sentences), 32)
+    # a per-call truncate_dim is sentence-transformers' own slice after Normalize (see README): re-normalize it
+    sliced = st_encode(st, sentences, truncate_dim=8, normalize_embeddings=True)
+    torch.testing.assert_close(sliced, model.encode(sentences, dim=8), atol=ATOL, rtol=0)
 
 
 def test_prompts_and_encode_query_document(make_model, sentences, tmp_path):

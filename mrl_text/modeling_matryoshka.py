@@ -8,6 +8,9 @@ machine without mrl-text.
 """
 
 import inspect
+import json
+import os
+import shutil
 from dataclasses import dataclass
 from typing import Optional
 
@@ -15,9 +18,17 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 from transformers import AutoModel, AutoTokenizer, PreTrainedModel
-from transformers.utils import ModelOutput
+from transformers.utils import ModelOutput, cached_file, logging
 
 from .configuration_matryoshka import MatryoshkaConfig
+
+logger = logging.get_logger(__name__)
+
+
+# sentence-transformers loads the MatryoshkaTruncation module of a saved folder from this file in it.
+SENTENCE_TRANSFORMERS_MODULE_FILE = "sentence_transformers_matryoshka.py"
+# Our pooling modes as sentence-transformers' Pooling names them (the same computations on right-padded batches).
+SENTENCE_TRANSFORMERS_POOLING = {"mean": "mean", "cls": "cls", "max": "max", "last": "lasttoken"}
 
 
 def truncate_embeddings(embeddings, dim=None, normalize=True):
@@ -317,6 +328,21 @@ class MatryoshkaModel(MatryoshkaPreTrainedModel):
             model.tokenizer = tokenizer
         return model
 
+    @classmethod
+    def from_sentence_transformer(cls, model_name_or_path_or_model, matryoshka_dimensions=None, **kwargs):
+        """Wrap a sentence-transformers model (hub id, folder or loaded `SentenceTransformer`) for MRL fine-tuning.
+
+        Reads its transformer, tokenizer, pooling mode, normalization, `max_seq_length` and prompts; see
+        `mrl_text.sentence_transformers.from_sentence_transformer` for the keyword arguments.
+        """
+        try:  # lives in mrl_text so that this file, loaded with trust_remote_code, never needs sentence-transformers
+            from mrl_text.sentence_transformers import from_sentence_transformer
+        except ImportError as error:
+            raise ImportError(
+                "MatryoshkaModel.from_sentence_transformer needs the mrl-text package: pip install mrl-text"
+            ) from error
+        return from_sentence_transformer(model_name_or_path_or_model, matryoshka_dimensions, model_class=cls, **kwargs)
+
     # The tokenizer travels with the model: saved by save_pretrained, found again (lazily) from the folder or hub
     # id the model was loaded from.
     @property
@@ -333,9 +359,88 @@ class MatryoshkaModel(MatryoshkaPreTrainedModel):
         self._tokenizer = value
 
     def save_pretrained(self, save_directory, *args, **kwargs):
+        if kwargs.get("is_main_process", True):  # before super(): with push_to_hub=True it uploads the folder
+            self.save_sentence_transformers_files(save_directory)
         super().save_pretrained(save_directory, *args, **kwargs)
         if self.tokenizer is not None and kwargs.get("is_main_process", True):
             self.tokenizer.save_pretrained(save_directory)
+
+    def save_sentence_transformers_files(self, save_directory):
+        """Write the files that make this folder a sentence-transformers model too.
+
+        `SentenceTransformer(folder, trust_remote_code=True)` then runs Transformer (this model) -> Pooling ->
+        MatryoshkaTruncation (`encode(texts, dim=64)`) -> Normalize and gives the embeddings of `encode`. Plain json
+        here keeps this file free of sentence-transformers; the truncation module's code is mrl_text's
+        sentence_transformers.py, shipped as `sentence_transformers_matryoshka.py`.
+        """
+        # The module's code: sentence_transformers.py next to this file in the installed package; else (this file
+        # came from a folder through trust_remote_code) the copy in the folder or hub repo the model was loaded from.
+        source = os.path.join(os.path.dirname(os.path.abspath(__file__)), "sentence_transformers.py")
+        if not os.path.isfile(source) and self.name_or_path:
+            source = cached_file(
+                self.name_or_path, SENTENCE_TRANSFORMERS_MODULE_FILE, local_files_only=True,
+                _raise_exceptions_for_missing_entries=False, _raise_exceptions_for_connection_errors=False,
+            )
+        if source is None or not os.path.isfile(source):
+            logger.warning(
+                f"Not writing sentence-transformers files to {save_directory}: the module code "
+                f"{SENTENCE_TRANSFORMERS_MODULE_FILE} is neither next to modeling_matryoshka.py nor in "
+                f"{self.name_or_path!r}; `pip install mrl-text` and save again to add them."
+            )
+            return
+        os.makedirs(save_directory, exist_ok=True)
+        target = os.path.join(save_directory, SENTENCE_TRANSFORMERS_MODULE_FILE)
+        if os.path.abspath(source) != os.path.abspath(target):
+            shutil.copyfile(source, target)
+
+        def write(name, content):
+            os.makedirs(os.path.dirname(os.path.join(save_directory, name)), exist_ok=True)
+            with open(os.path.join(save_directory, name), "w", encoding="utf-8") as f:
+                json.dump(content, f, indent=2)
+
+        config = self.config
+        size = config.embedding_size
+        # (name, class path, module config). sentence-transformers' Pooling has no projection layer: with one, this
+        # model hands over its pooled, projected `full_embeddings` and there is no Pooling module.
+        modules = [("", "sentence_transformers.base.modules.transformer.Transformer", None)]
+        if config.projection_dim is None:
+            pooling = {"embedding_dimension": size, "pooling_mode": SENTENCE_TRANSFORMERS_POOLING[config.pooling],
+                       "include_prompt": True}
+            modules.append(("Pooling", "sentence_transformers.sentence_transformer.modules.pooling.Pooling", pooling))
+        truncation = {"embedding_dimension": size, "matryoshka_dimensions": list(config.matryoshka_dimensions),
+                      "truncate_dim": config.truncate_dim}
+        modules.append(("MatryoshkaTruncation", SENTENCE_TRANSFORMERS_MODULE_FILE[:-3] + ".MatryoshkaTruncation", truncation))
+        if config.normalize:
+            normalize = {"module_input_name": "sentence_embedding", "module_output_name": "sentence_embedding"}
+            modules.append(("Normalize", "sentence_transformers.base.modules.normalize.Normalize", normalize))
+        entries = []
+        for idx, (name, class_path, module_config) in enumerate(modules):
+            path = f"{idx}_{name}" if name else ""
+            entries.append({"idx": idx, "name": str(idx), "path": path, "type": class_path})
+            if module_config is not None:
+                write(os.path.join(path, "config.json"), module_config)
+        write("modules.json", entries)
+        output = "last_hidden_state" if config.projection_dim is None else "full_embeddings"
+        transformer = {
+            "transformer_task": "feature-extraction",
+            "modality_config": {"text": {"method": "forward", "method_output_name": output}},
+            "module_output_name": "token_embeddings" if config.projection_dim is None else "sentence_embedding",
+        }
+        if config.max_seq_length is not None:
+            transformer["max_seq_length"] = config.max_seq_length
+        write("sentence_bert_config.json", transformer)
+        # sentence-transformers writes this file before saving its modules (this model among them): keep what it
+        # wrote and override only what the config sets (`prompts`, `default_prompt_name`, `similarity_fn_name`).
+        model_config_path = os.path.join(save_directory, "config_sentence_transformers.json")
+        model_config = {"model_type": "SentenceTransformer", "prompts": {"query": "", "document": ""},
+                        "default_prompt_name": None, "similarity_fn_name": "cosine"}
+        if os.path.isfile(model_config_path):
+            with open(model_config_path, encoding="utf-8") as f:
+                model_config.update(json.load(f))
+        for key in ("prompts", "default_prompt_name", "similarity_fn_name"):
+            if getattr(config, key, None) is not None:
+                model_config[key] = getattr(config, key)
+        write("config_sentence_transformers.json", model_config)
 
     def get_input_embeddings(self):
         return self.encoder.get_input_embeddings()

@@ -81,3 +81,32 @@ def sentences():
         "What is my account balance?",
         "the dog runs",
     ]
+
+
+# A fresh Python in which `import mrl_text` fails: proves that a saved folder works for users who never installed
+# mrl-text (trust_remote_code).
+HIDE_MRL_TEXT = """
+import sys, builtins
+real_import = builtins.__import__
+def guarded(name, *args, **kwargs):
+    if name == "mrl_text" or name.startswith("mrl_text."):
+        raise ImportError("mrl_text is hidden in this test")
+    return real_import(name, *args, **kwargs)
+builtins.__import__ = guarded
+sys.path = [p for p in sys.path if p not in ("", ".")]
+"""
+
+
+def run_without_mrl_text(script, cwd):
+    """Run `script` (its last line prints REMOTE-OK) in a subprocess where mrl_text cannot be imported."""
+    import subprocess
+    import sys
+    import textwrap
+
+    env = {**os.environ, "PYTHONPATH": ""}
+    result = subprocess.run(
+        [sys.executable, "-c", HIDE_MRL_TEXT + textwrap.dedent(script)],
+        cwd=cwd, env=env, capture_output=True, text=True, timeout=300,
+    )
+    assert result.returncode == 0, result.stderr[-3000:]
+    assert "REMOTE-OK" in result.stdout

@@ -1,0 +1,228 @@
+"""sentence-transformers integration: `encode(texts, dim=64)`, one saved folder for both libraries, and import of
+existing sentence-transformers models.
+
+A folder written by `MatryoshkaModel.save_pretrained` loads as
+
+    SentenceTransformer(folder, trust_remote_code=True)
+      Transformer (the MatryoshkaModel itself) -> Pooling -> MatryoshkaTruncation -> Normalize
+
+`MatryoshkaTruncation` (below) declares `dim` in `forward_kwargs`, so sentence-transformers 6 routes
+`encode(..., dim=64)` to it. It slices *before* `Normalize`, so every size comes out unit length and equals
+`MatryoshkaModel.encode(..., dim=64)`.
+
+This file is copied into every saved folder as `sentence_transformers_matryoshka.py` (sentence-transformers
+reserves class paths that start with `sentence_transformers.` for its own classes), and sentence-transformers
+imports it from there; that import is why it needs `trust_remote_code=True`. So it imports only torch,
+transformers, sentence-transformers and its siblings (relative imports), like the modeling files: the folder
+works on machines that never installed mrl-text.
+"""
+
+import copy
+import weakref
+
+from sentence_transformers import SentenceTransformer
+from sentence_transformers.base.modules import Module, Normalize, Transformer
+from sentence_transformers.sentence_transformer.modules import Pooling
+
+from .configuration_matryoshka import MatryoshkaConfig
+from .modeling_matryoshka import SENTENCE_TRANSFORMERS_POOLING, _build_encoder, truncate_embeddings
+
+POOLING_FROM_SENTENCE_TRANSFORMERS = {theirs: ours for ours, theirs in SENTENCE_TRANSFORMERS_POOLING.items()}
+
+
+def _matryoshka_config_of(model):
+    """The MatryoshkaConfig of the transformers model a SentenceTransformer wraps, else None.
+
+    Checked by its fields, not its class: under `trust_remote_code` the config class comes from the folder's copy
+    of configuration_matryoshka.py, a different class object than mrl_text's.
+    """
+    first = model[0] if len(model) else None
+    config = getattr(getattr(first, "model", None), "config", None)
+    if getattr(config, "is_matryoshka", False) and getattr(config, "matryoshka_dimensions", None):
+        return config
+    return None
+
+
+class MatryoshkaTruncation(Module):
+    """Truncate `sentence_embedding` to a Matryoshka size: `encode(texts, dim=64)`.
+
+    Place it after pooling and *before* `Normalize`: it keeps the first `dim` coordinates (with
+    `truncate_embeddings`, the project's one truncation rule) and `Normalize` then makes the prefix unit length.
+
+    Which size:
+      * `dim` passed to `encode` / `encode_query` / `encode_document` (checked: a positive integer no larger than
+        the embedding size);
+      * else the model config's `truncate_dim` (`config.json` of the folder, the same field `MatryoshkaModel`
+        reads; the values saved with this module are used only when it does not sit on a MatryoshkaModel);
+      * and when the SentenceTransformer has its own `truncate_dim`, the smaller of the two wins, so the vector is
+        truncated *and re-normalized* here rather than only sliced after normalization.
+    In training mode no default applies (only an explicit `dim`): losses such as sentence-transformers'
+    `MatryoshkaLoss` need the full embedding and slice and re-normalize every size themselves.
+
+    Args:
+        embedding_dimension (`int`): the full embedding size.
+        matryoshka_dimensions (`list[int]`, *optional*): the trained sizes (shown in errors and model cards).
+        truncate_dim (`int`, *optional*): default size; `None` keeps the full embedding.
+    """
+
+    config_keys = ["embedding_dimension", "matryoshka_dimensions", "truncate_dim"]
+    forward_kwargs = {"dim"}
+
+    def __init__(self, embedding_dimension, matryoshka_dimensions=None, truncate_dim=None):
+        super().__init__()
+        self.embedding_dimension = embedding_dimension
+        self.matryoshka_dimensions = list(matryoshka_dimensions or [embedding_dimension])
+        self.truncate_dim = truncate_dim
+        self._sentence_transformer = None  # weak reference: the model owns this module, not the other way round
+        self._matryoshka_config = None
+
+    def on_model_ready(self, model):
+        self._sentence_transformer = weakref.ref(model)
+        self._matryoshka_config = _matryoshka_config_of(model)
+        wrapped = model[0].model if self._matryoshka_config is not None else None
+        if wrapped is not None and getattr(wrapped, "_tokenizer", False) is None:
+            # Hand the MatryoshkaModel its tokenizer: its own lazy lookup would reload it from the folder (and ask
+            # about remote code again), and `model[0].model.encode(...)` works too.
+            wrapped.tokenizer = model.tokenizer
+
+    def __getstate__(self):  # multi-process encoding pickles the model; a weak reference does not pickle
+        state = dict(super().__getstate__())  # a copy: object.__getstate__ hands out the live __dict__
+        state["_sentence_transformer"] = None
+        return state
+
+    def _sizes(self):
+        """(full size, trained sizes, default size): from the live MatryoshkaConfig when there is one."""
+        config = self._matryoshka_config
+        if config is not None:
+            return config.embedding_size, list(config.matryoshka_dimensions), config.truncate_dim
+        return self.embedding_dimension, self.matryoshka_dimensions, self.truncate_dim
+
+    def resolve_dim(self, dim=None, training=None):
+        """The size `forward` truncates to (`None`: full size); raises ValueError for an impossible `dim`.
+
+        `training` defaults to the module's mode; `False` gives what `encode` returns.
+        """
+        full, trained, default = self._sizes()
+        if dim is not None and (isinstance(dim, bool) or not isinstance(dim, int) or not 0 < dim <= full):
+            raise ValueError(
+                f"dim={dim!r} is not a valid size for this model: pass an integer in 1..{full}, ideally one of the "
+                f"trained sizes {trained}, e.g. encode(texts, dim={trained[-1]})."
+            )
+        if self.training if training is None else training:
+            return dim
+        if dim is None:
+            dim = default
+        owner = self._sentence_transformer() if self._sentence_transformer is not None else None
+        outer = getattr(owner, "truncate_dim", None)
+        if outer is not None and (dim is None or outer < dim):
+            dim = outer
+        return dim if dim is None or dim < full else None
+
+    def forward(self, features, dim=None, **kwargs):
+        dim = self.resolve_dim(dim)
+        if dim is not None:
+            features["sentence_embedding"] = truncate_embeddings(features["sentence_embedding"], dim, normalize=False)
+        return features
+
+    def get_embedding_dimension(self):
+        """The size `encode` returns by default (a new SentenceTransformer is in training mode until encode)."""
+        dim = self.resolve_dim(training=False)
+        return dim if dim is not None else self._sizes()[0]
+
+    def get_config_dict(self):
+        full, trained, default = self._sizes()
+        return {"embedding_dimension": full, "matryoshka_dimensions": trained, "truncate_dim": default}
+
+    def save(self, output_path, *args, safe_serialization=True, **kwargs):
+        self.save_config(output_path)
+
+
+def from_sentence_transformer(
+    model_name_or_path_or_model,
+    matryoshka_dimensions=None,
+    matryoshka_weights=None,
+    truncate_dim=None,
+    model_class=None,
+    **sentence_transformer_kwargs,
+):
+    """Make a Matryoshka model from a sentence-transformers model, ready to fine-tune with MRL.
+
+    Reads the transformer (weights and config, without its unused pooler), the tokenizer, the pooling mode,
+    whether it normalizes, `max_seq_length`, its prompts and its similarity function.
+
+    Args:
+        model_name_or_path_or_model: a hub id, a local folder, or a loaded `SentenceTransformer`.
+        matryoshka_dimensions, matryoshka_weights, truncate_dim: see [`MatryoshkaConfig`].
+        model_class: the class to build (default `MatryoshkaModel`).
+        **sentence_transformer_kwargs: passed to `SentenceTransformer(...)` when a name or path is given
+            (e.g. `revision`, `trust_remote_code`, `cache_folder`); the model is loaded on CPU unless `device`
+            says otherwise.
+
+    Raises:
+        ValueError: for pipelines a MatryoshkaModel cannot reproduce (modules other than Transformer, Pooling and
+        Normalize, pooling modes other than mean/cls/max/lasttoken, `include_prompt=False`), and for models that
+        already are Matryoshka models.
+    """
+    if model_class is None:
+        from .modeling_matryoshka import MatryoshkaModel as model_class
+    if isinstance(model_name_or_path_or_model, SentenceTransformer):
+        st_model = model_name_or_path_or_model
+        source = type(st_model).__name__
+    else:
+        source = str(model_name_or_path_or_model)
+        sentence_transformer_kwargs.setdefault("device", "cpu")
+        st_model = SentenceTransformer(source, **sentence_transformer_kwargs)
+
+    modules = list(st_model)
+    names = [type(m).__name__ for m in modules]
+    if not modules or not isinstance(modules[0], Transformer):
+        raise ValueError(f"{source!r} does not start with a sentence-transformers Transformer module (modules: {names}).")
+    encoder = modules[0].model
+    if _matryoshka_config_of(st_model) is not None:
+        raise ValueError(
+            f"{source!r} is already a Matryoshka model; load its folder with MatryoshkaModel.from_pretrained "
+            "(save a loaded SentenceTransformer with .save(folder) first)."
+        )
+    unsupported = [n for m, n in zip(modules[1:], names[1:]) if not isinstance(m, (Pooling, Normalize))]
+    poolings = [m for m in modules if isinstance(m, Pooling)]
+    if unsupported or len(poolings) != 1:
+        raise ValueError(
+            f"{source!r} has modules {names}; from_sentence_transformer reads Transformer -> Pooling [-> Normalize] "
+            "pipelines (Dense and other layers have no MatryoshkaModel counterpart)."
+        )
+    pooling = poolings[0]
+    if pooling.pooling_mode not in POOLING_FROM_SENTENCE_TRANSFORMERS:
+        raise ValueError(
+            f"Pooling mode {pooling.pooling_mode!r} of {source!r} is not supported; MatryoshkaModel pools with "
+            f"{sorted(POOLING_FROM_SENTENCE_TRANSFORMERS)}."
+        )
+    if not pooling.include_prompt:
+        raise ValueError(
+            f"{source!r} pools without its prompt tokens (include_prompt=False); MatryoshkaModel pools every token."
+        )
+    prompts = {name: text for name, text in st_model.prompts.items() if text}
+    config = MatryoshkaConfig(
+        encoder=copy.deepcopy(encoder.config),
+        matryoshka_dimensions=matryoshka_dimensions,
+        matryoshka_weights=matryoshka_weights,
+        truncate_dim=truncate_dim,
+        pooling=POOLING_FROM_SENTENCE_TRANSFORMERS[pooling.pooling_mode],
+        normalize=any(isinstance(m, Normalize) for m in modules),
+        max_seq_length=st_model.max_seq_length,
+        # Kept in config.json so that save_pretrained writes them back to config_sentence_transformers.json.
+        prompts=prompts or None,
+        default_prompt_name=st_model.default_prompt_name,
+        similarity_fn_name=st_model.similarity_fn_name,
+    )
+    # A fresh encoder without the pooler sentence-transformers never uses (an unused pooler breaks DDP), with the
+    # loaded weights copied in: the new model shares no tensors with `st_model`.
+    new_encoder = _build_encoder(config.encoder).to(encoder.dtype)
+    missing, _ = new_encoder.load_state_dict(encoder.state_dict(), strict=False)
+    if missing:
+        raise ValueError(f"Could not copy the weights of {source!r}: the encoder lacks {sorted(missing)[:5]}.")
+    model = model_class(config, encoder=new_encoder)
+    model.tokenizer = st_model.tokenizer
+    return model.eval()
+
+
+__all__ = ["MatryoshkaTruncation", "from_sentence_transformer"]

@@ -215,10 +215,19 @@ class MatryoshkaPreTrainedModel(PreTrainedModel):
     save_hooks = []
 
     def save_pretrained(self, save_directory, *args, **kwargs):
+        main_process = kwargs.get("is_main_process", True)
+        if main_process:  # before super(): with push_to_hub=True it uploads the folder as it stands
+            os.makedirs(save_directory, exist_ok=True)
+            self.save_companion_files(save_directory)
         super().save_pretrained(save_directory, *args, **kwargs)
-        if kwargs.get("is_main_process", True):
+        if main_process:
             for hook in self.save_hooks:
                 hook(self, save_directory)
+
+    def save_companion_files(self, save_directory):
+        """Files saved beside the weights and config: the tokenizer (subclasses add more)."""
+        if getattr(self, "tokenizer", None) is not None:
+            self.tokenizer.save_pretrained(save_directory)
 
     def push_to_hub(self, repo_id, *, commit_message=None, commit_description=None, private=None, token=None,
                     revision=None, create_pr=False, max_shard_size="50GB", tags=None):
@@ -358,12 +367,9 @@ class MatryoshkaModel(MatryoshkaPreTrainedModel):
     def tokenizer(self, value):
         self._tokenizer = value
 
-    def save_pretrained(self, save_directory, *args, **kwargs):
-        if kwargs.get("is_main_process", True):  # before super(): with push_to_hub=True it uploads the folder
-            self.save_sentence_transformers_files(save_directory)
-        super().save_pretrained(save_directory, *args, **kwargs)
-        if self.tokenizer is not None and kwargs.get("is_main_process", True):
-            self.tokenizer.save_pretrained(save_directory)
+    def save_companion_files(self, save_directory):
+        super().save_companion_files(save_directory)
+        self.save_sentence_transformers_files(save_directory)
 
     def save_sentence_transformers_files(self, save_directory):
         """Write the files that make this folder a sentence-transformers model too.
@@ -600,11 +606,6 @@ class MatryoshkaForSequenceClassification(MatryoshkaPreTrainedModel):
     @tokenizer.setter
     def tokenizer(self, value):
         self.matryoshka.tokenizer = value
-
-    def save_pretrained(self, save_directory, *args, **kwargs):
-        super().save_pretrained(save_directory, *args, **kwargs)
-        if self.tokenizer is not None and kwargs.get("is_main_process", True):
-            self.tokenizer.save_pretrained(save_directory)
 
     def _problem_type(self, labels):
         if self.config.problem_type is not None:

@@ -315,16 +315,20 @@ class RetrievalEvaluator(Evaluator):
         embeddings, rows = _encode_once(embedder, self.query_texts + self.doc_texts)
         return embeddings, rows[: len(self.query_texts)], rows[len(self.query_texts) :]
 
-    def search(self, query_embeddings, corpus_embeddings, dim, k):
-        """Indices `(n_queries, k)` of the top-k documents by cosine at size `dim`, best first (exact, chunked)."""
-        k = min(k, corpus_embeddings.shape[0])
+    def search(self, embeddings, query_rows, doc_rows, dim, k):
+        """Top-k documents by cosine at size `dim`: indices into `doc_rows`, `(n_queries, k)`, best first.
+
+        `embeddings` holds every distinct text once at full size; queries and documents are gathered from it one
+        chunk at a time, so no second copy of the corpus is ever made.
+        """
+        k = min(k, len(doc_rows))
         results = []
-        for q_start in range(0, query_embeddings.shape[0], self.query_chunk_size):
-            queries = truncate_embeddings(query_embeddings[q_start : q_start + self.query_chunk_size], dim, True)
+        for q_start in range(0, len(query_rows), self.query_chunk_size):
+            queries = truncate_embeddings(embeddings[query_rows[q_start : q_start + self.query_chunk_size]], dim, True)
             best_scores = torch.empty(queries.shape[0], 0)
             best_index = torch.empty(queries.shape[0], 0, dtype=torch.long)
-            for start in range(0, corpus_embeddings.shape[0], self.chunk_size):
-                docs = truncate_embeddings(corpus_embeddings[start : start + self.chunk_size], dim, True)
+            for start in range(0, len(doc_rows), self.chunk_size):
+                docs = truncate_embeddings(embeddings[doc_rows[start : start + self.chunk_size]], dim, True)
                 scores = queries @ docs.T
                 top = scores.topk(min(k, scores.shape[1]), dim=1)
                 merged_scores = torch.cat([best_scores, top.values], dim=1)
@@ -336,7 +340,7 @@ class RetrievalEvaluator(Evaluator):
 
     def _score(self, embedder, embedded, dim):
         embeddings, query_rows, doc_rows = embedded
-        top = self.search(embeddings[query_rows], embeddings[doc_rows], dim, max(self.cutoffs.values()))
+        top = self.search(embeddings, query_rows, doc_rows, dim, max(self.cutoffs.values()))
         rankings = [[self.doc_ids[i] for i in row] for row in top.tolist()]
         return metrics.retrieval_scores(rankings, [self.qrels[q] for q in self.query_ids], self.cutoffs)
 

@@ -138,12 +138,16 @@ def _sentence_transformer_embedder(model, dims, batch_size, show_progress_bar, n
         None,
     )
     with model.truncate_embeddings(None):
-        full_dim = model.get_embedding_dimension()
+        full_dim = max(nested) if nested else model.get_embedding_dimension()
+    # A Matryoshka module inside the pipeline (mrl_text.sentence_transformers) takes `dim=` and may otherwise apply
+    # the config's truncate_dim: ask it for the full size explicitly.
+    size_kwargs = {"dim": full_dim} if "dim" in (model.get_model_kwargs() or []) else {}
 
     def encode(texts):
         with model.truncate_embeddings(None):  # full size: the evaluators truncate themselves
             return model.encode(
-                texts, batch_size=batch_size, convert_to_tensor=True, show_progress_bar=show_progress_bar
+                texts, batch_size=batch_size, convert_to_tensor=True, show_progress_bar=show_progress_bar,
+                **size_kwargs,
             )
 
     if full_dim is None:

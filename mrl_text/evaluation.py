@@ -15,6 +15,7 @@ baselines are measured on equal terms. Results come back as one tidy table of ro
 """
 
 import json
+import numbers
 import os
 import tempfile
 from pathlib import Path
@@ -81,13 +82,13 @@ def _check_dims(dims, full_dim, name):
     if not dims:
         raise ValueError(f"{name}: no sizes to evaluate; pass dims such as [{full_dim}, 64].")
     for dim in dims:
-        if isinstance(dim, bool) or not isinstance(dim, int) or dim <= 0:
+        if isinstance(dim, bool) or not isinstance(dim, numbers.Integral) or dim <= 0:
             raise ValueError(f"{name}: size {dim!r} is not a positive integer.")
         if dim > full_dim:
             raise ValueError(
                 f"{name}: size {dim} is larger than the model's embedding size {full_dim}; use sizes <= {full_dim}."
             )
-    return sorted(set(dims), reverse=True)
+    return sorted({int(dim) for dim in dims}, reverse=True)
 
 
 def _model_file(name_or_path, filename):

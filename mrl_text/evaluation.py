@@ -293,12 +293,16 @@ class RetrievalEvaluator(Evaluator):
         corpus (`dict[str, str]`): document id -> text.
         queries (`dict[str, str]`): query id -> text.
         qrels (`dict[str, dict[str, int]]`): query id -> {document id: relevance}.
+        chunk_size, query_chunk_size (`int`): documents / queries per score block.
+        device (`str`, *optional*): where the score blocks are computed; defaults to CUDA when available.
     """
 
     primary_metric = "ndcg@10"
     cutoffs = {"ndcg": 10, "mrr": 10, "recall": 100}
 
-    def __init__(self, corpus, queries, qrels, name="retrieval", chunk_size=50_000, query_chunk_size=1_024):
+    def __init__(
+        self, corpus, queries, qrels, name="retrieval", chunk_size=50_000, query_chunk_size=1_024, device=None
+    ):
         super().__init__(name)
         _require(name, corpus=corpus, queries=queries, qrels=qrels)
         unknown_queries = sorted(q for q in qrels if q not in queries)
@@ -315,6 +319,8 @@ class RetrievalEvaluator(Evaluator):
         self.qrels = qrels
         self.chunk_size = int(chunk_size)
         self.query_chunk_size = int(query_chunk_size)
+        # The search runs chunk by chunk on this device (the embeddings stay in CPU memory).
+        self.device = device or ("cuda" if torch.cuda.is_available() else "cpu")
 
     def _embed(self, embedder):
         embeddings, rows = _encode_once(embedder, self.query_texts + self.doc_texts)
@@ -329,18 +335,20 @@ class RetrievalEvaluator(Evaluator):
         k = min(k, len(doc_rows))
         results = []
         for q_start in range(0, len(query_rows), self.query_chunk_size):
-            queries = truncate_embeddings(embeddings[query_rows[q_start : q_start + self.query_chunk_size]], dim, True)
-            best_scores = torch.empty(queries.shape[0], 0)
-            best_index = torch.empty(queries.shape[0], 0, dtype=torch.long)
+            query_chunk = embeddings[query_rows[q_start : q_start + self.query_chunk_size]].to(self.device)
+            queries = truncate_embeddings(query_chunk, dim, True)
+            best_scores = torch.empty(queries.shape[0], 0, device=self.device)
+            best_index = torch.empty(queries.shape[0], 0, dtype=torch.long, device=self.device)
             for start in range(0, len(doc_rows), self.chunk_size):
-                docs = truncate_embeddings(embeddings[doc_rows[start : start + self.chunk_size]], dim, True)
+                doc_chunk = embeddings[doc_rows[start : start + self.chunk_size]].to(self.device)
+                docs = truncate_embeddings(doc_chunk, dim, True)
                 scores = queries @ docs.T
                 top = scores.topk(min(k, scores.shape[1]), dim=1)
                 merged_scores = torch.cat([best_scores, top.values], dim=1)
                 merged_index = torch.cat([best_index, top.indices + start], dim=1)
                 keep = merged_scores.topk(min(k, merged_scores.shape[1]), dim=1).indices
                 best_scores, best_index = merged_scores.gather(1, keep), merged_index.gather(1, keep)
-            results.append(best_index)
+            results.append(best_index.cpu())
         return torch.cat(results)
 
     def _score(self, embedder, embedded, dim):

@@ -126,7 +126,9 @@ def _load_model(name_or_path, device):
     return model.to(device or ("cuda" if torch.cuda.is_available() else "cpu")).eval()
 
 
-def _sentence_transformer_embedder(model, dims, batch_size, show_progress_bar, name):
+def _sentence_transformer_embedder(model, dims, batch_size, max_length, device, show_progress_bar, name):
+    if max_length:
+        model.max_seq_length = max_length
     normalize = any(
         type(module).__name__ == "Normalize" or getattr(module, "normalize", None) is True for module in model
     )
@@ -148,7 +150,7 @@ def _sentence_transformer_embedder(model, dims, batch_size, show_progress_bar, n
         with model.truncate_embeddings(None):  # full size: the evaluators truncate themselves
             return model.encode(
                 texts, batch_size=batch_size, convert_to_tensor=True, show_progress_bar=show_progress_bar,
-                **size_kwargs,
+                device=device, **size_kwargs,
             )
 
     if full_dim is None:
@@ -165,7 +167,8 @@ def as_embedder(model, dims=None, batch_size=DEFAULT_BATCH_SIZE, max_length=None
             folder / hub id, or an `Embedder`.
         dims (`list[int]`, *optional*): sizes to score; defaults to the config's `matryoshka_dimensions`, else the
             full size. A size larger than the model's raises a `ValueError` naming it.
-        batch_size, max_length, device, show_progress_bar: encoding options.
+        batch_size, max_length, device, show_progress_bar: encoding options (`max_length` sets a
+            SentenceTransformer's `max_seq_length`).
     """
     if isinstance(model, Embedder):
         return model if dims is None else model.with_dims(dims)
@@ -197,7 +200,7 @@ def as_embedder(model, dims=None, batch_size=DEFAULT_BATCH_SIZE, max_length=None
         SentenceTransformer = ()
     if isinstance(model, SentenceTransformer):
         name = name or getattr(model.model_card_data, "base_model", None) or "SentenceTransformer"
-        return _sentence_transformer_embedder(model, dims, batch_size, show_progress_bar, name)
+        return _sentence_transformer_embedder(model, dims, batch_size, max_length, device, show_progress_bar, name)
     raise TypeError(
         f"Cannot evaluate a {type(model).__name__}; pass a MatryoshkaModel, a SentenceTransformer, a model folder or "
         "hub id, or an Embedder."

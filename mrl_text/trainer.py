@@ -22,6 +22,8 @@ from dataclasses import dataclass, field
 import torch
 from transformers import Trainer, TrainingArguments
 
+from .evaluation import evaluate as evaluate_model
+from .evaluation import metrics_for_trainer
 from .losses import LOSSES, MatryoshkaLoss, get_loss
 from .modeling_matryoshka import MatryoshkaForSequenceClassification, MatryoshkaModel, MatryoshkaPreTrainedModel
 
@@ -153,8 +155,9 @@ class MatryoshkaTrainer(Trainer):
         args ([`MatryoshkaTrainingArguments`]): the training arguments, loss included.
         train_dataset (`datasets.Dataset`): rows in the layout the loss reads (see the module docstring).
         eval_dataset (`datasets.Dataset`, *optional*): same layout; evaluation reports its loss.
-        evaluators (`list`, *optional*): objects from `mrl_text.evaluation` (`evaluate(model) -> rows`); evaluation
-            logs a metric per task and size, e.g. `eval_stsb_spearman_64`.
+        evaluators (`list`, *optional*): `mrl_text.evaluation` evaluators (`STSEvaluator`, `RetrievalEvaluator`,
+            `ClassificationEvaluator`, with distinct names); evaluation logs every metric at every size of the
+            model's config, e.g. `eval_stsb_spearman_64`.
         teacher (*optional*): for `loss="distill_mse"`, a model whose output has `full_embeddings` (e.g. a
             `MatryoshkaModel`); it is frozen and truncated to every size like the student.
         loss_fn (*optional*): a ready loss to use instead of the one `args.loss` names, called as
@@ -344,15 +347,13 @@ class MatryoshkaTrainer(Trainer):
         if eval_dataset is not None or self.eval_dataset is not None:
             metrics.update(super().evaluate(eval_dataset, ignore_keys, metric_key_prefix))
         if self.evaluators:
-            from .evaluation import metrics_for_trainer
-
-            model = self.accelerator.unwrap_model(self.model)
-            rows = []
-            for evaluator in self.evaluators:
-                rows.extend(evaluator.evaluate(model))
-            evaluator_metrics = metrics_for_trainer(rows, prefix=metric_key_prefix)
-            if self.state.epoch is not None:
-                evaluator_metrics["epoch"] = self.state.epoch
+            results = evaluate_model(
+                self.accelerator.unwrap_model(self.model),
+                self.evaluators,
+                batch_size=self.args.per_device_eval_batch_size,
+                max_length=self.args.max_seq_length,
+            )
+            evaluator_metrics = metrics_for_trainer(results, prefix=metric_key_prefix)
             self.log(evaluator_metrics)
             self.control = self.callback_handler.on_evaluate(self.args, self.state, self.control, evaluator_metrics)
             metrics.update(evaluator_metrics)

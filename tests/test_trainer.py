@@ -172,3 +172,19 @@ def test_nan_loss_stops_with_the_step_number(make_model, tmp_path):
     trainer.compute_loss = poisoned
     with pytest.raises(FloatingPointError, match="at step 2"):
         trainer.train()
+
+
+def test_evaluation_during_training_logs_every_size(make_model, tmp_path):
+    from mrl_text.evaluation import STSEvaluator
+
+    model = make_model(matryoshka_dimensions=(32, 16, 8))
+    sts = STSEvaluator(PAIRS["anchor"], PAIRS["positive"], [5, 4, 3, 1, 2, 4, 3, 1], name="stsb")
+    args = training_args(tmp_path, eval_strategy="steps", eval_steps=2, max_steps=4)
+    trainer = MatryoshkaTrainer(model=model, args=args, train_dataset=Dataset.from_dict(PAIRS), evaluators=[sts])
+    trainer.train()
+    logged = [entry for entry in trainer.state.log_history if "eval_stsb_spearman_8" in entry]
+    assert [entry["step"] for entry in logged] == [2, 4]
+    assert {"eval_stsb_spearman_32", "eval_stsb_spearman_16", "eval_stsb_pearson_8"} <= set(logged[-1])
+    metrics = trainer.evaluate()
+    direct = {(row["metric"], row["dim"]): row["value"] for row in sts.evaluate(model)}
+    assert metrics["eval_stsb_spearman_16"] == pytest.approx(direct["spearman", 16])

@@ -15,17 +15,33 @@ from torch import nn
 from .modeling_matryoshka import truncate_embeddings
 
 
+class _AllGatherWithGrad(torch.autograd.Function):
+    """all_gather whose backward sums every process's gradient for this process's rows (equal row counts)."""
+
+    @staticmethod
+    def forward(ctx, tensor):
+        ctx.rank, ctx.rows = dist.get_rank(), tensor.shape[0]
+        gathered = [torch.empty_like(tensor) for _ in range(dist.get_world_size())]
+        dist.all_gather(gathered, tensor.contiguous())
+        return torch.cat(gathered, dim=0)
+
+    @staticmethod
+    def backward(ctx, grad):
+        grad = grad.contiguous()
+        dist.all_reduce(grad)  # all_reduce rather than reduce_scatter: gloo (CPU) has no reduce_scatter
+        return grad[ctx.rank * ctx.rows : (ctx.rank + 1) * ctx.rows]
+
+
 def gather_with_grad(tensor):
     """Concatenate `tensor` from every process along dim 0, keeping gradients (identity outside DDP).
 
     The backward pass sends each process the gradient of every process's loss with respect to its own rows, so
     in-batch negatives span the global batch and DDP's gradient averaging gives the global-batch gradient.
+    Every process must pass the same number of rows (accelerate's `even_batches`, the default, ensures it).
     """
     if not (dist.is_available() and dist.is_initialized()) or dist.get_world_size() == 1:
         return tensor
-    from torch.distributed.nn.functional import all_gather
-
-    return torch.cat(all_gather(tensor.contiguous()), dim=0)
+    return _AllGatherWithGrad.apply(tensor)
 
 
 class InfoNCELoss(nn.Module):

@@ -22,7 +22,8 @@ def recipe():
 
 def test_configs_parse(recipe):
     demo, args = recipe.parse_arguments([])
-    assert demo.train_data == "chatterbot-corpus" and demo.matryoshka_dimensions == [384, 256, 128, 64, 32, 16]
+    assert demo.train_data == "chatterbot-corpus" and demo.matryoshka_dimensions is None
+    assert recipe.default_dimensions(384) == [384, 256, 128, 64, 32, 16]  # all-MiniLM-L6-v2's sizes
     assert args.loss == "infonce" and args.output_dir.startswith("outputs/")
     bert, args = recipe.parse_arguments(["--config", str(RECIPES / "configs" / "bert_base_allnli.yaml"), "--bf16", "false"])
     assert bert.model_name_or_path == "bert-base-uncased" and bert.train_data == "sentence-transformers/all-nli"

@@ -68,6 +68,11 @@ class MatryoshkaTrainingArguments(TrainingArguments):
         default=True, metadata={"help": "Under DDP, gather embeddings so in-batch negatives span the global batch."}
     )
     max_seq_length: int = field(default=128, metadata={"help": "Longest tokenized input (tokens)."})
+    # Every parameter of a Matryoshka model is used each step (the encoder is built without its pooler), so DDP
+    # can skip the per-step search for unused parameters that Trainer would otherwise turn on.
+    ddp_find_unused_parameters: bool | None = field(
+        default=False, metadata={"help": "Set True only for encoders with parameters a forward pass leaves unused."}
+    )
     # The text columns must reach the collator: the model's forward signature names none of them.
     remove_unused_columns: bool = field(
         default=False, metadata={"help": "Kept False: the collator reads the dataset's text columns."}
@@ -126,6 +131,12 @@ class MatryoshkaDataCollator:
             values = [row[label_columns[0]] for row in rows]
             if any(v is None for v in values):
                 raise ValueError(f"Column {label_columns[0]!r} has missing values; every row needs a target.")
+            bad = next((v for v in values if isinstance(v, str)), None)
+            if bad is not None:
+                raise ValueError(
+                    f"Column {label_columns[0]!r} holds the string {bad!r}; targets must be numbers. Class names become "
+                    "ids with mrl_text.data.load_labelled_text (or dataset.class_encode_column)."
+                )
             batch["labels"] = torch.tensor(values)
         return batch
 
@@ -304,6 +315,10 @@ class MatryoshkaTrainer(Trainer):
         if self.args.loss == "cross_entropy":
             (features,) = columns.values()
             outputs = model(**features)
+            if labels.is_floating_point() and self.model.num_labels > 1 and self.model.config.problem_type is None:
+                if not torch.equal(labels, labels.round()):
+                    raise ValueError(f"Class labels must be integers 0..{self.model.num_labels - 1}; got {labels.tolist()}.")
+                labels = labels.long()  # e.g. ids read from a csv as 0.0, 1.0
             loss = self.loss_fn(model, outputs.matryoshka_logits, labels)
         else:
             # One encoder pass per text column; every size is a slice of these full-size embeddings.

@@ -134,6 +134,8 @@ def test_collator_tokenizes_each_text_column(tiny_tokenizer):
     assert batch["labels"].tolist() == [4, 1]
     with pytest.raises(ValueError, match="Column 'sentence2' holds int"):
         collate([{"sentence1": "a", "sentence2": 3}])
+    with pytest.raises(ValueError, match="holds the string 'pay'.*load_labelled_text"):
+        collate([{"text": "a", "label": "pay"}])
 
 
 def test_bad_inputs_give_clear_errors(make_model, tiny_tokenizer, tmp_path):

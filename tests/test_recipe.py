@@ -34,6 +34,15 @@ def test_configs_parse(recipe):
     assert args.learning_rate == 1e-4
 
 
+@pytest.mark.parametrize("name", ["multi_gpu", "deepspeed_zero2", "fsdp"])
+def test_accelerate_configs_load(name):
+    from accelerate.commands.config.config_args import ClusterConfig
+
+    config = ClusterConfig.from_yaml_file(str(RECIPES / "configs" / "accelerate" / f"{name}.yaml"))
+    assert config.distributed_type.name == {"multi_gpu": "MULTI_GPU", "deepspeed_zero2": "DEEPSPEED", "fsdp": "FSDP"}[name]
+    assert config.num_machines == 1 and not config.use_cpu
+
+
 def test_bad_config(recipe, tmp_path):
     (tmp_path / "bad.yaml").write_text("loss: infonce\nlearning_rat: 0.1\n")
     with pytest.raises(ValueError, match=r"unknown option\(s\) \['learning_rat'\]"):

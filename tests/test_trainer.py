@@ -8,7 +8,7 @@ from transformers import AutoModel, BertModel
 from mrl_text import MatryoshkaConfig, MatryoshkaForSequenceClassification
 from mrl_text.trainer import MatryoshkaDataCollator, MatryoshkaTrainer, MatryoshkaTrainingArguments
 
-from .conftest import tiny_bert_config
+from .conftest import build_tokenizer, tiny_bert_config
 
 PAIRS = {
     "anchor": ["a man plays guitar", "the dog runs", "what is my balance", "hello world", "the sun is big",
@@ -113,6 +113,7 @@ def test_cross_entropy_trains_nested_heads_and_checks_labels(tiny_tokenizer, tmp
 
 def test_distill_mse_moves_student_towards_teacher(make_model, tmp_path):
     teacher = make_model(seed=1)
+    teacher.tokenizer = build_tokenizer(tmp_path / "teacher-tokenizer")  # its own tokenizer: inputs tokenized twice
     student = make_model(seed=2)
     texts = Dataset.from_dict({"text": PAIRS["anchor"] + PAIRS["positive"]})
     args = training_args(tmp_path, loss="distill_mse", max_steps=15, per_device_train_batch_size=16)

@@ -356,23 +356,35 @@ class MatryoshkaTrainer(Trainer):
             loss = self.compute_loss(model, inputs)
         return loss.detach(), None, None
 
+    def evaluator_metrics(self, metric_key_prefix="eval"):
+        """Every evaluator's metrics at every size of the model's config, e.g. `eval_stsb_spearman_64`."""
+        results = evaluate_model(
+            self.accelerator.unwrap_model(self.model),
+            self.evaluators,
+            batch_size=self.args.per_device_eval_batch_size,
+            max_length=self.args.max_seq_length,
+        )
+        return metrics_for_trainer(results, prefix=metric_key_prefix)
+
     def evaluate(self, eval_dataset=None, ignore_keys=None, metric_key_prefix="eval"):
-        """Loss on `eval_dataset` (when there is one) and every evaluator's metrics at every size, logged."""
-        metrics = {}
-        if eval_dataset is not None or self.eval_dataset is not None:
-            metrics.update(super().evaluate(eval_dataset, ignore_keys, metric_key_prefix))
-        if self.evaluators:
-            results = evaluate_model(
-                self.accelerator.unwrap_model(self.model),
-                self.evaluators,
-                batch_size=self.args.per_device_eval_batch_size,
-                max_length=self.args.max_seq_length,
-            )
-            evaluator_metrics = metrics_for_trainer(results, prefix=metric_key_prefix)
-            self.log(evaluator_metrics)
-            self.control = self.callback_handler.on_evaluate(self.args, self.state, self.control, evaluator_metrics)
-            metrics.update(evaluator_metrics)
+        """Loss on `eval_dataset` (when there is one) and the evaluators' metrics, logged and reported together."""
+        if eval_dataset is not None or self.eval_dataset is not None or not self.evaluators:
+            # Trainer's loop; evaluation_loop adds the evaluators' metrics, so callbacks see one set of metrics.
+            self._evaluator_prefix = metric_key_prefix
+            try:
+                return super().evaluate(eval_dataset, ignore_keys, metric_key_prefix)
+            finally:
+                self._evaluator_prefix = None
+        metrics = self.evaluator_metrics(metric_key_prefix)
+        self.log(metrics)
+        self.control = self.callback_handler.on_evaluate(self.args, self.state, self.control, metrics)
         return metrics
+
+    def evaluation_loop(self, *args, **kwargs):
+        output = super().evaluation_loop(*args, **kwargs)
+        if self.evaluators and getattr(self, "_evaluator_prefix", None):
+            output.metrics.update(self.evaluator_metrics(self._evaluator_prefix))
+        return output
 
 
 __all__ = ["MatryoshkaDataCollator", "MatryoshkaTrainer", "MatryoshkaTrainingArguments", "split_batch"]

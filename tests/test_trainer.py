@@ -191,3 +191,24 @@ def test_evaluation_during_training_logs_every_size(make_model, tmp_path):
     metrics = trainer.evaluate()
     direct = {(row["metric"], row["dim"]): row["value"] for row in sts.evaluate(model)}
     assert metrics["eval_stsb_spearman_16"] == pytest.approx(direct["spearman", 16])
+
+
+def test_eval_dataset_loss_and_evaluators_reported_together(make_model, tmp_path):
+    from transformers import TrainerCallback
+
+    from mrl_text.evaluation import STSEvaluator
+
+    reported = []
+
+    class Record(TrainerCallback):
+        def on_evaluate(self, args, state, control, metrics=None, **kwargs):
+            reported.append(dict(metrics))
+
+    sts = STSEvaluator(PAIRS["anchor"], PAIRS["positive"], [5, 4, 3, 1, 2, 4, 3, 1], name="stsb")
+    trainer = MatryoshkaTrainer(
+        model=make_model(matryoshka_dimensions=(32, 8)), args=training_args(tmp_path), callbacks=[Record()],
+        train_dataset=Dataset.from_dict(PAIRS), eval_dataset=Dataset.from_dict(PAIRS), evaluators=[sts],
+    )
+    metrics = trainer.evaluate()
+    assert len(reported) == 1 and {"eval_loss", "eval_stsb_spearman_8"} <= set(reported[0])
+    assert metrics["eval_loss"] > 0 and "eval_stsb_spearman_32" in metrics

@@ -43,3 +43,14 @@ __all__ = [
     "MatryoshkaSequenceClassifierOutput",
     "truncate_embeddings",
 ]
+
+# Training: MatryoshkaTrainer loads transformers' Trainer (a second of imports), so it is imported on first use.
+_TRAINING_NAMES = ("MatryoshkaTrainer", "MatryoshkaTrainingArguments", "MatryoshkaDataCollator")
+
+
+def __getattr__(name):
+    if name in _TRAINING_NAMES:
+        from . import trainer
+
+        return getattr(trainer, name)
+    raise AttributeError(f"module 'mrl_text' has no attribute {name!r}")

@@ -37,3 +37,13 @@ __all__ = [
     "MatryoshkaSequenceClassifierOutput",
     "truncate_embeddings",
 ]
+
+# Image-text dual encoders (ALIGN, CLIP, VisionTextDualEncoder) with nested embeddings on both towers.
+from .configuration_matryoshka_dual_encoder import MatryoshkaDualEncoderConfig  # noqa: E402
+from .modeling_matryoshka_dual_encoder import MatryoshkaDualEncoder, MatryoshkaDualEncoderOutput  # noqa: E402
+
+AutoConfig.register(MatryoshkaDualEncoderConfig.model_type, MatryoshkaDualEncoderConfig, exist_ok=True)
+AutoModel.register(MatryoshkaDualEncoderConfig, MatryoshkaDualEncoder, exist_ok=True)
+MatryoshkaDualEncoderConfig.register_for_auto_class()
+MatryoshkaDualEncoder.register_for_auto_class("AutoModel")
+__all__ += ["MatryoshkaDualEncoder", "MatryoshkaDualEncoderConfig", "MatryoshkaDualEncoderOutput"]

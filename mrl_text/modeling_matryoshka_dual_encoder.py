@@ -217,6 +217,40 @@ class MatryoshkaDualEncoder(MatryoshkaDualEncoderPreTrainedModel):
         dim = self._resolve_dim(dim)
         return truncate_embeddings(self.full_image_features(pixel_values), dim, normalize=True)
 
+    @torch.inference_mode()
+    def encode_texts(self, texts, dim=None, batch_size=32, max_length=None, device=None):
+        """Unit-length text embeddings `(len(texts), dim)` on the CPU, tokenized with `self.tokenizer` in batches."""
+        if self.tokenizer is None:
+            raise ValueError(
+                "This model has no tokenizer: build it with MatryoshkaDualEncoder.from_pretrained_dual(...), load it "
+                "from a folder that holds one, or set `model.tokenizer = AutoTokenizer.from_pretrained(...)`."
+            )
+        texts = [texts] if isinstance(texts, str) else list(texts)
+        dim = self._resolve_dim(dim)
+        device = device or self.device
+        chunks = []
+        for start in range(0, len(texts), batch_size):
+            inputs = self.tokenizer(
+                texts[start : start + batch_size], padding=True, truncation=True, max_length=max_length,
+                return_tensors="pt",
+            ).to(device)
+            chunks.append(self.get_text_features(**inputs, dim=dim).float().cpu())
+        return torch.cat(chunks) if chunks else torch.empty(0, dim or self.config.embedding_size)
+
+    @torch.inference_mode()
+    def encode_images(self, pixel_values, dim=None, batch_size=32, device=None):
+        """Unit-length image embeddings `(n, dim)` on the CPU from preprocessed `pixel_values` `(n, C, H, W)`."""
+        dim = self._resolve_dim(dim)
+        device = device or self.device
+        pixel_values = torch.as_tensor(pixel_values)
+        chunks = [
+            self.get_image_features(pixel_values=pixel_values[start : start + batch_size].to(device, self.dtype), dim=dim)
+            .float()
+            .cpu()
+            for start in range(0, len(pixel_values), batch_size)
+        ]
+        return torch.cat(chunks) if chunks else torch.empty(0, dim or self.config.embedding_size)
+
     def forward(self, input_ids=None, pixel_values=None, attention_mask=None, dim=None, return_dict=None, **kwargs):
         r"""
         Args:

@@ -1,0 +1,305 @@
+"""MatryoshkaDualEncoder: tiny random ALIGN / CLIP models built in code, the nested loss and the image-text evaluators."""
+
+import json
+import os
+import subprocess
+import sys
+import textwrap
+
+import pytest
+import torch
+from transformers import AlignConfig, AutoModel, CLIPConfig
+
+from mrl_text import MatryoshkaDualEncoder, MatryoshkaDualEncoderConfig, truncate_embeddings
+from mrl_text.evaluation import (
+    ImageKNNEvaluator,
+    ImageTextRetrievalEvaluator,
+    Results,
+    ZeroShotClassificationEvaluator,
+    as_dual_embedder,
+    evaluate,
+)
+from mrl_text.losses import ImageTextInfoNCELoss, MatryoshkaLoss
+
+from .conftest import WORDS
+
+TEXT_TOWER = dict(
+    vocab_size=160, hidden_size=32, num_hidden_layers=1, num_attention_heads=2, intermediate_size=64,
+    max_position_embeddings=32,
+)
+
+
+def tiny_align_config(projection_dim=32, vision_width=32):
+    """ALIGN: the text tower projects to `projection_dim`; the image embedding is the EfficientNet's last width."""
+    vision = dict(
+        num_channels=3, image_size=16, width_coefficient=1.0, depth_coefficient=1.0, in_channels=[32, 16],
+        out_channels=[16, vision_width], kernel_sizes=[3, 3], strides=[1, 2], num_block_repeats=[1, 1],
+        expand_ratios=[1, 2], hidden_dim=32, depthwise_padding=[],
+    )
+    return AlignConfig(text_config=TEXT_TOWER, vision_config=vision, projection_dim=projection_dim)
+
+
+def tiny_clip_config(projection_dim=24):
+    vision = dict(
+        hidden_size=32, num_hidden_layers=1, num_attention_heads=2, intermediate_size=64, image_size=16, patch_size=8
+    )
+    text = {**TEXT_TOWER, "bos_token_id": 2, "eos_token_id": 3, "pad_token_id": 0}
+    return CLIPConfig(text_config=text, vision_config=vision, projection_dim=projection_dim)
+
+
+CONFIGS = {"align": (tiny_align_config, [32, 16, 8, 4]), "clip": (tiny_clip_config, [24, 12, 6])}
+
+
+@pytest.fixture(params=sorted(CONFIGS))
+def dual(request, tiny_tokenizer):
+    build, dims = CONFIGS[request.param]
+    torch.manual_seed(0)
+    config = MatryoshkaDualEncoderConfig(encoder=build(), matryoshka_dimensions=dims)
+    model = MatryoshkaDualEncoder(config).eval()
+    model.tokenizer = tiny_tokenizer
+    return model
+
+
+@pytest.fixture
+def batch(tiny_tokenizer):
+    torch.manual_seed(1)
+    texts = ["a dog is running in the park", "the cat sleeps", "a man plays guitar", "red car on the street"]
+    return tiny_tokenizer(texts, padding=True, return_tensors="pt"), torch.randn(4, 3, 16, 16), texts
+
+
+def test_shapes_at_every_size(dual, batch):
+    text, pixels, _ = batch
+    full = dual.config.embedding_size
+    for dim in dual.config.matryoshka_dimensions:
+        assert dual.get_text_features(**text, dim=dim).shape == (4, dim)
+        assert dual.get_image_features(pixel_values=pixels, dim=dim).shape == (4, dim)
+    out = dual(**text, pixel_values=pixels[:3], dim=dual.config.matryoshka_dimensions[-1])
+    assert out.logits_per_text.shape == (4, 3) and out.logits_per_image.shape == (3, 4)
+    assert out.full_text_embeds.shape == (4, full) and out.full_image_embeds.shape == (3, full)
+    assert out.logit_scale.requires_grad and out.logit_scale.ndim == 0
+
+
+def test_each_prefix_is_normalized_on_its_own(dual, batch):
+    text, pixels, _ = batch
+    out = dual(**text, pixel_values=pixels)
+    # the wrapper returns the wrapped model's own features at full size, un-normalized
+    reference = dual.encoder.get_text_features(**{k: v for k, v in text.items() if k in dual._text_kwargs})
+    torch.testing.assert_close(out.full_text_embeds, reference.pooler_output)
+    for dim in dual.config.matryoshka_dimensions:
+        image = dual.get_image_features(pixel_values=pixels, dim=dim)
+        torch.testing.assert_close(image.norm(dim=-1), torch.ones(4))
+        expected = out.full_image_embeds[:, :dim] / out.full_image_embeds[:, :dim].norm(dim=-1, keepdim=True)
+        torch.testing.assert_close(image, expected)
+        if dim < dual.config.embedding_size:  # not the prefix of the normalized full vector (shorter than unit)
+            assert not torch.allclose(image, truncate_embeddings(out.full_image_embeds, None)[:, :dim])
+    small = dual(**text, pixel_values=pixels, dim=dual.config.matryoshka_dimensions[-1])
+    torch.testing.assert_close(
+        small.logits_per_text, small.logit_scale * small.text_embeds @ small.image_embeds.T
+    )
+
+
+def test_logit_scale_is_the_wrapped_models_temperature(dual):
+    if hasattr(dual.encoder, "temperature"):
+        torch.testing.assert_close(dual.logit_scale, 1 / dual.encoder.temperature.detach())
+    else:
+        torch.testing.assert_close(dual.logit_scale, dual.encoder.logit_scale.detach().exp())
+
+
+def test_loss_is_the_weighted_sum_of_per_size_losses(dual, batch):
+    text, pixels, _ = batch
+    dual.config.matryoshka_weights = [float(i + 1) for i in range(len(dual.config.matryoshka_dimensions))]
+    out = dual(**text, pixel_values=pixels)
+    loss = MatryoshkaLoss.from_config(dual.config, ImageTextInfoNCELoss())(
+        [out.full_image_embeds, out.full_text_embeds], logit_scale=out.logit_scale
+    )
+    expected = 0.0
+    for dim, weight in zip(dual.config.matryoshka_dimensions, dual.config.matryoshka_weights):
+        sized = dual(**text, pixel_values=pixels, dim=dim)  # separately, through the model at that size
+        targets = torch.arange(4)
+        per_size = (
+            torch.nn.functional.cross_entropy(sized.logits_per_image, targets)
+            + torch.nn.functional.cross_entropy(sized.logits_per_text, targets)
+        ) / 2
+        expected = expected + weight * per_size
+    torch.testing.assert_close(loss, expected)
+    loss.backward()  # the temperature is learned with the towers
+    learned = dual.encoder.temperature if hasattr(dual.encoder, "temperature") else dual.encoder.logit_scale
+    assert learned.grad is not None and learned.grad.abs() > 0
+
+
+def test_save_load_bit_exact(dual, batch, tmp_path):
+    text, pixels, _ = batch
+    dual.config.truncate_dim = dual.config.matryoshka_dimensions[1]
+    dual.save_pretrained(tmp_path)
+    config = json.loads((tmp_path / "config.json").read_text())
+    assert config["model_type"] == "matryoshka_dual_encoder"
+    assert config["auto_map"]["AutoModel"] == "modeling_matryoshka_dual_encoder.MatryoshkaDualEncoder"
+    assert config["matryoshka_dimensions"] == dual.config.matryoshka_dimensions and config["is_matryoshka"]
+    for name in ("modeling_matryoshka_dual_encoder.py", "configuration_matryoshka_dual_encoder.py",
+                 "modeling_matryoshka.py", "configuration_matryoshka.py"):
+        assert (tmp_path / name).is_file(), name
+    loaded = AutoModel.from_pretrained(tmp_path).eval()
+    assert isinstance(loaded, MatryoshkaDualEncoder)
+    for got, want in (
+        (loaded.get_text_features(**text), dual.get_text_features(**text)),
+        (loaded.get_image_features(pixel_values=pixels), dual.get_image_features(pixel_values=pixels)),
+    ):
+        assert got.shape == (4, dual.config.truncate_dim)  # truncate_dim from config.json
+        assert torch.equal(got, want)
+    assert torch.equal(loaded.logit_scale, dual.logit_scale)
+    assert loaded.tokenizer is not None  # saved next to the weights
+
+
+def test_mismatched_tower_sizes_are_rejected():
+    with pytest.raises(ValueError, match=r"text 16, image 32.*un-projected vision output.*projection_dim"):
+        MatryoshkaDualEncoderConfig(encoder=tiny_align_config(projection_dim=16, vision_width=32))
+    with pytest.raises(ValueError, match="larger than the embedding size 24"):
+        MatryoshkaDualEncoderConfig(encoder=tiny_clip_config(24), matryoshka_dimensions=[32, 16])
+    with pytest.raises(ValueError, match="truncate_dim"):
+        MatryoshkaDualEncoderConfig(encoder=tiny_clip_config(24), matryoshka_dimensions=[24, 12], truncate_dim=5)
+    with pytest.warns(UserWarning, match="lacks the full embedding size 24"):
+        config = MatryoshkaDualEncoderConfig(encoder=tiny_clip_config(24), matryoshka_dimensions=[6, 12])
+    assert config.matryoshka_dimensions == [24, 12, 6]
+
+
+def test_wrong_inputs_say_what_is_missing(dual, batch):
+    text, _, _ = batch
+    with pytest.raises(ValueError, match="pixel_values"):
+        dual.get_image_features(dim=4)
+    with pytest.raises(ValueError, match="input_ids"):
+        dual.get_text_features(attention_mask=text["attention_mask"])
+    with pytest.raises(ValueError, match="dim=99"):
+        dual.get_text_features(**text, dim=99)
+
+
+def _toy_images(labels, seed=0):
+    """Images whose class shows in their pixels, so a random image tower already separates the classes a bit."""
+    generator = torch.Generator().manual_seed(seed)
+    pixels = torch.randn(len(labels), 3, 16, 16, generator=generator) * 0.1
+    for i, label in enumerate(labels):
+        pixels[i, label % 3, (label * 4) % 16 : (label * 4) % 16 + 4] += 3.0
+    return pixels
+
+
+def test_image_text_evaluators_score_every_size_from_one_encoding(dual):
+    labels = [0, 1, 2, 3] * 3
+    pixels = _toy_images(labels)
+    names = ["dog", "cat", "car", "bike"]
+    embedder = as_dual_embedder(dual)
+    calls = {"texts": 0, "images": 0}
+    encode_texts, encode_images = embedder._encode_fn, embedder._encode_images_fn
+
+    def count_texts(texts):
+        calls["texts"] += 1
+        return encode_texts(texts)
+
+    def count_images(images):
+        calls["images"] += 1
+        return encode_images(images)
+
+    embedder._encode_fn, embedder._encode_images_fn = count_texts, count_images
+    captions = [f"a photo of a {n}" for n in names]
+    evaluators = [
+        ZeroShotClassificationEvaluator(pixels, labels, names, ["a photo of a {}", "the {}"], name="zs"),
+        ImageTextRetrievalEvaluator(pixels, captions, [[y] for y in labels], name="ret"),
+        ImageKNNEvaluator(pixels, labels, pixels, labels, k=1, name="knn"),
+    ]
+    results = evaluate(embedder, evaluators)
+    assert calls == {"texts": 2, "images": 4}  # zero-shot prompts + captions; knn train + test, zs, retrieval
+    assert isinstance(results, Results) and results.dims() == dual.config.matryoshka_dimensions
+    for dim in dual.config.matryoshka_dimensions:
+        assert results.value("knn", "knn_accuracy", dim) == 1.0  # 1-NN of an image in its own set is itself
+        assert 0 <= results.value("zs", "accuracy", dim) <= 1
+        for direction in ("image_to_text", "text_to_image"):
+            r1, r5, r10 = (results.value("ret", f"{direction}_recall@{k}", dim) for k in (1, 5, 10))
+            assert 0 <= r1 <= r5 <= r10 == 1.0  # 4 captions: every relevant caption is in the top 10
+
+
+def test_zero_shot_and_recall_against_hand_computation():
+    """A DualEmbedder with fixed vectors: predictions and recalls checked by hand, at two sizes."""
+    from mrl_text.evaluation import DualEmbedder
+
+    # image i of class c(i); text vectors: class prompts. At size 2 only the first two coordinates count.
+    images = torch.tensor([[1.0, 0.0, 0.0, 0.0], [0.0, 1.0, 0.0, 0.0], [0.1, 0.0, 1.0, 0.0]])
+    text_vectors = {"x zero": [1.0, 0.0, 0.0, 0.0], "x one": [0.0, 1.0, 0.0, 0.0], "x two": [0.0, 0.0, 1.0, 0.0]}
+    embedder = DualEmbedder(
+        lambda texts: torch.tensor([text_vectors[t] for t in texts]), lambda pixels: images[: len(pixels)], 4, [4, 2],
+        "hand",
+    )
+    pixels = torch.zeros(3, 1, 2, 2)
+    zero_shot = ZeroShotClassificationEvaluator(pixels, [0, 1, 2], ["zero", "one", "two"], ["x {}"], name="zs")
+    rows = {(r["metric"], r["dim"]): r["value"] for r in zero_shot.evaluate(embedder)}
+    assert rows[("accuracy", 4)] == 1.0
+    # at size 2 image 2 is (0.1, 0) -> nearest prompt "zero": wrong; the "two" prompt is (0, 0) there
+    assert rows[("accuracy", 2)] == pytest.approx(2 / 3)
+    retrieval = ImageTextRetrievalEvaluator(pixels, ["x zero", "x one", "x two"], name="ret")
+    rows = {(r["metric"], r["dim"]): r["value"] for r in retrieval.evaluate(embedder)}
+    assert rows[("image_to_text_recall@1", 4)] == 1.0 and rows[("text_to_image_recall@1", 4)] == 1.0
+    assert rows[("image_to_text_recall@1", 2)] == pytest.approx(2 / 3)
+
+
+def test_evaluator_inputs_are_checked():
+    with pytest.raises(ValueError, match="3 images but 2 captions"):
+        ImageTextRetrievalEvaluator(torch.zeros(3, 1, 2, 2), ["a", "b"])
+    with pytest.raises(ValueError, match="labels \\[7\\] have no class name"):
+        ZeroShotClassificationEvaluator(torch.zeros(1, 1, 2, 2), [7], ["a", "b"])
+    with pytest.raises(ValueError, match="pixel_values must be"):
+        ImageKNNEvaluator(torch.zeros(2, 4), [0, 1], torch.zeros(2, 4), [0, 1])
+    with pytest.raises(TypeError, match="MatryoshkaDualEncoder"):
+        ZeroShotClassificationEvaluator(torch.zeros(1, 1, 2, 2), [0], ["a"]).evaluate(torch.nn.Linear(2, 2))
+
+
+def test_digits_loader_makes_captions_from_labels():
+    from mrl_text.data import DIGIT_NAMES, load_digits_image_text
+
+    data = load_digits_image_text()
+    train, test = data["train"], data["test"]
+    assert train["pixel_values"].shape[1:] == (1, 8, 8) and len(train["labels"]) + len(test["labels"]) == 1797
+    assert train["pixel_values"].min() >= -1 and train["pixel_values"].max() <= 1
+    assert all(DIGIT_NAMES[y] in caption.split() or f"{DIGIT_NAMES[y]}." in caption.split()
+               for y, caption in zip(train["labels"], train["captions"]))
+    # zero-shot wordings are held out of training
+    assert not {t.format("three") for t in data["eval_templates"]} & set(train["captions"])
+
+
+def test_trust_remote_code_without_mrl_text(tmp_path, tiny_tokenizer):
+    torch.manual_seed(0)
+    model = MatryoshkaDualEncoder(
+        MatryoshkaDualEncoderConfig(encoder=tiny_clip_config(), matryoshka_dimensions=[24, 12, 6], truncate_dim=6)
+    ).eval()
+    model.tokenizer = tiny_tokenizer
+    model.save_pretrained(tmp_path / "model")
+    texts = [" ".join(WORDS[i : i + 4]) for i in range(0, 12, 4)]
+    pixels = torch.randn(2, 3, 16, 16)
+    torch.save(
+        {"pixels": pixels, "text": model.encode_texts(texts), "image": model.encode_images(pixels)},
+        tmp_path / "expected.pt",
+    )
+    script = textwrap.dedent(
+        f"""
+        import sys, builtins
+        real_import = builtins.__import__
+        def guarded(name, *args, **kwargs):
+            if name == "mrl_text" or name.startswith("mrl_text."):
+                raise ImportError("mrl_text is hidden in this test")
+            return real_import(name, *args, **kwargs)
+        builtins.__import__ = guarded
+        sys.path = [p for p in sys.path if p not in ("", ".")]
+        import torch
+        from transformers import AutoModel
+        m = AutoModel.from_pretrained({str(tmp_path / "model")!r}, trust_remote_code=True).eval()
+        assert "mrl_text" not in sys.modules
+        assert type(m).__module__.startswith("transformers_modules"), type(m).__module__
+        expected = torch.load({str(tmp_path / "expected.pt")!r})
+        text, image = m.encode_texts({texts!r}), m.encode_images(expected["pixels"])
+        assert text.shape == (3, 6) and image.shape == (2, 6), (text.shape, image.shape)
+        assert torch.equal(text, expected["text"]) and torch.equal(image, expected["image"])
+        print("REMOTE-OK")
+        """
+    )
+    env = {**os.environ, "PYTHONPATH": ""}
+    result = subprocess.run(
+        [sys.executable, "-c", script], cwd=tmp_path, env=env, capture_output=True, text=True, timeout=300
+    )
+    assert result.returncode == 0, result.stderr[-3000:]
+    assert "REMOTE-OK" in result.stdout

@@ -590,7 +590,34 @@ def metrics_for_trainer(results, prefix="eval"):
     return {f"{start}{r['task']}_{r['metric'].replace('@', '_at_')}_{r['dim']}": r["value"] for r in rows}
 
 
+def classification_compute_metrics(dims, task="classification"):
+    """`compute_metrics` for a `Trainer` of `MatryoshkaForSequenceClassification`: accuracy of every size's head.
+
+    The Trainer passes `(logits, matryoshka_logits, embeddings)` as predictions; `matryoshka_logits` holds one
+    `(n, num_labels)` array per size in `dims` order (the model's `config.matryoshka_dimensions`). Keys follow
+    [`metrics_for_trainer`]: `{task}_accuracy_{dim}` (the Trainer adds `eval_`).
+    """
+    dims = list(dims)
+
+    def compute_metrics(eval_prediction):
+        predictions, labels = eval_prediction.predictions, eval_prediction.label_ids
+        per_size = predictions[1] if isinstance(predictions, (tuple, list)) and len(predictions) > 1 else None
+        if not isinstance(per_size, (tuple, list)) or len(per_size) != len(dims):
+            raise ValueError(
+                f"Expected per-size logits for sizes {dims} as the second prediction (matryoshka_logits); check that "
+                "the model is a MatryoshkaForSequenceClassification and `dims` is its config.matryoshka_dimensions."
+            )
+        references = labels.reshape(-1).tolist()
+        return {
+            f"{task}_accuracy_{dim}": metrics.accuracy(logits.argmax(-1).reshape(-1).tolist(), references)
+            for dim, logits in zip(dims, per_size)
+        }
+
+    return compute_metrics
+
+
 __all__ = [
+    "classification_compute_metrics",
     "ClassificationEvaluator",
     "Embedder",
     "Evaluator",

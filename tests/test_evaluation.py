@@ -287,3 +287,46 @@ def test_real_data_smoke(make_model):
     )
     assert {(r["task"], r["dim"]) for r in results.rows} >= {("stsb", 32), ("scifact", 8)}
     assert all(-1 <= r["value"] <= 1 for r in results.rows)
+
+
+def test_shipped_evaluate_modules_load_offline_and_match(monkeypatch):
+    monkeypatch.setenv("HF_EVALUATE_OFFLINE", "1")
+    correlation = metrics.load_metric("correlation").compute(predictions=[0.1, 0.4, 0.3, 0.9], references=[1, 3, 2, 4])
+    assert correlation["spearman"] == pytest.approx(1.0)
+    assert correlation["pearson"] == pytest.approx(metrics.pearson([0.1, 0.4, 0.3, 0.9], [1, 3, 2, 4]))
+    retrieval = metrics.load_metric("retrieval").compute(
+        predictions=[["d2", "d1"], ["d3"]], references=[["d1"], ["d3", "d4"]], relevance=[[1], [2, 1]]
+    )
+    assert retrieval == pytest.approx(metrics.retrieval_scores([["d2", "d1"], ["d3"]], [{"d1": 1}, {"d3": 2, "d4": 1}]))
+    assert metrics.load_metric("accuracy").compute(predictions=["a", "b"], references=["a", "c"]) == {"accuracy": 0.5}
+    with pytest.raises(ValueError, match="Unknown metric module"):
+        metrics.metric_path("bleu")
+
+
+def test_trainer_compute_metrics_reports_every_head(tiny_tokenizer, tmp_path):
+    from datasets import Dataset
+    from transformers import Trainer, TrainingArguments
+
+    from mrl_text import MatryoshkaConfig, MatryoshkaForSequenceClassification
+    from mrl_text.evaluation import classification_compute_metrics
+
+    torch.manual_seed(0)
+    config = MatryoshkaConfig(
+        encoder=tiny_bert_config(vocab_size=len(tiny_tokenizer)), matryoshka_dimensions=[32, 8], num_labels=2
+    )
+    model = MatryoshkaForSequenceClassification(config)
+    texts = ["hello world", "thanks a lot", "the dog runs", "a cat is sleeping"] * 2
+    data = Dataset.from_dict({"text": texts, "label": [0, 1, 0, 1] * 2}).map(
+        lambda batch: tiny_tokenizer(batch["text"], padding="max_length", max_length=8), batched=True
+    ).remove_columns("text")
+    trainer = Trainer(
+        model=model,
+        args=TrainingArguments(str(tmp_path), per_device_eval_batch_size=4, report_to=[], use_cpu=True),
+        eval_dataset=data,
+        compute_metrics=classification_compute_metrics(config.matryoshka_dimensions),
+    )
+    scores = trainer.evaluate()
+    for dim in (32, 8):
+        logits = model.eval()(**{k: torch.tensor(data[k]) for k in ("input_ids", "attention_mask")}, dim=dim).logits
+        expected = (logits.argmax(-1) == torch.tensor(data["label"])).float().mean().item()
+        assert scores[f"eval_classification_accuracy_{dim}"] == pytest.approx(expected)

@@ -13,7 +13,7 @@ from dataclasses import dataclass
 from typing import Optional
 
 import torch
-from transformers import AutoConfig, AutoModel, AutoTokenizer, PreTrainedModel
+from transformers import AutoConfig, AutoModel, AutoTokenizer
 from transformers.utils import ModelOutput
 
 from .configuration_matryoshka_dual_encoder import MatryoshkaDualEncoderConfig
@@ -50,15 +50,13 @@ class MatryoshkaDualEncoderOutput(ModelOutput):
     logit_scale: Optional[torch.FloatTensor] = None
 
 
-class MatryoshkaDualEncoderPreTrainedModel(PreTrainedModel):
+class MatryoshkaDualEncoderPreTrainedModel(MatryoshkaPreTrainedModel):
+    """Shares the text models' `dim` checks, save hooks (model card) and `push_to_hub`; only the config differs."""
+
     config_class = MatryoshkaDualEncoderConfig
     config: MatryoshkaDualEncoderConfig
     base_model_prefix = "matryoshka_dual_encoder"
     main_input_name = "input_ids"
-    _supports_sdpa = True
-
-    # `dim` if given, else the config's `truncate_dim`; the same check and message as the text models.
-    _resolve_dim = MatryoshkaPreTrainedModel._resolve_dim
 
 
 class MatryoshkaDualEncoder(MatryoshkaDualEncoderPreTrainedModel):

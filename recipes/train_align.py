@@ -220,7 +220,18 @@ def main():
     after = report("after training")
     if accelerator.is_main_process:
         output_dir = Path(recipe.get("output_dir", "outputs/align-mrl"))
-        accelerator.unwrap_model(model).save_pretrained(output_dir)
+        trained = accelerator.unwrap_model(model)
+        # The save hook writes the model card (per-size results, plot, training details) next to the weights.
+        trained.eval_results = after
+        trained.card_data = {
+            "loss": "MatryoshkaLoss(ImageTextInfoNCELoss): symmetric image-text InfoNCE, learned temperature",
+            "data": recipe.get("dataset", "digits")
+            + (" (scikit-learn 8x8 digits; captions made from the class labels)" if not recipe.get("model") else ""),
+            "epochs": epochs,
+            "batch size": recipe.get("batch_size", 64),
+            "steps": total_steps,
+        }
+        trained.save_pretrained(output_dir)
         Results.concat(
             [Results([{**r, "model": f"{r['model']} ({when})"} for r in res.rows], res.primary_metrics)
              for when, res in (("before", before), ("after", after))]

@@ -22,6 +22,7 @@ from mrl_text.evaluation import (
 from mrl_text.losses import ImageTextInfoNCELoss, MatryoshkaLoss
 
 from .conftest import WORDS
+from .test_hub import _lay_out_hub_cache, captured_commit  # noqa: F401 (a fixture: upload intercepted at create_commit)
 
 TEXT_TOWER = dict(
     vocab_size=160, hidden_size=32, num_hidden_layers=1, num_attention_heads=2, intermediate_size=64,
@@ -303,3 +304,54 @@ def test_trust_remote_code_without_mrl_text(tmp_path, tiny_tokenizer):
     )
     assert result.returncode == 0, result.stderr[-3000:]
     assert "REMOTE-OK" in result.stdout
+
+
+def test_push_to_hub_carries_weights_config_code_and_card(captured_commit, tiny_tokenizer, tmp_path, monkeypatch):
+    import huggingface_hub
+    from huggingface_hub import ModelCard
+
+    from mrl_text.model_card import PLOT_FILENAME
+
+    torch.manual_seed(0)
+    model = MatryoshkaDualEncoder(
+        MatryoshkaDualEncoderConfig(encoder=tiny_clip_config(), matryoshka_dimensions=[24, 12, 6], truncate_dim=12)
+    ).eval()
+    model.tokenizer = tiny_tokenizer
+    model.eval_results = Results(
+        [{"model": "org/dual", "task": "zero-shot", "metric": "accuracy", "dim": d, "value": 0.5 + d / 100}
+         for d in (24, 12, 6)]
+        + [{"model": "org/dual", "task": "retrieval", "metric": "text_to_image_recall@1", "dim": d, "value": 0.4}
+           for d in (24, 12, 6)],
+        {"zero-shot": "accuracy", "retrieval": "text_to_image_recall@1"},
+    )
+    model.push_to_hub("org/dual")
+
+    (commit,) = captured_commit["commits"]
+    files = commit["files"]
+    assert set(files) == {
+        "model.safetensors", "config.json", "modeling_matryoshka_dual_encoder.py",
+        "configuration_matryoshka_dual_encoder.py", "modeling_matryoshka.py", "configuration_matryoshka.py",
+        "tokenizer.json", "tokenizer_config.json", "README.md", PLOT_FILENAME,
+    }
+    config = json.loads(files["config.json"])
+    assert config["auto_map"] == {
+        "AutoConfig": "configuration_matryoshka_dual_encoder.MatryoshkaDualEncoderConfig",
+        "AutoModel": "modeling_matryoshka_dual_encoder.MatryoshkaDualEncoder",
+    }
+    assert config["encoder"]["model_type"] == "clip" and config["truncate_dim"] == 12
+    card = ModelCard(files["README.md"].decode())
+    assert card.data.pipeline_tag == "zero-shot-image-classification" and "image-text" in card.data.tags
+    assert len(card.data.eval_results) == 6
+    assert 'AutoModel.from_pretrained("org/dual")' in card.text and "get_image_features" in card.text
+
+    # pull: the uploaded files, served from a Hub cache, load to the same model
+    for name, content in files.items():
+        (tmp_path / "pushed" / name).parent.mkdir(exist_ok=True)
+        (tmp_path / "pushed" / name).write_bytes(content)
+    _lay_out_hub_cache(tmp_path / "pushed", tmp_path / "hub", repo_id="org/dual")
+    monkeypatch.setattr(huggingface_hub.constants, "HF_HUB_CACHE", str(tmp_path / "hub"))
+    monkeypatch.setattr(huggingface_hub.constants, "HF_HUB_OFFLINE", True)
+    loaded = AutoModel.from_pretrained("org/dual").eval()
+    pixels = torch.randn(2, 3, 16, 16)
+    assert torch.equal(loaded.encode_images(pixels), model.encode_images(pixels))
+    assert torch.equal(loaded.encode_texts(["the dog runs"]), model.encode_texts(["the dog runs"]))

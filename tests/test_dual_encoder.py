@@ -355,3 +355,50 @@ def test_push_to_hub_carries_weights_config_code_and_card(captured_commit, tiny_
     pixels = torch.randn(2, 3, 16, 16)
     assert torch.equal(loaded.encode_images(pixels), model.encode_images(pixels))
     assert torch.equal(loaded.encode_texts(["the dog runs"]), model.encode_texts(["the dog runs"]))
+
+
+def _gathered_loss_worker(rank, world_size, init_file, image, text, out_dir):
+    """One of `world_size` processes: its share of the rows, the loss gathered across processes, gradients."""
+    import torch.distributed as dist
+
+    dist.init_process_group("gloo", init_method=f"file://{init_file}", rank=rank, world_size=world_size)
+    try:
+        share = image.shape[0] // world_size
+        rows = slice(rank * share, (rank + 1) * share)
+        image_rows = image[rows].clone().requires_grad_(True)
+        text_rows = text[rows].clone().requires_grad_(True)
+        log_scale = torch.tensor(2.0, requires_grad=True)
+        loss_fn = MatryoshkaLoss(ImageTextInfoNCELoss(), [16, 8, 4], [1.0, 0.5, 2.0])
+        loss = loss_fn([image_rows, text_rows], logit_scale=log_scale.exp())
+        loss.backward()
+        torch.save(
+            {"loss": loss.detach(), "image": image_rows.grad, "text": text_rows.grad, "scale": log_scale.grad},
+            f"{out_dir}/rank{rank}.pt",
+        )
+    finally:
+        dist.destroy_process_group()
+
+
+def test_negatives_are_gathered_across_processes(tmp_path):
+    """2 processes (gloo), each with half the pairs, give the loss and gradients of 1 process on all pairs."""
+    import torch.multiprocessing as mp
+
+    torch.manual_seed(0)
+    image, text = torch.randn(8, 16), torch.randn(8, 16)
+    mp.spawn(_gathered_loss_worker, args=(2, str(tmp_path / "init"), image, text, str(tmp_path)), nprocs=2)
+    ranks = [torch.load(tmp_path / f"rank{r}.pt") for r in range(2)]
+
+    image, text = image.clone().requires_grad_(True), text.clone().requires_grad_(True)
+    log_scale = torch.tensor(2.0, requires_grad=True)
+    loss = MatryoshkaLoss(ImageTextInfoNCELoss(), [16, 8, 4], [1.0, 0.5, 2.0])([image, text], logit_scale=log_scale.exp())
+    loss.backward()
+    torch.testing.assert_close((ranks[0]["loss"] + ranks[1]["loss"]) / 2, loss.detach())
+    # each process receives every process's loss gradient for its rows: the sum, i.e. world size x the mean's
+    torch.testing.assert_close(torch.cat([r["image"] for r in ranks]) / 2, image.grad)
+    torch.testing.assert_close(torch.cat([r["text"] for r in ranks]) / 2, text.grad)
+    torch.testing.assert_close((ranks[0]["scale"] + ranks[1]["scale"]) / 2, log_scale.grad)  # as DDP averages
+    # without gathering a process would see only its own negatives: a different loss
+    local = MatryoshkaLoss(ImageTextInfoNCELoss(), [16, 8, 4], [1.0, 0.5, 2.0])(
+        [image[:4], text[:4]], logit_scale=log_scale.exp()
+    )
+    assert not torch.allclose(local, ranks[0]["loss"])

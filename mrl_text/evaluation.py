@@ -745,7 +745,7 @@ class ImageTextRetrievalEvaluator(ImageTextEvaluator):
     """Image->text and text->image retrieval by cosine: Recall@1/5/10 in each direction.
 
     Recall@k here is the image-text convention (Flickr30k, COCO): the share of queries with at least one relevant
-    item among the top k. Metrics: `image_to_text_recall@k`, `text_to_image_recall@k` (primary: text->image R@1).
+    item among the top k. Metrics: `image_to_text_recall@k`, `text_to_image_recall@k` (primary: image->text R@1).
 
     Args:
         pixel_values (`torch.Tensor` `(n_images, C, H, W)`): preprocessed images.
@@ -754,7 +754,7 @@ class ImageTextRetrievalEvaluator(ImageTextEvaluator):
             belongs to image `i` (then `texts` and images must be equally many).
     """
 
-    primary_metric = "text_to_image_recall@1"
+    primary_metric = "image_to_text_recall@1"
     ks = (1, 5, 10)
 
     def __init__(self, pixel_values, texts, relevant=None, name="image-text-retrieval"):

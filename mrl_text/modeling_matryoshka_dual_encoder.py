@@ -13,11 +13,17 @@ from dataclasses import dataclass
 from typing import Optional
 
 import torch
-from transformers import AutoConfig, AutoModel, AutoTokenizer
+from transformers import AutoConfig, AutoModel
 from transformers.utils import ModelOutput
 
 from .configuration_matryoshka_dual_encoder import MatryoshkaDualEncoderConfig
-from .modeling_matryoshka import MatryoshkaModel, MatryoshkaPreTrainedModel, truncate_embeddings
+from .modeling_matryoshka import (
+    MatryoshkaModel,
+    MatryoshkaPreTrainedModel,
+    hub_kwargs,
+    resolve_tokenizer,
+    truncate_embeddings,
+)
 
 # CLIP clamps its learned logit scale at 100 during training; the same cap keeps ALIGN's 1/temperature sane.
 MAX_LOGIT_SCALE = 100.0
@@ -120,11 +126,7 @@ class MatryoshkaDualEncoder(MatryoshkaDualEncoderPreTrainedModel):
         Keyword arguments such as `revision`, `cache_dir` or `dtype` go to the wrapped model's `from_pretrained`.
         See [`MatryoshkaDualEncoderConfig`] for the rest.
         """
-        config_kwargs = {
-            k: from_pretrained_kwargs[k]
-            for k in ("revision", "cache_dir", "trust_remote_code", "token", "local_files_only")
-            if k in from_pretrained_kwargs
-        }
+        config_kwargs = hub_kwargs(from_pretrained_kwargs)
         encoder_config = AutoConfig.from_pretrained(name_or_path, **config_kwargs)
         if isinstance(encoder_config, MatryoshkaDualEncoderConfig):
             raise ValueError(
@@ -140,12 +142,7 @@ class MatryoshkaDualEncoder(MatryoshkaDualEncoderPreTrainedModel):
         model_class = AutoModel._model_mapping[type(encoder_config)]
         encoder = model_class.from_pretrained(name_or_path, config=encoder_config, **from_pretrained_kwargs)
         model = cls(config, encoder=encoder)
-        if tokenizer is True:
-            model.tokenizer = AutoTokenizer.from_pretrained(name_or_path, **config_kwargs)
-        elif isinstance(tokenizer, str):
-            model.tokenizer = AutoTokenizer.from_pretrained(tokenizer, **config_kwargs)
-        elif tokenizer:
-            model.tokenizer = tokenizer
+        model.tokenizer = resolve_tokenizer(tokenizer, name_or_path, config_kwargs)
         return model
 
     # The tokenizer travels with the model exactly as MatryoshkaModel's does (saved next to the weights).

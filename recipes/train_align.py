@@ -81,7 +81,7 @@ def demo_dual_encoder(matryoshka_dimensions, projection_dim):
     return model
 
 
-def digits_data(model, recipe):
+def digits_data(recipe):
     """Training pairs and the three evaluators on held-out digits (captions from labels)."""
     data = load_digits_image_text(seed=recipe.get("seed", 0))
     train, test = data["train"], data["test"]
@@ -98,7 +98,7 @@ def digits_data(model, recipe):
     return pairs, evaluators
 
 
-def hub_data(model, recipe):
+def hub_data(recipe):
     """Image-caption pairs from the Hub preprocessed by the model's processor; held-out pairs for retrieval."""
     from transformers import AutoImageProcessor
 
@@ -121,7 +121,11 @@ def hub_data(model, recipe):
 def wide_table(results, title):
     """One row per size, one column per task/metric: the per-size table the recipe prints."""
     columns = [(task, metric) for task in results.tasks for metric in results.metrics(task)]
-    header = "| dim | " + " | ".join(f"{task} {metric}" for task, metric in columns) + " |"
+    short = {"image_to_text_recall@": "i2t R@", "text_to_image_recall@": "t2i R@", "knn_accuracy": "accuracy"}
+    names = [f"{task} {metric}" for task, metric in columns]
+    for long, abbreviation in short.items():
+        names = [name.replace(long, abbreviation) for name in names]
+    header = "| dim | " + " | ".join(names) + " |"
     lines = [f"### {title}", "", header, "|---:|" + "---:|" * len(columns)]
     for dim in results.dims():
         cells = [f"{100 * results.value(task, metric, dim):.1f}" for task, metric in columns]
@@ -129,18 +133,16 @@ def wide_table(results, title):
     return "\n".join(lines)
 
 
-def main():
-    parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
-    parser.add_argument("--config", default=str(DEFAULT_CONFIG), help="recipe YAML (default: the offline demo)")
-    parser.add_argument("--epochs", type=float, help="override the recipe's epochs")
-    parser.add_argument("--output_dir", help="override the recipe's output_dir")
-    args = parser.parse_args()
-    recipe = read_recipe(args.config)
-    for key in ("epochs", "output_dir"):
-        if getattr(args, key) is not None:
-            recipe[key] = getattr(args, key)
+def train(recipe, accelerator=None):
+    """Build the model and data of `recipe`, evaluate, train, evaluate again.
 
-    accelerator = Accelerator()
+    Returns `(model, results_before, results_after, schedule)` where `schedule` is `{"epochs", "steps"}`.
+
+    Results are computed on the main process only (None elsewhere). The sizes scored are the recipe's
+    `eval_dimensions` (default: the trained `matryoshka_dimensions`), so a model trained at fewer sizes can be
+    scored at the same sizes as a Matryoshka one.
+    """
+    accelerator = accelerator or Accelerator()
     set_seed(recipe.get("seed", 0))
     dims = recipe.get("matryoshka_dimensions")
     if recipe.get("model"):
@@ -148,10 +150,11 @@ def main():
     else:
         model = demo_dual_encoder(dims, projection_dim=max(dims))
     if recipe.get("dataset", "digits") == "digits":
-        pairs, evaluators = digits_data(model, recipe)
+        pairs, evaluators = digits_data(recipe)
         to_pixels = torch.stack
     else:
-        pairs, evaluators, to_pixels = hub_data(model, recipe)
+        pairs, evaluators, to_pixels = hub_data(recipe)
+    eval_dims = recipe.get("eval_dimensions")
     tokenizer, max_length = model.tokenizer, recipe.get("max_length", 64)
 
     def collate(batch):
@@ -166,6 +169,8 @@ def main():
     loader = torch.utils.data.DataLoader(
         pairs, batch_size=recipe.get("batch_size", 64), shuffle=True, collate_fn=collate, drop_last=True
     )
+    if len(loader) == 0:
+        raise ValueError(f"{len(pairs)} training pairs make no full batch of batch_size={recipe.get('batch_size', 64)}.")
     if recipe.get("freeze_text_embeddings", False):
         # The word embeddings are half of MiniLM's weights; freezing them halves the optimizer's work on a CPU.
         model.encoder.text_model.get_input_embeddings().requires_grad_(False)
@@ -190,7 +195,7 @@ def main():
     def report(title):
         if accelerator.is_main_process:
             unwrapped = accelerator.unwrap_model(model).eval()
-            results = evaluate(as_dual_embedder(unwrapped, device=accelerator.device), evaluators)
+            results = evaluate(as_dual_embedder(unwrapped, eval_dims, device=accelerator.device), evaluators)
             print(wide_table(results, title), flush=True)
             unwrapped.train()
             return results
@@ -218,18 +223,32 @@ def main():
                 break
     accelerator.wait_for_everyone()
     after = report("after training")
+    return accelerator.unwrap_model(model), before, after, {"epochs": epochs, "steps": total_steps}
+
+
+def main():
+    parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
+    parser.add_argument("--config", default=str(DEFAULT_CONFIG), help="recipe YAML (default: the offline demo)")
+    parser.add_argument("--epochs", type=float, help="override the recipe's epochs")
+    parser.add_argument("--output_dir", help="override the recipe's output_dir")
+    args = parser.parse_args()
+    recipe = read_recipe(args.config)
+    for key in ("epochs", "output_dir"):
+        if getattr(args, key) is not None:
+            recipe[key] = getattr(args, key)
+
+    accelerator = Accelerator()
+    trained, before, after, schedule = train(recipe, accelerator)
     if accelerator.is_main_process:
         output_dir = Path(recipe.get("output_dir", "outputs/align-mrl"))
-        trained = accelerator.unwrap_model(model)
         # The save hook writes the model card (per-size results, plot, training details) next to the weights.
         trained.eval_results = after
         trained.card_data = {
             "loss": "MatryoshkaLoss(ImageTextInfoNCELoss): symmetric image-text InfoNCE, learned temperature",
             "data": recipe.get("dataset", "digits")
             + (" (scikit-learn 8x8 digits; captions made from the class labels)" if not recipe.get("model") else ""),
-            "epochs": epochs,
+            **schedule,
             "batch size": recipe.get("batch_size", 64),
-            "steps": total_steps,
         }
         trained.save_pretrained(output_dir)
         Results.concat(

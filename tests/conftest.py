@@ -81,3 +81,29 @@ def sentences():
         "What is my account balance?",
         "the dog runs",
     ]
+
+
+# Runs a script where `import mrl_text` fails: what `trust_remote_code=True` users without mrl-text see.
+HIDE_MRL_TEXT = """
+import sys, builtins
+real_import = builtins.__import__
+def guarded(name, *args, **kwargs):
+    if name == "mrl_text" or name.startswith("mrl_text."):
+        raise ImportError("mrl_text is hidden in this test")
+    return real_import(name, *args, **kwargs)
+builtins.__import__ = guarded
+sys.path = [p for p in sys.path if p not in ("", ".")]
+"""
+
+
+def run_without_mrl_text(script, cwd, env=None, timeout=300):
+    """Run `script` (dedented Python) in a fresh interpreter with mrl_text unimportable; returns the CompletedProcess."""
+    import subprocess
+    import sys
+    import textwrap
+
+    env = {**os.environ, "PYTHONPATH": "", **(env or {})}
+    return subprocess.run(
+        [sys.executable, "-c", HIDE_MRL_TEXT + textwrap.dedent(script)],
+        cwd=cwd, env=env, capture_output=True, text=True, timeout=timeout,
+    )

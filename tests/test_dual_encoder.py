@@ -1,10 +1,6 @@
 """MatryoshkaDualEncoder: tiny random ALIGN / CLIP models built in code, the nested loss and the image-text evaluators."""
 
 import json
-import os
-import subprocess
-import sys
-import textwrap
 
 import pytest
 import torch
@@ -21,7 +17,7 @@ from mrl_text.evaluation import (
 )
 from mrl_text.losses import ImageTextInfoNCELoss, MatryoshkaLoss
 
-from .conftest import WORDS
+from .conftest import WORDS, run_without_mrl_text
 from .test_hub import _lay_out_hub_cache, captured_commit  # noqa: F401 (a fixture: upload intercepted at create_commit)
 
 TEXT_TOWER = dict(
@@ -276,32 +272,19 @@ def test_trust_remote_code_without_mrl_text(tmp_path, tiny_tokenizer):
         {"pixels": pixels, "text": model.encode_texts(texts), "image": model.encode_images(pixels)},
         tmp_path / "expected.pt",
     )
-    script = textwrap.dedent(
-        f"""
-        import sys, builtins
-        real_import = builtins.__import__
-        def guarded(name, *args, **kwargs):
-            if name == "mrl_text" or name.startswith("mrl_text."):
-                raise ImportError("mrl_text is hidden in this test")
-            return real_import(name, *args, **kwargs)
-        builtins.__import__ = guarded
-        sys.path = [p for p in sys.path if p not in ("", ".")]
-        import torch
-        from transformers import AutoModel
-        m = AutoModel.from_pretrained({str(tmp_path / "model")!r}, trust_remote_code=True).eval()
-        assert "mrl_text" not in sys.modules
-        assert type(m).__module__.startswith("transformers_modules"), type(m).__module__
-        expected = torch.load({str(tmp_path / "expected.pt")!r})
-        text, image = m.encode_texts({texts!r}), m.encode_images(expected["pixels"])
-        assert text.shape == (3, 6) and image.shape == (2, 6), (text.shape, image.shape)
-        assert torch.equal(text, expected["text"]) and torch.equal(image, expected["image"])
-        print("REMOTE-OK")
-        """
-    )
-    env = {**os.environ, "PYTHONPATH": ""}
-    result = subprocess.run(
-        [sys.executable, "-c", script], cwd=tmp_path, env=env, capture_output=True, text=True, timeout=300
-    )
+    script = f"""
+import torch
+from transformers import AutoModel
+m = AutoModel.from_pretrained({str(tmp_path / "model")!r}, trust_remote_code=True).eval()
+assert "mrl_text" not in sys.modules
+assert type(m).__module__.startswith("transformers_modules"), type(m).__module__
+expected = torch.load({str(tmp_path / "expected.pt")!r})
+text, image = m.encode_texts({texts!r}), m.encode_images(expected["pixels"])
+assert text.shape == (3, 6) and image.shape == (2, 6), (text.shape, image.shape)
+assert torch.equal(text, expected["text"]) and torch.equal(image, expected["image"])
+print("REMOTE-OK")
+"""
+    result = run_without_mrl_text(script, cwd=tmp_path)
     assert result.returncode == 0, result.stderr[-3000:]
     assert "REMOTE-OK" in result.stdout
 

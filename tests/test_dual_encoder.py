@@ -385,3 +385,40 @@ def test_negatives_are_gathered_across_processes(tmp_path):
         [image[:4], text[:4]], logit_scale=log_scale.exp()
     )
     assert not torch.allclose(local, ranks[0]["loss"])
+
+
+def test_recipe_trains_a_saved_model_on_an_image_caption_dataset(tmp_path, tiny_tokenizer):
+    """The recipe's Hub path (model + processor + image-caption dataset), served from local folders."""
+    import importlib.util
+    from pathlib import Path
+
+    import numpy as np
+    from datasets import Dataset, DatasetDict
+    from PIL import Image
+    from transformers import CLIPImageProcessor, CLIPModel
+
+    torch.manual_seed(0)
+    CLIPModel(tiny_clip_config()).save_pretrained(tmp_path / "clip")
+    tiny_tokenizer.save_pretrained(tmp_path / "clip")
+    CLIPImageProcessor(size={"shortest_edge": 16}, crop_size={"height": 16, "width": 16}).save_pretrained(
+        tmp_path / "clip"
+    )
+    rng = np.random.default_rng(0)
+    images = [Image.fromarray(rng.integers(0, 255, (20, 20, 3), dtype=np.uint8)) for _ in range(12)]
+    captions = [[f"a {w} photo", "other"] for w in WORDS[:12]]
+    DatasetDict({"train": Dataset.from_dict({"img": images, "sentences": captions})}).save_to_disk(tmp_path / "data")
+
+    spec = importlib.util.spec_from_file_location(
+        "train_align", Path(__file__).resolve().parents[1] / "recipes" / "train_align.py"
+    )
+    recipe_module = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(recipe_module)
+    recipe = {
+        "model": str(tmp_path / "clip"), "matryoshka_dimensions": [24, 12, 6], "dataset": str(tmp_path / "data"),
+        "image_column": "img", "caption_column": "sentences", "eval_size": 4, "batch_size": 4, "epochs": 1,
+    }
+    model, before, after, schedule = recipe_module.train(recipe)
+    assert isinstance(model, MatryoshkaDualEncoder) and schedule["steps"] == 2  # 8 training pairs, batches of 4
+    assert after.dims("retrieval") == [24, 12, 6]
+    assert after.metrics("retrieval")[0] == "image_to_text_recall@1"
+    assert not torch.equal(model.encoder.logit_scale.detach(), torch.tensor(2.6592))  # the temperature was trained

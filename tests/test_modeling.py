@@ -1,8 +1,5 @@
 import json
 import os
-import subprocess
-import sys
-import textwrap
 
 import pytest
 import torch
@@ -17,7 +14,7 @@ from mrl_text import (
     truncate_embeddings,
 )
 
-from .conftest import tiny_bert_config
+from .conftest import run_without_mrl_text, tiny_bert_config
 
 
 def test_truncation_is_slice_then_renormalize():
@@ -140,16 +137,7 @@ def test_trust_remote_code_without_mrl_text(make_model, sentences, tmp_path):
     assert config["auto_map"]["AutoModel"] == "modeling_matryoshka.MatryoshkaModel"
     expected = model.encode(sentences)
     torch.save(expected, tmp_path / "expected.pt")
-    script = textwrap.dedent(
-        f"""
-        import sys, builtins
-        real_import = builtins.__import__
-        def guarded(name, *args, **kwargs):
-            if name == "mrl_text" or name.startswith("mrl_text."):
-                raise ImportError("mrl_text is hidden in this test")
-            return real_import(name, *args, **kwargs)
-        builtins.__import__ = guarded
-        sys.path = [p for p in sys.path if p not in ("", ".")]
+    script = f"""
         import torch
         from transformers import AutoModel
         m = AutoModel.from_pretrained({str(tmp_path / "model")!r}, trust_remote_code=True).eval()
@@ -161,11 +149,7 @@ def test_trust_remote_code_without_mrl_text(make_model, sentences, tmp_path):
         assert torch.equal(got, expected)
         print("REMOTE-OK")
         """
-    )
-    env = {**os.environ, "PYTHONPATH": ""}
-    result = subprocess.run(
-        [sys.executable, "-c", script], cwd=tmp_path, env=env, capture_output=True, text=True, timeout=300
-    )
+    result = run_without_mrl_text(script, cwd=tmp_path)
     assert result.returncode == 0, result.stderr[-3000:]
     assert "REMOTE-OK" in result.stdout
 

@@ -83,7 +83,8 @@ def sentences():
     ]
 
 
-# Runs a script where `import mrl_text` fails: what `trust_remote_code=True` users without mrl-text see.
+# A fresh Python in which `import mrl_text` fails: proves that a saved folder works for users who never installed
+# mrl-text (trust_remote_code).
 HIDE_MRL_TEXT = """
 import sys, builtins
 real_import = builtins.__import__
@@ -96,14 +97,16 @@ sys.path = [p for p in sys.path if p not in ("", ".")]
 """
 
 
-def run_without_mrl_text(script, cwd, env=None, timeout=300):
-    """Run `script` (dedented Python) in a fresh interpreter with mrl_text unimportable; returns the CompletedProcess."""
+def run_without_mrl_text(script, cwd):
+    """Run `script` (its last line prints REMOTE-OK) in a subprocess where mrl_text cannot be imported."""
     import subprocess
     import sys
     import textwrap
 
-    env = {**os.environ, "PYTHONPATH": "", **(env or {})}
-    return subprocess.run(
+    env = {**os.environ, "PYTHONPATH": ""}
+    result = subprocess.run(
         [sys.executable, "-c", HIDE_MRL_TEXT + textwrap.dedent(script)],
-        cwd=cwd, env=env, capture_output=True, text=True, timeout=timeout,
+        cwd=cwd, env=env, capture_output=True, text=True, timeout=300,
     )
+    assert result.returncode == 0, result.stderr[-3000:]
+    assert "REMOTE-OK" in result.stdout

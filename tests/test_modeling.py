@@ -149,9 +149,7 @@ def test_trust_remote_code_without_mrl_text(make_model, sentences, tmp_path):
         assert torch.equal(got, expected)
         print("REMOTE-OK")
         """
-    result = run_without_mrl_text(script, cwd=tmp_path)
-    assert result.returncode == 0, result.stderr[-3000:]
-    assert "REMOTE-OK" in result.stdout
+    run_without_mrl_text(script, tmp_path)
 
 
 def test_mrl_heads_one_per_size():
@@ -216,7 +214,6 @@ def test_every_parameter_gets_a_gradient(make_model, tiny_tokenizer, sentences):
     inputs = tiny_tokenizer(sentences, padding=True, return_tensors="pt")
     model(**inputs).full_embeddings.pow(2).sum().backward()
     missing = [n for n, p in model.named_parameters() if p.grad is None]
-    # only embeddings of tokens absent from the batch may lack gradient, and they still get a zero tensor
     assert missing == []
 
 

@@ -40,6 +40,8 @@ def machine():
     except OSError:
         name = platform.processor() or "?"
     info = f"{name}, {os.cpu_count()} cores, torch threads {torch.get_num_threads()}"
+    if hasattr(os, "getloadavg"):  # a shared machine's load makes single runs noisy: say how busy it was
+        info += ", load average %.1f at start" % os.getloadavg()[0]
     if torch.cuda.is_available():
         info += f", GPU {torch.cuda.get_device_name(0)}"
     return info

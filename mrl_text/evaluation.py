@@ -15,6 +15,7 @@ baselines are measured on equal terms. Results come back as one tidy table of ro
 """
 
 import json
+import numbers
 import os
 import tempfile
 from pathlib import Path
@@ -81,13 +82,13 @@ def _check_dims(dims, full_dim, name):
     if not dims:
         raise ValueError(f"{name}: no sizes to evaluate; pass dims such as [{full_dim}, 64].")
     for dim in dims:
-        if isinstance(dim, bool) or not isinstance(dim, int) or dim <= 0:
+        if isinstance(dim, bool) or not isinstance(dim, numbers.Integral) or dim <= 0:
             raise ValueError(f"{name}: size {dim!r} is not a positive integer.")
         if dim > full_dim:
             raise ValueError(
                 f"{name}: size {dim} is larger than the model's embedding size {full_dim}; use sizes <= {full_dim}."
             )
-    return sorted(set(dims), reverse=True)
+    return sorted({int(dim) for dim in dims}, reverse=True)
 
 
 def _model_file(name_or_path, filename):
@@ -125,7 +126,9 @@ def _load_model(name_or_path, device):
     return model.to(device or ("cuda" if torch.cuda.is_available() else "cpu")).eval()
 
 
-def _sentence_transformer_embedder(model, dims, batch_size, show_progress_bar, name):
+def _sentence_transformer_embedder(model, dims, batch_size, max_length, device, show_progress_bar, name):
+    if max_length:
+        model.max_seq_length = max_length
     normalize = any(
         type(module).__name__ == "Normalize" or getattr(module, "normalize", None) is True for module in model
     )
@@ -138,12 +141,16 @@ def _sentence_transformer_embedder(model, dims, batch_size, show_progress_bar, n
         None,
     )
     with model.truncate_embeddings(None):
-        full_dim = model.get_embedding_dimension()
+        full_dim = max(nested) if nested else model.get_embedding_dimension()
+    # A Matryoshka module inside the pipeline (mrl_text.sentence_transformers) takes `dim=` and may otherwise apply
+    # the config's truncate_dim: ask it for the full size explicitly.
+    size_kwargs = {"dim": full_dim} if "dim" in (model.get_model_kwargs() or []) else {}
 
     def encode(texts):
         with model.truncate_embeddings(None):  # full size: the evaluators truncate themselves
             return model.encode(
-                texts, batch_size=batch_size, convert_to_tensor=True, show_progress_bar=show_progress_bar
+                texts, batch_size=batch_size, convert_to_tensor=True, show_progress_bar=show_progress_bar,
+                device=device, **size_kwargs,
             )
 
     if full_dim is None:
@@ -160,7 +167,8 @@ def as_embedder(model, dims=None, batch_size=DEFAULT_BATCH_SIZE, max_length=None
             folder / hub id, or an `Embedder`.
         dims (`list[int]`, *optional*): sizes to score; defaults to the config's `matryoshka_dimensions`, else the
             full size. A size larger than the model's raises a `ValueError` naming it.
-        batch_size, max_length, device, show_progress_bar: encoding options.
+        batch_size, max_length, device, show_progress_bar: encoding options (`max_length` sets a
+            SentenceTransformer's `max_seq_length`).
     """
     if isinstance(model, Embedder):
         return model if dims is None else model.with_dims(dims)
@@ -192,7 +200,7 @@ def as_embedder(model, dims=None, batch_size=DEFAULT_BATCH_SIZE, max_length=None
         SentenceTransformer = ()
     if isinstance(model, SentenceTransformer):
         name = name or getattr(model.model_card_data, "base_model", None) or "SentenceTransformer"
-        return _sentence_transformer_embedder(model, dims, batch_size, show_progress_bar, name)
+        return _sentence_transformer_embedder(model, dims, batch_size, max_length, device, show_progress_bar, name)
     raise TypeError(
         f"Cannot evaluate a {type(model).__name__}; pass a MatryoshkaModel, a SentenceTransformer, a model folder or "
         "hub id, or an Embedder."
@@ -288,12 +296,16 @@ class RetrievalEvaluator(Evaluator):
         corpus (`dict[str, str]`): document id -> text.
         queries (`dict[str, str]`): query id -> text.
         qrels (`dict[str, dict[str, int]]`): query id -> {document id: relevance}.
+        chunk_size, query_chunk_size (`int`): documents / queries per score block.
+        device (`str`, *optional*): where the score blocks are computed; defaults to CUDA when available.
     """
 
     primary_metric = "ndcg@10"
     cutoffs = {"ndcg": 10, "mrr": 10, "recall": 100}
 
-    def __init__(self, corpus, queries, qrels, name="retrieval", chunk_size=50_000, query_chunk_size=1_024):
+    def __init__(
+        self, corpus, queries, qrels, name="retrieval", chunk_size=50_000, query_chunk_size=1_024, device=None
+    ):
         super().__init__(name)
         _require(name, corpus=corpus, queries=queries, qrels=qrels)
         unknown_queries = sorted(q for q in qrels if q not in queries)
@@ -310,33 +322,41 @@ class RetrievalEvaluator(Evaluator):
         self.qrels = qrels
         self.chunk_size = int(chunk_size)
         self.query_chunk_size = int(query_chunk_size)
+        # The search runs chunk by chunk on this device (the embeddings stay in CPU memory).
+        self.device = device or ("cuda" if torch.cuda.is_available() else "cpu")
 
     def _embed(self, embedder):
         embeddings, rows = _encode_once(embedder, self.query_texts + self.doc_texts)
         return embeddings, rows[: len(self.query_texts)], rows[len(self.query_texts) :]
 
-    def search(self, query_embeddings, corpus_embeddings, dim, k):
-        """Indices `(n_queries, k)` of the top-k documents by cosine at size `dim`, best first (exact, chunked)."""
-        k = min(k, corpus_embeddings.shape[0])
+    def search(self, embeddings, query_rows, doc_rows, dim, k):
+        """Top-k documents by cosine at size `dim`: indices into `doc_rows`, `(n_queries, k)`, best first.
+
+        `embeddings` holds every distinct text once at full size; queries and documents are gathered from it one
+        chunk at a time, so no second copy of the corpus is ever made.
+        """
+        k = min(k, len(doc_rows))
         results = []
-        for q_start in range(0, query_embeddings.shape[0], self.query_chunk_size):
-            queries = truncate_embeddings(query_embeddings[q_start : q_start + self.query_chunk_size], dim, True)
-            best_scores = torch.empty(queries.shape[0], 0)
-            best_index = torch.empty(queries.shape[0], 0, dtype=torch.long)
-            for start in range(0, corpus_embeddings.shape[0], self.chunk_size):
-                docs = truncate_embeddings(corpus_embeddings[start : start + self.chunk_size], dim, True)
+        for q_start in range(0, len(query_rows), self.query_chunk_size):
+            query_chunk = embeddings[query_rows[q_start : q_start + self.query_chunk_size]].to(self.device)
+            queries = truncate_embeddings(query_chunk, dim, True)
+            best_scores = torch.empty(queries.shape[0], 0, device=self.device)
+            best_index = torch.empty(queries.shape[0], 0, dtype=torch.long, device=self.device)
+            for start in range(0, len(doc_rows), self.chunk_size):
+                doc_chunk = embeddings[doc_rows[start : start + self.chunk_size]].to(self.device)
+                docs = truncate_embeddings(doc_chunk, dim, True)
                 scores = queries @ docs.T
                 top = scores.topk(min(k, scores.shape[1]), dim=1)
                 merged_scores = torch.cat([best_scores, top.values], dim=1)
                 merged_index = torch.cat([best_index, top.indices + start], dim=1)
                 keep = merged_scores.topk(min(k, merged_scores.shape[1]), dim=1).indices
                 best_scores, best_index = merged_scores.gather(1, keep), merged_index.gather(1, keep)
-            results.append(best_index)
+            results.append(best_index.cpu())
         return torch.cat(results)
 
     def _score(self, embedder, embedded, dim):
         embeddings, query_rows, doc_rows = embedded
-        top = self.search(embeddings[query_rows], embeddings[doc_rows], dim, max(self.cutoffs.values()))
+        top = self.search(embeddings, query_rows, doc_rows, dim, max(self.cutoffs.values()))
         rankings = [[self.doc_ids[i] for i in row] for row in top.tolist()]
         return metrics.retrieval_scores(rankings, [self.qrels[q] for q in self.query_ids], self.cutoffs)
 

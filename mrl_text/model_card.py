@@ -9,6 +9,7 @@ The template ships inside the package (`mrl_text/model_cards/matryoshka_card.md`
 ```
 """
 
+import math
 from pathlib import Path
 
 from .evaluation import Results, _write_atomic
@@ -51,7 +52,10 @@ def eval_results(results, model_name=None):
     """`huggingface_hub.EvalResult`s: one per task, metric and size (the metric's `config` names the size)."""
     from huggingface_hub import EvalResult
 
-    rows = [r for r in results.rows if model_name is None or r["model"] == model_name]
+    # NaN (e.g. a correlation of constant similarities) is not valid model-index metadata: such rows stay out.
+    rows = [
+        r for r in results.rows if (model_name is None or r["model"] == model_name) and math.isfinite(r["value"])
+    ]
     entries = []
     for row in rows:
         task_type, task_name = TASK_TYPES.get(row["metric"], ("feature-extraction", "Embedding"))

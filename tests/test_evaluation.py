@@ -117,7 +117,8 @@ def test_retrieval_perfect_ranking_and_chunking_agree():
     # chunked top-k merge gives exactly the full-matrix top-k
     chunked = RetrievalEvaluator(corpus, queries, qrels, chunk_size=3, query_chunk_size=2)
     q, d = torch.randn(10, 16), torch.randn(40, 16)
-    top = chunked.search(q, d, 8, k=5)
+    rows = torch.arange(50)
+    top = chunked.search(torch.cat([q, d]), rows[:10], rows[10:], 8, k=5)
     unit = torch.nn.functional.normalize
     expected = (unit(q[:, :8], dim=-1) @ unit(d[:, :8], dim=-1).T).topk(5, dim=1).indices
     assert torch.equal(top, expected)

@@ -80,3 +80,10 @@ def test_truncate_dim_at_load_time_as_the_card_says(make_model, tmp_path, senten
 
     make_model().save_pretrained(tmp_path)
     assert AutoModel.from_pretrained(tmp_path, truncate_dim=8).encode(sentences).shape == (len(sentences), 8)
+
+
+def test_nan_results_stay_out_of_the_model_index(make_model):
+    results = _results()
+    results.rows[0]["value"] = float("nan")
+    card = ModelCard(str(build_card(make_model(), results, model_id="org/tiny")))
+    assert len(card.data.eval_results) == 11

@@ -98,6 +98,10 @@ class MatryoshkaDualEncoder(MatryoshkaDualEncoderPreTrainedModel):
                 )
         # One config object for the wrapper and the wrapped model, so edits to either are saved.
         self.config.encoder = self.encoder.config
+        if config.encoder.model_type == "align" and getattr(self.encoder.text_model, "pooler", None) is not None:
+            # ALIGN's text features take the first token's state, never the pooler: an unused layer costs time and
+            # makes DDP fail ("parameters that were not used in producing loss").
+            self.encoder.text_model.pooler = None
         self._text_kwargs = self._named_parameters_of(self.encoder.get_text_features)
         self._tokenizer = None
         self.post_init()

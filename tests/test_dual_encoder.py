@@ -124,6 +124,17 @@ def test_loss_is_the_weighted_sum_of_per_size_losses(dual, batch):
     assert learned.grad is not None and learned.grad.abs() > 0
 
 
+def test_every_parameter_gets_a_gradient(dual, batch):
+    """DDP needs every parameter in the loss: ALIGN's unused text pooler is dropped."""
+    text, pixels, _ = batch
+    dual.train()
+    out = dual(**text, pixel_values=pixels)
+    MatryoshkaLoss.from_config(dual.config, ImageTextInfoNCELoss())(
+        [out.full_image_embeds, out.full_text_embeds], logit_scale=out.logit_scale
+    ).backward()
+    assert [name for name, p in dual.named_parameters() if p.grad is None] == []
+
+
 def test_save_load_bit_exact(dual, batch, tmp_path):
     text, pixels, _ = batch
     dual.config.truncate_dim = dual.config.matryoshka_dimensions[1]

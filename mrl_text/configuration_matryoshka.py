@@ -77,21 +77,7 @@ class MatryoshkaConfig(PreTrainedConfig):
         is_matryoshka=True,
         **kwargs,
     ):
-        if encoder is None:
-            encoder = AutoConfig.for_model("bert")
-        elif isinstance(encoder, dict):
-            encoder = dict(encoder)
-            if "model_type" not in encoder:
-                raise ValueError(
-                    f"`encoder` config dict has no 'model_type' (keys: {sorted(encoder)}); pass a config object "
-                    "such as BertConfig(...) or add 'model_type' to the dict."
-                )
-            encoder = AutoConfig.for_model(**encoder)
-        elif not isinstance(encoder, PreTrainedConfig):
-            raise ValueError(
-                f"`encoder` must be a transformers config or a dict, got {type(encoder).__name__}; use "
-                "AutoConfig.from_pretrained(name) to get one."
-            )
+        encoder = encoder_config_from(encoder, default_model_type="bert")
         self.encoder = encoder
         self.pooling = pooling
         self.normalize = bool(normalize)
@@ -128,54 +114,9 @@ class MatryoshkaConfig(PreTrainedConfig):
         if self.max_seq_length is not None and (not isinstance(self.max_seq_length, int) or self.max_seq_length <= 0):
             raise ValueError(f"`max_seq_length` must be a positive integer or None, got {self.max_seq_length!r}.")
 
-        full = self.embedding_size
-        dims = [full] if self.matryoshka_dimensions is None else list(self.matryoshka_dimensions)
-        if not dims:
-            raise ValueError("`matryoshka_dimensions` is empty; give at least one size, e.g. [768, 256, 64].")
-        for d in dims:
-            if isinstance(d, bool) or not isinstance(d, int) or d <= 0:
-                raise ValueError(f"Matryoshka dimension {d!r} is not a positive integer; sizes must be like 64.")
-            if d > full:
-                raise ValueError(
-                    f"Matryoshka dimension {d} is larger than the embedding size {full}; use sizes <= {full} "
-                    "(or set `projection_dim`)."
-                )
-        if len(set(dims)) != len(dims):
-            repeated = sorted({d for d in dims if dims.count(d) > 1})
-            raise ValueError(f"`matryoshka_dimensions` repeats {repeated}; each size must appear once.")
-
-        weights = self.matryoshka_weights
-        if weights is None:
-            weights = [1.0] * len(dims)
-        else:
-            weights = [float(w) for w in weights]
-            if len(weights) != len(dims):
-                raise ValueError(
-                    f"`matryoshka_weights` has {len(weights)} values ({weights}) but `matryoshka_dimensions` has "
-                    f"{len(dims)} sizes ({dims}); give one weight per size."
-                )
-            for w in weights:
-                if not w >= 0:  # also refuses NaN
-                    raise ValueError(f"Matryoshka weight {w!r} is negative or NaN; weights must be >= 0.")
-
-        if full not in dims:
-            warnings.warn(
-                f"`matryoshka_dimensions` {dims} lacks the full embedding size {full}; adding it with weight 1.0.",
-                stacklevel=3,
-            )
-            dims.append(full)
-            weights.append(1.0)
-
-        # Largest first: the order users write (768 > 512 > ... > 16) and that serving engines list.
-        order = sorted(range(len(dims)), key=lambda i: -dims[i])
-        self.matryoshka_dimensions = [dims[i] for i in order]
-        self.matryoshka_weights = [weights[i] for i in order]
-
-        if self.truncate_dim is not None and self.truncate_dim not in self.matryoshka_dimensions:
-            raise ValueError(
-                f"`truncate_dim` {self.truncate_dim!r} is not one of the trained sizes {self.matryoshka_dimensions}; "
-                "pick one of them or None for full size."
-            )
+        self.matryoshka_dimensions, self.matryoshka_weights = validate_nesting(
+            self.matryoshka_dimensions, self.matryoshka_weights, self.truncate_dim, self.embedding_size
+        )
 
     def to_dict(self):
         output = super().to_dict()
@@ -183,4 +124,78 @@ class MatryoshkaConfig(PreTrainedConfig):
         return output
 
 
-__all__ = ["MatryoshkaConfig", "POOLING_MODES"]
+def validate_nesting(matryoshka_dimensions, matryoshka_weights, truncate_dim, full):
+    """Check the nesting fields of a Matryoshka config against its full embedding size `full`.
+
+    Shared by every Matryoshka config (text models, dual encoders) so that they accept and refuse the same values
+    with the same messages. Returns `(dimensions, weights)`, largest size first, the full size always included.
+    """
+    dims = [full] if matryoshka_dimensions is None else list(matryoshka_dimensions)
+    if not dims:
+        raise ValueError("`matryoshka_dimensions` is empty; give at least one size, e.g. [768, 256, 64].")
+    for d in dims:
+        if isinstance(d, bool) or not isinstance(d, int) or d <= 0:
+            raise ValueError(f"Matryoshka dimension {d!r} is not a positive integer; sizes must be like 64.")
+        if d > full:
+            raise ValueError(
+                f"Matryoshka dimension {d} is larger than the embedding size {full}; use sizes <= {full} "
+                "(or set `projection_dim`)."
+            )
+    if len(set(dims)) != len(dims):
+        repeated = sorted({d for d in dims if dims.count(d) > 1})
+        raise ValueError(f"`matryoshka_dimensions` repeats {repeated}; each size must appear once.")
+
+    weights = matryoshka_weights
+    if weights is None:
+        weights = [1.0] * len(dims)
+    else:
+        weights = [float(w) for w in weights]
+        if len(weights) != len(dims):
+            raise ValueError(
+                f"`matryoshka_weights` has {len(weights)} values ({weights}) but `matryoshka_dimensions` has "
+                f"{len(dims)} sizes ({dims}); give one weight per size."
+            )
+        for w in weights:
+            if not w >= 0:  # also refuses NaN
+                raise ValueError(f"Matryoshka weight {w!r} is negative or NaN; weights must be >= 0.")
+
+    if full not in dims:
+        warnings.warn(
+            f"`matryoshka_dimensions` {dims} lacks the full embedding size {full}; adding it with weight 1.0.",
+            stacklevel=4,
+        )
+        dims.append(full)
+        weights.append(1.0)
+
+    # Largest first: the order users write (768 > 512 > ... > 16) and that serving engines list.
+    order = sorted(range(len(dims)), key=lambda i: -dims[i])
+    dims, weights = [dims[i] for i in order], [weights[i] for i in order]
+    if truncate_dim is not None and truncate_dim not in dims:
+        raise ValueError(
+            f"`truncate_dim` {truncate_dim!r} is not one of the trained sizes {dims}; "
+            "pick one of them or None for full size."
+        )
+    return dims, weights
+
+
+def encoder_config_from(encoder, default_model_type):
+    """The wrapped model's config from a config object, a dict with `model_type`, or None (the default type)."""
+    if encoder is None:
+        encoder = AutoConfig.for_model(default_model_type)
+    elif isinstance(encoder, dict):
+        encoder = dict(encoder)
+        if "model_type" not in encoder:
+            raise ValueError(
+                f"`encoder` config dict has no 'model_type' (keys: {sorted(encoder)}); pass a config object "
+                "such as BertConfig(...) or add 'model_type' to the dict."
+            )
+        encoder = AutoConfig.for_model(**encoder)
+    elif not isinstance(encoder, PreTrainedConfig):
+        raise ValueError(
+            f"`encoder` must be a transformers config or a dict, got {type(encoder).__name__}; use "
+            "AutoConfig.from_pretrained(name) to get one."
+        )
+    return encoder
+
+
+__all__ = ["MatryoshkaConfig", "POOLING_MODES", "encoder_config_from", "validate_nesting"]

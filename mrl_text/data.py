@@ -131,6 +131,7 @@ def load_beir(directory, split="test"):
 __all__ = ["load_beir", "load_classification", "load_sts", "read_table", "shared_data_dir"]
 
 
+<<<<<<< HEAD
 # training data
 #
 # Loaders return `datasets.Dataset`s in the column layouts `MatryoshkaTrainer` reads:
@@ -342,3 +343,82 @@ __all__ += [
     "load_triplets",
     "nli_triplets",
 ]
+=======
+# --- Image-text (dual encoders) ---------------------------------------------------------------------------------
+
+DIGIT_NAMES = ("zero", "one", "two", "three", "four", "five", "six", "seven", "eight", "nine")
+# Captions are made from the class labels: the offline demo has real images but no human captions.
+DIGIT_TRAIN_TEMPLATES = ("a photo of the digit {}.", "a handwritten {}.", "a small picture of the number {}.")
+# Held out of training: zero-shot prompts and retrieval captions use wordings the model never saw.
+DIGIT_EVAL_TEMPLATES = ("an image of the digit {}.", "a scan of a handwritten {}.")
+
+
+def load_digits_image_text(test_fraction=0.2, seed=0):
+    """scikit-learn's bundled handwritten digits (1,797 real 8x8 grey images, offline) with captions from labels.
+
+    Each training image gets one caption, a training template filled with its class name ("a handwritten three.").
+    Pixels are scaled from 0..16 to -1..1. The split is stratified and fixed by `seed`.
+
+    Returns:
+        `dict` with `train` and `test` (each `{"pixel_values": FloatTensor (n, 1, 8, 8), "labels": list[int],
+        "captions": list[str]}`), `class_names` and the held-out `eval_templates` for zero-shot prompts.
+    """
+    import numpy as np
+    import torch
+    from sklearn.datasets import load_digits
+    from sklearn.model_selection import train_test_split
+
+    if not 0 < test_fraction < 1:
+        raise ValueError(f"test_fraction={test_fraction!r} must be between 0 and 1 (e.g. 0.2).")
+    digits = load_digits()
+    pixels = torch.tensor(digits.images, dtype=torch.float32).unsqueeze(1) / 8.0 - 1.0
+    labels = digits.target.tolist()
+    train_rows, test_rows = train_test_split(
+        np.arange(len(labels)), test_size=test_fraction, random_state=seed, stratify=labels
+    )
+    rng = np.random.default_rng(seed)
+    splits = {}
+    for split, rows, templates in (
+        ("train", train_rows, DIGIT_TRAIN_TEMPLATES),
+        ("test", test_rows, DIGIT_EVAL_TEMPLATES),
+    ):
+        split_labels = [labels[i] for i in rows]
+        choice = rng.integers(len(templates), size=len(rows))
+        splits[split] = {
+            "pixel_values": pixels[torch.as_tensor(rows)],
+            "labels": split_labels,
+            "captions": [templates[t].format(DIGIT_NAMES[y]) for t, y in zip(choice, split_labels)],
+        }
+    return {**splits, "class_names": list(DIGIT_NAMES), "eval_templates": list(DIGIT_EVAL_TEMPLATES)}
+
+
+def load_image_captions(dataset, split="train", image_column="image", caption_column="caption", limit=None):
+    """An image-caption dataset from the Hub or a local `datasets` folder, as a `datasets.Dataset` with columns
+    `image` (PIL) and `caption` (str; the first caption when a row holds a list).
+
+    Raises a `ValueError` naming the columns the dataset has when `image_column` or `caption_column` is missing.
+    """
+    from datasets import load_dataset, load_from_disk
+
+    data = load_from_disk(dataset)[split] if Path(dataset).is_dir() else load_dataset(dataset, split=split)
+    missing = [c for c in (image_column, caption_column) if c not in data.column_names]
+    if missing:
+        raise ValueError(
+            f"{dataset} ({split}) has no column(s) {missing}; its columns are {data.column_names}. Pass "
+            "image_column= / caption_column= (in the recipe: `image_column:` / `caption_column:`)."
+        )
+    if limit is not None:
+        data = data.select(range(min(int(limit), len(data))))
+
+    def first_caption(row):
+        caption = row[caption_column]
+        return {"caption": caption[0] if isinstance(caption, (list, tuple)) else str(caption)}
+
+    data = data.map(first_caption)
+    keep = {image_column, "caption"}
+    data = data.remove_columns([c for c in data.column_names if c not in keep])
+    return data.rename_column(image_column, "image") if image_column != "image" else data
+
+
+__all__ += ["DIGIT_NAMES", "load_digits_image_text", "load_image_captions"]
+>>>>>>> issue-6

@@ -301,3 +301,49 @@ __all__ = [
     "gather_with_grad",
     "get_loss",
 ]
+
+
+# --- Image-text dual encoders (ALIGN, CLIP) ---------------------------------------------------------------------
+
+
+class ImageTextInfoNCELoss(nn.Module):
+    """Symmetric image-text InfoNCE with the model's learnable temperature (the CLIP / ALIGN contrastive loss).
+
+    Each image must pick its own caption among every caption of the (global) batch, and each caption its image;
+    the two cross-entropies are averaged. Wrap it in `MatryoshkaLoss` to apply it to every nested prefix of both
+    towers' embeddings, computed once per step.
+
+    References: Radford et al., "Learning Transferable Visual Models From Natural Language Supervision" (2021);
+    Jia et al., "Scaling Up Visual and Vision-Language Representation Learning With Noisy Text Supervision" (2021).
+
+    Args:
+        gather_across_devices (`bool`): under DDP, score against every process's images and captions (gathered
+            with gradients), so negatives span the global batch.
+
+    Inputs: `forward(image_embeds, text_embeds, logit_scale)`: unit-length `(batch, dim)` tensors where row `i` of
+    each is a pair, and the scalar inverse temperature (`MatryoshkaDualEncoder.logit_scale`, trained with them).
+
+    Example:
+
+    ```python
+    >>> loss_fn = MatryoshkaLoss.from_config(model.config, ImageTextInfoNCELoss())
+    >>> out = model(input_ids=..., attention_mask=..., pixel_values=...)
+    >>> loss = loss_fn([out.full_image_embeds, out.full_text_embeds], logit_scale=out.logit_scale)
+    ```
+    """
+
+    def __init__(self, gather_across_devices=True):
+        super().__init__()
+        self.gather_across_devices = gather_across_devices
+
+    def forward(self, image_embeds, text_embeds, logit_scale):
+        distributed = self.gather_across_devices and dist.is_available() and dist.is_initialized()
+        gather = gather_with_grad if distributed else (lambda t: t)
+        offset = dist.get_rank() * image_embeds.shape[0] if distributed else 0  # equal local batch sizes
+        labels = torch.arange(image_embeds.shape[0], device=image_embeds.device) + offset
+        image_to_text = nn.functional.cross_entropy(logit_scale * image_embeds @ gather(text_embeds).T, labels)
+        text_to_image = nn.functional.cross_entropy(logit_scale * text_embeds @ gather(image_embeds).T, labels)
+        return (image_to_text + text_to_image) / 2
+
+
+__all__ += ["ImageTextInfoNCELoss"]

@@ -15,6 +15,7 @@ from pathlib import Path
 from .evaluation import Results, _write_atomic
 
 TEMPLATE_PATH = Path(__file__).parent / "model_cards" / "matryoshka_card.md"
+DUAL_ENCODER_TEMPLATE_PATH = Path(__file__).parent / "model_cards" / "matryoshka_dual_encoder_card.md"
 CARD_FILENAME = "README.md"
 PLOT_FILENAME = "matryoshka_results.png"
 
@@ -27,6 +28,16 @@ TASK_TYPES = {
     "recall@100": ("text-retrieval", "Retrieval"),
     "accuracy": ("text-classification", "Classification"),
     "knn_accuracy": ("text-classification", "Classification"),
+}
+# Image-text dual encoders (MatryoshkaDualEncoder): their metrics and Hub metadata.
+TASK_TYPES.update(
+    {f"{direction}_recall@{k}": ("image-text-retrieval", "Image-Text Retrieval")
+     for direction in ("image_to_text", "text_to_image") for k in (1, 5, 10)}
+)
+DUAL_ENCODER_CARD = {
+    "template_path": DUAL_ENCODER_TEMPLATE_PATH,
+    "pipeline_tag": "zero-shot-image-classification",
+    "tags": ["matryoshka", "mrl-text", "image-text", "zero-shot-image-classification", "feature-extraction"],
 }
 
 
@@ -130,6 +141,7 @@ def build_card(
     size_rows, guide_task, guide_metric = _size_rows(config, results, own_model)
     weights = config.matryoshka_weights or [1.0] * len(config.matryoshka_dimensions)
 
+    dual = config.model_type == "matryoshka_dual_encoder"
     card_data = ModelCardData(
         model_name=model_id.rstrip("/").split("/")[-1],
         base_model=base_model,
@@ -137,14 +149,16 @@ def build_card(
         license=license,
         language=language,
         library_name="transformers",
-        pipeline_tag="sentence-similarity",
-        tags=["matryoshka", "mrl-text", "sentence-embeddings", "feature-extraction", "sentence-transformers"],
+        pipeline_tag=DUAL_ENCODER_CARD["pipeline_tag"] if dual else "sentence-similarity",
+        tags=DUAL_ENCODER_CARD["tags"] if dual else
+        ["matryoshka", "mrl-text", "sentence-embeddings", "feature-extraction", "sentence-transformers"],
         eval_results=eval_results(results, own_model) if own_model else None,
     )
     small_dims = [d for d in config.matryoshka_dimensions if d < config.embedding_size]
     card = ModelCard.from_template(
         card_data,
-        template_path=str(TEMPLATE_PATH),
+        template_path=str(DUAL_ENCODER_CARD["template_path"] if dual else TEMPLATE_PATH),
+        wrapped_model_type=config.encoder.model_type,
         model_name=card_data.model_name,
         model_id=model_id,
         base_model=base_model,
@@ -152,8 +166,8 @@ def build_card(
         full_dim=config.embedding_size,
         default_dim=config.truncate_dim or config.embedding_size,
         example_dim=64 if 64 in small_dims else (small_dims[0] if small_dims else config.embedding_size),
-        pooling=config.pooling,
-        normalize=config.normalize,
+        pooling=getattr(config, "pooling", None),  # dual encoders: each tower pools its own way
+        normalize=getattr(config, "normalize", True),
         size_rows=size_rows,
         size_guide=guide_task is not None,
         size_guide_task=guide_task,

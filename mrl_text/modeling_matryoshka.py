@@ -91,6 +91,21 @@ def _build_encoder(encoder_config, pretrained_name_or_path=None, **from_pretrain
     )
 
 
+def hub_kwargs(from_pretrained_kwargs):
+    """The `from_pretrained` options that also apply to configs and tokenizers (revision, cache, token, ...)."""
+    keys = ("revision", "cache_dir", "trust_remote_code", "token", "local_files_only")
+    return {k: from_pretrained_kwargs[k] for k in keys if k in from_pretrained_kwargs}
+
+
+def resolve_tokenizer(tokenizer, name_or_path, config_kwargs):
+    """`tokenizer=True`: load the model's own; a string: load that one; an object: use it; falsy: None."""
+    if tokenizer is True:
+        return AutoTokenizer.from_pretrained(name_or_path, **config_kwargs)
+    if isinstance(tokenizer, str):
+        return AutoTokenizer.from_pretrained(tokenizer, **config_kwargs)
+    return tokenizer or None
+
+
 @dataclass
 class MatryoshkaModelOutput(ModelOutput):
     """
@@ -306,11 +321,7 @@ class MatryoshkaModel(MatryoshkaPreTrainedModel):
         """
         from transformers import AutoConfig
 
-        config_kwargs = {
-            k: from_pretrained_kwargs[k]
-            for k in ("revision", "cache_dir", "trust_remote_code", "token", "local_files_only")
-            if k in from_pretrained_kwargs
-        }
+        config_kwargs = hub_kwargs(from_pretrained_kwargs)
         encoder_config = AutoConfig.from_pretrained(encoder_name_or_path, **config_kwargs)
         if isinstance(encoder_config, MatryoshkaConfig):
             raise ValueError(
@@ -329,12 +340,7 @@ class MatryoshkaModel(MatryoshkaPreTrainedModel):
         )
         encoder = _build_encoder(encoder_config, encoder_name_or_path, **from_pretrained_kwargs)
         model = cls(config, encoder=encoder)
-        if tokenizer is True:
-            model.tokenizer = AutoTokenizer.from_pretrained(encoder_name_or_path, **config_kwargs)
-        elif isinstance(tokenizer, str):
-            model.tokenizer = AutoTokenizer.from_pretrained(tokenizer, **config_kwargs)
-        elif tokenizer:
-            model.tokenizer = tokenizer
+        model.tokenizer = resolve_tokenizer(tokenizer, encoder_name_or_path, config_kwargs)
         return model
 
     @classmethod

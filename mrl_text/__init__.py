@@ -44,7 +44,17 @@ __all__ = [
     "truncate_embeddings",
 ]
 
-<<<<<<< HEAD
+# Image-text dual encoders (ALIGN, CLIP, VisionTextDualEncoder) with nested embeddings on both towers.
+from .configuration_matryoshka_dual_encoder import MatryoshkaDualEncoderConfig  # noqa: E402
+from .modeling_matryoshka_dual_encoder import MatryoshkaDualEncoder, MatryoshkaDualEncoderOutput  # noqa: E402
+
+AutoConfig.register(MatryoshkaDualEncoderConfig.model_type, MatryoshkaDualEncoderConfig, exist_ok=True)
+AutoModel.register(MatryoshkaDualEncoderConfig, MatryoshkaDualEncoder, exist_ok=True)
+MatryoshkaDualEncoderConfig.register_for_auto_class()
+MatryoshkaDualEncoder.register_for_auto_class("AutoModel")
+__all__ += ["MatryoshkaDualEncoder", "MatryoshkaDualEncoderConfig", "MatryoshkaDualEncoderOutput"]
+
+
 # Training: MatryoshkaTrainer loads transformers' Trainer (a second of imports), so it is imported on first use.
 _TRAINING_NAMES = ("MatryoshkaTrainer", "MatryoshkaTrainingArguments", "MatryoshkaDataCollator")
 
@@ -55,14 +65,3 @@ def __getattr__(name):
 
         return getattr(trainer, name)
     raise AttributeError(f"module 'mrl_text' has no attribute {name!r}")
-=======
-# Image-text dual encoders (ALIGN, CLIP, VisionTextDualEncoder) with nested embeddings on both towers.
-from .configuration_matryoshka_dual_encoder import MatryoshkaDualEncoderConfig  # noqa: E402
-from .modeling_matryoshka_dual_encoder import MatryoshkaDualEncoder, MatryoshkaDualEncoderOutput  # noqa: E402
-
-AutoConfig.register(MatryoshkaDualEncoderConfig.model_type, MatryoshkaDualEncoderConfig, exist_ok=True)
-AutoModel.register(MatryoshkaDualEncoderConfig, MatryoshkaDualEncoder, exist_ok=True)
-MatryoshkaDualEncoderConfig.register_for_auto_class()
-MatryoshkaDualEncoder.register_for_auto_class("AutoModel")
-__all__ += ["MatryoshkaDualEncoder", "MatryoshkaDualEncoderConfig", "MatryoshkaDualEncoderOutput"]
->>>>>>> issue-6

@@ -131,7 +131,6 @@ def load_beir(directory, split="test"):
 __all__ = ["load_beir", "load_classification", "load_sts", "read_table", "shared_data_dir"]
 
 
-<<<<<<< HEAD
 # training data
 #
 # Loaders return `datasets.Dataset`s in the column layouts `MatryoshkaTrainer` reads:
@@ -343,7 +342,8 @@ __all__ += [
     "load_triplets",
     "nli_triplets",
 ]
-=======
+
+
 # --- Image-text (dual encoders) ---------------------------------------------------------------------------------
 
 DIGIT_NAMES = ("zero", "one", "two", "three", "four", "five", "six", "seven", "eight", "nine")
@@ -421,4 +421,3 @@ def load_image_captions(dataset, split="train", image_column="image", caption_co
 
 
 __all__ += ["DIGIT_NAMES", "load_digits_image_text", "load_image_captions"]
->>>>>>> issue-6

@@ -331,3 +331,14 @@ def test_trainer_compute_metrics_reports_every_head(tiny_tokenizer, tmp_path):
         logits = model.eval()(**{k: torch.tensor(data[k]) for k in ("input_ids", "attention_mask")}, dim=dim).logits
         expected = (logits.argmax(-1) == torch.tensor(data["label"])).float().mean().item()
         assert scores[f"eval_classification_accuracy_{dim}"] == pytest.approx(expected)
+
+
+def test_report_files_are_ordinary_files(tmp_path):
+    import os
+    import stat
+
+    _results().to_json(tmp_path / "results.json")
+    umask = os.umask(0)
+    os.umask(umask)
+    assert stat.S_IMODE((tmp_path / "results.json").stat().st_mode) == 0o666 & ~umask
+    assert [p.name for p in tmp_path.iterdir()] == ["results.json"]  # no temp file left behind

@@ -23,6 +23,7 @@ from transformers import AutoConfig, HfArgumentParser
 import mrl_text
 from mrl_text import data as mrl_data
 from mrl_text.evaluation import RetrievalEvaluator, STSEvaluator, evaluate
+from mrl_text.model_card import write_card
 from mrl_text.trainer import MatryoshkaTrainer, MatryoshkaTrainingArguments
 
 logger = logging.getLogger("train_bert")
@@ -213,6 +214,21 @@ def main(argv=None):
     table = before_after_table(before, after, evaluator.name, metrics)
     print(f"\n{evaluator.name}: {len(held_out)} held-out rows, every size, before and after training\n\n{table}\n")
     out = Path(args.output_dir)
+    # The model card (per-size results, plot, training details) is written next to the weights.
+    write_card(
+        out,
+        trainer.model,
+        after,
+        datasets=[recipe.train_data] if recipe.train_data != DEMO_DATA else None,
+        training={
+            "loss": f"MatryoshkaLoss({args.loss}), sizes and weights from the config",
+            "data": f"{recipe.train_data} ({recipe.train_layout}, {len(train)} rows)",
+            "epochs": args.num_train_epochs,
+            "batch size per device": args.per_device_train_batch_size,
+            "learning rate": args.learning_rate,
+            "max_seq_length": args.max_seq_length,
+        },
+    )
     (out / "eval_before_after.md").write_text(table + "\n")
     (out / "eval_before_after.json").write_text(
         json.dumps({"before": before.to_dict(), "after": after.to_dict()}, indent=2) + "\n"

@@ -70,3 +70,7 @@ def test_demo_recipe_smoke_on_a_tiny_encoder(recipe, tmp_path, capsys):
     model = AutoModel.from_pretrained(out)
     assert model.config.matryoshka_dimensions == [32, 16]
     assert model.encode(["hello"], dim=16).shape == (1, 16)
+    # the model card carries the per-size results of the held-out evaluation
+    card = (out / "README.md").read_text()
+    assert "matryoshka" in card and "retrieval" in card and "ndcg" in card.lower()
+    assert (out / "matryoshka_results.png").read_bytes()[:4] == b"\x89PNG"

@@ -129,3 +129,216 @@ def load_beir(directory, split="test"):
 
 
 __all__ = ["load_beir", "load_classification", "load_sts", "read_table", "shared_data_dir"]
+
+
+# training data
+#
+# Loaders return `datasets.Dataset`s in the column layouts `MatryoshkaTrainer` reads:
+#   pairs (anchor, positive), triplets (anchor, positive, negative), scored pairs (sentence1, sentence2, score),
+#   labelled text (text, label). Each takes a hub id or a local table and the source's column names.
+
+TRAINING_LAYOUTS = {
+    "pairs": ("anchor", "positive"),
+    "triplets": ("anchor", "positive", "negative"),
+    "scored_pairs": ("sentence1", "sentence2", "score"),
+    "labelled_text": ("text", "label"),
+}
+
+NLI_LABELS = {"entailment": 0, "neutral": 1, "contradiction": 2}  # the ids Hugging Face's SNLI/MNLI use
+
+
+def load_source(source, split="train", subset=None):
+    """A local table (csv/tsv/jsonl/parquet, via `read_table`) or a hub dataset id -> `datasets.Dataset`.
+
+    Args:
+        source: a file path, or a hub id such as `"sentence-transformers/all-nli"` (needs network or a cache).
+        split (`str`): the hub split to load (ignored for files).
+        subset (`str`, *optional*): the hub configuration, e.g. `"triplet"` for all-nli.
+    """
+    path = Path(source)
+    if path.suffix.lower() in TABLE_SUFFIXES or path.exists():
+        return read_table(path)
+    from datasets import load_dataset
+
+    try:
+        return load_dataset(str(source), subset, split=split)
+    except Exception as error:  # the hub's errors vary by cause (offline, unknown id, unknown split)
+        raise ValueError(
+            f"Could not load {source!r} (split {split!r}{f', subset {subset!r}' if subset else ''}) as a local file "
+            f"or a hub dataset: {error}"
+        ) from error
+
+
+def load_training_data(source, layout, columns=None, split="train", subset=None, limit=None):
+    """Load `source` into a training layout: the named columns, renamed and in the layout's order.
+
+    Args:
+        source: a local table or a hub id (see `load_source`), or a `datasets.Dataset` already loaded.
+        layout (`str`): one of `pairs`, `triplets`, `scored_pairs`, `labelled_text` (see `TRAINING_LAYOUTS`).
+        columns (`dict[str, str]`, *optional*): layout column -> source column, e.g.
+            `{"anchor": "question", "positive": "answer"}`; unnamed layout columns are read under their own name.
+        split, subset: hub split and configuration.
+        limit (`int`, *optional*): keep the first `limit` rows.
+
+    Rows with a missing value are dropped; scores become floats; string labels become class ids (sorted names,
+    kept as a `ClassLabel` feature). Missing columns or no rows left give a `ValueError` naming them.
+    """
+    if layout not in TRAINING_LAYOUTS:
+        raise ValueError(f"Unknown layout {layout!r}; choose one of {', '.join(TRAINING_LAYOUTS)}.")
+    targets = TRAINING_LAYOUTS[layout]
+    columns = dict(columns or {})
+    unknown = sorted(set(columns) - set(targets))
+    if unknown:
+        raise ValueError(f"columns names {unknown}, which layout {layout!r} does not have; it has {list(targets)}.")
+    dataset = source if hasattr(source, "column_names") else load_source(source, split, subset)
+    wanted = [columns.get(target, target) for target in targets]
+    missing = [c for c in wanted if c not in dataset.column_names]
+    if missing:
+        raise ValueError(
+            f"{source if isinstance(source, (str, Path)) else 'dataset'}: missing column(s) {missing} for layout "
+            f"{layout!r}; found {dataset.column_names}. Map them with columns={{layout column: source column}}."
+        )
+    dataset = dataset.select_columns(wanted)
+    for target, name in zip(targets, wanted):
+        if target != name:
+            dataset = dataset.rename_column(name, target)
+    if limit is not None:
+        dataset = dataset.select(range(min(limit, len(dataset))))
+    dataset = dataset.filter(lambda row: all(row[c] is not None and row[c] != "" for c in targets))
+    if len(dataset) == 0:
+        raise ValueError(f"{source!r}: no rows with every column of {list(targets)} filled.")
+    if layout == "scored_pairs":
+        from datasets import Value
+
+        try:
+            dataset = dataset.cast_column("score", Value("float64"))
+        except (TypeError, ValueError) as error:
+            raise ValueError(f"{source!r}: the score column must hold numbers; {error}") from None
+    if layout == "labelled_text" and isinstance(dataset[0]["label"], str):
+        dataset = dataset.class_encode_column("label")
+    return dataset
+
+
+def load_pairs(source, anchor="anchor", positive="positive", **kwargs):
+    """(anchor, positive) pairs, e.g. question/answer or paraphrases; `kwargs` as in `load_training_data`."""
+    return load_training_data(source, "pairs", {"anchor": anchor, "positive": positive}, **kwargs)
+
+
+def load_triplets(source, anchor="anchor", positive="positive", negative="negative", **kwargs):
+    """(anchor, positive, negative) triplets; the negative is a hard negative for InfoNCE."""
+    return load_training_data(
+        source, "triplets", {"anchor": anchor, "positive": positive, "negative": negative}, **kwargs
+    )
+
+
+def load_scored_pairs(source, sentence1="sentence1", sentence2="sentence2", score="score", **kwargs):
+    """(sentence1, sentence2, score) pairs for CoSENT; any score scale (only the order matters)."""
+    return load_training_data(
+        source, "scored_pairs", {"sentence1": sentence1, "sentence2": sentence2, "score": score}, **kwargs
+    )
+
+
+def load_labelled_text(source, text="text", label="label", **kwargs):
+    """(text, label) rows for the nested classification heads; string labels become class ids."""
+    return load_training_data(source, "labelled_text", {"text": text, "label": label}, **kwargs)
+
+
+def _nli_label(value):
+    """`entailment`/`neutral`/`contradiction` (any case) or 0/1/2 -> that id; anything else (-1, '-') -> None."""
+    if isinstance(value, str):
+        return NLI_LABELS.get(value.strip().lower())
+    return int(value) if value in (0, 1, 2) else None
+
+
+def nli_triplets(dataset, premise="premise", hypothesis="hypothesis", label="label"):
+    """AllNLI-style triplets from NLI rows: (anchor=premise, positive=entailed hypothesis, negative=contradiction).
+
+    Every premise with at least one entailed and one contradicting hypothesis gives one triplet per entailed
+    hypothesis, paired with its contradictions in turn. Labels may be names (`entailment`, `neutral`,
+    `contradiction`) or Hugging Face ids (0, 1, 2); other labels (-1, '-') are skipped.
+
+    Args:
+        dataset: a `datasets.Dataset` (or a local table / hub id, loaded with `load_source`).
+        premise, hypothesis, label (`str`): the source's column names.
+    """
+    from datasets import Dataset
+
+    if not hasattr(dataset, "column_names"):
+        dataset = load_source(dataset)
+    missing = [c for c in (premise, hypothesis, label) if c not in dataset.column_names]
+    if missing:
+        raise ValueError(f"NLI data lacks column(s) {missing}; found {dataset.column_names}. Pass premise=/hypothesis=/label=.")
+    by_premise = {}  # premise -> ([entailed], [contradicting]), in first-seen order
+    for p, h, y in zip(dataset[premise], dataset[hypothesis], dataset[label]):
+        y = _nli_label(y)
+        if not p or not h or y not in (0, 2):
+            continue
+        by_premise.setdefault(p, ([], []))[0 if y == 0 else 1].append(h)
+    rows = {"anchor": [], "positive": [], "negative": []}
+    for p, (entailed, contradicting) in by_premise.items():
+        if not contradicting:
+            continue
+        for i, h in enumerate(entailed):
+            rows["anchor"].append(p)
+            rows["positive"].append(h)
+            rows["negative"].append(contradicting[i % len(contradicting)])
+    if not rows["anchor"]:
+        raise ValueError(
+            "No premise has both an entailed and a contradicting hypothesis; check the label column "
+            f"({label!r}: names entailment/neutral/contradiction or ids 0/1/2)."
+        )
+    return Dataset.from_dict(rows)
+
+
+def chatterbot_pairs(language="english"):
+    """The offline demo's real data: question/answer pairs from the `chatterbot-corpus` PyPI package.
+
+    Each conversation's first turn is the question and its second the answer. Questions that repeat (the corpus
+    lists some with many alternative answers) keep their first answer, and repeated answers their first question,
+    so every in-batch negative is a true negative and every held-out question has one right answer.
+
+    Returns a `datasets.Dataset` with columns (anchor, positive) and the topic of each pair in `category`
+    (drop it before training: `select_columns(["anchor", "positive"])`).
+    """
+    import yaml
+    from datasets import Dataset
+
+    try:
+        import chatterbot_corpus
+    except ImportError:
+        raise ImportError(
+            "The demo data comes from the chatterbot-corpus package: pip install 'mrl-text[demo]'."
+        ) from None
+    folder = Path(chatterbot_corpus.__file__).parent / "data" / language
+    if not folder.is_dir():
+        raise FileNotFoundError(f"{folder}: chatterbot-corpus has no language {language!r}.")
+    rows = {"anchor": [], "positive": [], "category": []}
+    seen_questions, seen_answers = set(), set()
+    for path in sorted(folder.glob("*.yml")):
+        for conversation in yaml.safe_load(path.read_text(encoding="utf-8")).get("conversations") or []:
+            if len(conversation) < 2:
+                continue
+            question, answer = str(conversation[0]).strip(), str(conversation[1]).strip()
+            if not question or not answer or question in seen_questions or answer in seen_answers:
+                continue
+            seen_questions.add(question)
+            seen_answers.add(answer)
+            rows["anchor"].append(question)
+            rows["positive"].append(answer)
+            rows["category"].append(path.stem)
+    if not rows["anchor"]:
+        raise ValueError(f"{folder}: no question/answer pairs found.")
+    return Dataset.from_dict(rows)
+
+
+__all__ += [
+    "TRAINING_LAYOUTS",
+    "chatterbot_pairs",
+    "load_labelled_text",
+    "load_pairs",
+    "load_scored_pairs",
+    "load_source",
+    "load_training_data",
+    "load_triplets",
+    "nli_triplets",
+]

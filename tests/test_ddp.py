@@ -1,0 +1,43 @@
+"""Cross-device negatives: 2 CPU processes (DDP, gloo) give the loss and gradients of 1 process on the global batch."""
+
+import os
+import shutil
+import subprocess
+from pathlib import Path
+
+import pytest
+import torch
+
+from .ddp_negatives import build_model, loss_and_gradients
+
+SCRIPT = Path(__file__).with_name("ddp_negatives.py")
+
+
+@pytest.mark.skipif(shutil.which("accelerate") is None, reason="the accelerate CLI is not installed")
+def test_two_processes_match_one_process_on_the_global_batch(tmp_path):
+    env = {**os.environ, "ACCELERATE_USE_CPU": "true", "OMP_NUM_THREADS": "1", "PYTHONPATH": str(SCRIPT.parents[1])}
+    command = [
+        "accelerate", "launch", "--multi_gpu", "--num_processes", "2", "--num_machines", "1",
+        "--mixed_precision", "no", "--dynamo_backend", "no", "--main_process_port", "29517",
+        str(SCRIPT), str(tmp_path / "ddp.pt"),
+    ]
+    run = subprocess.run(command, env=env, capture_output=True, text=True, timeout=300)
+    assert run.returncode == 0, run.stdout[-3000:] + run.stderr[-3000:]
+    ddp = torch.load(tmp_path / "ddp.pt")
+    assert ddp["world_size"] == 2
+
+    model, tokenizer = build_model(tmp_path / "tokenizer")
+    loss, grads = loss_and_gradients(model, tokenizer)
+    torch.testing.assert_close(ddp["loss"], loss, rtol=1e-5, atol=1e-6)
+    assert grads.keys() == ddp["grads"].keys() and len(grads) > 10
+    for name, grad in grads.items():
+        torch.testing.assert_close(ddp["grads"][name], grad, rtol=1e-4, atol=1e-6, msg=name)
+
+
+def test_a_half_batch_gives_another_loss(tmp_path):
+    """A process that saw only its own rows would not match: the check above is sensitive to gathering."""
+    model, tokenizer = build_model(tmp_path / "tokenizer")
+    full, _ = loss_and_gradients(model, tokenizer)
+    model.zero_grad()
+    half, _ = loss_and_gradients(model, tokenizer, rank=0, world_size=2)
+    assert not torch.allclose(full, half)

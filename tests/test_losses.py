@@ -1,0 +1,158 @@
+"""Losses: MatryoshkaLoss and its base losses against hand computations on small tensors."""
+
+import math
+
+import pytest
+import torch
+import torch.nn.functional as F
+
+from mrl_text import MatryoshkaConfig, MatryoshkaForSequenceClassification, truncate_embeddings
+from mrl_text.losses import (
+    CoSENTLoss,
+    DistillMSELoss,
+    InfoNCELoss,
+    MatryoshkaCrossEntropyLoss,
+    MatryoshkaLoss,
+    get_loss,
+)
+
+from .conftest import tiny_bert_config
+
+
+def unit(x):
+    return F.normalize(x, dim=-1)
+
+
+def test_infonce_matches_hand_computation_with_hard_negatives():
+    torch.manual_seed(0)
+    anchor, positive, negative = (unit(torch.randn(3, 8)) for _ in range(3))
+    loss = InfoNCELoss(scale=10.0)(anchor, positive, negative)
+    expected = 0.0
+    for i in range(3):
+        candidates = [anchor[i] @ positive[j] for j in range(3)] + [anchor[i] @ negative[j] for j in range(3)]
+        logits = torch.stack(candidates) * 10.0
+        expected += -(logits[i] - torch.logsumexp(logits, 0))
+    torch.testing.assert_close(loss, expected / 3)
+
+
+def test_infonce_symmetric_and_temperature():
+    torch.manual_seed(1)
+    anchor, positive = unit(torch.randn(4, 8)), unit(torch.randn(4, 8))
+    forward = InfoNCELoss(scale=20.0)(anchor, positive)
+    backward = InfoNCELoss(scale=20.0)(positive, anchor)
+    torch.testing.assert_close(InfoNCELoss(scale=20.0, symmetric=True)(anchor, positive), (forward + backward) / 2)
+    torch.testing.assert_close(InfoNCELoss(temperature=0.05)(anchor, positive), forward)
+    with pytest.raises(ValueError, match="temperature"):
+        InfoNCELoss(temperature=0)
+
+
+def test_matryoshka_loss_is_weighted_sum_of_per_size_losses():
+    torch.manual_seed(0)
+    config = MatryoshkaConfig(encoder=tiny_bert_config(), matryoshka_dimensions=[32, 16, 8], matryoshka_weights=[1, 2, 0.5])
+    anchor, positive = torch.randn(5, 32), torch.randn(5, 32)  # full size, not normalized (as the model returns)
+    base = InfoNCELoss(scale=20.0)
+    loss = MatryoshkaLoss.from_config(config, base)([anchor, positive])
+    expected = sum(
+        w * base(unit(anchor[:, :d]), unit(positive[:, :d])) for d, w in zip([32, 16, 8], [1.0, 2.0, 0.5])
+    )
+    torch.testing.assert_close(loss, expected)
+
+
+def test_matryoshka_loss_gradient_reaches_all_prefixes_once():
+    """The full embedding gets gradient from every size's term through one tensor (one encoder pass)."""
+    full = torch.randn(4, 16, requires_grad=True)
+    other = torch.randn(4, 16)
+    MatryoshkaLoss(InfoNCELoss(), [16, 4], matryoshka_weights=[0.0, 1.0])([full, other]).backward()
+    # Only the 4-d term is on: coordinates past 4 get no gradient, the first 4 do.
+    assert full.grad[:, 4:].abs().sum() == 0
+    assert full.grad[:, :4].abs().sum() > 0
+
+
+def test_n_dims_per_step_sorted_and_full_size_flag():
+    dims = [64, 32, 16, 8, 4]
+    keep = MatryoshkaLoss(InfoNCELoss(), dims, n_dims_per_step=3, keep_full_dim=True)
+    drop = MatryoshkaLoss(InfoNCELoss(), dims, n_dims_per_step=2, keep_full_dim=False)
+    seen_without_full = False
+    for _ in range(200):
+        sizes = [d for d, _ in keep.sizes_for_step()]
+        assert len(sizes) == 3 and sizes[0] == 64 and sizes == sorted(sizes, reverse=True)
+        sizes = [d for d, _ in drop.sizes_for_step()]
+        assert len(sizes) == 2 and sizes == sorted(sizes, reverse=True)
+        seen_without_full |= 64 not in sizes
+    assert seen_without_full  # without the flag, the full size is sampled like any other
+    with pytest.raises(ValueError, match="n_dims_per_step"):
+        MatryoshkaLoss(InfoNCELoss(), dims, n_dims_per_step=6)
+
+
+def test_matryoshka_loss_sorts_sizes_with_their_weights():
+    loss = MatryoshkaLoss(InfoNCELoss(), [8, 32, 16], matryoshka_weights=[3, 1, 2])
+    assert loss.matryoshka_dimensions == [32, 16, 8] and loss.matryoshka_weights == [1.0, 2.0, 3.0]
+    with pytest.raises(ValueError, match="one weight per size"):
+        MatryoshkaLoss(InfoNCELoss(), [32, 16], matryoshka_weights=[1.0])
+
+
+def test_cosent_hand_case():
+    # Pair 0 scored above pair 1; their cosines are 0.8 and 0.2 (right order) -> small loss, reversed -> large.
+    e1 = torch.tensor([[1.0, 0.0], [1.0, 0.0]])
+    e2 = torch.tensor([[0.8, 0.6], [0.2, math.sqrt(1 - 0.04)]])
+    scale = 5.0
+    right = CoSENTLoss(scale)(e1, e2, torch.tensor([4.0, 1.0]))
+    wrong = CoSENTLoss(scale)(e1, e2, torch.tensor([1.0, 4.0]))
+    torch.testing.assert_close(right, torch.log1p(torch.exp(torch.tensor(scale * (0.2 - 0.8)))))
+    torch.testing.assert_close(wrong, torch.log1p(torch.exp(torch.tensor(scale * (0.8 - 0.2)))))
+    # Equal scores impose no order: log(1 + nothing) = 0.
+    assert CoSENTLoss()(e1, e2, torch.tensor([2.0, 2.0])).item() == 0.0
+
+
+def test_cosent_wrapped_in_matryoshka_passes_labels():
+    torch.manual_seed(0)
+    a, b, scores = torch.randn(6, 16), torch.randn(6, 16), torch.rand(6) * 5
+    loss = MatryoshkaLoss(CoSENTLoss(), [16, 4])([a, b], labels=scores)
+    expected = CoSENTLoss()(a, b, scores) + CoSENTLoss()(a[:, :4], b[:, :4], scores)
+    torch.testing.assert_close(loss, expected)
+
+
+@pytest.mark.parametrize("efficient", [False, True])
+def test_matryoshka_cross_entropy_matches_per_head_sum(efficient):
+    torch.manual_seed(0)
+    config = MatryoshkaConfig(
+        encoder=tiny_bert_config(), matryoshka_dimensions=[32, 8], matryoshka_weights=[1.0, 0.5],
+        efficient_heads=efficient, num_labels=3,
+    )
+    model = MatryoshkaForSequenceClassification(config)
+    full = torch.randn(4, 32)
+    labels = torch.tensor([0, 2, 1, 2])
+    logits = model.classifier(full)
+    loss = MatryoshkaCrossEntropyLoss()(model, logits, labels)
+    expected = F.cross_entropy(logits[0], labels) + 0.5 * F.cross_entropy(logits[1], labels)
+    torch.testing.assert_close(loss, expected)
+    with pytest.raises(ValueError, match="out of range"):
+        MatryoshkaCrossEntropyLoss()(model, logits, torch.tensor([0, 1, 2, 3]))
+
+
+def test_cross_entropy_refuses_a_model_without_heads(make_model):
+    with pytest.raises(ValueError, match="MatryoshkaForSequenceClassification"):
+        MatryoshkaCrossEntropyLoss()(make_model(), (torch.randn(2, 3),), torch.tensor([0, 1]))
+
+
+def test_distill_mse_truncates_the_teacher_like_the_student():
+    torch.manual_seed(0)
+    student, teacher = torch.randn(3, 16), torch.randn(3, 48)  # a wider teacher is cut to the student's sizes
+    loss = MatryoshkaLoss(DistillMSELoss(), [16, 8, 4])([student, teacher])
+    expected = sum(
+        F.mse_loss(truncate_embeddings(student, d), truncate_embeddings(teacher, d)) for d in (16, 8, 4)
+    )
+    torch.testing.assert_close(loss, expected)
+    # A perfect student has zero loss at every size.
+    assert MatryoshkaLoss(DistillMSELoss(), [16, 8])([teacher[:, :16], teacher]).item() < 1e-12
+
+
+def test_get_loss_registry():
+    assert isinstance(get_loss("infonce", scale=10.0, symmetric=True), InfoNCELoss)
+    assert isinstance(get_loss("cosent"), CoSENTLoss)
+    assert isinstance(get_loss("cross_entropy"), MatryoshkaCrossEntropyLoss)
+    assert isinstance(get_loss("distill_mse"), DistillMSELoss)
+    with pytest.raises(ValueError, match="cosent, cross_entropy, distill_mse, infonce"):
+        get_loss("triplet")
+    with pytest.raises(ValueError, match="margin"):
+        get_loss("cosent", margin=1.0)

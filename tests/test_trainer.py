@@ -1,0 +1,190 @@
+"""MatryoshkaTrainer on tiny random models: one encoder pass per column, every layout, checkpoints, resume, errors."""
+
+import pytest
+import torch
+from datasets import Dataset
+from transformers import AutoModel, BertModel
+
+from mrl_text import MatryoshkaConfig, MatryoshkaForSequenceClassification
+from mrl_text.trainer import MatryoshkaDataCollator, MatryoshkaTrainer, MatryoshkaTrainingArguments
+
+from .conftest import tiny_bert_config
+
+PAIRS = {
+    "anchor": ["a man plays guitar", "the dog runs", "what is my balance", "hello world", "the sun is big",
+               "a cat is sleeping", "bread in the park", "fast red car"],
+    "positive": ["a man is playing music", "a dog is running", "account balance please", "hello", "big sun today",
+                 "the cat sleeps", "eating bread at the park", "a red car is fast"],
+}
+
+
+def training_args(tmp_path, **overrides):
+    options = dict(
+        output_dir=str(tmp_path / "run"), max_steps=4, per_device_train_batch_size=4, learning_rate=1e-3,
+        report_to="none", save_strategy="no", use_cpu=True, disable_tqdm=True, seed=0, data_seed=0,
+    )
+    options.update(overrides)
+    return MatryoshkaTrainingArguments(**options)
+
+
+def count_encoder_calls(model):
+    calls = []
+    model.encoder.register_forward_hook(lambda *_: calls.append(1))
+    return calls
+
+
+@pytest.mark.parametrize("dims", [(32,), (32, 16, 8, 4, 2)])
+def test_encoder_runs_once_per_text_column_whatever_the_number_of_sizes(make_model, tmp_path, dims):
+    model = make_model(matryoshka_dimensions=dims)
+    calls = count_encoder_calls(model)
+    triplets = Dataset.from_dict({**PAIRS, "negative": list(reversed(PAIRS["positive"]))})
+    MatryoshkaTrainer(model=model, args=training_args(tmp_path, max_steps=2), train_dataset=triplets).train()
+    assert len(calls) == 2 * 3  # 2 steps x (anchor, positive, negative), independent of len(dims)
+
+
+def test_trainer_loss_matches_matryoshka_loss_on_the_batch(make_model, tmp_path):
+    model = make_model(matryoshka_dimensions=(32, 8), matryoshka_weights=[1.0, 3.0])
+    trainer = MatryoshkaTrainer(model=model, args=training_args(tmp_path), train_dataset=Dataset.from_dict(PAIRS))
+    batch = trainer.data_collator([{"anchor": a, "positive": p} for a, p in zip(PAIRS["anchor"], PAIRS["positive"])])
+    with torch.no_grad():
+        loss = trainer.compute_loss(model, batch)
+        a = model(**{k.split(".")[1]: v for k, v in batch.items() if k.startswith("anchor.")}).full_embeddings
+        p = model(**{k.split(".")[1]: v for k, v in batch.items() if k.startswith("positive.")}).full_embeddings
+    base = trainer.loss_fn.base_loss
+    norm = torch.nn.functional.normalize
+    expected = base(norm(a), norm(p)) + 3.0 * base(norm(a[:, :8]), norm(p[:, :8]))
+    torch.testing.assert_close(loss, expected)
+
+
+def test_training_lowers_the_loss_and_checkpoints_load(make_model, tmp_path):
+    model = make_model(matryoshka_dimensions=(32, 16, 8))
+    data = Dataset.from_dict(PAIRS)
+    args = training_args(tmp_path, max_steps=12, save_strategy="steps", save_steps=12, per_device_train_batch_size=8)
+    trainer = MatryoshkaTrainer(model=model, args=args, train_dataset=data)
+    batch = trainer.data_collator([data[i] for i in range(8)])
+    with torch.no_grad():
+        before = trainer.compute_loss(model.eval(), batch).item()
+    trainer.train()
+    with torch.no_grad():
+        after = trainer.compute_loss(model.eval(), batch).item()
+    assert after < before
+    loaded = AutoModel.from_pretrained(tmp_path / "run" / "checkpoint-12")
+    assert loaded.config.matryoshka_dimensions == [32, 16, 8]
+    torch.testing.assert_close(loaded.encode(PAIRS["anchor"], dim=8), model.encode(PAIRS["anchor"], dim=8))
+
+
+def test_resume_from_checkpoint_reaches_the_same_weights(make_model, tmp_path):
+    data = Dataset.from_dict(PAIRS)
+    # Dropout is on and sizes are sampled per step: the RNG state must be restored too.
+    common = dict(max_steps=6, save_strategy="steps", save_steps=3, per_device_train_batch_size=4, n_dims_per_step=2)
+    straight = make_model(matryoshka_dimensions=(32, 16, 8, 4))
+    MatryoshkaTrainer(model=straight, args=training_args(tmp_path, **common), train_dataset=data).train()
+    resumed = make_model(matryoshka_dimensions=(32, 16, 8, 4))
+    args = training_args(tmp_path, output_dir=str(tmp_path / "resumed"), **common)
+    MatryoshkaTrainer(model=resumed, args=args, train_dataset=data).train(
+        resume_from_checkpoint=str(tmp_path / "run" / "checkpoint-3")
+    )
+    for (name, a), b in zip(straight.state_dict().items(), resumed.state_dict().values()):
+        torch.testing.assert_close(a, b, msg=name)
+    untrained = make_model(matryoshka_dimensions=(32, 16, 8, 4))
+    assert not torch.equal(untrained.encoder.embeddings.word_embeddings.weight,
+                           straight.encoder.embeddings.word_embeddings.weight)
+
+
+def test_cosent_layout_trains(make_model, tmp_path):
+    scored = Dataset.from_dict({"sentence1": PAIRS["anchor"], "sentence2": PAIRS["positive"],
+                                "score": [5.0, 4.0, 3.0, 1.0, 2.5, 4.5, 3.5, 0.5]})
+    trainer = MatryoshkaTrainer(model=make_model(), args=training_args(tmp_path, loss="cosent"), train_dataset=scored)
+    assert trainer.train().training_loss > 0
+
+
+def test_cross_entropy_trains_nested_heads_and_checks_labels(tiny_tokenizer, tmp_path):
+    config = MatryoshkaConfig(encoder=tiny_bert_config(vocab_size=len(tiny_tokenizer)),
+                              matryoshka_dimensions=[32, 8], num_labels=2, efficient_heads=True)
+    model = MatryoshkaForSequenceClassification(config)
+    model.tokenizer = tiny_tokenizer
+    labelled = Dataset.from_dict({"text": PAIRS["anchor"], "label": [0, 1] * 4})
+    args = training_args(tmp_path, loss="cross_entropy")
+    assert MatryoshkaTrainer(model=model, args=args, train_dataset=labelled).train().training_loss > 0
+    bad = Dataset.from_dict({"text": PAIRS["anchor"], "label": [0, 1, 2, 0, 1, 0, 1, 0]})
+    with pytest.raises(ValueError, match="Label 2 is out of range for num_labels=2"):
+        MatryoshkaTrainer(model=model, args=args, train_dataset=bad).train()
+
+
+def test_distill_mse_moves_student_towards_teacher(make_model, tmp_path):
+    teacher = make_model(seed=1)
+    student = make_model(seed=2)
+    texts = Dataset.from_dict({"text": PAIRS["anchor"] + PAIRS["positive"]})
+    args = training_args(tmp_path, loss="distill_mse", max_steps=15, per_device_train_batch_size=16)
+
+    def distance():
+        return ((student.encode(texts["text"], dim=8) - teacher.encode(texts["text"], dim=8)) ** 2).sum().item()
+
+    before = distance()
+    MatryoshkaTrainer(model=student, args=args, train_dataset=texts, teacher=teacher).train()
+    assert distance() < before
+
+
+def test_collator_tokenizes_each_text_column(tiny_tokenizer):
+    collate = MatryoshkaDataCollator(tiny_tokenizer, max_seq_length=4)
+    batch = collate([{"sentence1": "a man is playing a guitar today", "sentence2": "hello", "score": 4},
+                     {"sentence1": "hi", "sentence2": "the dog", "score": 1}])
+    assert batch["sentence1.input_ids"].shape == (2, 4)  # truncated to max_seq_length
+    assert batch["sentence2.attention_mask"].shape[0] == 2
+    assert batch["labels"].tolist() == [4, 1]
+    with pytest.raises(ValueError, match="Column 'sentence2' holds int"):
+        collate([{"sentence1": "a", "sentence2": 3}])
+
+
+def test_bad_inputs_give_clear_errors(make_model, tiny_tokenizer, tmp_path):
+    data = Dataset.from_dict(PAIRS)
+    args = training_args(tmp_path)
+    bert = BertModel(tiny_bert_config(vocab_size=len(tiny_tokenizer)))
+    with pytest.raises(ValueError, match="MatryoshkaModel.from_encoder"):
+        MatryoshkaTrainer(model=bert, args=args, train_dataset=data)
+    with pytest.raises(ValueError, match="Unknown loss 'triplet'"):
+        training_args(tmp_path, loss="triplet")
+    with pytest.raises(ValueError, match="needs at least 2 text column"):
+        MatryoshkaTrainer(model=make_model(), args=args, train_dataset=Dataset.from_dict({"anchor": PAIRS["anchor"]}))
+    with pytest.raises(ValueError, match="a label column"):
+        MatryoshkaTrainer(model=make_model(), args=training_args(tmp_path, loss="cosent"), train_dataset=data)
+    with pytest.raises(ValueError, match="no rows"):
+        MatryoshkaTrainer(model=make_model(), args=args, train_dataset=Dataset.from_dict({"anchor": [], "positive": []}))
+    with pytest.raises(ValueError, match="MatryoshkaTrainingArguments"):
+        from transformers import TrainingArguments
+
+        MatryoshkaTrainer(model=make_model(), args=TrainingArguments(output_dir=str(tmp_path)), train_dataset=data)
+
+
+def test_nan_loss_stops_with_the_step_number(make_model, tmp_path):
+    model = make_model()
+    trainer = MatryoshkaTrainer(model=model, args=training_args(tmp_path, max_steps=3), train_dataset=Dataset.from_dict(PAIRS))
+    original = trainer.compute_loss
+    state = {"calls": 0}
+
+    def poisoned(model, inputs, **kwargs):
+        state["calls"] += 1
+        if state["calls"] == 2:  # the second step's weights go bad
+            with torch.no_grad():
+                model.encoder.embeddings.word_embeddings.weight.fill_(float("nan"))
+        return original(model, inputs, **kwargs)
+
+    trainer.compute_loss = poisoned
+    with pytest.raises(FloatingPointError, match="at step 2"):
+        trainer.train()
+
+
+def test_evaluation_during_training_logs_every_size(make_model, tmp_path):
+    from mrl_text.evaluation import STSEvaluator
+
+    model = make_model(matryoshka_dimensions=(32, 16, 8))
+    sts = STSEvaluator(PAIRS["anchor"], PAIRS["positive"], [5, 4, 3, 1, 2, 4, 3, 1], name="stsb")
+    args = training_args(tmp_path, eval_strategy="steps", eval_steps=2, max_steps=4)
+    trainer = MatryoshkaTrainer(model=model, args=args, train_dataset=Dataset.from_dict(PAIRS), evaluators=[sts])
+    trainer.train()
+    logged = [entry for entry in trainer.state.log_history if "eval_stsb_spearman_8" in entry]
+    assert [entry["step"] for entry in logged] == [2, 4]
+    assert {"eval_stsb_spearman_32", "eval_stsb_spearman_16", "eval_stsb_pearson_8"} <= set(logged[-1])
+    metrics = trainer.evaluate()
+    direct = {(row["metric"], row["dim"]): row["value"] for row in sts.evaluate(model)}
+    assert metrics["eval_stsb_spearman_16"] == pytest.approx(direct["spearman", 16])

@@ -96,7 +96,8 @@ def build_setups(model_dir, device, max_seq_length):
     st_model.max_seq_length = max_seq_length
     st_model.train()
     st_loss = STMatryoshkaLoss(st_model, MultipleNegativesRankingLoss(st_model), matryoshka_dims=SIZES)
-    setups.append(Setup("st", st_model, lambda features: st_loss(features, None), device, st_model.tokenize))
+    tokenize = getattr(st_model, "preprocess", None) or st_model.tokenize  # `tokenize` is deprecated in newer releases
+    setups.append(Setup("st", st_model, lambda features: st_loss(features, None), device, tokenize))
     return setups
 
 

@@ -22,16 +22,16 @@ Figures x100. Writes `<output>.json` and `<output>.md`, each headed by the comma
 
 import argparse
 import json
-import os
-import platform
 import random
-import shlex
 import sys
 import tempfile
 import time
 from pathlib import Path
 
 import torch
+
+sys.path.insert(0, str(Path(__file__).resolve().parent))
+from _report import command_line, header, machine  # noqa: E402
 
 SIZES = [384, 256, 128, 64, 32, 16]
 TASKS = {"stsb": "spearman", "scifact": "ndcg@10", "banking77": "accuracy"}
@@ -254,22 +254,8 @@ def targets(tables):
     return checks
 
 
-def machine():
-    if torch.cuda.is_available():
-        return f"{torch.cuda.get_device_name(0)}, torch {torch.__version__}"
-    return f"CPU ({platform.processor() or platform.machine()}, {os.cpu_count()} cores, {torch.get_num_threads()} torch threads), torch {torch.__version__}"
-
-
 def markdown(report):
-    lines = [
-        "# Training quality: plain InfoNCE vs MRL vs sentence-transformers MatryoshkaLoss",
-        "",
-        f"Command: `{report['command']}`",
-        "",
-        f"Machine: {report['machine']}",
-        "",
-        report["setup"],
-        "",
+    lines = header("Training quality: plain InfoNCE vs MRL vs sentence-transformers MatryoshkaLoss", report) + [
         "3-task average (STS-B Spearman, SciFact nDCG@10, Banking77 probe accuracy), x100:",
         "",
         "| run | " + " | ".join(str(d) for d in SIZES) + " | train s |",
@@ -330,10 +316,10 @@ def main(argv=None):
 
     tables = {name: {int(d): v for d, v in run["per_size"].items()} for name, run in runs.items()}
     report = {
-        "command": "python " + " ".join(shlex.quote(a) for a in [Path(sys.argv[0]).as_posix()] + (argv if argv is not None else sys.argv[1:])),
+        "command": command_line(argv),
         "machine": machine(),
         "setup": (
-            f"From {model_dir.name}; {len(triplets)} SNLI (dev+test) triplets and {len(pairs)} MRPC paraphrase pairs, "
+            f"From {model_dir}; {len(triplets)} SNLI (dev+test) triplets and {len(pairs)} MRPC paraphrase pairs, "
             f"{len(order)} steps of batch {args.batch_size} (same batches for every run), {args.epochs} epoch(s), "
             f"lr {args.lr}, warmup {args.warmup_ratio}, max_seq_length {args.max_seq_length}, seed {args.seed}; "
             f"evaluated at max_seq_length {args.eval_max_seq_length}"

@@ -15,15 +15,15 @@ time of each and the ratios. Targets: MRL / plain <= 1.05, and MRL no slower tha
 
 import argparse
 import json
-import os
-import platform
-import shlex
 import statistics
 import sys
 import time
 from pathlib import Path
 
 import torch
+
+sys.path.insert(0, str(Path(__file__).resolve().parent))
+from _report import command_line, header, machine  # noqa: E402
 
 SIZES = [384, 256, 128, 64, 32, 16]
 
@@ -101,15 +101,6 @@ def build_setups(model_dir, device, max_seq_length):
     return setups
 
 
-def machine(device):
-    if device.type == "cuda":
-        return f"{torch.cuda.get_device_name(device)}, torch {torch.__version__}"
-    return (
-        f"CPU ({platform.processor() or platform.machine()}, {os.cpu_count()} cores, {torch.get_num_threads()} torch "
-        f"threads, shared with other jobs), torch {torch.__version__}"
-    )
-
-
 def main(argv=None):
     args = parse_args(argv)
     from mrl_text.data import nli_triplets, read_table, shared_data_dir
@@ -140,8 +131,8 @@ def main(argv=None):
 
     median = {s.name: statistics.median(s.times) for s in setups}
     report = {
-        "command": "python " + " ".join(shlex.quote(a) for a in [Path(sys.argv[0]).as_posix()] + (argv if argv is not None else sys.argv[1:])),
-        "machine": machine(device),
+        "command": command_line(argv),
+        "machine": machine(),
         "setup": (
             f"{args.model}; batches of {args.batch_size} SNLI triplets (anchor, positive, hard negative), "
             f"max_seq_length {args.max_seq_length}; {args.warmup} warm-up + {args.steps} timed steps per setup, "
@@ -155,15 +146,7 @@ def main(argv=None):
         "mrl/plain <= 1.05": report["ratios"]["mrl/plain"] <= 1.05,
         "mrl/st <= 1.0": report["ratios"]["mrl/st"] <= 1.0,
     }
-    lines = [
-        "# Training step time: MRL vs plain InfoNCE vs sentence-transformers MatryoshkaLoss",
-        "",
-        f"Command: `{report['command']}`",
-        "",
-        f"Machine: {report['machine']}",
-        "",
-        report["setup"],
-        "",
+    lines = header("Training step time: MRL vs plain InfoNCE vs sentence-transformers MatryoshkaLoss", report) + [
         "| setup | median step (ms) | mean step (ms) |",
         "|---|---|---|",
     ]

@@ -133,6 +133,22 @@ def evaluators(data_dir, limit=None):
 # The three trainers, fed the same batches
 
 
+def common_arguments(args, steps, output_dir):
+    """The TrainingArguments every run shares: one pass over the shared batch order, same lr schedule and seed."""
+    return dict(
+        output_dir=str(output_dir),
+        per_device_train_batch_size=args.batch_size,
+        learning_rate=args.lr,
+        warmup_steps=int(args.warmup_ratio * steps),
+        num_train_epochs=1,  # the batch order already holds every epoch's batches
+        seed=args.seed,
+        save_strategy="no",
+        report_to=[],
+        logging_steps=max(1, steps // 10),
+        disable_tqdm=True,
+    )
+
+
 def _rows_in_order(datasets_, order):
     """Rows (dicts) in batch order: a sequential sampler then replays `order` exactly."""
     return [datasets_[source][i] for source, batch in order for i in batch]
@@ -154,23 +170,8 @@ def train_mrl_text(model_dir, sizes, datasets_, order, args, output_dir, overrid
             return SequentialSampler(self.train_dataset)
 
     model = MatryoshkaModel.from_encoder(str(model_dir), matryoshka_dimensions=sizes, matryoshka_weights=weights)
-    steps = len(order)
-    training_args = MatryoshkaTrainingArguments(
-        output_dir=str(output_dir),
-        loss="infonce",
-        per_device_train_batch_size=args.batch_size,
-        learning_rate=args.lr,
-        warmup_steps=int(args.warmup_ratio * steps),
-        num_train_epochs=1,  # `order` already holds every epoch's batches
-        max_seq_length=args.max_seq_length,
-        seed=args.seed,
-        save_strategy="no",
-        report_to=[],
-        logging_steps=max(1, steps // 10),
-        disable_tqdm=True,
-        dataloader_drop_last=False,
-        **overrides,
-    )
+    settings = {**common_arguments(args, len(order), output_dir), "loss": "infonce", "max_seq_length": args.max_seq_length}
+    training_args = MatryoshkaTrainingArguments(**{**settings, **overrides})  # an override may change any of them
     trainer = InOrderTrainer(model=model, args=training_args, train_dataset=_rows_in_order(datasets_, order))
     start = time.perf_counter()
     trainer.train()
@@ -200,19 +201,8 @@ def train_sentence_transformers(model_dir, sizes, datasets_, order, args, output
         def __len__(self):
             return len(fixed)
 
-    steps = len(order)
     training_args = SentenceTransformerTrainingArguments(
-        output_dir=str(output_dir),
-        per_device_train_batch_size=args.batch_size,
-        learning_rate=args.lr,
-        warmup_steps=int(args.warmup_ratio * steps),
-        num_train_epochs=1,
-        seed=args.seed,
-        save_strategy="no",
-        report_to=[],
-        logging_steps=max(1, steps // 10),
-        disable_tqdm=True,
-        multi_dataset_batch_sampler=FixedBatches,
+        multi_dataset_batch_sampler=FixedBatches, **common_arguments(args, len(order), output_dir)
     )
     loss = MatryoshkaLoss(model, MultipleNegativesRankingLoss(model), matryoshka_dims=sizes)
     train = DatasetDict({f"d{i}": d for i, d in enumerate(datasets_)})

@@ -244,6 +244,16 @@ def targets(tables):
     return checks
 
 
+# The hand-written part of the results file (the settings tried, notes) sits below this line and survives reruns.
+NOTES_MARKER = "<!-- Notes: everything below this line is kept when train_quality.py rewrites this file. -->"
+
+
+def kept_notes(path):
+    """The part of an existing results file from `NOTES_MARKER` on ('' if none)."""
+    text = path.read_text() if path.is_file() else ""
+    return text[text.find(NOTES_MARKER) :] if NOTES_MARKER in text else ""
+
+
 def markdown(report):
     lines = header("Training quality: plain InfoNCE vs MRL vs sentence-transformers MatryoshkaLoss", report) + [
         "3-task average (STS-B Spearman, SciFact nDCG@10, Banking77 probe accuracy), x100:",
@@ -323,7 +333,8 @@ def main(argv=None):
     output = Path(args.output)
     output.parent.mkdir(parents=True, exist_ok=True)
     output.with_suffix(".json").write_text(json.dumps(report, indent=1))
-    output.with_suffix(".md").write_text(markdown(report))
+    notes = kept_notes(output.with_suffix(".md"))
+    output.with_suffix(".md").write_text(markdown(report) + ("\n" + notes if notes else ""))
     print(markdown(report))
     return report
 

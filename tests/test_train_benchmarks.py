@@ -43,3 +43,11 @@ def test_targets_compare_the_three_task_average(train_quality):
     mrl[384]["avg"] = 69.6
     checks = {name: ok for name, _, ok in train_quality.targets({"plain": plain, "mrl": mrl})}
     assert not checks["mrl >= plain - 0.3 at 384"] and not any("st" in name for name in checks)
+
+
+def test_rerun_keeps_the_hand_written_notes(train_quality, tmp_path):
+    results = tmp_path / "train_quality.md"
+    assert train_quality.kept_notes(results) == ""
+    results.write_text("# old figures\n\n" + train_quality.NOTES_MARKER + "\n## Settings tried\n| kd1 | 76.21 |\n")
+    notes = train_quality.kept_notes(results)
+    assert notes.startswith(train_quality.NOTES_MARKER) and "| kd1 | 76.21 |" in notes and "old figures" not in notes

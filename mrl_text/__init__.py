@@ -37,3 +37,4 @@ __all__ = [
     "MatryoshkaSequenceClassifierOutput",
     "truncate_embeddings",
 ]
+from .adaptive import AdaptiveClassifier  # noqa: E402  (adaptive deployment)

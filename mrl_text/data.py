@@ -70,12 +70,16 @@ def _split_sentences(text):
     return [s.strip() for s in re.split(r"(?<=[.!?])\s+(?=[A-Z0-9(])", text) if s.strip()]
 
 
-def load_text_corpus(data_dir=None):
+def load_text_corpus(data_dir=None, sources=None):
     """The union of every sentence in the development data, deduplicated: a real corpus of ~150k short texts.
 
     Sources: SNLI premises and hypotheses, Flickr8k captions, emotion, Banking77, MRPC, STS-B and TREC texts (all
     splits), and SciFact's titles, claims and abstracts split into sentences. Texts are stripped and exact
     duplicates dropped, keeping the first occurrence, in the order listed (deterministic).
+
+    Args:
+        data_dir: the development data folder (default `shared_data_dir()`).
+        sources (`list[str]`, *optional*): the folders to read (e.g. all but "scifact"); default all of them.
 
     Returns:
         `(texts, counts)`: the list of unique texts and a dict source -> number of unique texts it added.
@@ -83,6 +87,10 @@ def load_text_corpus(data_dir=None):
     import json
 
     data_dir = Path(data_dir) if data_dir is not None else shared_data_dir()
+    known = [folder for folder, _, _ in TEXT_CORPUS_SOURCES] + ["scifact"]
+    sources = known if sources is None else list(sources)
+    if not sources or any(s not in known for s in sources):
+        raise ValueError(f"sources={sources!r}: choose among {known}.")
     if not data_dir.is_dir():
         raise FileNotFoundError(f"{data_dir}: no development data folder; set $MRL_TEXT_DATA to the shared data.")
     seen, texts, counts = set(), [], {}
@@ -97,12 +105,14 @@ def load_text_corpus(data_dir=None):
         counts[source] = counts.get(source, 0) + len(texts) - before
 
     for folder, files, columns in TEXT_CORPUS_SOURCES:
+        if folder not in sources:
+            continue
         for name in files:
             table = read_table(data_dir / folder / name, columns)
             for column in columns:
                 take(folder, table[column])
     scifact = data_dir / "scifact"
-    for name in ("corpus.jsonl", "queries.jsonl"):
+    for name in ("corpus.jsonl", "queries.jsonl") if "scifact" in sources else ():
         path = scifact / name
         if not path.is_file():
             raise FileNotFoundError(f"{path}: missing SciFact file (BEIR layout: corpus.jsonl, queries.jsonl).")

@@ -204,6 +204,11 @@ class FunnelIndex:
         view.flags.writeable = False
         return view
 
+    @property
+    def shortlist_index(self):
+        """The first stage's FAISS index (None while the index is empty): for tuning, e.g. `nprobe`/`efSearch`."""
+        return self._index
+
     # --- first stage ----------------------------------------------------------------------------------------------
 
     def _codes(self, embeddings):

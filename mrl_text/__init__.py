@@ -27,6 +27,12 @@ MatryoshkaConfig.register_for_auto_class()
 MatryoshkaModel.register_for_auto_class("AutoModel")
 MatryoshkaForSequenceClassification.register_for_auto_class("AutoModelForSequenceClassification")
 
+# Model cards: save_pretrained / push_to_hub write README.md + results plot when a model carries results.
+from .model_card import write_card_on_save  # noqa: E402
+
+if write_card_on_save not in MatryoshkaPreTrainedModel.save_hooks:
+    MatryoshkaPreTrainedModel.save_hooks.append(write_card_on_save)
+
 __all__ = [
     "MatryoshkaConfig",
     "MatryoshkaForSequenceClassification",

@@ -46,7 +46,87 @@ def read_table(path, columns=None):
     return dataset
 
 
-__all__ = ["read_table", "shared_data_dir"]
+# evaluation data
+
+
+def load_sts(path):
+    """Read an STS table (columns `sentence1`, `sentence2`, `score`) -> `(sentences1, sentences2, scores)`."""
+    table = read_table(path, ["sentence1", "sentence2", "score"])
+    try:
+        scores = [float(s) for s in table["score"]]
+    except (TypeError, ValueError) as error:
+        raise ValueError(f"{path}: column 'score' must hold numbers (gold similarity); {error}.") from None
+    return [str(s) for s in table["sentence1"]], [str(s) for s in table["sentence2"]], scores
+
+
+def load_classification(path, text_column="text", label_column="label"):
+    """Read a classification table -> `(texts, labels)`; labels keep their type (names or ids)."""
+    table = read_table(path, [text_column, label_column])
+    return [str(t) for t in table[text_column]], list(table[label_column])
+
+
+def _read_jsonl_texts(path, with_title):
+    """`{_id: text}` from a BEIR corpus.jsonl / queries.jsonl; corpus text is `title + " " + text`."""
+    table = read_table(path, ["_id", "text"])
+    titles = table["title"] if with_title and "title" in table.column_names else [None] * len(table)
+    texts = {}
+    for doc_id, title, text in zip(table["_id"], titles, table["text"]):
+        text = text or ""
+        texts[str(doc_id)] = f"{title} {text}".strip() if title else text
+    return texts
+
+
+def _read_qrels(path):
+    """`{query_id: {doc_id: relevance}}` from a BEIR qrels tsv (query-id, corpus-id, score).
+
+    Read with the csv module rather than `read_table`: ids must stay strings ("007" is not 7).
+    """
+    import csv
+
+    columns = ["query-id", "corpus-id", "score"]
+    read_table(path, columns)  # existence, type and column checks with the project's messages
+    qrels = {}
+    with open(path, newline="", encoding="utf-8") as handle:
+        for line, row in enumerate(csv.DictReader(handle, delimiter="\t"), start=2):
+            try:
+                relevance = int(float(row["score"]))
+            except (TypeError, ValueError):
+                raise ValueError(f"{path}, line {line}: score {row['score']!r} is not a number; expected {columns}.") from None
+            qrels.setdefault(row["query-id"], {})[row["corpus-id"]] = relevance
+    return qrels
+
+
+def load_beir(directory, split="test"):
+    """Read a BEIR retrieval folder: `corpus.jsonl` (_id, title, text), `queries.jsonl` (_id, text) and
+    `qrels/<split>.tsv` (query-id, corpus-id, score).
+
+    Returns:
+        `(corpus, queries, qrels)`: `{doc_id: text}`, `{query_id: text}` for the queries that have qrels only, and
+        `{query_id: {doc_id: relevance}}`. Qrels naming a document or query absent from the folder raise a
+        `ValueError` naming the file and the ids.
+    """
+    directory = Path(directory)
+    if not directory.is_dir():
+        raise FileNotFoundError(
+            f"{directory}: no such folder (expected a BEIR folder with corpus.jsonl, queries.jsonl, qrels/{split}.tsv)."
+        )
+    corpus = _read_jsonl_texts(directory / "corpus.jsonl", with_title=True)
+    all_queries = _read_jsonl_texts(directory / "queries.jsonl", with_title=False)
+    qrels_path = directory / "qrels" / f"{split}.tsv"
+    qrels = _read_qrels(qrels_path)
+    unknown_queries = sorted(q for q in qrels if q not in all_queries)
+    unknown_docs = sorted({d for docs in qrels.values() for d in docs if d not in corpus})
+    for kind, ids, source in (("queries", unknown_queries, "queries.jsonl"), ("documents", unknown_docs, "corpus.jsonl")):
+        if ids:
+            raise ValueError(
+                f"{qrels_path}: qrels name {len(ids)} {kind} missing from {directory / source}: {ids[:10]}"
+                f"{' ...' if len(ids) > 10 else ''}."
+            )
+    queries = {q: all_queries[q] for q in qrels}
+    return corpus, queries, qrels
+
+
+__all__ = ["load_beir", "load_classification", "load_sts", "read_table", "shared_data_dir"]
 
 
 # --- Adaptive deployment (retrieval benchmarks): one large corpus of real sentences -------------------------------

@@ -198,6 +198,40 @@ class MatryoshkaPreTrainedModel(PreTrainedModel):
                 )
         return dim
 
+    # Writers of extra files (model card, results plot) run after every save. mrl-text registers its card writer
+    # here (mrl_text.model_card); where only transformers is installed (trust_remote_code) the list is empty and
+    # saving and pushing behave exactly as in transformers.
+    save_hooks = []
+
+    def save_pretrained(self, save_directory, *args, **kwargs):
+        super().save_pretrained(save_directory, *args, **kwargs)
+        if kwargs.get("is_main_process", True):
+            for hook in self.save_hooks:
+                hook(self, save_directory)
+
+    def push_to_hub(self, repo_id, *, commit_message=None, commit_description=None, private=None, token=None,
+                    revision=None, create_pr=False, max_shard_size="50GB", tags=None):
+        """transformers' `push_to_hub` (one commit: weights, config with `auto_map`, modeling code, tokenizer), except
+        that a model card written by a save hook (mrl-text's, with the per-size results and plot) is uploaded as is
+        instead of being replaced by a generic card. Without one, the generic card is used as in transformers."""
+        import os
+        import tempfile
+
+        from transformers.utils.hub import create_and_tag_model_card, hf_api
+
+        repo_id = hf_api().create_repo(repo_id, private=private, token=token, exist_ok=True).repo_id
+        with tempfile.TemporaryDirectory() as work_dir:
+            self.save_pretrained(work_dir, max_shard_size=max_shard_size)
+            for hook in self.save_hooks:  # again, now that the repository id is known (the card's usage snippets)
+                hook(self, work_dir, repo_id=repo_id)
+            card_path = os.path.join(work_dir, "README.md")
+            if not os.path.exists(card_path):
+                create_and_tag_model_card(repo_id, tags, token=token).save(card_path)
+            return self._upload_modified_files(
+                work_dir, repo_id, files_timestamps={}, commit_message=commit_message, token=token,
+                create_pr=create_pr, revision=revision, commit_description=commit_description,
+            )
+
 
 class MatryoshkaModel(MatryoshkaPreTrainedModel):
     r"""

@@ -1,0 +1,182 @@
+"""`mrl-text`: thin commands over mrl_text.evaluation and mrl_text.model_card."""
+
+import argparse
+import shlex
+import sys
+from pathlib import Path
+
+EXAMPLES = """\
+examples:
+  # a Matryoshka model at all its sizes, against a baseline, on STS, retrieval (BEIR folder) and classification
+  mrl-text evaluate out/ --sts stsb/test.tsv --retrieval scifact/ --classification banking77/train.tsv banking77/test.tsv \\
+      --baseline sentence-transformers/all-MiniLM-L6-v2 --out report/
+
+  # any plain encoder (mean pooling) or sentence-transformers model, truncated to the sizes you name
+  mrl-text evaluate any-plain-encoder/ --sts stsb/test.tsv --dims 384 256 128 64 32 16 --out report/
+
+  # the model card (README.md with Hub metadata and per-size results) and plot, written into the model folder
+  mrl-text card out/ --results report/results.json
+
+file formats:
+  --sts             .tsv/.csv/.jsonl/.parquet with columns sentence1, sentence2, score
+  --retrieval       BEIR folder: corpus.jsonl (_id, title, text), queries.jsonl (_id, text), qrels/<split>.tsv
+                    (query-id, corpus-id, score)
+  --classification  two tables (train, test) with columns text, label (see --text-column / --label-column)
+"""
+
+GENERIC_STEMS = {"test", "dev", "validation", "valid", "train", "eval", "data"}
+REPORT_FILES = ("results.json", "results.md", "results.png")
+
+
+def _task_name(path, taken):
+    """`stsb/test.tsv` -> "stsb"; `scifact/` -> "scifact"; made unique among `taken`."""
+    path = Path(path)
+    name = path.name if path.is_dir() else path.stem
+    if name.lower() in GENERIC_STEMS and path.resolve().parent.name:
+        name = path.resolve().parent.name
+    unique, n = name, 2
+    while unique in taken:
+        unique, n = f"{name}_{n}", n + 1
+    taken.add(unique)
+    return unique
+
+
+def build_evaluators(args):
+    """Read every data file first, so a bad file fails before any model is loaded."""
+    from .data import load_beir, load_classification, load_sts
+    from .evaluation import ClassificationEvaluator, RetrievalEvaluator, STSEvaluator
+
+    evaluators, taken = [], set()
+    for path in args.sts or []:
+        evaluators.append(STSEvaluator(*load_sts(path), name=_task_name(path, taken)))
+    for directory in args.retrieval or []:
+        corpus, queries, qrels = load_beir(directory, split=args.split)
+        evaluators.append(RetrievalEvaluator(corpus, queries, qrels, name=_task_name(directory, taken)))
+    for train_path, test_path in args.classification or []:
+        train = load_classification(train_path, args.text_column, args.label_column)
+        test = load_classification(test_path, args.text_column, args.label_column)
+        evaluators.append(ClassificationEvaluator(*train, *test, name=_task_name(test_path, taken), knn=args.knn))
+    if not evaluators:
+        raise ValueError("Nothing to evaluate: pass at least one of --sts FILE, --retrieval DIR, --classification TRAIN TEST.")
+    return evaluators
+
+
+def run_evaluate(args):
+    from .evaluation import Results, _write_atomic, as_embedder, evaluate
+
+    evaluators = build_evaluators(args)
+    options = dict(batch_size=args.batch_size, max_length=args.max_length, device=args.device, show_progress_bar=True)
+    model = as_embedder(args.model, args.dims, **options)
+    embedders = [model]
+    for baseline in args.baseline or []:
+        embedder = as_embedder(baseline, **options)
+        # Baselines are scored at the sizes of the model under test that they have, plus their own full size.
+        dims = args.dims or model.dims
+        embedders.append(embedder.with_dims([d for d in dims if d <= embedder.full_dim] + [embedder.full_dim]))
+    names = set()
+    for embedder in embedders:  # result rows are keyed by model name: keep them distinct
+        base, n = embedder.name, 2
+        while embedder.name in names:
+            embedder.name, n = f"{base} ({n})", n + 1
+        names.add(embedder.name)
+    results = []
+    for embedder in embedders:
+        print(f"mrl-text: evaluating {embedder.name} at sizes {embedder.dims}", file=sys.stderr)
+        results.append(evaluate(embedder, evaluators))
+    results = Results.concat(results)
+    # Everything is computed before anything is written: a failed run leaves no report that looks complete.
+    command = "mrl-text " + " ".join(shlex.quote(a) for a in args.argv)
+    markdown = f"# Evaluation at every size\n\nCommand: `{command}`\n\nValues x100.\n\n{results.to_markdown()}"
+    plot = results.plot()
+    out = Path(args.out)
+    results.to_json(out / "results.json")
+    _write_atomic(out / "results.md", markdown)
+    _write_atomic(out / "results.png", plot)
+    print(results.to_markdown())
+    print(f"mrl-text: wrote {', '.join(str(out / name) for name in REPORT_FILES)}", file=sys.stderr)
+    return results
+
+
+def run_card(args):
+    from .evaluation import Results
+    from .model_card import write_card
+
+    directory = Path(args.model)
+    if not (directory / "config.json").is_file():
+        raise FileNotFoundError(f"{directory}: not a saved model folder (no config.json); pass the folder save_pretrained wrote.")
+    from transformers import AutoConfig
+
+    config = AutoConfig.from_pretrained(directory)
+    if not hasattr(config, "matryoshka_dimensions"):
+        raise ValueError(f"{directory}/config.json: model_type {config.model_type!r} is not a Matryoshka model.")
+    results = Results.from_json(args.results) if args.results else None
+    card_path = write_card(
+        directory, config, results, model_id=args.model_id, base_model=args.base_model, datasets=args.dataset or None,
+        license=args.license,
+    )
+    print(f"mrl-text: wrote {card_path}", file=sys.stderr)
+    return card_path
+
+
+def build_parser():
+    parser = argparse.ArgumentParser(
+        prog="mrl-text",
+        description="Matryoshka embeddings: evaluate every embedding size, write model cards.",
+        epilog=EXAMPLES,
+        formatter_class=argparse.RawDescriptionHelpFormatter,
+    )
+    commands = parser.add_subparsers(dest="command", required=True, metavar="{evaluate,card}")
+
+    ev = commands.add_parser(
+        "evaluate",
+        help="score a model (and baselines) at every size; write results.json, results.md, results.png",
+        description="Encode each text once at full size and score every size from the prefixes.",
+        epilog=EXAMPLES,
+        formatter_class=argparse.RawDescriptionHelpFormatter,
+    )
+    ev.add_argument("model", help="Matryoshka model folder/hub id, plain transformers encoder, or sentence-transformers model")
+    ev.add_argument("--sts", action="append", metavar="FILE", help="STS table (sentence1, sentence2, score); repeatable")
+    ev.add_argument("--retrieval", action="append", metavar="DIR", help="BEIR folder; repeatable")
+    ev.add_argument("--classification", action="append", nargs=2, metavar=("TRAIN", "TEST"),
+                    help="train and test tables (text, label); repeatable")
+    ev.add_argument("--baseline", action="append", metavar="MODEL", help="a model to compare with; repeatable")
+    ev.add_argument("--dims", type=int, nargs="+", help="sizes to score (default: the model's matryoshka_dimensions)")
+    ev.add_argument("--out", required=True, metavar="DIR", help="report folder")
+    ev.add_argument("--split", default="test", help="qrels split of the BEIR folders (default: test)")
+    ev.add_argument("--knn", action="store_true", help="also report k-nearest-neighbour accuracy for classification")
+    ev.add_argument("--text-column", default="text")
+    ev.add_argument("--label-column", default="label")
+    ev.add_argument("--batch-size", type=int, default=32)
+    ev.add_argument("--max-length", type=int, help="longest tokenized input (default: the model's)")
+    ev.add_argument("--device", help="e.g. cuda, cpu (default: cuda when available)")
+    ev.set_defaults(func=run_evaluate)
+
+    card = commands.add_parser(
+        "card",
+        help="write README.md (model card with Hub metadata and results) and the results plot into a model folder",
+        epilog=EXAMPLES,
+        formatter_class=argparse.RawDescriptionHelpFormatter,
+    )
+    card.add_argument("model", help="the saved Matryoshka model folder")
+    card.add_argument("--results", metavar="FILE", help="results.json written by `mrl-text evaluate`")
+    card.add_argument("--model-id", help="Hub id for the usage snippets (default: the folder)")
+    card.add_argument("--base-model", help="Hub id of the encoder it was trained from")
+    card.add_argument("--dataset", action="append", help="training dataset Hub id; repeatable")
+    card.add_argument("--license", default="apache-2.0")
+    card.set_defaults(func=run_card)
+    return parser
+
+
+def main(argv=None):
+    parser = build_parser()
+    args = parser.parse_args(argv)
+    args.argv = list(sys.argv[1:] if argv is None else argv)
+    try:
+        args.func(args)
+    except (FileNotFoundError, ValueError, KeyError) as error:
+        parser.exit(2, f"mrl-text {args.command}: error: {error}\n")
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())

@@ -1,0 +1,109 @@
+import json
+import tomllib
+from pathlib import Path
+
+import pytest
+from huggingface_hub import ModelCard
+
+from mrl_text.cli import main
+from mrl_text.model_card import PLOT_FILENAME
+
+from .conftest import build_tokenizer, tiny_bert_config
+
+ROOT = Path(__file__).resolve().parents[1]
+
+
+@pytest.fixture
+def data(tmp_path):
+    """Tiny STS, BEIR and classification files in the layouts the CLI documents."""
+    root = tmp_path / "data"
+    (root / "stsb").mkdir(parents=True)
+    pairs = [("a man is playing a guitar", "a man plays music", 4.0), ("the dog runs", "a cat is sleeping", 0.5),
+             ("it is raining today", "the weather is bad", 3.0), ("what is my balance", "help with my account", 2.0)]
+    (root / "stsb" / "test.tsv").write_text(
+        "sentence1\tsentence2\tscore\n" + "".join(f"{a}\t{b}\t{s}\n" for a, b, s in pairs)
+    )
+    beir = root / "scifact"
+    (beir / "qrels").mkdir(parents=True)
+    docs = ["the dog runs in the park", "a woman is eating bread", "music with a guitar", "the sun is lovely"]
+    (beir / "corpus.jsonl").write_text("".join(json.dumps({"_id": f"d{i}", "title": "", "text": t}) + "\n" for i, t in enumerate(docs)))
+    (beir / "queries.jsonl").write_text('{"_id": "q1", "text": "dog park"}\n{"_id": "q2", "text": "guitar music"}\n')
+    (beir / "qrels" / "test.tsv").write_text("query-id\tcorpus-id\tscore\nq1\td0\t1\nq2\td2\t1\n")
+    (root / "intent").mkdir()
+    rows = [("hello there", "greet"), ("hello world", "greet"), ("thanks a lot", "thank"), ("thanks please", "thank")] * 3
+    for split in ("train", "test"):
+        (root / "intent" / f"{split}.tsv").write_text("text\tlabel\n" + "".join(f"{t}\t{l}\n" for t, l in rows))
+    return root
+
+
+@pytest.fixture
+def saved_models(make_model, tmp_path):
+    model_dir, plain_dir = tmp_path / "model", tmp_path / "plain"
+    make_model(max_seq_length=32).save_pretrained(model_dir)
+    from transformers import BertModel
+
+    tokenizer = build_tokenizer(plain_dir)
+    BertModel(tiny_bert_config(vocab_size=len(tokenizer), hidden_size=16), add_pooling_layer=False).save_pretrained(plain_dir)
+    tokenizer.save_pretrained(plain_dir)
+    return model_dir, plain_dir
+
+
+def test_evaluate_writes_the_report(data, saved_models, tmp_path, capsys):
+    model_dir, plain_dir = saved_models
+    out = tmp_path / "report"
+    argv = [
+        "evaluate", str(model_dir), "--sts", str(data / "stsb" / "test.tsv"), "--retrieval", str(data / "scifact"),
+        "--classification", str(data / "intent" / "train.tsv"), str(data / "intent" / "test.tsv"),
+        "--baseline", str(plain_dir), "--max-length", "32", "--out", str(out),
+    ]
+    assert main(argv) == 0
+    assert sorted(p.name for p in out.iterdir()) == ["results.json", "results.md", "results.png"]
+    rows = json.loads((out / "results.json").read_text())["rows"]
+    model_cells = {(r["task"], r["metric"], r["dim"]) for r in rows if r["model"] == str(model_dir)}
+    assert ("stsb", "spearman", 4) in model_cells and ("scifact", "ndcg@10", 32) in model_cells
+    assert ("intent", "accuracy", 8) in model_cells
+    # the 16-d baseline is scored at the model's sizes it has (16, 8, 4), not at 32
+    assert {r["dim"] for r in rows if r["model"] == str(plain_dir)} == {16, 8, 4}
+    markdown = (out / "results.md").read_text()
+    assert "Command: `mrl-text evaluate" in markdown and "### scifact: ndcg@10" in markdown
+    assert "### stsb: spearman" in capsys.readouterr().out
+
+    # the card command turns the report into README.md + plot in the model folder
+    assert main(["card", str(model_dir), "--results", str(out / "results.json"), "--model-id", "org/tiny"]) == 0
+    card = ModelCard.load(model_dir / "README.md")
+    assert "matryoshka" in card.data.tags and len(card.data.eval_results) == len(model_cells)
+    assert 'from_pretrained("org/tiny")' in card.text and (model_dir / PLOT_FILENAME).is_file()
+
+
+def _error(argv, capsys):
+    with pytest.raises(SystemExit) as exit_info:
+        main(argv)
+    assert exit_info.value.code == 2
+    return capsys.readouterr().err
+
+
+def test_errors_name_the_file_and_write_no_report(data, saved_models, tmp_path, capsys):
+    model_dir, _ = saved_models
+    out = tmp_path / "report"
+    bad = tmp_path / "bad.tsv"
+    bad.write_text("text_a\ttext_b\tscore\nx\ty\t1\n")
+    err = _error(["evaluate", str(model_dir), "--sts", str(bad), "--out", str(out)], capsys)
+    assert "bad.tsv" in err and "sentence1" in err and "expected" in err
+    err = _error(["evaluate", str(model_dir), "--sts", str(tmp_path / "missing.tsv"), "--out", str(out)], capsys)
+    assert "missing.tsv" in err
+    err = _error(["evaluate", str(model_dir), "--sts", str(data / "stsb" / "test.tsv"), "--dims", "64", "--out", str(out)], capsys)
+    assert "size 64" in err
+    err = _error(["evaluate", str(tmp_path / "no-model"), "--sts", str(data / "stsb" / "test.tsv"), "--out", str(out)], capsys)
+    assert "no-model" in err
+    assert "Nothing to evaluate" in _error(["evaluate", str(model_dir), "--out", str(out)], capsys)
+    assert not out.exists()
+    assert "results.json" in _error(["card", str(model_dir), "--results", str(tmp_path / "results.json")], capsys)
+
+
+def test_help_shows_examples_and_the_console_script_is_declared(capsys):
+    with pytest.raises(SystemExit) as exit_info:
+        main(["--help"])
+    assert exit_info.value.code == 0
+    assert "mrl-text evaluate out/ --sts" in capsys.readouterr().out
+    scripts = tomllib.loads((ROOT / "pyproject.toml").read_text())["project"]["scripts"]
+    assert scripts["mrl-text"] == "mrl_text.cli:main"

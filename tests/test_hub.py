@@ -1,0 +1,159 @@
+"""Hub round trip without a network: the upload is intercepted at HfApi.create_commit, the download is served from a
+Hub cache folder laid out exactly as huggingface_hub writes it (models--org--name/snapshots/<rev>, refs/main)."""
+
+import json
+import os
+import shutil
+import subprocess
+import sys
+import textwrap
+from pathlib import Path
+from types import SimpleNamespace
+
+import huggingface_hub
+import pytest
+import torch
+from huggingface_hub import HfApi, ModelCard
+from transformers import AutoModel
+
+from mrl_text import MatryoshkaModel
+from mrl_text.evaluation import Results
+from mrl_text.model_card import PLOT_FILENAME
+
+REVISION = "0123456789abcdef0123456789abcdef01234567"
+
+
+def _results():
+    rows = [
+        {"model": "org/name", "task": "stsb", "metric": "spearman", "dim": d, "value": 0.5 + d / 1000}
+        for d in (32, 16, 8, 4)
+    ]
+    return Results(rows, {"stsb": "spearman"})
+
+
+@pytest.fixture
+def captured_commit(monkeypatch):
+    calls = {}
+
+    def create_repo(self, repo_id, **kwargs):
+        calls["create_repo"] = repo_id
+        return SimpleNamespace(repo_id=repo_id)
+
+    def create_commit(self, repo_id, operations, commit_message=None, **kwargs):
+        calls.setdefault("commits", []).append(
+            {
+                "repo_id": repo_id,
+                "message": commit_message,
+                # read now: the files live in a temporary folder that is gone after push_to_hub returns
+                "files": {op.path_in_repo: Path(op.path_or_fileobj).read_bytes() for op in operations},
+            }
+        )
+        return SimpleNamespace(commit_url=f"https://huggingface.co/{repo_id}/commit/{REVISION}", oid=REVISION)
+
+    monkeypatch.setattr(HfApi, "create_repo", create_repo)
+    monkeypatch.setattr(HfApi, "create_commit", create_commit)
+    return calls
+
+
+def test_push_to_hub_sends_everything_in_one_commit(make_model, captured_commit, tmp_path):
+    model = make_model(truncate_dim=16)
+    model.eval_results = _results()
+    model.card_data = {"loss": "MatryoshkaLoss(InfoNCELoss)"}
+    model.push_to_hub("org/name")
+
+    assert captured_commit["create_repo"] == "org/name"
+    assert len(captured_commit["commits"]) == 1
+    files = captured_commit["commits"][0]["files"]
+    assert {
+        "model.safetensors", "config.json", "modeling_matryoshka.py", "configuration_matryoshka.py",
+        "tokenizer.json", "tokenizer_config.json", "README.md", PLOT_FILENAME,
+    } <= set(files)
+    # exactly what save_pretrained writes, byte for byte (the card differs only in the id its snippets name)
+    model.save_pretrained(tmp_path / "saved")
+    saved = {str(p.relative_to(tmp_path / "saved")): p.read_bytes() for p in (tmp_path / "saved").rglob("*") if p.is_file()}
+    assert set(files) == set(saved)
+    assert all(files[name] == saved[name] for name in saved if name != "README.md")
+    config = json.loads(files["config.json"])
+    assert config["auto_map"]["AutoModel"] == "modeling_matryoshka.MatryoshkaModel"
+    assert config["matryoshka_dimensions"] == [32, 16, 8, 4] and config["truncate_dim"] == 16
+    package = Path(__file__).resolve().parents[1] / "mrl_text"
+    assert files["modeling_matryoshka.py"] == (package / "modeling_matryoshka.py").read_bytes()
+    card = ModelCard(files["README.md"].decode())
+    assert "matryoshka" in card.data.tags and len(card.data.eval_results) == 4
+    assert 'AutoModel.from_pretrained("org/name")' in card.text  # the snippets name the repository
+    assert files[PLOT_FILENAME][:4] == b"\x89PNG"
+
+    # the uploaded files are a loadable model with the same weights
+    pulled = tmp_path / "pulled"
+    for name, content in files.items():
+        (pulled / name).parent.mkdir(parents=True, exist_ok=True)
+        (pulled / name).write_bytes(content)
+    loaded = MatryoshkaModel.from_pretrained(pulled)
+    for (key, a), (_, b) in zip(model.state_dict().items(), loaded.state_dict().items()):
+        assert torch.equal(a, b), key
+
+
+def test_push_without_results_uses_a_generic_card(make_model, captured_commit, monkeypatch):
+    from transformers.utils import hub as transformers_hub
+
+    # the generic card would first look for a card on the Hub: answer "none there" without a network
+    def no_remote_card(repo_id, **kwargs):
+        raise huggingface_hub.errors.EntryNotFoundError("no README.md")
+
+    monkeypatch.setattr(transformers_hub.ModelCard, "load", no_remote_card)
+    make_model().push_to_hub("org/plain")
+    files = captured_commit["commits"][0]["files"]
+    assert "README.md" in files and PLOT_FILENAME not in files
+    assert "model-index" not in files["README.md"].decode()
+
+
+def _lay_out_hub_cache(model_dir, hub_cache, repo_id="org/name"):
+    repo = Path(hub_cache) / f"models--{repo_id.replace('/', '--')}"
+    shutil.copytree(model_dir, repo / "snapshots" / REVISION)
+    (repo / "refs").mkdir(parents=True)
+    (repo / "refs" / "main").write_text(REVISION)
+    return repo
+
+
+def test_from_pretrained_hub_id_from_the_cache(make_model, tmp_path, monkeypatch, sentences):
+    model = make_model(truncate_dim=8)
+    model.eval_results = _results()
+    model.save_pretrained(tmp_path / "saved")
+    _lay_out_hub_cache(tmp_path / "saved", tmp_path / "hub")
+    monkeypatch.setattr(huggingface_hub.constants, "HF_HUB_CACHE", str(tmp_path / "hub"))
+    monkeypatch.setattr(huggingface_hub.constants, "HF_HUB_OFFLINE", True)
+
+    loaded = AutoModel.from_pretrained("org/name")
+    assert type(loaded) is MatryoshkaModel and loaded.name_or_path == "org/name"
+    torch.testing.assert_close(loaded.encode(sentences), model.encode(sentences))  # tokenizer from the cache too
+    assert loaded.encode(sentences).shape == (len(sentences), 8)
+
+
+def test_trust_remote_code_from_the_hub_cache_without_mrl_text(make_model, tmp_path, sentences):
+    model = make_model(truncate_dim=8)
+    model.save_pretrained(tmp_path / "saved")
+    _lay_out_hub_cache(tmp_path / "saved", tmp_path / "home" / "hub")
+    torch.save(model.encode(sentences), tmp_path / "expected.pt")
+    script = textwrap.dedent(
+        f"""
+        import sys
+        sys.modules["mrl_text"] = None  # any import of mrl_text now fails: the Hub copy must not need it
+        import torch
+        from transformers import AutoModel
+        model = AutoModel.from_pretrained("org/name", trust_remote_code=True)
+        assert type(model).__module__.startswith("transformers_modules"), type(model).__module__
+        embeddings = model.encode({sentences!r})
+        torch.testing.assert_close(embeddings, torch.load({str(tmp_path / "expected.pt")!r}))
+        print("ok", tuple(embeddings.shape))
+        """
+    )
+    env = {
+        **os.environ,
+        "HF_HOME": str(tmp_path / "home"),
+        "HF_HUB_CACHE": str(tmp_path / "home" / "hub"),
+        "HF_HUB_OFFLINE": "1",
+        "PYTHONPATH": "",
+    }
+    result = subprocess.run([sys.executable, "-c", script], env=env, capture_output=True, text=True, cwd=tmp_path)
+    assert result.returncode == 0, result.stderr[-3000:]
+    assert "ok (5, 8)" in result.stdout

@@ -54,9 +54,8 @@ def cached_embeddings(model, texts, model_key, max_length=64, batch_size=256, ch
     texts_file, vectors_file = folder / "texts.json", folder / "embeddings.npy"
     known, vectors = [], np.zeros((0, model.config.embedding_size), dtype=np.float32)
     if texts_file.is_file() and vectors_file.is_file():
-        known = json.loads(texts_file.read_text())
         vectors = np.load(vectors_file)
-        known = known[: len(vectors)]
+        known = json.loads(texts_file.read_text())[: len(vectors)]
     row = {t: i for i, t in enumerate(known)}
     missing = list(dict.fromkeys(t for t in texts if t not in row))
     if missing:
@@ -70,10 +69,12 @@ def cached_embeddings(model, texts, model_key, max_length=64, batch_size=256, ch
         for t in part:
             row[t] = len(known)
             known.append(t)
-        # Write embeddings first, then texts: a crash in between leaves texts shorter, which the loader tolerates.
-        np.save(folder / "embeddings.tmp.npy", vectors)
-        os.replace(folder / "embeddings.tmp.npy", vectors_file)
-        texts_file.write_text(json.dumps(known))
+        # Embeddings first, then texts, each replaced whole: a reader in between sees more vectors than texts (it
+        # keeps the common prefix), never a half-written file.
+        np.save(folder / f"embeddings.{os.getpid()}.npy", vectors)
+        os.replace(folder / f"embeddings.{os.getpid()}.npy", vectors_file)
+        (folder / f"texts.{os.getpid()}.json").write_text(json.dumps(known))
+        os.replace(folder / f"texts.{os.getpid()}.json", texts_file)
         done = start + len(part)
         print(f"  {done}/{len(missing)} encoded ({len(part) / (time.time() - began):.0f} texts/s)", flush=True)
     return vectors[[row[t] for t in texts]]

@@ -20,13 +20,8 @@ import warnings
 import numpy as np
 import torch
 
+from .evaluation import fit_linear_probe
 from .modeling_matryoshka import MatryoshkaForSequenceClassification, MatryoshkaModel, truncate_embeddings
-
-
-def fit_linear_probe(features, labels, seed=0, max_iter=1_000):  # TEMPORARY: moves to evaluation.py at the merge
-    from sklearn.linear_model import LogisticRegression
-
-    return LogisticRegression(max_iter=max_iter, random_state=seed).fit(features, labels)
 
 # Lagrange weights trading accuracy for dimensions when searching thresholds (0 = accuracy only).
 _TRADE_OFFS = (0.0, 0.001, 0.003, 0.01, 0.03, 0.1, 0.3, 1.0, 3.0)

@@ -44,3 +44,4 @@ __all__ = [
     "truncate_embeddings",
 ]
 from .adaptive import AdaptiveClassifier  # noqa: E402  (adaptive deployment)
+__all__ += ["AdaptiveClassifier"]

@@ -4,7 +4,6 @@ Encoding ~180k texts on two shared CPU cores takes a while, so the adaptive benc
 a text -> full-size embedding store that only encodes texts it has not seen, saving after every chunk.
 """
 
-import hashlib
 import json
 import os
 import platform
@@ -97,6 +96,3 @@ def machine():
 def command_line():
     return "python " + " ".join([os.path.relpath(sys.argv[0], REPO)] + sys.argv[1:])
 
-
-def fingerprint(texts):
-    return hashlib.sha1("\n".join(texts).encode()).hexdigest()[:12]

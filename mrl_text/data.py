@@ -46,8 +46,6 @@ def read_table(path, columns=None):
     return dataset
 
 
-
-
 # evaluation data
 
 
@@ -421,3 +419,80 @@ def load_image_captions(dataset, split="train", image_column="image", caption_co
 
 
 __all__ += ["DIGIT_NAMES", "load_digits_image_text", "load_image_captions"]
+
+
+# --- Adaptive deployment (retrieval benchmarks): one large corpus of real sentences -------------------------------
+
+# (folder, file, text columns) of every sentence-like text in the development data.
+TEXT_CORPUS_SOURCES = (
+    ("snli", ("dev.tsv", "test.tsv"), ("premise", "hypothesis")),
+    ("flickr8k_captions", ("train.tsv", "dev.tsv", "test.tsv"), ("caption",)),
+    ("emotion", ("train.tsv", "validation.tsv", "test.tsv"), ("text",)),
+    ("banking77", ("train.tsv", "test.tsv"), ("text",)),
+    ("mrpc", ("train.tsv", "test.tsv"), ("sentence1", "sentence2")),
+    ("stsb", ("train.tsv", "dev.tsv", "test.tsv"), ("sentence1", "sentence2")),
+    ("trec", ("train.tsv", "test.tsv"), ("text",)),
+)
+
+
+def _split_sentences(text):
+    """Split an abstract into sentences at '.', '!' or '?' followed by a space and a capital letter or digit."""
+    import re
+
+    return [s.strip() for s in re.split(r"(?<=[.!?])\s+(?=[A-Z0-9(])", text) if s.strip()]
+
+
+def load_text_corpus(data_dir=None, sources=None):
+    """The union of every sentence in the development data, deduplicated: a real corpus of ~150k short texts.
+
+    Sources: SNLI premises and hypotheses, Flickr8k captions, emotion, Banking77, MRPC, STS-B and TREC texts (all
+    splits), and SciFact's titles, claims and abstracts split into sentences. Texts are stripped and exact
+    duplicates dropped, keeping the first occurrence, in the order listed (deterministic).
+
+    Args:
+        data_dir: the development data folder (default `shared_data_dir()`).
+        sources (`list[str]`, *optional*): the folders to read (e.g. all but "scifact"); default all of them.
+
+    Returns:
+        `(texts, counts)`: the list of unique texts and a dict source -> number of unique texts it added.
+    """
+    import json
+
+    data_dir = Path(data_dir) if data_dir is not None else shared_data_dir()
+    known = [folder for folder, _, _ in TEXT_CORPUS_SOURCES] + ["scifact"]
+    sources = known if sources is None else list(sources)
+    if not sources or any(s not in known for s in sources):
+        raise ValueError(f"sources={sources!r}: choose among {known}.")
+    if not data_dir.is_dir():
+        raise FileNotFoundError(f"{data_dir}: no development data folder; set $MRL_TEXT_DATA to the shared data.")
+    seen, texts, counts = set(), [], {}
+
+    def take(source, values):
+        before = len(texts)
+        for value in values:
+            value = (value or "").strip()
+            if value and value not in seen:
+                seen.add(value)
+                texts.append(value)
+        counts[source] = counts.get(source, 0) + len(texts) - before
+
+    for folder, files, columns in TEXT_CORPUS_SOURCES:
+        if folder not in sources:
+            continue
+        for name in files:
+            table = read_table(data_dir / folder / name, columns)
+            for column in columns:
+                take(folder, table[column])
+    scifact = data_dir / "scifact"
+    for name in ("corpus.jsonl", "queries.jsonl") if "scifact" in sources else ():
+        path = scifact / name
+        if not path.is_file():
+            raise FileNotFoundError(f"{path}: missing SciFact file (BEIR layout: corpus.jsonl, queries.jsonl).")
+        with open(path, encoding="utf-8") as f:
+            for line in f:
+                record = json.loads(line)
+                take("scifact", [record.get("title", "")] + _split_sentences(record.get("text", "")))
+    return texts, counts
+
+
+__all__ += ["load_text_corpus"]

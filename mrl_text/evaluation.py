@@ -361,6 +361,14 @@ class RetrievalEvaluator(Evaluator):
         return metrics.retrieval_scores(rankings, [self.qrels[q] for q in self.query_ids], self.cutoffs)
 
 
+def fit_linear_probe(features, labels, seed=0, max_iter=1_000):
+    """The project's linear probe on frozen embeddings: a logistic regression (fixed seed) fitted on `features`
+    `(n, dim)`; shared by the classification evaluator and `AdaptiveClassifier`'s per-size heads."""
+    from sklearn.linear_model import LogisticRegression
+
+    return LogisticRegression(max_iter=max_iter, random_state=seed).fit(features, labels)
+
+
 class ClassificationEvaluator(Evaluator):
     """Classification on frozen embeddings: accuracy of a logistic-regression probe (primary), and of a cosine
     k-nearest-neighbour classifier (`knn_accuracy`) when `knn=True`. Fixed seed: reruns give the same numbers."""
@@ -387,13 +395,12 @@ class ClassificationEvaluator(Evaluator):
         return embeddings, rows[: len(self.train_texts)], rows[len(self.train_texts) :]
 
     def _score(self, embedder, embedded, dim):
-        from sklearn.linear_model import LogisticRegression
         from sklearn.neighbors import KNeighborsClassifier
 
         embeddings, train_rows, test_rows = embedded
         features = embedder.truncate(embeddings, dim)
         train, test = features[train_rows].numpy(), features[test_rows].numpy()
-        probe = LogisticRegression(max_iter=self.max_iter, random_state=self.seed).fit(train, self.train_labels)
+        probe = fit_linear_probe(train, self.train_labels, seed=self.seed, max_iter=self.max_iter)
         scores = {"accuracy": metrics.accuracy(probe.predict(test).tolist(), self.test_labels)}
         if self.knn:
             neighbours = KNeighborsClassifier(n_neighbors=min(self.knn_k, len(train)), metric="cosine")
@@ -640,6 +647,7 @@ def classification_compute_metrics(dims, task="classification"):
 
 
 __all__ = [
+    "fit_linear_probe",
     "classification_compute_metrics",
     "ClassificationEvaluator",
     "Embedder",

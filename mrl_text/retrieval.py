@@ -1,0 +1,363 @@
+"""Funnel retrieval with Matryoshka embeddings: shortlist on a small prefix, rerank on larger ones.
+
+The adaptive retrieval of Kusupati et al. (2022, section 4.3): a first stage searches the whole corpus with a small
+prefix of every embedding (FAISS: exact flat, HNSW or IVF; optionally int8 or binary codes), then each later stage
+rescores the survivors with exact dot products on a larger prefix and keeps fewer of them. Most of the corpus is
+only ever touched at the small size, so a search costs a fraction of an exact full-size scan.
+
+Example:
+
+```python
+>>> from mrl_text.retrieval import FunnelIndex, exact_search
+>>> index = FunnelIndex(doc_embeddings, stages=[(32, 400), (128, 100), (384, 10)])
+>>> scores, ids = index.search(query_embeddings, k=10)
+>>> index.save("my_index"); index = FunnelIndex.load("my_index")
+```
+"""
+
+import json
+import math
+from pathlib import Path
+
+import numpy as np
+import torch
+
+from .modeling_matryoshka import truncate_embeddings
+
+SHORTLISTS = ("flat", "hnsw", "ivf")
+QUANTIZATIONS = (None, "int8", "binary")
+_CONFIG_FILE, _EMBEDDINGS_FILE, _SHORTLIST_FILE = "funnel_index.json", "embeddings.npy", "shortlist.faiss"
+
+
+def default_stages(full_dim, dims=None):
+    """Three stages in the paper's proportions: (full/12, 400), (full/3, 100), (full, 10).
+
+    With `dims` (the model's trained sizes) each size is rounded up to the nearest trained size; without, to a
+    power of two. For a 384-d model trained at 384/256/128/64/32/16 this gives [(32, 400), (128, 100), (384, 10)].
+    """
+    if dims:
+        trained = sorted(d for d in dims if d <= full_dim)
+
+        def size(target):
+            return next((d for d in trained if d >= target), full_dim)
+    else:
+
+        def size(target):
+            return min(full_dim, 2 ** max(0, round(math.log2(target))))
+
+    sizes = sorted({size(full_dim / 12), size(full_dim / 3), full_dim})
+    counts = [400, 100, 10][-len(sizes):]
+    return [(d, n) for d, n in zip(sizes, counts)]
+
+
+def _as_matrix(embeddings, what):
+    """A float32 C-contiguous `(n, dim)` numpy array (no copy when it already is one)."""
+    if isinstance(embeddings, torch.Tensor):
+        embeddings = embeddings.detach().cpu().numpy()
+    embeddings = np.asarray(embeddings)
+    if embeddings.ndim != 2:
+        raise ValueError(f"{what} must be a 2-D array (n, dim); got shape {embeddings.shape}.")
+    if not np.issubdtype(embeddings.dtype, np.number):
+        raise ValueError(f"{what} must hold numbers; got dtype {embeddings.dtype}.")
+    return np.ascontiguousarray(embeddings, dtype=np.float32)
+
+
+def _check_k(k, available, what):
+    if isinstance(k, bool) or not isinstance(k, (int, np.integer)) or k <= 0:
+        raise ValueError(f"k={k!r} must be a positive integer.")
+    if k > available:
+        raise ValueError(f"k={k} is larger than {what} ({available}); ask for at most {available} results.")
+
+
+def build_exact_index(doc_embeddings, dim=None, normalize=True):
+    """A FAISS exact inner-product index (`IndexFlatIP`) over the `dim`-prefix of the documents (re-normalized)."""
+    import faiss
+
+    docs = _as_matrix(doc_embeddings, "doc_embeddings")
+    index = faiss.IndexFlatIP(dim or docs.shape[1])
+    index.add(np.ascontiguousarray(truncate_embeddings(docs, dim, normalize)))
+    return index
+
+
+def exact_search(doc_embeddings, queries, k, dim=None, normalize=True):
+    """Exact top-`k` search by dot product of the `dim`-prefixes (full size when `dim` is None), re-normalized.
+
+    The reference the funnel is measured against. Returns `(scores, ids)`, both `(n_queries, k)`.
+    """
+    docs = _as_matrix(doc_embeddings, "doc_embeddings")
+    queries = _as_matrix(queries, "queries")
+    if len(docs) == 0:
+        raise ValueError("exact_search got an empty corpus (0 documents); pass at least k documents.")
+    if queries.shape[1] != docs.shape[1]:
+        raise ValueError(f"queries have size {queries.shape[1]} but documents have size {docs.shape[1]}; "
+                         "embed both with the same model at full size.")
+    _check_k(k, len(docs), "the corpus size")
+    index = build_exact_index(docs, dim, normalize)
+    return index.search(np.ascontiguousarray(truncate_embeddings(queries, dim, normalize)), k)
+
+
+class FunnelIndex:
+    r"""Funnel search over Matryoshka embeddings.
+
+    The full embeddings are stored once (float32, `(n, full_dim)`); every later stage reads prefixes of those rows.
+    The first stage's FAISS index holds its own copy of the small prefix only (`stages[0][0]` floats per document,
+    or 1 byte / 1 bit per coordinate with int8 / binary codes).
+
+    Args:
+        doc_embeddings (`numpy.ndarray` or `torch.Tensor` of shape `(n, full_dim)`): full-size document
+            embeddings; `n` may be 0 (then `add` documents before searching).
+        stages (`list[tuple[int, int]]`, *optional*): `(size, keep)` pairs, sizes strictly increasing, counts
+            non-increasing. Stage 1 searches the corpus at `size` and keeps `keep` candidates; each later stage
+            rescores the previous survivors exactly at its `size` and keeps `keep`. The last count is the default
+            `k`. Defaults to [`default_stages`], e.g. `[(32, 400), (128, 100), (384, 10)]` for 384-d embeddings.
+        shortlist (`str`): the first stage's FAISS index: `"flat"` (exact), `"hnsw"` (graph) or `"ivf"`
+            (inverted lists); the approximate ones pay off on large corpora.
+        quantization (`str`, *optional*): codes of the first stage: `None` (float32), `"int8"` (scalar
+            quantizer) or `"binary"` (sign bits, Hamming distance; the first size must be a multiple of 8).
+        normalize (`bool`): re-normalize every prefix (of documents and queries) to unit length, as the model does.
+            Set False only for a model trained without normalization (raw dot products).
+        dims (`list[int]`, *optional*): the sizes the model was trained with; every stage size must be one of them.
+        hnsw_m (`int`): HNSW graph degree. ef_search (`int`, *optional*): HNSW search breadth (at least the first
+            stage's count; default twice it). nlist / nprobe (`int`, *optional*): IVF lists (default ~4 sqrt(n)) and
+            lists visited per query (default nlist / 8).
+        query_chunk_size (`int`): queries reranked together (bounds the memory of the gathered candidates).
+    """
+
+    def __init__(
+        self,
+        doc_embeddings,
+        stages=None,
+        shortlist="flat",
+        quantization=None,
+        normalize=True,
+        dims=None,
+        hnsw_m=32,
+        ef_search=None,
+        nlist=None,
+        nprobe=None,
+        query_chunk_size=256,
+    ):
+        embeddings = _as_matrix(doc_embeddings, "doc_embeddings")
+        self.full_dim = embeddings.shape[1]
+        if shortlist not in SHORTLISTS:
+            raise ValueError(f"shortlist={shortlist!r} is not supported; choose one of {SHORTLISTS}.")
+        if quantization not in QUANTIZATIONS:
+            raise ValueError(f"quantization={quantization!r} is not supported; choose one of {QUANTIZATIONS}.")
+        self.dims = sorted({int(d) for d in dims}, reverse=True) if dims is not None else None
+        self.stages = self._check_stages(default_stages(self.full_dim, self.dims) if stages is None else stages)
+        if quantization == "binary" and self.stages[0][0] % 8:
+            raise ValueError(f"binary codes need a first-stage size that is a multiple of 8; got {self.stages[0][0]}.")
+        self.shortlist, self.quantization, self.normalize = shortlist, quantization, bool(normalize)
+        self.hnsw_m, self.ef_search, self.nlist, self.nprobe = hnsw_m, ef_search, nlist, nprobe
+        self.query_chunk_size = int(query_chunk_size)
+        self._embeddings = embeddings[:0]
+        self._index = None
+        self.add(embeddings)
+
+    def _check_stages(self, stages):
+        try:
+            stages = [(int(d), int(n)) for d, n in stages]
+        except (TypeError, ValueError):
+            raise ValueError(f"stages={stages!r} must be a list of (size, keep) pairs, e.g. [(32, 400), (384, 10)].")
+        if not stages:
+            raise ValueError("stages is empty; give at least one (size, keep) pair, e.g. [(32, 400), (384, 10)].")
+        sizes, counts = [d for d, _ in stages], [n for _, n in stages]
+        if any(d <= 0 for d in sizes) or any(n <= 0 for n in counts):
+            raise ValueError(f"stages={stages}: sizes and counts must be positive integers.")
+        if any(b <= a for a, b in zip(sizes, sizes[1:])):
+            raise ValueError(f"stage sizes {sizes} must be strictly increasing: each stage reranks on a larger prefix.")
+        if any(b > a for a, b in zip(counts, counts[1:])):
+            raise ValueError(f"stage counts {counts} must not increase: a stage can only keep what the one before kept.")
+        if sizes[-1] > self.full_dim:
+            raise ValueError(f"stage size {sizes[-1]} is larger than the embeddings' size {self.full_dim}.")
+        if self.dims is not None:
+            lacking = [d for d in sizes if d not in self.dims]
+            if lacking:
+                raise ValueError(f"stage size(s) {lacking} are not sizes the model was trained with {self.dims}; "
+                                 "use only trained sizes (untrained prefixes are not good embeddings).")
+        return stages
+
+    @classmethod
+    def from_model(cls, model, texts, stages=None, batch_size=256, max_length=None, show_progress_bar=False, **kwargs):
+        """Embed `texts` with a [`MatryoshkaModel`] at full size and index them; sizes come from its config.
+
+        Stage sizes must be among `model.config.matryoshka_dimensions`; `normalize` follows the config. Other
+        keyword arguments go to the constructor.
+        """
+        config = model.config
+        embeddings = model.encode(list(texts), dim=config.embedding_size, batch_size=batch_size,
+                                  max_length=max_length, convert_to_numpy=True, show_progress_bar=show_progress_bar)
+        kwargs.setdefault("normalize", config.normalize)
+        return cls(embeddings, stages=stages, dims=config.matryoshka_dimensions, **kwargs)
+
+    def __len__(self):
+        return len(self._embeddings)
+
+    def __repr__(self):
+        return (f"FunnelIndex({len(self)} x {self.full_dim}, stages={self.stages}, shortlist={self.shortlist!r}, "
+                f"quantization={self.quantization!r})")
+
+    @property
+    def embeddings(self):
+        """The stored full-size document embeddings `(n, full_dim)` (read-only view)."""
+        view = self._embeddings.view()
+        view.flags.writeable = False
+        return view
+
+    @property
+    def shortlist_index(self):
+        """The first stage's FAISS index (None while the index is empty): for tuning, e.g. `nprobe`/`efSearch`."""
+        return self._index
+
+    # --- first stage ----------------------------------------------------------------------------------------------
+
+    def _codes(self, embeddings):
+        """What the first-stage index stores for these full-size rows: the re-normalized small prefix (or its bits)."""
+        prefix = np.ascontiguousarray(truncate_embeddings(embeddings, self.stages[0][0], self.normalize))
+        return np.packbits(prefix > 0, axis=1) if self.quantization == "binary" else prefix
+
+    def _new_index(self, n_train):
+        import faiss
+
+        dim = self.stages[0][0]
+        if self.shortlist == "ivf":
+            self.nlist = self.nlist or max(1, min(int(4 * math.sqrt(n_train)), n_train // 39))
+        if self.quantization == "binary":
+            kind = {"flat": "BFlat", "hnsw": f"BHNSW{self.hnsw_m}", "ivf": f"BIVF{self.nlist}"}[self.shortlist]
+            return faiss.index_binary_factory(dim, kind)
+        codes = {None: "Flat", "int8": "SQ8"}[self.quantization]
+        kind = {"flat": codes, "hnsw": f"HNSW{self.hnsw_m},{codes}", "ivf": f"IVF{self.nlist},{codes}"}[self.shortlist]
+        return faiss.index_factory(dim, kind, faiss.METRIC_INNER_PRODUCT)
+
+    def _configure_search(self):
+        import faiss
+
+        first_count = self.stages[0][1]
+        if self.shortlist == "hnsw":
+            hnsw = faiss.downcast_index(self._index).hnsw if self.quantization != "binary" else self._index.hnsw
+            hnsw.efSearch = max(self.ef_search or 2 * first_count, first_count)
+        elif self.shortlist == "ivf":
+            ivf = self._index if self.quantization == "binary" else faiss.extract_index_ivf(self._index)
+            ivf.nprobe = min(self.nlist, self.nprobe or max(1, self.nlist // 8))
+
+    def add(self, doc_embeddings):
+        """Append documents (full-size embeddings); their ids continue from `len(self)`. Returns the new ids."""
+        new = _as_matrix(doc_embeddings, "doc_embeddings")
+        if new.shape[1] != self.full_dim:
+            raise ValueError(f"added embeddings have size {new.shape[1]}, the index holds size {self.full_dim}; "
+                             "embed them with the same model at full size.")
+        first = len(self)
+        if len(new) == 0:
+            return np.arange(first, first, dtype=np.int64)
+        codes = self._codes(new)
+        if self._index is None:
+            self._index = self._new_index(len(new))
+            if not self._index.is_trained:  # IVF centroids / int8 ranges come from the first documents added
+                self._index.train(codes)
+            self._configure_search()
+        self._index.add(codes)
+        self._embeddings = new if first == 0 else np.concatenate([self._embeddings, new])
+        return np.arange(first, first + len(new), dtype=np.int64)
+
+    # --- search ---------------------------------------------------------------------------------------------------
+
+    def search(self, queries, k=None):
+        """Top-`k` documents for each query: `(scores, ids)`, each `(n_queries, k)` (or `(k,)` for one 1-D query).
+
+        Scores are exact dot products of the re-normalized prefixes at the last stage's size, best first. `k`
+        defaults to the last stage's count and may not exceed the count of the stage before it (the candidates
+        the last stage ranks) nor the corpus size.
+        """
+        if len(self) == 0:
+            raise ValueError("The FunnelIndex is empty (0 documents); add() documents before searching.")
+        single = isinstance(queries, (np.ndarray, torch.Tensor)) and queries.ndim == 1
+        queries = _as_matrix(queries[None] if single else queries, "queries")
+        if queries.shape[1] != self.full_dim:
+            raise ValueError(f"queries have size {queries.shape[1]} but the index holds size {self.full_dim}; "
+                             "pass full-size query embeddings from the same model.")
+        n = len(self)
+        k = self.stages[-1][1] if k is None else k
+        _check_k(k, n, "the number of indexed documents")
+        counts = [min(c, n) for _, c in self.stages]
+        if len(self.stages) > 1 and k > counts[-2]:
+            raise ValueError(f"k={k} is larger than the {counts[-2]} candidates the last stage reranks; raise the "
+                             f"count of stage {self.stages[-2]} to at least {k}.")
+        # The approximate or quantized first stage only shortlists; the reranks give exact scores.
+        exact_first = self.shortlist == "flat" and self.quantization is None
+        reranks = [(d, c) for (d, _), c in zip(self.stages[1:], counts[1:])]
+        if not reranks and not exact_first:
+            reranks = [(self.stages[0][0], counts[0])]
+        if reranks:
+            reranks[-1] = (reranks[-1][0], k)
+        first_count = counts[0] if reranks else k
+        scores, ids = self._index.search(self._codes(queries), first_count)
+        if not reranks:
+            return (scores[0], ids[0]) if single else (scores, ids)
+        out_scores = np.empty((len(queries), k), dtype=np.float32)
+        out_ids = np.empty((len(queries), k), dtype=np.int64)
+        for start in range(0, len(queries), self.query_chunk_size):
+            part = slice(start, start + self.query_chunk_size)
+            out_scores[part], out_ids[part] = self._rerank(queries[part], ids[part], reranks)
+        return (out_scores[0], out_ids[0]) if single else (out_scores, out_ids)
+
+    def _rerank(self, queries, candidates, reranks):
+        """Rescore candidate ids `(q, c)` stage by stage on larger prefixes; FAISS pads missing ones with -1."""
+        queries = torch.from_numpy(queries)
+        candidates = torch.from_numpy(candidates)
+        missing = candidates < 0
+        for dim, keep in reranks:
+            # Gather only the first `dim` coordinates of each candidate row, then truncate/re-normalize as everywhere.
+            rows = torch.from_numpy(self._embeddings[candidates.clamp(min=0).numpy(), :dim])
+            docs = truncate_embeddings(rows, dim, self.normalize)
+            query = truncate_embeddings(queries, dim, self.normalize)
+            scores = torch.bmm(docs, query.unsqueeze(-1)).squeeze(-1).masked_fill(missing, -math.inf)
+            scores, order = scores.topk(min(keep, scores.shape[1]), dim=1)
+            candidates, missing = candidates.gather(1, order), missing.gather(1, order)
+        return scores.numpy(), candidates.masked_fill(missing, -1).numpy()
+
+    # --- persistence ----------------------------------------------------------------------------------------------
+
+    def _config(self):
+        return {
+            "stages": self.stages, "shortlist": self.shortlist, "quantization": self.quantization,
+            "normalize": self.normalize, "dims": self.dims, "hnsw_m": self.hnsw_m, "ef_search": self.ef_search,
+            "nlist": self.nlist, "nprobe": self.nprobe, "query_chunk_size": self.query_chunk_size,
+        }
+
+    def save(self, path):
+        """Write the index to folder `path`: its settings (JSON), the full embeddings (.npy) and the FAISS stage."""
+        import faiss
+
+        path = Path(path)
+        path.mkdir(parents=True, exist_ok=True)
+        (path / _CONFIG_FILE).write_text(json.dumps({**self._config(), "full_dim": self.full_dim}, indent=2))
+        np.save(path / _EMBEDDINGS_FILE, self._embeddings)
+        if self._index is not None:
+            write = faiss.write_index_binary if self.quantization == "binary" else faiss.write_index
+            write(self._index, str(path / _SHORTLIST_FILE))
+        return path
+
+    @classmethod
+    def load(cls, path, mmap=False):
+        """Read an index written by `save`. `mmap=True` maps the embeddings from disk instead of reading them."""
+        import faiss
+
+        path = Path(path)
+        if not (path / _CONFIG_FILE).is_file():
+            raise FileNotFoundError(f"{path / _CONFIG_FILE}: not found; is {path} a folder written by FunnelIndex.save?")
+        config = json.loads((path / _CONFIG_FILE).read_text())
+        full_dim = config.pop("full_dim")
+        embeddings = np.load(path / _EMBEDDINGS_FILE, mmap_mode="r" if mmap else None)
+        index = cls(np.zeros((0, full_dim), dtype=np.float32), **config)
+        index._embeddings = embeddings
+        if (path / _SHORTLIST_FILE).is_file():
+            read = faiss.read_index_binary if index.quantization == "binary" else faiss.read_index
+            index._index = read(str(path / _SHORTLIST_FILE))
+            index._configure_search()
+        if (index._index.ntotal if index._index is not None else 0) != len(embeddings):
+            raise ValueError(f"{path}: the FAISS stage holds a different number of documents than {_EMBEDDINGS_FILE}; "
+                             "the folder is incomplete or mixed up, save the index again.")
+        return index
+
+
+__all__ = ["FunnelIndex", "build_exact_index", "default_stages", "exact_search"]

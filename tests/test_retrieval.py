@@ -1,0 +1,156 @@
+"""Funnel retrieval: exactness when nothing is pruned, recall on Matryoshka-like data, persistence, bad input."""
+
+import numpy as np
+import pytest
+
+from mrl_text.modeling_matryoshka import truncate_embeddings
+from mrl_text.retrieval import FunnelIndex, default_stages, exact_search
+
+
+def matryoshka_like(n, dim=64, n_queries=50, seed=0, clusters=100):
+    """Clustered documents whose early coordinates carry the most variance (as in an MRL embedding), and noisy
+    copies of some of them as queries, so each query has a clear neighbourhood."""
+    rng = np.random.default_rng(seed)
+    scale = 1 / np.sqrt(np.arange(1, dim + 1))
+    centers = rng.standard_normal((clusters, dim)) * scale
+    docs = centers[rng.integers(clusters, size=n)] + 0.5 * rng.standard_normal((n, dim)) * scale
+    queries = docs[:n_queries] + 0.3 * rng.standard_normal((n_queries, dim)) * scale
+    return docs.astype(np.float32), queries.astype(np.float32)
+
+
+def relative_recall(ids, reference):
+    return np.mean([len(set(a) & set(b)) / len(b) for a, b in zip(ids, reference)])
+
+
+def test_funnel_equals_exact_search_when_first_stage_keeps_everything():
+    docs, queries = matryoshka_like(300)
+    index = FunnelIndex(docs, stages=[(8, len(docs)), (16, len(docs)), (64, 10)])
+    scores, ids = index.search(queries, k=10)
+    exact_scores, exact_ids = exact_search(docs, queries, k=10)
+    np.testing.assert_array_equal(ids, exact_ids)
+    np.testing.assert_allclose(scores, exact_scores, atol=1e-5)
+    # Scores are cosine similarities of the full vectors: check one by hand.
+    unit = truncate_embeddings(docs, None, True)
+    q0 = truncate_embeddings(queries[:1], None, True)[0]
+    np.testing.assert_allclose(scores[0, 0], unit[ids[0, 0]] @ q0, atol=1e-5)
+
+
+def test_exact_search_at_a_prefix_uses_renormalized_prefixes():
+    docs, queries = matryoshka_like(200)
+    scores, ids = exact_search(docs, queries, k=5, dim=16)
+    prefix_docs = truncate_embeddings(docs, 16, True)
+    prefix_queries = truncate_embeddings(queries, 16, True)
+    expected = np.argsort(-(prefix_queries @ prefix_docs.T), axis=1)[:, :5]
+    np.testing.assert_array_equal(ids, expected)
+
+
+@pytest.mark.parametrize(
+    "shortlist, quantization, first_size, floor",
+    # Sign bits carry less than floats: the binary shortlist needs a larger prefix for the same recall.
+    [("flat", None, 16, 0.95), ("hnsw", None, 16, 0.95), ("ivf", None, 16, 0.9), ("flat", "int8", 16, 0.95),
+     ("flat", "binary", 32, 0.95)],
+)
+def test_funnel_recall_on_a_synthetic_corpus(shortlist, quantization, first_size, floor):
+    docs, queries = matryoshka_like(4000)
+    stages = [(first_size, 400), (56, 100), (64, 10)]
+    index = FunnelIndex(docs, stages=stages, shortlist=shortlist, quantization=quantization)
+    scores, ids = index.search(queries, k=10)
+    _, exact_ids = exact_search(docs, queries, k=10)
+    assert relative_recall(ids, exact_ids) >= floor
+    assert np.all(np.diff(scores, axis=1) <= 1e-6), "results must come best first"
+    # A funnel that keeps too few candidates at a tiny size must lose recall: the metric can fail.
+    tight = FunnelIndex(docs, stages=[(2, 12), (64, 10)]).search(queries, k=10)[1]
+    assert relative_recall(tight, exact_ids) < floor
+
+
+def test_single_query_and_default_k():
+    docs, queries = matryoshka_like(300)
+    index = FunnelIndex(docs, stages=[(8, 50), (64, 7)])
+    scores, ids = index.search(queries[0])
+    assert scores.shape == ids.shape == (7,)
+    np.testing.assert_array_equal(ids, index.search(queries[:1], k=7)[1][0])
+
+
+def test_add_continues_ids_and_matches_an_index_built_at_once():
+    docs, queries = matryoshka_like(500)
+    whole = FunnelIndex(docs, stages=[(8, 100), (64, 10)])
+    grown = FunnelIndex(docs[:200], stages=[(8, 100), (64, 10)])
+    new_ids = grown.add(docs[200:])
+    np.testing.assert_array_equal(new_ids, np.arange(200, 500))
+    assert len(grown) == 500
+    np.testing.assert_array_equal(grown.search(queries, 10)[1], whole.search(queries, 10)[1])
+
+
+def test_empty_index_then_add():
+    index = FunnelIndex(np.zeros((0, 64), dtype=np.float32), stages=[(8, 20), (64, 5)])
+    with pytest.raises(ValueError, match="empty"):
+        index.search(np.ones((1, 64), dtype=np.float32), k=5)
+    docs, queries = matryoshka_like(100)
+    index.add(docs)
+    assert index.search(queries, k=5)[1].shape == (len(queries), 5)
+
+
+@pytest.mark.parametrize("shortlist, quantization", [("flat", None), ("hnsw", "int8"), ("ivf", None), ("flat", "binary")])
+def test_save_and_load_round_trip(tmp_path, shortlist, quantization):
+    docs, queries = matryoshka_like(1000)
+    index = FunnelIndex(docs, stages=[(16, 100), (64, 10)], shortlist=shortlist, quantization=quantization,
+                        dims=[64, 32, 16])
+    before = index.search(queries, k=10)
+    loaded = FunnelIndex.load(index.save(tmp_path / "index"))
+    assert loaded.stages == index.stages and loaded.dims == index.dims and loaded.quantization == quantization
+    after = loaded.search(queries, k=10)
+    np.testing.assert_array_equal(after[1], before[1])
+    np.testing.assert_allclose(after[0], before[0])
+    mapped = FunnelIndex.load(tmp_path / "index", mmap=True)
+    np.testing.assert_array_equal(mapped.search(queries, k=10)[1], before[1])
+
+
+def test_load_of_a_folder_without_an_index_names_the_file(tmp_path):
+    with pytest.raises(FileNotFoundError, match="funnel_index.json"):
+        FunnelIndex.load(tmp_path)
+
+
+def test_from_model_reads_trained_sizes_from_the_config(make_model, sentences):
+    model = make_model(matryoshka_dimensions=(32, 16, 8, 4), truncate_dim=8)
+    index = FunnelIndex.from_model(model, sentences, stages=[(8, 5), (32, 3)])
+    assert index.dims == [32, 16, 8, 4]
+    assert index.full_dim == 32  # full size even though the config's truncate_dim is 8
+    queries = model.encode(sentences[:2], dim=32, convert_to_numpy=True)
+    scores, ids = index.search(queries, k=1)
+    np.testing.assert_array_equal(ids[:, 0], [0, 1])  # each sentence finds itself
+    with pytest.raises(ValueError, match=r"not sizes the model was trained with.*\[24\]|\[24\].*not sizes"):
+        FunnelIndex.from_model(model, sentences, stages=[(24, 5), (32, 3)])
+    assert FunnelIndex.from_model(model, sentences).stages == default_stages(32, [32, 16, 8, 4])
+
+
+def test_clear_errors():
+    docs, queries = matryoshka_like(100)
+    index = FunnelIndex(docs, stages=[(8, 50), (64, 10)])
+    with pytest.raises(ValueError, match="larger than the number of indexed documents"):
+        index.search(queries, k=101)
+    with pytest.raises(ValueError, match="k=60 is larger than the 50 candidates"):
+        index.search(queries, k=60)
+    with pytest.raises(ValueError, match="queries have size 32"):
+        index.search(queries[:, :32], k=5)
+    with pytest.raises(ValueError, match="added embeddings have size 32"):
+        index.add(docs[:, :32])
+    with pytest.raises(ValueError, match="strictly increasing"):
+        FunnelIndex(docs, stages=[(32, 100), (16, 10)])
+    with pytest.raises(ValueError, match="must not increase"):
+        FunnelIndex(docs, stages=[(16, 10), (32, 100)])
+    with pytest.raises(ValueError, match="larger than the embeddings' size 64"):
+        FunnelIndex(docs, stages=[(16, 10), (128, 5)])
+    with pytest.raises(ValueError, match=r"\[24\] are not sizes the model was trained with"):
+        FunnelIndex(docs, stages=[(24, 10), (64, 5)], dims=[64, 32, 16])
+    with pytest.raises(ValueError, match="multiple of 8"):
+        FunnelIndex(docs, stages=[(12, 10), (64, 5)], quantization="binary")
+    with pytest.raises(ValueError, match="shortlist='lsh'"):
+        FunnelIndex(docs, shortlist="lsh")
+    with pytest.raises(ValueError, match="2-D array"):
+        FunnelIndex(docs[0])
+    with pytest.raises(ValueError, match="larger than the corpus size"):
+        exact_search(docs, queries, k=101)
+    with pytest.raises(ValueError, match="empty corpus"):
+        exact_search(docs[:0], queries, k=1)
+    with pytest.raises(ValueError, match="queries have size 32"):
+        exact_search(docs, queries[:, :32], k=1)

@@ -17,7 +17,7 @@ Figures x100. Writes `<output>.json` and `<output>.md`, each headed by the comma
 
     python benchmarks/train_quality.py                      # the benchmark (a GPU takes minutes; a CPU hours)
     python benchmarks/train_quality.py --runs plain,mrl --max-steps 5 --eval-limit 200 --output outputs/tq_smoke
-    python benchmarks/train_quality.py --runs mrl --mrl-settings '{"no_distill": {"prefix_distill_weight": 0}}'
+    python benchmarks/train_quality.py --runs mrl --mrl-settings '{"small_w0.2": {"matryoshka_weights": [1, 0.2, 0.2, 0.2, 0.2, 0.2]}}'
 """
 
 import argparse

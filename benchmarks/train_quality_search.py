@@ -8,6 +8,12 @@ SciFact test nDCG@10 with title + ' ' + text documents, Banking77 logistic-regre
 prefixes re-normalized). Its plain and peer-equivalent rows reproduce the issue's known starting point within 0.3.
 It is a search tool, not the benchmark: settings worth keeping are re-measured with benchmarks/train_quality.py.
 
+Knobs of a setting (see VARIANTS): per-size weights and InfoNCE scales, a schedule of the small sizes' weights
+(`small_schedule`), prefix-to-full similarity distillation (`kd`, `mse`), distillation of every size toward the
+frozen starting model's full-size similarities (`teacher_kd`), gradient surgery on the embeddings (`pcgrad`), a PCA
+rotation after pooling (`pca`), epochs. `--eval-sample` is the CPU proxy: SciFact on its relevant documents plus
+every fifth other one, the Banking77 probe on a third of its training texts (STS-B in full).
+
     python benchmarks/train_quality_search.py --model MODEL_DIR --data DATA_DIR --out search.json --variants base,a_plain,kd1
 """
 import argparse
@@ -55,7 +61,7 @@ def make_batches(triplets, pairs, bs, seed):
     return batches
 
 
-def load_eval(data, subset=None):
+def load_eval(data, subset=None, sample=False):
     sts = read_tsv(f"{data}/stsb/test.tsv")
     corpus = {}
     for line in open(f"{data}/scifact/corpus.jsonl", encoding="utf-8"):
@@ -78,6 +84,10 @@ def load_eval(data, subset=None):
         docs = {d for v in qrels.values() for d in v}
         corpus = {k: v for i, (k, v) in enumerate(corpus.items()) if i < subset or k in docs}
         btr, bte = btr[::50], bte[::50]
+    if sample:  # the CPU proxy: every relevant SciFact document plus every fifth other one; a third of Banking77 train
+        docs = {d for v in qrels.values() for d in v}
+        corpus = {k: v for i, (k, v) in enumerate(corpus.items()) if k in docs or i % 5 == 0}
+        btr = btr[::3]
     return dict(sts=sts, corpus=corpus, queries=queries, qrels=qrels, btr=btr, bte=bte)
 
 
@@ -132,23 +142,31 @@ def make_loss(v):
     mse = v.get("mse", 0.0)
     sym = v.get("symmetric", False)
     size_scale = v.get("size_scale")  # dict dim -> scale
+    teacher_kd = v.get("teacher_kd", 0.0)  # weight: every size's similarities -> the frozen starting model's full size
+    teacher_kd_dims = v.get("teacher_kd_dims", dims)
 
-    def loss(embs):
+    def loss(embs, teacher_sim=None, part=None, small_factor=1.0):
+        """part: None for every size, "full" for the full size's terms only, "small" for the other sizes' terms;
+        small_factor scales the small sizes' InfoNCE weights (a weight schedule)."""
         total = 0.0
-        full_logits = None
         for d, w in zip(dims, weights):
+            w = w if d == dims[0] else w * small_factor
             xs = [unit(e, d) for e in embs]
             a, cands = xs[0], torch.cat(xs[1:], 0)
             s = size_scale.get(d, scale) if size_scale else scale
             sim = a @ cands.T
             if d == dims[0]:
-                full_sim = sim.detach()
+                full_sim = sim.detach()  # the target of the small sizes' distillation, whichever part is asked for
+            if part == "full" and d != dims[0] or part == "small" and d == dims[0]:
+                continue
             if w:
                 total = total + w * infonce(a, cands, s, sym, xs[1])
             if d != dims[0] and kd:
                 total = total + kd * F.kl_div(F.log_softmax(kd_t * sim, -1), F.log_softmax(kd_t * full_sim, -1), log_target=True, reduction="batchmean")
             if d != dims[0] and mse:
                 total = total + mse * ((sim - full_sim) ** 2).mean() * 100
+            if teacher_kd and d in teacher_kd_dims:
+                total = total + teacher_kd * F.kl_div(F.log_softmax(kd_t * sim, -1), F.log_softmax(kd_t * teacher_sim, -1), log_target=True, reduction="batchmean")
         return total
 
     return loss
@@ -183,17 +201,50 @@ def train(v, args, triplets, pairs, device):
     total = len(batches)
     warm = int(0.1 * total)
     sched = torch.optim.lr_scheduler.LambdaLR(opt, lambda s: (s + 1) / max(1, warm) if s < warm else max(0.0, (total - s) / max(1, total - warm)))
+    teacher = None
+    if v.get("teacher_kd"):
+        teacher = Encoder(args.model, device)
+        teacher.rot = model.rot.detach().clone() if model.rot is not None else None
+        teacher.eval()
     model.train()
     t0 = time.time()
     for step, batch in enumerate(batches):
         cols = list(zip(*batch))
         n = len(batch)
-        emb = model([t for c in cols for t in c], args.max_len)
-        embs = [emb[i * n : (i + 1) * n] for i in range(len(cols))]
-        loss = loss_fn(embs)
-        if not torch.isfinite(loss):
-            raise RuntimeError(f"NaN loss at step {step}")
-        loss.backward()
+        texts = [t for c in cols for t in c]
+        emb = model(texts, args.max_len)
+        teacher_sim = None
+        if teacher is not None:
+            with torch.no_grad():
+                t_emb = teacher(texts, args.max_len)
+                t_embs = [F.normalize(t_emb[i * n : (i + 1) * n], dim=-1) for i in range(len(cols))]
+                teacher_sim = t_embs[0] @ torch.cat(t_embs[1:], 0).T
+        if v.get("pcgrad"):
+            # gradient surgery on the embeddings (one encoder backward): the small sizes' gradient loses its component
+            # against the full size's wherever the two conflict
+            leaf = emb.detach().requires_grad_()
+            leaves = [leaf[i * n : (i + 1) * n] for i in range(len(cols))]
+            l_full = loss_fn(leaves, teacher_sim, part="full")
+            l_small = loss_fn(leaves, teacher_sim, part="small")
+            g_full, = torch.autograd.grad(l_full, leaf, retain_graph=True)
+            g_small, = torch.autograd.grad(l_small, leaf)
+            if v["pcgrad"] == "row":
+                dot = (g_small * g_full).sum(-1, keepdim=True)
+                g_small = g_small - dot.clamp(max=0) / g_full.pow(2).sum(-1, keepdim=True).clamp(min=1e-20) * g_full
+            else:
+                dot = (g_small * g_full).sum()
+                if dot < 0:
+                    g_small = g_small - dot / g_full.pow(2).sum().clamp(min=1e-20) * g_full
+            loss = (l_full + l_small).detach()
+            if not torch.isfinite(loss):
+                raise RuntimeError(f"NaN loss at step {step}")
+            emb.backward(g_full + g_small)
+        else:
+            small_factor = {"decay": 1 - step / total, "ramp": step / total}.get(v.get("small_schedule"), 1.0)
+            loss = loss_fn([emb[i * n : (i + 1) * n] for i in range(len(cols))], teacher_sim, small_factor=small_factor)
+            if not torch.isfinite(loss):
+                raise RuntimeError(f"NaN loss at step {step}")
+            loss.backward()
         opt.step()
         sched.step()
         opt.zero_grad(set_to_none=True)
@@ -264,6 +315,13 @@ VARIANTS = {
     "pca_kd1": dict(weights=[1, 0, 0, 0, 0, 0], kd=1.0, pca=True),
     "pca_small0.2": dict(weights=[1, 0.2, 0.2, 0.2, 0.2, 0.2], pca=True),
     "pca_c": dict(pca=True),
+    "pcgrad": dict(pcgrad="global"),
+    "pcgrad_row": dict(pcgrad="row"),
+    "anchor_all": dict(teacher_kd=1.0),  # InfoNCE at every size + every size distilled to the starting model's full size
+    "anchor_full": dict(teacher_kd=1.0, teacher_kd_dims=[384]),
+    "anchor_kd": dict(weights=[1, 0, 0, 0, 0, 0], teacher_kd=1.0),
+    "sched_decay": dict(small_schedule="decay"),  # small sizes' weight 1 -> 0 over training: end as plain training
+    "sched_ramp": dict(small_schedule="ramp"),  # 0 -> 1: start as plain training
 }
 
 
@@ -280,6 +338,7 @@ def main():
     p.add_argument("--seed", type=int, default=42)
     p.add_argument("--max-steps", type=int, default=0)
     p.add_argument("--eval-subset", type=int, default=0)
+    p.add_argument("--eval-sample", action="store_true", help="CPU proxy: a fifth of SciFact's other documents, a third of Banking77 train")
     p.add_argument("--pca-texts", type=int, default=0)
     p.add_argument("--workers", type=int, default=12)
     p.add_argument("--extra", default="", help="json dict of extra variants")
@@ -291,7 +350,7 @@ def main():
         torch.backends.cuda.matmul.allow_tf32 = False
     triplets, pairs = load_train(args.data)
     print(f"train: {len(triplets)} triplets, {len(pairs)} pairs; device {device}", flush=True)
-    ev = load_eval(args.data, args.eval_subset or None)
+    ev = load_eval(args.data, args.eval_subset or None, args.eval_sample)
     import multiprocessing
     pool = ProcessPoolExecutor(args.workers, mp_context=multiprocessing.get_context("spawn"))
     pending, results = [], {}

@@ -132,6 +132,11 @@ def infonce(a, cands, scale, symmetric=False, p=None):
     return loss
 
 
+def similarity_kl(sim, target_sim, scale):
+    """KL divergence from the softmax over a row's target similarities to the softmax over its similarities."""
+    return F.kl_div(F.log_softmax(scale * sim, -1), F.log_softmax(scale * target_sim, -1), log_target=True, reduction="batchmean")
+
+
 def make_loss(v):
     """v: dict of setting knobs -> loss(embs list) on full-size un-normalized embeddings."""
     dims = v.get("dims", DIMS)
@@ -162,11 +167,11 @@ def make_loss(v):
             if w:
                 total = total + w * infonce(a, cands, s, sym, xs[1])
             if d != dims[0] and kd:
-                total = total + kd * F.kl_div(F.log_softmax(kd_t * sim, -1), F.log_softmax(kd_t * full_sim, -1), log_target=True, reduction="batchmean")
+                total = total + kd * similarity_kl(sim, full_sim, kd_t)
             if d != dims[0] and mse:
                 total = total + mse * ((sim - full_sim) ** 2).mean() * 100
             if teacher_kd and d in teacher_kd_dims:
-                total = total + teacher_kd * F.kl_div(F.log_softmax(kd_t * sim, -1), F.log_softmax(kd_t * teacher_sim, -1), log_target=True, reduction="batchmean")
+                total = total + teacher_kd * similarity_kl(sim, teacher_sim, kd_t)
         return total
 
     return loss

@@ -216,21 +216,24 @@ def train(v, args, triplets, pairs, device):
     for step, batch in enumerate(batches):
         cols = list(zip(*batch))
         n = len(batch)
+
+        def by_column(x):
+            return [x[i * n : (i + 1) * n] for i in range(len(cols))]
+
         texts = [t for c in cols for t in c]
         emb = model(texts, args.max_len)
         teacher_sim = None
         if teacher is not None:
             with torch.no_grad():
-                t_emb = teacher(texts, args.max_len)
-                t_embs = [F.normalize(t_emb[i * n : (i + 1) * n], dim=-1) for i in range(len(cols))]
+                t_embs = [F.normalize(e, dim=-1) for e in by_column(teacher(texts, args.max_len))]
                 teacher_sim = t_embs[0] @ torch.cat(t_embs[1:], 0).T
+        small_factor = {"decay": 1 - step / total, "ramp": step / total}.get(v.get("small_schedule"), 1.0)
         if v.get("pcgrad"):
             # gradient surgery on the embeddings (one encoder backward): the small sizes' gradient loses its component
             # against the full size's wherever the two conflict
             leaf = emb.detach().requires_grad_()
-            leaves = [leaf[i * n : (i + 1) * n] for i in range(len(cols))]
-            l_full = loss_fn(leaves, teacher_sim, part="full")
-            l_small = loss_fn(leaves, teacher_sim, part="small")
+            l_full = loss_fn(by_column(leaf), teacher_sim, part="full")
+            l_small = loss_fn(by_column(leaf), teacher_sim, part="small", small_factor=small_factor)
             g_full, = torch.autograd.grad(l_full, leaf, retain_graph=True)
             g_small, = torch.autograd.grad(l_small, leaf)
             if v["pcgrad"] == "row":
@@ -241,14 +244,13 @@ def train(v, args, triplets, pairs, device):
                 if dot < 0:
                     g_small = g_small - dot / g_full.pow(2).sum().clamp(min=1e-20) * g_full
             loss = (l_full + l_small).detach()
-            if not torch.isfinite(loss):
-                raise RuntimeError(f"NaN loss at step {step}")
+        else:
+            loss = loss_fn(by_column(emb), teacher_sim, small_factor=small_factor)
+        if not torch.isfinite(loss):
+            raise RuntimeError(f"NaN loss at step {step}")
+        if v.get("pcgrad"):
             emb.backward(g_full + g_small)
         else:
-            small_factor = {"decay": 1 - step / total, "ramp": step / total}.get(v.get("small_schedule"), 1.0)
-            loss = loss_fn([emb[i * n : (i + 1) * n] for i in range(len(cols))], teacher_sim, small_factor=small_factor)
-            if not torch.isfinite(loss):
-                raise RuntimeError(f"NaN loss at step {step}")
             loss.backward()
         opt.step()
         sched.step()

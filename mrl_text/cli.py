@@ -62,7 +62,8 @@ def build_evaluators(args):
 
 
 def run_evaluate(args):
-    from .evaluation import Results, _write_atomic, as_embedder, evaluate
+    from .evaluation import Results, as_embedder, evaluate
+    from .file_utils import write_atomic
 
     evaluators = build_evaluators(args)
     options = dict(batch_size=args.batch_size, max_length=args.max_length, device=args.device, show_progress_bar=True)
@@ -90,8 +91,8 @@ def run_evaluate(args):
     plot = results.plot()
     out = Path(args.out)
     results.to_json(out / "results.json")
-    _write_atomic(out / "results.md", markdown)
-    _write_atomic(out / "results.png", plot)
+    write_atomic(out / "results.md", markdown)
+    write_atomic(out / "results.png", plot)
     print(results.to_markdown())
     print(f"mrl-text: wrote {', '.join(str(out / name) for name in REPORT_FILES)}", file=sys.stderr)
     return results

@@ -17,12 +17,12 @@ baselines are measured on equal terms. Results come back as one tidy table of ro
 import json
 import numbers
 import os
-import tempfile
 from pathlib import Path
 
 import torch
 
 from . import metrics
+from .file_utils import write_atomic
 from .modeling_matryoshka import MatryoshkaModel, truncate_embeddings
 
 DEFAULT_BATCH_SIZE = 32
@@ -413,23 +413,6 @@ class ClassificationEvaluator(Evaluator):
 # Results
 
 
-def _write_atomic(path, data):
-    """Write `data` (str or bytes) to `path` through a temp file and a rename: readers never see a partial file."""
-    path = Path(path)
-    path.parent.mkdir(parents=True, exist_ok=True)
-    handle, temp = tempfile.mkstemp(dir=path.parent, prefix=f".{path.name}.", suffix=".tmp")
-    try:
-        with os.fdopen(handle, "wb") as out:
-            out.write(data.encode("utf-8") if isinstance(data, str) else data)
-        umask = os.umask(0)
-        os.umask(umask)
-        os.chmod(temp, 0o666 & ~umask)  # mkstemp makes private files; a report is an ordinary file
-        os.replace(temp, path)
-    except BaseException:
-        Path(temp).unlink(missing_ok=True)
-        raise
-
-
 ROW_KEYS = ("model", "task", "metric", "dim", "value")
 
 
@@ -503,7 +486,7 @@ class Results:
 
     def to_json(self, path):
         """Write the rows as JSON (atomically: no half-written file on failure)."""
-        _write_atomic(path, json.dumps(self.to_dict(), indent=2) + "\n")
+        write_atomic(path, json.dumps(self.to_dict(), indent=2) + "\n")
 
     @classmethod
     def from_json(cls, path):
@@ -582,7 +565,7 @@ class Results:
         plt.close(figure)
         png = buffer.getvalue()
         if path is not None:
-            _write_atomic(path, png)
+            write_atomic(path, png)
         return png
 
 

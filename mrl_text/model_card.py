@@ -12,7 +12,8 @@ The template ships inside the package (`mrl_text/model_cards/matryoshka_card.md`
 import math
 from pathlib import Path
 
-from .evaluation import Results, _write_atomic
+from .evaluation import Results
+from .file_utils import write_atomic
 
 TEMPLATE_PATH = Path(__file__).parent / "model_cards" / "matryoshka_card.md"
 DUAL_ENCODER_TEMPLATE_PATH = Path(__file__).parent / "model_cards" / "matryoshka_dual_encoder_card.md"
@@ -194,8 +195,8 @@ def write_card(directory, model, results=None, **card_kwargs):
     card = build_card(model, results, **card_kwargs)
     plot = results.plot() if results is not None and results.rows else None
     if plot is not None:
-        _write_atomic(directory / card_kwargs.get("plot_filename", PLOT_FILENAME), plot)
-    _write_atomic(directory / CARD_FILENAME, str(card))
+        write_atomic(directory / card_kwargs.get("plot_filename", PLOT_FILENAME), plot)
+    write_atomic(directory / CARD_FILENAME, str(card))
     return directory / CARD_FILENAME
 
 

@@ -246,3 +246,28 @@ def test_add_refuses_nan_and_zero_rows_naming_them():
     queries[2, 5] = np.inf
     with pytest.raises(ValueError, match=r"queries rows \[2\]"):
         index.search(queries)
+
+
+def test_indexing_shows_progress_in_chunks_unless_turned_off(monkeypatch):
+    from mrl_text import retrieval
+
+    bars = []
+
+    class Recording(retrieval.tqdm):
+        def __init__(self, *args, **kwargs):
+            super().__init__(*args, **kwargs)
+            self.shown, self.steps = not self.disable, []
+            bars.append(self)
+
+        def update(self, n=1):
+            self.steps.append(n)
+            return super().update(n)
+
+    monkeypatch.setattr(retrieval, "tqdm", Recording)
+    monkeypatch.setattr(retrieval, "_ADD_CHUNK", 100)
+    docs, queries = matryoshka_like(250)
+    index = FunnelIndex(docs, stages=[(16, 50), (64, 10)], show_progress_bar=True)
+    assert bars[-1].shown and bars[-1].steps == [100, 100, 50] and bars[-1].total == 250
+    np.testing.assert_array_equal(index.search(queries)[1], exact_search(docs, queries, 10, dim=64)[1])
+    FunnelIndex(docs, stages=[(16, 50), (64, 10)], show_progress_bar=False)
+    assert not bars[-1].shown

@@ -198,6 +198,16 @@ def test_an_interrupted_save_leaves_the_previous_index_loadable(tmp_path, monkey
     assert sorted(p.name for p in tmp_path.iterdir()) == ["index"]
 
 
+def test_load_points_to_the_index_parked_by_a_save_that_stopped_between_its_renames(tmp_path):
+    docs, _ = matryoshka_like(100)
+    FunnelIndex(docs, stages=[(16, 50), (64, 10)]).save(tmp_path / "index").rename(tmp_path / ".index.previous")
+    with pytest.raises(FileNotFoundError, match=r"\.index\.previous: rename it to"):
+        FunnelIndex.load(tmp_path / "index")
+    FunnelIndex(docs[:50], stages=[(16, 50), (64, 10)]).save(tmp_path / "index")  # a later save cleans up
+    assert len(FunnelIndex.load(tmp_path / "index")) == 50
+    assert sorted(p.name for p in tmp_path.iterdir()) == ["index"]
+
+
 def test_save_refuses_a_folder_holding_other_files(tmp_path):
     (tmp_path / "notes.txt").write_text("keep me")
     docs, _ = matryoshka_like(100)

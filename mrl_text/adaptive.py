@@ -19,9 +19,11 @@ import warnings
 
 import numpy as np
 import torch
+from tqdm.auto import tqdm
 
 from .evaluation import fit_linear_probe
 from .modeling_matryoshka import MatryoshkaForSequenceClassification, MatryoshkaModel, truncate_embeddings
+from .progress import progress_enabled
 
 # Lagrange weights trading accuracy for dimensions when searching thresholds (0 = accuracy only).
 _TRADE_OFFS = (0.0, 0.001, 0.003, 0.01, 0.03, 0.1, 0.3, 1.0, 3.0)
@@ -88,7 +90,7 @@ class AdaptiveClassifier:
         max_iter=1_000,
         batch_size=64,
         max_length=None,
-        show_progress_bar=False,
+        show_progress_bar=None,
     ):
         """Fit the per-size classifiers and calibrate the thresholds.
 
@@ -103,7 +105,9 @@ class AdaptiveClassifier:
             target_accuracy (`float`, *optional*): validation accuracy to keep; default full-size accuracy minus
                 `tolerance`.
             tolerance (`float`): accuracy (fraction) the cascade may lose against the full size on validation.
-            seed, max_iter: of the logistic-regression probes. batch_size, max_length, show_progress_bar: encoding.
+            seed, max_iter: of the logistic-regression probes. batch_size, max_length: of the encoding.
+            show_progress_bar (`bool`, *optional*): bars while encoding and over the per-size probe fits; default
+                on where someone watches (a terminal or a notebook, see `mrl_text.progress.progress_enabled`).
         """
         if model is not None and not isinstance(model, (MatryoshkaModel, MatryoshkaForSequenceClassification)):
             raise ValueError(f"model must be a MatryoshkaModel, a MatryoshkaForSequenceClassification or None; got "
@@ -118,7 +122,8 @@ class AdaptiveClassifier:
             raise ValueError(f"dims {[d for d in dims if d not in trained]} are not sizes the model was trained "
                              f"with {trained}.")
         normalize = model.config.normalize if model is not None else True
-        encode_kwargs = {"batch_size": batch_size, "max_length": max_length, "show_progress_bar": show_progress_bar}
+        show = progress_enabled(show_progress_bar)
+        encode_kwargs = {"batch_size": batch_size, "max_length": max_length, "show_progress_bar": show}
         clf = cls(dims, {}, {}, model=model, normalize=normalize, encode_kwargs=encode_kwargs)
 
         if isinstance(model, MatryoshkaForSequenceClassification):
@@ -126,7 +131,9 @@ class AdaptiveClassifier:
         else:
             train_inputs, train_labels = _split(train, "train")
             train_features = clf._features(train_inputs)
-            for d in dims:
+            sizes = tqdm(dims, desc="Fitting probes", unit="size", disable=not show)
+            for d in sizes:
+                sizes.set_postfix(dim=d)
                 clf.heads[d] = fit_linear_probe(clf._prefix(train_features, d), train_labels, seed=seed,
                                                 max_iter=max_iter)
             clf.classes = clf.heads[dims[0]].classes_
@@ -180,7 +187,8 @@ class AdaptiveClassifier:
             raise ValueError("The classification model has no tokenizer; set model.tokenizer first.")
         model.eval()
         chunks = []
-        for start in range(0, len(texts), size):
+        starts = range(0, len(texts), size)
+        for start in tqdm(starts, desc="Encoding", unit="batch", disable=not self.encode_kwargs["show_progress_bar"]):
             inputs = model.tokenizer(texts[start : start + size], padding=True, truncation=True,
                                      max_length=self.encode_kwargs["max_length"], return_tensors="pt").to(model.device)
             chunks.append(model.matryoshka(**inputs).full_embeddings.float().cpu())

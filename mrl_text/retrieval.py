@@ -3,9 +3,7 @@
 The adaptive retrieval of Kusupati et al. (2022, section 4.3): a first stage searches the whole corpus with a small
 prefix of every embedding (FAISS: exact flat, HNSW or IVF; optionally int8 or binary codes), then each later stage
 rescores the survivors with exact dot products on a larger prefix and keeps fewer of them. Most of the corpus is
-only ever touched at the small size, so a search costs a fraction of an exact full-size scan.
-
-Example:
+only ever touched at the small size, so a search costs a fraction of an exact full-size scan. Example:
 
 ```python
 >>> from mrl_text.retrieval import FunnelIndex, exact_search
@@ -17,16 +15,24 @@ Example:
 
 import json
 import math
+import os
+import shutil
+import uuid
 from pathlib import Path
 
 import numpy as np
 import torch
+from tqdm.auto import tqdm
 
 from .modeling_matryoshka import truncate_embeddings
+from .progress import progress_enabled
 
 SHORTLISTS = ("flat", "hnsw", "ivf")
 QUANTIZATIONS = (None, "int8", "binary")
 _CONFIG_FILE, _EMBEDDINGS_FILE, _SHORTLIST_FILE = "funnel_index.json", "embeddings.npy", "shortlist.faiss"
+_FILES = (_CONFIG_FILE, _EMBEDDINGS_FILE, _SHORTLIST_FILE)
+_PARKED = ".{}.previous"  # where save() keeps the index it replaces until the new one is in place
+_ADD_CHUNK = 50_000  # rows added to the FAISS stage per progress-bar step
 
 
 def default_stages(full_dim, dims=None):
@@ -60,6 +66,30 @@ def _as_matrix(embeddings, what):
     if not np.issubdtype(embeddings.dtype, np.number):
         raise ValueError(f"{what} must hold numbers; got dtype {embeddings.dtype}.")
     return np.ascontiguousarray(embeddings, dtype=np.float32)
+
+
+def _refuse_rows(bad, what, problem):
+    """Name the rows flagged in `bad`: FAISS takes NaN or zero rows silently, then ranks them arbitrarily or as -1."""
+    rows = np.flatnonzero(bad)
+    if len(rows):
+        raise ValueError(f"{what} rows {rows[:10].tolist()}{' ...' if len(rows) > 10 else ''} {problem}.")
+
+
+def _replace_folder(staging, path):
+    """Move the finished folder `staging` to `path`. Between the two renames the older index is whole in its parking
+    folder (`_PARKED`), and a failed second rename moves it back: `path` never holds a half-written index."""
+    previous = path.parent / _PARKED.format(path.name)
+    if path.exists():
+        shutil.rmtree(previous, ignore_errors=True)  # left by a save that stopped between its renames
+        os.rename(path, previous)
+    try:
+        os.rename(staging, path)
+    except BaseException:
+        if previous.exists() and not path.exists():
+            os.rename(previous, path)
+        raise
+    # A memory-mapped index keeps reading the parked file until it maps the new one (POSIX keeps unlinked files).
+    shutil.rmtree(previous, ignore_errors=True)
 
 
 def _check_k(k, available, what):
@@ -121,6 +151,7 @@ class FunnelIndex:
             stage's count; default twice it). nlist / nprobe (`int`, *optional*): IVF lists (default ~4 sqrt(n)) and
             lists visited per query (default nlist / 8).
         query_chunk_size (`int`): queries reranked together (bounds the memory of the gathered candidates).
+        show_progress_bar (`bool`, *optional*): a bar while indexing; default where someone watches (see progress).
     """
 
     def __init__(
@@ -136,6 +167,7 @@ class FunnelIndex:
         nlist=None,
         nprobe=None,
         query_chunk_size=256,
+        show_progress_bar=None,
     ):
         embeddings = _as_matrix(doc_embeddings, "doc_embeddings")
         self.full_dim = embeddings.shape[1]
@@ -152,7 +184,7 @@ class FunnelIndex:
         self.query_chunk_size = int(query_chunk_size)
         self._embeddings = embeddings[:0]
         self._index = None
-        self.add(embeddings)
+        self.add(embeddings, show_progress_bar=show_progress_bar)
 
     def _check_stages(self, stages):
         try:
@@ -178,17 +210,17 @@ class FunnelIndex:
         return stages
 
     @classmethod
-    def from_model(cls, model, texts, stages=None, batch_size=256, max_length=None, show_progress_bar=False, **kwargs):
+    def from_model(cls, model, texts, stages=None, batch_size=256, max_length=None, show_progress_bar=None, **kwargs):
         """Embed `texts` with a [`MatryoshkaModel`] at full size and index them; sizes come from its config.
 
         Stage sizes must be among `model.config.matryoshka_dimensions`; `normalize` follows the config. Other
-        keyword arguments go to the constructor.
+        keyword arguments go to the constructor. `show_progress_bar`: bars while encoding and indexing.
         """
-        config = model.config
+        config, show = model.config, progress_enabled(show_progress_bar)
         embeddings = model.encode(list(texts), dim=config.embedding_size, batch_size=batch_size,
-                                  max_length=max_length, convert_to_numpy=True, show_progress_bar=show_progress_bar)
+                                  max_length=max_length, convert_to_numpy=True, show_progress_bar=show)
         kwargs.setdefault("normalize", config.normalize)
-        return cls(embeddings, stages=stages, dims=config.matryoshka_dimensions, **kwargs)
+        return cls(embeddings, stages=stages, dims=config.matryoshka_dimensions, show_progress_bar=show, **kwargs)
 
     def __len__(self):
         return len(self._embeddings)
@@ -240,12 +272,18 @@ class FunnelIndex:
             ivf = self._index if self.quantization == "binary" else faiss.extract_index_ivf(self._index)
             ivf.nprobe = min(self.nlist, self.nprobe or max(1, self.nlist // 8))
 
-    def add(self, doc_embeddings):
-        """Append documents (full-size embeddings); their ids continue from `len(self)`. Returns the new ids."""
+    def add(self, doc_embeddings, show_progress_bar=None):
+        """Append documents (full-size embeddings); their ids continue from `len(self)`. Returns the new ids.
+
+        Rows holding NaN / inf, or whose first-stage prefix is all zeros (no direction to search by), are refused.
+        `show_progress_bar`: a bar over the FAISS insertion (default: where someone watches, see `progress_enabled`)."""
         new = _as_matrix(doc_embeddings, "doc_embeddings")
         if new.shape[1] != self.full_dim:
             raise ValueError(f"added embeddings have size {new.shape[1]}, the index holds size {self.full_dim}; "
                              "embed them with the same model at full size.")
+        _refuse_rows(~np.isfinite(new).all(1), "doc_embeddings", "hold NaN or infinite values; drop them or fix them")
+        _refuse_rows(~new[:, : self.stages[0][0]].any(1), "doc_embeddings", f"are all zeros in the first "
+                     f"{self.stages[0][0]} coordinates, which the first stage ranks by; drop them (empty texts?)")
         first = len(self)
         if len(new) == 0:
             return np.arange(first, first, dtype=np.int64)
@@ -255,7 +293,12 @@ class FunnelIndex:
             if not self._index.is_trained:  # IVF centroids / int8 ranges come from the first documents added
                 self._index.train(codes)
             self._configure_search()
-        self._index.add(codes)
+        with tqdm(total=len(codes), desc="Indexing", unit="doc", disable=not progress_enabled(show_progress_bar),
+                  delay=1) as bar:  # the delay keeps small indexes quiet
+            for start in range(0, len(codes), _ADD_CHUNK):
+                chunk = codes[start : start + _ADD_CHUNK]
+                self._index.add(chunk)
+                bar.update(len(chunk))
         self._embeddings = new if first == 0 else np.concatenate([self._embeddings, new])
         return np.arange(first, first + len(new), dtype=np.int64)
 
@@ -272,6 +315,7 @@ class FunnelIndex:
             raise ValueError("The FunnelIndex is empty (0 documents); add() documents before searching.")
         single = isinstance(queries, (np.ndarray, torch.Tensor)) and queries.ndim == 1
         queries = _as_matrix(queries[None] if single else queries, "queries")
+        _refuse_rows(~np.isfinite(queries).all(1), "queries", "hold NaN or infinite values; drop them or fix them")
         if queries.shape[1] != self.full_dim:
             raise ValueError(f"queries have size {queries.shape[1]} but the index holds size {self.full_dim}; "
                              "pass full-size query embeddings from the same model.")
@@ -318,45 +362,87 @@ class FunnelIndex:
     # --- persistence ----------------------------------------------------------------------------------------------
 
     def _config(self):
-        return {
-            "stages": self.stages, "shortlist": self.shortlist, "quantization": self.quantization,
-            "normalize": self.normalize, "dims": self.dims, "hnsw_m": self.hnsw_m, "ef_search": self.ef_search,
-            "nlist": self.nlist, "nprobe": self.nprobe, "query_chunk_size": self.query_chunk_size,
-        }
+        names = ("stages", "shortlist", "quantization", "normalize", "dims", "hnsw_m", "ef_search", "nlist", "nprobe",
+                 "query_chunk_size")
+        return {name: getattr(self, name) for name in names}
 
     def save(self, path):
-        """Write the index to folder `path`: its settings (JSON), the full embeddings (.npy) and the FAISS stage."""
+        """Write the index to folder `path`: its settings (JSON), the full embeddings (.npy) and the FAISS stage.
+
+        The files go to a new folder beside `path`, which then replaces `path` (so a `path` holding other files is
+        refused): an interrupted save leaves the previous index loadable, and saving over the folder the index was
+        loaded or mapped from is safe.
+        """
         import faiss
 
         path = Path(path)
-        path.mkdir(parents=True, exist_ok=True)
-        (path / _CONFIG_FILE).write_text(json.dumps({**self._config(), "full_dim": self.full_dim}, indent=2))
-        np.save(path / _EMBEDDINGS_FILE, self._embeddings)
-        if self._index is not None:
-            write = faiss.write_index_binary if self.quantization == "binary" else faiss.write_index
-            write(self._index, str(path / _SHORTLIST_FILE))
+        foreign = sorted({p.name for p in path.iterdir()} - set(_FILES)) if path.is_dir() else [path.name]
+        if path.exists() and foreign:
+            raise ValueError(f"{path} holds {foreign[:5]}, which are not FunnelIndex files, and save replaces the "
+                             "whole folder; save into a new or empty folder (or one written by FunnelIndex.save).")
+        path.parent.mkdir(parents=True, exist_ok=True)
+        staging = path.parent / f".{path.name}.saving-{uuid.uuid4().hex[:8]}"
+        staging.mkdir()
+        try:
+            (staging / _CONFIG_FILE).write_text(json.dumps({**self._config(), "full_dim": self.full_dim}, indent=2))
+            np.save(staging / _EMBEDDINGS_FILE, self._embeddings)
+            if self._index is not None:
+                write = faiss.write_index_binary if self.quantization == "binary" else faiss.write_index
+                write(self._index, str(staging / _SHORTLIST_FILE))
+            _replace_folder(staging, path)
+        finally:
+            shutil.rmtree(staging, ignore_errors=True)
+        if isinstance(self._embeddings, np.memmap):  # read the saved file from now on, not the replaced one
+            self._embeddings = np.load(path / _EMBEDDINGS_FILE, mmap_mode="r")
         return path
 
     @classmethod
     def load(cls, path, mmap=False):
-        """Read an index written by `save`. `mmap=True` maps the embeddings from disk instead of reading them."""
+        """Read an index written by `save`. `mmap=True` maps the embeddings from disk instead of reading them.
+
+        A missing, unreadable or inconsistent file (e.g. embeddings of another width or count than the settings and
+        the FAISS stage say) raises an error naming it."""
         import faiss
 
         path = Path(path)
-        if not (path / _CONFIG_FILE).is_file():
-            raise FileNotFoundError(f"{path / _CONFIG_FILE}: not found; is {path} a folder written by FunnelIndex.save?")
-        config = json.loads((path / _CONFIG_FILE).read_text())
-        full_dim = config.pop("full_dim")
-        embeddings = np.load(path / _EMBEDDINGS_FILE, mmap_mode="r" if mmap else None)
-        index = cls(np.zeros((0, full_dim), dtype=np.float32), **config)
+        config_file, embeddings_file, shortlist_file = (path / name for name in _FILES)
+        parked = path.parent / _PARKED.format(path.name)
+        for required in (config_file, embeddings_file):
+            if not required.is_file():
+                raise FileNotFoundError(f"{required}: not found; " + (
+                    f"a save was interrupted and left the previous index in {parked}: rename it to {path}."
+                    if parked.is_dir() else f"is {path} a folder written by FunnelIndex.save?"))
+
+        def broken(file, problem):
+            return ValueError(f"{file}: {problem}; the folder is damaged or mixed up, save the index again.")
+
+        try:
+            config = json.loads(config_file.read_text())
+            full_dim = int(config.pop("full_dim"))
+            index = cls(np.zeros((0, full_dim), dtype=np.float32), **config)
+        except (ValueError, KeyError, TypeError, AttributeError) as error:
+            raise broken(config_file, f"not valid FunnelIndex settings ({error})") from None
+        try:
+            embeddings = np.load(embeddings_file, mmap_mode="r" if mmap else None, allow_pickle=False)
+        except (ValueError, OSError, EOFError) as error:
+            raise broken(embeddings_file, f"unreadable ({error})") from None
+        if embeddings.ndim != 2 or embeddings.shape[1] != full_dim or embeddings.dtype != np.float32:
+            raise broken(embeddings_file, f"holds {embeddings.dtype} of shape {embeddings.shape}, but {_CONFIG_FILE} "
+                                          f"says float32 rows of size {full_dim}")
         index._embeddings = embeddings
-        if (path / _SHORTLIST_FILE).is_file():
+        if shortlist_file.is_file():
             read = faiss.read_index_binary if index.quantization == "binary" else faiss.read_index
-            index._index = read(str(path / _SHORTLIST_FILE))
-            index._configure_search()
-        if (index._index.ntotal if index._index is not None else 0) != len(embeddings):
-            raise ValueError(f"{path}: the FAISS stage holds a different number of documents than {_EMBEDDINGS_FILE}; "
-                             "the folder is incomplete or mixed up, save the index again.")
+            try:
+                index._index = read(str(shortlist_file))
+                index._configure_search()
+            except (RuntimeError, AttributeError) as error:
+                raise broken(shortlist_file, f"unreadable, or not a {index.shortlist} index ({error})") from None
+            if index._index.d != index.stages[0][0]:
+                raise broken(shortlist_file, f"indexes {index._index.d}-d codes, but the first stage of "
+                                             f"{_CONFIG_FILE} has size {index.stages[0][0]}")
+        stored = index._index.ntotal if index._index is not None else 0
+        if stored != len(embeddings):
+            raise broken(shortlist_file, f"holds {stored} documents, but {_EMBEDDINGS_FILE} holds {len(embeddings)}")
         return index
 
 

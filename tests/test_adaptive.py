@@ -118,3 +118,40 @@ def test_clear_errors(splits):
         AdaptiveClassifier.fit(None, train, (val[0][:, :16], val[1]), dims=DIMS)
     with pytest.raises(ValueError, match="tolerance"):
         AdaptiveClassifier.fit(None, train, val, dims=DIMS, tolerance=5, max_iter=50)
+
+
+def test_fit_reports_progress_per_size_and_the_bar_can_be_turned_off(make_model, sentences, capsys):
+    model = make_model(matryoshka_dimensions=(32, 16, 8))
+    texts = sentences * 4
+    labels = [i % 2 for i in range(len(texts))]
+    AdaptiveClassifier.fit(model, (texts, labels), (texts, labels), max_iter=50, show_progress_bar=True)
+    shown = capsys.readouterr().err
+    assert "Fitting probes" in shown and "3/3" in shown and "dim=32" in shown  # one step per size, the last is 32
+    assert "Encoding" in shown
+    AdaptiveClassifier.fit(model, (texts, labels), (texts, labels), max_iter=50, show_progress_bar=False)
+    assert capsys.readouterr().err == ""
+    # The default draws bars only where someone watches: stderr here is captured, not a terminal.
+    AdaptiveClassifier.fit(model, (texts, labels), (texts, labels), max_iter=50)
+    assert "Fitting probes" not in capsys.readouterr().err
+
+
+def test_progress_default_follows_the_terminal_and_the_global_switch(monkeypatch):
+    import io
+
+    from transformers.utils import logging
+
+    from mrl_text.progress import progress_enabled
+
+    class Terminal(io.StringIO):
+        def isatty(self):
+            return True
+
+    monkeypatch.setattr("sys.stderr", Terminal())
+    assert progress_enabled(None) is True and progress_enabled(False) is False
+    logging.disable_progress_bar()
+    try:
+        assert progress_enabled(None) is False and progress_enabled(True) is True
+    finally:
+        logging.enable_progress_bar()
+    monkeypatch.setattr("sys.stderr", io.StringIO())  # a log file or a pipe
+    assert progress_enabled(None) is False

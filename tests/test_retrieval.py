@@ -154,3 +154,130 @@ def test_clear_errors():
         exact_search(docs[:0], queries, k=1)
     with pytest.raises(ValueError, match="queries have size 32"):
         exact_search(docs, queries[:, :32], k=1)
+
+
+def test_saving_over_the_folder_it_was_mapped_from_keeps_the_index(tmp_path):
+    docs, queries = matryoshka_like(300)
+    before = FunnelIndex(docs, stages=[(16, 50), (64, 10)]).save(tmp_path / "index")
+    expected = FunnelIndex.load(before).search(queries)
+    mapped = FunnelIndex.load(tmp_path / "index", mmap=True)
+    mapped.save(tmp_path / "index")  # used to truncate embeddings.npy while reading it through the map
+    np.testing.assert_array_equal(mapped.search(queries)[1], expected[1])
+    np.testing.assert_array_equal(FunnelIndex.load(tmp_path / "index").search(queries)[1], expected[1])
+    assert sorted(p.name for p in tmp_path.iterdir()) == ["index"]  # no staging or previous folder left behind
+
+
+@pytest.mark.parametrize("failing_write", ["embeddings", "shortlist", "rename"])
+def test_an_interrupted_save_leaves_the_previous_index_loadable(tmp_path, monkeypatch, failing_write):
+    import os
+
+    import faiss
+
+    from mrl_text import retrieval
+
+    old_docs, queries = matryoshka_like(300, seed=1)
+    FunnelIndex(old_docs, stages=[(16, 50), (64, 10)]).save(tmp_path / "index")
+    expected = FunnelIndex.load(tmp_path / "index").search(queries)
+
+    def fail(*args, **kwargs):
+        raise OSError("disk full")
+
+    new = FunnelIndex(matryoshka_like(500, seed=2)[0], stages=[(32, 50), (64, 10)])
+    with monkeypatch.context() as patch:
+        if failing_write == "rename":  # the second rename (new folder -> index) fails after the old one moved aside
+            calls, rename = [], os.rename
+            patch.setattr(os, "rename", lambda *a: rename(*a) if calls.append(a) or len(calls) != 2 else fail())
+        else:
+            patch.setattr(*{"embeddings": (retrieval.np, "save"), "shortlist": (faiss, "write_index")}[failing_write],
+                          fail)
+        with pytest.raises(OSError, match="disk full"):
+            new.save(tmp_path / "index")
+    loaded = FunnelIndex.load(tmp_path / "index")
+    assert len(loaded) == 300 and loaded.stages == [(16, 50), (64, 10)]
+    np.testing.assert_array_equal(loaded.search(queries)[1], expected[1])
+    assert sorted(p.name for p in tmp_path.iterdir()) == ["index"]
+
+
+def test_load_points_to_the_index_parked_by_a_save_that_stopped_between_its_renames(tmp_path):
+    docs, _ = matryoshka_like(100)
+    FunnelIndex(docs, stages=[(16, 50), (64, 10)]).save(tmp_path / "index").rename(tmp_path / ".index.previous")
+    with pytest.raises(FileNotFoundError, match=r"\.index\.previous: rename it to"):
+        FunnelIndex.load(tmp_path / "index")
+    FunnelIndex(docs[:50], stages=[(16, 50), (64, 10)]).save(tmp_path / "index")  # a later save cleans up
+    assert len(FunnelIndex.load(tmp_path / "index")) == 50
+    assert sorted(p.name for p in tmp_path.iterdir()) == ["index"]
+
+
+def test_save_refuses_a_folder_holding_other_files(tmp_path):
+    (tmp_path / "notes.txt").write_text("keep me")
+    docs, _ = matryoshka_like(100)
+    with pytest.raises(ValueError, match=r"notes\.txt.*new or empty folder"):
+        FunnelIndex(docs, stages=[(16, 50), (64, 10)]).save(tmp_path)
+    assert (tmp_path / "notes.txt").read_text() == "keep me"
+
+
+def test_load_of_corrupted_or_mismatched_files_names_the_file(tmp_path):
+    docs, _ = matryoshka_like(200)
+    index = FunnelIndex(docs, stages=[(16, 50), (64, 10)])
+    cases = {
+        "width": ("embeddings.npy", lambda folder: np.save(folder / "embeddings.npy", docs[:, :32])),
+        "rows": ("embeddings.npy.*shortlist.faiss|shortlist.faiss.*embeddings.npy",
+                 lambda folder: np.save(folder / "embeddings.npy", docs[:150])),
+        "dtype": ("embeddings.npy", lambda folder: np.save(folder / "embeddings.npy", docs.astype(np.float64))),
+        "truncated": ("embeddings.npy", lambda folder: (folder / "embeddings.npy").write_bytes(
+            (folder / "embeddings.npy").read_bytes()[:1000])),
+        "garbage index": ("shortlist.faiss", lambda folder: (folder / "shortlist.faiss").write_bytes(b"\0" * 64)),
+        "index of another size": ("shortlist.faiss", lambda folder: FunnelIndex(
+            docs, stages=[(32, 50), (64, 10)]).save(tmp_path / "other") and (folder / "shortlist.faiss").write_bytes(
+            (tmp_path / "other" / "shortlist.faiss").read_bytes())),
+        "settings": ("funnel_index.json", lambda folder: (folder / "funnel_index.json").write_text("{\"stages\": ")),
+        "missing": ("embeddings.npy", lambda folder: (folder / "embeddings.npy").unlink()),
+    }
+    for case, (names, damage) in cases.items():
+        folder = index.save(tmp_path / case.replace(" ", "_"))
+        damage(folder)
+        for mmap in (False, True):
+            with pytest.raises((ValueError, FileNotFoundError), match=names):
+                FunnelIndex.load(folder, mmap=mmap)
+
+
+def test_add_refuses_nan_and_zero_rows_naming_them():
+    docs, queries = matryoshka_like(100)
+    bad = docs.copy()
+    bad[3, 10] = np.nan
+    bad[7, :16] = 0  # the first stage reads a zero prefix: it has no direction
+    with pytest.raises(ValueError, match=r"rows \[3\].*NaN"):
+        FunnelIndex(bad, stages=[(16, 50), (64, 10)])
+    bad[3, 10] = 0.5
+    index = FunnelIndex(docs, stages=[(16, 50), (64, 10)])
+    with pytest.raises(ValueError, match=r"rows \[7\].*zero"):
+        index.add(bad)
+    assert len(index) == 100 and index.shortlist_index.ntotal == 100  # nothing half-added
+    queries[2, 5] = np.inf
+    with pytest.raises(ValueError, match=r"queries rows \[2\]"):
+        index.search(queries)
+
+
+def test_indexing_shows_progress_in_chunks_unless_turned_off(monkeypatch):
+    from mrl_text import retrieval
+
+    bars = []
+
+    class Recording(retrieval.tqdm):
+        def __init__(self, *args, **kwargs):
+            super().__init__(*args, **kwargs)
+            self.shown, self.steps = not self.disable, []
+            bars.append(self)
+
+        def update(self, n=1):
+            self.steps.append(n)
+            return super().update(n)
+
+    monkeypatch.setattr(retrieval, "tqdm", Recording)
+    monkeypatch.setattr(retrieval, "_ADD_CHUNK", 100)
+    docs, queries = matryoshka_like(250)
+    index = FunnelIndex(docs, stages=[(16, 50), (64, 10)], show_progress_bar=True)
+    assert bars[-1].shown and bars[-1].steps == [100, 100, 50] and bars[-1].total == 250
+    np.testing.assert_array_equal(index.search(queries)[1], exact_search(docs, queries, 10, dim=64)[1])
+    FunnelIndex(docs, stages=[(16, 50), (64, 10)], show_progress_bar=False)
+    assert not bars[-1].shown

@@ -1,47 +1,46 @@
-"""Losses for Matryoshka training: `MatryoshkaLoss` wraps a base loss and applies it to every nested prefix.
+"""Losses for Matryoshka training, all called alike: `loss(embeddings: list[Tensor], labels: Tensor | None)`.
 
-The encoder runs once per step; the wrapper slices each size's prefix from the same full-size embeddings,
-re-normalizes it (one truncation rule: `truncate_embeddings`) and sums the weighted base losses, so the number of
-sizes adds only cheap similarity computations, never encoder passes.
+`embeddings` holds one full-size tensor per text column (anchor, positive, ...), computed once per step; `labels` the
+batch's targets (scores, class ids, a teacher's embeddings) or None. `MatryoshkaLoss` wraps a base loss with the same
+call and applies it to every nested prefix of the same embeddings, re-normalized (one truncation rule:
+`truncate_embeddings`), so the number of sizes adds only cheap similarity computations, never encoder passes.
+
+What a loss may declare, read by `MatryoshkaTrainer` (never the loss's name): the layout it reads
+(`min_text_columns`, `max_text_columns`, `needs_labels`); targets it computes from the batch (`compute_labels`, over
+texts tokenized with `teacher_tokenizer`); labels that are embeddings, truncated like the student's
+(`embedding_labels`); sizes it weights itself (`sums_over_sizes`, never wrapped); and `get_config_dict()` and
+`citation` (BibTeX), so a model card says exactly what trained the model.
 """
 
 import inspect
 import random
+import warnings
 
 import torch
-import torch.distributed as dist
 from torch import nn
 
+from .distributed import gather_with_grad, in_batch_targets
 from .modeling_matryoshka import truncate_embeddings
 
-
-class _AllGatherWithGrad(torch.autograd.Function):
-    """all_gather whose backward sums every process's gradient for this process's rows (equal row counts)."""
-
-    @staticmethod
-    def forward(ctx, tensor):
-        ctx.rank, ctx.rows = dist.get_rank(), tensor.shape[0]
-        gathered = [torch.empty_like(tensor) for _ in range(dist.get_world_size())]
-        dist.all_gather(gathered, tensor.contiguous())
-        return torch.cat(gathered, dim=0)
-
-    @staticmethod
-    def backward(ctx, grad):
-        grad = grad.contiguous()
-        dist.all_reduce(grad)  # all_reduce rather than reduce_scatter: gloo (CPU) has no reduce_scatter
-        return grad[ctx.rank * ctx.rows : (ctx.rank + 1) * ctx.rows]
+MATRYOSHKA_CITATION = """@inproceedings{kusupati2022matryoshka,
+  title     = {Matryoshka Representation Learning},
+  author    = {Kusupati, Aditya and Bhatt, Gantavya and Rege, Aniket and Wallingford, Matthew and Sinha, Aditya and Ramanujan, Vivek and Howard-Snyder, William and Chen, Kaifeng and Kakade, Sham and Jain, Prateek and Farhadi, Ali},
+  booktitle = {Advances in Neural Information Processing Systems},
+  year      = {2022},
+  url       = {https://arxiv.org/abs/2205.13147}
+}"""
 
 
-def gather_with_grad(tensor):
-    """Concatenate `tensor` from every process along dim 0, keeping gradients (identity outside DDP).
-
-    The backward pass sends each process the gradient of every process's loss with respect to its own rows, so
-    in-batch negatives span the global batch and DDP's gradient averaging gives the global-batch gradient.
-    Every process must pass the same number of rows (accelerate's `even_batches`, the default, ensures it).
-    """
-    if not (dist.is_available() and dist.is_initialized()) or dist.get_world_size() == 1:
-        return tensor
-    return _AllGatherWithGrad.apply(tensor)
+def unpack(embeddings, names, loss):
+    """`embeddings` as the tensors `names` lists (a `*name` takes any number more), or an error saying the call."""
+    required = len([name for name in names if not name.startswith("*")])
+    count = -1 if isinstance(embeddings, torch.Tensor) else len(embeddings)
+    if count != required and not (count > required and required < len(names)):
+        raise ValueError(
+            f"{type(loss).__name__} is called as loss([{', '.join(names)}], labels), one full-size tensor per text "
+            f"column; got {'one tensor' if count < 0 else f'{count} tensor(s)'}."
+        )
+    return embeddings
 
 
 class InfoNCELoss(nn.Module):
@@ -61,8 +60,8 @@ class InfoNCELoss(nn.Module):
             (gathered with gradients), so in-batch negatives span the global batch.
         temperature (`float`, *optional*): the same knob as `scale`, written as `1 / scale`; overrides `scale`.
 
-    Inputs: `forward(anchor, positive, *negatives)`, each `(batch, dim)` and unit length. Anchor `i`'s positive is
-    candidate `i` of the global batch; all other positives and all hard negatives are its negatives.
+    Inputs: `loss([anchor, positive, *negatives], labels=None)`, each `(batch, dim)` and unit length. Anchor `i`'s
+    positive is candidate `i` of the global batch; all other positives and all hard negatives are its negatives.
 
     Example:
 
@@ -74,6 +73,12 @@ class InfoNCELoss(nn.Module):
 
     # What the trainer's data must hold: text columns (anchor, positive, hard negatives...) and no label column.
     min_text_columns, max_text_columns, needs_labels = 2, None, False
+    citation = """@article{oord2018representation,
+  title   = {Representation Learning with Contrastive Predictive Coding},
+  author  = {van den Oord, Aaron and Li, Yazhe and Vinyals, Oriol},
+  journal = {arXiv preprint arXiv:1807.03748},
+  year    = {2018}
+}"""
 
     def __init__(self, scale=20.0, symmetric=False, gather_across_devices=True, temperature=None):
         super().__init__()
@@ -87,21 +92,20 @@ class InfoNCELoss(nn.Module):
         self.symmetric = symmetric
         self.gather_across_devices = gather_across_devices
 
-    def forward(self, anchor, positive, *negatives):
-        gather = gather_with_grad if self.gather_across_devices else (lambda t: t)
-        offset = 0
-        if self.gather_across_devices and dist.is_available() and dist.is_initialized():
-            offset = dist.get_rank() * anchor.shape[0]  # equal local batch sizes (Trainer drops nothing else)
+    def forward(self, embeddings, labels=None):
+        anchor, positive, *negatives = unpack(embeddings, ["anchor", "positive", "*negatives"], self)
+        gather, targets = in_batch_targets(anchor.shape[0], anchor.device, self.gather_across_devices)
         candidates = torch.cat([gather(positive)] + [gather(n) for n in negatives], dim=0)
-        labels = torch.arange(anchor.shape[0], device=anchor.device) + offset
-        loss = nn.functional.cross_entropy(self.scale * anchor @ candidates.T, labels)
+        loss = nn.functional.cross_entropy(self.scale * anchor @ candidates.T, targets)
         if self.symmetric:
-            anchors = gather(anchor)
-            loss = (loss + nn.functional.cross_entropy(self.scale * positive @ anchors.T, labels)) / 2
+            loss = (loss + nn.functional.cross_entropy(self.scale * positive @ gather(anchor).T, targets)) / 2
         return loss
 
+    def get_config_dict(self):
+        return {"scale": self.scale, "symmetric": self.symmetric, "gather_across_devices": self.gather_across_devices}
+
     def extra_repr(self):
-        return f"scale={self.scale}, symmetric={self.symmetric}, gather_across_devices={self.gather_across_devices}"
+        return ", ".join(f"{key}={value}" for key, value in self.get_config_dict().items())
 
 
 class CoSENTLoss(nn.Module):
@@ -116,10 +120,16 @@ class CoSENTLoss(nn.Module):
     Args:
         scale (`float`): inverse temperature applied to the cosine differences (20.0 as in the reference).
 
-    Inputs: `forward(embeddings1, embeddings2, labels)`: two `(batch, dim)` tensors and the pairs' scores `(batch,)`.
+    Inputs: `loss([embeddings1, embeddings2], labels)`: two `(batch, dim)` tensors and the pairs' scores `(batch,)`.
     """
 
     min_text_columns, max_text_columns, needs_labels = 2, 2, True
+    citation = """@online{su2022cosent,
+  title  = {CoSENT: A more efficient sentence vector scheme than Sentence-BERT},
+  author = {Su, Jianlin},
+  year   = {2022},
+  url    = {https://kexue.fm/archives/8847}
+}"""
 
     def __init__(self, scale=20.0):
         super().__init__()
@@ -127,7 +137,8 @@ class CoSENTLoss(nn.Module):
             raise ValueError(f"scale={scale!r} must be > 0 (20.0 is usual).")
         self.scale = float(scale)
 
-    def forward(self, embeddings1, embeddings2, labels):
+    def forward(self, embeddings, labels):
+        embeddings1, embeddings2 = unpack(embeddings, ["embeddings1", "embeddings2"], self)
         if labels is None:
             raise ValueError("CoSENTLoss needs the pairs' scores: pass `labels` (a 'score' or 'label' column).")
         cosines = nn.functional.cosine_similarity(embeddings1, embeddings2, dim=-1) * self.scale
@@ -137,6 +148,9 @@ class CoSENTLoss(nn.Module):
         # The leading zero is the "1 +" inside the log.
         return torch.logsumexp(torch.cat([differences.new_zeros(1), differences]), dim=0)
 
+    def get_config_dict(self):
+        return {"scale": self.scale}
+
     def extra_repr(self):
         return f"scale={self.scale}"
 
@@ -144,60 +158,131 @@ class CoSENTLoss(nn.Module):
 class MatryoshkaCrossEntropyLoss(nn.Module):
     """The paper's Matryoshka cross-entropy: the weighted sum over sizes of each nested head's classification loss.
 
-    The nested heads (one per size, MRL; or weight-tied, MRL-E, by `config.efficient_heads`) live in
-    `MatryoshkaForSequenceClassification`, which already owns the math (`matryoshka_loss`: cross-entropy, MSE for
-    regression, BCE for multi-label; weights from `config.matryoshka_weights`; labels checked against
-    `num_labels`). This loss is the trainer-facing name for it, so there is one copy of the math.
+    The nested heads (MRL, or weight-tied MRL-E by `config.efficient_heads`) and the math (`matryoshka_loss`, weights
+    from `config.matryoshka_weights`) live in `MatryoshkaForSequenceClassification`, which computes this loss itself
+    when called with `labels` (transformers' convention; `MatryoshkaTrainer` trains on that). This class holds the
+    model, as sentence-transformers' losses do: it applies the heads to full-size embeddings computed elsewhere and
+    tells a model card what trained them. It weights the sizes itself, so it is never wrapped in `MatryoshkaLoss`.
 
     Reference: Kusupati et al., "Matryoshka Representation Learning", NeurIPS 2022, Eq. 1 (MRL) and Sec. 3 (MRL-E).
 
-    Inputs: `forward(model, matryoshka_logits, labels)`: the classification model (or a wrapper around it),
-    its `matryoshka_logits` (one `(batch, num_labels)` tensor per size) and the labels `(batch,)`.
+    Args:
+        model ([`MatryoshkaForSequenceClassification`]): the classification model (or a DDP wrapper around it).
+
+    Inputs: `loss([pooled], labels)`: the full pooled embeddings `(batch, embedding_size)` (the model output's
+    `embeddings`) and the labels `(batch,)`.
     """
 
     min_text_columns, max_text_columns, needs_labels = 1, 1, True
+    sums_over_sizes = True
+    citation = MATRYOSHKA_CITATION
 
-    def forward(self, model, matryoshka_logits, labels):
+    def __init__(self, model):
+        super().__init__()
         classifier = getattr(model, "module", model)  # DDP / DataParallel wrappers keep the model in .module
         if not hasattr(classifier, "matryoshka_loss"):
             raise ValueError(
                 f"loss='cross_entropy' trains nested classification heads; {type(classifier).__name__} has none. "
                 "Use mrl_text.MatryoshkaForSequenceClassification (config with num_labels)."
             )
-        return classifier.matryoshka_loss(matryoshka_logits, labels)
+        self.model = model
+
+    def forward(self, embeddings, labels):
+        (pooled,) = unpack(embeddings, ["pooled"], self)
+        classifier = getattr(self.model, "module", self.model)
+        return classifier.matryoshka_loss(classifier.classifier(pooled), labels)
+
+    def get_config_dict(self):
+        config = getattr(self.model, "module", self.model).config
+        return {
+            "matryoshka_dimensions": list(config.matryoshka_dimensions),
+            "matryoshka_weights": list(config.matryoshka_weights),
+            "efficient_heads": config.efficient_heads,
+            "num_labels": config.num_labels,
+        }
 
 
 class DistillMSELoss(nn.Module):
     """Distillation: mean squared error between the student's embeddings and a teacher's embeddings.
 
-    Wrapped in `MatryoshkaLoss`, the teacher's embeddings are truncated (and re-normalized) to every size by the same
-    `truncate_embeddings` call as the student's, so each student prefix learns the matching teacher prefix.
+    The teacher belongs to this loss: it is frozen here and embeds each batch's texts (`compute_labels`, called by
+    the trainer with the texts tokenized by `teacher_tokenizer`). Without a teacher, the labels carry the teacher's
+    embeddings, precomputed (one vector per row). Wrapped in `MatryoshkaLoss`, the teacher's embeddings are truncated
+    (and re-normalized) to every size by the same `truncate_embeddings` call as the student's, so each student
+    prefix learns the matching teacher prefix.
 
     Reference: Reimers & Gurevych, "Making Monolingual Sentence Embeddings Multilingual using Knowledge
     Distillation", EMNLP 2020.
 
-    Inputs: `forward(student, teacher)`, both `(batch, dim)`; no gradient flows into the teacher.
+    Args:
+        teacher (*optional*): a model whose output has `full_embeddings` (e.g. a `MatryoshkaModel`, with its
+            `tokenizer`); frozen (eval mode, no gradients).
+
+    Inputs: `loss([student], labels)`: the student's `(batch, dim)` embeddings and the teacher's, same shape; no
+    gradient flows into the teacher.
     """
 
-    min_text_columns, max_text_columns, needs_labels = 1, 1, False
+    min_text_columns, max_text_columns = 1, 1
+    embedding_labels = True
+    citation = """@inproceedings{reimers2020multilingual,
+  title     = {Making Monolingual Sentence Embeddings Multilingual using Knowledge Distillation},
+  author    = {Reimers, Nils and Gurevych, Iryna},
+  booktitle = {Proceedings of the 2020 Conference on Empirical Methods in Natural Language Processing},
+  year      = {2020},
+  url       = {https://arxiv.org/abs/2004.09813}
+}"""
 
-    def forward(self, student, teacher):
-        if student.shape != teacher.shape:
+    def __init__(self, teacher=None):
+        super().__init__()
+        self.teacher = None if teacher is None else teacher.eval().requires_grad_(False)
+
+    @property
+    def needs_labels(self):
+        return self.teacher is None
+
+    @property
+    def teacher_tokenizer(self):
+        return getattr(self.teacher, "tokenizer", None)
+
+    def compute_labels(self, columns, labels):
+        """The teacher's full-size embeddings of the batch's one text column (`columns`: column -> tokenizer
+        outputs), or, without a teacher, the precomputed embeddings in `labels`."""
+        if self.teacher is None:
+            if labels is None or labels.dim() != 2:
+                raise ValueError(
+                    "Distillation needs a teacher: pass DistillMSELoss(teacher=...) (MatryoshkaTrainer(teacher=...)), "
+                    "or put the teacher's embeddings (one vector per row) in the 'label' column."
+                )
+            return labels.float()
+        (features,) = columns.values()
+        with torch.no_grad():
+            return self.teacher(**features).full_embeddings
+
+    def forward(self, embeddings, labels):
+        (student,) = unpack(embeddings, ["student"], self)
+        if labels is None:
+            raise ValueError("DistillMSELoss needs the teacher's embeddings as `labels` (see compute_labels).")
+        if student.shape != labels.shape:
             raise ValueError(
-                f"Student embeddings {tuple(student.shape)} and teacher embeddings {tuple(teacher.shape)} differ in "
+                f"Student embeddings {tuple(student.shape)} and teacher embeddings {tuple(labels.shape)} differ in "
                 "shape; the teacher's embedding size must be at least the student's."
             )
-        return nn.functional.mse_loss(student, teacher.detach())
+        return nn.functional.mse_loss(student, labels.detach())
+
+    def get_config_dict(self):
+        name = getattr(getattr(self.teacher, "config", None), "name_or_path", None)
+        return {"teacher": None if self.teacher is None else name or type(self.teacher).__name__}
 
 
 class MatryoshkaLoss(nn.Module):
     """Apply a base loss to every nested prefix of embeddings computed once, weighted per size.
 
-    Reference: Kusupati et al., "Matryoshka Representation Learning", NeurIPS 2022.
+    Called like its base loss, `loss(embeddings, labels)`: each size's prefix of every tensor (and of the labels when
+    they are embeddings) is cut, re-normalized with `normalize` and handed to the base loss; the weighted losses sum.
+    Reference: Kusupati et al., "Matryoshka Representation Learning", NeurIPS 2022 (`citation`).
 
     Args:
-        base_loss (`nn.Module`): called as `base_loss(*prefixes, **kwargs)` on the truncated (and, when
-            `normalize`, re-normalized) embeddings of one size; returns a scalar.
+        base_loss (`nn.Module`): a loss with the same call, `base_loss(prefixes, labels)`, returning a scalar.
         matryoshka_dimensions (`list[int]`): the sizes; take them from the model's config
             (`MatryoshkaLoss.from_config`), the single source of truth.
         matryoshka_weights (`list[float]`, *optional*): one weight per size (default 1.0 each).
@@ -212,8 +297,11 @@ class MatryoshkaLoss(nn.Module):
     >>> loss_fn = MatryoshkaLoss.from_config(model.config, InfoNCELoss(scale=20.0))
     >>> out_a, out_p = model(**anchor_inputs), model(**positive_inputs)
     >>> loss = loss_fn([out_a.full_embeddings, out_p.full_embeddings])
+    >>> loss_fn.get_config_dict()["matryoshka_dimensions"], loss_fn.citation  # what a model card reports
     ```
     """
+
+    citation = MATRYOSHKA_CITATION
 
     def __init__(
         self,
@@ -225,6 +313,10 @@ class MatryoshkaLoss(nn.Module):
         normalize=True,
     ):
         super().__init__()
+        if getattr(base_loss, "sums_over_sizes", False):
+            raise ValueError(
+                f"{type(base_loss).__name__} already weights every size (nested heads); use it without MatryoshkaLoss."
+            )
         dims = [int(d) for d in matryoshka_dimensions]
         weights = [1.0] * len(dims) if matryoshka_weights is None else [float(w) for w in matryoshka_weights]
         if len(weights) != len(dims):
@@ -245,6 +337,17 @@ class MatryoshkaLoss(nn.Module):
         kwargs.setdefault("normalize", True)
         return cls(base_loss, config.matryoshka_dimensions, config.matryoshka_weights, **kwargs)
 
+    # The dataset layout and the batch-computed targets are the base loss's.
+    min_text_columns = property(lambda self: getattr(self.base_loss, "min_text_columns", 1))
+    max_text_columns = property(lambda self: getattr(self.base_loss, "max_text_columns", None))
+    needs_labels = property(lambda self: getattr(self.base_loss, "needs_labels", None))
+    teacher_tokenizer = property(lambda self: getattr(self.base_loss, "teacher_tokenizer", None))
+
+    def compute_labels(self, columns, labels):
+        """The base loss's targets computed from the batch (see `DistillMSELoss`); `labels` unchanged otherwise."""
+        compute = getattr(self.base_loss, "compute_labels", None)
+        return labels if compute is None else compute(columns, labels)
+
     def sizes_for_step(self):
         """The (size, weight) pairs this step trains, largest first."""
         pairs = list(zip(self.matryoshka_dimensions, self.matryoshka_weights))
@@ -256,16 +359,32 @@ class MatryoshkaLoss(nn.Module):
             chosen = random.sample(pairs, self.n_dims_per_step)
         return sorted(chosen, key=lambda p: -p[0])
 
-    def forward(self, embeddings, **kwargs):
+    def forward(self, embeddings, labels=None):
         """`embeddings`: a list of full-size tensors (e.g. anchor, positive[, negative]); returns a scalar."""
+        if isinstance(embeddings, torch.Tensor):
+            embeddings = [embeddings]
+        embedding_labels = labels is not None and getattr(self.base_loss, "embedding_labels", False)
         total = 0.0
         for dim, weight in self.sizes_for_step():
             if weight == 0:
                 continue
             prefixes = [truncate_embeddings(e, dim, self.normalize) for e in embeddings]
-            total = total + weight * self.base_loss(*prefixes, **kwargs)
+            sized_labels = truncate_embeddings(labels, dim, self.normalize) if embedding_labels else labels
+            total = total + weight * self.base_loss(prefixes, sized_labels)
         return total
 
+    def get_config_dict(self):
+        """What trained the model, for its card: the base loss and its options, the sizes and weights, sampling."""
+        base_config = getattr(self.base_loss, "get_config_dict", dict)
+        return {
+            "loss": type(self.base_loss).__name__,
+            "loss_config": base_config(),
+            "matryoshka_dimensions": list(self.matryoshka_dimensions),
+            "matryoshka_weights": list(self.matryoshka_weights),
+            "n_dims_per_step": self.n_dims_per_step,
+            "keep_full_dim": self.keep_full_dim,
+            "normalize": self.normalize,
+        }
 
 
 LOSSES = {
@@ -277,73 +396,43 @@ LOSSES = {
 
 
 def get_loss(name, **options):
-    """Build the base loss registered as `name` ("infonce", "cosent", "cross_entropy", "distill_mse") with `options`.
+    """Build the base loss registered as `name` ("infonce", "cosent", "cross_entropy", "distill_mse") with `options`
+    (e.g. `get_loss("infonce", scale=20.0)`, `get_loss("distill_mse", teacher=teacher)`,
+    `get_loss("cross_entropy", model=classifier)`).
 
-    Wrap the result in `MatryoshkaLoss.from_config(model.config, base)` for the embedding losses; the trainer does.
+    Wrap an embedding loss in `MatryoshkaLoss.from_config(model.config, base)`; the trainer does. `cross_entropy`
+    weights the sizes itself (`sums_over_sizes`).
     """
     if name not in LOSSES:
         raise ValueError(f"Unknown loss {name!r}; choose one of {', '.join(sorted(LOSSES))}.")
     loss_class = LOSSES[name]
-    accepted = [p for p in inspect.signature(loss_class.__init__).parameters if p != "self"]
+    parameters = list(inspect.signature(loss_class.__init__).parameters.values())[1:]
+    accepted = [p.name for p in parameters]
     unknown = sorted(set(options) - set(accepted))
     if unknown:
         raise ValueError(f"Loss {name!r} takes no option(s) {unknown}; it accepts {accepted or 'none'}.")
+    missing = [p.name for p in parameters if p.default is inspect.Parameter.empty and p.name not in options]
+    if missing:
+        raise ValueError(f"Loss {name!r} needs the option(s) {missing}, e.g. get_loss({name!r}, {missing[0]}=...).")
     return loss_class(**options)
 
 
+def __getattr__(name):
+    # Image-text losses live in the image_text subpackage; the old import path keeps working, with a warning.
+    if name == "ImageTextInfoNCELoss":
+        warnings.warn(
+            "mrl_text.losses.ImageTextInfoNCELoss moved to mrl_text.image_text.losses.ImageTextInfoNCELoss; import "
+            "it from there.",
+            DeprecationWarning,
+            stacklevel=2,
+        )
+        from .image_text.losses import ImageTextInfoNCELoss
+
+        return ImageTextInfoNCELoss
+    raise AttributeError(f"module {__name__!r} has no attribute {name!r}")
+
+
 __all__ = [
-    "CoSENTLoss",
-    "DistillMSELoss",
-    "InfoNCELoss",
-    "LOSSES",
-    "MatryoshkaCrossEntropyLoss",
-    "MatryoshkaLoss",
-    "gather_with_grad",
-    "get_loss",
+    "CoSENTLoss", "DistillMSELoss", "InfoNCELoss", "LOSSES", "MATRYOSHKA_CITATION", "MatryoshkaCrossEntropyLoss",
+    "MatryoshkaLoss", "gather_with_grad", "get_loss", "in_batch_targets", "unpack",
 ]
-
-
-# --- Image-text dual encoders (ALIGN, CLIP) ---------------------------------------------------------------------
-
-
-class ImageTextInfoNCELoss(nn.Module):
-    """Symmetric image-text InfoNCE with the model's learnable temperature (the CLIP / ALIGN contrastive loss).
-
-    Each image must pick its own caption among every caption of the (global) batch, and each caption its image;
-    the two cross-entropies are averaged. Wrap it in `MatryoshkaLoss` to apply it to every nested prefix of both
-    towers' embeddings, computed once per step.
-
-    References: Radford et al., "Learning Transferable Visual Models From Natural Language Supervision" (2021);
-    Jia et al., "Scaling Up Visual and Vision-Language Representation Learning With Noisy Text Supervision" (2021).
-
-    Args:
-        gather_across_devices (`bool`): under DDP, score against every process's images and captions (gathered
-            with gradients), so negatives span the global batch.
-
-    Inputs: `forward(image_embeds, text_embeds, logit_scale)`: unit-length `(batch, dim)` tensors where row `i` of
-    each is a pair, and the scalar inverse temperature (`MatryoshkaDualEncoder.logit_scale`, trained with them).
-
-    Example:
-
-    ```python
-    >>> loss_fn = MatryoshkaLoss.from_config(model.config, ImageTextInfoNCELoss())
-    >>> out = model(input_ids=..., attention_mask=..., pixel_values=...)
-    >>> loss = loss_fn([out.full_image_embeds, out.full_text_embeds], logit_scale=out.logit_scale)
-    ```
-    """
-
-    def __init__(self, gather_across_devices=True):
-        super().__init__()
-        self.gather_across_devices = gather_across_devices
-
-    def forward(self, image_embeds, text_embeds, logit_scale):
-        distributed = self.gather_across_devices and dist.is_available() and dist.is_initialized()
-        gather = gather_with_grad if distributed else (lambda t: t)
-        offset = dist.get_rank() * image_embeds.shape[0] if distributed else 0  # equal local batch sizes
-        labels = torch.arange(image_embeds.shape[0], device=image_embeds.device) + offset
-        image_to_text = nn.functional.cross_entropy(logit_scale * image_embeds @ gather(text_embeds).T, labels)
-        text_to_image = nn.functional.cross_entropy(logit_scale * text_embeds @ gather(image_embeds).T, labels)
-        return (image_to_text + text_to_image) / 2
-
-
-__all__ += ["ImageTextInfoNCELoss"]

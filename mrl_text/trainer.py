@@ -1,10 +1,15 @@
 """Training Matryoshka models with the Hugging Face `Trainer`.
 
 `MatryoshkaTrainingArguments` adds the loss and its options to `TrainingArguments`; `MatryoshkaTrainer` tokenizes
-the dataset's text columns (`MatryoshkaDataCollator`), runs the encoder once per text column per step and applies
-`MatryoshkaLoss.from_config(model.config, base_loss)`: the sizes and their weights come only from the model's config.
+the dataset's text columns (`MatryoshkaDataCollator`), runs the model once per text column per step and hands the
+full-size embeddings and the labels to the loss, `loss(embeddings, labels)` (`mrl_text.losses`): by default
+`MatryoshkaLoss.from_config(model.config, base_loss)`, so the sizes and their weights come only from the model's
+config. Following transformers, a model that computes its own loss from `labels` (`MatryoshkaForSequenceClassification`
+and its Matryoshka cross-entropy) is trained on that loss, and its logits reach `compute_metrics`
+(`classification_compute_metrics`). A distillation teacher belongs to its loss (`DistillMSELoss(teacher=...)`).
 Checkpoints are full `MatryoshkaModel` folders (weights, config, modeling code, tokenizer), so `from_pretrained`
-loads any of them and `resume_from_checkpoint` continues exactly where a run stopped.
+loads any of them and `resume_from_checkpoint` continues exactly where a run stopped. `metrics_for_trainer` turns
+evaluator results into log keys.
 
 Dataset layouts (column names are free except the label column, which is `label`, `labels` or `score`):
 
@@ -16,16 +21,18 @@ Dataset layouts (column names are free except the label column, which is `label`
 | `distill_mse` | text | none (the `teacher` embeds the text) or the teacher's embeddings |
 """
 
+import inspect
 import logging
 from dataclasses import dataclass, field
 
 import torch
+from torch import nn
 from transformers import Trainer, TrainingArguments
 
 from .evaluation import evaluate as evaluate_model
-from .evaluation import metrics_for_trainer
 from .losses import LOSSES, MatryoshkaLoss, get_loss
-from .modeling_matryoshka import MatryoshkaForSequenceClassification, MatryoshkaModel, MatryoshkaPreTrainedModel
+from .modeling_matryoshka import MatryoshkaModel, MatryoshkaPreTrainedModel
+from .trainer_metrics import classification_compute_metrics, metrics_for_trainer
 
 logger = logging.getLogger(__name__)
 
@@ -34,6 +41,8 @@ LABEL_COLUMNS = ("label", "labels", "score")
 # Tokenizer outputs the collator forwards to the model; a batch key is "<column>.<one of these>".
 TOKENIZER_OUTPUTS = ("input_ids", "attention_mask", "token_type_ids")
 TEACHER_PREFIX = "teacher:"
+# Model outputs too large or too ragged to gather for compute_metrics (token states differ in length per batch).
+UNGATHERED_OUTPUTS = ("loss", "last_hidden_state", "hidden_states", "attentions")
 
 
 @dataclass
@@ -157,22 +166,25 @@ def split_batch(inputs):
 
 class MatryoshkaTrainer(Trainer):
     r"""
-    A [`~transformers.Trainer`] for Matryoshka models: one encoder pass per text column per step, the base loss
-    applied to every nested prefix by [`MatryoshkaLoss`] with the sizes and weights of `model.config`.
+    A [`~transformers.Trainer`] for Matryoshka models: one model pass per text column per step, the full-size
+    embeddings and the labels handed to the loss, which applies itself to every nested prefix ([`MatryoshkaLoss`],
+    sizes and weights from `model.config`). A model that computes its own loss from `labels` (transformers'
+    convention: [`MatryoshkaForSequenceClassification`]'s Matryoshka cross-entropy) is trained on that loss.
 
     Args:
         model ([`MatryoshkaModel`] or [`MatryoshkaForSequenceClassification`]): the model to train (with a tokenizer;
             `MatryoshkaModel.from_encoder` loads one).
         args ([`MatryoshkaTrainingArguments`]): the training arguments, loss included.
         train_dataset (`datasets.Dataset`): rows in the layout the loss reads (see the module docstring).
-        eval_dataset (`datasets.Dataset`, *optional*): same layout; evaluation reports its loss.
+        eval_dataset (`datasets.Dataset`, *optional*): same layout; evaluation reports its loss, and `compute_metrics`
+            (e.g. `classification_compute_metrics(dims)`) gets the model's outputs and the labels.
         evaluators (`list`, *optional*): `mrl_text.evaluation` evaluators (`STSEvaluator`, `RetrievalEvaluator`,
             `ClassificationEvaluator`, with distinct names); evaluation logs every metric at every size of the
             model's config, e.g. `eval_stsb_spearman_64`.
-        teacher (*optional*): for `loss="distill_mse"`, a model whose output has `full_embeddings` (e.g. a
-            `MatryoshkaModel`); it is frozen and truncated to every size like the student.
+        teacher (*optional*): for `loss="distill_mse"`, the teacher handed to `DistillMSELoss(teacher=...)`: a model
+            whose output has `full_embeddings` (e.g. a `MatryoshkaModel`); frozen and truncated like the student.
         loss_fn (*optional*): a ready loss to use instead of the one `args.loss` names, called as
-            `loss_fn(list_of_full_size_embeddings, **kwargs)` (e.g. a `MatryoshkaLoss` with a custom base loss).
+            `loss_fn(list_of_full_size_embeddings, labels)` (e.g. a `MatryoshkaLoss` with a custom base loss).
         data_collator (*optional*): defaults to [`MatryoshkaDataCollator`] over the model's tokenizer.
         Other keyword arguments go to `Trainer`.
 
@@ -203,7 +215,11 @@ class MatryoshkaTrainer(Trainer):
             raise ValueError(
                 f"args is a {type(args).__name__}; use MatryoshkaTrainingArguments (it carries the loss options)."
             )
-        self._check_model(model, args.loss)
+        if not isinstance(model, MatryoshkaPreTrainedModel):
+            raise ValueError(
+                f"MatryoshkaTrainer trains Matryoshka models; got {type(model).__name__}. Wrap the encoder first: "
+                "mrl_text.MatryoshkaModel.from_encoder(name_or_path, matryoshka_dimensions=[...])."
+            )
         if args.remove_unused_columns:
             logger.warning("remove_unused_columns=True would drop the text columns; MatryoshkaTrainer sets it to False.")
             args.remove_unused_columns = False
@@ -213,16 +229,22 @@ class MatryoshkaTrainer(Trainer):
                 "The model has no tokenizer: build it with MatryoshkaModel.from_encoder(...) or set "
                 "`model.tokenizer = AutoTokenizer.from_pretrained(...)` (or pass processing_class=...)."
             )
-        if args.loss == "distill_mse" and teacher is None:
-            logger.info("loss='distill_mse' without a teacher: the label column must hold the teacher's embeddings.")
-        if teacher is not None:
-            teacher = teacher.to(args.device).eval().requires_grad_(False)
-        self.teacher = teacher
+        if loss_fn is None:
+            loss_fn, loss_name = self.build_loss(model, args, teacher=teacher), f"loss={args.loss!r}"
+        elif teacher is not None:
+            raise ValueError("With loss_fn=..., give the teacher to its loss (DistillMSELoss(teacher=...)), not here.")
+        else:
+            loss_name = type(loss_fn).__name__
+        if not getattr(loss_fn, "sums_over_sizes", False) and not isinstance(model, MatryoshkaModel):
+            raise ValueError(
+                f"{loss_name} trains embeddings; use a MatryoshkaModel (got {type(model).__name__}), or "
+                "loss='cross_entropy' for a classification model."
+            )
         self.evaluators = list(evaluators or [])
         for dataset, name in ((train_dataset, "train_dataset"), (eval_dataset, "eval_dataset")):
-            self._check_columns(dataset, name, args.loss, teacher)
+            self._check_columns(dataset, name, loss_fn, loss_name)
         if data_collator is None:
-            teacher_tokenizer = getattr(teacher, "tokenizer", None)
+            teacher_tokenizer = getattr(loss_fn, "teacher_tokenizer", None)
             data_collator = MatryoshkaDataCollator(
                 tokenizer,
                 max_seq_length=args.max_seq_length,
@@ -246,90 +268,70 @@ class MatryoshkaTrainer(Trainer):
             args.eval_strategy = eval_strategy
         # compute_loss returns a per-batch mean: Trainer divides it by the gradient accumulation steps.
         self.model_accepts_loss_kwargs = False
-        self.loss_fn = loss_fn if loss_fn is not None else self.build_loss(model, args)
+        self.loss_fn = loss_fn
+        if isinstance(loss_fn, nn.Module) and self.place_model_on_device:
+            loss_fn.to(args.device)  # with the models a loss holds (a distillation teacher)
 
     @staticmethod
-    def _check_model(model, loss):
-        if not isinstance(model, MatryoshkaPreTrainedModel):
-            raise ValueError(
-                f"MatryoshkaTrainer trains Matryoshka models; got {type(model).__name__}. Wrap the encoder first: "
-                "mrl_text.MatryoshkaModel.from_encoder(name_or_path, matryoshka_dimensions=[...])."
-            )
-        if loss == "cross_entropy" and not isinstance(model, MatryoshkaForSequenceClassification):
-            raise ValueError(
-                f"loss='cross_entropy' trains nested classification heads; got {type(model).__name__}. Use "
-                "mrl_text.MatryoshkaForSequenceClassification (config with num_labels)."
-            )
-        if loss != "cross_entropy" and not isinstance(model, MatryoshkaModel):
-            raise ValueError(
-                f"loss={loss!r} trains embeddings; use a MatryoshkaModel (got {type(model).__name__}), or "
-                "loss='cross_entropy' for a classification model."
-            )
-
-    @staticmethod
-    def _check_columns(dataset, name, loss, teacher):
-        """A clear error when a dataset does not have the columns the loss reads."""
+    def _check_columns(dataset, name, loss, loss_name):
+        """A clear error when a dataset does not have the columns the loss reads (as the loss declares them)."""
         columns = getattr(dataset, "column_names", None)
         if columns is None:  # an iterable or torch dataset: the collator checks each batch
             return
         if dataset is not None and hasattr(dataset, "__len__") and len(dataset) == 0:
             raise ValueError(f"{name} has no rows.")
-        loss_class = LOSSES[loss]
+        minimum, maximum = getattr(loss, "min_text_columns", 1), getattr(loss, "max_text_columns", None)
+        needs_labels = getattr(loss, "needs_labels", None)  # None: the loss does not say
         texts = [c for c in columns if c not in LABEL_COLUMNS]
         labels = [c for c in columns if c in LABEL_COLUMNS]
-        needs_labels = loss_class.needs_labels or (loss == "distill_mse" and teacher is None)
         problems = []
-        if len(texts) < loss_class.min_text_columns:
-            problems.append(f"at least {loss_class.min_text_columns} text column(s)")
-        if loss_class.max_text_columns is not None and len(texts) > loss_class.max_text_columns:
-            problems.append(f"at most {loss_class.max_text_columns} text column(s)")
-        if needs_labels and not labels:
+        if len(texts) < minimum:
+            problems.append(f"at least {minimum} text column(s)")
+        if maximum is not None and len(texts) > maximum:
+            problems.append(f"at most {maximum} text column(s)")
+        if needs_labels is True and not labels:
             problems.append(f"a label column named one of {', '.join(LABEL_COLUMNS)}")
-        if not needs_labels and labels:
+        if needs_labels is False and labels:
             problems.append(f"no label column (found {labels})")
         if problems:
             raise ValueError(
-                f"{name} has columns {columns}, but loss={loss!r} needs {' and '.join(problems)}. Select and rename "
+                f"{name} has columns {columns}, but {loss_name} needs {' and '.join(problems)}. Select and rename "
                 "columns (dataset.select_columns / rename_column) or load the data with mrl_text.data loaders."
             )
 
-    def build_loss(self, model, args):
-        """`MatryoshkaLoss` around the base loss `args.loss` names, sizes and weights from `model.config`."""
-        options = {
-            "infonce": {
-                "scale": args.loss_scale,
-                "symmetric": args.symmetric_loss,
-                "gather_across_devices": args.gather_across_devices,
-            },
-            "cosent": {"scale": args.loss_scale},
-        }.get(args.loss, {})
-        base = get_loss(args.loss, **options)
-        if args.loss == "cross_entropy":  # the model's nested heads weight the sizes themselves
+    def build_loss(self, model, args, teacher=None):
+        """The loss `args.loss` names, built with the options of `args` it takes (and the model or teacher it holds),
+        wrapped in `MatryoshkaLoss` with the sizes and weights of `model.config` unless it weights the sizes itself."""
+        available = {
+            "scale": args.loss_scale,
+            "symmetric": args.symmetric_loss,
+            "gather_across_devices": args.gather_across_devices,
+            "model": model,
+            "teacher": teacher,
+        }
+        accepted = inspect.signature(LOSSES[args.loss].__init__).parameters
+        if teacher is not None and "teacher" not in accepted:
+            raise ValueError(f"teacher= is for distillation (loss='distill_mse'); loss={args.loss!r} takes none.")
+        base = get_loss(args.loss, **{key: value for key, value in available.items() if key in accepted})
+        if getattr(base, "sums_over_sizes", False):
             return base
         return MatryoshkaLoss.from_config(
             model.config, base, n_dims_per_step=args.n_dims_per_step, keep_full_dim=args.keep_full_dim
         )
 
     def compute_loss(self, model, inputs, return_outputs=False, num_items_in_batch=None):
+        """One model pass per text column, then the loss: the one the model computed from `labels` when it takes
+        them, else `self.loss_fn(full-size embeddings, labels)`. With `return_outputs`, the outputs per column."""
         columns, teacher_columns, labels = split_batch(inputs)
-        if self.args.loss == "cross_entropy":
-            (features,) = columns.values()
-            outputs = model(**features)
-            if labels.is_floating_point() and self.model.num_labels > 1 and self.model.config.problem_type is None:
-                if not torch.equal(labels, labels.round()):
-                    raise ValueError(f"Class labels must be integers 0..{self.model.num_labels - 1}; got {labels.tolist()}.")
-                labels = labels.long()  # e.g. ids read from a csv as 0.0, 1.0
-            loss = self.loss_fn(model, outputs.matryoshka_logits, labels)
-        else:
-            # One encoder pass per text column; every size is a slice of these full-size embeddings.
-            outputs = [model(**features) for features in columns.values()]
-            embeddings = [output.full_embeddings for output in outputs]
-            kwargs = {}
-            if self.args.loss == "distill_mse":
-                embeddings.append(self._teacher_embeddings(teacher_columns or columns, labels))
-            elif labels is not None:
-                kwargs["labels"] = labels
-            loss = self.loss_fn(embeddings, **kwargs)
+        compute_labels = getattr(self.loss_fn, "compute_labels", None)  # targets made from the batch (a teacher's)
+        if compute_labels is not None:
+            labels = compute_labels(teacher_columns or columns, labels)
+        label_inputs = self.model_label_inputs(labels)
+        # Every size is a slice of these full-size embeddings: the number of sizes adds no model pass.
+        outputs = [model(**features, **label_inputs) for features in columns.values()]
+        loss = outputs[0].get("loss")
+        if loss is None:
+            loss = self.loss_fn([output.full_embeddings for output in outputs], labels)
         if not torch.isfinite(loss):
             raise FloatingPointError(
                 f"The loss is {loss.item()} at step {self.state.global_step + 1}; training stopped. Lower the "
@@ -337,24 +339,32 @@ class MatryoshkaTrainer(Trainer):
             )
         return (loss, outputs) if return_outputs else loss
 
-    def _teacher_embeddings(self, teacher_columns, labels):
-        if self.teacher is None:
-            if labels is None or labels.dim() != 2:
-                raise ValueError(
-                    "loss='distill_mse' needs a teacher: pass teacher=... to MatryoshkaTrainer, or put the teacher's "
-                    "embeddings (one vector per row) in the 'label' column."
-                )
-            return labels.float()
-        (features,) = teacher_columns.values()
-        with torch.no_grad():
-            return self.teacher(**features).full_embeddings
+    def model_label_inputs(self, labels):
+        """`{"labels": labels}` for a model whose forward takes them (transformers' `label_names`), which then computes
+        its own loss; class ids read as floats (a csv's `1.0`) become integers."""
+        if labels is None or "labels" not in self.label_names:
+            return {}
+        config = self.model.config
+        if labels.is_floating_point() and labels.dim() == 1 and config.num_labels > 1 and config.problem_type is None:
+            if not torch.equal(labels, labels.round()):
+                raise ValueError(f"Class labels must be integers 0..{config.num_labels - 1}; got {labels.tolist()}.")
+            labels = labels.long()
+        return {"labels": labels}
 
     def prediction_step(self, model, inputs, prediction_loss_only, ignore_keys=None):
-        """Evaluation reports the training loss on `eval_dataset` (no predictions to gather)."""
+        """The loss on `eval_dataset` and, for `compute_metrics`, the model's outputs and the labels: for a classifier
+        `(logits, matryoshka_logits, embeddings)`, what `classification_compute_metrics` reads (one such tuple per
+        text column when there are several)."""
         inputs = self._prepare_inputs(inputs)
         with torch.no_grad(), self.compute_loss_context_manager():
-            loss = self.compute_loss(model, inputs)
-        return loss.detach(), None, None
+            loss, outputs = self.compute_loss(model, inputs, return_outputs=True)
+        if prediction_loss_only:
+            return loss.detach(), None, None
+        skipped = set(ignore_keys or ()) | set(UNGATHERED_OUTPUTS)
+        per_column = [tuple(value for key, value in output.items() if key not in skipped) for output in outputs]
+        per_column = [values[0] if len(values) == 1 else values for values in per_column]
+        predictions = per_column[0] if len(per_column) == 1 else tuple(per_column)
+        return loss.detach(), predictions, inputs.get("labels")
 
     def evaluator_metrics(self, metric_key_prefix="eval"):
         """Every evaluator's metrics at every size of the model's config, e.g. `eval_stsb_spearman_64`."""
@@ -387,4 +397,11 @@ class MatryoshkaTrainer(Trainer):
         return output
 
 
-__all__ = ["MatryoshkaDataCollator", "MatryoshkaTrainer", "MatryoshkaTrainingArguments", "split_batch"]
+__all__ = [
+    "MatryoshkaDataCollator",
+    "MatryoshkaTrainer",
+    "MatryoshkaTrainingArguments",
+    "classification_compute_metrics",
+    "metrics_for_trainer",
+    "split_batch",
+]

@@ -190,7 +190,7 @@ def train(recipe, accelerator=None):
     scheduler = torch.optim.lr_scheduler.OneCycleLR(
         optimizer, max_lr=[g["lr"] for g in groups], total_steps=total_steps, pct_start=0.1
     )
-    loss_fn = MatryoshkaLoss.from_config(model.config, ImageTextInfoNCELoss())
+    loss_fn = MatryoshkaLoss.from_config(model.config, ImageTextInfoNCELoss(model))  # reads model.logit_scale
 
     def report(title):
         if accelerator.is_main_process:
@@ -210,7 +210,7 @@ def train(recipe, accelerator=None):
             caption_index = batch.pop("caption_index")
             out = model(**batch)
             text_embeds = out.full_text_embeds[caption_index]
-            loss = loss_fn([out.full_image_embeds, text_embeds], logit_scale=out.logit_scale)
+            loss = loss_fn([out.full_image_embeds, text_embeds])
             accelerator.backward(loss)
             optimizer.step()
             scheduler.step()

@@ -1,6 +1,7 @@
 """MatryoshkaDualEncoder: tiny random ALIGN / CLIP models built in code, the nested loss and the image-text evaluators."""
 
 import json
+from types import SimpleNamespace
 
 import pytest
 import torch
@@ -15,7 +16,8 @@ from mrl_text.evaluation import (
     as_dual_embedder,
     evaluate,
 )
-from mrl_text.losses import ImageTextInfoNCELoss, MatryoshkaLoss
+from mrl_text.image_text.losses import ImageTextInfoNCELoss
+from mrl_text.losses import MatryoshkaLoss
 
 from .conftest import WORDS, run_without_mrl_text
 from .test_hub import _lay_out_hub_cache, captured_commit  # noqa: F401 (a fixture: upload intercepted at create_commit)
@@ -106,8 +108,8 @@ def test_loss_is_the_weighted_sum_of_per_size_losses(dual, batch):
     text, pixels, _ = batch
     dual.config.matryoshka_weights = [float(i + 1) for i in range(len(dual.config.matryoshka_dimensions))]
     out = dual(**text, pixel_values=pixels)
-    loss = MatryoshkaLoss.from_config(dual.config, ImageTextInfoNCELoss())(
-        [out.full_image_embeds, out.full_text_embeds], logit_scale=out.logit_scale
+    loss = MatryoshkaLoss.from_config(dual.config, ImageTextInfoNCELoss(dual))(
+        [out.full_image_embeds, out.full_text_embeds]
     )
     expected = 0.0
     for dim, weight in zip(dual.config.matryoshka_dimensions, dual.config.matryoshka_weights):
@@ -129,8 +131,8 @@ def test_every_parameter_gets_a_gradient(dual, batch):
     text, pixels, _ = batch
     dual.train()
     out = dual(**text, pixel_values=pixels)
-    MatryoshkaLoss.from_config(dual.config, ImageTextInfoNCELoss())(
-        [out.full_image_embeds, out.full_text_embeds], logit_scale=out.logit_scale
+    MatryoshkaLoss.from_config(dual.config, ImageTextInfoNCELoss(dual))(
+        [out.full_image_embeds, out.full_text_embeds]
     ).backward()
     assert [name for name, p in dual.named_parameters() if p.grad is None] == []
 
@@ -361,8 +363,8 @@ def _gathered_loss_worker(rank, world_size, init_file, image, text, out_dir):
         image_rows = image[rows].clone().requires_grad_(True)
         text_rows = text[rows].clone().requires_grad_(True)
         log_scale = torch.tensor(2.0, requires_grad=True)
-        loss_fn = MatryoshkaLoss(ImageTextInfoNCELoss(), [16, 8, 4], [1.0, 0.5, 2.0])
-        loss = loss_fn([image_rows, text_rows], logit_scale=log_scale.exp())
+        loss_fn = MatryoshkaLoss(ImageTextInfoNCELoss(SimpleNamespace(logit_scale=log_scale.exp())), [16, 8, 4], [1.0, 0.5, 2.0])
+        loss = loss_fn([image_rows, text_rows])
         loss.backward()
         torch.save(
             {"loss": loss.detach(), "image": image_rows.grad, "text": text_rows.grad, "scale": log_scale.grad},
@@ -387,7 +389,7 @@ def test_negatives_are_gathered_across_processes(tmp_path):
 
     image, text = image.clone().requires_grad_(True), text.clone().requires_grad_(True)
     log_scale = torch.tensor(2.0, requires_grad=True)
-    loss = MatryoshkaLoss(ImageTextInfoNCELoss(), [16, 8, 4], [1.0, 0.5, 2.0])([image, text], logit_scale=log_scale.exp())
+    loss = MatryoshkaLoss(ImageTextInfoNCELoss(SimpleNamespace(logit_scale=log_scale.exp())), [16, 8, 4], [1.0, 0.5, 2.0])([image, text])
     loss.backward()
     torch.testing.assert_close((ranks[0]["loss"] + ranks[1]["loss"]) / 2, loss.detach())
     # each process receives every process's loss gradient for its rows: the sum, i.e. world size x the mean's
@@ -395,8 +397,8 @@ def test_negatives_are_gathered_across_processes(tmp_path):
     torch.testing.assert_close(torch.cat([r["text"] for r in ranks]) / 2, text.grad)
     torch.testing.assert_close((ranks[0]["scale"] + ranks[1]["scale"]) / 2, log_scale.grad)  # as DDP averages
     # without gathering a process would see only its own negatives: a different loss
-    local = MatryoshkaLoss(ImageTextInfoNCELoss(), [16, 8, 4], [1.0, 0.5, 2.0])(
-        [image[:4], text[:4]], logit_scale=log_scale.exp()
+    local = MatryoshkaLoss(ImageTextInfoNCELoss(SimpleNamespace(logit_scale=log_scale.exp())), [16, 8, 4], [1.0, 0.5, 2.0])(
+        [image[:4], text[:4]]
     )
     assert not torch.allclose(local, ranks[0]["loss"])
 

@@ -1,4 +1,4 @@
-"""Losses: MatryoshkaLoss and its base losses against hand computations on small tensors."""
+"""Losses: MatryoshkaLoss and its base losses, all called loss(embeddings, labels), against hand computations."""
 
 import math
 
@@ -26,7 +26,7 @@ def unit(x):
 def test_infonce_matches_hand_computation_with_hard_negatives():
     torch.manual_seed(0)
     anchor, positive, negative = (unit(torch.randn(3, 8)) for _ in range(3))
-    loss = InfoNCELoss(scale=10.0)(anchor, positive, negative)
+    loss = InfoNCELoss(scale=10.0)([anchor, positive, negative])
     expected = 0.0
     for i in range(3):
         candidates = [anchor[i] @ positive[j] for j in range(3)] + [anchor[i] @ negative[j] for j in range(3)]
@@ -38,10 +38,10 @@ def test_infonce_matches_hand_computation_with_hard_negatives():
 def test_infonce_symmetric_and_temperature():
     torch.manual_seed(1)
     anchor, positive = unit(torch.randn(4, 8)), unit(torch.randn(4, 8))
-    forward = InfoNCELoss(scale=20.0)(anchor, positive)
-    backward = InfoNCELoss(scale=20.0)(positive, anchor)
-    torch.testing.assert_close(InfoNCELoss(scale=20.0, symmetric=True)(anchor, positive), (forward + backward) / 2)
-    torch.testing.assert_close(InfoNCELoss(temperature=0.05)(anchor, positive), forward)
+    forward = InfoNCELoss(scale=20.0)([anchor, positive])
+    backward = InfoNCELoss(scale=20.0)([positive, anchor])
+    torch.testing.assert_close(InfoNCELoss(scale=20.0, symmetric=True)([anchor, positive]), (forward + backward) / 2)
+    torch.testing.assert_close(InfoNCELoss(temperature=0.05)([anchor, positive]), forward)
     with pytest.raises(ValueError, match="temperature"):
         InfoNCELoss(temperature=0)
 
@@ -53,7 +53,7 @@ def test_matryoshka_loss_is_weighted_sum_of_per_size_losses():
     base = InfoNCELoss(scale=20.0)
     loss = MatryoshkaLoss.from_config(config, base)([anchor, positive])
     expected = sum(
-        w * base(unit(anchor[:, :d]), unit(positive[:, :d])) for d, w in zip([32, 16, 8], [1.0, 2.0, 0.5])
+        w * base([unit(anchor[:, :d]), unit(positive[:, :d])]) for d, w in zip([32, 16, 8], [1.0, 2.0, 0.5])
     )
     torch.testing.assert_close(loss, expected)
 
@@ -96,19 +96,19 @@ def test_cosent_hand_case():
     e1 = torch.tensor([[1.0, 0.0], [1.0, 0.0]])
     e2 = torch.tensor([[0.8, 0.6], [0.2, math.sqrt(1 - 0.04)]])
     scale = 5.0
-    right = CoSENTLoss(scale)(e1, e2, torch.tensor([4.0, 1.0]))
-    wrong = CoSENTLoss(scale)(e1, e2, torch.tensor([1.0, 4.0]))
+    right = CoSENTLoss(scale)([e1, e2], torch.tensor([4.0, 1.0]))
+    wrong = CoSENTLoss(scale)([e1, e2], torch.tensor([1.0, 4.0]))
     torch.testing.assert_close(right, torch.log1p(torch.exp(torch.tensor(scale * (0.2 - 0.8)))))
     torch.testing.assert_close(wrong, torch.log1p(torch.exp(torch.tensor(scale * (0.8 - 0.2)))))
     # Equal scores impose no order: log(1 + nothing) = 0.
-    assert CoSENTLoss()(e1, e2, torch.tensor([2.0, 2.0])).item() == 0.0
+    assert CoSENTLoss()([e1, e2], torch.tensor([2.0, 2.0])).item() == 0.0
 
 
 def test_cosent_wrapped_in_matryoshka_passes_labels():
     torch.manual_seed(0)
     a, b, scores = torch.randn(6, 16), torch.randn(6, 16), torch.rand(6) * 5
     loss = MatryoshkaLoss(CoSENTLoss(), [16, 4])([a, b], labels=scores)
-    expected = CoSENTLoss()(a, b, scores) + CoSENTLoss()(a[:, :4], b[:, :4], scores)
+    expected = CoSENTLoss()([a, b], scores) + CoSENTLoss()([a[:, :4], b[:, :4]], scores)
     torch.testing.assert_close(loss, expected)
 
 
@@ -123,36 +123,103 @@ def test_matryoshka_cross_entropy_matches_per_head_sum(efficient):
     full = torch.randn(4, 32)
     labels = torch.tensor([0, 2, 1, 2])
     logits = model.classifier(full)
-    loss = MatryoshkaCrossEntropyLoss()(model, logits, labels)
+    loss = MatryoshkaCrossEntropyLoss(model)([full], labels)
     expected = F.cross_entropy(logits[0], labels) + 0.5 * F.cross_entropy(logits[1], labels)
     torch.testing.assert_close(loss, expected)
     with pytest.raises(ValueError, match="out of range"):
-        MatryoshkaCrossEntropyLoss()(model, logits, torch.tensor([0, 1, 2, 3]))
+        MatryoshkaCrossEntropyLoss(model)([full], torch.tensor([0, 1, 2, 3]))
+    with pytest.raises(ValueError, match="already weights every size"):
+        MatryoshkaLoss(MatryoshkaCrossEntropyLoss(model), [32, 8])
 
 
 def test_cross_entropy_refuses_a_model_without_heads(make_model):
     with pytest.raises(ValueError, match="MatryoshkaForSequenceClassification"):
-        MatryoshkaCrossEntropyLoss()(make_model(), (torch.randn(2, 3),), torch.tensor([0, 1]))
+        MatryoshkaCrossEntropyLoss(make_model())
 
 
 def test_distill_mse_truncates_the_teacher_like_the_student():
     torch.manual_seed(0)
     student, teacher = torch.randn(3, 16), torch.randn(3, 48)  # a wider teacher is cut to the student's sizes
-    loss = MatryoshkaLoss(DistillMSELoss(), [16, 8, 4])([student, teacher])
+    loss = MatryoshkaLoss(DistillMSELoss(), [16, 8, 4])([student], labels=teacher)
     expected = sum(
         F.mse_loss(truncate_embeddings(student, d), truncate_embeddings(teacher, d)) for d in (16, 8, 4)
     )
     torch.testing.assert_close(loss, expected)
     # A perfect student has zero loss at every size.
-    assert MatryoshkaLoss(DistillMSELoss(), [16, 8])([teacher[:, :16], teacher]).item() < 1e-12
+    assert MatryoshkaLoss(DistillMSELoss(), [16, 8])([teacher[:, :16]], teacher).item() < 1e-12
 
 
-def test_get_loss_registry():
+def test_get_loss_registry(make_model):
     assert isinstance(get_loss("infonce", scale=10.0, symmetric=True), InfoNCELoss)
     assert isinstance(get_loss("cosent"), CoSENTLoss)
-    assert isinstance(get_loss("cross_entropy"), MatryoshkaCrossEntropyLoss)
-    assert isinstance(get_loss("distill_mse"), DistillMSELoss)
+    classifier = MatryoshkaForSequenceClassification(MatryoshkaConfig(encoder=tiny_bert_config(), num_labels=2))
+    assert isinstance(get_loss("cross_entropy", model=classifier), MatryoshkaCrossEntropyLoss)
+    assert get_loss("distill_mse", teacher=make_model()).teacher is not None
+    with pytest.raises(ValueError, match=r"needs the option\(s\) \['model'\]"):
+        get_loss("cross_entropy")
     with pytest.raises(ValueError, match="cosent, cross_entropy, distill_mse, infonce"):
         get_loss("triplet")
     with pytest.raises(ValueError, match="margin"):
         get_loss("cosent", margin=1.0)
+
+
+def test_distill_mse_owns_a_frozen_teacher_that_embeds_the_batch(make_model, tiny_tokenizer):
+    teacher = make_model(seed=1).train()
+    loss = MatryoshkaLoss(DistillMSELoss(teacher=teacher), [32, 8])
+    assert not teacher.training and not any(p.requires_grad for p in teacher.parameters())
+    assert loss.teacher_tokenizer is tiny_tokenizer and loss.needs_labels is False
+    features = tiny_tokenizer(["a man plays guitar", "the dog runs"], padding=True, return_tensors="pt")
+    targets = loss.compute_labels({"text": features}, None)
+    torch.testing.assert_close(targets, teacher(**features).full_embeddings)
+    # Without a teacher the labels are the teacher's embeddings, and a clear error says so when they are missing.
+    assert MatryoshkaLoss(DistillMSELoss(), [32, 8]).needs_labels is True
+    with pytest.raises(ValueError, match="needs a teacher"):
+        MatryoshkaLoss(DistillMSELoss(), [32, 8]).compute_labels({"text": features}, torch.tensor([0, 1]))
+
+
+def test_a_wrong_number_of_embeddings_is_refused_with_the_call():
+    with pytest.raises(ValueError, match=r"CoSENTLoss is called as loss\(\[embeddings1, embeddings2\], labels\).*got 3"):
+        CoSENTLoss()([torch.randn(2, 4)] * 3, torch.rand(2))
+    with pytest.raises(ValueError, match="got one tensor"):
+        InfoNCELoss()(torch.randn(2, 4))
+
+
+def test_config_dict_and_citation_say_what_trained_the_model():
+    config = MatryoshkaConfig(encoder=tiny_bert_config(), matryoshka_dimensions=[32, 16, 8], matryoshka_weights=[1, 2, 3])
+    loss = MatryoshkaLoss.from_config(config, InfoNCELoss(scale=10.0, symmetric=True), n_dims_per_step=2)
+    assert loss.get_config_dict() == {
+        "loss": "InfoNCELoss",
+        "loss_config": {"scale": 10.0, "symmetric": True, "gather_across_devices": True},
+        "matryoshka_dimensions": [32, 16, 8],
+        "matryoshka_weights": [1.0, 2.0, 3.0],
+        "n_dims_per_step": 2,
+        "keep_full_dim": True,
+        "normalize": True,
+    }
+    assert loss.citation.startswith("@inproceedings{kusupati2022matryoshka,") and "Matryoshka Representation" in loss.citation
+    assert "oord2018representation" in loss.base_loss.citation
+    assert "su2022cosent" in CoSENTLoss().citation and "reimers2020" in DistillMSELoss().citation
+    assert MatryoshkaLoss(DistillMSELoss(), [8]).get_config_dict()["loss_config"] == {"teacher": None}
+    classifier = MatryoshkaForSequenceClassification(
+        MatryoshkaConfig(encoder=tiny_bert_config(), matryoshka_dimensions=[32, 8], num_labels=3)
+    )
+    assert MatryoshkaCrossEntropyLoss(classifier).get_config_dict()["matryoshka_dimensions"] == [32, 8]
+    assert MatryoshkaCrossEntropyLoss(classifier).citation == loss.citation
+
+
+def test_image_text_loss_moved_with_a_deprecated_alias():
+    from types import SimpleNamespace
+
+    from mrl_text.image_text.losses import ImageTextInfoNCELoss
+
+    with pytest.warns(DeprecationWarning, match="mrl_text.image_text.losses.ImageTextInfoNCELoss"):
+        from mrl_text.losses import ImageTextInfoNCELoss as old
+    assert old is ImageTextInfoNCELoss
+    torch.manual_seed(0)
+    image, text, scale = unit(torch.randn(3, 8)), unit(torch.randn(3, 8)), torch.tensor(7.0)
+    loss = ImageTextInfoNCELoss(SimpleNamespace(logit_scale=scale))([image, text])
+    targets = torch.arange(3)
+    expected = (F.cross_entropy(scale * image @ text.T, targets) + F.cross_entropy(scale * text @ image.T, targets)) / 2
+    torch.testing.assert_close(loss, expected)
+    with pytest.raises(ValueError, match="logit_scale"):
+        ImageTextInfoNCELoss(torch.nn.Linear(2, 2))

@@ -6,7 +6,13 @@ from datasets import Dataset
 from transformers import AutoModel, BertModel
 
 from mrl_text import MatryoshkaConfig, MatryoshkaForSequenceClassification
-from mrl_text.trainer import MatryoshkaDataCollator, MatryoshkaTrainer, MatryoshkaTrainingArguments
+from mrl_text.losses import DistillMSELoss, MatryoshkaLoss
+from mrl_text.trainer import (
+    MatryoshkaDataCollator,
+    MatryoshkaTrainer,
+    MatryoshkaTrainingArguments,
+    classification_compute_metrics,
+)
 
 from .conftest import build_tokenizer, tiny_bert_config
 
@@ -33,13 +39,36 @@ def count_encoder_calls(model):
     return calls
 
 
+def make_classifier(tokenizer, dims=(32, 8), num_labels=2, **config_kwargs):
+    torch.manual_seed(0)
+    config = MatryoshkaConfig(encoder=tiny_bert_config(vocab_size=len(tokenizer)), matryoshka_dimensions=list(dims),
+                              num_labels=num_labels, **config_kwargs)
+    model = MatryoshkaForSequenceClassification(config)
+    model.tokenizer = tokenizer
+    return model
+
+
+LAYOUTS = {  # loss -> (rows, text columns)
+    "infonce": ({**PAIRS, "negative": list(reversed(PAIRS["positive"]))}, 3),
+    "cosent": ({"sentence1": PAIRS["anchor"], "sentence2": PAIRS["positive"], "score": [5, 4, 3, 1, 2, 4, 3, 1]}, 2),
+    "cross_entropy": ({"text": PAIRS["anchor"], "label": [0, 1] * 4}, 1),
+    "distill_mse": ({"text": PAIRS["anchor"]}, 1),
+}
+
+
+@pytest.mark.parametrize("loss", list(LAYOUTS))
 @pytest.mark.parametrize("dims", [(32,), (32, 16, 8, 4, 2)])
-def test_encoder_runs_once_per_text_column_whatever_the_number_of_sizes(make_model, tmp_path, dims):
-    model = make_model(matryoshka_dimensions=dims)
-    calls = count_encoder_calls(model)
-    triplets = Dataset.from_dict({**PAIRS, "negative": list(reversed(PAIRS["positive"]))})
-    MatryoshkaTrainer(model=model, args=training_args(tmp_path, max_steps=2), train_dataset=triplets).train()
-    assert len(calls) == 2 * 3  # 2 steps x (anchor, positive, negative), independent of len(dims)
+def test_encoder_runs_once_per_text_column_whatever_the_number_of_sizes(make_model, tiny_tokenizer, tmp_path, loss,
+                                                                       dims):
+    rows, text_columns = LAYOUTS[loss]
+    model = make_classifier(tiny_tokenizer, dims) if loss == "cross_entropy" else make_model(matryoshka_dimensions=dims)
+    calls = count_encoder_calls(model.matryoshka if loss == "cross_entropy" else model)
+    teacher = make_model(seed=1) if loss == "distill_mse" else None
+    teacher_calls = count_encoder_calls(teacher) if teacher is not None else []
+    args = training_args(tmp_path, max_steps=2, loss=loss)
+    MatryoshkaTrainer(model=model, args=args, train_dataset=Dataset.from_dict(rows), teacher=teacher).train()
+    assert len(calls) == 2 * text_columns  # 2 steps x the text columns, independent of len(dims)
+    assert len(teacher_calls) == (2 if teacher is not None else 0)  # the teacher too: once per step, not per size
 
 
 def test_trainer_loss_matches_matryoshka_loss_on_the_batch(make_model, tmp_path):
@@ -52,7 +81,7 @@ def test_trainer_loss_matches_matryoshka_loss_on_the_batch(make_model, tmp_path)
         p = model(**{k.split(".")[1]: v for k, v in batch.items() if k.startswith("positive.")}).full_embeddings
     base = trainer.loss_fn.base_loss
     norm = torch.nn.functional.normalize
-    expected = base(norm(a), norm(p)) + 3.0 * base(norm(a[:, :8]), norm(p[:, :8]))
+    expected = base([norm(a), norm(p)]) + 3.0 * base([norm(a[:, :8]), norm(p[:, :8])])
     torch.testing.assert_close(loss, expected)
 
 
@@ -99,16 +128,44 @@ def test_cosent_layout_trains(make_model, tmp_path):
 
 
 def test_cross_entropy_trains_nested_heads_and_checks_labels(tiny_tokenizer, tmp_path):
-    config = MatryoshkaConfig(encoder=tiny_bert_config(vocab_size=len(tiny_tokenizer)),
-                              matryoshka_dimensions=[32, 8], num_labels=2, efficient_heads=True)
-    model = MatryoshkaForSequenceClassification(config)
-    model.tokenizer = tiny_tokenizer
+    model = make_classifier(tiny_tokenizer, efficient_heads=True)
     labelled = Dataset.from_dict({"text": PAIRS["anchor"], "label": [0, 1] * 4})
     args = training_args(tmp_path, loss="cross_entropy")
-    assert MatryoshkaTrainer(model=model, args=args, train_dataset=labelled).train().training_loss > 0
+    trainer = MatryoshkaTrainer(model=model, args=args, train_dataset=labelled)
+    # The model computes its own Matryoshka cross-entropy from the labels; the trainer's loss is that one.
+    batch = trainer.data_collator([labelled[i] for i in range(8)])
+    with torch.no_grad():
+        own = model.eval()(**{k.split(".")[1]: v for k, v in batch.items() if k.startswith("text.")}, labels=batch["labels"])
+        torch.testing.assert_close(trainer.compute_loss(model, batch), own.loss)
+    assert trainer.train().training_loss > 0
+    as_floats = Dataset.from_dict({"text": PAIRS["anchor"], "label": [0.0, 1.0] * 4})  # class ids read from a csv
+    assert MatryoshkaTrainer(model=model, args=args, train_dataset=as_floats).train().training_loss > 0
     bad = Dataset.from_dict({"text": PAIRS["anchor"], "label": [0, 1, 2, 0, 1, 0, 1, 0]})
     with pytest.raises(ValueError, match="Label 2 is out of range for num_labels=2"):
         MatryoshkaTrainer(model=model, args=args, train_dataset=bad).train()
+    with pytest.raises(ValueError, match="trains embeddings; use a MatryoshkaModel"):
+        MatryoshkaTrainer(model=model, args=training_args(tmp_path), train_dataset=Dataset.from_dict(PAIRS))
+
+
+def test_compute_metrics_reports_accuracy_at_every_size(tiny_tokenizer, tmp_path):
+    model = make_classifier(tiny_tokenizer, dims=(32, 16, 8))
+    labelled = Dataset.from_dict({"text": PAIRS["anchor"] + PAIRS["positive"], "label": [0, 1] * 8})
+    args = training_args(tmp_path, loss="cross_entropy", eval_strategy="steps", eval_steps=2, max_steps=4,
+                         per_device_eval_batch_size=5)  # 16 rows: batches of 5 are gathered across steps
+    trainer = MatryoshkaTrainer(model=model, args=args, train_dataset=labelled, eval_dataset=labelled,
+                                compute_metrics=classification_compute_metrics(model.config.matryoshka_dimensions))
+    trainer.train()
+    logged = [entry for entry in trainer.state.log_history if "eval_loss" in entry]
+    assert [entry["step"] for entry in logged] == [2, 4]
+    assert all({f"eval_classification_accuracy_{d}" for d in (32, 16, 8)} <= set(entry) for entry in logged)
+    metrics = trainer.evaluate()
+    model.eval()
+    inputs = tiny_tokenizer(list(labelled["text"]), padding=True, return_tensors="pt")
+    for dim in (32, 16, 8):
+        with torch.no_grad():
+            predicted = model(**inputs, dim=dim).logits.argmax(-1)
+        expected = (predicted == torch.tensor(list(labelled["label"]))).float().mean().item()
+        assert metrics[f"eval_classification_accuracy_{dim}"] == pytest.approx(expected)
 
 
 def test_distill_mse_moves_student_towards_teacher(make_model, tmp_path):
@@ -122,8 +179,31 @@ def test_distill_mse_moves_student_towards_teacher(make_model, tmp_path):
         return ((student.encode(texts["text"], dim=8) - teacher.encode(texts["text"], dim=8)) ** 2).sum().item()
 
     before = distance()
-    MatryoshkaTrainer(model=student, args=args, train_dataset=texts, teacher=teacher).train()
+    trainer = MatryoshkaTrainer(model=student, args=args, train_dataset=texts, teacher=teacher)
+    assert trainer.loss_fn.base_loss.teacher is teacher  # the teacher belongs to the loss
+    trainer.train()
     assert distance() < before
+
+
+def test_distill_mse_reads_precomputed_teacher_embeddings_from_the_label_column(make_model, tmp_path):
+    teacher, student = make_model(seed=1), make_model(seed=2)
+    texts = PAIRS["anchor"] + PAIRS["positive"]
+    rows = Dataset.from_dict({"text": texts, "label": teacher.encode(texts).tolist()})  # full size, not normalized
+    trainer = MatryoshkaTrainer(model=student, args=training_args(tmp_path, loss="distill_mse"), train_dataset=rows)
+    batch = trainer.data_collator([rows[i] for i in range(4)])
+    with torch.no_grad():
+        student_full = student(**{k.split(".")[1]: v for k, v in batch.items() if k.startswith("text.")}).full_embeddings
+        expected = MatryoshkaLoss.from_config(student.config, DistillMSELoss())([student_full], batch["labels"].float())
+        torch.testing.assert_close(trainer.compute_loss(student, batch), expected)
+    with pytest.raises(ValueError, match="label column"):
+        MatryoshkaTrainer(model=student, args=training_args(tmp_path, loss="distill_mse"),
+                          train_dataset=Dataset.from_dict({"text": texts}))
+    with pytest.raises(ValueError, match="give the teacher to its loss"):
+        MatryoshkaTrainer(model=student, args=training_args(tmp_path), train_dataset=Dataset.from_dict(PAIRS),
+                          teacher=teacher, loss_fn=MatryoshkaLoss(DistillMSELoss(), [32]))
+    with pytest.raises(ValueError, match="teacher= is for distillation"):
+        MatryoshkaTrainer(model=student, args=training_args(tmp_path), train_dataset=Dataset.from_dict(PAIRS),
+                          teacher=teacher)
 
 
 def test_collator_tokenizes_each_text_column(tiny_tokenizer):

@@ -164,10 +164,14 @@ class _Fitter:
         anchors = self.train[rows]
         adapted = self.adaptor.adapt(anchors)
         loss = o["pair_weight"] * _prefix_similarity_loss(adapted, adapted, cosine_matrix(anchors, anchors), self.dims)
-        neighbours = self.train[self.neighbours[rows]]  # (batch, k, d)
-        adapted_neighbours = self.adaptor.adapt(neighbours)
+        # A few of each row's k full-size neighbours per step (all of them over the epochs): the MLP's cost is
+        # per row, and k neighbours per anchor would multiply it by k.
+        pool = self.neighbours.shape[1]
+        picks = torch.rand(len(rows), pool, generator=self.generator).argsort(dim=1)[:, : o["neighbours_per_step"]]
+        chosen = self.neighbours[rows].gather(1, picks)  # (batch, per_step)
+        adapted_neighbours = self.adaptor.adapt(self.train[chosen])  # (batch, per_step, d)
         loss = loss + o["topk_weight"] * _prefix_similarity_loss(
-            adapted, adapted_neighbours, self.neighbour_sims[rows], self.dims
+            adapted, adapted_neighbours, self.neighbour_sims[rows].gather(1, picks), self.dims
         )
         reference = anchors @ self.adaptor.rotation.T if self.adaptor.rotation.numel() else anchors
         return loss + o["reconstruction_weight"] * (adapted - reference).pow(2).sum(-1).mean()
@@ -250,8 +254,8 @@ class _Fitter:
 
 
 DEFAULTS = dict(
-    epochs=30, supervised_epochs=30, batch_size=256, learning_rate=1e-3, weight_decay=0.0, k=10,
-    pair_weight=1.0, topk_weight=1.0, reconstruction_weight=0.0, scale=20.0, negatives=256, regularization=0.1,
+    epochs=30, supervised_epochs=30, batch_size=256, learning_rate=1e-3, weight_decay=0.0, k=10, neighbours_per_step=3,
+    pair_weight=1.0, topk_weight=1.0, reconstruction_weight=0.1, scale=20.0, negatives=256, regularization=0.1,
 )
 
 
@@ -320,7 +324,8 @@ def fit(
             default `"both"` with pairs, else `"unsupervised"`.
         adaptor (`MatryoshkaAdaptor`, *optional*): continue fitting this one (e.g. supervised after an earlier
             unsupervised fit); it is changed only when the fit succeeds.
-        rotation (`str`, *optional*): `"pca"`, `"learned"` or `None`, for a new adaptor.
+        rotation (`str`, *optional*): `"pca"`, `"learned"` (starts from PCA, then trained) or `None`, for a new
+            adaptor.
         hidden_size, num_layers: the residual MLP's shape, for a new adaptor (`num_layers=0`: rotation only).
         validation_fraction (`float`): share of the corpus (and of the queries) held out for the validation gate.
         gate (`bool`): keep the identity at every size where the adaptor does not beat plain truncation on the
@@ -329,7 +334,7 @@ def fit(
         description (`str`, *optional*): what the embeddings are (e.g. "SciFact corpus, all-MiniLM-L6-v2"),
             recorded in `config.fit_summary` for the model card.
         **options: training settings, defaults in `DEFAULTS` (epochs, supervised_epochs, batch_size,
-            learning_rate, k, pair_weight, topk_weight, reconstruction_weight, scale, negatives, regularization).
+            learning_rate, k, neighbours_per_step, pair_weight, topk_weight, reconstruction_weight, scale, negatives, regularization).
     """
     unknown = sorted(set(options) - set(DEFAULTS))
     if unknown:
@@ -367,7 +372,7 @@ def fit(
         if adaptor is None:
             working.reset_parameters()
         data = _Data(corpus, validation_fraction, generator, supervision)
-        if adaptor is None and rotation == "pca":
+        if adaptor is None and rotation in ("pca", "learned"):  # a learned rotation starts from PCA's
             working.rotation.copy_(pca_rotation(corpus[data.train_rows]))
         fitter = _Fitter(working, data, options, generator)
         stages = {"unsupervised": [False], "supervised": [True], "both": [False, True]}[objective]

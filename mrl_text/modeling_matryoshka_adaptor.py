@@ -205,7 +205,27 @@ class MatryoshkaAdaptor(nn.Module):
         tensors = {k: v.detach().cpu().contiguous() for k, v in self.state_dict().items()}
         save_file(tensors, str(directory / WEIGHTS_NAME), metadata={"format": "pt"})
         self.config.save(directory)
+        (directory / "README.md").write_text(self.card(), encoding="utf-8")
         return directory
+
+    def card(self):
+        """A short model card: what the adaptor is, what it was fit on, its validation figures at every size."""
+        c, summary = self.config, self.config.fit_summary or {}
+        lines = [
+            "---", "tags: [matryoshka, matryoshka-adaptor, embeddings]", "---", "", "# Matryoshka adaptor", "",
+            f"Maps {c.embedding_size}-d embeddings so that their prefixes of {c.matryoshka_dimensions} keep the full "
+            "embedding's structure (Yoon et al., EMNLP 2024). Rotation: "
+            f"{c.rotation or 'none'}; residual MLP {c.hidden_size} x {c.num_layers}. Used at "
+            f"{c.adapted_dimensions or 'no size'}; every other size is plain truncation.", "",
+        ]
+        if summary:
+            lines += [f"Fit on: {summary.get('description') or 'unnamed embeddings'} ({summary.get('objective')}, "
+                      f"{summary.get('corpus_embeddings')} corpus embeddings, {summary.get('queries') or 0} queries).", "",
+                      f"Validation ({summary.get('validation_metric')}):", "",
+                      "| size | adaptor | truncation | used |", "|---:|---:|---:|---|"]
+            for dim, v in summary.get("validation", {}).items():
+                lines.append(f"| {dim} | {v['adaptor']:.4f} | {v['truncation']:.4f} | {'yes' if v['adapted'] else 'no'} |")
+        return "\n".join(lines) + "\n"
 
     @classmethod
     def from_pretrained(cls, name_or_path, **hub_kwargs):

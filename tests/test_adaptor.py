@@ -84,6 +84,8 @@ def test_save_load_round_trip(tmp_path):
     adaptor = fit(x, DIMS, rotation="learned", **FAST)
     adaptor.save_pretrained(tmp_path / "adaptor")
     assert (tmp_path / "adaptor" / "model.safetensors").is_file()
+    card = (tmp_path / "adaptor" / "README.md").read_text()
+    assert "| 4 |" in card and "recall@10" in card  # validation figures at every size, and what they measure
     loaded = MatryoshkaAdaptor.from_pretrained(tmp_path / "adaptor")
     assert loaded.config == adaptor.config
     for dim in [None, *DIMS]:
@@ -101,9 +103,9 @@ def test_bad_input_names_the_value():
         adaptor.transform(torch.randn(3, 64))
     broken = x.clone()
     broken[7, 3] = float("nan")
-    with pytest.raises(ValueError, match=r"rows \[7\]"):
+    with pytest.raises(ValueError, match=r"corpus_embeddings .*NaN.*rows \[7\]"):
         fit(broken, DIMS, **FAST)
-    with pytest.raises(ValueError, match=r"rows \[7\]"):
+    with pytest.raises(ValueError, match=r"NaN.*\[7\]"):
         adaptor.transform(broken)
     with pytest.raises(ValueError, match="empty"):
         fit(np.zeros((0, 32), dtype=np.float32), DIMS, **FAST)

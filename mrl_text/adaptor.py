@@ -1,0 +1,414 @@
+"""Fit a `MatryoshkaAdaptor` on frozen embeddings (computed once, from any model or API).
+
+Reference: Yoon et al., "Matryoshka-Adaptor: Unsupervised and Supervised Tuning for Smaller Embedding Dimensions",
+EMNLP 2024. The encoder never runs here: the adaptor sees cached embeddings only, so a fit takes minutes on a CPU.
+
+Objectives, at every nested size `m` of the adapted embeddings `e' = adaptor(e)` (prefixes re-normalized by the one
+truncation rule, `truncate_embeddings`):
+- unsupervised, from a corpus alone: the prefix similarities `cos(e'_i[:m], e'_j[:m])` match the full original
+  similarities `cos(e_i, e_j)`, over every pair of a batch (pairwise) and over each row's `k` nearest full-size
+  neighbours (top-k, the pairs a search returns), plus a reconstruction term keeping `e'` near `R e`;
+- supervised, from (query, relevant document) pairs: the library's `MatryoshkaLoss(InfoNCELoss)` on the adapted
+  query and document embeddings, with random corpus documents as extra negatives, and the unsupervised terms as a
+  regularizer.
+`objective="both"` runs the unsupervised fit, then the supervised one from where it ended.
+
+The validation gate (why a size can never get worse than plain truncation on validation data): a slice of the
+corpus (and of the pairs) is held out. After every epoch the adaptor is scored on it at every size, next to plain
+truncation of the original embeddings; the epoch with the best mean gain is kept, and then a size stays adapted
+only if the adaptor beats plain truncation there (`config.adapted_dimensions`); at every other size the adaptor
+returns its input, which *is* plain truncation. The unsupervised score is how well a size's search reproduces the
+full-size original neighbours (recall@10 of the full-size top 10 among held-out rows), the supervised one is the
+held-out queries' nDCG@10 over the corpus.
+"""
+
+import copy
+import math
+
+import numpy as np
+import torch
+from torch.nn import functional as F
+
+from .losses import InfoNCELoss, MatryoshkaLoss
+from .modeling_matryoshka import truncate_embeddings
+from .modeling_matryoshka_adaptor import MatryoshkaAdaptor, MatryoshkaAdaptorConfig
+
+OBJECTIVES = ("unsupervised", "supervised", "both")
+VALIDATION_K = 10
+
+
+def as_embedding_matrix(embeddings, what, size=None):
+    """`(n, d)` float32 tensor from numpy / torch / lists, or a clear error naming what is wrong."""
+    try:
+        tensor = torch.as_tensor(np.asarray(embeddings) if not isinstance(embeddings, torch.Tensor) else embeddings)
+    except (TypeError, ValueError) as error:
+        raise ValueError(f"{what} must be a 2-D array of numbers (rows = texts); {error}.") from None
+    tensor = tensor.detach().float().cpu()
+    if tensor.dim() != 2:
+        raise ValueError(f"{what} have shape {tuple(tensor.shape)}; expected a 2-D array (texts, embedding size).")
+    if tensor.shape[0] == 0:
+        raise ValueError(f"{what} are empty (0 rows); fit needs at least a few hundred embeddings.")
+    if size is not None and tensor.shape[1] != size:
+        raise ValueError(f"{what} have size {tensor.shape[1]}, but the adaptor maps embeddings of size {size}.")
+    bad = torch.nonzero(~torch.isfinite(tensor).all(dim=1)).flatten()
+    if len(bad):
+        raise ValueError(f"{what} hold NaN or infinite values in {len(bad)} row(s), e.g. rows {bad[:10].tolist()}.")
+    return tensor
+
+
+def pca_rotation(embeddings):
+    """Orthogonal matrix whose rows are the principal axes of `embeddings`, largest variance first."""
+    centered = embeddings.double() - embeddings.double().mean(dim=0)
+    _, vectors = torch.linalg.eigh(centered.T @ centered)  # ascending eigenvalues; d x d, cheap for any n
+    return vectors.flip(1).T.contiguous().float()
+
+
+def cosine_matrix(a, b):
+    return F.normalize(a, dim=-1) @ F.normalize(b, dim=-1).T
+
+
+def nearest_neighbours(embeddings, k, chunk=2048):
+    """Indices `(n, k)` of each row's `k` most similar other rows at full size, and those similarities."""
+    k = min(k, embeddings.shape[0] - 1)
+    unit = F.normalize(embeddings, dim=-1)
+    indices, values = [], []
+    for start in range(0, len(unit), chunk):
+        scores = unit[start : start + chunk] @ unit.T
+        scores[torch.arange(scores.shape[0]), torch.arange(start, start + scores.shape[0])] = -math.inf
+        top = scores.topk(k, dim=1)
+        indices.append(top.indices)
+        values.append(top.values)
+    return torch.cat(indices), torch.cat(values)
+
+
+def neighbour_recall(original, candidate, dim, k=VALIDATION_K):
+    """Recall@k, within `candidate`'s rows at size `dim`, of each row's full-size original top-k neighbours."""
+    truth, _ = nearest_neighbours(original, k)
+    found, _ = nearest_neighbours(truncate_embeddings(candidate, dim, True), k)
+    hits = (found[:, :, None] == truth[:, None, :]).any(dim=2).float()
+    return hits.mean().item()
+
+
+def retrieval_ndcg(queries, documents, relevant, dim, k=VALIDATION_K):
+    """nDCG@k of binary relevance: `relevant[i]` is the set of document rows relevant to query `i`."""
+    scores = truncate_embeddings(queries, dim, True) @ truncate_embeddings(documents, dim, True).T
+    ranked = scores.topk(min(k, scores.shape[1]), dim=1).indices.tolist()
+    total = 0.0
+    for row, wanted in zip(ranked, relevant):
+        gain = sum(1 / math.log2(rank + 2) for rank, doc in enumerate(row) if doc in wanted)
+        ideal = sum(1 / math.log2(rank + 2) for rank in range(min(len(wanted), k)))
+        total += gain / ideal
+    return total / len(relevant)
+
+
+class _Data:
+    """The tensors one fit works on: train/validation corpus rows and, for a supervised fit, the queries, the
+    documents they point to (the corpus, plus the pairs' own documents when given as arrays) and the split."""
+
+    def __init__(self, corpus, validation_fraction, generator, pairs=None):
+        n = corpus.shape[0]
+        n_val = _held_out(n, validation_fraction)
+        if n - n_val < 2 * VALIDATION_K or (n_val and n_val <= VALIDATION_K):
+            raise ValueError(
+                f"The corpus holds {n} embeddings: too few to fit and hold out validation_fraction="
+                f"{validation_fraction} of them; give at least {int(4 * VALIDATION_K / max(validation_fraction, 0.02))}."
+            )
+        order = torch.randperm(n, generator=generator)
+        self.corpus, self.val_rows, self.train_rows = corpus, order[:n_val], order[n_val:]
+        if pairs is None:
+            return
+        self.queries, self.relevant, extra = pairs
+        self.documents = corpus if extra is None else torch.cat([corpus, extra])
+        query_order = torch.randperm(len(self.queries), generator=generator).tolist()
+        n_qval = _held_out(len(query_order), validation_fraction)
+        if len(query_order) - n_qval < 2:
+            raise ValueError(f"{len(query_order)} query(ies) are too few for a supervised fit; give at least 20.")
+        self.val_queries = query_order[:n_qval]
+        self.train_pairs = [(q, d) for q in query_order[n_qval:] for d in self.relevant[q]]
+
+
+def _held_out(n, fraction):
+    return max(int(round(n * fraction)), 1) if fraction > 0 else 0
+
+
+def _prefix_similarity_loss(adapted_a, adapted_b, target, dims):
+    """Mean over sizes of |cos(a'[:m], b'[:m]) - target| (row-wise when shapes match the target)."""
+    total = 0.0
+    for dim in dims:
+        a, b = truncate_embeddings(adapted_a, dim, True), truncate_embeddings(adapted_b, dim, True)
+        similarity = a @ b.T if target.dim() == 2 and adapted_b.dim() == 2 else (a[:, None, :] * b).sum(-1)
+        total = total + (similarity - target).abs().mean()
+    return total / len(dims)
+
+
+class _Fitter:
+    def __init__(self, adaptor, data, options, generator):
+        self.adaptor, self.data, self.options, self.generator = adaptor, data, options, generator
+        self.dims = adaptor.config.matryoshka_dimensions
+        self.small_dims = [d for d in self.dims if d < adaptor.config.embedding_size] or self.dims
+        train = data.corpus[data.train_rows]
+        self.train = train
+        self.neighbours, self.neighbour_sims = nearest_neighbours(train, options["k"])
+        self.skew = None
+        if adaptor.config.rotation == "learned":
+            self.skew = torch.nn.Parameter(torch.zeros_like(adaptor.rotation))
+            self.base_rotation = adaptor.rotation.clone()
+
+    def rotation(self):
+        if self.skew is None:
+            return
+        self.adaptor.rotation = self.base_rotation @ torch.linalg.matrix_exp(self.skew - self.skew.T)
+
+    def unsupervised_loss(self, rows):
+        o = self.options
+        anchors = self.train[rows]
+        adapted = self.adaptor.adapt(anchors)
+        loss = o["pair_weight"] * _prefix_similarity_loss(adapted, adapted, cosine_matrix(anchors, anchors), self.dims)
+        # A few of each row's k full-size neighbours per step (all of them over the epochs): the MLP's cost is
+        # per row, and k neighbours per anchor would multiply it by k.
+        pool = self.neighbours.shape[1]
+        picks = torch.rand(len(rows), pool, generator=self.generator).argsort(dim=1)[:, : o["neighbours_per_step"]]
+        chosen = self.neighbours[rows].gather(1, picks)  # (batch, per_step)
+        adapted_neighbours = self.adaptor.adapt(self.train[chosen])  # (batch, per_step, d)
+        loss = loss + o["topk_weight"] * _prefix_similarity_loss(
+            adapted, adapted_neighbours, self.neighbour_sims[rows].gather(1, picks), self.dims
+        )
+        reference = anchors @ self.adaptor.rotation.T if self.adaptor.rotation.numel() else anchors
+        return loss + o["reconstruction_weight"] * (adapted - reference).pow(2).sum(-1).mean()
+
+    def supervised_loss(self, batch, ranking_loss):
+        o, data = self.options, self.data
+        queries = data.queries[[q for q, _ in batch]]
+        positives = data.documents[[d for _, d in batch]]
+        negatives = self.train[torch.randint(len(self.train), (o["negatives"],), generator=self.generator)]
+        embeddings = [self.adaptor.adapt(queries), self.adaptor.adapt(positives)]
+        if o["negatives"]:
+            embeddings.append(self.adaptor.adapt(negatives))
+        loss = ranking_loss(embeddings)
+        if o["regularization"]:
+            rows = torch.randint(len(self.train), (o["batch_size"],), generator=self.generator)
+            loss = loss + o["regularization"] * self.unsupervised_loss(rows)
+        return loss
+
+    @torch.no_grad()
+    def validation_scores(self, supervised):
+        """`{dim: (adapted score, truncation score)}` on the held-out rows (or held-out queries)."""
+        data, adapt = self.data, self.adaptor.adapt
+        scores = {}
+        for dim in self.dims:
+            if supervised:
+                relevant = [set(data.relevant[q]) for q in data.val_queries]
+                queries = data.queries[data.val_queries]
+                pair = [retrieval_ndcg(adapt(queries), adapt(data.documents), relevant, dim),
+                        retrieval_ndcg(queries, data.documents, relevant, dim)]
+            else:
+                held_out = data.corpus[data.val_rows]
+                pair = [neighbour_recall(held_out, adapt(held_out), dim), neighbour_recall(held_out, held_out, dim)]
+            scores[dim] = tuple(pair)
+        return scores
+
+    def run(self, supervised, epochs, progress):
+        o, adaptor = self.options, self.adaptor
+        parameters = [p for p in adaptor.parameters() if p.requires_grad]
+        if self.skew is not None:
+            parameters.append(self.skew)
+        if not parameters:
+            return self.validation_scores(supervised)
+        optimizer = torch.optim.AdamW(parameters, lr=o["learning_rate"], weight_decay=o["weight_decay"])
+        ranking_loss = MatryoshkaLoss(InfoNCELoss(scale=o["scale"], gather_across_devices=False), self.dims)
+        best = (self.validation_scores(supervised), -math.inf, copy.deepcopy(adaptor.state_dict()))
+        best = (best[0], self.mean_gain(best[0]), best[2])
+        for epoch in range(epochs):
+            adaptor.train()
+            if supervised:
+                order = torch.randperm(len(self.data.train_pairs), generator=self.generator).tolist()
+                batches = [[self.data.train_pairs[i] for i in order[s : s + o["batch_size"]]]
+                           for s in range(0, len(order), o["batch_size"])]
+            else:
+                order = torch.randperm(len(self.train), generator=self.generator)
+                batches = [order[s : s + o["batch_size"]] for s in range(0, len(order), o["batch_size"])]
+            for batch in batches:
+                self.rotation()
+                loss = self.supervised_loss(batch, ranking_loss) if supervised else self.unsupervised_loss(batch)
+                optimizer.zero_grad()
+                loss.backward()
+                optimizer.step()
+            adaptor.eval()
+            with torch.no_grad():
+                self.rotation()
+            scores = self.validation_scores(supervised)
+            gain = self.mean_gain(scores)
+            if gain > best[1]:
+                best = (scores, gain, copy.deepcopy(adaptor.state_dict()))
+            progress.set_postfix(stage="supervised" if supervised else "unsupervised", loss=f"{loss.item():.4f}",
+                                 val_gain=f"{gain:+.4f}")
+            progress.update(1)
+        adaptor.load_state_dict(best[2])
+        if self.skew is not None:  # continue (next stage) from the kept rotation
+            self.base_rotation = adaptor.rotation.clone()
+            self.skew.data.zero_()
+        return best[0]
+
+    def mean_gain(self, scores):
+        return float(np.mean([scores[d][0] - scores[d][1] for d in self.small_dims]))
+
+
+DEFAULTS = dict(
+    epochs=30, supervised_epochs=30, batch_size=256, learning_rate=1e-3, weight_decay=0.0, k=10, neighbours_per_step=3,
+    pair_weight=1.0, topk_weight=1.0, reconstruction_weight=0.1, scale=20.0, negatives=256, regularization=0.1,
+)
+
+
+def _pairs_as_rows(pairs, query_embeddings, query_ids, corpus_ids, corpus):
+    """(queries `(q, d)`, relevant document rows per query) from aligned arrays or id pairs / qrels."""
+    if isinstance(pairs, dict):  # qrels {query_id: {doc_id: relevance}}
+        pairs = [(q, d) for q, docs in pairs.items() for d, rel in docs.items() if rel > 0]
+    if isinstance(pairs, tuple) and len(pairs) == 2 and not isinstance(pairs[0], (str, int)):
+        queries = as_embedding_matrix(pairs[0], "pair query embeddings", corpus.shape[1])
+        documents = as_embedding_matrix(pairs[1], "pair document embeddings", corpus.shape[1])
+        if len(queries) != len(documents):
+            raise ValueError(f"pairs hold {len(queries)} query and {len(documents)} document embeddings; align them.")
+        start = corpus.shape[0]
+        return queries, [[start + i] for i in range(len(queries))], documents
+    if query_embeddings is None or query_ids is None or corpus_ids is None:
+        raise ValueError("pairs given as ids need query_embeddings, query_ids and corpus_ids (one id per row).")
+    queries = as_embedding_matrix(query_embeddings, "query_embeddings", corpus.shape[1])
+    query_row = {str(q): i for i, q in enumerate(query_ids)}
+    doc_row = {str(d): i for i, d in enumerate(corpus_ids)}
+    if len(query_row) != len(queries) or len(doc_row) != len(corpus):
+        raise ValueError(f"query_ids ({len(query_ids)}) and corpus_ids ({len(corpus_ids)}) need one distinct id per row.")
+    relevant = {}
+    for query, doc in pairs:
+        if str(query) not in query_row:
+            raise ValueError(f"pairs name query id {query!r}, which is not among query_ids.")
+        if str(doc) not in doc_row:
+            raise ValueError(f"pairs name document id {doc!r}, which is not among corpus_ids.")
+        relevant.setdefault(query_row[str(query)], set()).add(doc_row[str(doc)])
+    if not relevant:
+        raise ValueError("pairs are empty; give (query id, document id) pairs or qrels with relevance > 0.")
+    rows = sorted(relevant)
+    return queries[rows], [sorted(relevant[r]) for r in rows], None
+
+
+def fit(
+    corpus_embeddings,
+    matryoshka_dimensions=None,
+    pairs=None,
+    *,
+    objective=None,
+    adaptor=None,
+    query_embeddings=None,
+    query_ids=None,
+    corpus_ids=None,
+    rotation="pca",
+    hidden_size=512,
+    num_layers=1,
+    validation_fraction=0.1,
+    gate=True,
+    seed=0,
+    show_progress_bar=True,
+    description=None,
+    **options,
+):
+    """Fit a Matryoshka adaptor on frozen embeddings; returns the fitted `MatryoshkaAdaptor`.
+
+    Args:
+        corpus_embeddings (`numpy.ndarray` or `torch.Tensor`, `(n, d)`): embeddings of the texts the adaptor will
+            serve (e.g. the corpus you index), from any model or API; the unsupervised objective's data.
+        matryoshka_dimensions (`list[int]`): the nested sizes (default: `adaptor`'s).
+        pairs: supervision, in one of three forms: `(query_embeddings, document_embeddings)` (two aligned arrays);
+            a list of `(query_id, corpus_id)`; or qrels `{query_id: {corpus_id: relevance}}` (relevance > 0
+            counts). The id forms need `query_embeddings`, `query_ids` (one per row) and `corpus_ids` (one per
+            corpus row).
+        objective (`str`): `"unsupervised"`, `"supervised"` or `"both"` (unsupervised first, then supervised);
+            default `"both"` with pairs, else `"unsupervised"`.
+        adaptor (`MatryoshkaAdaptor`, *optional*): continue fitting this one (e.g. supervised after an earlier
+            unsupervised fit); it is changed only when the fit succeeds.
+        rotation (`str`, *optional*): `"pca"`, `"learned"` (starts from PCA, then trained) or `None`, for a new
+            adaptor.
+        hidden_size, num_layers: the residual MLP's shape, for a new adaptor (`num_layers=0`: rotation only).
+        validation_fraction (`float`): share of the corpus (and of the queries) held out for the validation gate.
+        gate (`bool`): keep the identity at every size where the adaptor does not beat plain truncation on the
+            validation data (see the module docstring). `False` adapts every size (for comparisons).
+        seed (`int`): the split, the batches and the initialization.
+        description (`str`, *optional*): what the embeddings are (e.g. "SciFact corpus, all-MiniLM-L6-v2"),
+            recorded in `config.fit_summary` for the model card.
+        **options: training settings, defaults in `DEFAULTS` (epochs, supervised_epochs, batch_size,
+            learning_rate, k, neighbours_per_step, pair_weight, topk_weight, reconstruction_weight, scale, negatives, regularization).
+    """
+    unknown = sorted(set(options) - set(DEFAULTS))
+    if unknown:
+        raise ValueError(f"Unknown fit option(s) {unknown}; the options are {sorted(DEFAULTS)}.")
+    options = {**DEFAULTS, **options}
+    objective = objective or ("both" if pairs is not None else "unsupervised")
+    if objective not in OBJECTIVES:
+        raise ValueError(f"objective={objective!r} is not one of {list(OBJECTIVES)}.")
+    if objective != "unsupervised" and pairs is None:
+        raise ValueError(f"objective={objective!r} needs `pairs` (query/document pairs or qrels).")
+    if not 0 <= validation_fraction < 1:
+        raise ValueError(f"validation_fraction={validation_fraction!r} must be in [0, 1); 0.1 is usual.")
+    if gate and validation_fraction == 0:
+        raise ValueError("gate=True needs held-out data: give validation_fraction > 0 (0.1 is usual) or gate=False.")
+    size = adaptor.config.embedding_size if adaptor is not None else None
+    corpus = as_embedding_matrix(corpus_embeddings, "corpus_embeddings", size)
+    if adaptor is None:
+        if not matryoshka_dimensions:
+            raise ValueError("matryoshka_dimensions is required for a new adaptor, e.g. [384, 256, 128, 64, 32, 16].")
+        config = MatryoshkaAdaptorConfig(corpus.shape[1], list(matryoshka_dimensions), hidden_size, num_layers, rotation)
+        target = None
+        working = MatryoshkaAdaptor(config)
+    else:
+        if matryoshka_dimensions and sorted(matryoshka_dimensions) != sorted(adaptor.config.matryoshka_dimensions):
+            raise ValueError(
+                f"matryoshka_dimensions {list(matryoshka_dimensions)} differ from the adaptor's "
+                f"{adaptor.config.matryoshka_dimensions}; omit them to keep the adaptor's."
+            )
+        target, working = adaptor, copy.deepcopy(adaptor)  # a failed fit must leave `adaptor` as it was
+    supervision = None if objective == "unsupervised" else _pairs_as_rows(pairs, query_embeddings, query_ids, corpus_ids, corpus)
+
+    generator = torch.Generator().manual_seed(seed)
+    with torch.random.fork_rng():
+        torch.manual_seed(seed)
+        if adaptor is None:
+            working.reset_parameters()
+        data = _Data(corpus, validation_fraction, generator, supervision)
+        if adaptor is None and rotation in ("pca", "learned"):  # a learned rotation starts from PCA's
+            working.rotation.copy_(pca_rotation(corpus[data.train_rows]))
+        fitter = _Fitter(working, data, options, generator)
+        stages = {"unsupervised": [False], "supervised": [True], "both": [False, True]}[objective]
+        epochs = {False: options["epochs"], True: options["supervised_epochs"]}
+        from tqdm.auto import tqdm
+
+        with tqdm(total=sum(epochs[s] for s in stages), desc="Fitting adaptor", unit="epoch",
+                  disable=not show_progress_bar) as progress:
+            for supervised in stages:
+                scores = fitter.run(supervised, epochs[supervised], progress)
+    working.eval()
+    config = working.config
+    config.adapted_dimensions = [d for d in config.matryoshka_dimensions if not gate or scores[d][0] > scores[d][1]]
+    config.fit_summary = {
+        "description": description,
+        "objective": objective,
+        "corpus_embeddings": int(corpus.shape[0]),
+        "validation_rows": int(len(data.val_rows)),
+        "queries": None if supervision is None else int(len(data.queries)),
+        "validation_metric": "nDCG@10 of held-out queries" if stages[-1] else
+                             f"recall@{VALIDATION_K} of full-size neighbours among held-out rows",
+        "validation": {str(d): {"adaptor": round(a, 4), "truncation": round(t, 4), "adapted": d in config.adapted_dimensions}
+                       for d, (a, t) in scores.items()},
+        "options": options,
+        "seed": seed,
+    }
+    if target is None:
+        return working
+    target.config = config
+    target.load_state_dict(working.state_dict())
+    return target
+
+
+def transform(adaptor, embeddings, dim=None, normalize=True):
+    """`adaptor.transform(embeddings, dim)`: adapt, keep the first `dim` coordinates and re-normalize."""
+    return adaptor.transform(embeddings, dim=dim, normalize=normalize)
+
+
+__all__ = ["DEFAULTS", "MatryoshkaAdaptor", "MatryoshkaAdaptorConfig", "fit", "pca_rotation", "transform"]

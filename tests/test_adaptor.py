@@ -1,0 +1,135 @@
+"""The Matryoshka adaptor on synthetic embeddings: identity at start, exact full-size similarities under the
+orthogonal part, the validation gate, save/load, and clear errors for bad input."""
+
+import numpy as np
+import pytest
+import torch
+from torch.nn import functional as F
+
+from mrl_text import adaptor as adaptor_lib
+from mrl_text.adaptor import fit, pca_rotation
+from mrl_text.modeling_matryoshka import truncate_embeddings
+from mrl_text.modeling_matryoshka_adaptor import MatryoshkaAdaptor, MatryoshkaAdaptorConfig
+
+DIMS = [32, 16, 8, 4]
+FAST = dict(epochs=2, supervised_epochs=2, batch_size=64, negatives=16, show_progress_bar=False)
+
+
+def clustered(n=400, size=32, seed=0):
+    """Unit embeddings whose cluster structure lives mostly in the *last* coordinates, so plain truncation is poor
+    and a rotation/adaptor has something to gain at small sizes."""
+    g = torch.Generator().manual_seed(seed)
+    centres = torch.zeros(8, size)
+    centres[:, size // 2 :] = torch.randn(8, size - size // 2, generator=g) * 3
+    labels = torch.randint(8, (n,), generator=g)
+    return F.normalize(centres[labels] + torch.randn(n, size, generator=g), dim=-1), labels
+
+
+def test_new_adaptor_is_the_identity():
+    x, _ = clustered()
+    plain = MatryoshkaAdaptor(MatryoshkaAdaptorConfig(32, DIMS, hidden_size=16, num_layers=2))
+    assert torch.equal(plain(x), x)
+    rotated = MatryoshkaAdaptor(MatryoshkaAdaptorConfig(32, DIMS, rotation="pca"))
+    assert torch.allclose(rotated(x), x, atol=1e-6)  # the rotation starts as the identity matrix too
+    assert np.allclose(plain.transform(x.numpy(), dim=8), truncate_embeddings(x.numpy(), 8), atol=1e-6)
+
+
+def test_orthogonal_part_keeps_every_full_size_similarity():
+    x, _ = clustered()
+    adaptor = MatryoshkaAdaptor(MatryoshkaAdaptorConfig(32, DIMS, num_layers=0, rotation="pca"))
+    adaptor.rotation.copy_(pca_rotation(x))
+    out = adaptor.transform(x)
+    assert not torch.allclose(out, x, atol=1e-3)  # it did rotate...
+    assert torch.allclose(out @ out.T, x @ x.T, atol=1e-5)  # ...and kept every full-size cosine
+
+
+def test_fit_gate_never_worse_than_truncation_on_validation():
+    x, _ = clustered()
+    adaptor = fit(x, DIMS, **FAST)
+    summary = adaptor.config.fit_summary["validation"]
+    assert set(summary) == {str(d) for d in DIMS}
+    for dim in DIMS:
+        scores = summary[str(dim)]
+        assert scores["adapted"] == (dim in adaptor.config.adapted_dimensions)
+        assert scores["adapted"] == (scores["adaptor"] > scores["truncation"])
+        if not scores["adapted"]:  # gated off: exactly plain truncation of the original embeddings
+            assert torch.allclose(adaptor.transform(x, dim=dim), truncate_embeddings(x, dim), atol=1e-6)
+    # The full size can only tie plain truncation on neighbour recall, so it stays the identity...
+    assert 32 not in adaptor.config.adapted_dimensions
+    # ...while the small sizes, whose structure truncation cuts away, gain.
+    assert 4 in adaptor.config.adapted_dimensions
+    assert summary["4"]["adaptor"] > summary["4"]["truncation"]
+
+
+def test_gate_off_adapts_every_size():
+    x, _ = clustered()
+    adaptor = fit(x, DIMS, gate=False, **FAST)
+    assert adaptor.config.adapted_dimensions == DIMS
+
+
+def test_supervised_fit_from_qrels_then_from_arrays(tmp_path):
+    x, labels = clustered(n=300)
+    queries = F.normalize(x[:60] + 0.3 * torch.randn(60, 32, generator=torch.Generator().manual_seed(1)), dim=-1)
+    qrels = {f"q{i}": {f"d{i}": 1} for i in range(60)}
+    adaptor = fit(x, DIMS, qrels, query_embeddings=queries, query_ids=list(qrels),
+                  corpus_ids=[f"d{i}" for i in range(300)], **FAST)
+    assert adaptor.config.fit_summary["objective"] == "both"
+    assert adaptor.config.fit_summary["validation_metric"].startswith("nDCG@10")
+    again = fit(x, pairs=(queries.numpy(), x[:60].numpy()), objective="supervised", adaptor=adaptor, **FAST)
+    assert again is adaptor
+
+
+def test_save_load_round_trip(tmp_path):
+    x, _ = clustered()
+    adaptor = fit(x, DIMS, rotation="learned", **FAST)
+    adaptor.save_pretrained(tmp_path / "adaptor")
+    assert (tmp_path / "adaptor" / "model.safetensors").is_file()
+    card = (tmp_path / "adaptor" / "README.md").read_text()
+    assert "| 4 |" in card and "recall@10" in card  # validation figures at every size, and what they measure
+    loaded = MatryoshkaAdaptor.from_pretrained(tmp_path / "adaptor")
+    assert loaded.config == adaptor.config
+    for dim in [None, *DIMS]:
+        assert np.array_equal(loaded.transform(x.numpy(), dim=dim), adaptor.transform(x.numpy(), dim=dim))
+    rotation = loaded.rotation
+    assert torch.allclose(rotation @ rotation.T, torch.eye(32), atol=1e-5)  # a learned rotation stays orthogonal
+
+
+def test_bad_input_names_the_value():
+    x, _ = clustered()
+    adaptor = MatryoshkaAdaptor(MatryoshkaAdaptorConfig(32, DIMS))
+    with pytest.raises(ValueError, match="size 64"):
+        fit(torch.randn(100, 64), adaptor=adaptor, **FAST)
+    with pytest.raises(ValueError, match="size 32"):
+        adaptor.transform(torch.randn(3, 64))
+    broken = x.clone()
+    broken[7, 3] = float("nan")
+    with pytest.raises(ValueError, match=r"corpus_embeddings .*NaN.*rows \[7\]"):
+        fit(broken, DIMS, **FAST)
+    with pytest.raises(ValueError, match=r"NaN.*\[7\]"):
+        adaptor.transform(broken)
+    with pytest.raises(ValueError, match="empty"):
+        fit(np.zeros((0, 32), dtype=np.float32), DIMS, **FAST)
+    with pytest.raises(ValueError, match="dim=12"):
+        adaptor.transform(x, dim=12)
+    with pytest.raises(ValueError, match="'nope'"):
+        fit(x, DIMS, [("q0", "nope")], query_embeddings=x[:2], query_ids=["q0", "q1"],
+            corpus_ids=[str(i) for i in range(len(x))], **FAST)
+    with pytest.raises(ValueError, match="epoch"):
+        fit(x, DIMS, epoch=3)
+
+
+def test_failed_fit_leaves_the_adaptor_as_it_was(monkeypatch):
+    x, _ = clustered()
+    adaptor = fit(x, DIMS, **FAST)
+    before = {k: v.clone() for k, v in adaptor.state_dict().items()}
+    config_before = adaptor.config.to_dict()
+
+    def explode(*args, **kwargs):
+        raise RuntimeError("boom")
+
+    # Fails in the supervised stage, after the unsupervised stage has already changed the working copy.
+    monkeypatch.setattr(adaptor_lib.MatryoshkaLoss, "forward", explode)
+    with pytest.raises(RuntimeError, match="boom"):
+        fit(x, pairs=(x[:50], x[50:100]), adaptor=adaptor, objective="both", **FAST)
+    assert all(torch.equal(before[k], v) for k, v in adaptor.state_dict().items())
+    assert adaptor.config.to_dict() == config_before

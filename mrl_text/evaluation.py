@@ -673,7 +673,7 @@ class DualEmbedder(Embedder):
 def as_dual_embedder(model, dims=None, batch_size=DEFAULT_BATCH_SIZE, max_length=None, device=None):
     """Wrap a `MatryoshkaDualEncoder` (or its folder / hub id) as a [`DualEmbedder`] scored at `dims` (default: the
     config's `matryoshka_dimensions`)."""
-    from .modeling_matryoshka_dual_encoder import MatryoshkaDualEncoder
+    from .image_text import MatryoshkaDualEncoder
 
     if isinstance(model, DualEmbedder):
         return model if dims is None else model.with_dims(dims)

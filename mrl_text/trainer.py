@@ -25,7 +25,8 @@ from transformers import Trainer, TrainingArguments
 from .evaluation import evaluate as evaluate_model
 from .evaluation import metrics_for_trainer
 from .losses import LOSSES, MatryoshkaLoss, get_loss
-from .modeling_matryoshka import MatryoshkaForSequenceClassification, MatryoshkaModel, MatryoshkaPreTrainedModel
+from .modeling_matryoshka import MatryoshkaModel, MatryoshkaPreTrainedModel
+from .modeling_matryoshka_classification import MatryoshkaForSequenceClassification
 
 logger = logging.getLogger(__name__)
 

@@ -157,11 +157,11 @@ def check_dim(dim, full, trained=None, owner="dim"):
     """
     if dim is None:
         return None
-    if isinstance(dim, bool) or not isinstance(dim, numbers.Integral) or not 0 < dim <= full:
-        hint = f", ideally one of the trained sizes {list(trained)}" if trained else ""
-        raise ValueError(
-            f"{owner}={dim!r} is not a valid size: use an integer in 1..{full}{hint} (or None for full size)."
-        )
+    fix = f"use an integer in 1..{full}" + (f", ideally one of the trained sizes {list(trained)}" if trained else "")
+    if isinstance(dim, bool) or not isinstance(dim, numbers.Integral) or dim <= 0:
+        raise ValueError(f"{owner}={dim!r} is not a positive integer; {fix} (or None for full size).")
+    if dim > full:
+        raise ValueError(f"{owner}={dim} is larger than the embedding size {full}; {fix}.")
     return int(dim)
 
 
@@ -198,7 +198,7 @@ def validate_nesting(matryoshka_dimensions, matryoshka_weights, truncate_dim, fu
     dims = [full] if matryoshka_dimensions is None else list(matryoshka_dimensions)
     if not dims:
         raise ValueError("`matryoshka_dimensions` is empty; give at least one size, e.g. [768, 256, 64].")
-    dims = [check_dim(d, full, owner="Matryoshka dimension") for d in dims]
+    dims = [check_dim(d, full, owner="`matryoshka_dimensions` size") for d in dims]
     if len(set(dims)) != len(dims):
         repeated = sorted({d for d in dims if dims.count(d) > 1})
         raise ValueError(f"`matryoshka_dimensions` repeats {repeated}; each size must appear once.")

@@ -1,4 +1,4 @@
-"""Hub round trip without a network: the upload is intercepted at HfApi.create_commit, the download is served from a
+"""Hub round trip without a network: the upload is intercepted at HfApi.upload_folder, the download is served from a
 Hub cache folder laid out exactly as huggingface_hub writes it (models--org--name/snapshots/<rev>, refs/main)."""
 
 import json
@@ -33,25 +33,27 @@ def _results():
 
 @pytest.fixture
 def captured_commit(monkeypatch):
+    """The Hub, intercepted at `HfApi.create_repo` and `HfApi.upload_folder`: each upload is recorded as one commit."""
     calls = {}
 
     def create_repo(self, repo_id, **kwargs):
         calls["create_repo"] = repo_id
         return SimpleNamespace(repo_id=repo_id)
 
-    def create_commit(self, repo_id, operations, commit_message=None, **kwargs):
+    def upload_folder(self, *, repo_id, folder_path, commit_message=None, **kwargs):
+        folder = Path(folder_path)
         calls.setdefault("commits", []).append(
             {
                 "repo_id": repo_id,
                 "message": commit_message,
-                # read now: the files live in a temporary folder that is gone after push_to_hub returns
-                "files": {op.path_in_repo: Path(op.path_or_fileobj).read_bytes() for op in operations},
+                # read now: push_to_hub uploads from a temporary folder that is gone after it returns
+                "files": {str(p.relative_to(folder)): p.read_bytes() for p in folder.rglob("*") if p.is_file()},
             }
         )
         return SimpleNamespace(commit_url=f"https://huggingface.co/{repo_id}/commit/{REVISION}", oid=REVISION)
 
     monkeypatch.setattr(HfApi, "create_repo", create_repo)
-    monkeypatch.setattr(HfApi, "create_commit", create_commit)
+    monkeypatch.setattr(HfApi, "upload_folder", upload_folder)
     return calls
 
 

@@ -63,8 +63,14 @@ def test_encode_errors_are_clear(make_model):
     model = make_model()
     with pytest.raises(ValueError, match="dim=64"):
         model.encode(["x"], dim=64)
-    with pytest.raises(ValueError, match="takes strings"):
+    with pytest.raises(ValueError, match="list of strings; got int 3"):
         model.encode(["ok", 3])
+    with pytest.raises(ValueError, match="list of strings; got NoneType None"):
+        model.encode(None)
+    with pytest.raises(ValueError, match="max_length=0 must be a positive integer"):
+        model.encode(["x"], max_length=0)
+    with pytest.raises(ValueError, match="batch_size=0"):
+        model.encode(["x"], batch_size=0)
     model.tokenizer = None
     model._tokenizer = False
     with pytest.raises(ValueError, match="no tokenizer"):

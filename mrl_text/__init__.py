@@ -35,8 +35,10 @@ for _hook in (write_sentence_transformers_files, write_card_on_save):
 
 
 def _from_sentence_transformer(cls, model_name_or_path_or_model, matryoshka_dimensions=None, **kwargs):
-    """Wrap a sentence-transformers model (hub id, folder or loaded `SentenceTransformer`) for MRL fine-tuning:
-    `mrl_text.sentence_transformers.from_sentence_transformer` with this class; see it for the arguments."""
+    """Wrap a sentence-transformers model (hub id, folder or loaded `SentenceTransformer`) for MRL fine-tuning.
+
+    `mrl_text.sentence_transformers.from_sentence_transformer` with this class; see it for the arguments.
+    """
     from .sentence_transformers import from_sentence_transformer
 
     return from_sentence_transformer(model_name_or_path_or_model, matryoshka_dimensions, model_class=cls, **kwargs)

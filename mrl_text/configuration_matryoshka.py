@@ -15,6 +15,9 @@ from transformers import AutoConfig, PreTrainedConfig
 POOLING_MODES = ("mean", "cls", "max", "last")
 # The same modes as sentence-transformers' Pooling names them (the same computations on right-padded batches).
 SENTENCE_TRANSFORMERS_POOLING = {"mean": "mean", "cls": "cls", "max": "max", "last": "lasttoken"}
+# Where a saved folder keeps the code of its sentence-transformers MatryoshkaTruncation module (mrl_text's
+# sentence_transformers.py; sentence-transformers reserves class paths that start with `sentence_transformers.`).
+SENTENCE_TRANSFORMERS_MODULE_FILE = "sentence_transformers_matryoshka.py"
 
 
 class WrappingConfig(PreTrainedConfig):
@@ -264,6 +267,7 @@ def encoder_config_from(encoder, default_model_type):
 __all__ = [
     "MatryoshkaConfig",
     "POOLING_MODES",
+    "SENTENCE_TRANSFORMERS_MODULE_FILE",
     "SENTENCE_TRANSFORMERS_POOLING",
     "check_dim",
     "encoder_config_from",

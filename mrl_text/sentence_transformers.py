@@ -18,13 +18,21 @@ works on machines that never installed mrl-text.
 """
 
 import copy
+import os
+import shutil
 import weakref
 
 from sentence_transformers import SentenceTransformer
 from sentence_transformers.base.modules import Module, Normalize, Transformer
 from sentence_transformers.sentence_transformer.modules import Pooling
 
-from .configuration_matryoshka import SENTENCE_TRANSFORMERS_POOLING, MatryoshkaConfig, check_dim, portable_name
+from .configuration_matryoshka import (
+    SENTENCE_TRANSFORMERS_MODULE_FILE,
+    SENTENCE_TRANSFORMERS_POOLING,
+    MatryoshkaConfig,
+    check_dim,
+    portable_name,
+)
 from .modeling_matryoshka import MatryoshkaModel, build_encoder, truncate_embeddings
 
 POOLING_FROM_SENTENCE_TRANSFORMERS = {theirs: ours for ours, theirs in SENTENCE_TRANSFORMERS_POOLING.items()}
@@ -131,6 +139,13 @@ class MatryoshkaTruncation(Module):
 
     def save(self, output_path, *args, safe_serialization=True, **kwargs):
         self.save_config(output_path)
+        # modules.json names this class `sentence_transformers_matryoshka.MatryoshkaTruncation`, loaded from the model's
+        # root folder (one above this module's): put this file there, from wherever it was imported (mrl_text, or a
+        # folder loaded with trust_remote_code), so a re-saved model loads where mrl-text is not installed.
+        root = os.path.dirname(os.path.abspath(output_path))
+        target = os.path.join(root, SENTENCE_TRANSFORMERS_MODULE_FILE)
+        if os.path.abspath(__file__) != target:
+            shutil.copyfile(__file__, target)
 
 
 def from_sentence_transformer(

@@ -4,18 +4,17 @@
 `SentenceTransformer(folder, trust_remote_code=True)` runs Transformer (the MatryoshkaModel) -> Pooling ->
 MatryoshkaTruncation (`encode(texts, dim=64)`) -> Normalize and gives the embeddings of `MatryoshkaModel.encode`.
 Plain JSON here keeps saving free of the sentence-transformers import; the truncation module's code is
-mrl_text/sentence_transformers.py, copied into the folder as `sentence_transformers_matryoshka.py`
-(sentence-transformers reserves class paths that start with `sentence_transformers.` for its own classes).
+mrl_text/sentence_transformers.py, copied into the folder as `sentence_transformers_matryoshka.py`.
 """
 
 import json
 import os
 import shutil
 
+from .configuration_matryoshka import SENTENCE_TRANSFORMERS_MODULE_FILE as MODULE_FILE
 from .configuration_matryoshka import SENTENCE_TRANSFORMERS_POOLING
 from .modeling_matryoshka import MatryoshkaModel
 
-MODULE_FILE = "sentence_transformers_matryoshka.py"
 MODULE_SOURCE = os.path.join(os.path.dirname(os.path.abspath(__file__)), "sentence_transformers.py")
 
 
@@ -82,4 +81,4 @@ def write_sentence_transformers_files(model, save_directory, repo_id=None):
     _write_json(save_directory, "config_sentence_transformers.json", model_config)
 
 
-__all__ = ["MODULE_FILE", "sentence_transformers_modules", "write_sentence_transformers_files"]
+__all__ = ["sentence_transformers_modules", "write_sentence_transformers_files"]

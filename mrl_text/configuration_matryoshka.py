@@ -39,6 +39,11 @@ class WrappingConfig(PreTrainedConfig):
             )
         return super().from_dict(config_dict, **kwargs)
 
+    def get_text_config(self, decoder=None, encoder=None):
+        """The wrapped model's text config: what transformers reads for the vocabulary and the special tokens (so
+        the Trainer finds the tokenizer's pad token already there instead of "aligning" it with a warning)."""
+        return self.encoder.get_text_config(decoder=decoder, encoder=encoder)
+
     def to_dict(self):
         output = super().to_dict()
         output["encoder"] = self.encoder.to_dict()

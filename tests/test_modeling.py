@@ -409,3 +409,15 @@ def test_modeling_files_travel_alone():
                 assert node.attr not in {"_model_mapping", "_upload_modified_files"}, name
     assert MatryoshkaModel.from_sentence_transformer.__func__.__module__ == "mrl_text"
     assert "mrl_text.sentence_transformers.from_sentence_transformer" in MatryoshkaModel.from_sentence_transformer.__doc__
+
+
+def test_trainer_finds_the_special_tokens_it_expects(make_model, capfd):
+    """transformers' Trainer aligns the config's special tokens with the tokenizer's, with a warning when they
+    differ: a wrapper config must expose its encoder's (BERT's pad token 0), not None."""
+    from transformers.trainer_utils import align_special_tokens
+
+    model = make_model()
+    capfd.readouterr()
+    align_special_tokens(model, model.tokenizer)
+    assert "PAD/BOS/EOS" not in "".join(capfd.readouterr())  # transformers' logger writes to stderr itself
+    assert model.config.get_text_config() is model.config.encoder

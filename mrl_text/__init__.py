@@ -21,10 +21,11 @@ from .sentence_transformers_files import write_sentence_transformers_files
 
 __version__ = "0.1.0"
 
-for _auto, _model in ((AutoModel, MatryoshkaModel), (AutoModelForSequenceClassification, MatryoshkaForSequenceClassification)):
-    AutoConfig.register(MatryoshkaConfig.model_type, MatryoshkaConfig, exist_ok=True)
+AutoConfig.register(MatryoshkaConfig.model_type, MatryoshkaConfig, exist_ok=True)
+MatryoshkaConfig.register_for_auto_class()
+_TEXT_MODELS = ((AutoModel, MatryoshkaModel), (AutoModelForSequenceClassification, MatryoshkaForSequenceClassification))
+for _auto, _model in _TEXT_MODELS:
     _auto.register(MatryoshkaConfig, _model, exist_ok=True)
-    MatryoshkaConfig.register_for_auto_class()
     _model.register_for_auto_class(_auto.__name__)
 
 # Files written beside every saved model: sentence-transformers' (text embedding models), then the model card and

@@ -223,7 +223,7 @@ def validate_nesting(matryoshka_dimensions, matryoshka_weights, truncate_dim, fu
             )
         for w in weights:
             if not (w >= 0 and math.isfinite(w)):  # also refuses NaN
-                raise ValueError(f"Matryoshka weight {w!r} is negative, infinite or NaN; weights must be finite and >= 0.")
+                raise ValueError(f"Matryoshka weight {w!r} is negative, infinite or NaN; use finite weights >= 0.")
         if not any(weights):
             raise ValueError(
                 f"`matryoshka_weights` {weights} are all zero: no size would be trained; give at least one size a "

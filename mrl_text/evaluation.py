@@ -21,8 +21,8 @@ from pathlib import Path
 import torch
 
 from . import metrics
-from .file_utils import write_atomic
 from .configuration_matryoshka import check_dim
+from .file_utils import write_atomic
 from .modeling_matryoshka import MatryoshkaModel, truncate_embeddings
 
 DEFAULT_BATCH_SIZE = 32

@@ -17,10 +17,10 @@ from typing import Optional
 import torch
 import torch.nn.functional as F
 from torch import nn
-from transformers import AutoModel, AutoTokenizer, PreTrainedModel
+from transformers import AutoConfig, AutoModel, AutoTokenizer, PreTrainedModel
 from transformers.utils import ModelOutput
 
-from .configuration_matryoshka import MatryoshkaConfig, check_dim, portable_name
+from .configuration_matryoshka import MatryoshkaConfig, WrappingConfig, check_dim, portable_name
 
 
 def truncate_embeddings(embeddings, dim=None, normalize=True):
@@ -88,6 +88,17 @@ def hub_kwargs(from_pretrained_kwargs):
     """The `from_pretrained` options that also apply to configs and tokenizers (revision, cache, token, ...)."""
     keys = ("revision", "cache_dir", "trust_remote_code", "token", "local_files_only")
     return {k: from_pretrained_kwargs[k] for k in keys if k in from_pretrained_kwargs}
+
+
+def config_to_wrap(name_or_path, config_kwargs):
+    """The config of the pretrained model a new Matryoshka model wraps; a saved Matryoshka model is refused."""
+    config = AutoConfig.from_pretrained(name_or_path, **config_kwargs)
+    if isinstance(config, WrappingConfig):
+        raise ValueError(
+            f"{name_or_path!r} is already a Matryoshka model; load it with from_pretrained (e.g. "
+            "AutoModel.from_pretrained) instead of wrapping it again."
+        )
+    return config
 
 
 def resolve_tokenizer(tokenizer, name_or_path, config_kwargs):
@@ -262,15 +273,8 @@ class MatryoshkaModel(MatryoshkaPreTrainedModel):
         True (or use a tokenizer object / name). Keyword arguments such as `revision`, `cache_dir`, `dtype` or
         `trust_remote_code` go to the encoder's `from_pretrained`. See [`MatryoshkaConfig`] for the rest.
         """
-        from transformers import AutoConfig
-
         config_kwargs = hub_kwargs(from_pretrained_kwargs)
-        encoder_config = AutoConfig.from_pretrained(encoder_name_or_path, **config_kwargs)
-        if isinstance(encoder_config, MatryoshkaConfig):
-            raise ValueError(
-                f"{encoder_name_or_path!r} is already a Matryoshka model; load it with "
-                "MatryoshkaModel.from_pretrained instead of from_encoder."
-            )
+        encoder_config = config_to_wrap(encoder_name_or_path, config_kwargs)
         config = MatryoshkaConfig(
             encoder=encoder_config,
             matryoshka_dimensions=matryoshka_dimensions,
@@ -427,6 +431,7 @@ __all__ = [
     "MatryoshkaModelOutput",
     "MatryoshkaPreTrainedModel",
     "build_encoder",
+    "config_to_wrap",
     "hub_kwargs",
     "pool",
     "resolve_tokenizer",

@@ -19,11 +19,17 @@ from dataclasses import dataclass
 from typing import Optional
 
 import torch
-from transformers import AutoConfig, AutoModel
+from transformers import AutoModel
 from transformers.utils import ModelOutput
 
 from .configuration_matryoshka_dual_encoder import MatryoshkaDualEncoderConfig
-from .modeling_matryoshka import MatryoshkaPreTrainedModel, hub_kwargs, resolve_tokenizer, truncate_embeddings
+from .modeling_matryoshka import (
+    MatryoshkaPreTrainedModel,
+    config_to_wrap,
+    hub_kwargs,
+    resolve_tokenizer,
+    truncate_embeddings,
+)
 
 # CLIP clamps its learned logit scale at 100 during training; the same cap keeps ALIGN's 1/temperature sane.
 MAX_LOGIT_SCALE = 100.0
@@ -64,7 +70,7 @@ def save_code(model, save_directory):
     found through the import system instead. Saved folders are flat, as `trust_remote_code` expects.
     """
     classes = {"AutoConfig": type(model.config), "AutoModel": type(model)}
-    model.config.auto_map = {auto: f"{cls.__module__.rsplit('.', 1)[-1]}.{cls.__name__}" for auto, cls in classes.items()}
+    model.config.auto_map = {auto: f"{c.__module__.rsplit('.', 1)[-1]}.{c.__name__}" for auto, c in classes.items()}
     pending, copied = [sys.modules[cls.__module__] for cls in classes.values()], set()
     while pending:
         module = pending.pop()
@@ -165,12 +171,7 @@ class MatryoshkaDualEncoder(MatryoshkaDualEncoderPreTrainedModel):
         See [`MatryoshkaDualEncoderConfig`] for the rest.
         """
         config_kwargs = hub_kwargs(from_pretrained_kwargs)
-        encoder_config = AutoConfig.from_pretrained(name_or_path, **config_kwargs)
-        if isinstance(encoder_config, MatryoshkaDualEncoderConfig):
-            raise ValueError(
-                f"{name_or_path!r} is already a Matryoshka dual encoder; load it with "
-                "MatryoshkaDualEncoder.from_pretrained instead of from_pretrained_dual."
-            )
+        encoder_config = config_to_wrap(name_or_path, config_kwargs)
         config = MatryoshkaDualEncoderConfig(
             encoder=encoder_config,
             matryoshka_dimensions=matryoshka_dimensions,

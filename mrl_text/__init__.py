@@ -1,41 +1,53 @@
 """mrl-text: Matryoshka embeddings for Hugging Face encoders.
 
-Importing the package registers the "matryoshka" model types with transformers' Auto classes and marks the
-classes for `trust_remote_code` export, so `save_pretrained` copies the modeling code next to the weights.
+Importing the package registers the "matryoshka" model types with transformers' Auto classes, marks the text classes
+for `trust_remote_code` export (so `save_pretrained` copies the modeling code next to the weights) and registers the
+save hooks that write the model card and the sentence-transformers files.
 """
 
 from transformers import AutoConfig, AutoModel, AutoModelForSequenceClassification
 
 from .adaptive import AdaptiveClassifier
 from .configuration_matryoshka import MatryoshkaConfig
-from .configuration_matryoshka_dual_encoder import MatryoshkaDualEncoderConfig
+from .image_text import MatryoshkaDualEncoder, MatryoshkaDualEncoderConfig, MatryoshkaDualEncoderOutput
 from .model_card import write_card_on_save
-from .modeling_matryoshka import (
+from .modeling_matryoshka import MatryoshkaModel, MatryoshkaModelOutput, MatryoshkaPreTrainedModel, truncate_embeddings
+from .modeling_matryoshka_classification import (
     MatryoshkaForSequenceClassification,
     MatryoshkaLinear,
-    MatryoshkaModel,
-    MatryoshkaModelOutput,
-    MatryoshkaPreTrainedModel,
     MatryoshkaSequenceClassifierOutput,
-    truncate_embeddings,
 )
-from .modeling_matryoshka_dual_encoder import MatryoshkaDualEncoder, MatryoshkaDualEncoderOutput
+from .sentence_transformers_files import write_sentence_transformers_files
 
 __version__ = "0.1.0"
 
-for _config, _auto, _model in (
-    (MatryoshkaConfig, AutoModel, MatryoshkaModel),
-    (MatryoshkaConfig, AutoModelForSequenceClassification, MatryoshkaForSequenceClassification),
-    (MatryoshkaDualEncoderConfig, AutoModel, MatryoshkaDualEncoder),
-):
-    AutoConfig.register(_config.model_type, _config, exist_ok=True)
-    _auto.register(_config, _model, exist_ok=True)
-    _config.register_for_auto_class()
+AutoConfig.register(MatryoshkaConfig.model_type, MatryoshkaConfig, exist_ok=True)
+MatryoshkaConfig.register_for_auto_class()
+_TEXT_MODELS = ((AutoModel, MatryoshkaModel), (AutoModelForSequenceClassification, MatryoshkaForSequenceClassification))
+for _auto, _model in _TEXT_MODELS:
+    _auto.register(MatryoshkaConfig, _model, exist_ok=True)
     _model.register_for_auto_class(_auto.__name__)
 
-# Model cards: save_pretrained / push_to_hub write README.md + results plot when a model carries results.
-if write_card_on_save not in MatryoshkaPreTrainedModel.save_hooks:
-    MatryoshkaPreTrainedModel.save_hooks.append(write_card_on_save)
+# Files written beside every saved model: sentence-transformers' (text embedding models), then the model card and
+# its results plot (models that carry results).
+for _hook in (write_sentence_transformers_files, write_card_on_save):
+    if _hook not in MatryoshkaPreTrainedModel.save_hooks:
+        MatryoshkaPreTrainedModel.save_hooks.append(_hook)
+
+
+def _from_sentence_transformer(cls, model_name_or_path_or_model, matryoshka_dimensions=None, **kwargs):
+    """Wrap a sentence-transformers model (hub id, folder or loaded `SentenceTransformer`) for MRL fine-tuning.
+
+    `mrl_text.sentence_transformers.from_sentence_transformer` with this class; see it for the arguments.
+    """
+    from .sentence_transformers import from_sentence_transformer
+
+    return from_sentence_transformer(model_name_or_path_or_model, matryoshka_dimensions, model_class=cls, **kwargs)
+
+
+# Lives in mrl_text.sentence_transformers (the modeling file, which travels alone to the Hub, must not need
+# sentence-transformers); attached here so that the documented `MatryoshkaModel.from_sentence_transformer` works.
+MatryoshkaModel.from_sentence_transformer = classmethod(_from_sentence_transformer)
 
 # Training: MatryoshkaTrainer loads transformers' Trainer (a second of imports), so it is imported on first use.
 _TRAINING_NAMES = ("MatryoshkaTrainer", "MatryoshkaTrainingArguments", "MatryoshkaDataCollator")

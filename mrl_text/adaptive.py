@@ -22,7 +22,8 @@ import torch
 from tqdm.auto import tqdm
 
 from .evaluation import fit_linear_probe
-from .modeling_matryoshka import MatryoshkaForSequenceClassification, MatryoshkaModel, truncate_embeddings
+from .modeling_matryoshka import MatryoshkaModel, truncate_embeddings
+from .modeling_matryoshka_classification import MatryoshkaForSequenceClassification
 from .progress import progress_enabled
 
 # Lagrange weights trading accuracy for dimensions when searching thresholds (0 = accuracy only).

@@ -4,19 +4,56 @@ This file imports only transformers (and the standard library) so that ``save_pr
 to the weights and ``trust_remote_code=True`` loads it on a machine that never installed mrl-text.
 """
 
+import math
+import numbers
+import os
+import re
 import warnings
 
-from transformers import AutoConfig
-
-try:  # transformers >= 5
-    from transformers import PreTrainedConfig
-except ImportError:  # pragma: no cover - transformers 4.x
-    from transformers import PretrainedConfig as PreTrainedConfig
+from transformers import AutoConfig, PreTrainedConfig
 
 POOLING_MODES = ("mean", "cls", "max", "last")
+# The same modes as sentence-transformers' Pooling names them (the same computations on right-padded batches).
+SENTENCE_TRANSFORMERS_POOLING = {"mean": "mean", "cls": "cls", "max": "max", "last": "lasttoken"}
+# Where a saved folder keeps the code of its sentence-transformers MatryoshkaTruncation module (mrl_text's
+# sentence_transformers.py; sentence-transformers reserves class paths that start with `sentence_transformers.`).
+SENTENCE_TRANSFORMERS_MODULE_FILE = "sentence_transformers_matryoshka.py"
 
 
-class MatryoshkaConfig(PreTrainedConfig):
+class WrappingConfig(PreTrainedConfig):
+    """What every Matryoshka config shares: a nested `encoder` config, saved with a portable name, and a check that
+    a saved config describes a Matryoshka model before it loads as something else."""
+
+    @classmethod
+    def from_dict(cls, config_dict, **kwargs):
+        # Checked when loading, not when constructing: `MatryoshkaConfig()` with defaults starts a new model.
+        if "encoder" not in config_dict:
+            raise ValueError(
+                f"This {cls.__name__} has no `encoder` entry (keys: {sorted(config_dict)}), so it cannot tell which "
+                "model it wraps. Add the wrapped model's config as `encoder` (with its `model_type`)."
+            )
+        if config_dict.get("is_matryoshka", True) and "matryoshka_dimensions" not in config_dict:
+            raise ValueError(
+                f"This {cls.__name__} sets `is_matryoshka` but has no `matryoshka_dimensions`; add the trained "
+                'sizes, e.g. "matryoshka_dimensions": [768, 256, 64] (largest first).'
+            )
+        return super().from_dict(config_dict, **kwargs)
+
+    def get_text_config(self, decoder=None, encoder=None):
+        """The wrapped model's text config: what transformers reads for the vocabulary and the special tokens (so
+        the Trainer finds the tokenizer's pad token already there instead of "aligning" it with a warning)."""
+        return self.encoder.get_text_config(decoder=decoder, encoder=encoder)
+
+    def to_dict(self):
+        output = super().to_dict()
+        output["encoder"] = self.encoder.to_dict()
+        # config.json is shared (Hub, colleagues): name the wrapped model, never a path of this machine.
+        if output["encoder"].get("_name_or_path"):
+            output["encoder"]["_name_or_path"] = portable_name(output["encoder"]["_name_or_path"])
+        return output
+
+
+class MatryoshkaConfig(WrappingConfig):
     r"""
     Configuration of a [`MatryoshkaModel`]: any encoder that `AutoModel.from_config` can build (BERT, RoBERTa,
     MPNet, DistilBERT, XLM-R, ModernBERT, ...) whose pooled embedding is trained so that its first `d`
@@ -118,10 +155,46 @@ class MatryoshkaConfig(PreTrainedConfig):
             self.matryoshka_dimensions, self.matryoshka_weights, self.truncate_dim, self.embedding_size
         )
 
-    def to_dict(self):
-        output = super().to_dict()
-        output["encoder"] = self.encoder.to_dict()
-        return output
+
+
+def check_dim(dim, full, trained=None, owner="dim"):
+    """The one check of a requested embedding size: `dim` must be a positive integer no larger than `full`.
+
+    Returns `dim` as an `int` (numpy integers accepted), or None for None (full size). `trained` (the trained sizes)
+    and `owner` (what the value is called, e.g. "truncate_dim") only make the error message more helpful.
+    """
+    if dim is None:
+        return None
+    fix = f"use an integer in 1..{full}" + (f", ideally one of the trained sizes {list(trained)}" if trained else "")
+    if isinstance(dim, bool) or not isinstance(dim, numbers.Integral) or dim <= 0:
+        raise ValueError(f"{owner}={dim!r} is not a positive integer; {fix} (or None for full size).")
+    if dim > full:
+        raise ValueError(f"{owner}={dim} is larger than the embedding size {full}; {fix}.")
+    return int(dim)
+
+
+def portable_name(name_or_path):
+    """A model's name fit for a shared config.json: never an absolute path of this machine.
+
+    Hub ids stay as they are. A local folder is named by the Hub id it came from when that is known (a Hub cache
+    snapshot `models--org--name/snapshots/...`, or the repository its model card loads in its usage snippets, as
+    cards copied from the Hub do), else by the folder's own name.
+    """
+    name_or_path = str(name_or_path or "")
+    if not os.path.isdir(name_or_path):  # a Hub id (or a folder gone since: keep its name, not its path)
+        return os.path.basename(name_or_path.rstrip("/\\")) if os.path.isabs(name_or_path) else name_or_path
+    path = os.path.abspath(name_or_path)
+    cached = re.search(r"models--([^/\\]+?)--([^/\\]+)[/\\]snapshots[/\\]", path)
+    if cached:
+        return f"{cached.group(1)}/{cached.group(2)}"
+    card = os.path.join(path, "README.md")
+    if os.path.isfile(card):
+        with open(card, encoding="utf-8", errors="replace") as f:
+            text = f.read()
+        snippet = re.search(r"(?:from_pretrained|SentenceTransformer)\(\s*['\"]([\w.-]+/[\w.-]+)['\"]", text)
+        if snippet:
+            return snippet.group(1)
+    return os.path.basename(path.rstrip("/\\"))
 
 
 def validate_nesting(matryoshka_dimensions, matryoshka_weights, truncate_dim, full):
@@ -133,14 +206,7 @@ def validate_nesting(matryoshka_dimensions, matryoshka_weights, truncate_dim, fu
     dims = [full] if matryoshka_dimensions is None else list(matryoshka_dimensions)
     if not dims:
         raise ValueError("`matryoshka_dimensions` is empty; give at least one size, e.g. [768, 256, 64].")
-    for d in dims:
-        if isinstance(d, bool) or not isinstance(d, int) or d <= 0:
-            raise ValueError(f"Matryoshka dimension {d!r} is not a positive integer; sizes must be like 64.")
-        if d > full:
-            raise ValueError(
-                f"Matryoshka dimension {d} is larger than the embedding size {full}; use sizes <= {full} "
-                "(or set `projection_dim`)."
-            )
+    dims = [check_dim(d, full, owner="`matryoshka_dimensions` size") for d in dims]
     if len(set(dims)) != len(dims):
         repeated = sorted({d for d in dims if dims.count(d) > 1})
         raise ValueError(f"`matryoshka_dimensions` repeats {repeated}; each size must appear once.")
@@ -156,8 +222,13 @@ def validate_nesting(matryoshka_dimensions, matryoshka_weights, truncate_dim, fu
                 f"{len(dims)} sizes ({dims}); give one weight per size."
             )
         for w in weights:
-            if not w >= 0:  # also refuses NaN
-                raise ValueError(f"Matryoshka weight {w!r} is negative or NaN; weights must be >= 0.")
+            if not (w >= 0 and math.isfinite(w)):  # also refuses NaN
+                raise ValueError(f"Matryoshka weight {w!r} is negative, infinite or NaN; use finite weights >= 0.")
+        if not any(weights):
+            raise ValueError(
+                f"`matryoshka_weights` {weights} are all zero: no size would be trained; give at least one size a "
+                "positive weight (e.g. 1.0 for every size)."
+            )
 
     if full not in dims:
         warnings.warn(
@@ -170,7 +241,7 @@ def validate_nesting(matryoshka_dimensions, matryoshka_weights, truncate_dim, fu
     # Largest first: the order users write (768 > 512 > ... > 16) and that serving engines list.
     order = sorted(range(len(dims)), key=lambda i: -dims[i])
     dims, weights = [dims[i] for i in order], [weights[i] for i in order]
-    if truncate_dim is not None and truncate_dim not in dims:
+    if check_dim(truncate_dim, full, owner="truncate_dim") not in dims + [None]:
         raise ValueError(
             f"`truncate_dim` {truncate_dim!r} is not one of the trained sizes {dims}; "
             "pick one of them or None for full size."
@@ -198,4 +269,14 @@ def encoder_config_from(encoder, default_model_type):
     return encoder
 
 
-__all__ = ["MatryoshkaConfig", "POOLING_MODES", "encoder_config_from", "validate_nesting"]
+__all__ = [
+    "MatryoshkaConfig",
+    "POOLING_MODES",
+    "SENTENCE_TRANSFORMERS_MODULE_FILE",
+    "SENTENCE_TRANSFORMERS_POOLING",
+    "check_dim",
+    "encoder_config_from",
+    "portable_name",
+    "validate_nesting",
+    "WrappingConfig",
+]

@@ -15,13 +15,13 @@ baselines are measured on equal terms. Results come back as one tidy table of ro
 """
 
 import json
-import numbers
 import os
 from pathlib import Path
 
 import torch
 
 from . import metrics
+from .configuration_matryoshka import check_dim
 from .file_utils import write_atomic
 from .modeling_matryoshka import MatryoshkaModel, truncate_embeddings
 
@@ -81,14 +81,7 @@ def _check_dims(dims, full_dim, name):
     dims = list(dims)
     if not dims:
         raise ValueError(f"{name}: no sizes to evaluate; pass dims such as [{full_dim}, 64].")
-    for dim in dims:
-        if isinstance(dim, bool) or not isinstance(dim, numbers.Integral) or dim <= 0:
-            raise ValueError(f"{name}: size {dim!r} is not a positive integer.")
-        if dim > full_dim:
-            raise ValueError(
-                f"{name}: size {dim} is larger than the model's embedding size {full_dim}; use sizes <= {full_dim}."
-            )
-    return sorted({int(dim) for dim in dims}, reverse=True)
+    return sorted({check_dim(dim, full_dim, owner=f"{name}: size") for dim in dims}, reverse=True)
 
 
 def _model_file(name_or_path, filename):
@@ -673,7 +666,7 @@ class DualEmbedder(Embedder):
 def as_dual_embedder(model, dims=None, batch_size=DEFAULT_BATCH_SIZE, max_length=None, device=None):
     """Wrap a `MatryoshkaDualEncoder` (or its folder / hub id) as a [`DualEmbedder`] scored at `dims` (default: the
     config's `matryoshka_dimensions`)."""
-    from .modeling_matryoshka_dual_encoder import MatryoshkaDualEncoder
+    from .image_text import MatryoshkaDualEncoder
 
     if isinstance(model, DualEmbedder):
         return model if dims is None else model.with_dims(dims)

@@ -2,33 +2,25 @@
 
 Kusupati et al., "Matryoshka Representation Learning", NeurIPS 2022 (https://arxiv.org/abs/2205.13147).
 
-This file imports only torch, transformers and its sibling configuration file (relative import), so that
-``save_pretrained`` copies it next to the weights and ``trust_remote_code=True`` loads a saved model on a
-machine without mrl-text.
+This file imports only torch, transformers, huggingface_hub and its sibling configuration file (relative import),
+and no private transformers API, so that ``save_pretrained`` copies it next to the weights and
+``trust_remote_code=True`` loads a saved model on a machine without mrl-text.
 """
 
 import inspect
-import json
 import os
-import shutil
+import tempfile
+import warnings
 from dataclasses import dataclass
 from typing import Optional
 
 import torch
 import torch.nn.functional as F
 from torch import nn
-from transformers import AutoModel, AutoTokenizer, PreTrainedModel
-from transformers.utils import ModelOutput, cached_file, logging
+from transformers import AutoConfig, AutoModel, AutoTokenizer, PreTrainedModel
+from transformers.utils import ModelOutput
 
-from .configuration_matryoshka import MatryoshkaConfig
-
-logger = logging.get_logger(__name__)
-
-
-# sentence-transformers loads the MatryoshkaTruncation module of a saved folder from this file in it.
-SENTENCE_TRANSFORMERS_MODULE_FILE = "sentence_transformers_matryoshka.py"
-# Our pooling modes as sentence-transformers' Pooling names them (the same computations on right-padded batches).
-SENTENCE_TRANSFORMERS_POOLING = {"mean": "mean", "cls": "cls", "max": "max", "last": "lasttoken"}
+from .configuration_matryoshka import MatryoshkaConfig, WrappingConfig, check_dim, portable_name
 
 
 def truncate_embeddings(embeddings, dim=None, normalize=True):
@@ -46,11 +38,7 @@ def truncate_embeddings(embeddings, dim=None, normalize=True):
         Same type as the input, shape `(..., dim)`.
     """
     full = embeddings.shape[-1]
-    if dim is not None:
-        if isinstance(dim, bool) or not isinstance(dim, int) or dim <= 0:
-            raise ValueError(f"dim={dim!r} is not a positive integer; pass a size such as 64 (or None for full size).")
-        if dim > full:
-            raise ValueError(f"dim={dim} is larger than the embedding size {full}; use a size <= {full}.")
+    dim = check_dim(dim, full)
     if not isinstance(embeddings, torch.Tensor):  # numpy (or anything torch can view without a copy)
         return truncate_embeddings(torch.as_tensor(embeddings), dim, normalize).numpy()
     if dim is not None and dim < full:
@@ -78,23 +66,39 @@ def pool(last_hidden_state, attention_mask, mode):
     raise ValueError(f"Unknown pooling {mode!r}; choose one of mean, cls, max, last.")
 
 
-def _build_encoder(encoder_config, pretrained_name_or_path=None, **from_pretrained_kwargs):
-    """Build (or load) the wrapped encoder without its pooler: an unused pooler breaks DDP and costs time."""
-    model_class = AutoModel._model_mapping[type(encoder_config)]
-    kwargs = {}
-    if "add_pooling_layer" in inspect.signature(model_class.__init__).parameters:
-        kwargs["add_pooling_layer"] = False
+def build_encoder(encoder_config, pretrained_name_or_path=None, **from_pretrained_kwargs):
+    """Build (or load) the wrapped encoder without its pooler.
+
+    The embedding pools token states itself: an unused pooler costs time and makes DDP fail ("parameters that were
+    not used in producing loss"). The encoder is built whole and the pooler dropped where its class is designed to
+    run without one (`add_pooling_layer`), so that loading a checkpoint that has pooler weights reports nothing.
+    """
     if pretrained_name_or_path is None:
-        return model_class(encoder_config, **kwargs)
-    return model_class.from_pretrained(
-        pretrained_name_or_path, config=encoder_config, **kwargs, **from_pretrained_kwargs
-    )
+        encoder = AutoModel.from_config(encoder_config)
+    else:
+        encoder = AutoModel.from_pretrained(pretrained_name_or_path, config=encoder_config, **from_pretrained_kwargs)
+        # config.json names the encoder (the model card's base model) by its Hub id, never a path of this machine.
+        encoder.config._name_or_path = portable_name(pretrained_name_or_path)
+    if "add_pooling_layer" in inspect.signature(type(encoder).__init__).parameters:
+        encoder.pooler = None
+    return encoder
 
 
 def hub_kwargs(from_pretrained_kwargs):
     """The `from_pretrained` options that also apply to configs and tokenizers (revision, cache, token, ...)."""
     keys = ("revision", "cache_dir", "trust_remote_code", "token", "local_files_only")
     return {k: from_pretrained_kwargs[k] for k in keys if k in from_pretrained_kwargs}
+
+
+def config_to_wrap(name_or_path, config_kwargs):
+    """The config of the pretrained model a new Matryoshka model wraps; a saved Matryoshka model is refused."""
+    config = AutoConfig.from_pretrained(name_or_path, **config_kwargs)
+    if isinstance(config, WrappingConfig):
+        raise ValueError(
+            f"{name_or_path!r} is already a Matryoshka model; load it with from_pretrained (e.g. "
+            "AutoModel.from_pretrained) instead of wrapping it again."
+        )
+    return config
 
 
 def resolve_tokenizer(tokenizer, name_or_path, config_kwargs):
@@ -131,79 +135,6 @@ class MatryoshkaModelOutput(ModelOutput):
     attentions: Optional[tuple] = None
 
 
-@dataclass
-class MatryoshkaSequenceClassifierOutput(ModelOutput):
-    """
-    Output of [`MatryoshkaForSequenceClassification`].
-
-    Args:
-        loss (`torch.FloatTensor` of shape `()`, *optional*): weighted sum over sizes of the per-size loss.
-        logits (`torch.FloatTensor` of shape `(batch_size, num_labels)`): logits of the head at `dim` (or the
-            config's `truncate_dim`, else full size): what inference uses.
-        matryoshka_logits (`tuple(torch.FloatTensor)`): logits of every size, in `matryoshka_dimensions` order.
-        embeddings (`torch.FloatTensor` of shape `(batch_size, embedding_size)`): the full pooled embedding.
-    """
-
-    loss: Optional[torch.FloatTensor] = None
-    logits: Optional[torch.FloatTensor] = None
-    matryoshka_logits: Optional[tuple] = None
-    embeddings: Optional[torch.FloatTensor] = None
-    hidden_states: Optional[tuple] = None
-    attentions: Optional[tuple] = None
-
-
-class MatryoshkaLinear(nn.Module):
-    """Nested linear heads: logits for every prefix size of the input.
-
-    MRL (`efficient=False`): one `nn.Linear(d, out_features)` per size `d`, applied to `x[:, :d]`.
-    MRL-E (`efficient=True`): one weight `(out_features, max(dims))`; size `d` uses its first `d` columns, so the
-    heads are weight-tied and cost no more parameters than a single full-size head.
-
-    Args:
-        dims (`list[int]`): the nested sizes.
-        out_features (`int`): number of outputs (classes).
-        efficient (`bool`): MRL-E weight tying.
-        bias (`bool`): add a bias (one per size for MRL, shared for MRL-E).
-
-    Shapes: `forward(x)` with `x` of shape `(batch, max(dims))` returns a tuple of `(batch, out_features)` tensors,
-    one per size in `dims` order; `forward(x, dim=d)` returns the one tensor of size `d`.
-    """
-
-    def __init__(self, dims, out_features, efficient=False, bias=True):
-        super().__init__()
-        self.dims = [int(d) for d in dims]
-        if not self.dims:
-            raise ValueError("MatryoshkaLinear needs at least one size in `dims`.")
-        self.out_features = out_features
-        self.efficient = efficient
-        self.in_features = max(self.dims)
-        if efficient:
-            self.linear = nn.Linear(self.in_features, out_features, bias=bias)
-        else:
-            self.heads = nn.ModuleList(nn.Linear(d, out_features, bias=bias) for d in self.dims)
-
-    def extra_repr(self):
-        return f"dims={self.dims}, out_features={self.out_features}, efficient={self.efficient}"
-
-    def _logits_at(self, x, index):
-        d = self.dims[index]
-        if self.efficient:
-            return F.linear(x[..., :d], self.linear.weight[:, :d], self.linear.bias)
-        return self.heads[index](x[..., :d])
-
-    def forward(self, x, dim=None):
-        if x.shape[-1] < self.in_features:
-            raise ValueError(
-                f"MatryoshkaLinear expects inputs of size {self.in_features} (the largest of {self.dims}), got "
-                f"{x.shape[-1]}; pass the full embedding, the heads slice it."
-            )
-        if dim is not None:
-            if dim not in self.dims:
-                raise ValueError(f"dim={dim!r} has no head; the heads' sizes are {self.dims}.")
-            return self._logits_at(x, self.dims.index(dim))
-        return tuple(self._logits_at(x, i) for i in range(len(self.dims)))
-
-
 class MatryoshkaPreTrainedModel(PreTrainedModel):
     config_class = MatryoshkaConfig
     config: MatryoshkaConfig
@@ -212,49 +143,68 @@ class MatryoshkaPreTrainedModel(PreTrainedModel):
     _supports_sdpa = True
     _supports_flash_attn = True
 
+    # Writers of extra files (model card and plot, sentence-transformers files) run after every save. mrl-text
+    # registers them here (mrl_text/__init__.py); where only transformers is installed (trust_remote_code) the list
+    # is empty and saving and pushing behave exactly as in transformers.
+    save_hooks = []
+
     def _resolve_dim(self, dim):
-        """`dim` if given, else the config's `truncate_dim`; checked against the trained sizes' range."""
+        """`dim` if given, else the config's `truncate_dim`; checked, with a warning (once) for untrained sizes."""
         dim = self.config.truncate_dim if dim is None else dim
-        if dim is not None:
-            full = self.config.embedding_size
-            if isinstance(dim, bool) or not isinstance(dim, int) or dim <= 0 or dim > full:
-                raise ValueError(
-                    f"dim={dim!r} is not a valid size for this model; use an integer in 1..{full}, ideally one "
-                    f"of the trained sizes {self.config.matryoshka_dimensions}."
+        trained = self.config.matryoshka_dimensions
+        dim = check_dim(dim, self.config.embedding_size, trained)
+        if dim is not None and dim not in trained:
+            warned = self.__dict__.setdefault("_untrained_dims_warned", set())
+            if dim not in warned:
+                warned.add(dim)
+                warnings.warn(
+                    f"dim={dim} is not one of the trained sizes {trained}; its prefix works but was not trained as "
+                    "an embedding. Prefer a trained size.",
+                    stacklevel=3,
                 )
         return dim
 
-    # Writers of extra files (model card, results plot) run after every save. mrl-text registers its card writer
-    # here (mrl_text.model_card); where only transformers is installed (trust_remote_code) the list is empty and
-    # saving and pushing behave exactly as in transformers.
-    save_hooks = []
+    # The tokenizer travels with the model: saved by save_pretrained, found again (lazily) from the folder or hub
+    # id the model was loaded from.
+    @property
+    def tokenizer(self):
+        if getattr(self, "_tokenizer", None) is None and self.name_or_path:
+            try:
+                # Given the encoder's config, AutoTokenizer never reads this folder's config.json, whose `auto_map`
+                # would make it ask (interactively, where mrl-text is not installed) whether to run remote code.
+                self._tokenizer = AutoTokenizer.from_pretrained(self.name_or_path, config=self.config.encoder)
+            except (OSError, ValueError):
+                self._tokenizer = False  # nothing to load; don't retry on every call
+        return getattr(self, "_tokenizer", None) or None
 
-    def save_pretrained(self, save_directory, *args, **kwargs):
-        main_process = kwargs.get("is_main_process", True)
-        if main_process:  # before super(): with push_to_hub=True it uploads the folder as it stands
-            os.makedirs(save_directory, exist_ok=True)
-            self.save_companion_files(save_directory)
+    @tokenizer.setter
+    def tokenizer(self, value):
+        self._tokenizer = value
+
+    def save_pretrained(self, save_directory, *args, push_to_hub=False, **kwargs):
+        """transformers' `save_pretrained`, plus the tokenizer and the files of every save hook (model card, ...);
+        with `push_to_hub=True` the folder is uploaded after all of them are written."""
+        hub_options = {key: kwargs.pop(key) for key in PUSH_OPTIONS if key in kwargs}
         super().save_pretrained(save_directory, *args, **kwargs)
-        if main_process:
+        if kwargs.get("is_main_process", True):
+            if getattr(self, "tokenizer", None) is not None:
+                self.tokenizer.save_pretrained(save_directory)
             for hook in self.save_hooks:
                 hook(self, save_directory)
-
-    def save_companion_files(self, save_directory):
-        """Files saved beside the weights and config: the tokenizer (subclasses add more)."""
-        if getattr(self, "tokenizer", None) is not None:
-            self.tokenizer.save_pretrained(save_directory)
+            if push_to_hub:
+                repo_id = hub_options.pop("repo_id", None) or os.path.basename(os.path.normpath(save_directory))
+                self.push_to_hub(repo_id, **hub_options)
 
     def push_to_hub(self, repo_id, *, commit_message=None, commit_description=None, private=None, token=None,
                     revision=None, create_pr=False, max_shard_size="50GB", tags=None):
-        """transformers' `push_to_hub` (one commit: weights, config with `auto_map`, modeling code, tokenizer), except
-        that a model card written by a save hook (mrl-text's, with the per-size results and plot) is uploaded as is
-        instead of being replaced by a generic card. Without one, the generic card is used as in transformers."""
-        import os
-        import tempfile
+        """Upload the saved model (weights, config with `auto_map`, modeling code, tokenizer, hook files) in one
+        commit with `HfApi.upload_folder`. A model card written by a save hook (mrl-text's, with the per-size
+        results and plot) is uploaded as is; without one, transformers' generic card is used."""
+        from huggingface_hub import HfApi
+        from transformers.utils.hub import create_and_tag_model_card
 
-        from transformers.utils.hub import create_and_tag_model_card, hf_api
-
-        repo_id = hf_api().create_repo(repo_id, private=private, token=token, exist_ok=True).repo_id
+        api = HfApi(token=token)
+        repo_id = api.create_repo(repo_id, private=private, exist_ok=True).repo_id
         with tempfile.TemporaryDirectory() as work_dir:
             self.save_pretrained(work_dir, max_shard_size=max_shard_size)
             for hook in self.save_hooks:  # again, now that the repository id is known (the card's usage snippets)
@@ -262,10 +212,14 @@ class MatryoshkaPreTrainedModel(PreTrainedModel):
             card_path = os.path.join(work_dir, "README.md")
             if not os.path.exists(card_path):
                 create_and_tag_model_card(repo_id, tags, token=token).save(card_path)
-            return self._upload_modified_files(
-                work_dir, repo_id, files_timestamps={}, commit_message=commit_message, token=token,
-                create_pr=create_pr, revision=revision, commit_description=commit_description,
+            return api.upload_folder(
+                repo_id=repo_id, folder_path=work_dir, commit_message=commit_message or "Upload model",
+                commit_description=commit_description, revision=revision, create_pr=create_pr,
             )
+
+
+# `save_pretrained(..., push_to_hub=True, **these)` hands these to `push_to_hub`.
+PUSH_OPTIONS = ("repo_id", "commit_message", "commit_description", "private", "token", "revision", "create_pr", "tags")
 
 
 class MatryoshkaModel(MatryoshkaPreTrainedModel):
@@ -288,7 +242,7 @@ class MatryoshkaModel(MatryoshkaPreTrainedModel):
 
     def __init__(self, config, encoder=None):
         super().__init__(config)
-        self.encoder = encoder if encoder is not None else _build_encoder(config.encoder)
+        self.encoder = encoder if encoder is not None else build_encoder(config.encoder)
         # One config object for the wrapper and the encoder, so edits to either are saved.
         self.config.encoder = self.encoder.config
         hidden = getattr(self.encoder.config, "hidden_size", None)
@@ -319,15 +273,8 @@ class MatryoshkaModel(MatryoshkaPreTrainedModel):
         True (or use a tokenizer object / name). Keyword arguments such as `revision`, `cache_dir`, `dtype` or
         `trust_remote_code` go to the encoder's `from_pretrained`. See [`MatryoshkaConfig`] for the rest.
         """
-        from transformers import AutoConfig
-
         config_kwargs = hub_kwargs(from_pretrained_kwargs)
-        encoder_config = AutoConfig.from_pretrained(encoder_name_or_path, **config_kwargs)
-        if isinstance(encoder_config, MatryoshkaConfig):
-            raise ValueError(
-                f"{encoder_name_or_path!r} is already a Matryoshka model; load it with "
-                "MatryoshkaModel.from_pretrained instead of from_encoder."
-            )
+        encoder_config = config_to_wrap(encoder_name_or_path, config_kwargs)
         config = MatryoshkaConfig(
             encoder=encoder_config,
             matryoshka_dimensions=matryoshka_dimensions,
@@ -338,121 +285,10 @@ class MatryoshkaModel(MatryoshkaPreTrainedModel):
             projection_dim=projection_dim,
             max_seq_length=max_seq_length,
         )
-        encoder = _build_encoder(encoder_config, encoder_name_or_path, **from_pretrained_kwargs)
+        encoder = build_encoder(encoder_config, encoder_name_or_path, **from_pretrained_kwargs)
         model = cls(config, encoder=encoder)
         model.tokenizer = resolve_tokenizer(tokenizer, encoder_name_or_path, config_kwargs)
         return model
-
-    @classmethod
-    def from_sentence_transformer(cls, model_name_or_path_or_model, matryoshka_dimensions=None, **kwargs):
-        """Wrap a sentence-transformers model (hub id, folder or loaded `SentenceTransformer`) for MRL fine-tuning.
-
-        Reads its transformer, tokenizer, pooling mode, normalization, `max_seq_length` and prompts; see
-        `mrl_text.sentence_transformers.from_sentence_transformer` for the keyword arguments.
-        """
-        try:  # lives in mrl_text so that this file, loaded with trust_remote_code, never needs sentence-transformers
-            from mrl_text.sentence_transformers import from_sentence_transformer
-        except ImportError as error:
-            raise ImportError(
-                "MatryoshkaModel.from_sentence_transformer needs the mrl-text package: pip install mrl-text"
-            ) from error
-        return from_sentence_transformer(model_name_or_path_or_model, matryoshka_dimensions, model_class=cls, **kwargs)
-
-    # The tokenizer travels with the model: saved by save_pretrained, found again (lazily) from the folder or hub
-    # id the model was loaded from.
-    @property
-    def tokenizer(self):
-        if self._tokenizer is None and self.name_or_path:
-            try:
-                self._tokenizer = AutoTokenizer.from_pretrained(self.name_or_path)
-            except (OSError, ValueError):
-                self._tokenizer = False  # nothing to load; don't retry on every call
-        return self._tokenizer or None
-
-    @tokenizer.setter
-    def tokenizer(self, value):
-        self._tokenizer = value
-
-    def save_companion_files(self, save_directory):
-        super().save_companion_files(save_directory)
-        self.save_sentence_transformers_files(save_directory)
-
-    def save_sentence_transformers_files(self, save_directory):
-        """Write the files that make this folder a sentence-transformers model too.
-
-        `SentenceTransformer(folder, trust_remote_code=True)` then runs Transformer (this model) -> Pooling ->
-        MatryoshkaTruncation (`encode(texts, dim=64)`) -> Normalize and gives the embeddings of `encode`. Plain json
-        here keeps this file free of sentence-transformers; the truncation module's code is mrl_text's
-        sentence_transformers.py, shipped as `sentence_transformers_matryoshka.py`.
-        """
-        # The module's code: sentence_transformers.py next to this file in the installed package; else (this file
-        # came from a folder through trust_remote_code) the copy in the folder or hub repo the model was loaded from.
-        source = os.path.join(os.path.dirname(os.path.abspath(__file__)), "sentence_transformers.py")
-        if not os.path.isfile(source) and self.name_or_path:
-            source = cached_file(
-                self.name_or_path, SENTENCE_TRANSFORMERS_MODULE_FILE, local_files_only=True,
-                _raise_exceptions_for_missing_entries=False, _raise_exceptions_for_connection_errors=False,
-            )
-        if source is None or not os.path.isfile(source):
-            logger.warning(
-                f"Not writing sentence-transformers files to {save_directory}: the module code "
-                f"{SENTENCE_TRANSFORMERS_MODULE_FILE} is neither next to modeling_matryoshka.py nor in "
-                f"{self.name_or_path!r}; `pip install mrl-text` and save again to add them."
-            )
-            return
-        os.makedirs(save_directory, exist_ok=True)
-        target = os.path.join(save_directory, SENTENCE_TRANSFORMERS_MODULE_FILE)
-        if os.path.abspath(source) != os.path.abspath(target):
-            shutil.copyfile(source, target)
-
-        def write(name, content):
-            os.makedirs(os.path.dirname(os.path.join(save_directory, name)), exist_ok=True)
-            with open(os.path.join(save_directory, name), "w", encoding="utf-8") as f:
-                json.dump(content, f, indent=2)
-
-        config = self.config
-        size = config.embedding_size
-        # (name, class path, module config). sentence-transformers' Pooling has no projection layer: with one, this
-        # model hands over its pooled, projected `full_embeddings` and there is no Pooling module.
-        modules = [("", "sentence_transformers.base.modules.transformer.Transformer", None)]
-        if config.projection_dim is None:
-            pooling = {"embedding_dimension": size, "pooling_mode": SENTENCE_TRANSFORMERS_POOLING[config.pooling],
-                       "include_prompt": True}
-            modules.append(("Pooling", "sentence_transformers.sentence_transformer.modules.pooling.Pooling", pooling))
-        truncation = {"embedding_dimension": size, "matryoshka_dimensions": list(config.matryoshka_dimensions),
-                      "truncate_dim": config.truncate_dim}
-        modules.append(("MatryoshkaTruncation", SENTENCE_TRANSFORMERS_MODULE_FILE[:-3] + ".MatryoshkaTruncation", truncation))
-        if config.normalize:
-            normalize = {"module_input_name": "sentence_embedding", "module_output_name": "sentence_embedding"}
-            modules.append(("Normalize", "sentence_transformers.base.modules.normalize.Normalize", normalize))
-        entries = []
-        for idx, (name, class_path, module_config) in enumerate(modules):
-            path = f"{idx}_{name}" if name else ""
-            entries.append({"idx": idx, "name": str(idx), "path": path, "type": class_path})
-            if module_config is not None:
-                write(os.path.join(path, "config.json"), module_config)
-        write("modules.json", entries)
-        output = "last_hidden_state" if config.projection_dim is None else "full_embeddings"
-        transformer = {
-            "transformer_task": "feature-extraction",
-            "modality_config": {"text": {"method": "forward", "method_output_name": output}},
-            "module_output_name": "token_embeddings" if config.projection_dim is None else "sentence_embedding",
-        }
-        if config.max_seq_length is not None:
-            transformer["max_seq_length"] = config.max_seq_length
-        write("sentence_bert_config.json", transformer)
-        # sentence-transformers writes this file before saving its modules (this model among them): keep what it
-        # wrote and override only what the config sets (`prompts`, `default_prompt_name`, `similarity_fn_name`).
-        model_config_path = os.path.join(save_directory, "config_sentence_transformers.json")
-        model_config = {"model_type": "SentenceTransformer", "prompts": {"query": "", "document": ""},
-                        "default_prompt_name": None, "similarity_fn_name": "cosine"}
-        if os.path.isfile(model_config_path):
-            with open(model_config_path, encoding="utf-8") as f:
-                model_config.update(json.load(f))
-        for key in ("prompts", "default_prompt_name", "similarity_fn_name"):
-            if getattr(config, key, None) is not None:
-                model_config[key] = getattr(config, key)
-        write("config_sentence_transformers.json", model_config)
 
     def get_input_embeddings(self):
         return self.encoder.get_input_embeddings()
@@ -551,14 +387,16 @@ class MatryoshkaModel(MatryoshkaPreTrainedModel):
             )
         dim = self._resolve_dim(dim)
         single = isinstance(texts, str)
-        if single:
+        try:
+            texts = [texts] if single else list(texts)
+        except TypeError:  # None, a number, ...: reported below
             texts = [texts]
-        texts = list(texts)
-        if not all(isinstance(t, str) for t in texts):
-            bad = next(t for t in texts if not isinstance(t, str))
-            raise ValueError(f"encode() takes strings; got {type(bad).__name__} {bad!r}.")
-        if batch_size <= 0:
-            raise ValueError(f"batch_size={batch_size!r} must be a positive integer.")
+        bad = [t for t in texts if not isinstance(t, str)]
+        if bad:
+            raise ValueError(f"encode() takes a string or a list of strings; got {type(bad[0]).__name__} {bad[0]!r}.")
+        for name, value in (("batch_size", batch_size), ("max_length", max_length)):
+            if value is not None and (isinstance(value, bool) or not isinstance(value, int) or value <= 0):
+                raise ValueError(f"{name}={value!r} must be a positive integer (max_length may be None).")
         max_length = max_length or self.config.max_seq_length
         device = device or self.device
         was_training = self.training
@@ -588,121 +426,14 @@ class MatryoshkaModel(MatryoshkaPreTrainedModel):
         return embeddings.numpy() if convert_to_numpy else embeddings
 
 
-class MatryoshkaForSequenceClassification(MatryoshkaPreTrainedModel):
-    r"""
-    A [`MatryoshkaModel`] with nested classification heads ([`MatryoshkaLinear`], MRL or MRL-E by
-    `config.efficient_heads`) on the full pooled embedding (not normalized): logits for every size in
-    `config.matryoshka_dimensions`, trained with the weighted sum of per-size losses (the paper's Matryoshka
-    cross-entropy). Inference uses the head of `dim`, else `config.truncate_dim`, else full size.
-    """
-
-    def __init__(self, config, encoder=None):
-        super().__init__(config)
-        self.num_labels = config.num_labels
-        self.matryoshka = MatryoshkaModel(config, encoder=encoder)
-        self.classifier = MatryoshkaLinear(
-            config.matryoshka_dimensions, config.num_labels, efficient=config.efficient_heads
-        )
-        self.post_init()
-
-    @property
-    def tokenizer(self):
-        return self.matryoshka.tokenizer
-
-    @tokenizer.setter
-    def tokenizer(self, value):
-        self.matryoshka.tokenizer = value
-
-    def _problem_type(self, labels):
-        if self.config.problem_type is not None:
-            return self.config.problem_type
-        if self.num_labels == 1:
-            return "regression"
-        if labels.dtype in (torch.long, torch.int):
-            return "single_label_classification"
-        return "multi_label_classification"
-
-    def matryoshka_loss(self, matryoshka_logits, labels):
-        """Weighted sum over sizes of each head's loss (cross-entropy, MSE or BCE by problem type)."""
-        problem_type = self._problem_type(labels)
-        if problem_type == "single_label_classification" and labels.numel():
-            low, high = int(labels.min()), int(labels.max())
-            if low < 0 or high >= self.num_labels:
-                bad = low if low < 0 else high
-                raise ValueError(
-                    f"Label {bad} is out of range for num_labels={self.num_labels}; labels must be 0.."
-                    f"{self.num_labels - 1} (set num_labels/id2label in the config)."
-                )
-        total = 0.0
-        for weight, logits in zip(self.config.matryoshka_weights, matryoshka_logits):
-            if weight == 0:
-                continue
-            if problem_type == "regression":
-                loss = F.mse_loss(logits.squeeze(-1), labels.to(logits.dtype).view(-1))
-            elif problem_type == "single_label_classification":
-                loss = F.cross_entropy(logits.view(-1, self.num_labels), labels.view(-1))
-            else:
-                loss = F.binary_cross_entropy_with_logits(logits, labels.to(logits.dtype))
-            total = total + weight * loss
-        return total
-
-    def forward(
-        self,
-        input_ids=None,
-        attention_mask=None,
-        token_type_ids=None,
-        position_ids=None,
-        inputs_embeds=None,
-        labels=None,
-        dim=None,
-        output_hidden_states=None,
-        output_attentions=None,
-        return_dict=None,
-        **kwargs,
-    ):
-        r"""
-        labels (`torch.LongTensor` of shape `(batch_size,)`, *optional*): class ids (or floats for regression).
-        dim (`int`, *optional*): whose head gives `logits`; one of `config.matryoshka_dimensions`.
-
-        Returns:
-            [`MatryoshkaSequenceClassifierOutput`]: `logits` `(batch_size, num_labels)` at `dim`, and
-            `matryoshka_logits`, one such tensor per size.
-        """
-        dim = self._resolve_dim(dim)
-        if dim is not None and dim not in self.config.matryoshka_dimensions:
-            raise ValueError(f"dim={dim} has no head; this model has heads for {self.config.matryoshka_dimensions}.")
-        outputs = self.matryoshka(
-            input_ids=input_ids,
-            attention_mask=attention_mask,
-            token_type_ids=token_type_ids,
-            position_ids=position_ids,
-            inputs_embeds=inputs_embeds,
-            output_hidden_states=output_hidden_states,
-            output_attentions=output_attentions,
-            **kwargs,
-        )
-        matryoshka_logits = self.classifier(outputs.full_embeddings)
-        index = self.config.matryoshka_dimensions.index(dim) if dim is not None else 0
-        loss = self.matryoshka_loss(matryoshka_logits, labels) if labels is not None else None
-        result = MatryoshkaSequenceClassifierOutput(
-            loss=loss,
-            logits=matryoshka_logits[index],
-            matryoshka_logits=matryoshka_logits,
-            embeddings=outputs.full_embeddings,
-            hidden_states=outputs.hidden_states,
-            attentions=outputs.attentions,
-        )
-        return_dict = return_dict if return_dict is not None else self.config.return_dict
-        return result if return_dict else result.to_tuple()
-
-
 __all__ = [
-    "MatryoshkaLinear",
     "MatryoshkaModel",
     "MatryoshkaModelOutput",
-    "MatryoshkaForSequenceClassification",
     "MatryoshkaPreTrainedModel",
-    "MatryoshkaSequenceClassifierOutput",
+    "build_encoder",
+    "config_to_wrap",
+    "hub_kwargs",
     "pool",
+    "resolve_tokenizer",
     "truncate_embeddings",
 ]

@@ -18,14 +18,22 @@ works on machines that never installed mrl-text.
 """
 
 import copy
+import os
+import shutil
 import weakref
 
 from sentence_transformers import SentenceTransformer
 from sentence_transformers.base.modules import Module, Normalize, Transformer
 from sentence_transformers.sentence_transformer.modules import Pooling
 
-from .configuration_matryoshka import MatryoshkaConfig
-from .modeling_matryoshka import SENTENCE_TRANSFORMERS_POOLING, _build_encoder, truncate_embeddings
+from .configuration_matryoshka import (
+    SENTENCE_TRANSFORMERS_MODULE_FILE,
+    SENTENCE_TRANSFORMERS_POOLING,
+    MatryoshkaConfig,
+    check_dim,
+    portable_name,
+)
+from .modeling_matryoshka import MatryoshkaModel, build_encoder, truncate_embeddings
 
 POOLING_FROM_SENTENCE_TRANSFORMERS = {theirs: ours for ours, theirs in SENTENCE_TRANSFORMERS_POOLING.items()}
 
@@ -103,11 +111,7 @@ class MatryoshkaTruncation(Module):
         `training` defaults to the module's mode; `False` gives what `encode` returns.
         """
         full, trained, default = self._sizes()
-        if dim is not None and (isinstance(dim, bool) or not isinstance(dim, int) or not 0 < dim <= full):
-            raise ValueError(
-                f"dim={dim!r} is not a valid size for this model: pass an integer in 1..{full}, ideally one of the "
-                f"trained sizes {trained}, e.g. encode(texts, dim={trained[-1]})."
-            )
+        dim = check_dim(dim, full, trained)
         if self.training if training is None else training:
             return dim
         if dim is None:
@@ -135,6 +139,13 @@ class MatryoshkaTruncation(Module):
 
     def save(self, output_path, *args, safe_serialization=True, **kwargs):
         self.save_config(output_path)
+        # modules.json names this class `sentence_transformers_matryoshka.MatryoshkaTruncation`, loaded from the model's
+        # root folder (one above this module's): put this file there, from wherever it was imported (mrl_text, or a
+        # folder loaded with trust_remote_code), so a re-saved model loads where mrl-text is not installed.
+        root = os.path.dirname(os.path.abspath(output_path))
+        target = os.path.join(root, SENTENCE_TRANSFORMERS_MODULE_FILE)
+        if os.path.abspath(__file__) != target:
+            shutil.copyfile(__file__, target)
 
 
 def from_sentence_transformer(
@@ -163,8 +174,7 @@ def from_sentence_transformer(
         Normalize, pooling modes other than mean/cls/max/lasttoken, `include_prompt=False`), and for models that
         already are Matryoshka models.
     """
-    if model_class is None:
-        from .modeling_matryoshka import MatryoshkaModel as model_class
+    model_class = model_class or MatryoshkaModel
     if isinstance(model_name_or_path_or_model, SentenceTransformer):
         st_model = model_name_or_path_or_model
         source = type(st_model).__name__
@@ -216,11 +226,12 @@ def from_sentence_transformer(
     )
     # A fresh encoder without the pooler sentence-transformers never uses (an unused pooler breaks DDP), with the
     # loaded weights copied in: the new model shares no tensors with `st_model`.
-    new_encoder = _build_encoder(config.encoder).to(encoder.dtype)
+    new_encoder = build_encoder(config.encoder).to(encoder.dtype)
     missing, _ = new_encoder.load_state_dict(encoder.state_dict(), strict=False)
     if missing:
         raise ValueError(f"Could not copy the weights of {source!r}: the encoder lacks {sorted(missing)[:5]}.")
     model = model_class(config, encoder=new_encoder)
+    model.config.encoder._name_or_path = portable_name(encoder.config._name_or_path)  # the card's base model
     model.tokenizer = st_model.tokenizer
     return model.eval()
 

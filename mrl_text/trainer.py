@@ -32,6 +32,7 @@ from transformers import Trainer, TrainingArguments
 from .evaluation import evaluate as evaluate_model
 from .losses import LOSSES, MatryoshkaLoss, get_loss
 from .modeling_matryoshka import MatryoshkaModel, MatryoshkaPreTrainedModel
+from .modeling_matryoshka_classification import MatryoshkaForSequenceClassification
 from .trainer_metrics import classification_compute_metrics, metrics_for_trainer
 
 logger = logging.getLogger(__name__)

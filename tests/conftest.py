@@ -97,16 +97,19 @@ sys.path = [p for p in sys.path if p not in ("", ".")]
 """
 
 
-def run_without_mrl_text(script, cwd):
-    """Run `script` (its last line prints REMOTE-OK) in a subprocess where mrl_text cannot be imported."""
+def run_without_mrl_text(script, cwd, env=None):
+    """Run `script` (its last line prints REMOTE-OK) in a subprocess where mrl_text cannot be imported, with no
+    terminal (stdin closed, as in scripts and notebooks): nothing may ask a question there."""
     import subprocess
     import sys
     import textwrap
 
-    env = {**os.environ, "PYTHONPATH": ""}
+    env = {**os.environ, "PYTHONPATH": "", **(env or {})}
     result = subprocess.run(
         [sys.executable, "-c", HIDE_MRL_TEXT + textwrap.dedent(script)],
-        cwd=cwd, env=env, capture_output=True, text=True, timeout=300,
+        cwd=cwd, env=env, capture_output=True, text=True, timeout=300, stdin=subprocess.DEVNULL,
     )
     assert result.returncode == 0, result.stderr[-3000:]
     assert "REMOTE-OK" in result.stdout
+    # transformers prints its trust_remote_code question even when no one can answer it
+    assert "Do you wish to run the custom code" not in result.stdout + result.stderr

@@ -92,7 +92,7 @@ def test_errors_name_the_file_and_write_no_report(data, saved_models, tmp_path, 
     err = _error(["evaluate", str(model_dir), "--sts", str(tmp_path / "missing.tsv"), "--out", str(out)], capsys)
     assert "missing.tsv" in err
     err = _error(["evaluate", str(model_dir), "--sts", str(data / "stsb" / "test.tsv"), "--dims", "64", "--out", str(out)], capsys)
-    assert "size 64" in err
+    assert "size=64" in err
     err = _error(["evaluate", str(tmp_path / "no-model"), "--sts", str(data / "stsb" / "test.tsv"), "--out", str(out)], capsys)
     assert "no-model" in err
     assert "Nothing to evaluate" in _error(["evaluate", str(model_dir), "--out", str(out)], capsys)

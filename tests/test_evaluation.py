@@ -148,7 +148,7 @@ def test_matryoshka_model_prefix_equals_encode_at_that_size(make_model, sentence
 
 
 def test_sizes_larger_than_the_model_are_rejected(make_model):
-    with pytest.raises(ValueError, match="size 64 .*embedding size 32"):
+    with pytest.raises(ValueError, match="size=64 .*embedding size 32"):
         as_embedder(make_model(), dims=[64, 16])
     with pytest.raises(ValueError, match="not a positive integer"):
         as_embedder(make_model(), dims=[0])

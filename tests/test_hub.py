@@ -1,4 +1,4 @@
-"""Hub round trip without a network: the upload is intercepted at HfApi.create_commit, the download is served from a
+"""Hub round trip without a network: the upload is intercepted at HfApi.upload_folder, the download is served from a
 Hub cache folder laid out exactly as huggingface_hub writes it (models--org--name/snapshots/<rev>, refs/main)."""
 
 import json
@@ -20,6 +20,8 @@ from mrl_text import MatryoshkaModel
 from mrl_text.evaluation import Results
 from mrl_text.model_card import PLOT_FILENAME
 
+from .conftest import run_without_mrl_text
+
 REVISION = "0123456789abcdef0123456789abcdef01234567"
 
 
@@ -33,25 +35,27 @@ def _results():
 
 @pytest.fixture
 def captured_commit(monkeypatch):
+    """The Hub, intercepted at `HfApi.create_repo` and `HfApi.upload_folder`: each upload is recorded as one commit."""
     calls = {}
 
     def create_repo(self, repo_id, **kwargs):
         calls["create_repo"] = repo_id
         return SimpleNamespace(repo_id=repo_id)
 
-    def create_commit(self, repo_id, operations, commit_message=None, **kwargs):
+    def upload_folder(self, *, repo_id, folder_path, commit_message=None, **kwargs):
+        folder = Path(folder_path)
         calls.setdefault("commits", []).append(
             {
                 "repo_id": repo_id,
                 "message": commit_message,
-                # read now: the files live in a temporary folder that is gone after push_to_hub returns
-                "files": {op.path_in_repo: Path(op.path_or_fileobj).read_bytes() for op in operations},
+                # read now: push_to_hub uploads from a temporary folder that is gone after it returns
+                "files": {str(p.relative_to(folder)): p.read_bytes() for p in folder.rglob("*") if p.is_file()},
             }
         )
         return SimpleNamespace(commit_url=f"https://huggingface.co/{repo_id}/commit/{REVISION}", oid=REVISION)
 
     monkeypatch.setattr(HfApi, "create_repo", create_repo)
-    monkeypatch.setattr(HfApi, "create_commit", create_commit)
+    monkeypatch.setattr(HfApi, "upload_folder", upload_folder)
     return calls
 
 
@@ -157,3 +161,34 @@ def test_trust_remote_code_from_the_hub_cache_without_mrl_text(make_model, tmp_p
     result = subprocess.run([sys.executable, "-c", script], env=env, capture_output=True, text=True, cwd=tmp_path)
     assert result.returncode == 0, result.stderr[-3000:]
     assert "ok (5, 8)" in result.stdout
+
+
+def test_pushed_and_pulled_folder_loads_without_mrl_text(make_model, captured_commit, tmp_path, sentences):
+    """What push_to_hub uploads, downloaded into a Hub cache, loads with trust_remote_code where mrl-text is not
+    installed, with no question asked (no terminal): as a transformers model and as a sentence-transformers one."""
+    model = make_model(truncate_dim=8)
+    model.push_to_hub("org/pushed")
+    (commit,) = captured_commit["commits"]
+    pushed = tmp_path / "pushed"
+    for name, content in commit["files"].items():
+        (pushed / name).parent.mkdir(parents=True, exist_ok=True)
+        (pushed / name).write_bytes(content)
+    _lay_out_hub_cache(pushed, tmp_path / "home" / "hub", repo_id="org/pushed")
+    torch.save({dim: model.encode(sentences, dim=dim) for dim in (None, 4)}, tmp_path / "expected.pt")
+    script = f"""
+        import torch
+        from huggingface_hub import snapshot_download
+        from sentence_transformers import SentenceTransformer
+        from transformers import AutoModel
+        expected = torch.load({str(tmp_path / "expected.pt")!r})
+        model = AutoModel.from_pretrained("org/pushed", trust_remote_code=True)
+        assert type(model).__module__.startswith("transformers_modules"), type(model).__module__
+        for dim, want in expected.items():
+            assert torch.equal(model.encode({sentences!r}, dim=dim), want), dim
+        st = SentenceTransformer(snapshot_download("org/pushed"), device="cpu", trust_remote_code=True)
+        got = st.encode({sentences!r}, dim=4, convert_to_tensor=True)
+        assert torch.allclose(got, expected[4], atol=1e-5), got
+        print("REMOTE-OK")
+        """
+    home = tmp_path / "home"
+    run_without_mrl_text(script, tmp_path, env={"HF_HOME": str(home), "HF_HUB_CACHE": str(home / "hub"), "HF_HUB_OFFLINE": "1"})

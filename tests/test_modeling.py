@@ -1,6 +1,8 @@
 import json
 import os
+import warnings
 
+import numpy as np
 import pytest
 import torch
 from transformers import AutoConfig, AutoModel, AutoModelForSequenceClassification
@@ -63,8 +65,14 @@ def test_encode_errors_are_clear(make_model):
     model = make_model()
     with pytest.raises(ValueError, match="dim=64"):
         model.encode(["x"], dim=64)
-    with pytest.raises(ValueError, match="takes strings"):
+    with pytest.raises(ValueError, match="list of strings; got int 3"):
         model.encode(["ok", 3])
+    with pytest.raises(ValueError, match="list of strings; got NoneType None"):
+        model.encode(None)
+    with pytest.raises(ValueError, match="max_length=0 must be a positive integer"):
+        model.encode(["x"], max_length=0)
+    with pytest.raises(ValueError, match="batch_size=0"):
+        model.encode(["x"], batch_size=0)
     model.tokenizer = None
     model._tokenizer = False
     with pytest.raises(ValueError, match="no tokenizer"):
@@ -229,6 +237,9 @@ def test_every_parameter_gets_a_gradient(make_model, tiny_tokenizer, sentences):
         ({"matryoshka_dimensions": [32, 16], "matryoshka_weights": [1.0]}, r"\[1.0\]"),
         ({"matryoshka_dimensions": [32, 16], "matryoshka_weights": [1.0, -0.5]}, "-0.5"),
         ({"matryoshka_dimensions": [32, 16], "truncate_dim": 12}, "12"),
+        ({"matryoshka_dimensions": [32, 16], "truncate_dim": 16.0}, r"truncate_dim=16.0 is not a positive integer"),
+        ({"matryoshka_dimensions": [32, 16], "matryoshka_weights": [1.0, float("inf")]}, "inf"),
+        ({"matryoshka_dimensions": [32, 16], "matryoshka_weights": [0.0, 0.0]}, "all zero"),
         ({"pooling": "avg"}, "avg"),
         ({"projection_dim": -4}, "-4"),
     ],
@@ -295,3 +306,117 @@ def test_from_encoder_refuses_a_matryoshka_folder(make_model, tmp_path):
 
 def test_package_exports():
     assert mrl_text.MatryoshkaModel is MatryoshkaModel
+
+
+@pytest.mark.parametrize(
+    "edit, message",
+    [
+        (lambda c: c.pop("encoder"), "no `encoder` entry"),
+        (lambda c: c.pop("matryoshka_dimensions"), "no `matryoshka_dimensions`"),
+        (lambda c: c.update(truncate_dim=16.0), "truncate_dim=16.0"),
+        (lambda c: c.update(matryoshka_weights=[1.0, 0.0, 0.0, float("inf")]), "inf"),
+    ],
+    ids=["no-encoder", "no-dimensions", "float-truncate-dim", "inf-weight"],
+)
+def test_bad_saved_config_fails_at_load(make_model, tmp_path, edit, message):
+    """A hand-edited config.json fails when loading, not later at encode or as a different model."""
+    make_model().save_pretrained(tmp_path)
+    config = json.loads((tmp_path / "config.json").read_text())
+    edit(config)
+    (tmp_path / "config.json").write_text(json.dumps(config))
+    with pytest.raises(ValueError, match=message):
+        MatryoshkaModel.from_pretrained(tmp_path)
+
+
+def test_untrained_size_works_and_warns_once(make_model, sentences):
+    model = make_model()  # trained at 32, 16, 8, 4
+    with pytest.warns(UserWarning, match=r"dim=7 is not one of the trained sizes \[32, 16, 8, 4\]") as caught:
+        assert model.encode(sentences, dim=7).shape == (len(sentences), 7)
+        model.encode(sentences, dim=7)
+    assert len([w for w in caught if "dim=7" in str(w.message)]) == 1
+    with warnings.catch_warnings():
+        warnings.simplefilter("error")
+        model.encode(sentences, dim=8)  # a trained size: silent
+
+
+def test_from_encoder_is_quiet_and_writes_no_local_path(tiny_tokenizer, tmp_path, capfd):
+    """The pretrained encoder's pooler is dropped without a load report, and config.json names the encoder by its
+    Hub id (from its card's usage snippet) or folder name, never by this machine's absolute path."""
+    from transformers import BertModel
+
+    folder = tmp_path / "site-packages" / "some_package" / "model"
+    BertModel(tiny_bert_config(vocab_size=len(tiny_tokenizer))).save_pretrained(folder)  # with its pooler
+    tiny_tokenizer.save_pretrained(folder)
+    capfd.readouterr()
+    model = MatryoshkaModel.from_encoder(str(folder), matryoshka_dimensions=[32, 8])
+    report = capfd.readouterr()
+    assert "UNEXPECTED" not in report.out + report.err and "pooler" not in report.out + report.err
+    assert not any("pooler" in name for name, _ in model.named_parameters())
+
+    model.save_pretrained(tmp_path / "saved")
+    saved = json.loads((tmp_path / "saved" / "config.json").read_text())
+    assert str(tmp_path) not in json.dumps(saved)
+    assert saved["encoder"]["_name_or_path"] == "model"
+
+    (folder / "README.md").write_text("model = SentenceTransformer('sentence-transformers/all-MiniLM-L6-v2')\n")
+    MatryoshkaModel.from_encoder(str(folder), matryoshka_dimensions=[32, 8]).save_pretrained(tmp_path / "saved")
+    saved = json.loads((tmp_path / "saved" / "config.json").read_text())
+    assert saved["encoder"]["_name_or_path"] == "sentence-transformers/all-MiniLM-L6-v2"
+
+
+def test_portable_name_of_a_hub_cache_snapshot(tmp_path):
+    from mrl_text.configuration_matryoshka import portable_name
+
+    snapshot = tmp_path / "hub" / "models--org--name" / "snapshots" / "0123abc"
+    snapshot.mkdir(parents=True)
+    assert portable_name(str(snapshot)) == "org/name"
+    assert portable_name("org/name") == "org/name"
+    assert portable_name(str(tmp_path / "gone" / "my-model")) == "my-model"
+
+
+def test_check_dim_is_the_one_size_check():
+    from mrl_text.configuration_matryoshka import check_dim
+
+    assert check_dim(None, 32) is None and check_dim(np.int64(8), 32) == 8 and type(check_dim(np.int64(8), 32)) is int
+    with pytest.raises(ValueError, match=r"dim=33 is larger than the embedding size 32; use an integer in 1..32, "
+                                         r"ideally one of the trained sizes \[32, 8\]"):
+        check_dim(33, 32, [32, 8])
+    for bad in (0, -1, 2.0, True, "8"):
+        with pytest.raises(ValueError, match="not a positive integer"):
+            check_dim(bad, 32)
+
+
+def test_modeling_files_travel_alone():
+    """The files save_pretrained copies import only torch, transformers, huggingface_hub and each other, and no
+    private transformers name; `from_sentence_transformer` (sentence-transformers) is attached by the package."""
+    import ast
+
+    package = os.path.dirname(mrl_text.__file__)
+    siblings = {"configuration_matryoshka", "modeling_matryoshka"}
+    for name in ("modeling_matryoshka.py", "modeling_matryoshka_classification.py", "configuration_matryoshka.py"):
+        with open(os.path.join(package, name)) as f:
+            tree = ast.parse(f.read())
+        for node in ast.walk(tree):
+            if isinstance(node, ast.ImportFrom):
+                if node.level:
+                    assert node.level == 1 and node.module in siblings, (name, node.module)
+                else:
+                    assert node.module.split(".")[0] in {"torch", "transformers", "huggingface_hub", "dataclasses",
+                                                        "typing", "tqdm"}, (name, node.module)
+                    assert not any(alias.name.startswith("_") for alias in node.names), (name, node.module)
+            elif isinstance(node, ast.Attribute):
+                assert node.attr not in {"_model_mapping", "_upload_modified_files"}, name
+    assert MatryoshkaModel.from_sentence_transformer.__func__.__module__ == "mrl_text"
+    assert "mrl_text.sentence_transformers.from_sentence_transformer" in MatryoshkaModel.from_sentence_transformer.__doc__
+
+
+def test_trainer_finds_the_special_tokens_it_expects(make_model, capfd):
+    """transformers' Trainer aligns the config's special tokens with the tokenizer's, with a warning when they
+    differ: a wrapper config must expose its encoder's (BERT's pad token 0), not None."""
+    from transformers.trainer_utils import align_special_tokens
+
+    model = make_model()
+    capfd.readouterr()
+    align_special_tokens(model, model.tokenizer)
+    assert "PAD/BOS/EOS" not in "".join(capfd.readouterr())  # transformers' logger writes to stderr itself
+    assert model.config.get_text_config() is model.config.encoder

@@ -80,9 +80,9 @@ def test_saved_folder_layout(exported):
     # the shipped module code needs no mrl_text (it must load where mrl-text is not installed)
     from transformers.dynamic_module_utils import get_imports
 
-    for code in ("sentence_transformers_matryoshka.py", "modeling_matryoshka.py"):
+    for code in ("sentence_transformers_matryoshka.py", "modeling_matryoshka.py", "configuration_matryoshka.py"):
         third_party = set(get_imports(folder / code)) - set(sys.stdlib_module_names)
-        assert third_party <= {"tqdm", "torch", "transformers", "sentence_transformers"}, code
+        assert third_party <= {"tqdm", "torch", "transformers", "huggingface_hub", "sentence_transformers"}, code
 
 
 def test_default_size_is_config_truncate_dim(exported, sentences):

@@ -4,22 +4,28 @@ Kusupati et al., "Matryoshka Representation Learning", NeurIPS 2022 (https://arx
 ALIGN with MRL: the image and the text embedding are nested alike, each prefix is normalized on its own, and the
 contrastive loss is summed over sizes.
 
-This file imports only torch, transformers and its sibling files (relative imports), so that ``save_pretrained``
-copies it next to the weights and ``trust_remote_code=True`` loads a saved model on a machine without mrl-text.
+This file imports only torch, transformers and the Matryoshka modeling and configuration files, as siblings
+(relative imports): in a saved model folder every file sits side by side, which is how ``trust_remote_code=True``
+loads it without mrl-text; in the package, mrl_text/image_text/__init__.py provides the text files as siblings.
 """
 
+import ast
+import importlib
 import inspect
+import os
+import shutil
+import sys
 from dataclasses import dataclass
 from typing import Optional
 
 import torch
-from transformers import AutoConfig, AutoModel
+from transformers import AutoModel
 from transformers.utils import ModelOutput
 
 from .configuration_matryoshka_dual_encoder import MatryoshkaDualEncoderConfig
 from .modeling_matryoshka import (
-    MatryoshkaModel,
     MatryoshkaPreTrainedModel,
+    config_to_wrap,
     hub_kwargs,
     resolve_tokenizer,
     truncate_embeddings,
@@ -56,13 +62,47 @@ class MatryoshkaDualEncoderOutput(ModelOutput):
     logit_scale: Optional[torch.FloatTensor] = None
 
 
+def save_code(model, save_directory):
+    """Copy the code of `model` and its config into `save_directory`, flat, and point `auto_map` at it.
+
+    transformers does this for classes registered with `register_for_auto_class`, but it looks for the files a module
+    imports relatively in the module's own folder; here the text files live one folder up (mrl_text/), so each one is
+    found through the import system instead. Saved folders are flat, as `trust_remote_code` expects.
+    """
+    classes = {"AutoConfig": type(model.config), "AutoModel": type(model)}
+    model.config.auto_map = {auto: f"{c.__module__.rsplit('.', 1)[-1]}.{c.__name__}" for auto, c in classes.items()}
+    pending, copied = [sys.modules[cls.__module__] for cls in classes.values()], set()
+    while pending:
+        module = pending.pop()
+        if module.__file__ in copied:
+            continue
+        copied.add(module.__file__)
+        shutil.copyfile(module.__file__, os.path.join(save_directory, os.path.basename(module.__file__)))
+        with open(module.__file__, encoding="utf-8") as f:
+            tree = ast.parse(f.read())
+        pending += [
+            importlib.import_module(f".{node.module}", module.__package__)
+            for node in ast.walk(tree)
+            if isinstance(node, ast.ImportFrom) and node.level == 1 and node.module
+        ]
+
+
 class MatryoshkaDualEncoderPreTrainedModel(MatryoshkaPreTrainedModel):
-    """Shares the text models' `dim` checks, save hooks (model card) and `push_to_hub`; only the config differs."""
+    """Shares the text models' `dim` checks, tokenizer, save hooks (model card) and `push_to_hub`; only the config
+    and the way its code is saved differ."""
 
     config_class = MatryoshkaDualEncoderConfig
     config: MatryoshkaDualEncoderConfig
     base_model_prefix = "matryoshka_dual_encoder"
     main_input_name = "input_ids"
+
+    def save_pretrained(self, save_directory, *args, **kwargs):
+        # Loaded with trust_remote_code, the class is registered for its auto class and transformers copies the (flat)
+        # code itself; from the mrl_text package it is not (see save_code).
+        if self._auto_class is None and kwargs.get("is_main_process", True):
+            os.makedirs(save_directory, exist_ok=True)
+            save_code(self, save_directory)
+        super().save_pretrained(save_directory, *args, **kwargs)
 
 
 class MatryoshkaDualEncoder(MatryoshkaDualEncoderPreTrainedModel):
@@ -131,26 +171,17 @@ class MatryoshkaDualEncoder(MatryoshkaDualEncoderPreTrainedModel):
         See [`MatryoshkaDualEncoderConfig`] for the rest.
         """
         config_kwargs = hub_kwargs(from_pretrained_kwargs)
-        encoder_config = AutoConfig.from_pretrained(name_or_path, **config_kwargs)
-        if isinstance(encoder_config, MatryoshkaDualEncoderConfig):
-            raise ValueError(
-                f"{name_or_path!r} is already a Matryoshka dual encoder; load it with "
-                "MatryoshkaDualEncoder.from_pretrained instead of from_pretrained_dual."
-            )
+        encoder_config = config_to_wrap(name_or_path, config_kwargs)
         config = MatryoshkaDualEncoderConfig(
             encoder=encoder_config,
             matryoshka_dimensions=matryoshka_dimensions,
             matryoshka_weights=matryoshka_weights,
             truncate_dim=truncate_dim,
         )
-        model_class = AutoModel._model_mapping[type(encoder_config)]
-        encoder = model_class.from_pretrained(name_or_path, config=encoder_config, **from_pretrained_kwargs)
+        encoder = AutoModel.from_pretrained(name_or_path, config=encoder_config, **from_pretrained_kwargs)
         model = cls(config, encoder=encoder)
         model.tokenizer = resolve_tokenizer(tokenizer, name_or_path, config_kwargs)
         return model
-
-    # The tokenizer travels with the model exactly as MatryoshkaModel's does (saved next to the weights).
-    tokenizer = MatryoshkaModel.tokenizer
 
     @property
     def logit_scale(self):
@@ -168,8 +199,8 @@ class MatryoshkaDualEncoder(MatryoshkaDualEncoderPreTrainedModel):
 
     @staticmethod
     def _pooled(outputs):
-        # transformers 5 returns an output object whose pooler_output holds the (projected) embedding; 4.x a tensor.
-        return outputs if isinstance(outputs, torch.Tensor) else outputs.pooler_output
+        # get_*_features return an output object whose pooler_output holds the (projected) embedding.
+        return outputs.pooler_output
 
     def _check_size(self, embeddings, tower):
         if embeddings.shape[-1] != self.config.embedding_size:

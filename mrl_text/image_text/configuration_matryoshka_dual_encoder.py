@@ -1,12 +1,13 @@
 """Configuration of a Matryoshka image-text dual encoder: a wrapped dual encoder's config plus the nesting.
 
-This file imports only transformers and its sibling configuration file (relative import), so that
-``save_pretrained`` can copy it next to the weights and ``trust_remote_code=True`` loads it without mrl-text.
+This file imports only transformers and the text configuration file, as a sibling (relative import): in a saved
+model folder the files sit side by side, and in the package mrl_text/image_text/__init__.py provides the sibling.
+So ``trust_remote_code=True`` loads a saved folder without mrl-text.
 """
 
 from transformers import AutoConfig
 
-from .configuration_matryoshka import PreTrainedConfig, encoder_config_from, validate_nesting
+from .configuration_matryoshka import WrappingConfig, encoder_config_from, validate_nesting
 
 
 def tower_embedding_sizes(encoder):
@@ -30,7 +31,7 @@ def tower_embedding_sizes(encoder):
     return projection_dim, projection_dim
 
 
-class MatryoshkaDualEncoderConfig(PreTrainedConfig):
+class MatryoshkaDualEncoderConfig(WrappingConfig):
     r"""
     Configuration of a [`MatryoshkaDualEncoder`]: an image-text dual encoder (ALIGN, CLIP, VisionTextDualEncoder:
     any model with `get_text_features` and `get_image_features`) whose image and text embeddings are both trained
@@ -101,11 +102,6 @@ class MatryoshkaDualEncoderConfig(PreTrainedConfig):
                 f"{text_size}, image {image_size}. Nested image and text embeddings must share one size. {hint}"
             )
         return text_size
-
-    def to_dict(self):
-        output = super().to_dict()
-        output["encoder"] = self.encoder.to_dict()
-        return output
 
 
 __all__ = ["MatryoshkaDualEncoderConfig", "tower_embedding_sizes"]

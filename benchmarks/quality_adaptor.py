@@ -59,7 +59,8 @@ class EmbeddingTable:
                  + tasks["sts_test"][0] + tasks["sts_test"][1] + tasks["bank_train"][0] + tasks["bank_test"][0])
         model = embedding_cache.load_model(model_path).to(device)
         batch_size = 256 if device != "cpu" else 32
-        vectors = embedding_cache.cached_embeddings(model, texts, CACHE_KEY, max_length=MAX_LENGTH, batch_size=batch_size)
+        key = CACHE_KEY if model_path is None else str(model_path)
+        vectors = embedding_cache.cached_embeddings(model, texts, key, max_length=MAX_LENGTH, batch_size=batch_size)
         self.rows = dict(zip(texts, torch.from_numpy(vectors)))
         self.size = vectors.shape[1]
 

@@ -13,8 +13,8 @@ import random
 import statistics
 import sys
 import time
-from contextlib import contextmanager
 from concurrent.futures import ProcessPoolExecutor
+from contextlib import contextmanager
 from pathlib import Path
 
 import torch
@@ -22,7 +22,7 @@ import torch
 BENCHMARKS = Path(__file__).resolve().parent
 REPO = BENCHMARKS.parent
 sys.path.insert(0, str(BENCHMARKS))
-from _report import command_line, header, machine  # noqa: E402
+from _report import command_line, header, machine
 
 SIZES = [384, 256, 128, 64, 32, 16, 8]
 
@@ -132,7 +132,7 @@ def training_arguments(args, output_dir, seed, steps, **overrides):
         output_dir=str(output_dir),
         per_device_train_batch_size=args.batch_size,
         learning_rate=args.lr,
-        warmup_steps=int(math.ceil(args.warmup_ratio * steps)),
+        warmup_steps=math.ceil(args.warmup_ratio * steps),
         num_train_epochs=args.epochs,
         seed=seed,
         save_strategy="no",

@@ -31,7 +31,7 @@ import numpy as np
 import torch
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))
-import _quality_common as common  # noqa: E402
+import _quality_common as common
 
 CLASSIFICATION_DATASETS = ("banking77", "trec", "emotion")
 CLASSIFICATION_METHODS = ("mrl", "mrl_e", "ff", "plain")
@@ -56,7 +56,7 @@ def load_task(args, name):
     index = {c: i for i, c in enumerate(classes)}
     rows = list(zip(texts, (index[c] for c in labels)))
     random.Random(0).shuffle(rows)
-    n_val = int(round(args.val_fraction * len(rows)))
+    n_val = round(args.val_fraction * len(rows))
     val, train = rows[:n_val], rows[n_val:]
     test = list(zip(test_texts, (index[c] for c in test_labels)))
     split = {
@@ -107,7 +107,8 @@ def classification_job(job):
     rows = [{"text": t, "label": int(y)} for t, y in zip(train_texts, train_y)]
     label = f"{name}/{method}{size or ''}/seed{seed}"
     with tempfile.TemporaryDirectory() as scratch, common.phase(f"{label} train", timings):
-        common.train(model, rows, args, scratch, seed, "cross_entropy", head_lr=args.head_lr)
+        common.train(model, rows, args, scratch, seed, "cross_entropy", head_lr=args.head_lr,
+                     scale_heads_by_size=args.head_lr_rule == "scaled")
     with common.phase(f"{label} features", timings):
         train_x = common.pooled_features(model, train_texts, args.eval_max_seq_length)
         eval_x = common.pooled_features(model, eval_texts, args.eval_max_seq_length)
@@ -233,8 +234,8 @@ def run_classification(args, argv):
     rows = classification_rows(results, args.sizes)
     setup = (
         f"From {args.model}; {', '.join(datasets)}; {args.epochs} epoch(s), batch {args.batch_size}, lr {args.lr} "
-        f"(heads and projections: {args.head_lr or args.lr}), warmup {args.warmup_ratio}, {args.max_seq_length} "
-        f"tokens; {args.seeds} seed(s) (mean ± sd over seeds of the dataset average); validation = "
+        f"(heads: {args.head_lr or args.lr}, {args.head_lr_rule} by size), warmup {args.warmup_ratio}, "
+        f"{args.max_seq_length} tokens; {args.seeds} seed(s) (mean ± sd over seeds of the dataset average); validation = "
         f"{args.val_fraction:.0%} of train held out (seeded); scored on the {args.eval_split} split. "
         + common.subsampling_note(args)
     )
@@ -258,8 +259,8 @@ def run_adaptive(args, argv):
         results = common.run_jobs(classification_job, jobs, args.workers, args.device)
     setup = (
         f"MRL classifier (nested heads) trained on Banking77 from {args.model} as in `classification` ({args.epochs} "
-        f"epoch(s), lr {args.lr}, heads {args.head_lr or args.lr}); its own heads form the cascade, thresholds "
-        f"calibrated on the validation split held out from train ({args.val_fraction:.0%}), accuracy on test; "
+        f"epoch(s), lr {args.lr}, heads {args.head_lr or args.lr} {args.head_lr_rule} by size); its own heads form "
+        f"the cascade, thresholds calibrated on the validation split held out from train ({args.val_fraction:.0%}), accuracy on test; "
         f"{args.seeds} seed(s). " + common.subsampling_note(args)
     )
     report = {**common.report_head(argv, setup), "timings": timings, "runs": results}
@@ -330,7 +331,11 @@ def train_embedding_model(args, method, datasets_, order, seed, output_dir):
 def train_sentence_transformers(args, datasets_, order, seed, output_dir):
     """sentence-transformers' MatryoshkaLoss(MultipleNegativesRankingLoss) on the same batches in the same order."""
     from datasets import Dataset, DatasetDict
-    from sentence_transformers import SentenceTransformer, SentenceTransformerTrainer, SentenceTransformerTrainingArguments
+    from sentence_transformers import (
+        SentenceTransformer,
+        SentenceTransformerTrainer,
+        SentenceTransformerTrainingArguments,
+    )
     from sentence_transformers.losses import MatryoshkaLoss, MultipleNegativesRankingLoss
 
     torch.manual_seed(seed)
@@ -472,10 +477,10 @@ FINISHED_TASKS = {"stsb": "spearman", "scifact": "ndcg@10", "banking77": "accura
 
 def finished_data(args):
     """SNLI dev+test triplets and MRPC paraphrase pairs (label 1); STS-B, SciFact and Banking77-probe evaluators."""
+    from datasets import concatenate_datasets
+
     from mrl_text.data import load_beir, load_classification, load_pairs, load_sts, nli_triplets, read_table
     from mrl_text.evaluation import ClassificationEvaluator, RetrievalEvaluator, STSEvaluator
-
-    from datasets import concatenate_datasets
 
     data = Path(args.data)
     snli = concatenate_datasets([read_table(data / "snli" / f"{s}.tsv") for s in ("dev", "test")])
@@ -583,7 +588,7 @@ def run_heads(args, argv):
                 order = torch.cat([torch.randperm(len(labels), generator=generator) for _ in range(
                     steps * args.batch_size // len(labels) + 1)])
 
-                def logits(x, dim):
+                def logits(x, dim, feed=feed, heads=heads):
                     if feed == "normalized":  # a cosine-style head: unit-length prefix times a fixed scale
                         x = torch.nn.functional.pad(truncate_embeddings(x, dim) * args.feature_scale,
                                                     (0, x.shape[-1] - dim))
@@ -633,7 +638,9 @@ def parse_args(argv=None):
         sub = commands.add_parser(regime)
         common.add_common_arguments(sub, regime)
         sub.add_argument("--lr", type=float, default=2e-4, help="encoder learning rate")
-        sub.add_argument("--head-lr", type=float, default=1e-2, help="heads' and projections' learning rate")
+        sub.add_argument("--head-lr", type=float, default=3e-2, help="heads' and projections' learning rate")
+        sub.add_argument("--head-lr-rule", choices=("flat", "scaled"), default="scaled",
+                         help="scaled: the head of size d learns at head-lr * sqrt(full / d) (see build_optimizer)")
         sub.add_argument("--epochs", type=int, default=1)
         sub.add_argument("--eval-max-seq-length", type=int, default=64)
         sub.add_argument("--val-fraction", type=float, default=0.1, help="share of train held out as validation")

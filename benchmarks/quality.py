@@ -1,0 +1,683 @@
+"""Quality where Matryoshka training matters: the paper's comparisons on text, one subcommand per regime.
+
+From all-MiniLM-L6-v2 (`--model`), on the shared data folder (`--data`):
+
+- `classification`: fine-tune on Banking77, TREC (6 coarse classes) and emotion; test accuracy at every size of
+  (a) MRL (nested heads, Matryoshka cross-entropy), (b) MRL-E (weight-tied heads), (c) FF-d (encoder -> projection
+  to d -> one head, one model per size), (d) plain fine-tuning + a probe on the first d re-normalized
+  coordinates, (e) the plain model + SVD to d + the probe. Each model's own heads and the probe on its features.
+- `adaptive`: the MRL classifier of `classification` on Banking77, its own heads in an `AdaptiveClassifier`
+  cascade calibrated on a validation split held out from train: accuracy against expected dimensions.
+- `retrieval`: SciFact's training queries -> SciFact test nDCG@10: plain InfoNCE, MRL, sentence-transformers'
+  MatryoshkaLoss (the peer), FF-64 and FF-32; same batches and steps for all.
+- `finished`: the finished-model setting (SNLI triplets + MRPC pairs; STS-B, SciFact, Banking77 probe).
+
+Every run uses the library's trainer with `build_optimizer` (heads and projections at `--head-lr`), seeds
+0..N-1 (`--seeds`), mean and spread over seeds. Results: `<--results>/quality_<regime>.json` and `.md`, headed by
+the command and the machine; any subsampling is stated there. Model choices were made on a validation split held
+out from the training set (`--eval-split val`), never on test.
+
+    python benchmarks/quality.py classification --limit-train 2000 --limit-eval 500      # CPU, subsampled
+    python benchmarks/quality.py retrieval --device cuda --bf16 --seeds 3 --workers 6    # a GPU
+"""
+
+import argparse
+import random
+import sys
+import tempfile
+from pathlib import Path
+
+import numpy as np
+import torch
+
+sys.path.insert(0, str(Path(__file__).resolve().parent))
+import _quality_common as common
+
+CLASSIFICATION_DATASETS = ("banking77", "trec", "emotion")
+CLASSIFICATION_METHODS = ("mrl", "mrl_e", "ff", "plain")
+TOLERANCES = (0.0, 0.005, 0.01, 0.02)
+
+
+# ---------------------------------------------------------------------------------------------------------------
+# Classification
+
+
+def load_task(args, name):
+    """{"train", "val", "test": (texts, label ids), "classes"}: val is held out from train (seeded), never test."""
+    from mrl_text.data import load_classification
+
+    folder = Path(args.data) / name
+    texts, labels = load_classification(folder / "train.tsv")
+    test_texts, test_labels = load_classification(folder / "test.tsv")
+    classes = sorted(set(labels), key=str)
+    unknown = sorted(set(test_labels) - set(classes), key=str)
+    if unknown:
+        raise ValueError(f"{folder / 'test.tsv'}: labels {unknown[:5]} never occur in train.tsv.")
+    index = {c: i for i, c in enumerate(classes)}
+    rows = list(zip(texts, (index[c] for c in labels)))
+    random.Random(0).shuffle(rows)
+    n_val = round(args.val_fraction * len(rows))
+    val, train = rows[:n_val], rows[n_val:]
+    test = list(zip(test_texts, (index[c] for c in test_labels)))
+    split = {
+        "train": common.subsample(train, args.limit_train),
+        "val": common.subsample(val, args.limit_eval),
+        "test": common.subsample(test, args.limit_eval),
+    }
+    task = {key: ([t for t, _ in part], np.array([y for _, y in part])) for key, part in split.items()}
+    task["classes"] = classes
+    return task
+
+
+def build_classifier(args, method, size, num_labels):
+    """A MatryoshkaForSequenceClassification around the starting encoder for one method (and FF size)."""
+    from mrl_text import MatryoshkaForSequenceClassification, MatryoshkaModel
+
+    dims = {"mrl": args.sizes, "mrl_e": args.sizes, "plain": args.sizes[:1], "ff": [size]}[method]
+    base = MatryoshkaModel.from_encoder(
+        args.model, matryoshka_dimensions=dims, projection_dim=size if method == "ff" else None
+    )
+    config = base.config
+    config.num_labels = num_labels
+    config.efficient_heads = method == "mrl_e"
+    model = MatryoshkaForSequenceClassification(config, encoder=base.encoder)
+    model.tokenizer = base.tokenizer
+    return model
+
+
+def head_accuracies(model, features, labels):
+    """{d: accuracy of the model's own head of size d} on precomputed full pooled features."""
+    model.eval()
+    with torch.inference_mode():
+        device_features = features.to(model.device)
+        return {
+            d: float((model.classifier(device_features, dim=d).argmax(-1).cpu().numpy() == labels).mean())
+            for d in model.config.matryoshka_dimensions
+        }
+
+
+def classification_job(job):
+    """Train one model (method, FF size, seed) on one dataset; its head and probe accuracies on the eval split."""
+    args, name, method, size, seed = job["args"], job["dataset"], job["method"], job["size"], job["seed"]
+    timings = {}
+    task = load_task(args, name)
+    (train_texts, train_y), (eval_texts, eval_y) = task["train"], task[args.eval_split]
+    torch.manual_seed(seed)
+    model = build_classifier(args, method, size, len(task["classes"]))
+    rows = [{"text": t, "label": int(y)} for t, y in zip(train_texts, train_y)]
+    label = f"{name}/{method}{size or ''}/seed{seed}"
+    with tempfile.TemporaryDirectory() as scratch, common.phase(f"{label} train", timings):
+        common.train(model, rows, args, scratch, seed, "cross_entropy", head_lr=args.head_lr,
+                     scale_heads_by_size=args.head_lr_rule == "scaled")
+    with common.phase(f"{label} features", timings):
+        train_x = common.pooled_features(model, train_texts, args.eval_max_seq_length)
+        eval_x = common.pooled_features(model, eval_texts, args.eval_max_seq_length)
+    result = {"dataset": name, "method": method, "size": size, "seed": seed, "head": head_accuracies(model, eval_x, eval_y)}
+    with common.phase(f"{label} probes", timings):
+        dims = [size] if method == "ff" else args.sizes
+        result["probe"] = {d: common.probe_accuracy(train_x, train_y, eval_x, eval_y, d) for d in dims}
+        if method == "plain":
+            rotate = common.svd_rotation(train_x)
+            result["svd_probe"] = {
+                d: common.probe_accuracy(rotate(train_x), train_y, rotate(eval_x), eval_y, d) for d in args.sizes
+            }
+        if job.get("adaptive") and method == "mrl" and args.eval_split == "test":
+            val_texts, val_y = task["val"]
+            result["adaptive"] = adaptive_cascades(model, common.pooled_features(model, val_texts, args.eval_max_seq_length),
+                                                   val_y, eval_x, eval_y)
+    result["timings"] = timings
+    return result
+
+
+def adaptive_cascades(model, val_x, val_y, test_x, test_y):
+    """The model's own heads as an AdaptiveClassifier cascade, calibrated on val at each tolerance, tested on test."""
+    from mrl_text import AdaptiveClassifier
+
+    clf = AdaptiveClassifier.fit(model, None, (val_x, val_y), tolerance=TOLERANCES[0])
+    cascades = []
+    for tolerance in TOLERANCES:
+        clf.calibrate((val_x, val_y), tolerance=tolerance)
+        test = clf.evaluate(test_x, test_y)
+        cascades.append({"tolerance": tolerance, "thresholds": clf.thresholds, **{k: test[k] for k in (
+            "accuracy", "full_size_accuracy", "expected_dims", "exit_fractions", "per_size_accuracy")}})
+    return cascades
+
+
+def classification_jobs(args, methods, datasets, adaptive=False):
+    jobs = []
+    for seed in range(args.seeds):
+        for name in datasets:
+            for method in methods:
+                sizes = args.sizes[1:] if method == "ff" else [None]  # FF at full size is plain fine-tuning
+                jobs += [{"args": args, "dataset": name, "method": method, "size": s, "seed": seed,
+                          "adaptive": adaptive} for s in sizes]
+    return jobs
+
+
+def classification_rows(results, sizes):
+    """{row name: {size: [value per (dataset, seed)]}} plus the per-dataset breakdown: the tables' raw cells."""
+    rows = {}
+
+    def add(row, dataset, seed, dim, value):
+        rows.setdefault(row, {}).setdefault(dataset, {}).setdefault(dim, {})[seed] = value
+
+    names = {"mrl": "MRL", "mrl_e": "MRL-E", "ff": "FF-d", "plain": "plain"}
+    for r in results:
+        base = names[r["method"]]
+        for dim, value in r["head"].items():
+            add(f"{base} head", r["dataset"], r["seed"], int(dim), value)
+        probe_name = "plain probe on first d (d)" if r["method"] == "plain" else f"{base} probe"
+        for dim, value in r["probe"].items():
+            add(probe_name, r["dataset"], r["seed"], int(dim), value)
+        for dim, value in r.get("svd_probe", {}).items():
+            add("plain SVD + probe (e)", r["dataset"], r["seed"], int(dim), value)
+    # FF at full size is the plain model: the same run gives both rows' 384 cell.
+    for dataset, cells in rows.get("plain head", {}).items():
+        rows.setdefault("FF-d head", {}).setdefault(dataset, {}).update(cells)
+    for dataset, cells in rows.get("plain probe on first d (d)", {}).items():
+        if sizes[0] in cells:
+            rows.setdefault("FF-d probe", {}).setdefault(dataset, {})[sizes[0]] = cells[sizes[0]]
+    return rows
+
+
+def averaged(cells_by_dataset, dim, datasets):
+    """Per seed, the mean over datasets at `dim` (only seeds every dataset has); [] when a dataset lacks it."""
+    per_dataset = [cells_by_dataset.get(d, {}).get(dim, {}) for d in datasets]
+    seeds = set.intersection(*(set(c) for c in per_dataset)) if per_dataset else set()
+    return [sum(c[s] for c in per_dataset) / len(per_dataset) for s in sorted(seeds)]
+
+
+ROW_ORDER = ("MRL head", "MRL-E head", "FF-d head", "plain head", "MRL probe", "MRL-E probe", "FF-d probe",
+             "plain probe on first d (d)", "plain SVD + probe (e)")
+
+
+def classification_table(rows, sizes, datasets):
+    lines = ["| run | " + " | ".join(map(str, sizes)) + " |", "|---|" + "---|" * len(sizes)]
+    for name in ROW_ORDER:
+        if name in rows:
+            lines.append(f"| {name} | " + " | ".join(common.cell(averaged(rows[name], d, datasets)) for d in sizes) + " |")
+    return lines
+
+
+def classification_targets(rows, sizes, datasets):
+    def mean(name, dim):
+        return common.mean_of(averaged(rows.get(name, {}), dim, datasets))
+
+    checks = []
+
+    def check(text, difference):
+        if not np.isnan(difference):
+            checks.append((text, difference, difference >= 0))
+
+    for d in sizes:
+        check(f"MRL head within 1.0 of its probe at {d}", mean("MRL head", d) - mean("MRL probe", d) + 1.0)
+    for d in sizes:
+        check(f"MRL head >= FF-d head - 0.5 at {d}", mean("MRL head", d) - mean("FF-d head", d) + 0.5)
+    for d, margin in ((sizes[-1], -1.0), (sizes[-2], 0.0)):
+        best = max(mean("plain probe on first d (d)", d), mean("plain SVD + probe (e)", d))
+        check(f"MRL head >= best of (d), (e) {'+ 1.0' if margin else ''} at {d}", mean("MRL head", d) - best + margin)
+    for d in sizes:
+        check(f"MRL-E head within 1.0 of MRL head at {d}", 1.0 - abs(mean("MRL-E head", d) - mean("MRL head", d)))
+    check(f"MRL head >= plain head - 0.3 at {sizes[0]}", mean("MRL head", sizes[0]) - mean("plain head", sizes[0]) + 0.3)
+    return checks
+
+
+def run_classification(args, argv):
+    datasets = args.datasets.split(",")
+    methods = args.methods.split(",")
+    unknown = sorted(set(methods) - set(CLASSIFICATION_METHODS)) + sorted(set(datasets) - set(CLASSIFICATION_DATASETS))
+    if unknown:
+        raise SystemExit(f"unknown method/dataset {unknown}; methods {CLASSIFICATION_METHODS}, datasets {CLASSIFICATION_DATASETS}")
+    timings = {}
+    with common.phase("classification runs", timings):
+        results = common.run_jobs(classification_job, classification_jobs(args, methods, datasets), args.workers, args.device)
+    rows = classification_rows(results, args.sizes)
+    setup = (
+        f"From {args.model}; {', '.join(datasets)}; {args.epochs} epoch(s), batch {args.batch_size}, lr {args.lr} "
+        f"(heads: {args.head_lr or args.lr}, {args.head_lr_rule} by size), warmup {args.warmup_ratio}, "
+        f"{args.max_seq_length} tokens; {args.seeds} seed(s) (mean ± sd over seeds of the dataset average); validation = "
+        f"{args.val_fraction:.0%} of train held out (seeded); scored on the {args.eval_split} split. "
+        + common.subsampling_note(args)
+    )
+    report = {**common.report_head(argv, setup), "timings": timings, "runs": results,
+              "targets": classification_targets(rows, args.sizes, datasets)}
+    body = [f"Accuracy x100, average over {', '.join(datasets)} ({args.eval_split}):", ""]
+    body += classification_table(rows, args.sizes, datasets)
+    for name in datasets if len(datasets) > 1 else []:
+        body += ["", f"{name}:", ""] + classification_table(rows, args.sizes, [name])
+    body += common.targets_lines(report["targets"])
+    body += ["", "Wall time per phase: " + ", ".join(f"{k} {v:.0f}s" for k, v in timings.items())]
+    common.write_report(args, args.regime, report, "Quality: classification (the paper's Table 1 on text)", body)
+    return report
+
+
+def run_adaptive(args, argv):
+    args.eval_split = "test"
+    timings = {}
+    with common.phase("adaptive runs", timings):
+        jobs = classification_jobs(args, ["mrl"], ["banking77"], adaptive=True)
+        results = common.run_jobs(classification_job, jobs, args.workers, args.device)
+    setup = (
+        f"MRL classifier (nested heads) trained on Banking77 from {args.model} as in `classification` ({args.epochs} "
+        f"epoch(s), lr {args.lr}, heads {args.head_lr or args.lr} {args.head_lr_rule} by size); its own heads form "
+        f"the cascade, thresholds calibrated on the validation split held out from train ({args.val_fraction:.0%}), accuracy on test; "
+        f"{args.seeds} seed(s). " + common.subsampling_note(args)
+    )
+    report = {**common.report_head(argv, setup), "timings": timings, "runs": results}
+    sizes = args.sizes
+    body = ["Fixed sizes (own heads, test accuracy x100):", "", "| size | " + " | ".join(map(str, sizes)) + " |",
+            "|---|" + "---|" * len(sizes),
+            "| accuracy | " + " | ".join(common.cell([r["head"][d] for r in results]) for d in sizes) + " |", "",
+            "Cascade (test; thresholds from validation):", "",
+            "| tolerance | accuracy | full size | difference | expected dims | fewer dims than full |",
+            "|---|---|---|---|---|---|"]
+    checks = []
+    for i, tolerance in enumerate(TOLERANCES):
+        cascade = [r["adaptive"][i] for r in results]
+        accuracy, full = [c["accuracy"] for c in cascade], [c["full_size_accuracy"] for c in cascade]
+        dims = float(np.mean([c["expected_dims"] for c in cascade]))
+        difference = common.mean_of(accuracy) - common.mean_of(full)
+        body.append(f"| {tolerance:.3f} | {common.cell(accuracy)} | {common.cell(full)} | {difference:+.2f} | "
+                    f"{dims:.1f} | {sizes[0] / dims:.1f}x |")
+        checks.append((dims, difference))
+    best = [(d, diff) for d, diff in checks if diff >= -0.5]
+    dims_at_target = min((d for d, _ in best), default=float("nan"))
+    report["targets"] = [("accuracy within 0.5 of full size at <= 48 expected dims", 48 - dims_at_target,
+                          bool(dims_at_target <= 48))]
+    body += ["", f"Fewest expected dimensions with test accuracy within 0.5 of full size: {dims_at_target:.1f}."]
+    body += common.targets_lines(report["targets"])
+    common.write_report(args, "adaptive", report, "Quality: adaptive classification on the trained MRL classifier", body)
+    return report
+
+
+# ---------------------------------------------------------------------------------------------------------------
+# Embedding training shared by `retrieval` and `finished`: the same batches, in the same order, for every method
+
+
+def batch_order(sizes, batch_size, seed, epochs):
+    """Homogeneous batches over several datasets: `[(dataset index, [row indices])]`, shuffled per epoch.
+
+    Each epoch shuffles every dataset's rows, cuts them into full batches (the remainder is dropped, as in-batch
+    negatives want full batches) and shuffles the batches of all datasets together.
+    """
+    rng = random.Random(seed)
+    order = []
+    for _ in range(epochs):
+        epoch = []
+        for source, size in enumerate(sizes):
+            rows = list(range(size))
+            rng.shuffle(rows)
+            epoch += [(source, rows[i : i + batch_size]) for i in range(0, size - batch_size + 1, batch_size)]
+        rng.shuffle(epoch)
+        order += epoch
+    return order
+
+
+def train_embedding_model(args, method, datasets_, order, seed, output_dir):
+    """plain / mrl / ffN with MatryoshkaTrainer (InfoNCE), or `st` (the peer); the model, ready to evaluate."""
+    if method == "st":
+        return train_sentence_transformers(args, datasets_, order, seed, output_dir)
+    from mrl_text import MatryoshkaModel
+
+    size = int(method[2:]) if method.startswith("ff") else None
+    dims = {"plain": args.sizes[:1], "mrl": args.sizes}.get(method, [size])
+    torch.manual_seed(seed)
+    model = MatryoshkaModel.from_encoder(args.model, matryoshka_dimensions=dims, projection_dim=size)
+    rows = [datasets_[source][i] for source, batch in order for i in batch]  # already in the shared batch order
+    common.train(model, rows, args, output_dir, seed, "infonce", head_lr=args.head_lr, in_order=True)
+    return model.eval()
+
+
+def train_sentence_transformers(args, datasets_, order, seed, output_dir):
+    """sentence-transformers' MatryoshkaLoss(MultipleNegativesRankingLoss) on the same batches in the same order."""
+    from datasets import Dataset, DatasetDict
+    from sentence_transformers import (
+        SentenceTransformer,
+        SentenceTransformerTrainer,
+        SentenceTransformerTrainingArguments,
+    )
+    from sentence_transformers.losses import MatryoshkaLoss, MultipleNegativesRankingLoss
+
+    torch.manual_seed(seed)
+    model = SentenceTransformer(args.model, device=args.device)
+    model.max_seq_length = args.max_seq_length
+    offsets = [sum(len(d) for d in datasets_[:i]) for i in range(len(datasets_))]
+    fixed = [[offsets[source] + i for i in batch] for source, batch in order]
+
+    class FixedBatches:
+        """The shared batch order as indices into sentence-transformers' concatenation of the datasets."""
+
+        def __init__(self, *unused, **unused_kw):
+            pass
+
+        def __iter__(self):
+            return iter(fixed)
+
+        def __len__(self):
+            return len(fixed)
+
+    steps = len(order)
+    training_args = SentenceTransformerTrainingArguments(
+        output_dir=str(output_dir), per_device_train_batch_size=args.batch_size, learning_rate=args.lr,
+        warmup_steps=int(np.ceil(args.warmup_ratio * steps)), num_train_epochs=1, seed=seed, save_strategy="no",
+        report_to=[], logging_steps=max(1, steps // 5), disable_tqdm=True, use_cpu=args.device == "cpu",
+        bf16=args.bf16, multi_dataset_batch_sampler=FixedBatches,
+    )
+    loss = MatryoshkaLoss(model, MultipleNegativesRankingLoss(model), matryoshka_dims=args.sizes)
+    train = DatasetDict({f"d{i}": Dataset.from_list(d) for i, d in enumerate(datasets_)})
+    SentenceTransformerTrainer(model=model, args=training_args, train_dataset=train, loss=loss).train()
+    model.max_seq_length = args.eval_max_seq_length  # sentence-transformers encodes at the model's own limit
+    return model.eval()
+
+
+def embedding_job(job):
+    """Train one embedding model (method, seed) on the regime's data and score it with the regime's evaluators."""
+    from mrl_text.evaluation import evaluate
+
+    args, method, seed = job["args"], job["method"], job["seed"]
+    timings = {}
+    datasets_, evaluators, description = job["data"](args)
+    order = batch_order([len(d) for d in datasets_], args.batch_size, seed, args.epochs)
+    label = f"{args.regime}/{method}/seed{seed}"
+    with tempfile.TemporaryDirectory() as scratch, common.phase(f"{label} train", timings):
+        model = train_embedding_model(args, method, datasets_, order, seed, scratch)
+    dims = [int(method[2:])] if method.startswith("ff") else args.sizes
+    with common.phase(f"{label} evaluate", timings):
+        results = evaluate(model, evaluators, dims=dims, max_length=args.eval_max_seq_length, batch_size=128)
+    values = {e.name: {r["dim"]: r["value"] for r in results.rows if r["metric"] == e.primary_metric}
+              for e in evaluators}
+    return {"method": method, "seed": seed, "steps": len(order), "data": description, "values": values,
+            "timings": timings}
+
+
+def retrieval_data(args):
+    """SciFact's training queries as (anchor=query, positive=relevant abstract) pairs; the test-split evaluator."""
+    from mrl_text.data import load_beir
+    from mrl_text.evaluation import RetrievalEvaluator
+
+    folder = Path(args.data) / "scifact"
+    corpus, queries, qrels = load_beir(folder, "train")
+    pairs = [{"anchor": queries[q], "positive": corpus[d]}
+             for q in sorted(qrels) for d in sorted(qrels[q]) if qrels[q][d] > 0]
+    pairs = common.subsample(pairs, args.limit_train)
+    corpus, queries, qrels = load_beir(folder, "test")
+    if args.limit_eval:  # the kept queries against their relevant abstracts plus a sample of the others
+        kept = common.subsample(sorted(qrels), args.limit_eval)
+        qrels, queries = {q: qrels[q] for q in kept}, {q: queries[q] for q in kept}
+        relevant = {d for q in kept for d in qrels[q]}
+        others = common.subsample(sorted(set(corpus) - relevant), 4 * args.limit_eval)
+        corpus = {d: corpus[d] for d in sorted(relevant) + others}
+    description = (f"{len(pairs)} (query, relevant abstract) pairs of SciFact's training queries; SciFact test "
+                   f"({len(queries)} queries, {len(corpus)} abstracts)")
+    return [pairs], [RetrievalEvaluator(corpus, queries, qrels, name="scifact")], description
+
+
+def embedding_table(results, methods, task, sizes):
+    lines = ["| run | " + " | ".join(map(str, sizes)) + " |", "|---|" + "---|" * len(sizes)]
+    for method in methods:
+        runs = [r for r in results if r["method"] == method]
+        lines.append(f"| {method} | " + " | ".join(
+            common.cell([r["values"][task][d] for r in runs if d in r["values"][task]]) for d in sizes) + " |")
+    return lines
+
+
+def mean_value(results, method, task, dim):
+    return common.mean_of([r["values"][task][dim] for r in results if r["method"] == method and dim in r["values"][task]])
+
+
+def retrieval_targets(results, sizes):
+    checks = []
+
+    def check(text, difference):
+        if not np.isnan(difference):
+            checks.append((text, difference, difference >= 0))
+
+    def v(method, dim):
+        return mean_value(results, method, "scifact", dim)
+
+    for d in (32, 16):
+        check(f"MRL >= plain + 1.0 at {d}", v("mrl", d) - v("plain", d) - 1.0)
+    check("MRL >= plain at 64", v("mrl", 64) - v("plain", 64))
+    check(f"MRL >= plain - 0.3 at {sizes[0]}", v("mrl", sizes[0]) - v("plain", sizes[0]) + 0.3)
+    for d in sizes:
+        check(f"MRL >= peer (st) at {d}", v("mrl", d) - v("st", d))
+    for d in (64, 32):
+        check(f"MRL within 0.5 of FF-{d}", v("mrl", d) - v(f"ff{d}", d) + 0.5)
+    return checks
+
+
+def run_retrieval(args, argv):
+    methods = args.methods.split(",")
+    timings = {}
+    with common.phase("retrieval runs", timings):
+        jobs = [{"args": args, "method": m, "seed": s, "data": retrieval_data} for s in range(args.seeds) for m in methods]
+        results = common.run_jobs(embedding_job, jobs, args.workers, args.device)
+    setup = (
+        f"From {args.model}; {results[0]['data']}; {results[0]['steps']} steps of batch {args.batch_size} ({args.epochs} epoch(s), the same batches in the same "
+        f"order for every run), InfoNCE (scale 20), lr {args.lr} (projections {args.head_lr or args.lr}), warmup "
+        f"{args.warmup_ratio}, {args.max_seq_length} training tokens; evaluated at {args.eval_max_seq_length} tokens; {args.seeds} seed(s), mean ± sd. "
+        "plain: InfoNCE at full size only; mrl: at every size; st: sentence-transformers' "
+        "MatryoshkaLoss(MultipleNegativesRankingLoss); ffN: projection to N trained alone. " + common.subsampling_note(args)
+    )
+    report = {**common.report_head(argv, setup), "timings": timings, "runs": results,
+              "targets": retrieval_targets(results, args.sizes)}
+    body = ["SciFact test nDCG@10 x100:", ""] + embedding_table(results, methods, "scifact", args.sizes)
+    body += common.targets_lines(report["targets"])
+    body += ["", "Wall time per phase: " + ", ".join(f"{k} {v:.0f}s" for k, v in timings.items())]
+    common.write_report(args, "retrieval", report, "Quality: retrieval adaptation (SciFact)", body)
+    return report
+
+
+# ---------------------------------------------------------------------------------------------------------------
+# Finished model: all-MiniLM-L6-v2 has seen this data
+
+
+FINISHED_TASKS = {"stsb": "spearman", "scifact": "ndcg@10", "banking77": "accuracy"}
+
+
+def finished_data(args):
+    """SNLI dev+test triplets and MRPC paraphrase pairs (label 1); STS-B, SciFact and Banking77-probe evaluators."""
+    from datasets import concatenate_datasets
+
+    from mrl_text.data import load_beir, load_classification, load_pairs, load_sts, nli_triplets, read_table
+    from mrl_text.evaluation import ClassificationEvaluator, RetrievalEvaluator, STSEvaluator
+
+    data = Path(args.data)
+    snli = concatenate_datasets([read_table(data / "snli" / f"{s}.tsv") for s in ("dev", "test")])
+    triplets = list(nli_triplets(snli))
+    mrpc = concatenate_datasets([read_table(data / "mrpc" / f"{s}.tsv") for s in ("train", "test")])
+    pairs = list(load_pairs(mrpc.filter(lambda row: int(row["label"]) == 1), anchor="sentence1", positive="sentence2"))
+    triplets, pairs = common.subsample(triplets, args.limit_train), common.subsample(pairs, args.limit_train)
+    s1, s2, scores = load_sts(data / "stsb" / "test.tsv")
+    sts = list(zip(s1, s2, scores))
+    corpus, queries, qrels = load_beir(data / "scifact", "test")
+    train = list(zip(*load_classification(data / "banking77" / "train.tsv")))
+    test = list(zip(*load_classification(data / "banking77" / "test.tsv")))
+    if args.limit_eval:
+        sts, test = common.subsample(sts, args.limit_eval), common.subsample(test, args.limit_eval)
+        train = common.subsample(train, 2 * args.limit_eval)
+        kept = common.subsample(sorted(qrels), max(1, args.limit_eval // 10))
+        qrels, queries = {q: qrels[q] for q in kept}, {q: queries[q] for q in kept}
+        relevant = {d for q in kept for d in qrels[q]}
+        corpus = {d: corpus[d] for d in sorted(relevant) + common.subsample(sorted(set(corpus) - relevant), args.limit_eval)}
+    evaluators = [
+        STSEvaluator(*zip(*sts), name="stsb"),
+        RetrievalEvaluator(corpus, queries, qrels, name="scifact"),
+        ClassificationEvaluator(*zip(*train), *zip(*test), name="banking77"),
+    ]
+    description = (f"{len(triplets)} SNLI (dev+test) triplets and {len(pairs)} MRPC paraphrase pairs; STS-B test "
+                   f"({len(sts)} pairs), SciFact test ({len(queries)} queries, {len(corpus)} abstracts), Banking77 "
+                   f"probe ({len(train)} train / {len(test)} test texts)")
+    return [triplets, pairs], evaluators, description
+
+
+def run_finished(args, argv):
+    methods = args.methods.split(",")
+    timings = {}
+    with common.phase("finished runs", timings):
+        jobs = [{"args": args, "method": m, "seed": s, "data": finished_data} for s in range(args.seeds) for m in methods]
+        results = common.run_jobs(embedding_job, jobs, args.workers, args.device)
+    for r in results:  # the 3-task average per size
+        r["values"]["avg"] = {d: float(np.mean([r["values"][t][d] for t in FINISHED_TASKS])) for d in args.sizes}
+    # Hook: the post-hoc adaptor (benchmarks/quality_adaptor.py, `add_arguments(parser)` / `run(args) -> dict`) adds
+    # its rows here, as more `results` entries {"method": "adaptor", "seed", "values": {task: {dim: value}}}.
+    setup = (
+        f"From {args.model}; {results[0]['data']}; {results[0]['steps']} steps of batch "
+        f"{args.batch_size} (one source per batch, the same batches for every run), {args.epochs} epoch(s), lr "
+        f"{args.lr}, warmup {args.warmup_ratio}, {args.max_seq_length} training tokens; evaluated at "
+        f"{args.eval_max_seq_length} tokens; {args.seeds} seed(s), mean ± sd. " + common.subsampling_note(args)
+    )
+    report = {**common.report_head(argv, setup), "timings": timings, "runs": results}
+    body = ["3-task average (STS-B Spearman, SciFact nDCG@10, Banking77 probe accuracy), x100:", ""]
+    body += embedding_table(results, methods, "avg", args.sizes)
+    for task, metric in FINISHED_TASKS.items():
+        body += ["", f"{task} ({metric}), x100:", ""] + embedding_table(results, methods, task, args.sizes)
+    checks = []
+    for d in args.sizes:
+        difference = mean_value(results, "mrl", "avg", d) - mean_value(results, "plain", "avg", d)
+        need = -0.3 if d == args.sizes[0] else 1.0 if d <= 64 else None
+        if need is not None and not np.isnan(difference):
+            checks.append((f"MRL >= plain {need:+.1f} at {d}", difference - need, difference >= need))
+    report["targets"] = checks
+    body += common.targets_lines(checks)
+    body += ["", "Wall time per phase: " + ", ".join(f"{k} {v:.0f}s" for k, v in timings.items())]
+    common.write_report(args, "finished", report, "Quality: finished model (plain vs MRL vs the peer)", body)
+    return report
+
+
+# ---------------------------------------------------------------------------------------------------------------
+# Head recipe study (validation only): how fast do freshly initialised heads reach the probe on the same features?
+
+
+def run_heads(args, argv):
+    """Nested heads (MRL and MRL-E, initialised as the model initialises them) trained alone on the starting
+    encoder's frozen pooled features of Banking77, for the steps of one epoch, per head learning rate; validation
+    accuracy against the probe on the same features. The encoder is frozen so each setting costs seconds; the joint
+    runs of `classification --eval-split val` then confirm the choice with the encoder training too."""
+    from transformers import get_linear_schedule_with_warmup
+
+    from mrl_text import truncate_embeddings
+
+    timings = {}
+    task = load_task(args, "banking77")
+    (train_texts, train_y), (val_texts, val_y) = task["train"], task["val"]
+    cache = Path(args.out) / f"features-{len(train_y)}-{len(val_y)}-{args.max_seq_length}.pt"
+    with common.phase("features", timings):
+        if cache.is_file():
+            train_x, val_x = torch.load(cache)
+        else:
+            encoder = build_classifier(args, "plain", None, len(task["classes"]))
+            train_x = common.pooled_features(encoder, train_texts, args.max_seq_length)
+            val_x = common.pooled_features(encoder, val_texts, args.max_seq_length)
+            cache.parent.mkdir(parents=True, exist_ok=True)
+            torch.save((train_x, val_x), cache)
+    probes = {d: common.probe_accuracy(train_x, train_y, val_x, val_y, d) for d in args.sizes}
+    labels = torch.as_tensor(train_y)
+    runs = []
+    for setting in args.settings.split(","):
+        method, feed, rule = setting.split(":")
+        for steps in args.steps:
+            for head_lr in args.head_lrs:
+                torch.manual_seed(0)
+                model = build_classifier(args, method, None, len(task["classes"]))
+                model.matryoshka.requires_grad_(False)  # frozen encoder: only the heads train
+                heads = model.classifier
+                optimizer = common.build_optimizer(model, 0.0, head_lr, scale_heads_by_size=rule == "scaled")
+                schedule = get_linear_schedule_with_warmup(optimizer, int(args.warmup_ratio * steps), steps)
+                generator = torch.Generator().manual_seed(0)
+                order = torch.cat([torch.randperm(len(labels), generator=generator) for _ in range(
+                    steps * args.batch_size // len(labels) + 1)])
+
+                def logits(x, dim, feed=feed, heads=heads):
+                    if feed == "normalized":  # a cosine-style head: unit-length prefix times a fixed scale
+                        x = torch.nn.functional.pad(truncate_embeddings(x, dim) * args.feature_scale,
+                                                    (0, x.shape[-1] - dim))
+                    return heads(x, dim=dim)
+
+                for step in range(steps):
+                    rows = order[step * args.batch_size : (step + 1) * args.batch_size]
+                    loss = sum(torch.nn.functional.cross_entropy(logits(train_x[rows], d), labels[rows])
+                               for d in args.sizes)
+                    loss.backward()
+                    optimizer.step()
+                    schedule.step()
+                    optimizer.zero_grad()
+                with torch.no_grad():
+                    accuracy = {d: float((logits(val_x, d).argmax(-1).numpy() == val_y).mean()) for d in args.sizes}
+                runs.append({"method": method, "feed": feed, "lr_rule": rule, "steps": steps, "head_lr": head_lr,
+                             "head": accuracy})
+                print(setting, steps, head_lr, {d: round(100 * (a - probes[d]), 1) for d, a in accuracy.items()}, flush=True)
+    setup = (
+        f"Banking77, {len(train_y)} training / {len(val_y)} validation rows (validation held out from train; no test "
+        f"data used), frozen pooled features of {args.model} at {args.max_seq_length} tokens; heads initialised as "
+        f"MatryoshkaForSequenceClassification initialises them, AdamW, {args.warmup_ratio:.0%} warm-up then linear "
+        f"decay, batch {args.batch_size}, Matryoshka cross-entropy over all sizes. `normalized`: each head reads its "
+        f"re-normalized prefix times {args.feature_scale}. " + common.subsampling_note(args)
+    )
+    report = {**common.report_head(argv, setup), "probe": probes, "runs": runs, "timings": timings}
+    sizes = args.sizes
+    body = ["Validation accuracy x100 of the heads, minus the probe on the same features (probe row first):", "",
+            "| method | feed | head lr rule | steps | head lr | " + " | ".join(map(str, sizes)) + " |",
+            "|---|---|---|---|---|" + "---|" * len(sizes),
+            "| probe | | | | | " + " | ".join(f"{100 * probes[d]:.1f}" for d in sizes) + " |"]
+    for r in runs:
+        body.append(f"| {r['method']} | {r['feed']} | {r['lr_rule']} | {r['steps']} | {r['head_lr']:g} | "
+                    + " | ".join(f"{100 * (r['head'][d] - probes[d]):+.1f}" for d in sizes) + " |")
+    common.write_report(args, "heads", report, "Quality: how freshly initialised heads train (validation study)", body)
+    return report
+
+
+# ---------------------------------------------------------------------------------------------------------------
+# Command line
+
+
+def parse_args(argv=None):
+    parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
+    commands = parser.add_subparsers(dest="regime", required=True)
+    for regime in ("classification", "adaptive", "heads"):
+        sub = commands.add_parser(regime)
+        common.add_common_arguments(sub, regime)
+        sub.add_argument("--lr", type=float, default=2e-4, help="encoder learning rate")
+        sub.add_argument("--head-lr", type=float, default=3e-2, help="heads' and projections' learning rate")
+        sub.add_argument("--head-lr-rule", choices=("flat", "scaled"), default="scaled",
+                         help="scaled: the head of size d learns at head-lr * sqrt(full / d) (see build_optimizer)")
+        sub.add_argument("--epochs", type=int, default=1)
+        sub.add_argument("--eval-max-seq-length", type=int, default=64)
+        sub.add_argument("--val-fraction", type=float, default=0.1, help="share of train held out as validation")
+        if regime == "classification":
+            sub.add_argument("--datasets", default=",".join(CLASSIFICATION_DATASETS))
+            sub.add_argument("--methods", default=",".join(CLASSIFICATION_METHODS))
+            sub.add_argument("--eval-split", choices=("val", "test"), default="test",
+                             help="val for choosing a recipe, test for the reported figures")
+        if regime == "heads":
+            sub.add_argument("--steps", type=int, nargs="+", default=[313])
+            sub.add_argument("--head-lrs", type=float, nargs="+", default=[1e-2, 3e-2, 1e-1])
+            sub.add_argument("--settings", default="mrl:raw:flat,mrl:raw:scaled,mrl_e:raw:flat,mrl:normalized:flat",
+                             help="method:feed:lr rule, comma-separated (feed raw|normalized, rule flat|scaled)")
+            sub.add_argument("--feature-scale", type=float, default=10.0)
+    for regime, methods, lr, epochs, tokens, sizes in (
+        ("retrieval", "plain,mrl,st,ff64,ff32", 2e-5, 3, 128, common.SIZES),
+        ("finished", "plain,mrl,st", 2e-5, 1, 64, common.SIZES[:-1]),  # the history's sizes (384..16)
+    ):
+        sub = commands.add_parser(regime)
+        common.add_common_arguments(sub, regime)
+        sub.set_defaults(max_seq_length=tokens, sizes=",".join(map(str, sizes)))
+        sub.add_argument("--methods", default=methods)
+        sub.add_argument("--lr", type=float, default=lr, help="encoder learning rate")
+        sub.add_argument("--head-lr", type=float, default=None, help="projections' learning rate (default: --lr)")
+        sub.add_argument("--epochs", type=int, default=epochs)
+        sub.add_argument("--eval-max-seq-length", type=int, default=256)
+    args = parser.parse_args(argv)
+    return common.finish_arguments(args)
+
+
+def main(argv=None):
+    argv = sys.argv[1:] if argv is None else list(argv)
+    args = parse_args(argv)
+    runners = {"classification": run_classification, "adaptive": run_adaptive, "heads": run_heads,
+               "retrieval": run_retrieval, "finished": run_finished}
+    return runners[args.regime](args, argv)
+
+
+if __name__ == "__main__":
+    main()

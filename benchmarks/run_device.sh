@@ -1,0 +1,57 @@
+#!/usr/bin/env bash
+# One GPU run of the quality suite (benchmarks/quality.py), sized for ~8 minutes on one H200 with 16 CPU cores.
+#
+#   MODEL_DIR=<all-MiniLM-L6-v2 folder> DATA_DIR=<shared data folder> OUT=<results folder> bash benchmarks/run_device.sh
+#
+# Runs from the repository root with PYTHONPATH=. (no install). Regimes in order of value: classification (3
+# datasets x 9 models x 3 seeds = 81 trainings), retrieval (5 methods x 3 seeds), adaptive (3 trainings), finished
+# (3 methods x 3 seeds); a regime is skipped, and says so, when its estimate no longer fits BUDGET_S. Each regime
+# runs its trainings in parallel processes on the one GPU (MiniLM is tiny: one process leaves most of it idle) and
+# fits its logistic-regression probes on the CPU inside the same processes.
+#
+# Estimates (GPU, from MiniLM-L6's step cost: ~25 ms per step of 32 x 64 tokens incl. Trainer overhead, ~4-5x
+# throughput from 8 concurrent processes; probes ~4 s each on 2 cores): classification ~24k steps + 306 probes
+# ~5.5 min; retrieval 15 x 84 steps + 15 SciFact encodings ~1 min; adaptive ~0.7 min; finished 9 x 304 steps + 9
+# evaluations ~1.2 min. Per-phase wall times are printed as they finish.
+set -uo pipefail
+
+: "${MODEL_DIR:?set MODEL_DIR to the all-MiniLM-L6-v2 folder}"
+: "${DATA_DIR:?set DATA_DIR to the shared data folder (banking77/, trec/, emotion/, scifact/, snli/, mrpc/, stsb/)}"
+OUT="${OUT:-outputs/quality_device}"
+BUDGET_S="${BUDGET_S:-480}"
+SEEDS="${SEEDS:-3}"
+mkdir -p "$OUT/results" "$OUT/logs"
+
+export PYTHONPATH=. HF_HUB_OFFLINE=1 TRANSFORMERS_OFFLINE=1 HF_DATASETS_OFFLINE=1 TOKENIZERS_PARALLELISM=false
+export OMP_NUM_THREADS=2 MKL_NUM_THREADS=2  # per process; the suite's workers share 16 cores
+PYTHON="${PYTHON:-python3}"
+COMMON=(--model "$MODEL_DIR" --data "$DATA_DIR" --results "$OUT/results" --device cuda --bf16 --seeds "$SEEDS")
+START=$(date +%s)
+
+run() {  # run NAME ESTIMATE_S ARGS...: skip when the estimate no longer fits the budget
+    local name=$1 estimate=$2
+    shift 2
+    local elapsed=$(( $(date +%s) - START ))
+    if (( elapsed + estimate > BUDGET_S )); then
+        echo "## SKIPPED $name: ${elapsed}s elapsed + ~${estimate}s estimated > BUDGET_S=${BUDGET_S}s"
+        return
+    fi
+    local began=$(date +%s)
+    echo "## $name (estimate ~${estimate}s, ${elapsed}s elapsed)"
+    "$PYTHON" benchmarks/quality.py "$@" "${COMMON[@]}" --out "$OUT/scratch/$name" > "$OUT/logs/$name.log" 2>&1
+    local rc=$?
+    grep -E "^== .*: [0-9]+s$" "$OUT/logs/$name.log" | tail -n 3
+    echo "## $name: rc=$rc, $(( $(date +%s) - began ))s"
+    if (( rc != 0 )); then tail -n 40 "$OUT/logs/$name.log"; fi
+}
+
+nvidia-smi --query-gpu=name,memory.total --format=csv,noheader || true
+run classification 330 classification --workers 8
+run retrieval 60 retrieval --workers 6
+run adaptive 45 adaptive --workers 3
+run finished 75 finished --workers 6
+
+echo "## total $(( $(date +%s) - START ))s"
+for file in "$OUT"/results/quality_*.md; do
+    echo; echo "################ $file"; cat "$file"
+done

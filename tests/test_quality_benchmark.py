@@ -1,0 +1,160 @@
+"""The quality suite (benchmarks/quality.py): its helpers, and every regime end to end on a tiny random model and a
+tiny data folder built here, so a long GPU run cannot fail on a bug."""
+
+import importlib.util
+import json
+import sys
+from pathlib import Path
+
+import pytest
+import torch
+
+from .conftest import WORDS, build_tokenizer, tiny_bert_config
+
+BENCHMARKS = Path(__file__).resolve().parents[1] / "benchmarks"
+
+
+def load(name):
+    sys.path.insert(0, str(BENCHMARKS))
+    spec = importlib.util.spec_from_file_location(name, BENCHMARKS / f"{name}.py")
+    module = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(module)
+    return module
+
+
+@pytest.fixture(scope="module")
+def quality():
+    return load("quality")
+
+
+@pytest.fixture(scope="module")
+def common():
+    return load("_quality_common")
+
+
+def sentence(rng, n=6):
+    return " ".join(rng.choice(WORDS) for _ in range(n))
+
+
+def write_tsv(path, header, rows):
+    path.parent.mkdir(parents=True, exist_ok=True)
+    path.write_text("\t".join(header) + "\n" + "".join("\t".join(map(str, r)) + "\n" for r in rows))
+
+
+@pytest.fixture(scope="module")
+def tiny(tmp_path_factory):
+    """(model folder, data folder): a 32-d random BERT with its tokenizer, and every dataset the suite reads."""
+    import random
+
+    from transformers import BertModel
+
+    root = tmp_path_factory.mktemp("quality")
+    build_tokenizer(root / "model")  # writes vocab.txt, which from_encoder and sentence-transformers read
+    vocab_size = len((root / "model" / "vocab.txt").read_text().split())
+    BertModel(tiny_bert_config(vocab_size=vocab_size)).save_pretrained(root / "model")
+    rng, data = random.Random(0), root / "data"
+    for name, classes in (("banking77", ["card", "bank", "money"]), ("trec", ["DESC", "HUM"]), ("emotion", ["joy", "sad"])):
+        for split, n in (("train", 90), ("test", 30)):
+            write_tsv(data / name / f"{split}.tsv", ["text", "label"], [(sentence(rng), classes[i % len(classes)]) for i in range(n)])
+    docs = [{"_id": f"d{i}", "title": sentence(rng, 2), "text": sentence(rng, 12)} for i in range(40)]
+    (data / "scifact").mkdir()
+    (data / "scifact" / "corpus.jsonl").write_text("".join(json.dumps(d) + "\n" for d in docs))
+    (data / "scifact" / "queries.jsonl").write_text("".join(json.dumps({"_id": f"q{i}", "text": sentence(rng)}) + "\n" for i in range(40)))
+    for split, queries in (("train", range(30)), ("test", range(30, 40))):
+        write_tsv(data / "scifact" / "qrels" / f"{split}.tsv", ["query-id", "corpus-id", "score"], [(f"q{i}", f"d{i}", 1) for i in queries])
+    for split in ("dev", "test"):
+        premises = [f"{split} {i} " + sentence(rng) for i in range(20)]
+        write_tsv(data / "snli" / f"{split}.tsv", ["premise", "hypothesis", "label"],
+                  [(p, sentence(rng), label) for p in premises for label in ("entailment", "contradiction")])
+    for split in ("train", "test"):
+        write_tsv(data / "mrpc" / f"{split}.tsv", ["sentence1", "sentence2", "label"], [(sentence(rng), sentence(rng), i % 2) for i in range(40)])
+    write_tsv(data / "stsb" / "test.tsv", ["sentence1", "sentence2", "score"], [(sentence(rng), sentence(rng), i % 5) for i in range(30)])
+    return root / "model", data
+
+
+def run(quality, tiny, tmp_path, regime, *extra):
+    model, data = tiny
+    argv = [regime, "--model", str(model), "--data", str(data), "--results", str(tmp_path), "--out", str(tmp_path / "out"),
+            "--sizes", "32,16,8", "--batch-size", "8", "--limit-train", "64", "--limit-eval", "20", *extra]
+    report = quality.main(argv)
+    markdown = (tmp_path / f"quality_{regime}.md").read_text()
+    assert json.loads((tmp_path / f"quality_{regime}.json").read_text())["command"].endswith(" ".join(argv[-4:]))
+    assert "Machine:" in markdown and "Subsampled: training rows subsampled to 64" in markdown
+    return report, markdown
+
+
+def test_classification_runs_every_method_and_reports_heads_and_probes(quality, tiny, tmp_path):
+    report, markdown = run(quality, tiny, tmp_path, "classification", "--datasets", "banking77,trec", "--seeds", "2")
+    runs = report["runs"]
+    assert len(runs) == 2 * 2 * (3 + 2)  # seeds x datasets x (mrl, mrl_e, plain, FF-16, FF-8)
+    mrl = next(r for r in runs if r["method"] == "mrl")
+    assert set(mrl["head"]) == set(mrl["probe"]) == {32, 16, 8}
+    plain = next(r for r in runs if r["method"] == "plain")
+    assert set(plain["head"]) == {32} and set(plain["svd_probe"]) == {32, 16, 8}
+    assert {r["size"] for r in runs if r["method"] == "ff"} == {16, 8}
+    for row in ("MRL head", "MRL-E head", "FF-d head", "plain SVD + probe (e)"):
+        assert f"| {row} |" in markdown
+    assert " ± " in markdown  # two seeds: mean and spread
+    assert any(name.startswith("MRL head >= FF-d head - 0.5 at 32") for name, _, _ in report["targets"])
+
+
+def test_adaptive_uses_the_mrl_heads(quality, tiny, tmp_path):
+    report, markdown = run(quality, tiny, tmp_path, "adaptive")
+    (cascades,) = [r["adaptive"] for r in report["runs"]]
+    assert [c["tolerance"] for c in cascades] == list(quality.TOLERANCES)
+    assert all(8 <= c["expected_dims"] <= 32 for c in cascades)
+    assert "expected dims" in markdown
+
+
+def test_retrieval_and_finished_train_every_method(quality, tiny, tmp_path):
+    report, markdown = run(quality, tiny, tmp_path, "retrieval", "--methods", "plain,mrl,st,ff16", "--epochs", "1")
+    values = {r["method"]: r["values"]["scifact"] for r in report["runs"]}
+    assert set(values["mrl"]) == set(values["st"]) == {32, 16, 8} and set(values["ff16"]) == {16}
+    assert "| ff16 | - | " in markdown
+    report, markdown = run(quality, tiny, tmp_path, "finished")
+    assert {r["method"] for r in report["runs"]} == {"plain", "mrl", "st"}
+    assert "3-task average" in markdown and "stsb (spearman)" in markdown
+
+
+def test_build_optimizer_gives_new_modules_their_own_rate(common, make_model):
+    from mrl_text import MatryoshkaConfig, MatryoshkaForSequenceClassification
+
+    config = MatryoshkaConfig(encoder=tiny_bert_config(), matryoshka_dimensions=[32, 8], num_labels=3, projection_dim=32)
+    model = MatryoshkaForSequenceClassification(config)
+    optimizer = common.build_optimizer(model, 1e-4, head_learning_rate=1e-2, weight_decay=0.1)
+    rate = {id(p): group["lr"] for group in optimizer.param_groups for p in group["params"]}
+    decay = {id(p): group["weight_decay"] for group in optimizer.param_groups for p in group["params"]}
+    assert len(rate) == len(list(model.parameters()))
+    assert all(rate[id(p)] == 1e-4 for p in model.matryoshka.encoder.parameters())
+    for module in (model.classifier, model.matryoshka.projection):
+        assert all(rate[id(p)] == 1e-2 for p in module.parameters())
+    assert decay[id(model.classifier.heads[0].weight)] == 0.1 and decay[id(model.classifier.heads[0].bias)] == 0.0
+    plain = make_model()  # an embedding model without projection: one rate for all
+    assert {g["lr"] for g in common.build_optimizer(plain, 1e-4, head_learning_rate=1e-2).param_groups} == {1e-4}
+    assert {g["lr"] for g in common.build_optimizer(model, 1e-4).param_groups} == {1e-4}
+
+
+def test_batch_order_is_homogeneous_complete_and_seeded(quality):
+    order = quality.batch_order([70, 33], batch_size=8, seed=3, epochs=2)
+    assert len(order) == 2 * (70 // 8 + 33 // 8)  # full batches only
+    for source, rows in order:
+        assert len(rows) == 8 and all(0 <= i < (70, 33)[source] for i in rows)
+    first_epoch = order[: len(order) // 2]
+    for source, size in ((0, 70), (1, 33)):
+        seen = [i for s, rows in first_epoch if s == source for i in rows]
+        assert len(seen) == len(set(seen)) == (size // 8) * 8  # no row twice within an epoch
+    assert order == quality.batch_order([70, 33], batch_size=8, seed=3, epochs=2)
+    assert order != quality.batch_order([70, 33], batch_size=8, seed=4, epochs=2)
+
+
+def test_sizes_must_decrease(quality, tiny):
+    with pytest.raises(SystemExit, match="must be distinct and decreasing"):
+        quality.parse_args(["classification", "--model", str(tiny[0]), "--sizes", "8,16,32"])
+
+
+def test_svd_rotation_orders_axes_by_variance(common):
+    generator = torch.Generator().manual_seed(0)
+    x = torch.randn(200, 6, generator=generator) * torch.tensor([0.1, 0.1, 3.0, 0.1, 1.0, 0.1]) + 5.0
+    rotated = common.svd_rotation(x)(x)
+    variances = rotated.var(0)
+    assert rotated.shape == (200, 6) and torch.all(variances[:-1] >= variances[1:] - 1e-6)

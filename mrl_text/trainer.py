@@ -23,7 +23,6 @@ import torch
 from transformers import Trainer, TrainingArguments
 
 from .evaluation import evaluate as evaluate_model
-from .evaluation import metrics_for_trainer
 from .losses import LOSSES, MatryoshkaLoss, get_loss
 from .modeling_matryoshka import MatryoshkaForSequenceClassification, MatryoshkaModel, MatryoshkaPreTrainedModel
 
@@ -387,4 +386,53 @@ class MatryoshkaTrainer(Trainer):
         return output
 
 
-__all__ = ["MatryoshkaDataCollator", "MatryoshkaTrainer", "MatryoshkaTrainingArguments", "split_batch"]
+# Trainer glue, moved here from mrl_text.evaluation (helper H2 kept the bodies only until helper H1's versions land).
+def metrics_for_trainer(results, prefix="eval"):
+    """Flat `{f"{prefix}_{task}_{metric}_{dim}": value}` for `Trainer` logs, e.g. `eval_stsb_spearman_64`.
+
+    Metric names are made log-safe: `ndcg@10` becomes `ndcg_at_10` (`eval_scifact_ndcg_at_10_64`).
+    """
+    rows = getattr(results, "rows", results)
+    rows = list(rows)
+    if len({r["model"] for r in rows}) > 1:
+        raise ValueError("metrics_for_trainer takes the results of one model; filter the rows first.")
+    start = f"{prefix}_" if prefix else ""
+    return {f"{start}{r['task']}_{r['metric'].replace('@', '_at_')}_{r['dim']}": r["value"] for r in rows}
+
+
+def classification_compute_metrics(dims, task="classification"):
+    """`compute_metrics` for a `Trainer` of `MatryoshkaForSequenceClassification`: accuracy of every size's head.
+
+    The Trainer passes `(logits, matryoshka_logits, embeddings)` as predictions; `matryoshka_logits` holds one
+    `(n, num_labels)` array per size in `dims` order (the model's `config.matryoshka_dimensions`). Keys follow
+    [`metrics_for_trainer`]: `{task}_accuracy_{dim}` (the Trainer adds `eval_`).
+    """
+    from .metrics import accuracy
+
+    dims = list(dims)
+
+    def compute_metrics(eval_prediction):
+        predictions, labels = eval_prediction.predictions, eval_prediction.label_ids
+        per_size = predictions[1] if isinstance(predictions, (tuple, list)) and len(predictions) > 1 else None
+        if not isinstance(per_size, (tuple, list)) or len(per_size) != len(dims):
+            raise ValueError(
+                f"Expected per-size logits for sizes {dims} as the second prediction (matryoshka_logits); check that "
+                "the model is a MatryoshkaForSequenceClassification and `dims` is its config.matryoshka_dimensions."
+            )
+        references = labels.reshape(-1).tolist()
+        return {
+            f"{task}_accuracy_{dim}": accuracy(logits.argmax(-1).reshape(-1).tolist(), references)
+            for dim, logits in zip(dims, per_size)
+        }
+
+    return compute_metrics
+
+
+__all__ = [
+    "MatryoshkaDataCollator",
+    "MatryoshkaTrainer",
+    "MatryoshkaTrainingArguments",
+    "classification_compute_metrics",
+    "metrics_for_trainer",
+    "split_batch",
+]

@@ -193,10 +193,10 @@ def fit_max_length(max_length, name, tokenizer, encoder_config):
 
 
 def _sentence_transformer_embedder(model, dims, batch_size, max_length, device, show_progress_bar, name):
-    first = model[0]
-    max_length = fit_max_length(
-        max_length, name, getattr(model, "tokenizer", None), getattr(getattr(first, "auto_model", None), "config", None)
-    )
+    # Only the encoder's position limit counts: the tokenizer's model_max_length is the pipeline's own setting
+    # (sentence-transformers saves max_seq_length there), which is what max_length replaces.
+    encoder_config = getattr(getattr(model[0], "auto_model", None), "config", None)
+    max_length = fit_max_length(max_length, name, None, encoder_config)
     model.max_seq_length = max_length
     normalize = any(
         type(module).__name__ == "Normalize" or getattr(module, "normalize", None) is True for module in model

@@ -83,7 +83,7 @@ def main():
 
     # 1. all sizes from one encoding vs one encoding per size (the same evaluator code both ways)
     evaluator = STSEvaluator(s1, s2, scores, name="stsb")
-    embedder = as_embedder(model, batch_size=args.batch_size)
+    embedder = as_embedder(model, batch_size=args.batch_size, max_length=max_length)
     evaluator.evaluate(embedder, dims=[16])  # warm-up (lazy inits, caches)
     once_s, rows_once = timed(lambda: evaluator.evaluate(embedder), args.device)
     per_size_s, rows_per_size = 0.0, []

@@ -252,7 +252,7 @@ def main():
         }
         trained.save_pretrained(output_dir)
         Results.concat(
-            [Results([{**r, "model": f"{r['model']} ({when})"} for r in res.rows], res.primary_metrics)
+            [Results([{**r, "model": f"{r['model']} ({when})"} for r in res.rows], res.primary_metrics, res.task_types)
              for when, res in (("before", before), ("after", after))]
         ).to_json(output_dir / "results.json")
         (output_dir / "results.md").write_text(wide_table(before, "before training") + "\n\n"

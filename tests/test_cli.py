@@ -5,7 +5,7 @@ from pathlib import Path
 import pytest
 from huggingface_hub import ModelCard
 
-from mrl_text.cli import main
+from mrl_text.cli import build_parser, main
 from mrl_text.model_card import PLOT_FILENAME
 
 from .conftest import build_tokenizer, tiny_bert_config
@@ -66,7 +66,12 @@ def test_evaluate_writes_the_report(data, saved_models, tmp_path, capsys):
     assert {r["dim"] for r in rows if r["model"] == str(plain_dir)} == {16, 8, 4}
     markdown = (out / "results.md").read_text()
     assert "Command: `mrl-text evaluate" in markdown and "### scifact: ndcg@10" in markdown
-    assert "### stsb: spearman" in capsys.readouterr().out
+    captured = capsys.readouterr()
+    assert "### stsb: spearman" in captured.out
+    # one max_length for the model and its baseline, and a progress bar per task and model
+    assert f"evaluating {model_dir} at sizes [32, 16, 8, 4], 32 tokens" in captured.err
+    assert f"evaluating {plain_dir} at sizes [16, 8, 4], 32 tokens" in captured.err
+    assert all(f"{task} ({plain_dir})" in captured.err for task in ("stsb", "scifact", "intent"))
 
     # the card command turns the report into README.md + plot in the model folder
     assert main(["card", str(model_dir), "--results", str(out / "results.json"), "--model-id", "org/tiny"]) == 0
@@ -96,6 +101,8 @@ def test_errors_name_the_file_and_write_no_report(data, saved_models, tmp_path, 
     err = _error(["evaluate", str(tmp_path / "no-model"), "--sts", str(data / "stsb" / "test.tsv"), "--out", str(out)], capsys)
     assert "no-model" in err
     assert "Nothing to evaluate" in _error(["evaluate", str(model_dir), "--out", str(out)], capsys)
+    err = _error(["evaluate", str(model_dir), "--sts", str(data / "stsb" / "test.tsv"), "--max-length", "0", "--out", str(out)], capsys)
+    assert "max_length=0 must be a positive number of tokens" in err
     assert not out.exists()
     assert "results.json" in _error(["card", str(model_dir), "--results", str(tmp_path / "results.json")], capsys)
 
@@ -105,5 +112,9 @@ def test_help_shows_examples_and_the_console_script_is_declared(capsys):
         main(["--help"])
     assert exit_info.value.code == 0
     assert "mrl-text evaluate out/ --sts" in capsys.readouterr().out
+    with pytest.raises(SystemExit):
+        main(["evaluate", "--help"])
+    assert "--max-length TOKENS" in capsys.readouterr().out.replace("\n", " ")
+    assert build_parser().parse_args(["evaluate", "m", "--out", "o"]).max_length == 256
     scripts = tomllib.loads((ROOT / "pyproject.toml").read_text())["project"]["scripts"]
     assert scripts["mrl-text"] == "mrl_text.cli:main"

@@ -15,8 +15,8 @@ from mrl_text.evaluation import (
     STSEvaluator,
     as_embedder,
     evaluate,
-    metrics_for_trainer,
 )
+from mrl_text.trainer import metrics_for_trainer
 
 from .conftest import SHARED_DATA, build_tokenizer, tiny_bert_config
 
@@ -309,7 +309,7 @@ def test_trainer_compute_metrics_reports_every_head(tiny_tokenizer, tmp_path):
     from transformers import Trainer, TrainingArguments
 
     from mrl_text import MatryoshkaConfig, MatryoshkaForSequenceClassification
-    from mrl_text.evaluation import classification_compute_metrics
+    from mrl_text.trainer import classification_compute_metrics
 
     torch.manual_seed(0)
     config = MatryoshkaConfig(
@@ -342,3 +342,129 @@ def test_report_files_are_ordinary_files(tmp_path):
     os.umask(umask)
     assert stat.S_IMODE((tmp_path / "results.json").stat().st_mode) == 0o666 & ~umask
     assert [p.name for p in tmp_path.iterdir()] == ["results.json"]  # no temp file left behind
+
+
+# --- what each task measured: task type and primary metric ------------------------------------------------------
+
+
+def _three_tasks():
+    embedder = CountingEmbedder(dims=(16, 4))
+    texts = [f"text {i}" for i in range(8)]
+    return evaluate(embedder, [
+        STSEvaluator(texts, texts[::-1], list(range(8)), name="stsb"),
+        RetrievalEvaluator({f"d{i}": t for i, t in enumerate(texts)}, {"q": "text 3"}, {"q": {"d3": 1}}, name="sf"),
+        ClassificationEvaluator(texts, [i % 2 for i in range(8)], texts, [i % 2 for i in range(8)], name="b77"),
+    ])
+
+
+def test_results_record_task_type_and_primary_metric_through_json(tmp_path):
+    results = _three_tasks()
+    expected = {"stsb": ("sentence-similarity", "spearman"), "sf": ("text-retrieval", "ndcg@10"),
+                "b77": ("text-classification", "accuracy")}
+    assert {t: (results.task_type(t), results.primary_metric(t)) for t in results.tasks} == expected
+    results.to_json(tmp_path / "results.json")
+    assert json.loads((tmp_path / "results.json").read_text())["task_types"]["sf"] == "text-retrieval"
+    loaded = Results.from_json(tmp_path / "results.json")
+    assert {t: (loaded.task_type(t), loaded.primary_metric(t)) for t in loaded.tasks} == expected
+    assert Results.concat([loaded, _results()]).task_type("b77") == "text-classification"
+    with pytest.raises(KeyError, match="No task 'nope'"):
+        loaded.task_type("nope")
+
+
+def test_results_written_before_task_types_still_read(tmp_path):
+    """Old files: {"rows", "primary_metrics"} or a bare list. A task type is filled in when one evaluator class fits;
+    "accuracy" fits text classification and zero-shot image classification alike, so it stays unknown."""
+    rows = _three_tasks().rows
+    (tmp_path / "old.json").write_text(json.dumps({"rows": rows, "primary_metrics": {"stsb": "spearman"}}))
+    old = Results.from_json(tmp_path / "old.json")
+    assert (old.task_type("stsb"), old.primary_metric("stsb")) == ("sentence-similarity", "spearman")
+    assert (old.task_type("sf"), old.primary_metric("sf")) == ("text-retrieval", "ndcg@10")
+    assert old.primary_metric("b77") == "accuracy" and old.task_type("b77") is None
+    (tmp_path / "list.json").write_text(json.dumps(rows))
+    assert Results.from_json(tmp_path / "list.json").task_type("sf") == "text-retrieval"
+
+
+def test_image_text_evaluators_declare_their_own_task_types():
+    from mrl_text.image_text.evaluation import (
+        DualEmbedder,
+        ImageKNNEvaluator,
+        ImageTextRetrievalEvaluator,
+        ZeroShotClassificationEvaluator,
+    )
+
+    def encode_images(pixels):
+        return torch.nn.functional.one_hot(pixels[:, 0, 0, 0].long() % 4, 4).float()
+
+    def encode_texts(texts):
+        return torch.nn.functional.one_hot(torch.tensor([len(t) % 4 for t in texts]), 4).float()
+
+    dual = DualEmbedder(encode_texts, encode_images, 4, [4, 2], "dual")
+    pixels = torch.arange(4.0).view(4, 1, 1, 1).expand(4, 3, 2, 2).contiguous()
+    results = evaluate(dual, [
+        ZeroShotClassificationEvaluator(pixels, [0, 1, 2, 3], ["a", "b", "c", "d"], templates=["{}"], name="zs"),
+        ImageTextRetrievalEvaluator(pixels, ["w", "xx", "yyy", "zzzz"], name="itr"),
+        ImageKNNEvaluator(pixels, [0, 1, 0, 1], pixels, [0, 1, 0, 1], k=1, name="knn"),
+    ])
+    assert {t: results.task_type(t) for t in results.tasks} == {
+        "zs": "zero-shot-image-classification", "itr": "image-text-retrieval", "knn": "image-classification"
+    }
+    assert results.primary_metric("knn") == "knn_accuracy"
+
+
+def test_moved_names_still_import_with_a_warning_naming_the_new_home():
+    import mrl_text.evaluation as evaluation
+    from mrl_text.image_text import evaluation as image_text_evaluation
+    from mrl_text.metrics import fit_linear_probe
+
+    with pytest.warns(DeprecationWarning, match="mrl_text.image_text.evaluation.ZeroShotClassificationEvaluator"):
+        moved = evaluation.ZeroShotClassificationEvaluator
+    assert moved is image_text_evaluation.ZeroShotClassificationEvaluator
+    with pytest.warns(DeprecationWarning, match="mrl_text.trainer.metrics_for_trainer"):
+        assert evaluation.metrics_for_trainer is metrics_for_trainer
+    assert evaluation.fit_linear_probe is fit_linear_probe
+    with pytest.raises(AttributeError, match="no_such_name"):
+        evaluation.no_such_name
+
+
+# --- one max_length for every model -------------------------------------------------------------------------------
+
+
+def _plain_and_sentence_transformer(tmp_path, st_max_seq_length):
+    from sentence_transformers import SentenceTransformer, models
+    from transformers import BertModel
+
+    torch.manual_seed(0)
+    tokenizer = build_tokenizer(tmp_path / "plain")
+    BertModel(tiny_bert_config(vocab_size=len(tokenizer)), add_pooling_layer=False).save_pretrained(tmp_path / "plain")
+    tokenizer.save_pretrained(tmp_path / "plain")
+    transformer = models.Transformer(str(tmp_path / "plain"), max_seq_length=st_max_seq_length)
+    SentenceTransformer(modules=[transformer, models.Pooling(32, "mean"), models.Normalize()]).save(str(tmp_path / "st"))
+    return tmp_path / "plain", tmp_path / "st"
+
+
+def test_every_model_in_one_evaluation_reads_the_same_max_length(tmp_path):
+    """A sentence-transformers model used to keep its own max_seq_length (here 8) while the Matryoshka route read
+    up to its limit: the same weights then gave different embeddings for long texts."""
+    plain_dir, st_dir = _plain_and_sentence_transformer(tmp_path, st_max_seq_length=8)
+    long_texts = [" ".join(["the dog runs in the park with a happy child"] * 4), "hello world " * 10]
+    for max_length in (None, 24):
+        plain, st = (as_embedder(d, max_length=max_length) for d in (plain_dir, st_dir))
+        assert plain.max_length == st.max_length == (max_length or 64)  # 64: the tiny encoder's position limit
+        torch.testing.assert_close(st.encode(long_texts), plain.encode(long_texts), atol=1e-5, rtol=1e-4)
+    with pytest.warns(UserWarning, match="reads at most 64 tokens"):
+        assert as_embedder(plain_dir, max_length=512).max_length == 64
+    for bad in (0, -3, 2.5, True):
+        with pytest.raises(ValueError, match=f"max_length={bad!r} must be a positive number of tokens"):
+            as_embedder(plain_dir, max_length=bad)
+
+
+def test_progress_bar_per_task(capsys):
+    embedder = CountingEmbedder(dims=(16, 4))
+    embedder.show_progress_bar, embedder.batch_size = True, 3
+    texts = [f"text {i}" for i in range(8)]
+    evaluate(embedder, [STSEvaluator(texts, texts[::-1], list(range(8)), name="stsb"),
+                        STSEvaluator(texts, texts, list(range(8)), name="again")])
+    err = capsys.readouterr().err
+    assert "stsb (counting)" in err and "again (counting)" in err
+    assert "5/5" in err  # 3 batches of the 8 distinct texts + 2 sizes
+    assert [len(call) for call in embedder.calls[:3]] == [3, 3, 2]

@@ -10,6 +10,8 @@ from pathlib import Path
 
 import numpy as np
 
+from .linear_probe import fit_linear_probe
+
 METRIC_MODULES = ("correlation", "retrieval", "accuracy")
 
 
@@ -98,6 +100,7 @@ def load_metric(name):
 
 __all__ = [
     "accuracy",
+    "fit_linear_probe",
     "load_metric",
     "metric_path",
     "mrr_at_k",

@@ -1,0 +1,67 @@
+"""Evaluate an embedding model at every Matryoshka size: STS, retrieval and classification on frozen embeddings.
+
+Every evaluator encodes each of its texts once, at full size, and scores every size from the prefixes with
+`truncate_embeddings` (slice, then re-normalize): evaluating seven sizes costs one encoding pass, not seven.
+The same evaluators take a `MatryoshkaModel`, a plain transformers encoder, or a sentence-transformers model, read
+at one `max_length` (default 256 tokens), so baselines are measured on equal terms. Results come back as one tidy
+table of rows `{"model", "task", "metric", "dim", "value"}` (values are fractions), with each task's type and
+primary metric, written as JSON, markdown and a plot.
+
+```python
+>>> from mrl_text.data import load_sts
+>>> from mrl_text.evaluation import STSEvaluator, evaluate
+>>> results = evaluate("out/", [STSEvaluator(*load_sts("stsb/test.tsv"), name="stsb")])
+>>> results.value("stsb", "spearman", 64), results.task_type("stsb"), results.primary_metric("stsb")
+```
+
+Files: `embedders` (models -> [`Embedder`]), `base` (the evaluator contract), `text` (the text evaluators),
+`results` ([`Results`]), `runner` ([`evaluate`]). Image-text evaluators live in `mrl_text.image_text.evaluation`.
+"""
+
+import importlib
+import warnings
+
+from ..metrics import fit_linear_probe
+from .base import Evaluator
+from .embedders import DEFAULT_BATCH_SIZE, DEFAULT_MAX_LENGTH, Embedder, as_embedder
+from .results import Results
+from .runner import evaluate
+from .text import ClassificationEvaluator, RetrievalEvaluator, STSEvaluator
+
+# Names that moved out of this package: old imports keep working, with a DeprecationWarning naming the new home.
+MOVED = {
+    "DualEmbedder": "mrl_text.image_text.evaluation",
+    "ImageKNNEvaluator": "mrl_text.image_text.evaluation",
+    "ImageTextEvaluator": "mrl_text.image_text.evaluation",
+    "ImageTextRetrievalEvaluator": "mrl_text.image_text.evaluation",
+    "ZeroShotClassificationEvaluator": "mrl_text.image_text.evaluation",
+    "as_dual_embedder": "mrl_text.image_text.evaluation",
+    "classification_compute_metrics": "mrl_text.trainer",
+    "metrics_for_trainer": "mrl_text.trainer",
+}
+
+
+def __getattr__(name):
+    if name in MOVED:
+        warnings.warn(
+            f"mrl_text.evaluation.{name} moved to {MOVED[name]}.{name}; import it from there.",
+            DeprecationWarning,
+            stacklevel=2,
+        )
+        return getattr(importlib.import_module(MOVED[name]), name)
+    raise AttributeError(f"module 'mrl_text.evaluation' has no attribute {name!r}")
+
+
+__all__ = [
+    "DEFAULT_BATCH_SIZE",
+    "DEFAULT_MAX_LENGTH",
+    "ClassificationEvaluator",
+    "Embedder",
+    "Evaluator",
+    "Results",
+    "RetrievalEvaluator",
+    "STSEvaluator",
+    "as_embedder",
+    "evaluate",
+    "fit_linear_probe",
+]

@@ -247,6 +247,10 @@ class MatryoshkaTrainer(Trainer):
         # compute_loss returns a per-batch mean: Trainer divides it by the gradient accumulation steps.
         self.model_accepts_loss_kwargs = False
         self.loss_fn = loss_fn if loss_fn is not None else self.build_loss(model, args)
+        # The model card is filled as training goes: loss, data, arguments, results at every size, versions, time.
+        from .model_card_data import MatryoshkaModelCardCallback
+
+        self.add_callback(MatryoshkaModelCardCallback(self))
 
     @staticmethod
     def _check_model(model, loss):

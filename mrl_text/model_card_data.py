@@ -96,12 +96,14 @@ def non_default_arguments(args):
     for f in fields(args):
         default = f.default if f.default_factory is MISSING else f.default_factory()
         defaults[f.name] = getattr(default, "value", default)
-    return {
+    chosen = {
         name: value
-        for name, value in args.to_dict().items()
+        for name, value in (args.to_dict() if hasattr(args, "to_dict") else asdict(args)).items()
         if name in defaults and name not in PRIVATE_ARGUMENTS and not name.startswith("_") and value != defaults[name]
         and not (defaults[name] in (None, "") and not value)
     }
+    # a local path (a model or data folder) is named, never written out: cards travel to other machines
+    return {name: display_name(v) if isinstance(v, str) and is_local_path(v) else v for name, v in chosen.items()}
 
 
 def describe_dataset(dataset):

@@ -20,8 +20,7 @@ import sys
 from dataclasses import dataclass, field
 from pathlib import Path
 
-import yaml
-from transformers import AutoConfig, HfArgumentParser
+from transformers import AutoConfig
 
 import mrl_text
 from mrl_text import data as mrl_data
@@ -31,6 +30,7 @@ from mrl_text.trainer import MatryoshkaTrainer, MatryoshkaTrainingArguments
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))  # demo_data beside this script, also when imported by path
 from demo_data import chatterbot_pairs, shared_data_dir  # noqa: E402
+from recipe_config import parse_arguments as parse_arguments_from_config  # noqa: E402
 
 logger = logging.getLogger("train_bert")
 
@@ -93,25 +93,8 @@ class RecipeArguments:
 
 def parse_arguments(argv=None):
     """(RecipeArguments, MatryoshkaTrainingArguments) from `--config file.yaml` (default demo.yaml) and flags."""
-    argv = list(sys.argv[1:] if argv is None else argv)
-    config_path = DEMO_CONFIG
-    if "--config" in argv:
-        at = argv.index("--config")
-        if at + 1 >= len(argv):
-            raise ValueError("--config needs a YAML file, e.g. --config recipes/configs/bert_base_allnli.yaml")
-        config_path = Path(argv[at + 1])
-        del argv[at : at + 2]
-    if not config_path.is_file():
-        raise FileNotFoundError(f"{config_path}: no such recipe config (see recipes/configs/).")
-    values = yaml.safe_load(config_path.read_text()) or {}
-    parser = HfArgumentParser((RecipeArguments, MatryoshkaTrainingArguments))
-    known = {action.dest for action in parser._actions}
-    unknown = sorted(set(values) - known)
-    if unknown:
-        raise ValueError(f"{config_path}: unknown option(s) {unknown}; see `python recipes/train_bert.py --help`.")
-    parser.set_defaults(**values)
-    recipe, training = parser.parse_args_into_dataclasses(args=argv)
-    return recipe, training
+    dataclass_types = (RecipeArguments, MatryoshkaTrainingArguments)
+    return tuple(parse_arguments_from_config(dataclass_types, DEMO_CONFIG, argv, "recipes/train_bert.py"))
 
 
 def default_dimensions(full):

@@ -108,3 +108,53 @@ def test_default_model_is_named_by_its_hub_id(recipe):
     arguments, _ = recipe.parse_arguments([])
     model, base_model = recipe.build_model(arguments)
     assert base_model == "sentence-transformers/all-MiniLM-L6-v2"
+
+
+@pytest.fixture(scope="module")
+def align_recipe():
+    spec = importlib.util.spec_from_file_location("train_align", RECIPES / "train_align.py")
+    module = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(module)
+    return module
+
+
+def test_align_arguments_parse_like_train_bert(align_recipe, tmp_path):
+    demo = align_recipe.parse_arguments([])
+    assert demo.dataset == "digits" and demo.matryoshka_dimensions == [256, 128, 64, 32, 16, 8] and demo.epochs == 6
+    online = align_recipe.parse_arguments(["--config", str(RECIPES / "configs" / "align_base.yaml"), "--epochs", "2"])
+    assert online.model == "kakaobrain/align-base" and online.eval_size == 500 and online.epochs == 2  # flags win
+    (tmp_path / "bad.yaml").write_text("epochs: 1\nbatch_sise: 8\n")
+    with pytest.raises(ValueError, match=r"unknown option\(s\) \['batch_sise'\]"):
+        align_recipe.parse_arguments(["--config", str(tmp_path / "bad.yaml")])
+
+
+def test_align_recipe_card_from_training(align_recipe, tmp_path, tiny_tokenizer):
+    """An image-text model trained by the recipe gets a card with image task types and before/after results."""
+    import numpy as np
+    import torch
+    from datasets import Dataset, DatasetDict
+    from PIL import Image
+    from transformers import CLIPImageProcessor, CLIPModel
+
+    from .test_dual_encoder import tiny_clip_config
+
+    torch.manual_seed(0)
+    CLIPModel(tiny_clip_config()).save_pretrained(tmp_path / "clip")
+    tiny_tokenizer.save_pretrained(tmp_path / "clip")
+    CLIPImageProcessor(size={"shortest_edge": 16}, crop_size={"height": 16, "width": 16}).save_pretrained(tmp_path / "clip")
+    rng = np.random.default_rng(0)
+    images = [Image.fromarray(rng.integers(0, 255, (20, 20, 3), dtype=np.uint8)) for _ in range(12)]
+    DatasetDict({"train": Dataset.from_dict({"image": images, "caption": [f"a photo {i}" for i in range(12)]})}).save_to_disk(
+        tmp_path / "data"
+    )
+    out = tmp_path / "align-out"
+    model, _, _, _ = align_recipe.train({
+        "model": str(tmp_path / "clip"), "matryoshka_dimensions": [24, 12, 6], "dataset": str(tmp_path / "data"),
+        "eval_size": 4, "batch_size": 4, "epochs": 1, "output_dir": str(out),
+    })
+    model.save_pretrained(out)
+    card = ModelCard.load(out / "README.md")
+    assert card.data.pipeline_tag == "zero-shot-image-classification"
+    assert {r.task_type for r in card.data.eval_results} == {"image-text-retrieval"}
+    assert "clip (before training)" in card.text and "`MatryoshkaLoss(ImageTextInfoNCELoss)`" in card.text
+    assert "8 rows" in card.text and "`batch_size`: 4" in card.text and str(tmp_path) not in card.text

@@ -253,3 +253,64 @@ def test_base_model_is_the_hub_id_when_the_encoder_config_names_one(make_model):
     model.config.encoder._name_or_path = "google-bert/bert-base-uncased"
     card = ModelCard(str(build_card(model, _results(), model_id="org/tiny")))
     assert card.data.base_model == "google-bert/bert-base-uncased"
+
+
+# --- `mrl-text card`: merge into the card data a recipe saved, or refuse without --overwrite ----------------------
+
+
+def _cli_error(argv, capsys):
+    from mrl_text.cli import main
+
+    with pytest.raises(SystemExit) as exit_info:
+        main(argv)
+    assert exit_info.value.code == 2
+    return capsys.readouterr().err
+
+
+def test_card_command_merges_with_the_training_details(make_model, tmp_path, capsys):
+    from mrl_text.cli import main
+
+    folder = tmp_path / "trained"
+    model = make_model()
+    model.model_card_data = MatryoshkaModelCardData(
+        model_name="trained", loss={"name": "MatryoshkaLoss(InfoNCELoss)"}, hyperparameters={"learning_rate": 5e-5},
+        train_datasets=[{"name": "chatterbot-corpus", "rows": 580}],
+    ).add_results(_results(model_name="trained", dims=(32, 16)), "trained")
+    model.save_pretrained(folder)
+    # `mrl-text evaluate trained/` names the model by the path it was given; a baseline is in the file too
+    report = Results([{"model": f"{folder}/", "task": "banking77", "metric": "accuracy", "dim": d, "value": 0.8}
+                      for d in (32, 16)] + [{"model": "baseline", "task": "banking77", "metric": "accuracy", "dim": 32,
+                                             "value": 0.7}])
+    report.to_json(tmp_path / "results.json")
+    assert main(["card", str(folder), "--results", str(tmp_path / "results.json")]) == 0
+    card = ModelCard.load(folder / "README.md")
+    tasks = {r.dataset_name for r in card.data.eval_results}
+    assert tasks == {"stsb", "scifact", "banking77"}  # the recipe's results kept, the new ones added
+    assert "MatryoshkaLoss(InfoNCELoss)" in card.text and "`learning_rate`: 5e-05" in card.text
+    assert "chatterbot-corpus (580 rows)" in card.text and "| baseline |" in card.text
+    assert str(tmp_path) not in card.text
+
+
+def test_card_command_refuses_to_drop_a_card_it_cannot_merge(make_model, tmp_path, capsys):
+    from mrl_text.cli import main
+
+    make_model().save_pretrained(tmp_path / "m")
+    (tmp_path / "m" / "README.md").write_text("# my hand-written card\n")
+    _results(model_name=str(tmp_path / "m")).to_json(tmp_path / "results.json")
+    err = _cli_error(["card", str(tmp_path / "m"), "--results", str(tmp_path / "results.json")], capsys)
+    assert "README.md exists" in err and "--overwrite" in err
+    assert (tmp_path / "m" / "README.md").read_text() == "# my hand-written card\n"
+    assert main(["card", str(tmp_path / "m"), "--results", str(tmp_path / "results.json"), "--overwrite"]) == 0
+    assert len(ModelCard.load(tmp_path / "m" / "README.md").data.eval_results) == 12
+
+
+def test_card_command_takes_only_this_models_rows(make_model, tmp_path, capsys):
+    from mrl_text.cli import main
+
+    make_model().save_pretrained(tmp_path / "m")
+    _results(model_name="some-other-model").to_json(tmp_path / "results.json")
+    err = _cli_error(["card", str(tmp_path / "m"), "--results", str(tmp_path / "results.json")], capsys)
+    assert "some-other-model" in err and "--results-model" in err and not (tmp_path / "m" / "README.md").exists()
+    argv = ["card", str(tmp_path / "m"), "--results", str(tmp_path / "results.json"), "--results-model", "some-other-model"]
+    assert main(argv) == 0
+    assert len(ModelCard.load(tmp_path / "m" / "README.md").data.eval_results) == 12

@@ -25,6 +25,7 @@ from pathlib import Path
 from transformers import TrainerCallback
 
 from .evaluation import Results
+from .file_utils import write_atomic
 
 CARD_DATA_FILENAME = "model_card_data.json"
 BEFORE_TRAINING = "before training"
@@ -234,8 +235,6 @@ class MatryoshkaModelCardData:
         return cls(**{**data, "results": Results(results["rows"], results.get("primary_metrics")) if results else None})
 
     def save(self, directory):
-        from .file_utils import write_atomic
-
         write_atomic(Path(directory) / CARD_DATA_FILENAME, json.dumps(self.to_dict(), indent=2) + "\n")
 
     @classmethod
@@ -246,7 +245,7 @@ class MatryoshkaModelCardData:
             return None
         try:
             return cls.from_dict(json.loads(path.read_text()))
-        except (json.JSONDecodeError, TypeError, KeyError) as error:
+        except (ValueError, TypeError, KeyError) as error:  # bad JSON, unknown fields, malformed results
             raise ValueError(f"{path}: not valid model card data ({error}); delete it or pass --overwrite.") from None
 
 

@@ -15,12 +15,16 @@ STS_ROWS = [("a man is playing a guitar", "a man plays music", 4.0), ("the dog r
             ("it is raining today", "the weather is bad", 3.0), ("what is my balance", "help with my account", 2.0)]
 
 
-@pytest.fixture(scope="module")
-def recipe():
-    spec = importlib.util.spec_from_file_location("train_bert", RECIPES / "train_bert.py")
+def load_recipe(name):
+    spec = importlib.util.spec_from_file_location(name, RECIPES / f"{name}.py")
     module = importlib.util.module_from_spec(spec)
     spec.loader.exec_module(module)
     return module
+
+
+@pytest.fixture(scope="module")
+def recipe():
+    return load_recipe("train_bert")
 
 
 def test_configs_parse(recipe):
@@ -112,10 +116,7 @@ def test_default_model_is_named_by_its_hub_id(recipe):
 
 @pytest.fixture(scope="module")
 def align_recipe():
-    spec = importlib.util.spec_from_file_location("train_align", RECIPES / "train_align.py")
-    module = importlib.util.module_from_spec(spec)
-    spec.loader.exec_module(module)
-    return module
+    return load_recipe("train_align")
 
 
 def test_align_arguments_parse_like_train_bert(align_recipe, tmp_path):

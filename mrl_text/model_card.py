@@ -19,10 +19,13 @@ from .evaluation import Results
 from .file_utils import write_atomic
 from .model_card_data import (
     MatryoshkaModelCardData,
+    base_model_id,
     display_name,
+    is_local_path,
     model_card_data,
     model_names,
     own_model_name,
+    starting_point,
 )
 
 TEMPLATE_PATH = Path(__file__).parent / "model_cards" / "matryoshka_card.md"
@@ -214,9 +217,10 @@ def build_card(model, results=None, model_id=None, base_model=None, datasets=Non
     )
     name_or_path = getattr(model, "name_or_path", "") or ""
     model_id = data.model_id or (display_name(name_or_path) if name_or_path else None) or "path/to/model"
-    base_model = data.base_model or getattr(config.encoder, "_name_or_path", None) or None
-    base_model_name = data.base_model_name or (display_name(base_model) if base_model else None)
-    if base_model and display_name(base_model) != base_model:
+    # Given by the caller: trusted unless it is a local path. Read from the config: only an `org/name` Hub id.
+    base_model = data.base_model or base_model_id(config) or None
+    base_model_name = data.base_model_name or display_name(base_model or starting_point(config) or "") or None
+    if base_model and is_local_path(base_model):
         base_model = None  # a local folder is not a Hub id: named in the text, left out of the metadata
     own = data.own_results()
     all_results = data.results if data.results is not None and data.results.rows else None

@@ -17,6 +17,7 @@ running the same evaluator gives the card's numbers.
 
 import json
 import platform
+import re
 import time
 import warnings
 from dataclasses import MISSING, asdict, dataclass, field, fields
@@ -58,13 +59,20 @@ def starting_point(model):
     """What a model was loaded or built from: its own folder / Hub id, else its encoder's (None when unknown)."""
     config = getattr(model, "config", model)
     encoder = getattr(config, "encoder", config)
-    return getattr(model, "name_or_path", None) or getattr(encoder, "_name_or_path", None) or None
+    own = getattr(model, "name_or_path", None) if config is not model else None  # a config's is its own folder
+    return own or getattr(encoder, "_name_or_path", None) or None
+
+
+def looks_like_hub_id(name):
+    """`org/name` and not a folder here. A bare name may be a folder's name (configs name local folders so), so it
+    is not taken for an id; a caller who knows better sets `base_model` itself."""
+    return bool(name) and not is_local_path(name) and re.fullmatch(r"[\w.-]+/[\w.-]+", str(name)) is not None
 
 
 def base_model_id(model):
     """The Hub id of the model this one was built on, when its config knows one (a local folder is not an id)."""
     name = starting_point(model)
-    return None if not name or is_local_path(name) else name
+    return name if looks_like_hub_id(name) else None
 
 
 def library_versions():

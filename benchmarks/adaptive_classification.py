@@ -19,7 +19,9 @@ import numpy as np  # noqa: E402
 from embedding_cache import REPO, cached_embeddings, command_line, demo_model_path, load_model, machine, model_label  # noqa: E402
 
 from mrl_text import AdaptiveClassifier  # noqa: E402
-from mrl_text.data import load_classification, shared_data_dir  # noqa: E402
+from demo_data import shared_data_dir  # noqa: E402
+
+from mrl_text.data import load_classification  # noqa: E402
 
 
 def main():

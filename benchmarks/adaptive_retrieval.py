@@ -1,7 +1,7 @@
 """Funnel retrieval vs exact full-size search on real text embeddings, and at 1M vectors.
 
 (a) Recall@10 of several funnel settings relative to exact full-size search, on a real corpus: every sentence of
-    the development data (deduplicated; `mrl_text.data.load_text_corpus`), embedded by the MRL model; 1,000 texts
+    the development data (deduplicated; `recipes/demo_data.py`), embedded by the MRL model; 1,000 texts
     are held out as queries.
 (b) Query latency (one query at a time) and throughput (1,000 queries in one batch) at 1M vectors: the real
     embeddings plus perturbed copies of them (Gaussian noise of `--noise` times each coordinate's standard
@@ -26,7 +26,7 @@ import numpy as np  # noqa: E402
 import torch  # noqa: E402
 from embedding_cache import REPO, cached_embeddings, command_line, demo_model_path, load_model, machine, model_label  # noqa: E402
 
-from mrl_text.data import load_text_corpus  # noqa: E402
+from demo_data import load_text_corpus  # noqa: E402
 from mrl_text.modeling_matryoshka import truncate_embeddings  # noqa: E402
 from mrl_text.retrieval import FunnelIndex, build_exact_index, exact_search  # noqa: E402
 

@@ -25,9 +25,12 @@ import torch
 
 ROOT = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(ROOT))
+sys.path.insert(0, str(ROOT / "recipes"))  # demo_data: the development data helpers
 
 from mrl_text import MatryoshkaModel  # noqa: E402
-from mrl_text.data import load_sts, shared_data_dir  # noqa: E402
+from demo_data import shared_data_dir  # noqa: E402
+
+from mrl_text.data import load_sts  # noqa: E402
 from mrl_text.evaluation import STSEvaluator, as_embedder  # noqa: E402
 
 SIZES = [384, 256, 128, 64, 32, 16]

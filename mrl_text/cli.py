@@ -18,7 +18,8 @@ examples:
 
   # every model reads at most --max-length tokens (default 256), baselines too: results compare on equal terms
 
-  # the model card (README.md with Hub metadata and per-size results) and plot, written into the model folder
+  # the model card (README.md with Hub metadata and per-size results) and plot, written into the model folder;
+  # new results are merged into the card data a recipe saved (loss, data, hyperparameters, its own results)
   mrl-text card out/ --results report/results.json
 
 file formats:
@@ -106,8 +107,10 @@ def run_evaluate(args):
 
 
 def run_card(args):
+    """Write the card from the folder's card data (the training details a recipe saved), merged with `--results`."""
     from .evaluation import Results
-    from .model_card import write_card
+    from .model_card import CARD_FILENAME, write_card
+    from .model_card_data import CARD_DATA_FILENAME, MatryoshkaModelCardData, own_model_name
 
     directory = Path(args.model)
     if not (directory / "config.json").is_file():
@@ -117,10 +120,21 @@ def run_card(args):
     config = AutoConfig.from_pretrained(directory)
     if not hasattr(config, "matryoshka_dimensions"):
         raise ValueError(f"{directory}/config.json: model_type {config.model_type!r} is not a Matryoshka model.")
-    results = Results.from_json(args.results) if args.results else None
+    data = None if args.overwrite else MatryoshkaModelCardData.load(directory)
+    if data is None and (directory / CARD_FILENAME).is_file() and not args.overwrite:
+        raise ValueError(
+            f"{directory / CARD_FILENAME} exists but {CARD_DATA_FILENAME} does not, so its contents cannot be merged; "
+            "pass --overwrite to replace the card."
+        )
+    data = data or MatryoshkaModelCardData()
+    if args.results:
+        results = Results.from_json(args.results)
+        names = [args.results_model] if args.results_model else [args.model_id, str(directory), data.model_name]
+        # Only this model's rows become its results (strict: no fallback to another model in the file).
+        data.add_results(results, own_model_name(results, [n for n in names if n], strict=True))
     card_path = write_card(
-        directory, config, results, model_id=args.model_id, base_model=args.base_model, datasets=args.dataset or None,
-        license=args.license,
+        directory, config, card_data=data, model_id=args.model_id, base_model=args.base_model,
+        datasets=args.dataset or None, license=args.license,
     )
     print(f"mrl-text: wrote {card_path}", file=sys.stderr)
     return card_path
@@ -166,7 +180,8 @@ def build_parser():
 
     card = commands.add_parser(
         "card",
-        help="write README.md (model card with Hub metadata and results) and the results plot into a model folder",
+        help="write README.md (model card with Hub metadata and results) and the results plot into a model folder, "
+             "merging with the card data already there",
         epilog=EXAMPLES,
         formatter_class=argparse.RawDescriptionHelpFormatter,
     )
@@ -175,7 +190,11 @@ def build_parser():
     card.add_argument("--model-id", help="Hub id for the usage snippets (default: the folder)")
     card.add_argument("--base-model", help="Hub id of the encoder it was trained from")
     card.add_argument("--dataset", action="append", help="training dataset Hub id; repeatable")
-    card.add_argument("--license", default="apache-2.0")
+    card.add_argument("--results-model", metavar="NAME",
+                      help="the model name of this model's rows in --results (default: the folder as evaluated)")
+    card.add_argument("--license", help="license id (default: the card data's, else apache-2.0)")
+    card.add_argument("--overwrite", action="store_true",
+                      help="start a new card instead of merging into the folder's card data (training details)")
     card.set_defaults(func=run_card)
     return parser
 

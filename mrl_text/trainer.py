@@ -272,6 +272,10 @@ class MatryoshkaTrainer(Trainer):
         self.loss_fn = loss_fn
         if isinstance(loss_fn, nn.Module) and self.place_model_on_device:
             loss_fn.to(args.device)  # with the models a loss holds (a distillation teacher)
+        # The model card is filled as training goes: loss, data, arguments, results at every size, versions, time.
+        from .model_card_data import MatryoshkaModelCardCallback
+
+        self.add_callback(MatryoshkaModelCardCallback(self))
 
     @staticmethod
     def _check_columns(dataset, name, loss, loss_name):

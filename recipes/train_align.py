@@ -11,41 +11,83 @@ the model (loadable with `trust_remote_code=True`) and the results under `output
 
 One forward pass per step gives both towers' full-size embeddings; the loss slices every size from them
 (`MatryoshkaLoss(ImageTextInfoNCELoss())`), so the number of sizes does not multiply the encoder cost.
+
+Arguments are the fields of `AlignArguments` below; `--config file.yaml` sets them from YAML (default: the offline
+demo) and command-line flags override the YAML, as in train_bert.py.
 """
 
-import argparse
 import math
+import sys
 import time
+from dataclasses import dataclass, field
 from pathlib import Path
 
 import torch
-import yaml
 from accelerate import Accelerator
 from accelerate.utils import set_seed
 
 from mrl_text import MatryoshkaDualEncoder, MatryoshkaDualEncoderConfig
-from mrl_text.data import load_digits_image_text, load_image_captions
-from mrl_text.evaluation import (
+from mrl_text.data import load_image_captions
+from mrl_text.evaluation import evaluate
+from mrl_text.image_text import ImageTextInfoNCELoss
+from mrl_text.image_text.evaluation import (
     ImageKNNEvaluator,
     ImageTextRetrievalEvaluator,
-    Results,
     ZeroShotClassificationEvaluator,
     as_dual_embedder,
-    evaluate,
 )
-from mrl_text.losses import ImageTextInfoNCELoss, MatryoshkaLoss
+from mrl_text.losses import MatryoshkaLoss
+from mrl_text.model_card_data import (
+    describe_loss,
+    display_name,
+    hardware,
+    library_versions,
+    model_card_data,
+    non_default_arguments,
+)
+
+sys.path.insert(0, str(Path(__file__).resolve().parent))  # demo_data beside this script, also when imported by path
+from recipe_config import parse_arguments as parse_arguments_from_config  # noqa: E402
+from recipe_config import read_recipe  # noqa: E402, F401  (benchmarks read the default recipe with it)
 
 DEFAULT_CONFIG = Path(__file__).parent / "configs" / "align_digits.yaml"
+DIGITS_DATA = {"name": "scikit-learn digits (captions made from the labels)"}
+DEMO_TOWERS = "all-MiniLM-L6-v2 (text tower) and a tiny ViT trained from scratch (image tower)"
 
 
-def read_recipe(path):
-    path = Path(path)
-    if not path.is_file():
-        raise FileNotFoundError(f"{path}: no such recipe file; see recipes/configs/ for examples.")
-    recipe = yaml.safe_load(path.read_text()) or {}
-    if not isinstance(recipe, dict):
-        raise ValueError(f"{path}: a recipe is a YAML mapping of settings, got {type(recipe).__name__}.")
-    return recipe
+@dataclass
+class AlignArguments:
+    """What to train, on which data, and how (the recipe's own loop: one optimizer, two learning rates)."""
+
+    model: str | None = field(
+        default=None, metadata={"help": "ALIGN/CLIP hub id or folder; default: the small offline demo dual encoder."}
+    )
+    matryoshka_dimensions: list[int] = field(
+        default_factory=lambda: [256, 128, 64, 32, 16, 8], metadata={"help": "Nested sizes, largest first."}
+    )
+    eval_dimensions: list[int] | None = field(
+        default=None, metadata={"help": "Sizes to score (default: matryoshka_dimensions)."}
+    )
+    dataset: str = field(default="digits", metadata={"help": "digits (offline demo), or an image-caption dataset."})
+    dataset_split: str = field(default="train", metadata={"help": "Split of the image-caption dataset."})
+    image_column: str = field(default="image")
+    caption_column: str = field(default="caption", metadata={"help": "A caption, or a list (the first is used)."})
+    max_examples: int | None = field(default=None, metadata={"help": "Keep the first N image-caption rows."})
+    eval_size: int = field(default=1000, metadata={"help": "Image-caption pairs held out for evaluation."})
+    epochs: float = field(default=1)
+    batch_size: int = field(default=64, metadata={"help": "Per device; negatives are gathered across devices."})
+    learning_rate: float = field(default=5e-5, metadata={"help": "The text tower (pretrained)."})
+    image_tower_learning_rate: float = field(default=1e-3, metadata={"help": "The image tower and projections."})
+    max_length: int = field(default=64, metadata={"help": "Longest tokenized caption (tokens)."})
+    freeze_text_embeddings: bool = field(default=False, metadata={"help": "Freeze the text tower's word embeddings."})
+    output_dir: str = field(default="outputs/align-mrl")
+    seed: int = field(default=0)
+
+
+def parse_arguments(argv=None):
+    """`AlignArguments` from `--config file.yaml` (default: the offline demo) and flags."""
+    (arguments,) = parse_arguments_from_config((AlignArguments,), DEFAULT_CONFIG, argv, "recipes/train_align.py")
+    return arguments
 
 
 def demo_dual_encoder(matryoshka_dimensions, projection_dim):
@@ -83,7 +125,9 @@ def demo_dual_encoder(matryoshka_dimensions, projection_dim):
 
 def digits_data(recipe):
     """Training pairs and the three evaluators on held-out digits (captions from labels)."""
-    data = load_digits_image_text(seed=recipe.get("seed", 0))
+    from demo_data import load_digits_image_text
+
+    data = load_digits_image_text(seed=recipe.seed)
     train, test = data["train"], data["test"]
     names, templates = data["class_names"], data["eval_templates"]
     # Retrieval captions: every held-out wording of every class; an image's relevant captions are its class's.
@@ -102,12 +146,11 @@ def hub_data(recipe):
     """Image-caption pairs from the Hub preprocessed by the model's processor; held-out pairs for retrieval."""
     from transformers import AutoImageProcessor
 
-    processor = AutoImageProcessor.from_pretrained(recipe["model"])
+    processor = AutoImageProcessor.from_pretrained(recipe.model)
     data = load_image_captions(
-        recipe["dataset"], recipe.get("dataset_split", "train"), recipe.get("image_column", "image"),
-        recipe.get("caption_column", "caption"), limit=recipe.get("max_examples"),
+        recipe.dataset, recipe.dataset_split, recipe.image_column, recipe.caption_column, limit=recipe.max_examples
     )
-    split = data.train_test_split(test_size=recipe.get("eval_size", 1000), seed=recipe.get("seed", 0))
+    split = data.train_test_split(test_size=recipe.eval_size, seed=recipe.seed)
 
     def pixels(images):
         return processor(images=[image.convert("RGB") for image in images], return_tensors="pt")["pixel_values"]
@@ -134,7 +177,8 @@ def wide_table(results, title):
 
 
 def train(recipe, accelerator=None):
-    """Build the model and data of `recipe`, evaluate, train, evaluate again.
+    """Build the model and data of `recipe` (`AlignArguments`, or a dict of its fields), evaluate, train, evaluate
+    again, and fill the model's card data (loss, data, arguments, results before and after, versions, time).
 
     Returns `(model, results_before, results_after, schedule)` where `schedule` is `{"epochs", "steps"}`.
 
@@ -142,20 +186,21 @@ def train(recipe, accelerator=None):
     `eval_dimensions` (default: the trained `matryoshka_dimensions`), so a model trained at fewer sizes can be
     scored at the same sizes as a Matryoshka one.
     """
+    recipe = AlignArguments(**recipe) if isinstance(recipe, dict) else recipe
     accelerator = accelerator or Accelerator()
-    set_seed(recipe.get("seed", 0))
-    dims = recipe.get("matryoshka_dimensions")
-    if recipe.get("model"):
-        model = MatryoshkaDualEncoder.from_pretrained_dual(recipe["model"], matryoshka_dimensions=dims)
+    set_seed(recipe.seed)
+    dims = recipe.matryoshka_dimensions
+    if recipe.model:
+        model = MatryoshkaDualEncoder.from_pretrained_dual(recipe.model, matryoshka_dimensions=dims)
     else:
         model = demo_dual_encoder(dims, projection_dim=max(dims))
-    if recipe.get("dataset", "digits") == "digits":
+    if recipe.dataset == "digits":
         pairs, evaluators = digits_data(recipe)
         to_pixels = torch.stack
     else:
         pairs, evaluators, to_pixels = hub_data(recipe)
-    eval_dims = recipe.get("eval_dimensions")
-    tokenizer, max_length = model.tokenizer, recipe.get("max_length", 64)
+    eval_dims = recipe.eval_dimensions
+    tokenizer, max_length = model.tokenizer, recipe.max_length
 
     def collate(batch):
         # Each distinct caption is encoded once per step and copied to its rows (captions made from labels repeat
@@ -167,25 +212,22 @@ def train(recipe, accelerator=None):
         return {**text, "pixel_values": to_pixels(list(images)), "caption_index": caption_index}
 
     loader = torch.utils.data.DataLoader(
-        pairs, batch_size=recipe.get("batch_size", 64), shuffle=True, collate_fn=collate, drop_last=True
+        pairs, batch_size=recipe.batch_size, shuffle=True, collate_fn=collate, drop_last=True
     )
     if len(loader) == 0:
-        raise ValueError(f"{len(pairs)} training pairs make no full batch of batch_size={recipe.get('batch_size', 64)}.")
-    if recipe.get("freeze_text_embeddings", False):
+        raise ValueError(f"{len(pairs)} training pairs make no full batch of batch_size={recipe.batch_size}.")
+    if recipe.freeze_text_embeddings:
         # The word embeddings are half of MiniLM's weights; freezing them halves the optimizer's work on a CPU.
         model.encoder.text_model.get_input_embeddings().requires_grad_(False)
     # A pretrained text tower wants a small rate; a tower and projections trained from scratch want a large one.
     text_params = {id(p) for p in model.encoder.text_model.parameters()}
     trainable = [p for p in model.parameters() if p.requires_grad]
     groups = [
-        {"params": [p for p in trainable if id(p) in text_params], "lr": recipe.get("learning_rate", 5e-5)},
-        {
-            "params": [p for p in trainable if id(p) not in text_params],
-            "lr": recipe.get("image_tower_learning_rate", 1e-3),
-        },
+        {"params": [p for p in trainable if id(p) in text_params], "lr": recipe.learning_rate},
+        {"params": [p for p in trainable if id(p) not in text_params], "lr": recipe.image_tower_learning_rate},
     ]
     optimizer = torch.optim.AdamW(groups, weight_decay=0.01)
-    epochs = recipe.get("epochs", 1)
+    epochs = recipe.epochs
     total_steps = max(1, math.ceil(epochs * len(loader) / accelerator.num_processes))
     scheduler = torch.optim.lr_scheduler.OneCycleLR(
         optimizer, max_lr=[g["lr"] for g in groups], total_steps=total_steps, pct_start=0.1
@@ -222,39 +264,39 @@ def train(recipe, accelerator=None):
             if step >= total_steps:
                 break
     accelerator.wait_for_everyone()
+    seconds = time.time() - start
     after = report("after training")
-    return accelerator.unwrap_model(model), before, after, {"epochs": epochs, "steps": total_steps}
-
-
-def main():
-    parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
-    parser.add_argument("--config", default=str(DEFAULT_CONFIG), help="recipe YAML (default: the offline demo)")
-    parser.add_argument("--epochs", type=float, help="override the recipe's epochs")
-    parser.add_argument("--output_dir", help="override the recipe's output_dir")
-    args = parser.parse_args()
-    recipe = read_recipe(args.config)
-    for key in ("epochs", "output_dir"):
-        if getattr(args, key) is not None:
-            recipe[key] = getattr(args, key)
-
-    accelerator = Accelerator()
-    trained, before, after, schedule = train(recipe, accelerator)
+    trained = accelerator.unwrap_model(model)
     if accelerator.is_main_process:
-        output_dir = Path(recipe.get("output_dir", "outputs/align-mrl"))
-        # The save hook writes the model card (per-size results, plot, training details) next to the weights.
-        trained.eval_results = after
-        trained.card_data = {
-            "loss": "MatryoshkaLoss(ImageTextInfoNCELoss): symmetric image-text InfoNCE, learned temperature",
-            "data": recipe.get("dataset", "digits")
-            + (" (scikit-learn 8x8 digits; captions made from the class labels)" if not recipe.get("model") else ""),
-            **schedule,
-            "batch size": recipe.get("batch_size", 64),
-        }
+        card = model_card_data(trained)
+        card.model_name = Path(recipe.output_dir).name
+        hub_model = recipe.model if recipe.model and display_name(recipe.model) == recipe.model else None
+        card.base_model = hub_model
+        card.base_model_name = display_name(recipe.model) if recipe.model else DEMO_TOWERS
+        card.loss = describe_loss(loss_fn)
+        card.hyperparameters = non_default_arguments(recipe)
+        hub_data_id = recipe.dataset if recipe.model and display_name(recipe.dataset) == recipe.dataset else None
+        card.train_datasets = [{"name": display_name(recipe.dataset) if recipe.model else DIGITS_DATA["name"],
+                                "id": hub_data_id, "rows": len(pairs)}]
+        held_out = DIGITS_DATA if recipe.dataset == "digits" else {"name": f"{recipe.dataset} (held out)"}
+        card.eval_datasets = {e.name: held_out for e in evaluators}
+        card.task_types.update({e.name: e.task_type for e in evaluators if getattr(e, "task_type", None)})
+        card.add_results(before, before_training=True).add_results(after)
+        card.training.update({"steps": total_steps, "epochs": epochs, "training time": f"{seconds:.0f} s",
+                              "hardware": hardware()})
+        card.versions = library_versions()
+    return trained, before, after, {"epochs": epochs, "steps": total_steps}
+
+
+def main(argv=None):
+    recipe = parse_arguments(argv)
+    accelerator = Accelerator()
+    trained, before, after, _ = train(recipe, accelerator)
+    if accelerator.is_main_process:
+        output_dir = Path(recipe.output_dir)
+        # The save hook writes the model card (per-size results before and after, plot, training details).
         trained.save_pretrained(output_dir)
-        Results.concat(
-            [Results([{**r, "model": f"{r['model']} ({when})"} for r in res.rows], res.primary_metrics, res.task_types)
-             for when, res in (("before", before), ("after", after))]
-        ).to_json(output_dir / "results.json")
+        model_card_data(trained).results.to_json(output_dir / "results.json")
         (output_dir / "results.md").write_text(wide_table(before, "before training") + "\n\n"
                                                + wide_table(after, "after training") + "\n")
         print(f"saved the model and results to {output_dir}")

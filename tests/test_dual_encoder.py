@@ -259,19 +259,6 @@ def test_evaluator_inputs_are_checked():
         ZeroShotClassificationEvaluator(torch.zeros(1, 1, 2, 2), [0], ["a"]).evaluate(torch.nn.Linear(2, 2))
 
 
-def test_digits_loader_makes_captions_from_labels():
-    from mrl_text.data import DIGIT_NAMES, load_digits_image_text
-
-    data = load_digits_image_text()
-    train, test = data["train"], data["test"]
-    assert train["pixel_values"].shape[1:] == (1, 8, 8) and len(train["labels"]) + len(test["labels"]) == 1797
-    assert train["pixel_values"].min() >= -1 and train["pixel_values"].max() <= 1
-    assert all(DIGIT_NAMES[y] in caption.split() or f"{DIGIT_NAMES[y]}." in caption.split()
-               for y, caption in zip(train["labels"], train["captions"]))
-    # zero-shot wordings are held out of training
-    assert not {t.format("three") for t in data["eval_templates"]} & set(train["captions"])
-
-
 def test_trust_remote_code_without_mrl_text(tmp_path, tiny_tokenizer):
     torch.manual_seed(0)
     model = MatryoshkaDualEncoder(
@@ -325,7 +312,7 @@ def test_push_to_hub_carries_weights_config_code_and_card(captured_commit, tiny_
     assert set(files) == {
         "model.safetensors", "config.json", "modeling_matryoshka_dual_encoder.py",
         "configuration_matryoshka_dual_encoder.py", "modeling_matryoshka.py", "configuration_matryoshka.py",
-        "tokenizer.json", "tokenizer_config.json", "README.md", PLOT_FILENAME,
+        "tokenizer.json", "tokenizer_config.json", "README.md", PLOT_FILENAME, "model_card_data.json",
     }
     config = json.loads(files["config.json"])
     assert config["auto_map"] == {

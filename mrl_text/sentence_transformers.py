@@ -17,7 +17,6 @@ transformers, sentence-transformers and its siblings (relative imports), like th
 works on machines that never installed mrl-text.
 """
 
-import copy
 import weakref
 
 from sentence_transformers import SentenceTransformer
@@ -39,7 +38,7 @@ def _matryoshka_config_of(model):
     first = model[0] if len(model) else None
     config = getattr(getattr(first, "model", None), "config", None)
     if getattr(config, "is_matryoshka", False) and getattr(config, "matryoshka_dimensions", None):
-        return config
+        return config if getattr(config, "model_type", None) == "matryoshka" else None  # else an exported encoder
     return None
 
 
@@ -183,12 +182,17 @@ def from_sentence_transformer(
             f"{source!r} is already a Matryoshka model; load its folder with MatryoshkaModel.from_pretrained "
             "(save a loaded SentenceTransformer with .save(folder) first)."
         )
-    unsupported = [n for m, n in zip(modules[1:], names[1:]) if not isinstance(m, (Pooling, Normalize))]
+    from mrl_text.export import read_export  # here, not at the top: this file also travels as remote code
+
+    exported = read_export(st_model)  # a folder written by export_model: its sizes, truncate_dim and Dense projection
+    projection = exported["projection"]
+    unsupported = [n for m, n in zip(modules[1:], names[1:])
+                   if not isinstance(m, (Pooling, Normalize)) and getattr(m, "linear", None) is not projection]
     poolings = [m for m in modules if isinstance(m, Pooling)]
     if unsupported or len(poolings) != 1:
         raise ValueError(
             f"{source!r} has modules {names}; from_sentence_transformer reads Transformer -> Pooling [-> Normalize] "
-            "pipelines (Dense and other layers have no MatryoshkaModel counterpart)."
+            "[-> linear Dense] pipelines (other layers have no MatryoshkaModel counterpart)."
         )
     pooling = poolings[0]
     if pooling.pooling_mode not in POOLING_FROM_SENTENCE_TRANSFORMERS:
@@ -202,10 +206,11 @@ def from_sentence_transformer(
         )
     prompts = {name: text for name, text in st_model.prompts.items() if text}
     config = MatryoshkaConfig(
-        encoder=copy.deepcopy(encoder.config),
-        matryoshka_dimensions=matryoshka_dimensions,
+        encoder=exported["encoder_config"],
+        matryoshka_dimensions=matryoshka_dimensions or exported["matryoshka_dimensions"],
         matryoshka_weights=matryoshka_weights,
-        truncate_dim=truncate_dim,
+        truncate_dim=truncate_dim if truncate_dim is not None else exported["truncate_dim"],
+        projection_dim=projection.out_features if projection is not None else None,
         pooling=POOLING_FROM_SENTENCE_TRANSFORMERS[pooling.pooling_mode],
         normalize=any(isinstance(m, Normalize) for m in modules),
         max_seq_length=st_model.max_seq_length,
@@ -221,6 +226,8 @@ def from_sentence_transformer(
     if missing:
         raise ValueError(f"Could not copy the weights of {source!r}: the encoder lacks {sorted(missing)[:5]}.")
     model = model_class(config, encoder=new_encoder)
+    if projection is not None:
+        model.projection.load_state_dict(projection.state_dict())
     model.tokenizer = st_model.tokenizer
     return model.eval()
 

@@ -212,16 +212,11 @@ def tokenizer_limit(tokenizer, encoder_config):
 
 
 def library_versions():
+    """The versions that wrote the weights. sentence-transformers' own version is left out on purpose: these files
+    use the layout every release reads, and older readers warn about a "model created with a newer version"."""
     import transformers
 
-    versions = {"transformers": transformers.__version__, "pytorch": torch.__version__}
-    try:
-        import sentence_transformers
-
-        versions["sentence_transformers"] = sentence_transformers.__version__
-    except ImportError:  # the folder is valid without it; readers only compare versions to warn
-        pass
-    return versions
+    return {"transformers": transformers.__version__, "pytorch": torch.__version__}
 
 
 def onnx_inputs(encoder, tokenizer):
@@ -257,6 +252,7 @@ def export_onnx(encoder, tokenizer, onnx_path, opset_version=17):
     # Its tracer warns about shape checks in transformers' mask code; tests/test_export.py checks other shapes.
     with warnings.catch_warnings():
         warnings.simplefilter("ignore", torch.jit.TracerWarning)
+        warnings.filterwarnings("ignore", message="Exporting aten::index operator")  # indices here are >= 0
         torch.onnx.export(
             graph, example, str(onnx_path), input_names=names, output_names=["last_hidden_state"], dynamic_axes=axes,
             opset_version=opset_version, dynamo=False,
@@ -327,29 +323,6 @@ accepts any size from 1 to {config.embedding_size}; vLLM accepts only the sizes 
 """
 
 
-def read_export(st_model):
-    """What an exported folder adds to a plain sentence-transformers pipeline, for `from_sentence_transformer`.
-
-    Returns a dict: `encoder_config` (a copy of the transformer's config without the nesting fields),
-    `matryoshka_dimensions` (from config.json, None for a model that was not exported as Matryoshka), `truncate_dim`
-    (config_sentence_transformers.json) and `projection`: the `nn.Linear` of the one linear Dense module after
-    Pooling that stands for `projection_dim`, else None. Dense modules with an activation stay unreadable.
-    """
-    encoder_config = copy.deepcopy(st_model[0].model.config)
-    dims = getattr(encoder_config, "matryoshka_dimensions", None) if getattr(encoder_config, "is_matryoshka", False) else None
-    for field in ("is_matryoshka", "matryoshka_dimensions"):
-        if hasattr(encoder_config, field):
-            delattr(encoder_config, field)
-    names = [type(m).__name__ for m in st_model]
-    linear = None
-    if names.count("Dense") == 1 and "Pooling" in names and names.index("Dense") == names.index("Pooling") + 1:
-        dense = st_model[names.index("Dense")]  # before Normalize, as `projection` is
-        if isinstance(dense.activation_function, torch.nn.Identity) and not dense.use_residual:
-            linear = dense.linear
-    return {"encoder_config": encoder_config, "matryoshka_dimensions": dims, "projection": linear,
-            "truncate_dim": st_model.truncate_dim if dims is not None else None}
-
-
 def push_exported_to_hub(model, repo_id, format="sentence-transformers", *, private=None, token=None, revision=None,
                          commit_message=None, create_pr=False):
     """Export `model` to a temporary folder and upload it to the Hub repository `repo_id` in one commit.
@@ -369,4 +342,4 @@ def push_exported_to_hub(model, repo_id, format="sentence-transformers", *, priv
         )
 
 
-__all__ = ["EXPORT_FORMATS", "check_exportable", "export_model", "export_onnx", "push_exported_to_hub", "read_export"]
+__all__ = ["EXPORT_FORMATS", "check_exportable", "export_model", "export_onnx", "push_exported_to_hub"]

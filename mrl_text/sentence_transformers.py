@@ -17,7 +17,10 @@ transformers, sentence-transformers and its siblings (relative imports), like th
 works on machines that never installed mrl-text.
 """
 
+import copy
 import weakref
+
+import torch
 
 from sentence_transformers import SentenceTransformer
 from sentence_transformers.base.modules import Module, Normalize, Transformer
@@ -136,6 +139,24 @@ class MatryoshkaTruncation(Module):
         self.save_config(output_path)
 
 
+def _exported_fields(st_model):
+    """What `mrl_text.export.export_model` adds to a plain pipeline: the sizes in the transformer's config.json,
+    `truncate_dim`, and one linear Dense module right after Pooling (it stands for `projection_dim`)."""
+    encoder_config = copy.deepcopy(st_model[0].model.config)
+    dims = getattr(encoder_config, "matryoshka_dimensions", None) if getattr(encoder_config, "is_matryoshka", False) else None
+    for field in ("is_matryoshka", "matryoshka_dimensions"):
+        if hasattr(encoder_config, field):
+            delattr(encoder_config, field)
+    names = [type(m).__name__ for m in st_model]
+    linear = None
+    if names.count("Dense") == 1 and "Pooling" in names and names.index("Dense") == names.index("Pooling") + 1:
+        dense = st_model[names.index("Dense")]
+        if isinstance(dense.activation_function, torch.nn.Identity) and not dense.use_residual:
+            linear = dense.linear
+    return {"encoder_config": encoder_config, "matryoshka_dimensions": dims, "projection": linear,
+            "truncate_dim": st_model.truncate_dim if dims is not None else None}
+
+
 def from_sentence_transformer(
     model_name_or_path_or_model,
     matryoshka_dimensions=None,
@@ -182,9 +203,7 @@ def from_sentence_transformer(
             f"{source!r} is already a Matryoshka model; load its folder with MatryoshkaModel.from_pretrained "
             "(save a loaded SentenceTransformer with .save(folder) first)."
         )
-    from mrl_text.export import read_export  # here, not at the top: this file also travels as remote code
-
-    exported = read_export(st_model)  # a folder written by export_model: its sizes, truncate_dim and Dense projection
+    exported = _exported_fields(st_model)  # a folder written by mrl_text.export: sizes, truncate_dim, Dense projection
     projection = exported["projection"]
     unsupported = [n for m, n in zip(modules[1:], names[1:])
                    if not isinstance(m, (Pooling, Normalize)) and getattr(m, "linear", None) is not projection]

@@ -6,6 +6,7 @@ import sys
 from pathlib import Path
 
 from .evaluation.embedders import DEFAULT_BATCH_SIZE, DEFAULT_MAX_LENGTH
+from .export import EXPORT_FORMATS
 
 EXAMPLES = """\
 examples:
@@ -140,6 +141,19 @@ def run_card(args):
     return card_path
 
 
+def run_export(args):
+    from transformers import AutoModel
+
+    from .export import export_model
+
+    # AutoModel resolves the saved class (importing mrl_text registered ours), a dual encoder too: export then says
+    # which formats it supports.
+    model = AutoModel.from_pretrained(args.model)
+    out = export_model(model, args.out, format=args.format, overwrite=args.overwrite)
+    print(f"mrl-text: wrote {args.format} folder {out}", file=sys.stderr)
+    return out
+
+
 def build_parser():
     parser = argparse.ArgumentParser(
         prog="mrl-text",
@@ -147,7 +161,7 @@ def build_parser():
         epilog=EXAMPLES,
         formatter_class=argparse.RawDescriptionHelpFormatter,
     )
-    commands = parser.add_subparsers(dest="command", required=True, metavar="{evaluate,card}")
+    commands = parser.add_subparsers(dest="command", required=True, metavar="{evaluate,card,export}")
 
     ev = commands.add_parser(
         "evaluate",
@@ -196,6 +210,18 @@ def build_parser():
     card.add_argument("--overwrite", action="store_true",
                       help="start a new card instead of merging into the folder's card data (training details)")
     card.set_defaults(func=run_card)
+
+    export = commands.add_parser(
+        "export",
+        help="write a standard folder of the encoder's own type that serving engines load without remote code",
+        description="Encoder weights and config (with is_matryoshka, matryoshka_dimensions), tokenizer, "
+        "sentence-transformers files of built-in modules, model card; --format onnx adds onnx/model.onnx.",
+    )
+    export.add_argument("model", help="saved Matryoshka model folder or hub id")
+    export.add_argument("out", help="output folder (must be empty or absent unless --overwrite)")
+    export.add_argument("--format", default="sentence-transformers", choices=EXPORT_FORMATS)
+    export.add_argument("--overwrite", action="store_true", help="replace a non-empty output folder")
+    export.set_defaults(func=run_export)
     return parser
 
 
@@ -205,7 +231,7 @@ def main(argv=None):
     args.argv = list(sys.argv[1:] if argv is None else argv)
     try:
         args.func(args)
-    except (FileNotFoundError, ValueError, KeyError) as error:
+    except (FileNotFoundError, FileExistsError, ValueError, KeyError) as error:
         parser.exit(2, f"mrl-text {args.command}: error: {error}\n")
     return 0
 

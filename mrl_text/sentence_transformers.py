@@ -22,6 +22,8 @@ import os
 import shutil
 import weakref
 
+import torch
+
 from sentence_transformers import SentenceTransformer
 from sentence_transformers.base.modules import Module, Normalize, Transformer
 from sentence_transformers.sentence_transformer.modules import Pooling
@@ -47,7 +49,7 @@ def _matryoshka_config_of(model):
     first = model[0] if len(model) else None
     config = getattr(getattr(first, "model", None), "config", None)
     if getattr(config, "is_matryoshka", False) and getattr(config, "matryoshka_dimensions", None):
-        return config
+        return config if getattr(config, "model_type", None) == "matryoshka" else None  # else an exported encoder
     return None
 
 
@@ -148,6 +150,24 @@ class MatryoshkaTruncation(Module):
             shutil.copyfile(__file__, target)
 
 
+def _exported_fields(st_model):
+    """What `mrl_text.export.export_model` adds to a plain pipeline: the sizes in the transformer's config.json,
+    `truncate_dim`, and one linear Dense module right after Pooling (it stands for `projection_dim`)."""
+    encoder_config = copy.deepcopy(st_model[0].model.config)
+    dims = getattr(encoder_config, "matryoshka_dimensions", None) if getattr(encoder_config, "is_matryoshka", False) else None
+    for field in ("is_matryoshka", "matryoshka_dimensions"):
+        if hasattr(encoder_config, field):
+            delattr(encoder_config, field)
+    names = [type(m).__name__ for m in st_model]
+    linear = None
+    if names.count("Dense") == 1 and "Pooling" in names and names.index("Dense") == names.index("Pooling") + 1:
+        dense = st_model[names.index("Dense")]
+        if isinstance(dense.activation_function, torch.nn.Identity) and not dense.use_residual:
+            linear = dense.linear
+    return {"encoder_config": encoder_config, "matryoshka_dimensions": dims, "projection": linear,
+            "truncate_dim": st_model.truncate_dim if dims is not None else None}
+
+
 def from_sentence_transformer(
     model_name_or_path_or_model,
     matryoshka_dimensions=None,
@@ -193,12 +213,15 @@ def from_sentence_transformer(
             f"{source!r} is already a Matryoshka model; load its folder with MatryoshkaModel.from_pretrained "
             "(save a loaded SentenceTransformer with .save(folder) first)."
         )
-    unsupported = [n for m, n in zip(modules[1:], names[1:]) if not isinstance(m, (Pooling, Normalize))]
+    exported = _exported_fields(st_model)  # a folder written by mrl_text.export: sizes, truncate_dim, Dense projection
+    projection = exported["projection"]
+    unsupported = [n for m, n in zip(modules[1:], names[1:])
+                   if not isinstance(m, (Pooling, Normalize)) and getattr(m, "linear", None) is not projection]
     poolings = [m for m in modules if isinstance(m, Pooling)]
     if unsupported or len(poolings) != 1:
         raise ValueError(
             f"{source!r} has modules {names}; from_sentence_transformer reads Transformer -> Pooling [-> Normalize] "
-            "pipelines (Dense and other layers have no MatryoshkaModel counterpart)."
+            "[-> linear Dense] pipelines (other layers have no MatryoshkaModel counterpart)."
         )
     pooling = poolings[0]
     if pooling.pooling_mode not in POOLING_FROM_SENTENCE_TRANSFORMERS:
@@ -212,10 +235,11 @@ def from_sentence_transformer(
         )
     prompts = {name: text for name, text in st_model.prompts.items() if text}
     config = MatryoshkaConfig(
-        encoder=copy.deepcopy(encoder.config),
-        matryoshka_dimensions=matryoshka_dimensions,
+        encoder=exported["encoder_config"],
+        matryoshka_dimensions=matryoshka_dimensions or exported["matryoshka_dimensions"],
         matryoshka_weights=matryoshka_weights,
-        truncate_dim=truncate_dim,
+        truncate_dim=truncate_dim if truncate_dim is not None else exported["truncate_dim"],
+        projection_dim=projection.out_features if projection is not None else None,
         pooling=POOLING_FROM_SENTENCE_TRANSFORMERS[pooling.pooling_mode],
         normalize=any(isinstance(m, Normalize) for m in modules),
         max_seq_length=st_model.max_seq_length,
@@ -232,6 +256,8 @@ def from_sentence_transformer(
         raise ValueError(f"Could not copy the weights of {source!r}: the encoder lacks {sorted(missing)[:5]}.")
     model = model_class(config, encoder=new_encoder)
     model.config.encoder._name_or_path = portable_name(encoder.config._name_or_path)  # the card's base model
+    if projection is not None:
+        model.projection.load_state_dict(projection.state_dict())
     model.tokenizer = st_model.tokenizer
     return model.eval()
 

@@ -1,0 +1,345 @@
+"""Standard-format export for serving engines: a folder that loads with no remote code and no mrl-text.
+
+`export_model(model, path)` writes the wrapped encoder as a model of its own type (a BERT stays a BERT), with
+`is_matryoshka: true` and `matryoshka_dimensions` in its config.json (the fields vLLM reads to accept
+`dimensions=`), and the sentence-transformers files that rebuild `MatryoshkaModel.encode` from built-in
+modules only: Transformer -> Pooling [-> Dense for `projection_dim`] [-> Normalize].
+
+The module files use the layout and keys that every reader understands: sentence-transformers 2.x to 6.x
+(6.x still reads them and renames the keys on load), vLLM, Text Embeddings Inference and Infinity. The keys that
+sentence-transformers 6 itself writes (`embedding_dimension`, `module_input_name`, ...) are refused by the
+readers of the older layout, so they are not written here.
+
+`format="onnx"` adds `onnx/model.onnx` (the encoder's token states), the file sentence-transformers'
+`backend="onnx"` and optimum's `ORTModelForFeatureExtraction` load from such a folder.
+"""
+
+import copy
+import json
+import os
+import shutil
+import tempfile
+import warnings
+from pathlib import Path
+
+import torch
+from transformers.models.auto.configuration_auto import CONFIG_MAPPING_NAMES
+from transformers.models.auto.modeling_auto import MODEL_MAPPING_NAMES
+
+EXPORT_FORMATS = ("sentence-transformers", "onnx")
+# Our pooling modes -> the boolean keys of a sentence-transformers Pooling config.
+POOLING_KEYS = {
+    "cls": "pooling_mode_cls_token",
+    "mean": "pooling_mode_mean_tokens",
+    "max": "pooling_mode_max_tokens",
+    "last": "pooling_mode_lasttoken",
+}
+ALL_POOLING_KEYS = (*POOLING_KEYS.values(), "pooling_mode_mean_sqrt_len_tokens", "pooling_mode_weightedmean_tokens")
+MODULE_TYPES = {  # the class paths every sentence-transformers release (2.x to 6.x) resolves
+    "Transformer": "sentence_transformers.models.Transformer",
+    "Pooling": "sentence_transformers.models.Pooling",
+    "Dense": "sentence_transformers.models.Dense",
+    "Normalize": "sentence_transformers.models.Normalize",
+}
+DENSE_WEIGHTS_FILE = "model.safetensors"
+ONNX_FILE = os.path.join("onnx", "model.onnx")
+
+
+def check_exportable(model, format="sentence-transformers"):
+    """Raise ValueError naming the reason when `model` cannot be written as `format` with built-in modules only."""
+    if format not in EXPORT_FORMATS:
+        raise ValueError(f"Unknown export format {format!r}; choose one of {', '.join(EXPORT_FORMATS)}.")
+    config = getattr(model, "config", None)
+    kind = type(model).__name__
+    if getattr(config, "model_type", None) == "matryoshka_dual_encoder":
+        raise ValueError(
+            f"{kind} is an image-text dual encoder: sentence-transformers has no built-in module for its two towers, "
+            f"so it cannot be exported as {format!r}. It supports the mrl-text format only: model.save_pretrained(path) "
+            "(loads with `import mrl_text`, or with trust_remote_code=True)."
+        )
+    if not (hasattr(model, "encoder") and hasattr(config, "matryoshka_dimensions") and hasattr(config, "pooling")):
+        inner = getattr(model, "matryoshka", None)
+        hint = " Export its embedding model instead: export_model(model.matryoshka, path)." if inner is not None else ""
+        raise ValueError(f"{kind} is not a MatryoshkaModel; only embedding models can be exported as {format!r}.{hint}")
+    if getattr(model, "adaptor", None) is not None:
+        raise ValueError(
+            f"This model has an adaptor ({type(model.adaptor).__name__}) after its encoder; sentence-transformers' "
+            "built-in modules (Transformer, Pooling, Dense, Normalize) cannot express it, so a standard folder would "
+            "not give this model's embeddings. Save it with model.save_pretrained(path) instead."
+        )
+    encoder_config = model.encoder.config
+    model_type = encoder_config.model_type
+    if model_type not in CONFIG_MAPPING_NAMES or getattr(encoder_config, "auto_map", None):
+        raise ValueError(
+            f"Encoder type {model_type!r} is not built into transformers (it needs remote code), so no engine "
+            "loads it as a standard sentence-transformers Transformer module; export needs a built-in encoder type "
+            "such as bert, roberta, xlm-roberta, mpnet or modernbert."
+        )
+    standard_class = MODEL_MAPPING_NAMES.get(model_type)
+    if encoder_config.is_encoder_decoder or standard_class != type(model.encoder).__name__:
+        raise ValueError(
+            f"Encoder {type(model.encoder).__name__} ({model_type!r}) is not what AutoModel builds for its config "
+            f"({standard_class}), so sentence-transformers' Transformer module would load "
+            "a different model; export supports single-tower text encoders (bert, roberta, xlm-roberta, mpnet, ...)."
+        )
+    if getattr(model, "tokenizer", None) is None:
+        raise ValueError(
+            "This model has no tokenizer, and an exported folder must carry one; set "
+            "`model.tokenizer = AutoTokenizer.from_pretrained(...)` first."
+        )
+
+
+def export_model(model, path, format="sentence-transformers", overwrite=False):
+    """Write `model` to `path` as a standard model of its encoder's type, loadable without remote code.
+
+    Args:
+        model: a [`MatryoshkaModel`] (with its tokenizer).
+        path: the output folder. It must not exist or be empty unless `overwrite=True`.
+        format (`str`): `"sentence-transformers"` (encoder weights, config, tokenizer, sentence-transformers files,
+            model card) or `"onnx"` (the same plus `onnx/model.onnx`).
+        overwrite (`bool`): replace a non-empty folder. The new folder is written beside it and swapped in by
+            renames, so a failed export leaves the old folder as it was.
+
+    Returns:
+        `pathlib.Path` of the folder.
+
+    Raises:
+        ValueError: for models built-in sentence-transformers modules cannot express (dual encoders, adaptors,
+            encoder types without a standard Transformer module), unknown formats.
+        FileExistsError: when `path` holds files and `overwrite` is False.
+    """
+    check_exportable(model, format)
+    target = Path(path)
+    if target.exists() and not target.is_dir():
+        raise FileExistsError(f"{target} is a file; pass a folder path to export into.")
+    if target.is_dir() and any(target.iterdir()) and not overwrite:
+        raise FileExistsError(
+            f"{target} exists and is not empty; pass overwrite=True (CLI: --overwrite) to replace it, or choose "
+            "another folder."
+        )
+    target.parent.mkdir(parents=True, exist_ok=True)
+    staging = Path(tempfile.mkdtemp(dir=target.parent, prefix=f".{target.name}.export-"))
+    try:
+        write_folder(model, staging, format)
+        swap_in(staging, target)
+    except BaseException:
+        shutil.rmtree(staging, ignore_errors=True)
+        raise
+    return target
+
+
+def swap_in(staging, target):
+    """Replace `target` by `staging` with renames: the old folder is removed only once the new one is in place."""
+    previous = None
+    if target.exists():
+        previous = Path(tempfile.mkdtemp(dir=target.parent, prefix=f".{target.name}.previous-"))
+        os.rmdir(previous)
+        os.rename(target, previous)
+    try:
+        os.rename(staging, target)
+    except BaseException:
+        if previous is not None:
+            os.rename(previous, target)
+        raise
+    if previous is not None:
+        shutil.rmtree(previous, ignore_errors=True)
+
+
+def write_folder(model, directory, format="sentence-transformers", repo_id=None):
+    """Write every file of the export into the existing folder `directory` (no checks; see `export_model`)."""
+    directory = Path(directory)
+    config = model.config
+    model.encoder.save_pretrained(directory, safe_serialization=True)
+    encoder_config = json.loads((directory / "config.json").read_text(encoding="utf-8"))
+    encoder_config["is_matryoshka"] = True
+    encoder_config["matryoshka_dimensions"] = list(config.matryoshka_dimensions)
+    write_json(directory / "config.json", encoder_config)
+    model.tokenizer.save_pretrained(directory)
+    for name, content in sentence_transformers_files(model).items():
+        write_json(directory / name, content)
+    if model.projection is not None:
+        from safetensors.torch import save_file
+
+        state = {f"linear.{k}": v.detach().float().cpu().contiguous() for k, v in model.projection.state_dict().items()}
+        save_file(state, str(directory / "2_Dense" / DENSE_WEIGHTS_FILE), metadata={"format": "pt"})
+    if format == "onnx":
+        export_onnx(model.encoder, model.tokenizer, directory / ONNX_FILE)
+    (directory / "README.md").write_text(model_card(model, repo_id or directory.name), encoding="utf-8")
+
+
+def write_json(path, content):
+    path.parent.mkdir(parents=True, exist_ok=True)
+    path.write_text(json.dumps(content, indent=2) + "\n", encoding="utf-8")
+
+
+def sentence_transformers_files(model):
+    """{relative path: json content} of the sentence-transformers files for `model`."""
+    config = model.config
+    hidden = model.encoder.config.hidden_size
+    modules = [("Transformer", "", None)]
+    pooling = {"word_embedding_dimension": hidden, **{key: False for key in ALL_POOLING_KEYS}, "include_prompt": True}
+    pooling[POOLING_KEYS[config.pooling]] = True
+    modules.append(("Pooling", "1_Pooling", pooling))
+    if model.projection is not None:
+        dense = {"in_features": hidden, "out_features": config.projection_dim,
+                 "bias": model.projection.bias is not None, "activation_function": "torch.nn.modules.linear.Identity"}
+        modules.append(("Dense", "2_Dense", dense))
+    if config.normalize:
+        modules.append(("Normalize", f"{len(modules)}_Normalize", {}))
+    files = {"modules.json": [
+        {"idx": i, "name": str(i), "path": path, "type": MODULE_TYPES[kind]} for i, (kind, path, _) in enumerate(modules)
+    ]}
+    for _, path, module_config in modules[1:]:
+        files[f"{path}/config.json"] = module_config
+    max_length = config.max_seq_length or tokenizer_limit(model.tokenizer, model.encoder.config)
+    files["sentence_bert_config.json"] = {"max_seq_length": max_length, "do_lower_case": False}
+    files["config_sentence_transformers.json"] = {
+        "__version__": library_versions(),
+        "model_type": "SentenceTransformer",
+        "prompts": getattr(config, "prompts", None) or {},
+        "default_prompt_name": getattr(config, "default_prompt_name", None),
+        "similarity_fn_name": getattr(config, "similarity_fn_name", None) or "cosine",
+        "truncate_dim": config.truncate_dim,
+    }
+    return files
+
+
+def tokenizer_limit(tokenizer, encoder_config):
+    """The longest input `encode` sees: the tokenizer's limit, capped by the encoder's position table."""
+    limits = [getattr(tokenizer, "model_max_length", None), getattr(encoder_config, "max_position_embeddings", None)]
+    limits = [n for n in limits if isinstance(n, int) and 0 < n < 1_000_000]
+    return min(limits) if limits else None
+
+
+def library_versions():
+    """The versions that wrote the weights. sentence-transformers' own version is left out on purpose: these files
+    use the layout every release reads, and older readers warn about a "model created with a newer version"."""
+    import transformers
+
+    return {"transformers": transformers.__version__, "pytorch": torch.__version__}
+
+
+def onnx_inputs(encoder, tokenizer):
+    """Names and example tensors of the encoder's token inputs (optimum's names: input_ids, attention_mask, ...)."""
+    import inspect
+
+    batch = tokenizer(["an example sentence", "a longer example sentence to export"], padding=True, return_tensors="pt")
+    accepted = inspect.signature(encoder.forward).parameters
+    names = [n for n in ("input_ids", "attention_mask", "token_type_ids") if n in batch and n in accepted]
+    return names, tuple(batch[n] for n in names)
+
+
+class TokenStates(torch.nn.Module):
+    """The encoder as a function of positional token tensors to `last_hidden_state` (what the exporter traces)."""
+
+    def __init__(self, encoder, names):
+        super().__init__()
+        self.encoder = encoder
+        self.names = names
+
+    def forward(self, *tensors):
+        return self.encoder(**dict(zip(self.names, tensors)), return_dict=True).last_hidden_state
+
+
+def export_onnx(encoder, tokenizer, onnx_path, opset_version=17):
+    """Write the encoder's token-state graph to `onnx_path` with dynamic batch and sequence axes."""
+    names, example = onnx_inputs(encoder, tokenizer)
+    onnx_path = Path(onnx_path)
+    onnx_path.parent.mkdir(parents=True, exist_ok=True)
+    graph = TokenStates(copy.deepcopy(encoder).float().cpu(), names).eval()
+    axes = {name: {0: "batch_size", 1: "sequence_length"} for name in [*names, "last_hidden_state"]}
+    # The TorchScript exporter: seconds instead of a minute for the dynamo one, the same graph for these encoders.
+    # Its tracer warns about shape checks in transformers' mask code; tests/test_export.py checks other shapes.
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore", torch.jit.TracerWarning)
+        warnings.filterwarnings("ignore", message="Exporting aten::index operator")  # indices here are >= 0
+        torch.onnx.export(
+            graph, example, str(onnx_path), input_names=names, output_names=["last_hidden_state"], dynamic_axes=axes,
+            opset_version=opset_version, dynamo=False,
+        )
+    return onnx_path
+
+
+def model_card(model, model_id):
+    """README.md of an exported folder: what it is, its sizes, and how to ask each engine for a size."""
+    config = model.config
+    dims = list(config.matryoshka_dimensions)
+    small = dims[-1] if len(dims) == 1 else dims[len(dims) // 2]
+    default = config.truncate_dim or config.embedding_size
+    encoder_type = model.encoder.config.model_type
+    return f"""---
+library_name: sentence-transformers
+pipeline_tag: sentence-similarity
+tags:
+- sentence-transformers
+- feature-extraction
+- matryoshka
+- mrl-text
+---
+
+# {model_id}
+
+A Matryoshka embedding model (Kusupati et al., 2022, https://arxiv.org/abs/2205.13147) trained with
+mrl-text: the first `d` coordinates of its embedding are an embedding too, for every `d` in
+its trained sizes **{dims}**. Re-normalize a prefix before comparing it with a dot product (cosine similarity
+does not care).
+
+This folder is a standard `{encoder_type}` model with sentence-transformers files made of built-in modules only:
+it loads without `trust_remote_code` and without mrl-text. `config.json` carries `is_matryoshka: true` and
+`matryoshka_dimensions`, which serving engines read. Default output size: {default}.
+
+## sentence-transformers
+
+```python
+from sentence_transformers import SentenceTransformer
+
+model = SentenceTransformer("{model_id}", truncate_dim={small})  # or slice: model.encode(texts)[:, :{small}]
+embeddings = model.encode(["a sentence", "another one"])  # shape (2, {small}), unit length
+```
+
+## Infinity (OpenAI-compatible server)
+
+```bash
+infinity_emb v2 --model-id {model_id} --host 127.0.0.1 --port 7997
+```
+
+## vLLM (OpenAI-compatible server, GPU)
+
+```bash
+vllm serve {model_id} --runner pooling
+```
+
+## Ask a server for a size
+
+```python
+from openai import OpenAI
+
+client = OpenAI(base_url="http://127.0.0.1:7997", api_key="unused")  # vLLM: http://127.0.0.1:8000/v1
+response = client.embeddings.create(model="{model_id}", input=["a sentence"], dimensions={small})
+```
+
+Infinity returns the first `{small}` coordinates of the unit-length full embedding without re-normalizing them, and
+accepts any size from 1 to {config.embedding_size}; vLLM accepts only the sizes in `matryoshka_dimensions`.
+"""
+
+
+def push_exported_to_hub(model, repo_id, format="sentence-transformers", *, private=None, token=None, revision=None,
+                         commit_message=None, create_pr=False):
+    """Export `model` to a temporary folder and upload it to the Hub repository `repo_id` in one commit.
+
+    The card's usage snippets name `repo_id`. Returns the `CommitInfo` of `HfApi.upload_folder`.
+    """
+    from huggingface_hub import HfApi
+
+    check_exportable(model, format)
+    api = HfApi(token=token)
+    repo_id = api.create_repo(repo_id, private=private, exist_ok=True).repo_id
+    with tempfile.TemporaryDirectory() as work_dir:
+        write_folder(model, work_dir, format, repo_id=repo_id)
+        return api.upload_folder(
+            repo_id=repo_id, folder_path=work_dir, revision=revision, create_pr=create_pr,
+            commit_message=commit_message or f"Upload Matryoshka model ({format} export, mrl-text)",
+        )
+
+
+__all__ = ["EXPORT_FORMATS", "check_exportable", "export_model", "export_onnx", "push_exported_to_hub"]

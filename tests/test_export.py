@@ -1,0 +1,160 @@
+"""Export to a standard folder: loads with no remote code and no mrl-text, equals encode at every size."""
+
+import json
+
+import pytest
+import torch
+import torch.nn.functional as F
+
+from mrl_text import MatryoshkaModel
+from mrl_text.cli import main
+from mrl_text.export import export_model
+
+from .conftest import run_without_mrl_text
+
+ATOL = 1e-5
+
+
+def st_prefixes(folder, texts, dims, **kwargs):
+    """{dim: re-normalized prefix of the full SentenceTransformer embedding}, loaded without remote code."""
+    from sentence_transformers import SentenceTransformer
+
+    st = SentenceTransformer(str(folder), device="cpu", **kwargs)
+    full = st.encode(texts, convert_to_tensor=True, truncate_dim=max(dims))
+    return st, {d: F.normalize(full[:, :d], dim=-1) for d in dims}
+
+
+@pytest.mark.parametrize("config", [{}, {"projection_dim": 24, "truncate_dim": 12}, {"pooling": "cls", "truncate_dim": 8}])
+def test_sentence_transformer_equals_encode_at_every_size(make_model, sentences, tmp_path, config):
+    dims = (24, 12, 6) if "projection_dim" in config else (32, 16, 8, 4)
+    model = make_model(matryoshka_dimensions=dims, **config)
+    folder = export_model(model, tmp_path / "export")
+    st, prefixes = st_prefixes(folder, sentences, dims)
+    for d in dims:
+        torch.testing.assert_close(prefixes[d], model.encode(sentences, dim=d), atol=ATOL, rtol=0)
+    # truncate_dim travels in config_sentence_transformers.json: the default size is the model's default size
+    default = st.encode(sentences, convert_to_tensor=True)
+    assert default.shape[1] == (config.get("truncate_dim") or dims[0])
+    torch.testing.assert_close(F.normalize(default, dim=-1), model.encode(sentences), atol=ATOL, rtol=0)
+
+
+def test_folder_is_a_standard_encoder_with_the_nesting_in_config(make_model, tmp_path):
+    model = make_model(projection_dim=24, matryoshka_dimensions=(24, 12, 6), prompts={"query": "query: "})
+    folder = export_model(model, tmp_path / "export")
+    config = json.loads((folder / "config.json").read_text())
+    assert config["model_type"] == "bert" and "auto_map" not in config and "encoder" not in config
+    assert config["is_matryoshka"] is True and config["matryoshka_dimensions"] == [24, 12, 6]
+    assert not list(folder.glob("*.py"))  # no code to trust
+    modules = json.loads((folder / "modules.json").read_text())
+    assert [m["type"].rsplit(".", 1)[1] for m in modules] == ["Transformer", "Pooling", "Dense", "Normalize"]
+    st_config = json.loads((folder / "config_sentence_transformers.json").read_text())
+    assert st_config["prompts"] == {"query": "query: "} and st_config["similarity_fn_name"] == "cosine"
+    card = (folder / "README.md").read_text()
+    assert "dimensions=" in card and "truncate_dim=" in card and "vllm serve" in card and "infinity_emb" in card
+
+
+def test_loads_without_mrl_text_and_round_trips(make_model, sentences, tmp_path):
+    """The folder needs neither mrl-text nor trust_remote_code; mrl-text reads its sizes back from config.json."""
+    model = make_model(projection_dim=24, matryoshka_dimensions=(24, 12, 6), truncate_dim=12)
+    folder = export_model(model, tmp_path / "export")
+    expected = {d: model.encode(sentences, dim=d).tolist() for d in (24, 12, 6)}
+    (tmp_path / "expected.json").write_text(json.dumps({"texts": sentences, "embeddings": expected}))
+    script = f"""
+        import json, torch, torch.nn.functional as F
+        from sentence_transformers import SentenceTransformer
+        from transformers import AutoModel
+        data = json.load(open({str(tmp_path / "expected.json")!r}))
+        st = SentenceTransformer({str(folder)!r}, device="cpu")  # trust_remote_code is off by default
+        full = st.encode(data["texts"], convert_to_tensor=True, truncate_dim=24)
+        for d, expected in data["embeddings"].items():
+            got = F.normalize(full[:, :int(d)], dim=-1)
+            assert (got - torch.tensor(expected)).abs().max() < {ATOL}, d
+        encoder = AutoModel.from_pretrained({str(folder)!r})
+        assert type(encoder).__name__ == "BertModel", type(encoder)
+        assert encoder.config.matryoshka_dimensions == [24, 12, 6]
+        print("REMOTE-OK")
+    """
+    run_without_mrl_text(script, tmp_path)
+
+    back = MatryoshkaModel.from_sentence_transformer(str(folder))
+    assert back.config.matryoshka_dimensions == [24, 12, 6]
+    assert back.config.projection_dim == 24 and back.config.truncate_dim == 12
+    for d in (24, 12, 6):
+        torch.testing.assert_close(back.encode(sentences, dim=d), model.encode(sentences, dim=d), atol=ATOL, rtol=0)
+
+
+def test_refuses_what_built_in_modules_cannot_express(make_model, tmp_path):
+    model = make_model()
+    model.adaptor = torch.nn.Sequential(torch.nn.Linear(32, 32), torch.nn.ReLU())
+    with pytest.raises(ValueError, match="adaptor"):
+        export_model(model, tmp_path / "a")
+    with pytest.raises(ValueError, match="Unknown export format 'gguf'"):
+        export_model(make_model(), tmp_path / "b", format="gguf")
+    custom = make_model()
+    custom.encoder.config.auto_map = {"AutoModel": "my_code.MyEncoder"}
+    with pytest.raises(ValueError, match="remote code"):
+        export_model(custom, tmp_path / "c")
+    assert not (tmp_path / "a").exists() and not list(tmp_path.glob(".*export-*"))
+
+
+def test_refuses_dual_encoders_naming_the_format_they_support(tmp_path):
+    from transformers import CLIPConfig
+
+    from mrl_text import MatryoshkaDualEncoder, MatryoshkaDualEncoderConfig
+
+    clip = CLIPConfig(
+        text_config=dict(hidden_size=32, intermediate_size=64, num_hidden_layers=1, num_attention_heads=2, vocab_size=64),
+        vision_config=dict(hidden_size=32, intermediate_size=64, num_hidden_layers=1, num_attention_heads=2,
+                           image_size=16, patch_size=8),
+        projection_dim=24,
+    )
+    model = MatryoshkaDualEncoder(MatryoshkaDualEncoderConfig(encoder=clip, matryoshka_dimensions=[24, 12]))
+    with pytest.raises(ValueError, match=r"dual encoder.*save_pretrained"):
+        export_model(model, tmp_path / "out")
+
+
+def test_never_overwrites_unless_asked_and_keeps_files_on_failure(make_model, tmp_path):
+    out = tmp_path / "out"
+    out.mkdir()
+    (out / "notes.txt").write_text("mine")
+    with pytest.raises(FileExistsError, match="overwrite=True"):
+        export_model(make_model(), out)
+    assert (out / "notes.txt").read_text() == "mine"
+    broken = make_model()
+    broken.tokenizer = None
+    with pytest.raises(ValueError, match="no tokenizer"):
+        export_model(broken, out, overwrite=True)
+    assert (out / "notes.txt").read_text() == "mine"
+    export_model(make_model(), out, overwrite=True)
+    assert (out / "modules.json").is_file() and not (out / "notes.txt").exists()
+    assert sorted(p.name for p in tmp_path.iterdir()) == ["out"]  # no staging or previous folders left
+
+
+def test_cli_export(make_model, tmp_path, capsys):
+    saved = tmp_path / "saved"
+    make_model().save_pretrained(saved)
+    assert main(["export", str(saved), str(tmp_path / "out")]) == 0
+    assert json.loads((tmp_path / "out" / "config.json").read_text())["model_type"] == "bert"
+    with pytest.raises(SystemExit) as exit_info:
+        main(["export", str(saved), str(tmp_path / "out")])
+    assert exit_info.value.code == 2 and "--overwrite" in capsys.readouterr().err
+    assert main(["export", str(saved), str(tmp_path / "out"), "--overwrite"]) == 0
+
+
+def test_onnx_graph_equals_torch_at_every_size(make_model, sentences, tmp_path):
+    """onnx/model.onnx (what sentence-transformers' backend="onnx" and optimum load) gives the same embeddings."""
+    ort = pytest.importorskip("onnxruntime", reason="onnxruntime is not installed: pip install 'mrl-text[export]'")
+    pytest.importorskip("onnx", reason="the ONNX exporter needs onnx: pip install 'mrl-text[export]'")
+    dims = (24, 12, 6)
+    model = make_model(matryoshka_dimensions=dims, projection_dim=24)
+    folder = export_model(model, tmp_path / "export", format="onnx")
+    session = ort.InferenceSession(str(folder / "onnx" / "model.onnx"))
+    names = [i.name for i in session.get_inputs()]
+    batch = model.tokenizer(sentences, padding=True, return_tensors="np")
+    states = torch.from_numpy(session.run(None, {n: batch[n] for n in names})[0])
+    mask = torch.from_numpy(batch["attention_mask"]).unsqueeze(-1).float()
+    pooled = (states * mask).sum(1) / mask.sum(1)
+    with torch.no_grad():
+        full = model.projection(pooled)
+    for d in dims:
+        torch.testing.assert_close(F.normalize(full[:, :d], dim=-1), model.encode(sentences, dim=d), atol=1e-4, rtol=0)

@@ -49,6 +49,21 @@ def _from_sentence_transformer(cls, model_name_or_path_or_model, matryoshka_dime
 # sentence-transformers); attached here so that the documented `MatryoshkaModel.from_sentence_transformer` works.
 MatryoshkaModel.from_sentence_transformer = classmethod(_from_sentence_transformer)
 
+
+
+def _export(self, path, format="sentence-transformers", overwrite=False):
+    """Write a standard folder of the encoder's own type that serving engines load without remote code.
+
+    `mrl_text.export.export_model` for this model; see it for the formats and what is refused.
+    """
+    from .export import export_model
+
+    return export_model(self, path, format=format, overwrite=overwrite)
+
+
+# Like from_sentence_transformer: the exporter needs the installed package, so the modeling file does not carry it.
+MatryoshkaModel.export = _export
+
 # Training: MatryoshkaTrainer loads transformers' Trainer (a second of imports), so it is imported on first use.
 _TRAINING_NAMES = ("MatryoshkaTrainer", "MatryoshkaTrainingArguments", "MatryoshkaDataCollator")
 

@@ -192,3 +192,22 @@ def test_pushed_and_pulled_folder_loads_without_mrl_text(make_model, captured_co
         """
     home = tmp_path / "home"
     run_without_mrl_text(script, tmp_path, env={"HF_HOME": str(home), "HF_HUB_CACHE": str(home / "hub"), "HF_HUB_OFFLINE": "1"})
+
+
+def test_push_to_hub_in_the_exported_format_sends_a_standard_folder(make_model, captured_commit, tmp_path):
+    """`push_to_hub(format="sentence-transformers")` uploads what `model.export` writes: the encoder's own model type
+    with the nesting in config.json and no mrl-text code."""
+    model = make_model(truncate_dim=16)
+    model.push_to_hub("org/exported", format="sentence-transformers")
+    (commit,) = captured_commit["commits"]
+    pushed = commit["files"]
+    config = json.loads(pushed["config.json"])
+    assert config["model_type"] == model.config.encoder.model_type
+    assert config["is_matryoshka"] is True
+    assert config["matryoshka_dimensions"] == model.config.matryoshka_dimensions
+    assert not any(name.endswith(".py") for name in pushed), sorted(pushed)
+    assert "org/exported" in pushed["README.md"].decode()
+
+    local = model.export(tmp_path / "exported")
+    exported = json.loads((Path(local or tmp_path / "exported") / "config.json").read_text())
+    assert exported["matryoshka_dimensions"] == config["matryoshka_dimensions"]

@@ -22,7 +22,10 @@ import torch
 BENCHMARKS = Path(__file__).resolve().parent
 REPO = BENCHMARKS.parent
 sys.path.insert(0, str(BENCHMARKS))
-from _report import command_line, header, machine
+sys.path.insert(0, str(REPO))
+from _report import command_line, header, machine  # noqa: E402
+
+from mrl_text.optimization import build_optimizer  # noqa: E402  (the trainer's default; the suite sets its rates)
 
 SIZES = [384, 256, 128, 64, 32, 16, 8]
 
@@ -86,39 +89,6 @@ def subsample(items, limit, seed=0):
 #
 # Kept as one function with no benchmark state so it can move as is into MatryoshkaTrainer.create_optimizer, with
 # `head_learning_rate` a MatryoshkaTrainingArguments field.
-
-
-def build_optimizer(model, learning_rate, head_learning_rate=None, weight_decay=0.0, scale_heads_by_size=False):
-    """AdamW with the pretrained encoder at `learning_rate` and every other parameter (classification heads,
-    projection) at `head_learning_rate` (default: `learning_rate`).
-
-    Why: freshly initialised heads start at ~0.02-sized weights and Adam moves a weight by about the learning rate
-    per step, so at an encoder's fine-tuning rate (2e-5 .. 2e-4) a head needs thousands of steps to reach useful
-    weights, while the encoder, already trained, must move slowly. With `scale_heads_by_size`, the head of size d
-    (MRL, one head per size) learns at `head_learning_rate * sqrt(full / d)`: a prefix of d raw coordinates is
-    about sqrt(d / full) as long as the full vector, so a small head needs proportionally larger weights. Biases
-    and normalization weights (1-d parameters) get no weight decay, as in `Trainer`.
-    """
-    from mrl_text import MatryoshkaLinear
-
-    inner = getattr(model, "matryoshka", model)  # a task model holds its MatryoshkaModel there
-    encoder_ids = {id(p) for p in inner.encoder.parameters()}
-    size_factor = {}
-    for module in model.modules():
-        if scale_heads_by_size and isinstance(module, MatryoshkaLinear) and not module.efficient:
-            for dim, head in zip(module.dims, module.heads):
-                size_factor.update({id(p): math.sqrt(module.in_features / dim) for p in head.parameters()})
-    groups = {}
-    for parameter in model.parameters():
-        if not parameter.requires_grad:
-            continue
-        if id(parameter) in encoder_ids or head_learning_rate is None:
-            lr = learning_rate
-        else:
-            lr = head_learning_rate * size_factor.get(id(parameter), 1.0)
-        decay = weight_decay if parameter.ndim >= 2 else 0.0
-        groups.setdefault((lr, decay), []).append(parameter)
-    return torch.optim.AdamW([{"params": ps, "lr": lr, "weight_decay": wd} for (lr, wd), ps in groups.items()])
 
 
 # ---------------------------------------------------------------------------------------------------------------

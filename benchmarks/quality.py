@@ -12,7 +12,7 @@ From all-MiniLM-L6-v2 (`--model`), on the shared data folder (`--data`):
   MatryoshkaLoss (the peer), FF-64 and FF-32; same batches and steps for all.
 - `finished`: the finished-model setting (SNLI triplets + MRPC pairs; STS-B, SciFact, Banking77 probe).
 
-Every run uses the library's trainer with `build_optimizer` (heads and projections at `--head-lr`), seeds
+Every run uses the library's trainer with `mrl_text.optimization.build_optimizer` (heads and projections at `--head-lr`), seeds
 0..N-1 (`--seeds`), mean and spread over seeds. Results: `<--results>/quality_<regime>.json` and `.md`, headed by
 the command and the machine; any subsampling is stated there. Model choices were made on a validation split held
 out from the training set (`--eval-split val`), never on test.

@@ -201,9 +201,11 @@ class MatryoshkaPreTrainedModel(PreTrainedModel):
         commit with `HfApi.upload_folder`. A model card written by a save hook (mrl-text's, with the per-size
         results and plot) is uploaded as is; without one, transformers' generic card is used. With `format`
         (e.g. "sentence-transformers") the exported standard folder is pushed instead (needs mrl-text installed)."""
-        if format is not None:  # absolute import: this file also runs as remote code, where mrl-text may be absent
-            from mrl_text.export import push_exported_to_hub
-
+        if format is not None:  # in try: remote-code loading checks this file's imports, and mrl-text may be absent
+            try:
+                from mrl_text.export import push_exported_to_hub
+            except ImportError as error:
+                raise ImportError("push_to_hub(format=...) needs the mrl-text package: pip install mrl-text") from error
             return push_exported_to_hub(self, repo_id, format, private=private, token=token, revision=revision,
                                         commit_message=commit_message, create_pr=create_pr)
         from huggingface_hub import HfApi

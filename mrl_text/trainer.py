@@ -33,6 +33,7 @@ from .evaluation import evaluate as evaluate_model
 from .losses import LOSSES, MatryoshkaLoss, get_loss
 from .modeling_matryoshka import MatryoshkaModel, MatryoshkaPreTrainedModel
 from .modeling_matryoshka_classification import MatryoshkaForSequenceClassification
+from .optimization import DEFAULT_HEAD_LEARNING_RATE, build_optimizer
 from .trainer_metrics import classification_compute_metrics, metrics_for_trainer
 
 logger = logging.getLogger(__name__)
@@ -78,6 +79,14 @@ class MatryoshkaTrainingArguments(TrainingArguments):
         default=True, metadata={"help": "Under DDP, gather embeddings so in-batch negatives span the global batch."}
     )
     max_seq_length: int = field(default=128, metadata={"help": "Longest tokenized input (tokens)."})
+    head_learning_rate: float | None = field(
+        default=None,
+        metadata={"help": f"Learning rate of the parameters outside the encoder (heads, projection). Default: "
+                  f"{DEFAULT_HEAD_LEARNING_RATE} for classification models, learning_rate for embedding models."},
+    )
+    scale_head_learning_rate_by_size: bool = field(
+        default=True, metadata={"help": "The nested head of size d learns at head_learning_rate * sqrt(full / d)."}
+    )
     # Every parameter of a Matryoshka model is used each step (the encoder is built without its pooler), so DDP
     # can skip the per-step search for unused parameters that Trainer would otherwise turn on.
     ddp_find_unused_parameters: bool | None = field(
@@ -276,6 +285,20 @@ class MatryoshkaTrainer(Trainer):
         from .model_card_data import MatryoshkaModelCardCallback
 
         self.add_callback(MatryoshkaModelCardCallback(self))
+
+    def create_optimizer(self, model=None):
+        """AdamW with the encoder at `learning_rate` and the heads at `head_learning_rate` (mrl_text.optimization)."""
+        model = self.model if model is None else model
+        head_lr = self.args.head_learning_rate
+        if head_lr is None and isinstance(model, MatryoshkaForSequenceClassification):
+            head_lr = DEFAULT_HEAD_LEARNING_RATE
+        if self.optimizer is None and head_lr is not None:
+            self.optimizer = build_optimizer(
+                model, self.args.learning_rate, head_lr, self.args.weight_decay,
+                self.args.scale_head_learning_rate_by_size, (self.args.adam_beta1, self.args.adam_beta2),
+                self.args.adam_epsilon,
+            )
+        return super().create_optimizer(model)
 
     @staticmethod
     def _check_columns(dataset, name, loss, loss_name):

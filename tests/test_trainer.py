@@ -292,3 +292,22 @@ def test_eval_dataset_loss_and_evaluators_reported_together(make_model, tmp_path
     metrics = trainer.evaluate()
     assert len(reported) == 1 and {"eval_loss", "eval_stsb_spearman_8"} <= set(reported[0])
     assert metrics["eval_loss"] > 0 and "eval_stsb_spearman_32" in metrics
+
+
+def test_classification_heads_learn_at_their_own_rate_by_default(make_model, tiny_tokenizer, tmp_path):
+    """A classifier's heads get `DEFAULT_HEAD_LEARNING_RATE` scaled by sqrt(full / d), the encoder keeps
+    `learning_rate`; an embedding model keeps one rate unless `head_learning_rate` is set."""
+    import math
+
+    from mrl_text.optimization import DEFAULT_HEAD_LEARNING_RATE
+
+    model = make_classifier(tiny_tokenizer, dims=(32, 16, 8))
+    labelled = Dataset.from_dict({"text": PAIRS["anchor"], "label": [0, 1] * 4})
+    trainer = MatryoshkaTrainer(model=model, args=training_args(tmp_path, loss="cross_entropy", learning_rate=1e-4),
+                                train_dataset=labelled)
+    rates = sorted({round(group["lr"], 9) for group in trainer.create_optimizer().param_groups})
+    heads = {round(DEFAULT_HEAD_LEARNING_RATE * math.sqrt(32 / d), 9) for d in (32, 16, 8)}
+    assert 1e-4 in rates and heads <= set(rates), rates
+    embedder = MatryoshkaTrainer(model=make_model(), args=training_args(tmp_path, learning_rate=1e-4),
+                                 train_dataset=Dataset.from_dict(PAIRS))
+    assert {group["lr"] for group in embedder.create_optimizer().param_groups} == {1e-4}

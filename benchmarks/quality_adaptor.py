@@ -212,7 +212,7 @@ def add_arguments(parser):
     parser.add_argument("--supervised-epochs", type=int, default=30)
     parser.add_argument("--hidden-size", type=int, default=512)
     parser.add_argument("--num-layers", type=int, default=1)
-    parser.add_argument("--rotation", default="pca", choices=["pca", "learned", "none"])
+    parser.add_argument("--rotation", default="none", choices=["pca", "learned", "none"])
     parser.add_argument("--seed", type=int, default=0)
     parser.add_argument("--save-adaptors", action="store_true", help="save each fitted adaptor under outputs/adaptors/")
     parser.add_argument("--quiet", action="store_true")

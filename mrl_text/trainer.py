@@ -103,6 +103,8 @@ class MatryoshkaTrainingArguments(TrainingArguments):
             raise ValueError(f"Unknown loss {self.loss!r}; choose one of {', '.join(sorted(LOSSES))}.")
         if self.max_seq_length <= 0:
             raise ValueError(f"max_seq_length={self.max_seq_length} must be a positive number of tokens.")
+        if self.dataloader_pin_memory and self.device.type == "cpu":
+            self.dataloader_pin_memory = False  # pinned memory only speeds copies to an accelerator; torch warns on CPU
 
 
 @dataclass

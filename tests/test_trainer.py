@@ -311,3 +311,8 @@ def test_classification_heads_learn_at_their_own_rate_by_default(make_model, tin
     embedder = MatryoshkaTrainer(model=make_model(), args=training_args(tmp_path, learning_rate=1e-4),
                                  train_dataset=Dataset.from_dict(PAIRS))
     assert {group["lr"] for group in embedder.create_optimizer().param_groups} == {1e-4}
+
+
+def test_no_pinned_memory_without_an_accelerator(tmp_path):
+    """Pinned memory only helps copies to an accelerator; on CPU torch warns about it on every run."""
+    assert training_args(tmp_path).dataloader_pin_memory is False

@@ -61,8 +61,23 @@ def _export(self, path, format="sentence-transformers", overwrite=False):
     return export_model(self, path, format=format, overwrite=overwrite)
 
 
-# Like from_sentence_transformer: the exporter needs the installed package, so the modeling file does not carry it.
+_push_mrl_text_folder = MatryoshkaModel.push_to_hub
+
+
+def _push_to_hub(self, repo_id, *, format=None, **kwargs):
+    """`push_to_hub` of the mrl-text folder, or with `format` (e.g. "sentence-transformers") of the exported folder
+    (`mrl_text.export.push_exported_to_hub`)."""
+    if format is None:
+        return _push_mrl_text_folder(self, repo_id, **kwargs)
+    from .export import push_exported_to_hub
+
+    return push_exported_to_hub(self, repo_id, format, **kwargs)
+
+
+# Like from_sentence_transformer: the exporter needs the installed package, so the modeling file (which travels
+# alone to the Hub) does not carry it.
 MatryoshkaModel.export = _export
+MatryoshkaModel.push_to_hub = _push_to_hub
 
 # Training: MatryoshkaTrainer loads transformers' Trainer (a second of imports), so it is imported on first use.
 _TRAINING_NAMES = ("MatryoshkaTrainer", "MatryoshkaTrainingArguments", "MatryoshkaDataCollator")

@@ -196,18 +196,10 @@ class MatryoshkaPreTrainedModel(PreTrainedModel):
                 self.push_to_hub(repo_id, **hub_options)
 
     def push_to_hub(self, repo_id, *, commit_message=None, commit_description=None, private=None, token=None,
-                    revision=None, create_pr=False, max_shard_size="50GB", tags=None, format=None):
+                    revision=None, create_pr=False, max_shard_size="50GB", tags=None):
         """Upload the saved model (weights, config with `auto_map`, modeling code, tokenizer, hook files) in one
         commit with `HfApi.upload_folder`. A model card written by a save hook (mrl-text's, with the per-size
-        results and plot) is uploaded as is; without one, transformers' generic card is used. With `format`
-        (e.g. "sentence-transformers") the exported standard folder is pushed instead (needs mrl-text installed)."""
-        if format is not None:  # in try: remote-code loading checks this file's imports, and mrl-text may be absent
-            try:
-                from mrl_text.export import push_exported_to_hub
-            except ImportError as error:
-                raise ImportError("push_to_hub(format=...) needs the mrl-text package: pip install mrl-text") from error
-            return push_exported_to_hub(self, repo_id, format, private=private, token=token, revision=revision,
-                                        commit_message=commit_message, create_pr=create_pr)
+        results and plot) is uploaded as is; without one, transformers' generic card is used."""
         from huggingface_hub import HfApi
         from transformers.utils.hub import create_and_tag_model_card
 

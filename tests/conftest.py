@@ -31,8 +31,20 @@ def build_tokenizer(directory):
     vocab = ["[PAD]", "[UNK]", "[CLS]", "[SEP]", "[MASK]", ".", ",", "?", "!", "'"]
     vocab += sorted(set(WORDS))
     vocab += [chr(c) for c in range(ord("a"), ord("z") + 1)] + [f"##{chr(c)}" for c in range(ord("a"), ord("z") + 1)]
+    vocab = list(dict.fromkeys(vocab))  # "a" is a word and a letter: one id each token
     (directory / "vocab.txt").write_text("\n".join(vocab) + "\n")
-    return BertTokenizerFast(vocab_file=str(directory / "vocab.txt"), do_lower_case=True)
+    # `vocab=` (a dict): transformers 5 ignores `vocab_file=` here and would map every word to [UNK].
+    return BertTokenizerFast(vocab={token: i for i, token in enumerate(vocab)}, do_lower_case=True)
+
+
+def load_module(path):
+    """Import a script (a recipe or a benchmark) by its file path."""
+    import importlib.util
+
+    spec = importlib.util.spec_from_file_location(Path(path).stem, path)
+    module = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(module)
+    return module
 
 
 def tiny_bert_config(hidden_size=32, vocab_size=128):

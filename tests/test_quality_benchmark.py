@@ -1,7 +1,6 @@
 """The quality suite (benchmarks/quality.py): its helpers, and every regime end to end on a tiny random model and a
 tiny data folder built here, so a long GPU run cannot fail on a bug."""
 
-import importlib.util
 import json
 import sys
 from pathlib import Path
@@ -9,17 +8,14 @@ from pathlib import Path
 import pytest
 import torch
 
-from .conftest import WORDS, build_tokenizer, tiny_bert_config
+from .conftest import WORDS, build_tokenizer, load_module, tiny_bert_config
 
 BENCHMARKS = Path(__file__).resolve().parents[1] / "benchmarks"
 
 
 def load(name):
     sys.path.insert(0, str(BENCHMARKS))
-    spec = importlib.util.spec_from_file_location(name, BENCHMARKS / f"{name}.py")
-    module = importlib.util.module_from_spec(spec)
-    spec.loader.exec_module(module)
-    return module
+    return load_module(BENCHMARKS / f"{name}.py")
 
 
 @pytest.fixture(scope="module")

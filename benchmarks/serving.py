@@ -30,11 +30,13 @@ import torch
 ROOT = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(ROOT))
 sys.path.insert(0, str(ROOT / "benchmarks"))
+sys.path.insert(0, str(ROOT / "recipes"))  # demo_data: the development data helpers
 
 from _report import command_line, header, machine  # noqa: E402
 
 from mrl_text import MatryoshkaModel  # noqa: E402
-from mrl_text.data import load_sts, shared_data_dir  # noqa: E402
+from demo_data import shared_data_dir  # noqa: E402
+from mrl_text.data import load_sts  # noqa: E402
 from mrl_text.export import export_model  # noqa: E402
 
 SIZES = [384, 256, 128, 64, 32]
@@ -97,7 +99,7 @@ json.dump(result, open(sys.argv[2], "w"), indent=2)
 
 def parse_args(argv=None):
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
-    parser.add_argument("--data", default=None, help="shared data folder (default: mrl_text.data.shared_data_dir())")
+    parser.add_argument("--data", default=None, help="shared data folder (default: recipes/demo_data.shared_data_dir())")
     parser.add_argument("--texts", type=int, default=1000, help="STS-B test sentences to encode per timed run")
     parser.add_argument("--batch-size", type=int, default=32)
     parser.add_argument("--repeats", type=int, default=3, help="timed runs per backend (alternating)")

@@ -311,7 +311,8 @@ def test_push_to_hub_carries_weights_config_code_and_card(captured_commit, tiny_
     files = commit["files"]
     assert set(files) == {
         "model.safetensors", "config.json", "modeling_matryoshka_dual_encoder.py",
-        "configuration_matryoshka_dual_encoder.py", "modeling_matryoshka.py", "configuration_matryoshka.py",
+        "configuration_matryoshka_dual_encoder.py", "modeling_matryoshka.py", "modeling_matryoshka_utils.py",
+        "configuration_matryoshka.py",
         "tokenizer.json", "tokenizer_config.json", "README.md", PLOT_FILENAME, "model_card_data.json",
     }
     config = json.loads(files["config.json"])

@@ -69,7 +69,7 @@ def test_push_to_hub_sends_everything_in_one_commit(make_model, captured_commit,
     assert len(captured_commit["commits"]) == 1
     files = captured_commit["commits"][0]["files"]
     assert {
-        "model.safetensors", "config.json", "modeling_matryoshka.py", "configuration_matryoshka.py",
+        "model.safetensors", "config.json", "modeling_matryoshka.py", "modeling_matryoshka_utils.py", "configuration_matryoshka.py",
         "tokenizer.json", "tokenizer_config.json", "README.md", PLOT_FILENAME,
     } <= set(files)
     # exactly what save_pretrained writes, byte for byte (the card differs only in the id its snippets name)

@@ -1,0 +1,100 @@
+"""Building blocks of the Matryoshka models: the one truncation rule, pooling, and building or loading the encoder.
+
+Like modeling_matryoshka.py, this file travels next to saved weights: it imports only torch, transformers and its
+sibling configuration file (relative import), so `trust_remote_code=True` loads a model without mrl-text.
+"""
+
+import inspect
+
+import torch
+import torch.nn.functional as F
+from transformers import AutoConfig, AutoModel, AutoTokenizer
+
+from .configuration_matryoshka import WrappingConfig, check_dim, portable_name
+
+
+def truncate_embeddings(embeddings, dim=None, normalize=True):
+    """Keep the first `dim` coordinates of each embedding and, when `normalize`, rescale them to unit length.
+
+    The one truncation rule of the project: the model, the sentence-transformers module, the evaluators and
+    retrieval all call it. Normalizing must come *after* slicing: a prefix of a unit vector is not unit length.
+
+    Args:
+        embeddings (`torch.Tensor` or `numpy.ndarray` of shape `(..., full_dim)`): full-size embeddings.
+        dim (`int`, *optional*): size to keep; `None` keeps every coordinate.
+        normalize (`bool`): re-normalize each truncated vector to unit L2 norm.
+
+    Returns:
+        Same type as the input, shape `(..., dim)`.
+    """
+    full = embeddings.shape[-1]
+    dim = check_dim(dim, full)
+    if not isinstance(embeddings, torch.Tensor):  # numpy (or anything torch can view without a copy)
+        return truncate_embeddings(torch.as_tensor(embeddings), dim, normalize).numpy()
+    if dim is not None and dim < full:
+        embeddings = embeddings[..., :dim]
+    if normalize:
+        embeddings = F.normalize(embeddings, p=2, dim=-1)
+    return embeddings
+
+
+def pool(last_hidden_state, attention_mask, mode):
+    """Pool token states `(batch, seq, hidden)` into one vector per sequence `(batch, hidden)`."""
+    if mode == "cls":
+        return last_hidden_state[:, 0]
+    mask = attention_mask.unsqueeze(-1).to(last_hidden_state.dtype)
+    if mode == "mean":
+        return (last_hidden_state * mask).sum(1) / mask.sum(1).clamp(min=1e-9)
+    if mode == "max":
+        masked = last_hidden_state.masked_fill(mask == 0, torch.finfo(last_hidden_state.dtype).min)
+        return masked.max(1).values
+    if mode == "last":
+        # Works for right padding (last 1 in the mask) and left padding (the final position).
+        positions = torch.arange(attention_mask.shape[1], device=attention_mask.device)
+        last = (attention_mask * positions).argmax(1)
+        return last_hidden_state[torch.arange(last_hidden_state.shape[0], device=last.device), last]
+    raise ValueError(f"Unknown pooling {mode!r}; choose one of mean, cls, max, last.")
+
+
+def build_encoder(encoder_config, pretrained_name_or_path=None, **from_pretrained_kwargs):
+    """Build (or load) the wrapped encoder without its pooler.
+
+    The embedding pools token states itself: an unused pooler costs time and makes DDP fail ("parameters that were
+    not used in producing loss"). The encoder is built whole and the pooler dropped where its class is designed to
+    run without one (`add_pooling_layer`), so that loading a checkpoint that has pooler weights reports nothing.
+    """
+    if pretrained_name_or_path is None:
+        encoder = AutoModel.from_config(encoder_config)
+    else:
+        encoder = AutoModel.from_pretrained(pretrained_name_or_path, config=encoder_config, **from_pretrained_kwargs)
+        # config.json names the encoder (the model card's base model) by its Hub id, never a path of this machine.
+        encoder.config._name_or_path = portable_name(pretrained_name_or_path)
+    if "add_pooling_layer" in inspect.signature(type(encoder).__init__).parameters:
+        encoder.pooler = None
+    return encoder
+
+
+def hub_kwargs(from_pretrained_kwargs):
+    """The `from_pretrained` options that also apply to configs and tokenizers (revision, cache, token, ...)."""
+    keys = ("revision", "cache_dir", "trust_remote_code", "token", "local_files_only")
+    return {k: from_pretrained_kwargs[k] for k in keys if k in from_pretrained_kwargs}
+
+
+def config_to_wrap(name_or_path, config_kwargs):
+    """The config of the pretrained model a new Matryoshka model wraps; a saved Matryoshka model is refused."""
+    config = AutoConfig.from_pretrained(name_or_path, **config_kwargs)
+    if isinstance(config, WrappingConfig):
+        raise ValueError(
+            f"{name_or_path!r} is already a Matryoshka model; load it with from_pretrained (e.g. "
+            "AutoModel.from_pretrained) instead of wrapping it again."
+        )
+    return config
+
+
+def resolve_tokenizer(tokenizer, name_or_path, config_kwargs):
+    """`tokenizer=True`: load the model's own; a string: load that one; an object: use it; falsy: None."""
+    if tokenizer is True:
+        return AutoTokenizer.from_pretrained(name_or_path, **config_kwargs)
+    if isinstance(tokenizer, str):
+        return AutoTokenizer.from_pretrained(tokenizer, **config_kwargs)
+    return tokenizer or None

@@ -16,6 +16,7 @@ usage snippets name the model by `model_id`, pinned in the card data to the fold
 
 import argparse
 import filecmp
+import json
 import shutil
 import sys
 import tempfile
@@ -23,7 +24,7 @@ from pathlib import Path
 from types import SimpleNamespace
 
 from mrl_text import cli
-from mrl_text.model_card_data import CARD_DATA_FILENAME, MatryoshkaModelCardData
+from mrl_text.model_card_data import CARD_DATA_FILENAME, MatryoshkaModelCardData, display_name, is_local_path
 
 CARDS_DIR = Path(__file__).resolve().parents[1] / "model_cards"
 CONFIGS_DIR = Path(__file__).resolve().parent / "configs"
@@ -84,7 +85,7 @@ def store_run(run_dir, cards_dir=CARDS_DIR):
             raise FileNotFoundError(f"{run_dir / name}: not found; pass the output_dir of a finished recipe run.")
     folder = Path(cards_dir) / run_dir.name
     folder.mkdir(parents=True, exist_ok=True)
-    shutil.copy(run_dir / "config.json", folder / "config.json")
+    (folder / "config.json").write_text(portable_config(run_dir / "config.json"))
     data = MatryoshkaModelCardData.load(run_dir)
     data.model_id = data.model_id or (run_dir.as_posix() if not run_dir.is_absolute() else run_dir.name)
     data.save(folder)
@@ -92,6 +93,19 @@ def store_run(run_dir, cards_dir=CARDS_DIR):
     if (run_dir / "README.md").is_file() and (run_dir / "README.md").read_text() != (folder / "README.md").read_text():
         print(f"note: {folder / 'README.md'} differs from the card the run wrote (the card code changed since)")
     return folder
+
+
+def portable_config(path):
+    """A saved config.json with every local `_name_or_path` (a folder on the machine that trained, e.g. a tower
+    loaded from disk) replaced by that folder's name: the committed files name no path of one machine."""
+
+    def scrub(value):
+        if isinstance(value, dict):
+            return {key: display_name(item) if key == "_name_or_path" and is_local_path(item) else scrub(item)
+                    for key, item in value.items()}
+        return value
+
+    return json.dumps(scrub(json.loads(Path(path).read_text())), indent=2, sort_keys=True) + "\n"
 
 
 def online_config(recipe_name, encoder_class, model_id, **matryoshka):
@@ -120,7 +134,7 @@ def online_text_card(yaml_path, encoder_class):
     the model says with the arguments and datasets of the config, and no results, versions or training lines."""
     from mrl_text.data import TRAINING_LAYOUTS
     from mrl_text.evaluation import RetrievalEvaluator, STSEvaluator
-    from mrl_text.model_card_data import base_model_id, describe_loss, display_name, non_default_arguments
+    from mrl_text.model_card_data import base_model_id, describe_loss, non_default_arguments
     from mrl_text.trainer import MatryoshkaTrainer
 
     train_bert = recipe_module("train_bert")
@@ -161,7 +175,7 @@ def online_image_text_card(yaml_path, encoder_class):
     from mrl_text.image_text import ImageTextInfoNCELoss
     from mrl_text.image_text.evaluation import ImageTextRetrievalEvaluator
     from mrl_text.losses import MatryoshkaLoss
-    from mrl_text.model_card_data import describe_loss, display_name, non_default_arguments
+    from mrl_text.model_card_data import describe_loss, non_default_arguments
 
     train_align = recipe_module("train_align")
     recipe = train_align.parse_arguments(["--config", str(yaml_path)])

@@ -138,7 +138,7 @@ def online_text_card(yaml_path, encoder_class):
     from mrl_text.trainer import MatryoshkaTrainer
 
     train_bert = recipe_module("train_bert")
-    settings = read_settings(yaml_path)
+    settings = recipe_module("recipe_config").read_recipe(yaml_path)
     # Where there is no GPU, bf16/fp16 are refused and pinned memory is turned off: parsed off here, then set back
     # to what the config gives on the GPU machine it is written for.
     recipe, args = train_bert.parse_arguments(["--config", str(yaml_path), "--bf16", "false", "--fp16", "false"])
@@ -196,10 +196,6 @@ def online_image_text_card(yaml_path, encoder_class):
         hyperparameters=non_default_arguments(recipe),
     )
     return config, data
-
-
-def read_settings(yaml_path):
-    return recipe_module("recipe_config").read_recipe(yaml_path)
 
 
 def store_online(cards_dir=CARDS_DIR):

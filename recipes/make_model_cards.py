@@ -1,7 +1,7 @@
 """Regenerate `model_cards/`: the card of every model the recipes produce, rendered from the data stored beside it.
 
     python recipes/make_model_cards.py            # re-render every model_cards/<model>/ (README.md and the plot)
-    python recipes/make_model_cards.py --check    # name the stale files and exit 1 (what the tests run)
+    python recipes/make_model_cards.py --check    # name the stale files and exit 1 (as the tests do)
     python recipes/make_model_cards.py --store-run outputs/minilm-chatterbot-matryoshka   # a finished recipe run
     python recipes/make_model_cards.py --store-online   # the online configs' cards, rebuilt from their YAML
 
@@ -24,7 +24,12 @@ from pathlib import Path
 from types import SimpleNamespace
 
 from mrl_text import cli
-from mrl_text.model_card_data import CARD_DATA_FILENAME, MatryoshkaModelCardData, display_name, is_local_path
+from mrl_text.model_card_data import (
+    CARD_DATA_FILENAME,
+    MatryoshkaModelCardData,
+    display_name,
+    is_local_path,
+)
 
 CARDS_DIR = Path(__file__).resolve().parents[1] / "model_cards"
 CONFIGS_DIR = Path(__file__).resolve().parent / "configs"
@@ -134,7 +139,11 @@ def online_text_card(yaml_path, encoder_class):
     the model says with the arguments and datasets of the config, and no results, versions or training lines."""
     from mrl_text.data import TRAINING_LAYOUTS
     from mrl_text.evaluation import RetrievalEvaluator, STSEvaluator
-    from mrl_text.model_card_data import base_model_id, describe_loss, non_default_arguments
+    from mrl_text.model_card_data import (
+        base_model_id,
+        describe_loss,
+        non_default_arguments,
+    )
     from mrl_text.trainer import MatryoshkaTrainer
 
     train_bert = recipe_module("train_bert")
@@ -198,13 +207,21 @@ def online_image_text_card(yaml_path, encoder_class):
     return config, data
 
 
+def has_results(folder):
+    data = MatryoshkaModelCardData.load(folder) if Path(folder).is_dir() else None
+    return data is not None and data.results is not None and bool(data.results.rows)
+
+
 def store_online(cards_dir=CARDS_DIR):
-    """Rebuild the stored data of every online config's card from its YAML, then render them."""
+    """Rebuild the stored data of every online config's card from its YAML, then render them; a card stored from a
+    real run of the config is left as it is."""
     builders = {"train_bert": online_text_card, "train_align": online_image_text_card}
     folders = []
     for config_name, (recipe_name, encoder_class) in ONLINE_CONFIGS.items():
         config, data = builders[recipe_name](CONFIGS_DIR / config_name, encoder_class)
         folder = Path(cards_dir) / data.model_name
+        if has_results(folder):
+            continue  # stored from a real run (--store-run): kept
         folder.mkdir(parents=True, exist_ok=True)
         config.to_json_file(folder / "config.json")  # as save_pretrained writes it, without the modeling code
         data.save(folder)

@@ -44,7 +44,8 @@ def test_committed_cards_are_what_the_card_code_renders(make_model_cards):
 
 
 def test_a_stale_card_is_named_with_the_command_that_regenerates_it(make_model_cards, tmp_path):
-    source = next(f for f in make_model_cards.model_folders() if not any(f.glob("*.png")))  # quick: no plot to draw
+    # quick: the card with the fewest plots to draw
+    source = min(make_model_cards.model_folders(), key=lambda folder: len(list(folder.glob("*.png"))))
     folder = tmp_path / source.name
     shutil.copytree(source, folder)
     assert make_model_cards.stale_files(tmp_path) == []
@@ -56,3 +57,16 @@ def test_a_stale_card_is_named_with_the_command_that_regenerates_it(make_model_c
     assert str(card) in problems[0] and "differs" in problems[0]
     assert "old_plot.png" in problems[1] and "left over" in problems[1]
     assert all("python recipes/make_model_cards.py" in problem for problem in problems)
+
+
+def test_online_cards_follow_their_recipe_configs(make_model_cards, tmp_path):
+    """The online configs' stored card data is what their YAML gives today: editing a config stales its card (until
+    a real run's card replaces it)."""
+    for fresh in make_model_cards.store_online(tmp_path):
+        committed = make_model_cards.CARDS_DIR / fresh.name / "model_card_data.json"
+        if make_model_cards.has_results(committed.parent):
+            continue
+        assert committed.is_file() and committed.read_text() == (fresh / "model_card_data.json").read_text(), (
+            f"{committed} is not what its recipe config gives; regenerate with "
+            "`python recipes/make_model_cards.py --store-online`"
+        )

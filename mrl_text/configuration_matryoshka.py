@@ -47,9 +47,14 @@ class WrappingConfig(PreTrainedConfig):
     def to_dict(self):
         output = super().to_dict()
         output["encoder"] = self.encoder.to_dict()
-        # config.json is shared (Hub, colleagues): name the wrapped model, never a path of this machine.
-        if output["encoder"].get("_name_or_path"):
-            output["encoder"]["_name_or_path"] = portable_name(output["encoder"]["_name_or_path"])
+        # config.json is shared (Hub, colleagues): name the wrapped model, and the towers nested in it (a dual
+        # encoder's text_config / vision_config), never by a path of this machine.
+        pending = [output["encoder"]]
+        while pending:
+            nested = pending.pop()
+            if nested.get("_name_or_path"):
+                nested["_name_or_path"] = portable_name(nested["_name_or_path"])
+            pending += [value for value in nested.values() if isinstance(value, dict)]
         return output
 
 

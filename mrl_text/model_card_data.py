@@ -105,10 +105,13 @@ def non_default_arguments(args):
     for f in fields(args):
         default = f.default if f.default_factory is MISSING else f.default_factory()
         defaults[f.name] = getattr(default, "value", default)
+    ignored = set(PRIVATE_ARGUMENTS)
+    if getattr(getattr(args, "device", None), "type", None) == "cpu":
+        ignored.add("dataloader_pin_memory")  # switched off by MatryoshkaTrainingArguments on CPU, not chosen
     chosen = {
         name: value
         for name, value in (args.to_dict() if hasattr(args, "to_dict") else asdict(args)).items()
-        if name in defaults and name not in PRIVATE_ARGUMENTS and not name.startswith("_") and value != defaults[name]
+        if name in defaults and name not in ignored and not name.startswith("_") and value != defaults[name]
         and not (defaults[name] in (None, "") and not value)
     }
     # a local path (a model or data folder) is named, never written out: cards travel to other machines

@@ -229,6 +229,12 @@ def main(argv=None):
         )
         evaluator = build_evaluator(held_out, recipe.eval_layout, recipe.eval_name or held_out_task)
     evaluators = [evaluator] + [e for e in [general_check_evaluator(recipe)] if e is not None]
+    if len(evaluators) > 1 and evaluator.name == GENERAL_CHECK[0]:
+        # Two tasks of one name would write the same metric keys and one card entry would hide the other.
+        raise ValueError(
+            f"eval_name {evaluator.name!r} is the general check's task name (STS-B test); choose another eval_name "
+            f"(e.g. {evaluator.name + '_validation'!r}) or set general_check: false."
+        )
     logger.info("Training on %d rows %s; evaluating %s", len(train), train.column_names, [e.name for e in evaluators])
 
     # What only the recipe knows goes on the card; the trainer's callback fills in the rest as training goes.

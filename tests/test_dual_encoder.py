@@ -428,3 +428,16 @@ def test_recipe_trains_a_saved_model_on_an_image_caption_dataset(tmp_path, tiny_
     assert after.dims("retrieval") == [24, 12, 6]
     assert after.metrics("retrieval")[0] == "image_to_text_recall@1"
     assert not torch.equal(model.encoder.logit_scale.detach(), torch.tensor(2.6592))  # the temperature was trained
+
+
+def test_saved_config_names_nested_towers_without_local_paths(tmp_path):
+    """A dual encoder built from local towers (the image-text demo) must not write this machine's paths into the
+    towers' configs nested in config.json: it is shared on the Hub."""
+    tower = tmp_path / "site-packages" / "some_pkg" / "text-model"
+    tower.mkdir(parents=True)
+    encoder = tiny_clip_config()
+    encoder.text_config._name_or_path = str(tower)
+    config = MatryoshkaDualEncoderConfig(encoder=encoder, matryoshka_dimensions=[24, 12])
+    saved = json.dumps(config.to_dict())
+    assert str(tmp_path) not in saved
+    assert config.to_dict()["encoder"]["text_config"]["_name_or_path"] == "text-model"

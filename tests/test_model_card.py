@@ -215,6 +215,7 @@ def test_training_fills_the_card(encoder_dir, tmp_path):
     data = trainer.model.model_card_data
     assert data.model_name == "run" and data.loss["name"].startswith("MatryoshkaLoss")
     assert data.hyperparameters["learning_rate"] == 1e-3 and "output_dir" not in data.hyperparameters
+    assert "dataloader_pin_memory" not in data.hyperparameters  # switched off on CPU by the arguments, not the user
     assert data.train_datasets[0]["rows"] == 8 and data.train_datasets[0]["columns"] == ["anchor", "positive"]
     assert data.versions["transformers"] and data.training["steps"] == 2 and "training time" in data.training
     # before and after, every size; only "after" is this model's

@@ -55,17 +55,29 @@ def test_bad_config(recipe, tmp_path):
         recipe.parse_arguments(["--config", str(tmp_path / "missing.yaml")])
 
 
-def test_demo_recipe_smoke_on_a_tiny_encoder(recipe, tmp_path, capsys, monkeypatch):
+def tiny_encoder_and_sts_data(tmp_path, monkeypatch):
+    """A tiny saved BERT folder, and a development data folder holding a tiny STS-B test (the general check)."""
     encoder_dir = tmp_path / "tiny-bert"
     tokenizer = build_tokenizer(encoder_dir)
     BertModel(tiny_bert_config(vocab_size=len(tokenizer))).save_pretrained(encoder_dir)
     tokenizer.save_pretrained(encoder_dir)
-    # the general check reads STS-B test from the development data folder: a tiny one here
     (tmp_path / "data" / "stsb").mkdir(parents=True)
     (tmp_path / "data" / "stsb" / "test.tsv").write_text(
         "sentence1\tsentence2\tscore\n" + "".join(f"{a}\t{b}\t{s}\n" for a, b, s in STS_ROWS)
     )
     monkeypatch.setenv("MRL_TEXT_DATA", str(tmp_path / "data"))
+    return encoder_dir
+
+
+def test_held_out_task_may_not_take_the_general_checks_name(recipe, tmp_path, monkeypatch):
+    encoder_dir = tiny_encoder_and_sts_data(tmp_path, monkeypatch)
+    with pytest.raises(ValueError, match=r"eval_name 'stsb' is the general check's task name.*general_check: false"):
+        recipe.main(["--model_name_or_path", str(encoder_dir), "--output_dir", str(tmp_path / "out"),
+                     "--eval_name", "stsb", "--max_steps", "1", "--use_cpu", "true"])
+
+
+def test_demo_recipe_smoke_on_a_tiny_encoder(recipe, tmp_path, capsys, monkeypatch):
+    encoder_dir = tiny_encoder_and_sts_data(tmp_path, monkeypatch)
     out = tmp_path / "out"
     before, after = recipe.main([
         "--model_name_or_path", str(encoder_dir), "--output_dir", str(out), "--max_steps", "2",

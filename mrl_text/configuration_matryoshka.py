@@ -84,6 +84,10 @@ class MatryoshkaConfig(WrappingConfig):
             Longest input `encode` tokenizes; `None` uses the tokenizer's limit.
         is_matryoshka (`bool`, defaults to `True`):
             Tells serving engines (vLLM) that `matryoshka_dimensions` may be requested as `dimensions=`.
+        adaptor (`dict`, *optional*):
+            The config of a `MatryoshkaAdaptor` (its `to_dict()`) applied after pooling and projection, before
+            truncation; its weights are saved with the model's. `None` (default): no adaptor. Attach one with
+            `model.add_adaptor(...)`.
 
     Example:
 
@@ -112,6 +116,7 @@ class MatryoshkaConfig(WrappingConfig):
         efficient_heads=False,
         max_seq_length=None,
         is_matryoshka=True,
+        adaptor=None,
         **kwargs,
     ):
         encoder = encoder_config_from(encoder, default_model_type="bert")
@@ -126,6 +131,7 @@ class MatryoshkaConfig(WrappingConfig):
         self.matryoshka_weights = matryoshka_weights
         self.truncate_dim = truncate_dim
         self._validate_nesting()
+        self.adaptor = self._validated_adaptor(adaptor)
         super().__init__(**kwargs)
 
     @property
@@ -154,6 +160,28 @@ class MatryoshkaConfig(WrappingConfig):
         self.matryoshka_dimensions, self.matryoshka_weights = validate_nesting(
             self.matryoshka_dimensions, self.matryoshka_weights, self.truncate_dim, self.embedding_size
         )
+
+    def _validated_adaptor(self, adaptor):
+        """`adaptor` as a complete adaptor config dict fitting this model's embedding and sizes, or None."""
+        if adaptor is None:
+            return None
+        from .modeling_matryoshka_adaptor import MatryoshkaAdaptorConfig  # lazy: that file imports torch
+
+        if not isinstance(adaptor, dict):
+            raise ValueError(f"`adaptor` must be an adaptor config dict (MatryoshkaAdaptorConfig.to_dict()) or None, "
+                             f"got {type(adaptor).__name__}.")
+        try:
+            adaptor = MatryoshkaAdaptorConfig.from_dict(adaptor)
+        except TypeError as error:  # a missing required field
+            raise ValueError(f"`adaptor` config is incomplete ({error}); save it from MatryoshkaAdaptorConfig.to_dict().") from None
+        if adaptor.embedding_size != self.embedding_size:
+            raise ValueError(f"The adaptor maps embeddings of size {adaptor.embedding_size}, but this model's embedding "
+                             f"size is {self.embedding_size}; fit the adaptor on this model's embeddings.")
+        extra = [d for d in adaptor.matryoshka_dimensions if d not in self.matryoshka_dimensions]
+        if extra:
+            raise ValueError(f"The adaptor was fit for sizes {extra} that are not among this model's "
+                             f"matryoshka_dimensions {self.matryoshka_dimensions}; add them to matryoshka_dimensions.")
+        return adaptor.to_dict()
 
 
 

@@ -131,7 +131,7 @@ class MatryoshkaConfig(WrappingConfig):
         self.matryoshka_weights = matryoshka_weights
         self.truncate_dim = truncate_dim
         self._validate_nesting()
-        self.adaptor = self._validated_adaptor(adaptor)
+        self.adaptor = self.validate_adaptor(adaptor)
         super().__init__(**kwargs)
 
     @property
@@ -161,8 +161,9 @@ class MatryoshkaConfig(WrappingConfig):
             self.matryoshka_dimensions, self.matryoshka_weights, self.truncate_dim, self.embedding_size
         )
 
-    def _validated_adaptor(self, adaptor):
-        """`adaptor` as a complete adaptor config dict fitting this model's embedding and sizes, or None."""
+    def validate_adaptor(self, adaptor, matryoshka_dimensions=None):
+        """`adaptor` as a complete adaptor config dict fitting this model's embedding and sizes (default its
+        `matryoshka_dimensions`), or None; a clear error otherwise."""
         if adaptor is None:
             return None
         from .modeling_matryoshka_adaptor import MatryoshkaAdaptorConfig  # lazy: that file imports torch
@@ -177,10 +178,11 @@ class MatryoshkaConfig(WrappingConfig):
         if adaptor.embedding_size != self.embedding_size:
             raise ValueError(f"The adaptor maps embeddings of size {adaptor.embedding_size}, but this model's embedding "
                              f"size is {self.embedding_size}; fit the adaptor on this model's embeddings.")
-        extra = [d for d in adaptor.matryoshka_dimensions if d not in self.matryoshka_dimensions]
+        sizes = self.matryoshka_dimensions if matryoshka_dimensions is None else matryoshka_dimensions
+        extra = [d for d in adaptor.matryoshka_dimensions if d not in sizes]
         if extra:
             raise ValueError(f"The adaptor was fit for sizes {extra} that are not among this model's "
-                             f"matryoshka_dimensions {self.matryoshka_dimensions}; add them to matryoshka_dimensions.")
+                             f"matryoshka_dimensions {sizes}; add them to matryoshka_dimensions.")
         return adaptor.to_dict()
 
 

@@ -107,8 +107,13 @@ def add_adaptor(model, corpus=None, pairs=None, *, adaptor=None, matryoshka_dime
 
 
 def fit_on_texts(model, corpus, pairs, dims, adaptor, batch_size, max_length, show_progress_bar, description, fit_kwargs):
-    """Encode the distinct texts once with the model (no adaptor) and fit; returns the fitted adaptor."""
-    texts = list(dict.fromkeys(corpus + [t for pair in pairs or [] for t in pair]))
+    """Encode the distinct texts once with the model (no adaptor) and fit; returns the fitted adaptor.
+
+    The pairs' documents join the corpus (once each), so a relevant document is never also an irrelevant copy of
+    itself among the candidates the validation ranks."""
+    documents = list(dict.fromkeys(corpus + [d for _, d in pairs or []]))
+    queries = list(dict.fromkeys(q for q, _ in pairs or []))
+    texts = list(dict.fromkeys(documents + queries))
     attached, model.adaptor = model.adaptor, None  # fit on the encoder's own embeddings
     try:
         embeddings = model.encode(texts, dim=model.config.embedding_size, batch_size=batch_size,
@@ -116,14 +121,11 @@ def fit_on_texts(model, corpus, pairs, dims, adaptor, batch_size, max_length, sh
     finally:
         model.adaptor = attached
     row = {text: i for i, text in enumerate(texts)}
-
-    def rows(items):
-        return embeddings[[row[t] for t in items]]
-
-    supervision = None if pairs is None else (rows([q for q, _ in pairs]), rows([d for _, d in pairs]))
+    supervision = {} if pairs is None else dict(
+        query_embeddings=embeddings[[row[q] for q in queries]], query_ids=queries, corpus_ids=documents)
     name = model.name_or_path or type(model).__name__
-    fitted = fit(rows(corpus), dims, supervision, adaptor=adaptor, show_progress_bar=show_progress_bar,
-                 description=description or f"{len(corpus):,} texts embedded by {name}", **fit_kwargs)
+    fitted = fit(embeddings[: len(documents)], dims, pairs, adaptor=adaptor, show_progress_bar=show_progress_bar,
+                 description=description or f"{len(corpus):,} texts embedded by {name}", **supervision, **fit_kwargs)
     fitted.config.fit_summary.update(corpus_texts=len(corpus), pairs=len(pairs) if pairs else 0)
     return fitted
 

@@ -89,6 +89,8 @@ def test_sentence_transformers_folder_and_remote_code_apply_it(make_model, sente
     for dim in DIMS:
         assert torch.allclose(st.encode(sentences, dim=dim, convert_to_tensor=True), want[dim], atol=ATOL)
     assert torch.allclose(st.encode(sentences, convert_to_tensor=True), want[32], atol=ATOL)
+    fixed = SentenceTransformer(str(folder), device="cpu", trust_remote_code=True, truncate_dim=16)
+    assert torch.allclose(fixed.encode(sentences, convert_to_tensor=True), want[16], atol=ATOL)
     script = f"""
         import torch
         from transformers import AutoModel

@@ -158,7 +158,7 @@ def read_pairs(path):
         raise FileNotFoundError(f"{path}: no such file (expected query<TAB>document lines).")
     pairs = []
     with open(path, encoding="utf-8", newline="") as f:
-        for number, fields in enumerate(csv.reader(f, delimiter="\t", quoting=csv.QUOTE_NONE), start=1):
+        for number, fields in enumerate(csv.reader(f, delimiter="\t"), start=1):  # standard quoting, as data.py
             if not any(field.strip() for field in fields):
                 continue
             if len(fields) != 2 or not all(field.strip() for field in fields):

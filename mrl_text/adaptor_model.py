@@ -91,7 +91,7 @@ def add_adaptor(model, corpus=None, pairs=None, *, adaptor=None, matryoshka_dime
     weights = dict(zip(config.matryoshka_dimensions, config.matryoshka_weights))
     sizes = sorted(set(config.matryoshka_dimensions) | set(dims), reverse=True)
     if adaptor is not None:
-        config.validate_adaptor(adaptor.config.to_dict(), sizes)
+        config.check_adaptor(adaptor.config.to_dict(), sizes)
     nesting = validate_nesting(sizes, [weights.get(d, 1.0) for d in sizes], config.truncate_dim, config.embedding_size)
     if corpus is not None:
         adaptor = fit_on_texts(model, corpus, pairs, dims, adaptor, batch_size, max_length, show_progress_bar,

@@ -131,7 +131,7 @@ class MatryoshkaConfig(WrappingConfig):
         self.matryoshka_weights = matryoshka_weights
         self.truncate_dim = truncate_dim
         self._validate_nesting()
-        self.adaptor = self.validate_adaptor(adaptor)
+        self.adaptor = self.check_adaptor(adaptor)
         super().__init__(**kwargs)
 
     @property
@@ -161,9 +161,10 @@ class MatryoshkaConfig(WrappingConfig):
             self.matryoshka_dimensions, self.matryoshka_weights, self.truncate_dim, self.embedding_size
         )
 
-    def validate_adaptor(self, adaptor, matryoshka_dimensions=None):
+    def check_adaptor(self, adaptor, matryoshka_dimensions=None):
         """`adaptor` as a complete adaptor config dict fitting this model's embedding and sizes (default its
-        `matryoshka_dimensions`), or None; a clear error otherwise."""
+        `matryoshka_dimensions`), or None; a clear error otherwise. (Not `validate_*`: transformers' strict configs
+        run methods of that name as argument-free validators.)"""
         if adaptor is None:
             return None
         from .modeling_matryoshka_adaptor import MatryoshkaAdaptorConfig  # lazy: that file imports torch

@@ -183,7 +183,7 @@ class MatryoshkaModel(MatryoshkaPreTrainedModel):
     def set_adaptor(self, adaptor):
         """Use `adaptor` (a `MatryoshkaAdaptor` fit on this model's embeddings; None removes it) after pooling and
         projection, before truncation; its config goes to `config.adaptor`. `model.add_adaptor` fits one."""
-        self.config.adaptor = self.config.validate_adaptor(adaptor.config.to_dict() if adaptor is not None else None)
+        self.config.adaptor = self.config.check_adaptor(adaptor.config.to_dict() if adaptor is not None else None)
         self.adaptor = adaptor.to(self.device, self.dtype) if adaptor is not None else None
 
     @classmethod

@@ -224,3 +224,18 @@ def test_cli_adapt_bad_files(tmp_path, capsys, bad, message):
         main(args)
     assert exit_info.value.code == 2
     assert message in capsys.readouterr().err
+
+
+def test_cli_adapt_wraps_a_plain_encoder(tiny_tokenizer, tmp_path):
+    from transformers import BertModel
+
+    torch.manual_seed(0)
+    BertModel(tiny_bert_config(hidden_size=64, vocab_size=len(tiny_tokenizer))).save_pretrained(tmp_path / "plain")
+    tiny_tokenizer.save_pretrained(tmp_path / "plain")
+    corpus = tmp_path / "corpus.jsonl"
+    corpus.write_text("".join(json.dumps({"_id": str(i), "title": "", "text": t}) + "\n" for i, t in enumerate(random_texts(200))))
+    assert main(["adapt", str(tmp_path / "plain"), "--corpus", str(corpus), "--out", str(tmp_path / "adapted"),
+                 "--epochs", "2", "--device", "cpu"]) == 0
+    loaded = AutoModel.from_pretrained(tmp_path / "adapted")
+    assert loaded.config.matryoshka_dimensions == [64, 32, 16] and loaded.adaptor is not None
+    assert loaded.adaptor.config.fit_summary["objective"] == "unsupervised"

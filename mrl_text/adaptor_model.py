@@ -6,6 +6,7 @@ training code) calls `add_adaptor` below; `mrl-text adapt` reads its corpus and 
 before truncation, in `forward`, `encode` and the saved sentence-transformers folder alike.
 """
 
+import copy
 import csv
 import json
 from pathlib import Path
@@ -59,7 +60,8 @@ def add_adaptor(model, corpus=None, pairs=None, *, adaptor=None, matryoshka_dime
         corpus (`list[str]`, *optional*): texts like the ones the model will embed (e.g. the documents you index).
             Without it, `adaptor` (already fitted) is attached as it is.
         pairs (`list[tuple[str, str]]`, *optional*): (query, relevant document) texts for the supervised objective.
-        adaptor (`MatryoshkaAdaptor`, *optional*): attach this one; with a corpus, continue fitting it.
+        adaptor (`MatryoshkaAdaptor`, *optional*): attach this one; with a corpus, continue fitting a copy of it
+            (e.g. `model.adaptor`, supervised after an unsupervised fit).
         matryoshka_dimensions (`list[int]`, *optional*): sizes to fit for; default the model's, or, for a model with
             its full size only (a plain encoder), the full size and 512, 256, ..., 16 below it. Sizes the model
             lacks are added to its `matryoshka_dimensions` (weight 1.0).
@@ -123,6 +125,8 @@ def fit_on_texts(model, corpus, pairs, dims, adaptor, batch_size, max_length, sh
     row = {text: i for i, text in enumerate(texts)}
     supervision = {} if pairs is None else dict(
         query_embeddings=embeddings[[row[q] for q in queries]], query_ids=queries, corpus_ids=documents)
+    if adaptor is not None:  # an attached adaptor is frozen; fit a trainable copy (the original stays as it was)
+        adaptor = copy.deepcopy(adaptor).float().requires_grad_(True)
     name = model.name_or_path or type(model).__name__
     fitted = fit(embeddings[: len(documents)], dims, pairs, adaptor=adaptor, show_progress_bar=show_progress_bar,
                  description=description or f"{len(corpus):,} texts embedded by {name}", **supervision, **fit_kwargs)

@@ -182,9 +182,12 @@ class MatryoshkaModel(MatryoshkaPreTrainedModel):
 
     def set_adaptor(self, adaptor):
         """Use `adaptor` (a `MatryoshkaAdaptor` fit on this model's embeddings; None removes it) after pooling and
-        projection, before truncation; its config goes to `config.adaptor`. `model.add_adaptor` fits one."""
+        projection, before truncation; its config goes to `config.adaptor`. `model.add_adaptor` fits one.
+
+        It is frozen here: training losses read `full_embeddings`, taken before it, so its weights would get no
+        gradient (and DDP refuses parameters that get none)."""
         self.config.adaptor = self.config.check_adaptor(adaptor.config.to_dict() if adaptor is not None else None)
-        self.adaptor = adaptor.to(self.device, self.dtype) if adaptor is not None else None
+        self.adaptor = adaptor.to(self.device, self.dtype).requires_grad_(False) if adaptor is not None else None
 
     @classmethod
     def from_encoder(

@@ -239,3 +239,16 @@ def test_cli_adapt_wraps_a_plain_encoder(tiny_tokenizer, tmp_path):
     loaded = AutoModel.from_pretrained(tmp_path / "adapted")
     assert loaded.config.matryoshka_dimensions == [64, 32, 16] and loaded.adaptor is not None
     assert loaded.adaptor.config.fit_summary["objective"] == "unsupervised"
+
+
+def test_attached_adaptor_is_frozen_and_refits_from_a_copy(make_model):
+    model = make_model()
+    corpus = random_texts(200)
+    first = model.add_adaptor(corpus, **FAST)
+    assert not any(p.requires_grad for p in first.parameters())
+    before = {k: v.clone() for k, v in first.state_dict().items()}
+    pairs = list(zip(random_texts(30, seed=5), corpus[:30]))
+    second = model.add_adaptor(corpus, pairs, adaptor=model.adaptor, objective="supervised", **FAST)
+    assert model.adaptor is second and second is not first
+    assert second.config.fit_summary["objective"] == "supervised"
+    assert all(torch.equal(before[k], v) for k, v in first.state_dict().items())  # the original is untouched

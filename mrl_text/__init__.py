@@ -79,6 +79,22 @@ def _push_to_hub(self, repo_id, *, format=None, **kwargs):
 MatryoshkaModel.export = _export
 MatryoshkaModel.push_to_hub = _push_to_hub
 
+
+
+def _add_adaptor(self, corpus=None, pairs=None, **kwargs):
+    """Fit a Matryoshka adaptor on `corpus` texts (and (query, document) `pairs`) with this model's own embeddings
+    and attach it, or attach a fitted one (`adaptor=`); returns the adaptor.
+
+    `mrl_text.adaptor_model.add_adaptor` for this model; see it for the arguments.
+    """
+    from .adaptor_model import add_adaptor
+
+    return add_adaptor(self, corpus, pairs, **kwargs)
+
+
+# Fitting needs the training code (mrl_text.adaptor), which the modeling file (travelling alone) cannot import.
+MatryoshkaModel.add_adaptor = _add_adaptor
+
 # Training: MatryoshkaTrainer loads transformers' Trainer (a second of imports), so it is imported on first use.
 _TRAINING_NAMES = ("MatryoshkaTrainer", "MatryoshkaTrainingArguments", "MatryoshkaDataCollator")
 

@@ -154,6 +154,68 @@ def run_export(args):
     return out
 
 
+def run_adapt(args):
+    """Fit a Matryoshka adaptor on a corpus (and pairs) with the model's own embeddings; save the adapted model."""
+    from .adaptor_model import read_corpus, read_pairs
+    from .evaluation.embedders import load_model
+    from .modeling_matryoshka import MatryoshkaModel
+
+    out = Path(args.out)
+    if out.is_file() or (out.is_dir() and any(out.iterdir()) and not args.overwrite):
+        raise FileExistsError(f"{out}: exists and is not an empty folder; pick another --out or pass --overwrite.")
+    # The files first: a bad file fails before any model is loaded.
+    corpus = read_corpus(args.corpus, args.column)
+    pairs = read_pairs(args.pairs) if args.pairs else None
+    model = load_model(args.model, args.device)  # a Matryoshka folder, a plain encoder, or sentence-transformers
+    if not isinstance(model, MatryoshkaModel):
+        model = MatryoshkaModel.from_sentence_transformer(model)
+    options = {key: getattr(args, key) for key in ("epochs", "supervised_epochs", "objective", "rotation")
+               if getattr(args, key) is not None}
+    adaptor = model.add_adaptor(
+        corpus, pairs, matryoshka_dimensions=args.dims, batch_size=args.batch_size, max_length=args.max_length,
+        seed=args.seed, description=args.description or Path(args.corpus).name, **options,
+    )
+    model.save_pretrained(out)
+    for dim, scores in adaptor.config.fit_summary["validation"].items():
+        used = "adaptor" if scores["adapted"] else "plain truncation"
+        print(f"{dim:>6}: truncation {scores['truncation']:.4f}  adaptor {scores['adaptor']:.4f}  -> {used}")
+    print(f"mrl-text: wrote {out} (adaptor used at sizes {adaptor.config.adapted_dimensions or 'none'})", file=sys.stderr)
+    return out
+
+
+def add_adapt_command(commands):
+    adapt = commands.add_parser(
+        "adapt",
+        help="fit a Matryoshka adaptor (frozen encoder) on a corpus and optional query/document pairs; save the model",
+        description="Encode the corpus (and pairs) once with MODEL, fit a small residual map whose embedding prefixes "
+        "keep the full embedding's structure (Yoon et al., 2024), keep plain truncation at sizes where it does not "
+        "win on held-out data, and write a model folder (loads with from_pretrained and sentence-transformers).",
+        epilog="example:\n  mrl-text adapt sentence-transformers/all-MiniLM-L6-v2 --corpus docs.txt --pairs train.tsv "
+        "--out adapted/\n\nfiles:\n  --corpus  .txt (one text per line) or a .jsonl/.tsv/.csv/.parquet table "
+        "(column --column)\n  --pairs   .tsv with query<TAB>document per line",
+        formatter_class=argparse.RawDescriptionHelpFormatter,
+    )
+    adapt.add_argument("model", help="Matryoshka model folder, plain transformers encoder, or sentence-transformers model")
+    adapt.add_argument("--corpus", required=True, metavar="FILE", help="texts to fit on (e.g. the documents you index)")
+    adapt.add_argument("--column", default="text", help="text column of a table --corpus (default: %(default)s)")
+    adapt.add_argument("--pairs", metavar="FILE", help="query<TAB>document pairs for the supervised objective")
+    adapt.add_argument("--out", required=True, metavar="DIR", help="output model folder")
+    adapt.add_argument("--dims", type=int, nargs="+",
+                       help="sizes (default: the model's, or for a one-size encoder its size and 512, 256, ..., 16)")
+    adapt.add_argument("--objective", choices=("unsupervised", "supervised", "both"),
+                       help="default: both with --pairs, else unsupervised")
+    adapt.add_argument("--rotation", choices=("pca", "learned"), help="orthogonal part (default: none)")
+    adapt.add_argument("--epochs", type=int, help="unsupervised epochs (default: the fit's)")
+    adapt.add_argument("--supervised-epochs", type=int, help="supervised epochs (default: the fit's)")
+    adapt.add_argument("--description", help="what the corpus is, for the model card (default: the file name)")
+    adapt.add_argument("--seed", type=int, default=0)
+    adapt.add_argument("--batch-size", type=int, default=DEFAULT_BATCH_SIZE, help="texts per forward pass")
+    adapt.add_argument("--max-length", type=int, default=DEFAULT_MAX_LENGTH, metavar="TOKENS", help="longest input")
+    adapt.add_argument("--device", help="where to encode (default: cuda when available)")
+    adapt.add_argument("--overwrite", action="store_true", help="write into a non-empty --out folder")
+    adapt.set_defaults(func=run_adapt)
+
+
 def build_parser():
     parser = argparse.ArgumentParser(
         prog="mrl-text",
@@ -161,7 +223,7 @@ def build_parser():
         epilog=EXAMPLES,
         formatter_class=argparse.RawDescriptionHelpFormatter,
     )
-    commands = parser.add_subparsers(dest="command", required=True, metavar="{evaluate,card,export}")
+    commands = parser.add_subparsers(dest="command", required=True, metavar="{evaluate,card,export,adapt}")
 
     ev = commands.add_parser(
         "evaluate",
@@ -222,6 +284,7 @@ def build_parser():
     export.add_argument("--format", default="sentence-transformers", choices=EXPORT_FORMATS)
     export.add_argument("--overwrite", action="store_true", help="replace a non-empty output folder")
     export.set_defaults(func=run_export)
+    add_adapt_command(commands)
     return parser
 
 

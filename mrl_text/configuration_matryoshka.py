@@ -89,6 +89,10 @@ class MatryoshkaConfig(WrappingConfig):
             Longest input `encode` tokenizes; `None` uses the tokenizer's limit.
         is_matryoshka (`bool`, defaults to `True`):
             Tells serving engines (vLLM) that `matryoshka_dimensions` may be requested as `dimensions=`.
+        adaptor (`dict`, *optional*):
+            The config of a `MatryoshkaAdaptor` (its `to_dict()`) applied after pooling and projection, before
+            truncation; its weights are saved with the model's. `None` (default): no adaptor. Attach one with
+            `model.add_adaptor(...)`.
 
     Example:
 
@@ -117,6 +121,7 @@ class MatryoshkaConfig(WrappingConfig):
         efficient_heads=False,
         max_seq_length=None,
         is_matryoshka=True,
+        adaptor=None,
         **kwargs,
     ):
         encoder = encoder_config_from(encoder, default_model_type="bert")
@@ -131,6 +136,7 @@ class MatryoshkaConfig(WrappingConfig):
         self.matryoshka_weights = matryoshka_weights
         self.truncate_dim = truncate_dim
         self._validate_nesting()
+        self.adaptor = self.check_adaptor(adaptor)
         super().__init__(**kwargs)
 
     @property
@@ -159,6 +165,31 @@ class MatryoshkaConfig(WrappingConfig):
         self.matryoshka_dimensions, self.matryoshka_weights = validate_nesting(
             self.matryoshka_dimensions, self.matryoshka_weights, self.truncate_dim, self.embedding_size
         )
+
+    def check_adaptor(self, adaptor, matryoshka_dimensions=None):
+        """`adaptor` as a complete adaptor config dict fitting this model's embedding and sizes (default its
+        `matryoshka_dimensions`), or None; a clear error otherwise. (Not `validate_*`: transformers' strict configs
+        run methods of that name as argument-free validators.)"""
+        if adaptor is None:
+            return None
+        from .modeling_matryoshka_adaptor import MatryoshkaAdaptorConfig  # lazy: that file imports torch
+
+        if not isinstance(adaptor, dict):
+            raise ValueError(f"`adaptor` must be an adaptor config dict (MatryoshkaAdaptorConfig.to_dict()) or None, "
+                             f"got {type(adaptor).__name__}.")
+        try:
+            adaptor = MatryoshkaAdaptorConfig.from_dict(adaptor)
+        except TypeError as error:  # a missing required field
+            raise ValueError(f"`adaptor` config is incomplete ({error}); save it from MatryoshkaAdaptorConfig.to_dict().") from None
+        if adaptor.embedding_size != self.embedding_size:
+            raise ValueError(f"The adaptor maps embeddings of size {adaptor.embedding_size}, but this model's embedding "
+                             f"size is {self.embedding_size}; fit the adaptor on this model's embeddings.")
+        sizes = self.matryoshka_dimensions if matryoshka_dimensions is None else matryoshka_dimensions
+        extra = [d for d in adaptor.matryoshka_dimensions if d not in sizes]
+        if extra:
+            raise ValueError(f"The adaptor was fit for sizes {extra} that are not among this model's "
+                             f"matryoshka_dimensions {sizes}; add them to matryoshka_dimensions.")
+        return adaptor.to_dict()
 
 
 

@@ -169,6 +169,36 @@ def _training_details(data):
     return [(key, value) for key, value in lines if value not in (None, "", [], {})]
 
 
+def adaptor_section(config):
+    """The card's adaptor section from `config.adaptor` (which travels with the weights, so a card written later
+    still has it): what it was fit on and its validation figures at every size, or None without an adaptor."""
+    adaptor = getattr(config, "adaptor", None)
+    if not adaptor:
+        return None
+    summary = adaptor.get("fit_summary") or {}
+    options = summary.get("options") or {}
+    objective = summary.get("objective")
+    epochs = [f"{options[key]} {stage} epochs" for key, stage in (("epochs", "unsupervised"), ("supervised_epochs", "supervised"))
+              if key in options and objective in (stage, "both")]
+    facts = [f"{summary['corpus_texts']:,} corpus texts" if summary.get("corpus_texts") is not None else
+             (f"{summary['corpus_embeddings']:,} corpus embeddings" if summary.get("corpus_embeddings") else None),
+             f"{summary['pairs']:,} (query, document) pairs" if summary.get("pairs") else None,
+             f"{summary['queries']:,} queries" if summary.get("queries") and not summary.get("pairs") else None,
+             f"{summary['validation_rows']:,} corpus rows held out for validation" if summary.get("validation_rows") else None]
+    rows = [{"dim": dim, "truncation": f"{100 * v['truncation']:.2f}", "adaptor": f"{100 * v['adaptor']:.2f}",
+             "used": "adaptor" if v.get("adapted") else "plain truncation"}
+            for dim, v in sorted((summary.get("validation") or {}).items(), key=lambda item: -int(item[0]))]
+    return {
+        "rotation": adaptor.get("rotation") or "none", "hidden_size": adaptor.get("hidden_size"),
+        "num_layers": adaptor.get("num_layers"), "adapted": adaptor.get("adapted_dimensions") or [],
+        "description": summary.get("description"), "objective": objective, "epochs": ", ".join(epochs),
+        "facts": "; ".join(fact for fact in facts if fact), "rows": rows,
+        # The table shows the first metric; a gate that checks more (e.g. a correlation that must not drop) says so.
+        "metric": (summary.get("validation_metric") or "").split("; ")[0],
+        "also": "; ".join((summary.get("validation_metric") or "").split("; ")[1:]),
+    }
+
+
 def resolve_card_data(model, results=None, results_model=None, card_data=None, **overrides):
     """A copy of the card data a card is rendered from: `card_data` (default `model.model_card_data`), plus `results`
     (this model's rows: `results_model` names them, else the model's name or Hub id must match) and `overrides`."""
@@ -265,6 +295,7 @@ def build_card(model, results=None, model_id=None, base_model=None, datasets=Non
         size_weights=list(zip(config.matryoshka_dimensions, weights)),
         training_details=_training_details(data),
         loss_citation=(data.loss or {}).get("citation"),
+        adaptor=None if dual else adaptor_section(config),
     )
 
 
@@ -296,9 +327,10 @@ def write_card(directory, model, results=None, **card_kwargs):
 
 def write_card_on_save(model, directory, repo_id=None):
     """Save hook (registered by `import mrl_text`): when the model carries card data (`model.model_card_data`, filled
-    by training), `save_pretrained`, checkpoints and `push_to_hub` write the card and plot next to the weights."""
+    by training) or an adaptor, `save_pretrained`, checkpoints and `push_to_hub` write the card and plot next to
+    the weights."""
     data = model_card_data(model, create=False)
-    if data is None or data.is_empty():
+    if (data is None or data.is_empty()) and not getattr(config_of(model), "adaptor", None):  # an adaptor has a story
         return None
     return write_card(directory, model, card_data=data, model_id=repo_id)
 

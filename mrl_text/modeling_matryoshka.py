@@ -20,6 +20,7 @@ from transformers import AutoTokenizer, PreTrainedModel
 from transformers.utils import ModelOutput
 
 from .configuration_matryoshka import MatryoshkaConfig, check_dim
+from .modeling_matryoshka_adaptor import MatryoshkaAdaptor, MatryoshkaAdaptorConfig
 from .modeling_matryoshka_utils import (
     build_encoder,
     config_to_wrap,
@@ -41,7 +42,8 @@ class MatryoshkaModelOutput(ModelOutput):
             after truncation when the config normalizes.
         full_embeddings (`torch.FloatTensor` of shape `(batch_size, embedding_size)`):
             Pooled (and projected) embeddings at full size, *not* normalized: the losses slice every nested
-            prefix from this one tensor and normalize each prefix themselves.
+            prefix from this one tensor and normalize each prefix themselves. Taken before the adaptor (if any),
+            whose map depends on the size (see `MatryoshkaAdaptor.at_size`).
         last_hidden_state (`torch.FloatTensor` of shape `(batch_size, sequence_length, hidden_size)`):
             Token states of the encoder's last layer.
         hidden_states (`tuple(torch.FloatTensor)`, *optional*): every layer's token states when requested.
@@ -105,6 +107,8 @@ class MatryoshkaPreTrainedModel(PreTrainedModel):
         """transformers' `save_pretrained`, plus the tokenizer and the files of every save hook (model card, ...);
         with `push_to_hub=True` the folder is uploaded after all of them are written."""
         hub_options = {key: kwargs.pop(key) for key in PUSH_OPTIONS if key in kwargs}
+        if getattr(self, "adaptor", None) is not None:  # its config may have changed since it was set (a refit)
+            self.config.adaptor = self.adaptor.config.to_dict()
         super().save_pretrained(save_directory, *args, **kwargs)
         if kwargs.get("is_main_process", True):
             if getattr(self, "tokenizer", None) is not None:
@@ -171,7 +175,19 @@ class MatryoshkaModel(MatryoshkaPreTrainedModel):
         )
         self._encoder_kwargs = set(inspect.signature(self.encoder.forward).parameters)
         self._tokenizer = None
+        self.adaptor = None
         self.post_init()
+        if config.adaptor is not None:  # after post_init, whose weight init would undo its identity start
+            self.set_adaptor(MatryoshkaAdaptor(MatryoshkaAdaptorConfig.from_dict(config.adaptor)))
+
+    def set_adaptor(self, adaptor):
+        """Use `adaptor` (a `MatryoshkaAdaptor` fit on this model's embeddings; None removes it) after pooling and
+        projection, before truncation; its config goes to `config.adaptor`. `model.add_adaptor` fits one.
+
+        It is frozen here: training losses read `full_embeddings`, taken before it, so its weights would get no
+        gradient (and DDP refuses parameters that get none)."""
+        self.config.adaptor = self.config.check_adaptor(adaptor.config.to_dict() if adaptor is not None else None)
+        self.adaptor = adaptor.to(self.device, self.dtype).requires_grad_(False) if adaptor is not None else None
 
     @classmethod
     def from_encoder(
@@ -262,7 +278,8 @@ class MatryoshkaModel(MatryoshkaPreTrainedModel):
         pooled = pool(outputs.last_hidden_state, attention_mask, self.config.pooling)
         if self.projection is not None:
             pooled = self.projection(pooled)
-        embeddings = truncate_embeddings(pooled, dim, self.config.normalize)
+        adapted = self.adaptor.at_size(pooled, dim, self.config.normalize) if self.adaptor is not None else pooled
+        embeddings = truncate_embeddings(adapted, dim, self.config.normalize)
         result = MatryoshkaModelOutput(
             embeddings=embeddings,
             full_embeddings=pooled,

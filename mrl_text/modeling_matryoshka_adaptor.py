@@ -3,9 +3,9 @@
 Reference: Yoon et al., "Matryoshka-Adaptor: Unsupervised and Supervised Tuning for Smaller Embedding Dimensions",
 EMNLP 2024.
 
-This file travels with a saved adaptor (or a saved `MatryoshkaModel` holding one): it imports only torch,
-transformers' dependencies (safetensors, huggingface_hub) and, lazily, the project's other modeling file. Training
-lives in `mrl_text.adaptor`.
+This file travels with a saved adaptor (or a saved `MatryoshkaModel` holding one, which imports it relatively): it
+imports only torch, transformers' dependencies (safetensors, huggingface_hub) and its sibling
+modeling_matryoshka_utils.py. Training lives in `mrl_text.adaptor`.
 """
 
 import json
@@ -15,6 +15,8 @@ from pathlib import Path
 
 import torch
 from torch import nn
+
+from .modeling_matryoshka_utils import truncate_embeddings
 
 CONFIG_NAME = "config.json"
 WEIGHTS_NAME = "model.safetensors"
@@ -170,9 +172,20 @@ class MatryoshkaAdaptor(nn.Module):
     def forward(self, embeddings, dim=None):
         """Full-size adapted embeddings for use at size `dim` (default: the full size)."""
         self.check_dim(dim)
+        return self.at_size(embeddings, dim)
+
+    def at_size(self, embeddings, dim=None, normalize_input=False):
+        """`forward` for any size, unchecked: a size outside `config.adapted_dimensions` (gated off by the fit, or
+        one it was not fit for) returns `embeddings` unchanged, i.e. plain truncation.
+
+        `normalize_input`: the adaptor is fit on what `encode` returns; inside a model that normalizes, the pooled
+        embedding is made unit length first so the adaptor sees the same input it was fit on.
+        """
         size = self.config.embedding_size if dim is None else dim
         if size not in self.config.adapted_dimensions:
             return embeddings
+        if normalize_input:
+            embeddings = torch.nn.functional.normalize(embeddings, p=2, dim=-1)
         return self.adapt(embeddings)
 
     @torch.no_grad()
@@ -183,8 +196,6 @@ class MatryoshkaAdaptor(nn.Module):
             embeddings (`numpy.ndarray` or `torch.Tensor`, `(..., embedding_size)`): full-size embeddings.
             dim (`int`, *optional*): one of `config.matryoshka_dimensions`; `None` keeps the full size.
         """
-        from .modeling_matryoshka import truncate_embeddings  # lazy: that module may import this one
-
         as_numpy = not isinstance(embeddings, torch.Tensor)
         tensor = self.check_embeddings(embeddings)
         self.check_dim(dim)

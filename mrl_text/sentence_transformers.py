@@ -56,8 +56,9 @@ def _matryoshka_config_of(model):
 class MatryoshkaTruncation(Module):
     """Truncate `sentence_embedding` to a Matryoshka size: `encode(texts, dim=64)`.
 
-    Place it after pooling and *before* `Normalize`: it keeps the first `dim` coordinates (with
-    `truncate_embeddings`, the project's one truncation rule) and `Normalize` then makes the prefix unit length.
+    Place it after pooling and *before* `Normalize`: it applies the MatryoshkaModel's adaptor when it has one (the
+    adaptor's map depends on the size, so it runs here, where the size is known), keeps the first `dim` coordinates
+    (with `truncate_embeddings`, the project's one truncation rule) and `Normalize` then makes the prefix unit length.
 
     Which size:
       * `dim` passed to `encode` / `encode_query` / `encode_document` (checked: a positive integer no larger than
@@ -85,11 +86,15 @@ class MatryoshkaTruncation(Module):
         self.truncate_dim = truncate_dim
         self._sentence_transformer = None  # weak reference: the model owns this module, not the other way round
         self._matryoshka_config = None
+        # The MatryoshkaModel, for its adaptor: in a tuple (not registered as a submodule, so not saved twice), and a
+        # strong reference, so it survives the pickling of multi-process encoding.
+        self._wrapped = (None,)
 
     def on_model_ready(self, model):
         self._sentence_transformer = weakref.ref(model)
         self._matryoshka_config = _matryoshka_config_of(model)
         wrapped = model[0].model if self._matryoshka_config is not None else None
+        self._wrapped = (wrapped,)
         if wrapped is not None and getattr(wrapped, "_tokenizer", False) is None:
             # Hand the MatryoshkaModel its tokenizer: its own lazy lookup would reload it from the folder (and ask
             # about remote code again), and `model[0].model.encode(...)` works too.
@@ -126,6 +131,11 @@ class MatryoshkaTruncation(Module):
 
     def forward(self, features, dim=None, **kwargs):
         dim = self.resolve_dim(dim)
+        adaptor = getattr(self._wrapped[0], "adaptor", None)
+        if adaptor is not None:
+            features["sentence_embedding"] = adaptor.at_size(
+                features["sentence_embedding"], dim, normalize_input=self._matryoshka_config.normalize
+            )
         if dim is not None:
             features["sentence_embedding"] = truncate_embeddings(features["sentence_embedding"], dim, normalize=False)
         return features

@@ -1,0 +1,254 @@
+"""The Matryoshka adaptor inside a MatryoshkaModel: applied after pooling and projection, before truncation, in
+forward / encode / truncate_dim, saved and loaded with the weights (with its per-size gate), used by the
+sentence-transformers folder and by trust_remote_code without mrl-text; add_adaptor, `mrl-text adapt`, the card."""
+
+import json
+import random
+
+import pytest
+import torch
+from transformers import AutoModel
+
+from mrl_text import MatryoshkaConfig, MatryoshkaModel, truncate_embeddings
+from mrl_text.cli import main
+from mrl_text.modeling_matryoshka_adaptor import MatryoshkaAdaptor, MatryoshkaAdaptorConfig
+
+from .conftest import WORDS, run_without_mrl_text, tiny_bert_config
+
+DIMS = [32, 16, 8, 4]
+FAST = dict(epochs=2, supervised_epochs=2, hidden_size=16, batch_size=64, negatives=16, show_progress_bar=False)
+ATOL = 1e-5
+
+
+def random_texts(n, seed=0):
+    rng = random.Random(seed)
+    return [" ".join(rng.choice(WORDS) for _ in range(rng.randint(3, 10))) for _ in range(n)]
+
+
+def gated_adaptor(size=32, adapted=(16, 4), seed=0):
+    """An adaptor that really changes embeddings (random output layer), used at `adapted` sizes only."""
+    torch.manual_seed(seed)
+    adaptor = MatryoshkaAdaptor(MatryoshkaAdaptorConfig(size, DIMS, hidden_size=16, adapted_dimensions=list(adapted)))
+    torch.nn.init.normal_(adaptor.mlp[-1].weight, std=0.5)
+    return adaptor.eval()
+
+
+def expected(model, adaptor, texts, dim):
+    """What the adapted model must return at `dim`: the adaptor's transform of the plain model's unit embeddings."""
+    full = model.encode(texts, dim=model.config.embedding_size)
+    return adaptor.transform(full, dim=dim)
+
+
+@pytest.mark.parametrize("config", [{}, {"projection_dim": 24, "matryoshka_dimensions": [24, 12, 6]}])
+def test_adaptor_runs_before_truncation_everywhere(make_model, sentences, config):
+    model = make_model(**config)
+    size = model.config.embedding_size
+    dims = model.config.matryoshka_dimensions
+    adaptor = MatryoshkaAdaptor(MatryoshkaAdaptorConfig(size, dims, hidden_size=16, adapted_dimensions=dims[1::2]))
+    torch.nn.init.normal_(adaptor.mlp[-1].weight, std=0.5)
+    plain = {dim: model.encode(sentences, dim=dim) for dim in dims}
+    want = {dim: expected(model, adaptor, sentences, dim) for dim in dims}
+    model.set_adaptor(adaptor)
+    assert model.config.adaptor["adapted_dimensions"] == dims[1::2]
+    for dim in dims:
+        got = model.encode(sentences, dim=dim)
+        assert torch.allclose(got, want[dim], atol=ATOL)
+        # gated sizes are exactly plain truncation; adapted ones differ from it
+        assert torch.allclose(got, plain[dim], atol=ATOL) == (dim not in dims[1::2])
+    inputs = model.tokenizer(sentences, padding=True, return_tensors="pt")
+    assert torch.allclose(model(**inputs, dim=dims[1]).embeddings, want[dims[1]], atol=ATOL)
+    model.config.truncate_dim = dims[1]
+    assert torch.allclose(model.encode(sentences), want[dims[1]], atol=ATOL)
+    model.set_adaptor(None)  # removed: back to the plain model
+    assert model.config.adaptor is None and torch.allclose(model.encode(sentences, dim=dims[1]), plain[dims[1]])
+
+
+def test_saved_with_the_weights_gate_included(make_model, sentences, tmp_path):
+    model = make_model()
+    model.set_adaptor(gated_adaptor())
+    want = {dim: model.encode(sentences, dim=dim) for dim in DIMS}
+    model.save_pretrained(tmp_path / "adapted")
+    saved = json.loads((tmp_path / "adapted" / "config.json").read_text())
+    assert saved["adaptor"]["adapted_dimensions"] == [16, 4]
+    assert (tmp_path / "adapted" / "modeling_matryoshka_adaptor.py").is_file()
+    for loaded in (MatryoshkaModel.from_pretrained(tmp_path / "adapted"), AutoModel.from_pretrained(tmp_path / "adapted")):
+        assert loaded.adaptor.config.adapted_dimensions == [16, 4]
+        for dim in DIMS:
+            assert torch.allclose(loaded.encode(sentences, dim=dim), want[dim], atol=ATOL)
+
+
+def test_sentence_transformers_folder_and_remote_code_apply_it(make_model, sentences, tmp_path):
+    from sentence_transformers import SentenceTransformer
+
+    model = make_model()
+    model.set_adaptor(gated_adaptor())
+    want = {dim: model.encode(sentences, dim=dim) for dim in DIMS}
+    folder = tmp_path / "adapted"
+    model.save_pretrained(folder)
+    st = SentenceTransformer(str(folder), device="cpu", trust_remote_code=True)
+    for dim in DIMS:
+        assert torch.allclose(st.encode(sentences, dim=dim, convert_to_tensor=True), want[dim], atol=ATOL)
+    assert torch.allclose(st.encode(sentences, convert_to_tensor=True), want[32], atol=ATOL)
+    fixed = SentenceTransformer(str(folder), device="cpu", trust_remote_code=True, truncate_dim=16)
+    assert torch.allclose(fixed.encode(sentences, convert_to_tensor=True), want[16], atol=ATOL)
+    script = f"""
+        import torch
+        from transformers import AutoModel
+        from sentence_transformers import SentenceTransformer
+        want = {{d: torch.tensor(v) for d, v in {({d: v.tolist() for d, v in want.items()})!r}.items()}}
+        model = AutoModel.from_pretrained({str(folder)!r}, trust_remote_code=True)
+        st = SentenceTransformer({str(folder)!r}, device="cpu", trust_remote_code=True)
+        for dim in {DIMS!r}:
+            assert torch.allclose(model.encode({sentences!r}, dim=dim), want[dim], atol={ATOL}), dim
+            assert torch.allclose(st.encode({sentences!r}, dim=dim, convert_to_tensor=True), want[dim], atol={ATOL}), dim
+        print("REMOTE-OK")
+        """
+    run_without_mrl_text(script, tmp_path)
+
+
+def test_add_adaptor_fits_on_texts_and_attaches(make_model, tmp_path):
+    model = make_model()
+    corpus, sample = random_texts(240), random_texts(6, seed=1)
+    plain = {dim: model.encode(sample, dim=dim) for dim in DIMS}
+    pairs = list(zip(random_texts(40, seed=2), corpus[:40]))
+    adaptor = model.add_adaptor(corpus, pairs, seed=0, **FAST)
+    assert model.adaptor is adaptor and model.config.adaptor["adapted_dimensions"] == adaptor.config.adapted_dimensions
+    summary = adaptor.config.fit_summary
+    assert summary["corpus_texts"] == 240 and summary["pairs"] == 40 and summary["objective"] == "both"
+    assert set(summary["validation"]) == {str(d) for d in DIMS}
+    for dim in DIMS:  # the gate: a size the adaptor did not win keeps plain truncation
+        same = torch.allclose(model.encode(sample, dim=dim), plain[dim], atol=ATOL)
+        assert same == (dim not in adaptor.config.adapted_dimensions)
+    model.save_pretrained(tmp_path / "adapted")
+    card = (tmp_path / "adapted" / "README.md").read_text()
+    assert "## Adaptor" in card and "240 corpus texts" in card and "40 (query, document) pairs" in card
+    assert "| size | plain truncation | adaptor | used |" in card
+    for dim in DIMS:
+        used = "adaptor" if dim in adaptor.config.adapted_dimensions else "plain truncation"
+        scores = summary["validation"][str(dim)]
+        assert f"| {dim} | {100 * scores['truncation']:.2f} | {100 * scores['adaptor']:.2f} | {used} |" in card
+
+
+def test_plain_encoder_gets_the_usual_sizes(tiny_tokenizer):
+    torch.manual_seed(0)
+    model = MatryoshkaModel(MatryoshkaConfig(encoder=tiny_bert_config(hidden_size=64, vocab_size=len(tiny_tokenizer))))
+    model.tokenizer = tiny_tokenizer
+    model.add_adaptor(random_texts(200), **FAST)
+    assert model.config.matryoshka_dimensions == [64, 32, 16]
+    assert model.adaptor.config.matryoshka_dimensions == [64, 32, 16]
+
+
+def test_failed_fit_or_bad_adaptor_leaves_the_model_unchanged(make_model, sentences, monkeypatch):
+    from mrl_text import adaptor_model
+
+    model = make_model()
+    before = model.encode(sentences, dim=4)
+
+    def explode(*args, **kwargs):
+        raise RuntimeError("fit failed")
+
+    monkeypatch.setattr(adaptor_model, "fit", explode)
+    with pytest.raises(RuntimeError, match="fit failed"):
+        model.add_adaptor(random_texts(200), matryoshka_dimensions=[32, 12], **FAST)
+    assert model.adaptor is None and model.config.adaptor is None and model.config.matryoshka_dimensions == DIMS
+    with pytest.raises(ValueError, match="embedding size is 32"):
+        model.add_adaptor(adaptor=MatryoshkaAdaptor(MatryoshkaAdaptorConfig(48, [48, 8])))
+    with pytest.raises(ValueError, match=r"corpus\[1\] is None"):
+        model.add_adaptor(["fine", None])
+    with pytest.raises(ValueError, match=r"pairs\[0\]"):
+        model.add_adaptor(random_texts(200), [("only a query",)])
+    with pytest.raises(ValueError, match="corpus of texts"):
+        model.add_adaptor()
+    assert model.adaptor is None and torch.equal(model.encode(sentences, dim=4), before)
+
+
+def test_config_field_is_validated():
+    encoder = tiny_bert_config()
+    good = gated_adaptor().config.to_dict()
+    assert MatryoshkaConfig(encoder=encoder, matryoshka_dimensions=DIMS, adaptor=good).adaptor["adapted_dimensions"] == [16, 4]
+    with pytest.raises(ValueError, match="adaptor config dict"):
+        MatryoshkaConfig(encoder=encoder, matryoshka_dimensions=DIMS, adaptor="adaptor.safetensors")
+    with pytest.raises(ValueError, match=r"sizes \[4\] that are not among"):
+        MatryoshkaConfig(encoder=encoder, matryoshka_dimensions=[32, 16, 8], adaptor=good)
+    with pytest.raises(ValueError, match="incomplete"):
+        MatryoshkaConfig(encoder=encoder, matryoshka_dimensions=DIMS, adaptor={"hidden_size": 8})
+    with pytest.raises(ValueError, match="adapted_dimensions"):
+        MatryoshkaConfig(encoder=encoder, matryoshka_dimensions=DIMS, adaptor={**good, "adapted_dimensions": [12]})
+
+
+def test_export_refuses_an_adapted_model(make_model, tmp_path):
+    model = make_model()
+    model.set_adaptor(gated_adaptor())
+    with pytest.raises(ValueError, match="adaptor .*save_pretrained"):
+        model.export(tmp_path / "exported")
+
+
+def test_cli_adapt(make_model, sentences, tmp_path, capsys):
+    model = make_model()
+    model.save_pretrained(tmp_path / "model")
+    corpus = tmp_path / "corpus.txt"
+    corpus.write_text("\n".join(random_texts(200)) + "\n\n")
+    pairs = tmp_path / "pairs.tsv"
+    pairs.write_text("query\tdocument\n" + "".join(f"{q}\t{d}\n" for q, d in zip(random_texts(30, 3), random_texts(30, 4))))
+    out = tmp_path / "adapted"
+    args = ["adapt", str(tmp_path / "model"), "--corpus", str(corpus), "--pairs", str(pairs), "--out", str(out),
+            "--epochs", "2", "--supervised-epochs", "2", "--device", "cpu"]
+    assert main(args) == 0
+    loaded = MatryoshkaModel.from_pretrained(out)
+    summary = loaded.adaptor.config.fit_summary
+    assert summary["corpus_texts"] == 200 and summary["pairs"] == 30 and summary["description"] == "corpus.txt"
+    assert "## Adaptor" in (out / "README.md").read_text()
+    printed = capsys.readouterr().out
+    assert all(f"{dim:>6}: truncation" in printed for dim in DIMS)
+    with pytest.raises(SystemExit):  # the folder is not empty now
+        main(args)
+    assert "--overwrite" in capsys.readouterr().err
+
+
+@pytest.mark.parametrize(
+    "bad, message",
+    [
+        ({"pairs": "one field only\n"}, "line 1: expected query<TAB>document"),
+        ({"pairs": "a\tb\tc\n"}, "got 3 field"),
+        ({"corpus": "\n\n"}, "no texts found"),
+        ({"missing": True}, "no such file"),
+    ],
+)
+def test_cli_adapt_bad_files(tmp_path, capsys, bad, message):
+    corpus, pairs = tmp_path / "corpus.txt", tmp_path / "pairs.tsv"
+    corpus.write_text(bad.get("corpus", "a text\nanother text\n"))
+    pairs.write_text(bad.get("pairs", "q\td\n"))
+    args = ["adapt", str(tmp_path / "no-model"), "--corpus", str(tmp_path / "absent.txt" if "missing" in bad else corpus),
+            "--pairs", str(pairs), "--out", str(tmp_path / "out")]
+    with pytest.raises(SystemExit) as exit_info:
+        main(args)
+    assert exit_info.value.code == 2
+    assert message in capsys.readouterr().err
+
+
+def test_cli_adapt_wraps_a_plain_encoder(tiny_tokenizer, tmp_path):
+    from transformers import BertModel
+
+    torch.manual_seed(0)
+    BertModel(tiny_bert_config(hidden_size=64, vocab_size=len(tiny_tokenizer))).save_pretrained(tmp_path / "plain")
+    tiny_tokenizer.save_pretrained(tmp_path / "plain")
+    corpus = tmp_path / "corpus.jsonl"
+    corpus.write_text("".join(json.dumps({"_id": str(i), "title": "", "text": t}) + "\n" for i, t in enumerate(random_texts(200))))
+    assert main(["adapt", str(tmp_path / "plain"), "--corpus", str(corpus), "--out", str(tmp_path / "adapted"),
+                 "--epochs", "2", "--device", "cpu"]) == 0
+    loaded = AutoModel.from_pretrained(tmp_path / "adapted")
+    assert loaded.config.matryoshka_dimensions == [64, 32, 16] and loaded.adaptor is not None
+    assert loaded.adaptor.config.fit_summary["objective"] == "unsupervised"
+
+
+def test_attached_adaptor_is_frozen_and_refits_from_a_copy(make_model):
+    model = make_model()
+    corpus = random_texts(200)
+    first = model.add_adaptor(corpus, **FAST)
+    assert not any(p.requires_grad for p in first.parameters())
+    before = {k: v.clone() for k, v in first.state_dict().items()}
+    pairs = list(zip(random_texts(30, seed=5), corpus[:30]))
+    second = model.add_adaptor(corpus, pairs, adaptor=model.adaptor, objective="supervised", **FAST)
+    assert model.adaptor is second and second is not first
+    assert second.config.fit_summary["objective"] == "supervised"
+    assert all(torch.equal(before[k], v) for k, v in first.state_dict().items())  # the original is untouched

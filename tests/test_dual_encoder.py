@@ -1,12 +1,14 @@
 """MatryoshkaDualEncoder: tiny random ALIGN / CLIP models built in code, the nested loss and the image-text evaluators."""
 
 import json
+from pathlib import Path
 from types import SimpleNamespace
 
 import pytest
 import torch
 from transformers import AlignConfig, AutoModel, CLIPConfig
 
+import mrl_text
 from mrl_text import MatryoshkaDualEncoder, MatryoshkaDualEncoderConfig, truncate_embeddings
 from mrl_text.evaluation import (
     ImageKNNEvaluator,
@@ -309,12 +311,18 @@ def test_push_to_hub_carries_weights_config_code_and_card(captured_commit, tiny_
 
     (commit,) = captured_commit["commits"]
     files = commit["files"]
-    assert set(files) == {
-        "model.safetensors", "config.json", "modeling_matryoshka_dual_encoder.py",
-        "configuration_matryoshka_dual_encoder.py", "modeling_matryoshka.py", "modeling_matryoshka_utils.py",
-        "configuration_matryoshka.py",
-        "tokenizer.json", "tokenizer_config.json", "README.md", PLOT_FILENAME, "model_card_data.json",
+    code = {name for name in files if name.endswith(".py")}
+    assert set(files) - code == {
+        "model.safetensors", "config.json", "tokenizer.json", "tokenizer_config.json", "README.md", PLOT_FILENAME,
+        "model_card_data.json",
     }
+    # the two dual-encoder files and the text files they import (whatever those import in turn), as in the package
+    assert {"modeling_matryoshka_dual_encoder.py", "configuration_matryoshka_dual_encoder.py", "modeling_matryoshka.py",
+            "configuration_matryoshka.py"} <= code
+    package = Path(mrl_text.__file__).parent
+    for name in code:
+        source = package / name if (package / name).exists() else package / "image_text" / name
+        assert files[name] == source.read_bytes(), name
     config = json.loads(files["config.json"])
     assert config["auto_map"] == {
         "AutoConfig": "configuration_matryoshka_dual_encoder.MatryoshkaDualEncoderConfig",

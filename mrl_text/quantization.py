@@ -74,7 +74,10 @@ def check_ranges(ranges, dim):
     return ranges
 
 
-def _steps(ranges):
+def step_sizes(ranges):
+    """The width of one int8/uint8 step per coordinate `(dim,)`. A float query times these, dotted with int8 codes,
+    ranks documents exactly as the query dotted with their dequantized vectors (the rest is one constant per query):
+    how retrieval searches int8 codes with float queries."""
     steps = (ranges[1] - ranges[0]) / _STEPS
     return torch.where(steps == 0, torch.ones_like(steps), steps)  # a constant coordinate: any step maps it to 0
 
@@ -94,7 +97,7 @@ def quantize(embeddings, precision, ranges=None):
         if ranges is None:
             raise ValueError(f"precision={precision!r} needs calibrated ranges; none were given.")
         ranges = check_ranges(ranges, dim)
-        codes = torch.floor((embeddings - ranges[0]) / _steps(ranges)).clamp(0, _STEPS)
+        codes = torch.floor((embeddings - ranges[0]) / step_sizes(ranges)).clamp(0, _STEPS)
         return codes.to(torch.uint8) if precision == "uint8" else (codes - 128).to(torch.int8)
     bits = (embeddings > 0).reshape(*embeddings.shape[:-1], dim // 8, 8).to(torch.int32)
     packed = (bits << torch.arange(7, -1, -1, dtype=torch.int32)).sum(-1)
@@ -113,7 +116,7 @@ def dequantize(codes, precision, ranges=None):
             raise ValueError(f"Dequantizing {precision} codes needs the ranges they were made with.")
         ranges = check_ranges(ranges, codes.shape[-1])
         steps = codes.to(torch.float32) + (128 if precision == "int8" else 0)
-        return ranges[0] + (steps + 0.5) * _steps(ranges)
+        return ranges[0] + (steps + 0.5) * step_sizes(ranges)
     packed = codes.to(torch.int32) + (128 if precision == "binary" else 0)
     bits = (packed.unsqueeze(-1) >> torch.arange(7, -1, -1, dtype=torch.int32)) & 1
     return (2.0 * bits - 1).reshape(*codes.shape[:-1], 8 * codes.shape[-1])
@@ -160,4 +163,5 @@ __all__ = [
     "model_ranges",
     "quantize",
     "ranges_to_config",
+    "step_sizes",
 ]

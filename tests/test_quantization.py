@@ -117,3 +117,21 @@ def test_calibration_extends_to_other_sizes(make_model, sentences):
 def test_config_refuses_bad_ranges(value, message):
     with pytest.raises(ValueError, match=message):
         MatryoshkaConfig(encoder=tiny_bert_config(), matryoshka_dimensions=[32, 16], quantization_ranges=value)
+
+
+def test_sentence_transformers_folder_uses_the_calibrated_ranges(make_model, sentences, tmp_path):
+    """sentence-transformers' own encode(precision="int8") calibrates on the batch; the saved folder's module hands
+    out the model's ranges, and with them both libraries make the model's codes."""
+    from sentence_transformers import SentenceTransformer
+    from sentence_transformers.util.quantization import quantize_embeddings
+
+    model = make_model(matryoshka_dimensions=(32, 16, 8))
+    model.calibrate_quantization(sentences * 2)
+    model.save_pretrained(tmp_path / "model")
+    expected = model.encode(sentences, dim=16, precision="int8").numpy()
+    st = SentenceTransformer(str(tmp_path / "model"), device="cpu", trust_remote_code=True)
+    module = next(m for m in st if type(m).__name__ == "MatryoshkaTruncation")
+    floats = st.encode(sentences, dim=16)
+    np.testing.assert_array_equal(module.quantize(floats, "int8"), expected)
+    np.testing.assert_array_equal(quantize_embeddings(floats, "int8", ranges=module.quantization_ranges(16)), expected)
+    np.testing.assert_array_equal(module.quantize(floats, "ubinary"), st.encode(sentences, dim=16, precision="ubinary"))

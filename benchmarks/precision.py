@@ -59,6 +59,8 @@ def memoized(model):
         if missing:
             for text, vector in zip(missing, original(missing, **kwargs)):
                 store[key, text] = vector
+            if len(store) // 500 > (len(store) - len(missing)) // 500:
+                print(f"{len(store)} texts encoded", flush=True)
         return torch.stack([store[key, t] for t in texts])
 
     model.encode = encode

@@ -132,3 +132,14 @@ def test_grid_bad_input(make_model, tasks):
         evaluate_grid(model, tasks[:1], precisions=["int3"], dims=[32])
     with pytest.raises(ValueError, match="layers=0"):
         evaluate_grid(model, tasks[:1], dims=[32], layers=[0])
+
+
+def test_card_plots_quality_against_bytes(make_model, tasks, tmp_path):
+    from mrl_text.model_card import BUDGET_PLOT_FILENAME, save_with_card
+
+    model = make_model(matryoshka_dimensions=(32, 16, 8))
+    results = evaluate_grid(model, tasks[:1], precisions=["float32", "binary"])
+    save_with_card(model, tmp_path / "model", results, results_model=results.models[0])
+    card = (tmp_path / "model" / "README.md").read_text()
+    assert (tmp_path / "model" / BUDGET_PLOT_FILENAME).read_bytes()[:4] == b"\x89PNG"
+    assert f"]({BUDGET_PLOT_FILENAME})" in card and "Best per budget" in card

@@ -247,7 +247,7 @@ class Results:
         tasks = list(dict.fromkeys(c["task"] for c in self.grid)) or self.tasks
         if not tasks:
             raise ValueError("No results to plot.")
-        model = model or self.models[0]
+        model = model or (self.grid[0]["model"] if self.grid else self.models[0])
         figure, axes = plt.subplots(1, len(tasks), figsize=(5 * len(tasks), 3.8), squeeze=False)
         for axis, task in zip(axes[0], tasks):
             cells = self.cells(task, model=model)

@@ -115,8 +115,8 @@ def main(argv=None):
     calibrated = evaluate_grid(model, [stsb, scifact], rescore=100, **settings)
 
     checks = target_checks(calibrated, "calibrated") + target_checks(per_task, "per task")
-    setup = (f"{model_label(args.model)}; STS-B test ({len(stsb.scores)} of 1,379 pairs); SciFact test ({len(scifact.query_ids)}"
-             f" of 300 queries, {len(corpus)} of 5,183 abstracts: every relevant one plus a seeded random sample"
+    setup = (f"{model_label(args.model)}; STS-B test ({len(stsb.scores)} of 1,379 pairs); SciFact test "
+             f"({len(scifact.query_ids)} of 300 queries, {len(corpus)} of 5,183 abstracts: every relevant one plus a seeded random sample"
              f"{'' if args.corpus_limit is None else ', subsampled for CPU time'}); max_length {args.max_length}; "
              f"int8 calibration on {len(calibration)} held-out texts ({half} STS-B train sentences, "
              f"{len(calibration) - half} SciFact abstracts outside the evaluated corpus). Bytes per vector: float32 "

@@ -186,7 +186,8 @@ def check_quantization_ranges(value, full):
     if value is None:
         return None
     if not isinstance(value, dict):
-        raise ValueError(f"`quantization_ranges` must be a dict {{size: [[minima], [maxima]]}} or None; got {type(value).__name__}.")
+        raise ValueError("`quantization_ranges` must be a dict {size: [[minima], [maxima]]} or None; got "
+                         f"{type(value).__name__}.")
     checked = {}
     for key, ranges in value.items():
         try:

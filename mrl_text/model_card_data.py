@@ -218,7 +218,7 @@ class MatryoshkaModelCardData:
         keys = {(r["model"], r["task"], r["metric"], r["dim"]) for r in rows}
         kept = [r for r in (self.results.rows if self.results else []) if (r["model"], r["task"], r["metric"], r["dim"]) not in keys]
         primary = {**(self.results.primary_metrics if self.results else {}), **results.primary_metrics}
-        grid = [{**cell, "model": own if cell["model"] == model else display_name(cell["model"])} for cell in results.grid]
+        grid = [{**c, "model": own if c["model"] == model else display_name(c["model"])} for c in results.grid]
         renamed = {(c["model"], c["task"]) for c in grid}  # a new grid of a model and task replaces the old one
         grid = [c for c in (self.results.grid if self.results else []) if (c["model"], c["task"]) not in renamed] + grid
         self.results = Results(kept + rows, primary, grid=grid)

@@ -144,7 +144,7 @@ class MatryoshkaTruncation(Module):
 
     def quantize(self, embeddings, precision):
         """Codes of `encode(texts, dim=d)` output with the model's calibrated ranges (numpy): the codes
-        `MatryoshkaModel.encode(texts, dim=d, precision=...)` gives. An uncalibrated model raises, saying to calibrate."""
+        `MatryoshkaModel.encode(texts, dim=d, precision=...)` gives. Uncalibrated int8 raises, saying to calibrate."""
         embeddings = torch.as_tensor(embeddings)
         ranges = model_ranges(self._matryoshka_config, embeddings.shape[-1], precision)
         return quantize(embeddings, precision, ranges).numpy()

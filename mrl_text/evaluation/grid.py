@@ -24,6 +24,7 @@ from .. import metrics
 from ..metrics import fit_linear_probe
 from ..modeling_matryoshka import MatryoshkaModel
 from ..quantization import BIT_PRECISIONS, calibration_ranges, check_precision, dequantize, quantize
+from .base import Evaluator
 from .embedders import Embedder, as_embedder, encode_once, load_model
 from .results import Results
 from .text import ClassificationEvaluator, RetrievalEvaluator, STSEvaluator
@@ -47,11 +48,11 @@ def evaluate_grid(model, evaluators, dims=None, precisions=DEFAULT_PRECISIONS, l
         rescore (`int`, *optional*): retrieval also scores quantized search + float re-ranking of the top `rescore`.
         embedder_kwargs: `batch_size`, `max_length`, `device`, `show_progress_bar`, as for [`evaluate`].
     """
-    evaluators = [evaluators] if isinstance(evaluators, (STSEvaluator, RetrievalEvaluator, ClassificationEvaluator)) \
-        else list(evaluators)
+    evaluators = [evaluators] if isinstance(evaluators, Evaluator) else list(evaluators)
     unsupported = [type(e).__name__ for e in evaluators if type(e) not in SCORERS]
     if not evaluators or unsupported:
-        raise ValueError(f"evaluate_grid scores STS, retrieval and classification evaluators; got {unsupported or 'none'}.")
+        raise ValueError("evaluate_grid scores STS, retrieval and classification evaluators; got "
+                         f"{unsupported or 'none'}.")
     names = [e.name for e in evaluators]
     if len(set(names)) != len(names):
         raise ValueError(f"Evaluator names must be distinct (they name the result rows); got {names}.")

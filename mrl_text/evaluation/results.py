@@ -39,7 +39,8 @@ class Results:
                 self.rows.append(row)
                 continue
             layers = row.pop("layers", None)
-            cell = {**row, "layers": None if layers is None else int(layers), "precision": row.pop("precision", "float32")}
+            precision = row.pop("precision", "float32")
+            cell = {**row, "layers": None if layers is None else int(layers), "precision": precision}
             if not cell.pop("in_grid", False) and cell["layers"] is None and cell["precision"] == "float32":
                 self.rows.append({k: v for k, v in cell.items() if k not in GRID_KEYS})
             self.grid.append(cell)

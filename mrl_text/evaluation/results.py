@@ -250,13 +250,16 @@ class Results:
             raise ValueError("No results to plot.")
         model = model or (self.grid[0]["model"] if self.grid else self.models[0])
         figure, axes = plt.subplots(1, len(tasks), figsize=(5 * len(tasks), 3.8), squeeze=False)
+        series = list(dict.fromkeys((c["layers"], c["precision"])
+                                    for task in tasks for c in self.cells(task, model=model)))
         for axis, task in zip(axes[0], tasks):
             cells = self.cells(task, model=model)
             for layers, precision in dict.fromkeys((c["layers"], c["precision"]) for c in cells):
                 points = sorted((c["bytes"], 100 * c["value"]) for c in cells
                                 if (c["layers"], c["precision"]) == (layers, precision))
                 label = precision + ("" if layers is None else f", {layers} layers")
-                axis.plot(*zip(*points), marker="o", markersize=3, label=label, alpha=0.8)
+                color = f"C{series.index((layers, precision)) % 10}"  # one colour per series in every panel
+                axis.plot(*zip(*points), marker="o", markersize=3, label=label, alpha=0.8, color=color)
             front = self.pareto_front(task, model=model)
             axis.step([c["bytes"] for c in front], [100 * c["value"] for c in front], where="post", color="black",
                       linewidth=1, label="best per budget")

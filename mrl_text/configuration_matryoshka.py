@@ -93,6 +93,10 @@ class MatryoshkaConfig(WrappingConfig):
             The config of a `MatryoshkaAdaptor` (its `to_dict()`) applied after pooling and projection, before
             truncation; its weights are saved with the model's. `None` (default): no adaptor. Attach one with
             `model.add_adaptor(...)`.
+        quantization_ranges (`dict[str, list[list[float]]]`, *optional*):
+            Per size (`"64"`), the per-coordinate `[minima, maxima]` of the truncated, normalized embeddings that
+            `encode(..., precision="int8" | "uint8")` quantizes with; written by `model.calibrate_quantization(texts)`.
+            The layout of sentence-transformers' `quantize_embeddings(ranges=...)`.
 
     Example:
 
@@ -122,6 +126,7 @@ class MatryoshkaConfig(WrappingConfig):
         max_seq_length=None,
         is_matryoshka=True,
         adaptor=None,
+        quantization_ranges=None,
         **kwargs,
     ):
         encoder = encoder_config_from(encoder, default_model_type="bert")
@@ -135,6 +140,7 @@ class MatryoshkaConfig(WrappingConfig):
         self.matryoshka_dimensions = matryoshka_dimensions
         self.matryoshka_weights = matryoshka_weights
         self.truncate_dim = truncate_dim
+        self.quantization_ranges = quantization_ranges
         self._validate_nesting()
         self.adaptor = self.check_adaptor(adaptor)
         super().__init__(**kwargs)
@@ -165,6 +171,7 @@ class MatryoshkaConfig(WrappingConfig):
         self.matryoshka_dimensions, self.matryoshka_weights = validate_nesting(
             self.matryoshka_dimensions, self.matryoshka_weights, self.truncate_dim, self.embedding_size
         )
+        self.quantization_ranges = check_quantization_ranges(self.quantization_ranges, self.embedding_size)
 
     def check_adaptor(self, adaptor, matryoshka_dimensions=None):
         """`adaptor` as a complete adaptor config dict fitting this model's embedding and sizes (default its
@@ -207,6 +214,34 @@ def check_dim(dim, full, trained=None, owner="dim"):
     if dim > full:
         raise ValueError(f"{owner}={dim} is larger than the embedding size {full}; {fix}.")
     return int(dim)
+
+
+def check_quantization_ranges(value, full):
+    """Validate `config.quantization_ranges` (None, or `{"dim": [[minima], [maxima]]}`) for a model of size `full`;
+    returns it with string keys (JSON keeps only those)."""
+    if value is None:
+        return None
+    if not isinstance(value, dict):
+        raise ValueError("`quantization_ranges` must be a dict {size: [[minima], [maxima]]} or None; got "
+                         f"{type(value).__name__}.")
+    checked = {}
+    for key, ranges in value.items():
+        try:
+            dim = int(key)
+        except (TypeError, ValueError):
+            dim = 0
+        if not 0 < dim <= full or str(dim) != str(key).strip():
+            raise ValueError(f"`quantization_ranges` has key {key!r}, not a size in 1..{full}; recalibrate.")
+        rows = [list(map(float, row)) for row in ranges] if isinstance(ranges, (list, tuple)) else None
+        if rows is None or len(rows) != 2 or any(len(row) != dim for row in rows) or not all(
+            math.isfinite(v) for row in rows for v in row
+        ) or any(low > high for low, high in zip(*rows)):
+            raise ValueError(
+                f"`quantization_ranges[{key!r}]` must be two lists (minima, maxima) of {dim} finite numbers with "
+                "minima <= maxima; recalibrate with `model.calibrate_quantization(texts)`."
+            )
+        checked[str(dim)] = rows
+    return checked
 
 
 def portable_name(name_or_path):
@@ -311,6 +346,7 @@ __all__ = [
     "SENTENCE_TRANSFORMERS_MODULE_FILE",
     "SENTENCE_TRANSFORMERS_POOLING",
     "check_dim",
+    "check_quantization_ranges",
     "encoder_config_from",
     "portable_name",
     "validate_nesting",

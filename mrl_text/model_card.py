@@ -32,6 +32,7 @@ TEMPLATE_PATH = Path(__file__).parent / "model_cards" / "matryoshka_card.md"
 DUAL_ENCODER_TEMPLATE_PATH = Path(__file__).parent / "model_cards" / "matryoshka_dual_encoder_card.md"
 CARD_FILENAME = "README.md"
 PLOT_FILENAME = "matryoshka_results.png"
+BUDGET_PLOT_FILENAME = "matryoshka_budget.png"  # quality against bytes per vector, when the results hold a grid
 
 # Hub task ids by metric, for results whose evaluator declared no task type (older results files).
 TEXT_TASK_TYPES = {
@@ -292,6 +293,7 @@ def build_card(model, results=None, model_id=None, base_model=None, datasets=Non
         results_markdown=all_results.to_markdown() if all_results else None,
         eval_models=[m for m in all_results.models if m != data.model_name] if all_results else None,
         plot_filename=plot_filename if all_results else None,
+        budget_plot_filename=BUDGET_PLOT_FILENAME if all_results and all_results.grid and plot_filename else None,
         size_weights=list(zip(config.matryoshka_dimensions, weights)),
         training_details=_training_details(data),
         loss_citation=(data.loss or {}).get("citation"),
@@ -320,6 +322,8 @@ def write_card(directory, model, results=None, **card_kwargs):
     plot = data.results.plot() if data.results is not None and data.results.rows and plot_filename else None
     if plot is not None:
         write_atomic(directory / plot_filename, plot)
+        if data.results.grid:
+            write_atomic(directory / BUDGET_PLOT_FILENAME, data.results.plot_budget())
     data.save(directory)
     write_atomic(directory / CARD_FILENAME, str(card))
     return directory / CARD_FILENAME

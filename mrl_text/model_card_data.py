@@ -221,7 +221,10 @@ class MatryoshkaModelCardData:
         keys = {(r["model"], r["task"], r["metric"], r["dim"]) for r in rows}
         kept = [r for r in (self.results.rows if self.results else []) if (r["model"], r["task"], r["metric"], r["dim"]) not in keys]
         primary = {**(self.results.primary_metrics if self.results else {}), **results.primary_metrics}
-        self.results = Results(kept + rows, primary)
+        grid = [{**c, "model": own if c["model"] == model else display_name(c["model"])} for c in results.grid]
+        renamed = {(c["model"], c["task"]) for c in grid}  # a new grid of a model and task replaces the old one
+        grid = [c for c in (self.results.grid if self.results else []) if (c["model"], c["task"]) not in renamed] + grid
+        self.results = Results(kept + rows, primary, grid=grid)
         return self
 
     def own_results(self):
@@ -243,7 +246,9 @@ class MatryoshkaModelCardData:
         if unknown:
             raise ValueError(f"Unknown model card data field(s) {unknown}; known fields are {sorted(known)}.")
         results = data.get("results")
-        return cls(**{**data, "results": Results(results["rows"], results.get("primary_metrics")) if results else None})
+        results = Results(results["rows"], results.get("primary_metrics"), grid=results.get("grid") or ()) if results \
+            else None
+        return cls(**{**data, "results": results})
 
     def save(self, directory):
         write_atomic(Path(directory) / CARD_DATA_FILENAME, json.dumps(self.to_dict(), indent=2) + "\n")

@@ -29,6 +29,7 @@ from .modeling_matryoshka_utils import (
     resolve_tokenizer,
     truncate_embeddings,
 )
+from .quantization import calibration_ranges, check_precision, model_ranges, quantize, ranges_to_config
 
 
 @dataclass
@@ -300,6 +301,7 @@ class MatryoshkaModel(MatryoshkaPreTrainedModel):
         convert_to_numpy=False,
         show_progress_bar=False,
         device=None,
+        precision="float32",
     ):
         """Embed texts at size `dim` (default: the config's `truncate_dim`, else full size).
 
@@ -313,9 +315,13 @@ class MatryoshkaModel(MatryoshkaPreTrainedModel):
             convert_to_numpy (`bool`): return a numpy array instead of a tensor.
             show_progress_bar (`bool`): show a tqdm bar over batches.
             device: where to run; defaults to the model's device.
+            precision (`str`): `"float32"`, `"int8"`, `"uint8"` (per-coordinate ranges from
+                `calibrate_quantization`), `"binary"` or `"ubinary"` (sign bits packed into `dim / 8` bytes); the codes
+                of sentence-transformers' `quantize_embeddings` (see `mrl_text.quantization`).
 
         Returns:
-            `torch.Tensor` (CPU) or `numpy.ndarray` of shape `(len(texts), dim)`; a single `str` gives `(dim,)`.
+            `torch.Tensor` (CPU) or `numpy.ndarray` of shape `(len(texts), dim)` (`dim / 8` for bit codes); a single
+            `str` gives one row.
         """
         if self.tokenizer is None:
             raise ValueError(
@@ -323,6 +329,8 @@ class MatryoshkaModel(MatryoshkaPreTrainedModel):
                 "that holds one, or set `model.tokenizer = AutoTokenizer.from_pretrained(...)`."
             )
         dim = self._resolve_dim(dim)
+        size = dim or self.config.embedding_size
+        ranges = model_ranges(self.config, size, check_precision(precision, size))  # fail before encoding
         single = isinstance(texts, str)
         try:
             texts = [texts] if single else list(texts)
@@ -357,10 +365,23 @@ class MatryoshkaModel(MatryoshkaPreTrainedModel):
             embeddings = torch.empty_like(stacked)
             embeddings[torch.tensor(order)] = stacked
         else:
-            embeddings = torch.empty(0, dim or self.config.embedding_size)
+            embeddings = torch.empty(0, size)
+        embeddings = quantize(embeddings, precision, ranges)
         if single:
             embeddings = embeddings[0]
         return embeddings.numpy() if convert_to_numpy else embeddings
+
+    def calibrate_quantization(self, texts, dims=None, **encode_kwargs):
+        """Measure the int8/uint8 ranges of every trained size (or `dims`) on `texts` and keep them in the config
+        (`quantization_ranges`, saved in config.json), so `encode(..., precision="int8")` and every copy of the saved
+        model make the same codes. One encoding pass at full size; each size's ranges are taken after truncation and
+        re-normalization, as `encode` returns it. `encode_kwargs` go to `encode`. Returns the ranges by size."""
+        dims = [check_dim(d, self.config.embedding_size) for d in (dims or self.config.matryoshka_dimensions)]
+        texts = [texts] if isinstance(texts, str) else list(texts)
+        full = self.encode(texts, dim=self.config.embedding_size, **encode_kwargs)
+        measured = {d: calibration_ranges(truncate_embeddings(full, d, self.config.normalize)) for d in dims}
+        self.config.quantization_ranges = {**(self.config.quantization_ranges or {}), **ranges_to_config(measured)}
+        return measured
 
 
 __all__ = [

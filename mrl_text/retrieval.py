@@ -15,23 +15,21 @@ only ever touched at the small size, so a search costs a fraction of an exact fu
 
 import json
 import math
-import os
-import shutil
-import uuid
 from pathlib import Path
 
 import numpy as np
 import torch
 from tqdm.auto import tqdm
 
+from .file_utils import parked_folder, staged_folder
 from .modeling_matryoshka import truncate_embeddings
 from .progress import progress_enabled
+from .quantization import calibration_ranges, check_ranges, dequantize, quantize, step_sizes
 
 SHORTLISTS = ("flat", "hnsw", "ivf")
 QUANTIZATIONS = (None, "int8", "binary")
 _CONFIG_FILE, _EMBEDDINGS_FILE, _SHORTLIST_FILE = "funnel_index.json", "embeddings.npy", "shortlist.faiss"
 _FILES = (_CONFIG_FILE, _EMBEDDINGS_FILE, _SHORTLIST_FILE)
-_PARKED = ".{}.previous"  # where save() keeps the index it replaces until the new one is in place
 _ADD_CHUNK = 50_000  # rows added to the FAISS stage per progress-bar step
 
 
@@ -41,19 +39,15 @@ def default_stages(full_dim, dims=None):
     With `dims` (the model's trained sizes) each size is rounded up to the nearest trained size; without, to a
     power of two. For a 384-d model trained at 384/256/128/64/32/16 this gives [(32, 400), (128, 100), (384, 10)].
     """
-    if dims:
-        trained = sorted(d for d in dims if d <= full_dim)
+    trained = sorted(d for d in dims or () if d <= full_dim)
 
-        def size(target):
+    def size(target):
+        if trained:
             return next((d for d in trained if d >= target), full_dim)
-    else:
-
-        def size(target):
-            return min(full_dim, 2 ** max(0, round(math.log2(target))))
+        return min(full_dim, 2 ** max(0, round(math.log2(target))))
 
     sizes = sorted({size(full_dim / 12), size(full_dim / 3), full_dim})
-    counts = [400, 100, 10][-len(sizes):]
-    return [(d, n) for d, n in zip(sizes, counts)]
+    return [(d, n) for d, n in zip(sizes, [400, 100, 10][-len(sizes):])]
 
 
 def _as_matrix(embeddings, what):
@@ -73,23 +67,6 @@ def _refuse_rows(bad, what, problem):
     rows = np.flatnonzero(bad)
     if len(rows):
         raise ValueError(f"{what} rows {rows[:10].tolist()}{' ...' if len(rows) > 10 else ''} {problem}.")
-
-
-def _replace_folder(staging, path):
-    """Move the finished folder `staging` to `path`. Between the two renames the older index is whole in its parking
-    folder (`_PARKED`), and a failed second rename moves it back: `path` never holds a half-written index."""
-    previous = path.parent / _PARKED.format(path.name)
-    if path.exists():
-        shutil.rmtree(previous, ignore_errors=True)  # left by a save that stopped between its renames
-        os.rename(path, previous)
-    try:
-        os.rename(staging, path)
-    except BaseException:
-        if previous.exists() and not path.exists():
-            os.rename(previous, path)
-        raise
-    # A memory-mapped index keeps reading the parked file until it maps the new one (POSIX keeps unlinked files).
-    shutil.rmtree(previous, ignore_errors=True)
 
 
 def _check_k(k, available, what):
@@ -142,8 +119,10 @@ class FunnelIndex:
             `k`. Defaults to [`default_stages`], e.g. `[(32, 400), (128, 100), (384, 10)]` for 384-d embeddings.
         shortlist (`str`): the first stage's FAISS index: `"flat"` (exact), `"hnsw"` (graph) or `"ivf"`
             (inverted lists); the approximate ones pay off on large corpora.
-        quantization (`str`, *optional*): codes of the first stage: `None` (float32), `"int8"` (scalar
-            quantizer) or `"binary"` (sign bits, Hamming distance; the first size must be a multiple of 8).
+        quantization (`str`, *optional*): codes of the first stage: `None` (float32), `"int8"` (one byte per
+            coordinate, `mrl_text.quantization`'s codes, searched with float queries) or `"binary"` (sign bits,
+            Hamming distance; the first size must be a multiple of 8).
+        quantization_ranges (*optional*): int8 ranges `(2, first size)`; default: measured on the first documents added.
         normalize (`bool`): re-normalize every prefix (of documents and queries) to unit length, as the model does.
             Set False only for a model trained without normalization (raw dot products).
         dims (`list[int]`, *optional*): the sizes the model was trained with; every stage size must be one of them.
@@ -162,6 +141,7 @@ class FunnelIndex:
         quantization=None,
         normalize=True,
         dims=None,
+        quantization_ranges=None,
         hnsw_m=32,
         ef_search=None,
         nlist=None,
@@ -180,6 +160,8 @@ class FunnelIndex:
         if quantization == "binary" and self.stages[0][0] % 8:
             raise ValueError(f"binary codes need a first-stage size that is a multiple of 8; got {self.stages[0][0]}.")
         self.shortlist, self.quantization, self.normalize = shortlist, quantization, bool(normalize)
+        int8_ranges = quantization_ranges is not None and quantization == "int8"
+        self.quantization_ranges = check_ranges(quantization_ranges, self.stages[0][0]) if int8_ranges else None
         self.hnsw_m, self.ef_search, self.nlist, self.nprobe = hnsw_m, ef_search, nlist, nprobe
         self.query_chunk_size = int(query_chunk_size)
         self._embeddings = embeddings[:0]
@@ -211,7 +193,8 @@ class FunnelIndex:
 
     @classmethod
     def from_model(cls, model, texts, stages=None, batch_size=256, max_length=None, show_progress_bar=None, **kwargs):
-        """Embed `texts` with a [`MatryoshkaModel`] at full size and index them; sizes come from its config.
+        """Embed `texts` with a [`MatryoshkaModel`] at full size and index them; sizes (and int8 ranges, when the
+        model is calibrated at the first stage's size) come from its config.
 
         Stage sizes must be among `model.config.matryoshka_dimensions`; `normalize` follows the config. Other
         keyword arguments go to the constructor. `show_progress_bar`: bars while encoding and indexing.
@@ -220,6 +203,9 @@ class FunnelIndex:
         embeddings = model.encode(list(texts), dim=config.embedding_size, batch_size=batch_size,
                                   max_length=max_length, convert_to_numpy=True, show_progress_bar=show)
         kwargs.setdefault("normalize", config.normalize)
+        first = (stages or default_stages(config.embedding_size, config.matryoshka_dimensions))[0][0]
+        if kwargs.get("quantization") == "int8" and str(int(first)) in (config.quantization_ranges or {}):
+            kwargs.setdefault("quantization_ranges", config.quantization_ranges[str(int(first))])  # the model's codes
         return cls(embeddings, stages=stages, dims=config.matryoshka_dimensions, show_progress_bar=show, **kwargs)
 
     def __len__(self):
@@ -243,23 +229,44 @@ class FunnelIndex:
 
     # --- first stage ----------------------------------------------------------------------------------------------
 
-    def _codes(self, embeddings):
-        """What the first-stage index stores for these full-size rows: the re-normalized small prefix (or its bits)."""
-        prefix = np.ascontiguousarray(truncate_embeddings(embeddings, self.stages[0][0], self.normalize))
-        return np.packbits(prefix > 0, axis=1) if self.quantization == "binary" else prefix
+    def _codes(self, embeddings, queries=False):
+        """The first stage's rows for full-size documents (or queries): the re-normalized prefix, its bits, or (int8
+        documents) its dequantized codes, which FAISS stores as exactly those codes (`_new_index`)."""
+        prefix = truncate_embeddings(torch.from_numpy(embeddings), self.stages[0][0], self.normalize)
+        if self.quantization == "binary":
+            prefix = quantize(prefix, "ubinary")
+        elif self.quantization == "int8" and not queries:
+            if self.quantization_ranges is None:  # measured on the first documents added
+                self.quantization_ranges = calibration_ranges(prefix)
+            prefix = dequantize(quantize(prefix, "int8", self.quantization_ranges), "int8", self.quantization_ranges)
+        return np.ascontiguousarray(prefix.numpy())
 
-    def _new_index(self, n_train):
+    def _new_index(self, codes):
+        """The first stage's FAISS index, trained on the first documents' `codes` where it needs training."""
         import faiss
 
         dim = self.stages[0][0]
         if self.shortlist == "ivf":
-            self.nlist = self.nlist or max(1, min(int(4 * math.sqrt(n_train)), n_train // 39))
+            self.nlist = self.nlist or max(1, min(int(4 * math.sqrt(len(codes))), len(codes) // 39))
         if self.quantization == "binary":
             kind = {"flat": "BFlat", "hnsw": f"BHNSW{self.hnsw_m}", "ivf": f"BIVF{self.nlist}"}[self.shortlist]
-            return faiss.index_binary_factory(dim, kind)
-        codes = {None: "Flat", "int8": "SQ8"}[self.quantization]
-        kind = {"flat": codes, "hnsw": f"HNSW{self.hnsw_m},{codes}", "ivf": f"IVF{self.nlist},{codes}"}[self.shortlist]
-        return faiss.index_factory(dim, kind, faiss.METRIC_INNER_PRODUCT)
+            index = faiss.index_binary_factory(dim, kind)
+        else:
+            rows = {None: "Flat", "int8": "SQ8"}[self.quantization]  # how FAISS stores each prefix
+            kind = {"flat": rows, "hnsw": f"HNSW{self.hnsw_m},{rows}", "ivf": f"IVF{self.nlist},{rows}"}[self.shortlist]
+            index = faiss.index_factory(dim, kind, faiss.METRIC_INNER_PRODUCT)
+        if self.shortlist == "ivf" and self.quantization == "int8":
+            faiss.extract_index_ivf(index).by_residual = False  # our codes of the vectors, not of their residuals
+        if not index.is_trained:  # IVF centroids come from the first documents added
+            index.train(codes)
+        if self.quantization == "int8":
+            # FAISS's 8-bit quantizer with our ranges maps each step's middle (`_codes`) back to our code, and decodes
+            # codes as `dequantize` does: the float queries are scored against our dequantized documents.
+            owner = faiss.downcast_index(index.storage if self.shortlist == "hnsw" else index)
+            vmin_and_width = torch.cat([self.quantization_ranges[0], 255 * step_sizes(self.quantization_ranges)])
+            faiss.copy_array_to_vector(vmin_and_width.numpy(), owner.sq.trained)
+            owner.is_trained = index.is_trained = True
+        return index
 
     def _configure_search(self):
         import faiss
@@ -289,9 +296,7 @@ class FunnelIndex:
             return np.arange(first, first, dtype=np.int64)
         codes = self._codes(new)
         if self._index is None:
-            self._index = self._new_index(len(new))
-            if not self._index.is_trained:  # IVF centroids / int8 ranges come from the first documents added
-                self._index.train(codes)
+            self._index = self._new_index(codes)
             self._configure_search()
         with tqdm(total=len(codes), desc="Indexing", unit="doc", disable=not progress_enabled(show_progress_bar),
                   delay=1) as bar:  # the delay keeps small indexes quiet
@@ -334,7 +339,7 @@ class FunnelIndex:
         if reranks:
             reranks[-1] = (reranks[-1][0], k)
         first_count = counts[0] if reranks else k
-        scores, ids = self._index.search(self._codes(queries), first_count)
+        scores, ids = self._index.search(self._codes(queries, queries=True), first_count)
         if not reranks:
             return (scores[0], ids[0]) if single else (scores, ids)
         out_scores = np.empty((len(queries), k), dtype=np.float32)
@@ -364,7 +369,8 @@ class FunnelIndex:
     def _config(self):
         names = ("stages", "shortlist", "quantization", "normalize", "dims", "hnsw_m", "ef_search", "nlist", "nprobe",
                  "query_chunk_size")
-        return {name: getattr(self, name) for name in names}
+        ranges = None if self.quantization_ranges is None else self.quantization_ranges.tolist()
+        return {**{name: getattr(self, name) for name in names}, "quantization_ranges": ranges}
 
     def save(self, path):
         """Write the index to folder `path`: its settings (JSON), the full embeddings (.npy) and the FAISS stage.
@@ -380,18 +386,12 @@ class FunnelIndex:
         if path.exists() and foreign:
             raise ValueError(f"{path} holds {foreign[:5]}, which are not FunnelIndex files, and save replaces the "
                              "whole folder; save into a new or empty folder (or one written by FunnelIndex.save).")
-        path.parent.mkdir(parents=True, exist_ok=True)
-        staging = path.parent / f".{path.name}.saving-{uuid.uuid4().hex[:8]}"
-        staging.mkdir()
-        try:
+        with staged_folder(path) as staging:
             (staging / _CONFIG_FILE).write_text(json.dumps({**self._config(), "full_dim": self.full_dim}, indent=2))
             np.save(staging / _EMBEDDINGS_FILE, self._embeddings)
             if self._index is not None:
                 write = faiss.write_index_binary if self.quantization == "binary" else faiss.write_index
                 write(self._index, str(staging / _SHORTLIST_FILE))
-            _replace_folder(staging, path)
-        finally:
-            shutil.rmtree(staging, ignore_errors=True)
         if isinstance(self._embeddings, np.memmap):  # read the saved file from now on, not the replaced one
             self._embeddings = np.load(path / _EMBEDDINGS_FILE, mmap_mode="r")
         return path
@@ -406,7 +406,7 @@ class FunnelIndex:
 
         path = Path(path)
         config_file, embeddings_file, shortlist_file = (path / name for name in _FILES)
-        parked = path.parent / _PARKED.format(path.name)
+        parked = parked_folder(path)
         for required in (config_file, embeddings_file):
             if not required.is_file():
                 raise FileNotFoundError(f"{required}: not found; " + (

@@ -36,6 +36,7 @@ from .configuration_matryoshka import (
     portable_name,
 )
 from .modeling_matryoshka import MatryoshkaModel, build_encoder, truncate_embeddings
+from .quantization import model_ranges, quantize
 
 POOLING_FROM_SENTENCE_TRANSFORMERS = {theirs: ours for ours, theirs in SENTENCE_TRANSFORMERS_POOLING.items()}
 
@@ -144,6 +145,19 @@ class MatryoshkaTruncation(Module):
         """The size `encode` returns by default (a new SentenceTransformer is in training mode until encode)."""
         dim = self.resolve_dim(training=False)
         return dim if dim is not None else self._sizes()[0]
+
+    def quantization_ranges(self, dim):
+        """The model's calibrated int8/uint8 ranges at size `dim` as a `(2, dim)` numpy array: pass them to
+        sentence-transformers' `quantize_embeddings(embeddings, "int8", ranges=...)`. (`encode(precision="int8")`
+        measures ranges on the batch it encodes instead, so its codes differ from the model's.)"""
+        return model_ranges(self._matryoshka_config, int(dim), "int8").numpy()
+
+    def quantize(self, embeddings, precision):
+        """Codes of `encode(texts, dim=d)` output with the model's calibrated ranges (numpy): the codes
+        `MatryoshkaModel.encode(texts, dim=d, precision=...)` gives. Uncalibrated int8 raises, saying to calibrate."""
+        embeddings = torch.as_tensor(embeddings)
+        ranges = model_ranges(self._matryoshka_config, embeddings.shape[-1], precision)
+        return quantize(embeddings, precision, ranges).numpy()
 
     def get_config_dict(self):
         full, trained, default = self._sizes()

@@ -281,3 +281,38 @@ def test_indexing_shows_progress_in_chunks_unless_turned_off(monkeypatch):
     np.testing.assert_array_equal(index.search(queries)[1], exact_search(docs, queries, 10, dim=64)[1])
     FunnelIndex(docs, stages=[(16, 50), (64, 10)], show_progress_bar=False)
     assert not bars[-1].shown
+
+
+@pytest.mark.parametrize("shortlist", ["flat", "hnsw", "ivf"])
+def test_int8_stage_stores_the_quantization_modules_codes(tmp_path, shortlist):
+    """The int8 first stage holds exactly mrl_text.quantization's codes of each prefix (one rule for encode, the
+    evaluators and the index), with the ranges kept through save/load."""
+    import faiss
+    import torch
+
+    from mrl_text.quantization import quantize
+
+    docs, _ = matryoshka_like(2000)
+    index = FunnelIndex(docs, stages=[(16, 100), (64, 10)], shortlist=shortlist, quantization="int8")
+    prefix = truncate_embeddings(torch.from_numpy(docs), 16)
+    expected = quantize(prefix, "uint8", index.quantization_ranges).numpy()
+    first = faiss.downcast_index(index.shortlist_index.storage if shortlist == "hnsw" else index.shortlist_index)
+    if shortlist == "ivf":
+        invlists = first.invlists
+        stored = np.concatenate([faiss.rev_swig_ptr(invlists.get_codes(i), invlists.list_size(i) * 16).copy()
+                                 for i in range(first.nlist)]).reshape(-1, 16)
+        ids = np.concatenate([faiss.rev_swig_ptr(invlists.get_ids(i), invlists.list_size(i)).copy()
+                              for i in range(first.nlist)])
+        stored = stored[np.argsort(ids)]
+    else:
+        stored = faiss.vector_to_array(first.codes).reshape(-1, 16)
+    np.testing.assert_array_equal(stored, expected)
+    loaded = FunnelIndex.load(index.save(tmp_path / "index"))
+    assert torch.equal(loaded.quantization_ranges, index.quantization_ranges)
+
+
+def test_int8_index_from_a_calibrated_model_uses_its_ranges(make_model, sentences):
+    model = make_model(matryoshka_dimensions=(32, 16, 8))
+    model.calibrate_quantization(sentences * 3)
+    index = FunnelIndex.from_model(model, sentences[:3], stages=[(16, 3), (32, 2)], quantization="int8")
+    assert index.quantization_ranges.tolist() == model.config.quantization_ranges["16"]

@@ -15,7 +15,8 @@ primary metric, written as JSON, markdown and a plot.
 ```
 
 Files: `embedders` (models -> [`Embedder`]), `base` (the evaluator contract), `text` (the text evaluators),
-`results` ([`Results`]), `runner` ([`evaluate`]). Image-text evaluators live in `mrl_text.image_text.evaluation`.
+`results` ([`Results`]), `runner` ([`evaluate`]), `grid` ([`evaluate_grid`]: every (layers, size, precision)
+cell). Image-text evaluators live in `mrl_text.image_text.evaluation`.
 """
 
 import importlib
@@ -24,6 +25,7 @@ import warnings
 from ..metrics import fit_linear_probe
 from .base import Evaluator
 from .embedders import DEFAULT_BATCH_SIZE, DEFAULT_MAX_LENGTH, Embedder, as_embedder
+from .grid import evaluate_grid
 from .results import Results
 from .runner import evaluate
 from .text import ClassificationEvaluator, RetrievalEvaluator, STSEvaluator
@@ -63,5 +65,6 @@ __all__ = [
     "STSEvaluator",
     "as_embedder",
     "evaluate",
+    "evaluate_grid",
     "fit_linear_probe",
 ]

@@ -2,15 +2,19 @@
 
 Rows are `{"model", "task", "metric", "dim", "value"}` (values are fractions). Per task the table also records the
 evaluator's `task_type` (Hub model-index task type) and `primary_metric`, so a model card reads them from here.
+A grid evaluation (`mrl_text.evaluation.grid`) adds `grid`: the same rows with `layers` (None: all) and `precision`,
+for every cell; `rows` keep the full-depth float32 cells, so everything that reads `rows` is unchanged.
 """
 
 import json
 from pathlib import Path
 
 from ..file_utils import write_atomic
+from ..quantization import bytes_per_vector
 from .base import Evaluator
 
 ROW_KEYS = ("model", "task", "metric", "dim", "value")
+GRID_KEYS = ("layers", "precision")  # a grid cell's other coordinates; absent means all layers, float32
 
 
 class Results:
@@ -24,13 +28,22 @@ class Results:
             task type fits (results written before task types were recorded); otherwise [`task_type`] is None.
     """
 
-    def __init__(self, rows=(), primary_metrics=None, task_types=None):
-        self.rows = []
-        for row in rows:
+    def __init__(self, rows=(), primary_metrics=None, task_types=None, grid=()):
+        self.rows, self.grid = [], []
+        for row in [*rows, *({**cell, "in_grid": True} for cell in grid)]:
             missing = [k for k in ROW_KEYS if k not in row]
             if missing:
                 raise ValueError(f"Result row {row!r} lacks {missing}; rows need {list(ROW_KEYS)}.")
-            self.rows.append({**row, "dim": int(row["dim"]), "value": float(row["value"])})
+            row = {**row, "dim": int(row["dim"]), "value": float(row["value"])}
+            if not any(key in row for key in (*GRID_KEYS, "in_grid")):
+                self.rows.append(row)
+                continue
+            layers = row.pop("layers", None)
+            precision = row.pop("precision", "float32")
+            cell = {**row, "layers": None if layers is None else int(layers), "precision": precision}
+            if not cell.pop("in_grid", False) and cell["layers"] is None and cell["precision"] == "float32":
+                self.rows.append({k: v for k, v in cell.items() if k not in GRID_KEYS})
+            self.grid.append(cell)
         self.primary_metrics = dict(primary_metrics or {})
         self.task_types = dict(task_types or {})
         for task in self.tasks:
@@ -39,7 +52,8 @@ class Results:
 
     @classmethod
     def from_evaluators(cls, rows, evaluators):
-        """Rows with the task type and primary metric that each evaluator declares."""
+        """Rows with the task type and primary metric that each evaluator declares (grid cells: rows with `layers` /
+        `precision` go to `grid`, the full-depth float32 ones to `rows` as well)."""
         return cls(
             rows, {e.name: e.primary_metric for e in evaluators}, {e.name: e.task_type for e in evaluators}
         )
@@ -47,7 +61,7 @@ class Results:
     def _infer_task(self, task):
         """Fill a task's missing primary metric / task type from the evaluator classes, when only one fits."""
         with_type = _evaluator_classes()
-        found = set(self._unique(r["metric"] for r in self.rows if r["task"] == task))
+        found = {r["metric"] for r in self.rows + self.grid if r["task"] == task}
         primary = self.primary_metrics.get(task)
         fits = [c for c in with_type if c.primary_metric == primary] if primary else [
             c for c in with_type if c.primary_metric in found
@@ -83,15 +97,15 @@ class Results:
 
     @property
     def models(self):
-        return self._unique(r["model"] for r in self.rows)
+        return self._unique(r["model"] for r in self.rows + self.grid)
 
     @property
     def tasks(self):
-        return self._unique(r["task"] for r in self.rows)
+        return self._unique(r["task"] for r in self.rows + self.grid)
 
     def metrics(self, task):
         """The task's metrics, its primary metric first."""
-        found = self._unique(r["metric"] for r in self.rows if r["task"] == task)
+        found = self._unique(r["metric"] for r in self.rows + self.grid if r["task"] == task)
         primary = self.primary_metrics.get(task)
         return sorted(found, key=lambda m: m != primary)
 
@@ -113,15 +127,17 @@ class Results:
     @classmethod
     def concat(cls, results):
         """One table from several `Results` (e.g. a model and its baselines)."""
-        rows, primary, task_types = [], {}, {}
+        rows, primary, task_types, grid = [], {}, {}, []
         for result in results:
             rows.extend(result.rows)
+            grid.extend(result.grid)
             primary.update(result.primary_metrics)
             task_types.update(result.task_types)
-        return cls(rows, primary, task_types)
+        return cls(rows, primary, task_types, grid)
 
     def to_dict(self):
-        return {"rows": self.rows, "primary_metrics": self.primary_metrics, "task_types": self.task_types}
+        grid = {"grid": self.grid} if self.grid else {}
+        return {"rows": self.rows, "primary_metrics": self.primary_metrics, "task_types": self.task_types, **grid}
 
     def to_json(self, path):
         """Write the rows as JSON (atomically: no half-written file on failure)."""
@@ -140,7 +156,7 @@ class Results:
             return cls(data)
         if not isinstance(data, dict) or "rows" not in data:
             raise ValueError(f"{path}: expected {{'rows': [...]}} with rows {list(ROW_KEYS)}.")
-        return cls(data["rows"], data.get("primary_metrics"), data.get("task_types"))
+        return cls(data["rows"], data.get("primary_metrics"), data.get("task_types"), data.get("grid") or ())
 
     def to_markdown(self):
         """One table per task and metric: a row per model, a column per size, values x100 with 2 decimals."""
@@ -162,7 +178,100 @@ class Results:
                     if cells:
                         lines.append(f"| {model} | " + " | ".join(cells.get(d, "-") for d in dims) + " |")
                 sections.append("\n".join(lines))
+        if self.grid:
+            sections.append(self.grid_markdown().rstrip("\n"))
         return "\n\n".join(sections) + "\n"
+
+    # --- the (layers, dims, precision) grid --------------------------------------------------------------------------
+
+    def cells(self, task, metric=None, model=None):
+        """The grid cells of `task` / `metric` (default: its primary metric) for `model` (needed when several are
+        present): dicts with `layers`, `dim`, `precision`, `bytes` (per vector) and `value`. Results without a grid
+        give their rows as full-depth float32 cells."""
+        self._check_task(task)
+        metric = metric or self.metrics(task)[0]
+        source = self.grid or [{**r, "layers": None, "precision": "float32"} for r in self.rows]
+        found = [c for c in source if c["task"] == task and c["metric"] == metric and model in (None, c["model"])]
+        if len({c["model"] for c in found}) > 1:
+            raise KeyError(f"Several models have grid cells for {task!r}: pass model= one of {self.models}.")
+        # `binary+rescore` keeps binary codes in memory (the float vectors of the re-ranked few are read from disk)
+        return [{"layers": c["layers"], "dim": c["dim"], "precision": c["precision"], "value": c["value"],
+                 "bytes": bytes_per_vector(c["dim"], c["precision"].split("+")[0])} for c in found]
+
+    def pareto_front(self, task, metric=None, model=None):
+        """The best cell per budget: cells no other cell beats at the same or fewer bytes per vector, cheapest first.
+        (Fewer layers also save encode time: pass a model's cells of one layer count to compare at equal depth.)"""
+        front = []
+        for cell in sorted(self.cells(task, metric, model), key=lambda c: (c["bytes"], -c["value"])):
+            if not front or cell["value"] > front[-1]["value"]:
+                front.append(cell)
+        return front
+
+    @staticmethod
+    def cell_name(cell):
+        layers = "" if cell["layers"] is None else f", {cell['layers']} layers"
+        return f"{cell['dim']} x {cell['precision']}{layers}"
+
+    def grid_markdown(self):
+        """Per task (primary metric, x100): a row per (model, layers, precision), a column per size, and the best
+        cell per bytes-per-vector budget (the Pareto front)."""
+        sections = []
+        for task in dict.fromkeys(c["task"] for c in self.grid):
+            metric = self.metrics(task)[0]
+            dims = sorted({c["dim"] for c in self.grid if c["task"] == task}, reverse=True)
+            lines = [f"### {task}: {metric} by size x precision x layers", "",
+                     "| model | layers | precision | " + " | ".join(map(str, dims)) + " |",
+                     "|---|---:|---|" + "---:|" * len(dims)]
+            for model in self.models:
+                cells = self.cells(task, metric, model) if any(
+                    c["model"] == model and c["task"] == task for c in self.grid) else []
+                for layers, precision in dict.fromkeys((c["layers"], c["precision"]) for c in cells):
+                    values = {c["dim"]: f"{100 * c['value']:.2f}" for c in cells
+                              if (c["layers"], c["precision"]) == (layers, precision)}
+                    lines.append(f"| {model} | {'all' if layers is None else layers} | {precision} | "
+                                 + " | ".join(values.get(d, "-") for d in dims) + " |")
+                if cells:
+                    front = ", ".join(f"{c['bytes']} B: {self.cell_name(c)} {100 * c['value']:.2f}"
+                                      for c in self.pareto_front(task, metric, model))
+                    lines += ["", f"Best per budget ({model}): {front}", ""]
+            sections.append("\n".join(lines).rstrip("\n"))
+        return "\n\n".join(sections) + "\n"
+
+    def plot_budget(self, path=None, model=None):
+        """Quality (primary metric, x100) against bytes per vector (log2 axis), one panel per task: a line per
+        (layers, precision) through its sizes, and the best cell per budget (the Pareto front) marked. PNG bytes."""
+        import matplotlib
+
+        matplotlib.use("Agg")
+        import matplotlib.pyplot as plt
+
+        tasks = list(dict.fromkeys(c["task"] for c in self.grid)) or self.tasks
+        if not tasks:
+            raise ValueError("No results to plot.")
+        model = model or (self.grid[0]["model"] if self.grid else self.models[0])
+        figure, axes = plt.subplots(1, len(tasks), figsize=(5 * len(tasks), 3.8), squeeze=False)
+        series = list(dict.fromkeys((c["layers"], c["precision"])
+                                    for task in tasks for c in self.cells(task, model=model)))
+        for axis, task in zip(axes[0], tasks):
+            cells = self.cells(task, model=model)
+            for layers, precision in dict.fromkeys((c["layers"], c["precision"]) for c in cells):
+                points = sorted((c["bytes"], 100 * c["value"]) for c in cells
+                                if (c["layers"], c["precision"]) == (layers, precision))
+                label = precision + ("" if layers is None else f", {layers} layers")
+                color = f"C{series.index((layers, precision)) % 10}"  # one colour per series in every panel
+                axis.plot(*zip(*points), marker="o", markersize=3, label=label, alpha=0.8, color=color)
+            front = self.pareto_front(task, model=model)
+            axis.step([c["bytes"] for c in front], [100 * c["value"] for c in front], where="post", color="black",
+                      linewidth=1, label="best per budget")
+            axis.scatter([c["bytes"] for c in front], [100 * c["value"] for c in front], s=60, facecolors="none",
+                         edgecolors="black", zorder=3)
+            axis.set_xscale("log", base=2)
+            axis.set_xlabel("bytes per vector")
+            axis.set_ylabel(f"{self.metrics(task)[0]} (x100)")
+            axis.set_title(f"{task} ({model})", fontsize="small")
+            axis.grid(True, alpha=0.3)
+        axes[0][-1].legend(fontsize="x-small")
+        return _png(figure, path)
 
     def plot(self, path=None, metrics=None):
         """Metric against size (log2 axis), one line per model, one panel per task; PNG bytes, written to `path`.
@@ -170,8 +279,6 @@ class Results:
         Args:
             metrics (`dict[str, str]`, *optional*): task -> metric to show; defaults to each task's primary metric.
         """
-        import io
-
         import matplotlib
 
         matplotlib.use("Agg")
@@ -198,15 +305,24 @@ class Results:
             axis.set_title(task)
             axis.grid(True, alpha=0.3)
         axes[0][-1].legend(fontsize="small")
-        figure.tight_layout()
-        buffer = io.BytesIO()
-        figure.savefig(buffer, format="png", dpi=120)
-        plt.close(figure)
-        png = buffer.getvalue()
-        if path is not None:
-            write_atomic(path, png)
-        return png
+        return _png(figure, path)
 
+
+
+def _png(figure, path):
+    """The figure as PNG bytes (closed afterwards), written atomically to `path` when given."""
+    import io
+
+    import matplotlib.pyplot as plt
+
+    figure.tight_layout()
+    buffer = io.BytesIO()
+    figure.savefig(buffer, format="png", dpi=120)
+    plt.close(figure)
+    png = buffer.getvalue()
+    if path is not None:
+        write_atomic(path, png)
+    return png
 
 
 def _evaluator_classes():
@@ -218,4 +334,4 @@ def _evaluator_classes():
     return list(Evaluator.registry)
 
 
-__all__ = ["ROW_KEYS", "Results"]
+__all__ = ["GRID_KEYS", "ROW_KEYS", "Results"]

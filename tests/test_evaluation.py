@@ -178,7 +178,7 @@ def test_evaluate_loads_plain_encoder_and_sentence_transformers_folders(tmp_path
     BertModel(tiny_bert_config(vocab_size=len(tokenizer)), add_pooling_layer=False).save_pretrained(tmp_path / "plain")
     tokenizer.save_pretrained(tmp_path / "plain")
     plain = as_embedder(tmp_path / "plain", dims=[32, 8], max_length=32)
-    assert plain.dims == [32, 8] and plain.normalize and plain.name == str(tmp_path / "plain")
+    assert plain.dims == [32, 8] and plain.normalize and plain.name == "plain" and plain.source == str(tmp_path / "plain")
     plain_full = plain.encode(sentences)
     torch.testing.assert_close(plain_full.norm(dim=-1), torch.ones(len(sentences)))
 
@@ -187,6 +187,7 @@ def test_evaluate_loads_plain_encoder_and_sentence_transformers_folders(tmp_path
     st.save(str(tmp_path / "st"))
     st_embedder = as_embedder(tmp_path / "st", dims=[32, 16])
     assert st_embedder.normalize and st_embedder.full_dim == 32  # truncate_dim=8 does not shrink the evaluation
+    assert st_embedder.name == "st"  # a folder's name, never this machine's path
     # the same weights with mean pooling + normalize: both routes give the same embeddings
     torch.testing.assert_close(st_embedder.encode(sentences), plain_full, atol=1e-5, rtol=1e-4)
 

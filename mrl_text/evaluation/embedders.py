@@ -14,7 +14,7 @@ from pathlib import Path
 
 import torch
 
-from ..configuration_matryoshka import check_dim
+from ..configuration_matryoshka import check_dim, portable_name
 from ..modeling_matryoshka import MatryoshkaModel, truncate_embeddings
 
 DEFAULT_BATCH_SIZE = 32
@@ -32,17 +32,21 @@ class Embedder:
         dims (`list[int]`): the sizes to score, largest first.
         normalize (`bool`): whether the model's embeddings are unit length; truncated prefixes are then
             re-normalized (what the model itself returns at that size).
-        name (`str`): the model's name in result tables.
+        name (`str`): the model's name in result tables: a Hub id, or a local folder's portable name (the Hub id
+            its card names, else the folder's name; never this machine's path).
         full_dim (`int`): the embedding size.
         max_length (`int` or `None`): the longest tokenized input the model reads here (None: unknown, e.g. a
             user's own `encode_fn`).
         batch_size (`int` or `None`): texts per `encode_fn` call, longest first (so batches pad little);
             None hands all texts to `encode_fn` at once.
         show_progress_bar (`bool`): whether the evaluators show a bar per task.
+        source (`str` or `None`): the absolute path of the local folder the model was loaded from (None: not a
+            folder); [`name_apart`] uses it to tell apart two folders of the same name.
     """
 
     def __init__(
-        self, encode_fn, full_dim, dims, normalize, name, max_length=None, batch_size=None, show_progress_bar=False
+        self, encode_fn, full_dim, dims, normalize, name, max_length=None, batch_size=None, show_progress_bar=False,
+        source=None,
     ):
         self._encode_fn = encode_fn
         self.full_dim = int(full_dim)
@@ -52,13 +56,14 @@ class Embedder:
         self.max_length = max_length
         self.batch_size = batch_size
         self.show_progress_bar = bool(show_progress_bar)
+        self.source = source
         self._progress = None
 
     def with_dims(self, dims):
         """The same model scored at other sizes."""
         return Embedder(
             self._encode_fn, self.full_dim, dims, self.normalize, self.name, self.max_length, self.batch_size,
-            self.show_progress_bar,
+            self.show_progress_bar, self.source,
         )
 
     @contextlib.contextmanager
@@ -246,9 +251,9 @@ def as_embedder(model, dims=None, batch_size=DEFAULT_BATCH_SIZE, max_length=None
     check_max_length(max_length)  # fails early with a clear message, before any model is loaded
     if isinstance(batch_size, bool) or not isinstance(batch_size, numbers.Integral) or batch_size <= 0:
         raise ValueError(f"batch_size={batch_size!r} must be a positive integer, e.g. {DEFAULT_BATCH_SIZE}.")
-    name = None
+    name = source = None
     if isinstance(model, (str, os.PathLike)):
-        name = str(model)
+        name, source = portable_name(model), local_folder(model)
         model = load_model(model, device)
     if isinstance(getattr(model, "matryoshka", None), MatryoshkaModel):  # e.g. MatryoshkaForSequenceClassification
         model = model.matryoshka
@@ -256,7 +261,8 @@ def as_embedder(model, dims=None, batch_size=DEFAULT_BATCH_SIZE, max_length=None
         if device is not None:
             model = model.to(device)
         config = model.config
-        name = name or model.name_or_path or "MatryoshkaModel"
+        source = source or local_folder(model.name_or_path)
+        name = name or (portable_name(model.name_or_path) if model.name_or_path else "MatryoshkaModel")
         if max_length is None:  # the length its card's numbers were computed at, saved with it: they reproduce
             max_length = config.max_seq_length
         max_length = fit_max_length(max_length, name, model.tokenizer, config.encoder)
@@ -266,7 +272,7 @@ def as_embedder(model, dims=None, batch_size=DEFAULT_BATCH_SIZE, max_length=None
 
         return Embedder(
             encode, config.embedding_size, dims or config.matryoshka_dimensions, config.normalize, name, max_length,
-            batch_size, show_progress_bar,
+            batch_size, show_progress_bar, source,
         )
     try:
         from sentence_transformers import SentenceTransformer
@@ -274,11 +280,46 @@ def as_embedder(model, dims=None, batch_size=DEFAULT_BATCH_SIZE, max_length=None
         SentenceTransformer = ()
     if isinstance(model, SentenceTransformer):
         name = name or getattr(model.model_card_data, "base_model", None) or "SentenceTransformer"
-        return _sentence_transformer_embedder(model, dims, batch_size, max_length, device, show_progress_bar, name)
+        embedder = _sentence_transformer_embedder(model, dims, batch_size, max_length, device, show_progress_bar, name)
+        embedder.source = source
+        return embedder
     raise TypeError(
         f"Cannot evaluate a {type(model).__name__}; pass a MatryoshkaModel, a SentenceTransformer, a model folder or "
         "hub id, or an Embedder."
     )
+
+
+def local_folder(name_or_path):
+    """The absolute path of a local model folder (None for a Hub id or nothing)."""
+    return os.path.abspath(name_or_path) if name_or_path and os.path.isdir(name_or_path) else None
+
+
+def name_apart(embedders):
+    """Give every embedder of one results table a distinct `name`, in place.
+
+    Different local folders that share a name (`run1/model`, `run2/model`) are named by the shortest ending of their
+    paths that tells them apart, which `mrl-text card` still matches to its folder; any other repeat (the same
+    model twice, a folder named like a Hub id also evaluated) gets " (2)", " (3)", ...
+    """
+    groups = {}
+    for embedder in embedders:
+        groups.setdefault(embedder.name, []).append(embedder)
+    for group in groups.values():
+        folders = {Path(e.source).parts for e in group if e.source}
+        if len(folders) > 1:
+            depth = 2
+            while len({parts[-depth:] for parts in folders}) < len(folders):
+                depth += 1
+            for embedder in group:
+                if embedder.source:
+                    embedder.name = Path(*Path(embedder.source).parts[-depth:]).as_posix()
+    taken = set()
+    for embedder in embedders:
+        base, n = embedder.name, 2
+        while embedder.name in taken:
+            embedder.name, n = f"{base} ({n})", n + 1
+        taken.add(embedder.name)
+    return embedders
 
 
 def encode_once(embedder, texts):
@@ -300,5 +341,7 @@ __all__ = [
     "encode_once",
     "fit_max_length",
     "load_model",
+    "local_folder",
     "model_file",
+    "name_apart",
 ]

@@ -192,6 +192,18 @@ def test_evaluate_loads_plain_encoder_and_sentence_transformers_folders(tmp_path
     torch.testing.assert_close(st_embedder.encode(sentences), plain_full, atol=1e-5, rtol=1e-4)
 
 
+def test_batches_group_texts_by_tokens_not_characters(make_model):
+    """Padding costs as much as text: batches are formed by token counts, so a batch pads almost nothing."""
+    few_long_words, many_letters = "sleeping playing eating", "b c d e f g h i j k"  # 3 tokens / 23 chars; 10 / 19
+    letters, short = "umbrella", "a b"  # an unknown word in letters: 8 tokens / 8 chars; 2 / 3
+    texts = [few_long_words, many_letters, letters, short]
+    embedder = as_embedder(make_model(), batch_size=2, max_length=32)
+    batches = [[texts[i] for i in rows] for rows in embedder.batches(texts)]
+    assert batches == [[many_letters, letters], [few_long_words, short]]  # by characters: 10+3 with 8+2
+    model = make_model()
+    torch.testing.assert_close(embedder.encode(texts), model.encode(texts, batch_size=1, max_length=32), atol=1e-5, rtol=1e-4)
+
+
 # --- results -----------------------------------------------------------------------------------------------------
 
 

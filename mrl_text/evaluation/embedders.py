@@ -39,6 +39,9 @@ class Embedder:
             user's own `encode_fn`).
         batch_size (`int` or `None`): texts per `encode_fn` call, longest first (so batches pad little);
             None hands all texts to `encode_fn` at once.
+        count_tokens (callable or `None`): `texts -> token counts` (as read, truncated at `max_length`); batches
+            are then formed by tokens, not characters, so they pad almost nothing (a quarter of the tokens of a
+            character-sorted short-text batch are padding, and padding costs as much as text).
         show_progress_bar (`bool`): whether the evaluators show a bar per task.
         source (`str` or `None`): the absolute path of the local folder the model was loaded from (None: not a
             folder); [`name_apart`] uses it to tell apart two folders of the same name.
@@ -46,7 +49,7 @@ class Embedder:
 
     def __init__(
         self, encode_fn, full_dim, dims, normalize, name, max_length=None, batch_size=None, show_progress_bar=False,
-        source=None,
+        source=None, count_tokens=None,
     ):
         self._encode_fn = encode_fn
         self.full_dim = int(full_dim)
@@ -57,13 +60,14 @@ class Embedder:
         self.batch_size = batch_size
         self.show_progress_bar = bool(show_progress_bar)
         self.source = source
+        self.count_tokens = count_tokens
         self._progress = None
 
     def with_dims(self, dims):
         """The same model scored at other sizes."""
         return Embedder(
             self._encode_fn, self.full_dim, dims, self.normalize, self.name, self.max_length, self.batch_size,
-            self.show_progress_bar, self.source,
+            self.show_progress_bar, self.source, self.count_tokens,
         )
 
     @contextlib.contextmanager
@@ -85,19 +89,23 @@ class Embedder:
             if self._progress is not None:
                 self._progress.update(1)
             return embeddings
-        # Longest first: each batch pads to similar lengths, and the slowest batches come first (honest ETA).
-        order = sorted(range(len(texts)), key=lambda i: -len(texts[i]))
-        starts = range(0, len(texts), self.batch_size)
+        batches = self.batches(texts)
         if self._progress is not None:
-            self._progress.total = (self._progress.total or 0) + len(starts)
+            self._progress.total = (self._progress.total or 0) + len(batches)
             self._progress.refresh()
         embeddings = torch.empty(len(texts), self.full_dim)
-        for start in starts:
-            rows = order[start : start + self.batch_size]
+        for rows in batches:
             embeddings[rows] = self._encode_batch([texts[i] for i in rows])
             if self._progress is not None:
                 self._progress.update(1)
         return embeddings
+
+    def batches(self, texts):
+        """The row indices of each `encode_fn` call: longest first (by tokens when the embedder can count them), so
+        each batch pads to similar lengths and the slowest batches come first (an honest ETA)."""
+        lengths = self.count_tokens(texts) if self.count_tokens is not None else [len(text) for text in texts]
+        order = sorted(range(len(texts)), key=lambda i: -lengths[i])
+        return [order[start : start + self.batch_size] for start in range(0, len(texts), self.batch_size)]
 
     def _encode_batch(self, texts):
         with torch.inference_mode():
@@ -191,6 +199,25 @@ def fit_max_length(max_length, name, tokenizer, encoder_config):
     return min([max_length, *limits])
 
 
+def token_counter(tokenizer, max_length):
+    """`texts -> token counts` as a transformers `tokenizer` reads them at `max_length` (None for other tokenizers).
+
+    One batched call of the fast tokenizer for a whole task: about 1% of the cost of encoding the same texts.
+    """
+    from transformers import PreTrainedTokenizerBase
+
+    if not isinstance(tokenizer, PreTrainedTokenizerBase):
+        return None
+
+    def count_tokens(texts):
+        ids = tokenizer(
+            list(texts), truncation=True, max_length=max_length, return_attention_mask=False, return_token_type_ids=False
+        )["input_ids"]
+        return [len(row) for row in ids]
+
+    return count_tokens
+
+
 def _sentence_transformer_embedder(model, dims, batch_size, max_length, device, show_progress_bar, name):
     # Only the encoder's position limit counts: the tokenizer's model_max_length is the pipeline's own setting
     # (sentence-transformers saves max_seq_length there), which is what max_length replaces.
@@ -224,7 +251,8 @@ def _sentence_transformer_embedder(model, dims, batch_size, max_length, device, 
     if full_dim is None:
         full_dim = encode(["a"]).shape[-1]
     return Embedder(
-        encode, full_dim, dims or nested or [full_dim], normalize, name, max_length, batch_size, show_progress_bar
+        encode, full_dim, dims or nested or [full_dim], normalize, name, max_length, batch_size, show_progress_bar,
+        count_tokens=token_counter(getattr(model, "tokenizer", None), max_length),
     )
 
 
@@ -272,7 +300,7 @@ def as_embedder(model, dims=None, batch_size=DEFAULT_BATCH_SIZE, max_length=None
 
         return Embedder(
             encode, config.embedding_size, dims or config.matryoshka_dimensions, config.normalize, name, max_length,
-            batch_size, show_progress_bar, source,
+            batch_size, show_progress_bar, source, token_counter(model.tokenizer, max_length),
         )
     try:
         from sentence_transformers import SentenceTransformer
@@ -344,4 +372,5 @@ __all__ = [
     "local_folder",
     "model_file",
     "name_apart",
+    "token_counter",
 ]

@@ -69,6 +69,7 @@ def build_evaluators(args):
 
 def run_evaluate(args):
     from .evaluation import Results, as_embedder, evaluate
+    from .evaluation.embedders import name_apart
     from .file_utils import write_atomic
 
     evaluators = build_evaluators(args)
@@ -80,12 +81,7 @@ def run_evaluate(args):
         # Baselines are scored at the sizes of the model under test that they have, plus their own full size.
         dims = args.dims or model.dims
         embedders.append(embedder.with_dims([d for d in dims if d <= embedder.full_dim] + [embedder.full_dim]))
-    names = set()
-    for embedder in embedders:  # result rows are keyed by model name: keep them distinct
-        base, n = embedder.name, 2
-        while embedder.name in names:
-            embedder.name, n = f"{base} ({n})", n + 1
-        names.add(embedder.name)
+    name_apart(embedders)  # result rows are keyed by model name: two folders named alike must not share rows
     results = []
     for embedder in embedders:
         print(

@@ -25,6 +25,7 @@ from pathlib import Path
 
 from transformers import TrainerCallback
 
+from .configuration_matryoshka import portable_name
 from .evaluation import Results
 from .file_utils import write_atomic
 
@@ -308,6 +309,13 @@ def own_model_name(results, names, strict=False):
             return name
         if is_local_path(name) and str(Path(name).resolve()) in by_path:
             return by_path[str(Path(name).resolve())]
+        if is_local_path(name) and portable_name(name) in results.models:  # how `mrl-text evaluate` names a folder
+            return portable_name(name)
+    for name in filter(is_local_path, names):  # two folders named alike: evaluate named them by their paths' ends
+        parts = Path(name).resolve().parts
+        ends = [m for m in results.models if "/" in m and parts[-len(m.split("/")) :] == tuple(m.split("/"))]
+        if ends:
+            return ends[0]
     if len(results.models) == 1 and not strict:
         return results.models[0]
     raise ValueError(

@@ -59,25 +59,50 @@ def test_evaluate_writes_the_report(data, saved_models, tmp_path, capsys):
     assert main(argv) == 0
     assert sorted(p.name for p in out.iterdir()) == ["results.json", "results.md", "results.png"]
     rows = json.loads((out / "results.json").read_text())["rows"]
-    model_cells = {(r["task"], r["metric"], r["dim"]) for r in rows if r["model"] == str(model_dir)}
+    # a local folder is named as configs and cards name it (portable_name), never by this machine's path
+    assert {r["model"] for r in rows} == {"model", "plain"}
+    model_cells = {(r["task"], r["metric"], r["dim"]) for r in rows if r["model"] == "model"}
     assert ("stsb", "spearman", 4) in model_cells and ("scifact", "ndcg@10", 32) in model_cells
     assert ("intent", "accuracy", 8) in model_cells
     # the 16-d baseline is scored at the model's sizes it has (16, 8, 4), not at 32
-    assert {r["dim"] for r in rows if r["model"] == str(plain_dir)} == {16, 8, 4}
+    assert {r["dim"] for r in rows if r["model"] == "plain"} == {16, 8, 4}
     markdown = (out / "results.md").read_text()
     assert "Command: `mrl-text evaluate" in markdown and "### scifact: ndcg@10" in markdown
+    assert "| model |" in markdown and "| plain |" in markdown
     captured = capsys.readouterr()
     assert "### stsb: spearman" in captured.out
     # one max_length for the model and its baseline, and a progress bar per task and model
-    assert f"evaluating {model_dir} at sizes [32, 16, 8, 4], 32 tokens" in captured.err
-    assert f"evaluating {plain_dir} at sizes [16, 8, 4], 32 tokens" in captured.err
-    assert all(f"{task} ({plain_dir})" in captured.err for task in ("stsb", "scifact", "intent"))
+    assert "evaluating model at sizes [32, 16, 8, 4], 32 tokens" in captured.err
+    assert "evaluating plain at sizes [16, 8, 4], 32 tokens" in captured.err
+    assert all(f"{task} (plain)" in captured.err for task in ("stsb", "scifact", "intent"))
 
-    # the card command turns the report into README.md + plot in the model folder
+    # the card command turns the report into README.md + plot in the model folder, finding its own rows by the
+    # folder's name (the --model-id names no row)
     assert main(["card", str(model_dir), "--results", str(out / "results.json"), "--model-id", "org/tiny"]) == 0
     card = ModelCard.load(model_dir / "README.md")
     assert "matryoshka" in card.data.tags and len(card.data.eval_results) == len(model_cells)
     assert 'from_pretrained("org/tiny")' in card.text and (model_dir / PLOT_FILENAME).is_file()
+
+
+def test_two_folders_of_one_name_get_their_own_rows_and_cards(data, make_model, tmp_path, capsys):
+    """Two different local folders named alike must not share a row name; each card still finds its own rows."""
+    first, second = tmp_path / "run1" / "model", tmp_path / "run2" / "model"
+    make_model(seed=1, max_seq_length=32).save_pretrained(first)
+    make_model(seed=2, max_seq_length=32).save_pretrained(second)
+    out = tmp_path / "report"
+    argv = ["evaluate", str(first), "--baseline", str(second), "--sts", str(data / "stsb" / "test.tsv"), "--max-length", "32",
+            "--out", str(out)]
+    assert main(argv) == 0
+    results = json.loads((out / "results.json").read_text())
+    assert {r["model"] for r in results["rows"]} == {"run1/model", "run2/model"}
+    table = (out / "results.md").read_text().split("Values x100.")[1]  # the command above it is as typed
+    assert "| run1/model |" in table and str(tmp_path) not in table
+    for folder in (first, second):
+        assert main(["card", str(folder), "--results", str(out / "results.json")]) == 0
+        own = folder.parent.name + "/model"
+        expected = {r["value"] for r in results["rows"] if r["model"] == own and r["metric"] == "spearman"}
+        found = {r.metric_value for r in ModelCard.load(folder / "README.md").data.eval_results if r.metric_type == "spearman"}
+        assert found == {round(v, 6) for v in expected}
 
 
 def _error(argv, capsys):

@@ -178,7 +178,7 @@ def test_evaluate_loads_plain_encoder_and_sentence_transformers_folders(tmp_path
     BertModel(tiny_bert_config(vocab_size=len(tokenizer)), add_pooling_layer=False).save_pretrained(tmp_path / "plain")
     tokenizer.save_pretrained(tmp_path / "plain")
     plain = as_embedder(tmp_path / "plain", dims=[32, 8], max_length=32)
-    assert plain.dims == [32, 8] and plain.normalize and plain.name == str(tmp_path / "plain")
+    assert plain.dims == [32, 8] and plain.normalize and plain.name == "plain" and plain.source == str(tmp_path / "plain")
     plain_full = plain.encode(sentences)
     torch.testing.assert_close(plain_full.norm(dim=-1), torch.ones(len(sentences)))
 
@@ -187,8 +187,21 @@ def test_evaluate_loads_plain_encoder_and_sentence_transformers_folders(tmp_path
     st.save(str(tmp_path / "st"))
     st_embedder = as_embedder(tmp_path / "st", dims=[32, 16])
     assert st_embedder.normalize and st_embedder.full_dim == 32  # truncate_dim=8 does not shrink the evaluation
+    assert st_embedder.name == "st"  # a folder's name, never this machine's path
     # the same weights with mean pooling + normalize: both routes give the same embeddings
     torch.testing.assert_close(st_embedder.encode(sentences), plain_full, atol=1e-5, rtol=1e-4)
+
+
+def test_batches_group_texts_by_tokens_not_characters(make_model):
+    """Padding costs as much as text: batches are formed by token counts, so a batch pads almost nothing."""
+    few_long_words, many_letters = "sleeping playing eating", "b c d e f g h i j k"  # 3 tokens / 23 chars; 10 / 19
+    letters, short = "umbrella", "a b"  # an unknown word in letters: 8 tokens / 8 chars; 2 / 3
+    texts = [few_long_words, many_letters, letters, short]
+    embedder = as_embedder(make_model(), batch_size=2, max_length=32)
+    batches = [[texts[i] for i in rows] for rows in embedder.batches(texts)]
+    assert batches == [[many_letters, letters], [few_long_words, short]]  # by characters: 10+3 with 8+2
+    model = make_model()
+    torch.testing.assert_close(embedder.encode(texts), model.encode(texts, batch_size=1, max_length=32), atol=1e-5, rtol=1e-4)
 
 
 # --- results -----------------------------------------------------------------------------------------------------

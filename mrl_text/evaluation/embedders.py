@@ -14,7 +14,7 @@ from pathlib import Path
 
 import torch
 
-from ..configuration_matryoshka import check_dim
+from ..configuration_matryoshka import check_dim, portable_name
 from ..modeling_matryoshka import MatryoshkaModel, truncate_embeddings
 
 DEFAULT_BATCH_SIZE = 32
@@ -32,17 +32,24 @@ class Embedder:
         dims (`list[int]`): the sizes to score, largest first.
         normalize (`bool`): whether the model's embeddings are unit length; truncated prefixes are then
             re-normalized (what the model itself returns at that size).
-        name (`str`): the model's name in result tables.
+        name (`str`): the model's name in result tables: a Hub id, or a local folder's portable name (the Hub id
+            its card names, else the folder's name; never this machine's path).
         full_dim (`int`): the embedding size.
         max_length (`int` or `None`): the longest tokenized input the model reads here (None: unknown, e.g. a
             user's own `encode_fn`).
         batch_size (`int` or `None`): texts per `encode_fn` call, longest first (so batches pad little);
             None hands all texts to `encode_fn` at once.
+        count_tokens (callable or `None`): `texts -> token counts` (as read, truncated at `max_length`); batches
+            are then formed by tokens, not characters, so they pad almost nothing (a quarter of the tokens of a
+            character-sorted short-text batch are padding, and padding costs as much as text).
         show_progress_bar (`bool`): whether the evaluators show a bar per task.
+        source (`str` or `None`): the absolute path of the local folder the model was loaded from (None: not a
+            folder); [`name_apart`] uses it to tell apart two folders of the same name.
     """
 
     def __init__(
-        self, encode_fn, full_dim, dims, normalize, name, max_length=None, batch_size=None, show_progress_bar=False
+        self, encode_fn, full_dim, dims, normalize, name, max_length=None, batch_size=None, show_progress_bar=False,
+        source=None, count_tokens=None,
     ):
         self._encode_fn = encode_fn
         self.full_dim = int(full_dim)
@@ -52,13 +59,15 @@ class Embedder:
         self.max_length = max_length
         self.batch_size = batch_size
         self.show_progress_bar = bool(show_progress_bar)
+        self.source = source
+        self.count_tokens = count_tokens
         self._progress = None
 
     def with_dims(self, dims):
         """The same model scored at other sizes."""
         return Embedder(
             self._encode_fn, self.full_dim, dims, self.normalize, self.name, self.max_length, self.batch_size,
-            self.show_progress_bar,
+            self.show_progress_bar, self.source, self.count_tokens,
         )
 
     @contextlib.contextmanager
@@ -80,19 +89,23 @@ class Embedder:
             if self._progress is not None:
                 self._progress.update(1)
             return embeddings
-        # Longest first: each batch pads to similar lengths, and the slowest batches come first (honest ETA).
-        order = sorted(range(len(texts)), key=lambda i: -len(texts[i]))
-        starts = range(0, len(texts), self.batch_size)
+        batches = self.batches(texts)
         if self._progress is not None:
-            self._progress.total = (self._progress.total or 0) + len(starts)
+            self._progress.total = (self._progress.total or 0) + len(batches)
             self._progress.refresh()
         embeddings = torch.empty(len(texts), self.full_dim)
-        for start in starts:
-            rows = order[start : start + self.batch_size]
+        for rows in batches:
             embeddings[rows] = self._encode_batch([texts[i] for i in rows])
             if self._progress is not None:
                 self._progress.update(1)
         return embeddings
+
+    def batches(self, texts):
+        """The row indices of each `encode_fn` call: longest first (by tokens when the embedder can count them), so
+        each batch pads to similar lengths and the slowest batches come first (an honest ETA)."""
+        lengths = self.count_tokens(texts) if self.count_tokens is not None else [len(text) for text in texts]
+        order = sorted(range(len(texts)), key=lambda i: -lengths[i])
+        return [order[start : start + self.batch_size] for start in range(0, len(texts), self.batch_size)]
 
     def _encode_batch(self, texts):
         with torch.inference_mode():
@@ -186,6 +199,29 @@ def fit_max_length(max_length, name, tokenizer, encoder_config):
     return min([max_length, *limits])
 
 
+def token_counter(tokenizer, max_length):
+    """`texts -> token counts` as a transformers `tokenizer` reads them at `max_length` (None for other tokenizers).
+
+    Batched calls of the fast tokenizer (no padding, no model): a small fraction of the cost of encoding the texts.
+    """
+    from transformers import PreTrainedTokenizerBase
+
+    if not isinstance(tokenizer, PreTrainedTokenizerBase):
+        return None
+
+    def count_tokens(texts, chunk=10_000):  # in chunks: a large corpus's token ids never sit in memory at once
+        texts, counts = list(texts), []
+        for start in range(0, len(texts), chunk):
+            ids = tokenizer(
+                texts[start : start + chunk], truncation=True, max_length=max_length, return_attention_mask=False,
+                return_token_type_ids=False,
+            )["input_ids"]
+            counts += [len(row) for row in ids]
+        return counts
+
+    return count_tokens
+
+
 def _sentence_transformer_embedder(model, dims, batch_size, max_length, device, show_progress_bar, name):
     # Only the encoder's position limit counts: the tokenizer's model_max_length is the pipeline's own setting
     # (sentence-transformers saves max_seq_length there), which is what max_length replaces.
@@ -219,7 +255,8 @@ def _sentence_transformer_embedder(model, dims, batch_size, max_length, device, 
     if full_dim is None:
         full_dim = encode(["a"]).shape[-1]
     return Embedder(
-        encode, full_dim, dims or nested or [full_dim], normalize, name, max_length, batch_size, show_progress_bar
+        encode, full_dim, dims or nested or [full_dim], normalize, name, max_length, batch_size, show_progress_bar,
+        count_tokens=token_counter(getattr(model, "tokenizer", None), max_length),
     )
 
 
@@ -246,9 +283,9 @@ def as_embedder(model, dims=None, batch_size=DEFAULT_BATCH_SIZE, max_length=None
     check_max_length(max_length)  # fails early with a clear message, before any model is loaded
     if isinstance(batch_size, bool) or not isinstance(batch_size, numbers.Integral) or batch_size <= 0:
         raise ValueError(f"batch_size={batch_size!r} must be a positive integer, e.g. {DEFAULT_BATCH_SIZE}.")
-    name = None
+    name = source = None
     if isinstance(model, (str, os.PathLike)):
-        name = str(model)
+        name, source = portable_name(model), local_folder(model)
         model = load_model(model, device)
     if isinstance(getattr(model, "matryoshka", None), MatryoshkaModel):  # e.g. MatryoshkaForSequenceClassification
         model = model.matryoshka
@@ -256,7 +293,8 @@ def as_embedder(model, dims=None, batch_size=DEFAULT_BATCH_SIZE, max_length=None
         if device is not None:
             model = model.to(device)
         config = model.config
-        name = name or model.name_or_path or "MatryoshkaModel"
+        source = source or local_folder(model.name_or_path)
+        name = name or (portable_name(model.name_or_path) if model.name_or_path else "MatryoshkaModel")
         if max_length is None:  # the length its card's numbers were computed at, saved with it: they reproduce
             max_length = config.max_seq_length
         max_length = fit_max_length(max_length, name, model.tokenizer, config.encoder)
@@ -266,7 +304,7 @@ def as_embedder(model, dims=None, batch_size=DEFAULT_BATCH_SIZE, max_length=None
 
         return Embedder(
             encode, config.embedding_size, dims or config.matryoshka_dimensions, config.normalize, name, max_length,
-            batch_size, show_progress_bar,
+            batch_size, show_progress_bar, source, token_counter(model.tokenizer, max_length),
         )
     try:
         from sentence_transformers import SentenceTransformer
@@ -274,11 +312,46 @@ def as_embedder(model, dims=None, batch_size=DEFAULT_BATCH_SIZE, max_length=None
         SentenceTransformer = ()
     if isinstance(model, SentenceTransformer):
         name = name or getattr(model.model_card_data, "base_model", None) or "SentenceTransformer"
-        return _sentence_transformer_embedder(model, dims, batch_size, max_length, device, show_progress_bar, name)
+        embedder = _sentence_transformer_embedder(model, dims, batch_size, max_length, device, show_progress_bar, name)
+        embedder.source = source
+        return embedder
     raise TypeError(
         f"Cannot evaluate a {type(model).__name__}; pass a MatryoshkaModel, a SentenceTransformer, a model folder or "
         "hub id, or an Embedder."
     )
+
+
+def local_folder(name_or_path):
+    """The absolute path of a local model folder (None for a Hub id or nothing)."""
+    return os.path.abspath(name_or_path) if name_or_path and os.path.isdir(name_or_path) else None
+
+
+def name_apart(embedders):
+    """Give every embedder of one results table a distinct `name`, in place.
+
+    Different local folders that share a name (`run1/model`, `run2/model`) are named by the shortest ending of their
+    paths that tells them apart, which `mrl-text card` still matches to its folder; any other repeat (the same
+    model twice, a folder named like a Hub id also evaluated) gets " (2)", " (3)", ...
+    """
+    groups = {}
+    for embedder in embedders:
+        groups.setdefault(embedder.name, []).append(embedder)
+    for group in groups.values():
+        folders = {Path(e.source).parts for e in group if e.source}
+        if len(folders) > 1:
+            depth = 2
+            while len({parts[-depth:] for parts in folders}) < len(folders):
+                depth += 1
+            for embedder in group:
+                if embedder.source:
+                    embedder.name = Path(*Path(embedder.source).parts[-depth:]).as_posix()
+    taken = set()
+    for embedder in embedders:
+        base, n = embedder.name, 2
+        while embedder.name in taken:
+            embedder.name, n = f"{base} ({n})", n + 1
+        taken.add(embedder.name)
+    return embedders
 
 
 def encode_once(embedder, texts):
@@ -300,5 +373,8 @@ __all__ = [
     "encode_once",
     "fit_max_length",
     "load_model",
+    "local_folder",
     "model_file",
+    "name_apart",
+    "token_counter",
 ]

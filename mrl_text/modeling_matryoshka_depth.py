@@ -73,7 +73,7 @@ def check_layers(model, layers):
             warnings.warn(
                 f"layers={layers} is not one of the trained depths {trained} (config.matryoshka_layers); its "
                 "embedding works but was not trained. Prefer a trained depth.",
-                stacklevel=3,
+                stacklevel=4,  # the caller of encode (under its inference_mode wrapper)
             )
     return None if layers == depth else layers
 

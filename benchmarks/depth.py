@@ -112,21 +112,14 @@ def train_peer(args, rows, order, output_dir):
     model.max_seq_length = args.max_seq_length
     fixed = [batch for _, batch in order]
 
-    class FixedBatches:  # the shared batch order, as sentence-transformers' batch sampler
-        def __init__(self, *unused, **unused_kw):
-            pass
-
-        def __iter__(self):
-            return iter(fixed)
-
-        def __len__(self):
-            return len(fixed)
+    def shared_order(*unused, **unused_kw):  # sentence-transformers' batch sampler: the shared batches, in order
+        return fixed
 
     steps = len(order)
     training_args = SentenceTransformerTrainingArguments(
         output_dir=str(output_dir), per_device_train_batch_size=args.batch_size, learning_rate=args.lr,
         warmup_steps=int(np.ceil(args.warmup_ratio * steps)), num_train_epochs=1, seed=0, save_strategy="no",
-        report_to=[], disable_tqdm=True, use_cpu=args.device == "cpu", batch_sampler=FixedBatches,
+        report_to=[], disable_tqdm=True, use_cpu=args.device == "cpu", batch_sampler=shared_order,
     )
     loss = Matryoshka2dLoss(model, MultipleNegativesRankingLoss(model), matryoshka_dims=args.sizes, n_dims_per_step=-1)
     SentenceTransformerTrainer(model=model, args=training_args, train_dataset=Dataset.from_list(rows), loss=loss).train()

@@ -2,6 +2,9 @@
 detached alignment, training in the trainer, the config field, bad inputs."""
 
 import json
+import os
+import shutil
+import subprocess
 import warnings
 from pathlib import Path
 
@@ -226,3 +229,15 @@ def test_recipe_trains_depth_and_saves_the_depths(tmp_path):
     assert "matryoshka_layers" in json.dumps(saved["loss"])
     _, args = recipe.parse_arguments(["--matryoshka_depth", "true", "--layer_weights", "1", "0.5"])
     assert args.matryoshka_depth and args.layer_weights == [1.0, 0.5]
+
+
+@pytest.mark.skipif(shutil.which("accelerate") is None, reason="the accelerate CLI is not installed")
+def test_depth_trains_under_two_process_ddp(tmp_path):
+    script = Path(__file__).with_name("ddp_depth.py")
+    env = {**os.environ, "ACCELERATE_USE_CPU": "true", "OMP_NUM_THREADS": "1", "PYTHONPATH": str(script.parents[1])}
+    command = ["accelerate", "launch", "--multi_gpu", "--num_processes", "2", "--num_machines", "1",
+               "--mixed_precision", "no", "--dynamo_backend", "no", "--main_process_port", "29523",
+               str(script), str(tmp_path / "ddp.json")]
+    run = subprocess.run(command, env=env, capture_output=True, text=True, timeout=300)
+    assert run.returncode == 0, run.stdout[-3000:] + run.stderr[-3000:]
+    assert json.loads((tmp_path / "ddp.json").read_text()) == {"world_size": 2, "steps": 4}

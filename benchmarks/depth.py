@@ -11,7 +11,8 @@ From all-MiniLM-L6-v2 (6 layers, `--model`), on the shared data folder (`--data`
   step like ours, its other options at their defaults). STS-B test Spearman at every (layers, dims) cell; the
   peer is scored through `MatryoshkaModel.from_sentence_transformer` + `encode(layers=k)` (the same truncation).
 
-    OMP_NUM_THREADS=1 python benchmarks/depth.py --limit-train 1024 --limit-eval 500     # CPU, subsampled
+    OMP_NUM_THREADS=1 python benchmarks/depth.py --limit-train 512 --lr 5e-5 --limit-eval 300 --throughput-texts 256 \
+        --rounds 3                                                   # CPU, subsampled (the committed figures)
 """
 
 import argparse
@@ -30,7 +31,7 @@ import _quality_common as common  # noqa: E402
 from _report import header  # noqa: E402
 from quality import batch_order  # noqa: E402  (the shared batch order of the quality suite)
 
-METHODS = ("mrl", "depth", "st2d")
+METHODS = ("depth", "st2d", "mrl")
 
 
 def parse_args(argv=None):
@@ -38,7 +39,7 @@ def parse_args(argv=None):
     common.add_common_arguments(parser, "depth")
     parser.set_defaults(sizes="384,128,64,32,16", batch_size=32, max_seq_length=64)
     parser.add_argument("--layers", default="6,4,3,2", help="layer counts scored (the trained depths: every count)")
-    parser.add_argument("--methods", default=",".join(METHODS))
+    parser.add_argument("--methods", default=",".join(METHODS), help="trained in this order")
     parser.add_argument("--lr", type=float, default=2e-5)
     parser.add_argument("--epochs", type=int, default=1)
     parser.add_argument("--eval-max-seq-length", type=int, default=128)
@@ -144,12 +145,14 @@ def sts_grid(model, args, sts):
     return grid
 
 
-def quality(args):
+def quality(args, report):
+    """Train and score every method; the report files are rewritten after each run (a stopped run keeps its rows)."""
     from mrl_text import MatryoshkaModel
 
     rows, sts = training_triplets(args), sts_rows(args)
     order = batch_order([len(rows)], args.batch_size, 0, args.epochs)
     runs = {"base": {"train_s": 0.0, "grid": sts_grid(MatryoshkaModel.from_encoder(args.model).eval(), args, sts)}}
+    report["quality"] = {"triplets": len(rows), "steps": len(order), "sts_pairs": len(sts), "runs": runs}
     for method in args.methods.split(","):
         with tempfile.TemporaryDirectory() as scratch:
             start = time.perf_counter()
@@ -159,8 +162,7 @@ def quality(args):
                 model = train_mrl_text(args, rows, order, method == "depth", scratch)
             seconds = time.perf_counter() - start
         runs[method] = {"train_s": round(seconds, 1), "grid": sts_grid(model, args, sts)}
-        print(method, json.dumps(runs[method]), flush=True)
-    return {"triplets": len(rows), "steps": len(order), "sts_pairs": len(sts), "runs": runs}
+        write_report(args, report)
 
 
 def grid_table(grid, sizes, layers):
@@ -191,8 +193,14 @@ def main(argv=None):
     args = parse_args(argv)
     report = {**common.report_head(argv, ""), "threads": torch.get_num_threads()}
     report["throughput"] = throughput(args)
+    write_report(args, report)
     if not args.skip_training:
-        report["quality"] = quality(args)
+        quality(args, report)
+    return report
+
+
+def write_report(args, report):
+    """depth.json and depth.md under --results from what `report` holds so far."""
     setup = (f"From {Path(args.model).name} (all-MiniLM-L6-v2, 6 layers); torch threads {torch.get_num_threads()} "
              f"(run with OMP_NUM_THREADS=1). Throughput: {report['throughput']['texts']} STS-B test sentences, batch "
              f"32, {args.eval_max_seq_length} tokens max, {args.rounds} interleaved rounds, median. ")
@@ -217,7 +225,6 @@ def main(argv=None):
     text = "\n".join(header("Depth: 2D Matryoshka throughput and quality", report) + body) + "\n"
     (results / "depth.md").write_text(text)
     print(text, flush=True)
-    return report
 
 
 if __name__ == "__main__":

@@ -104,6 +104,11 @@ def pool_layers(hidden_states, attention_mask, pooling, projection, layers):
         raise ValueError("Layer embeddings need the encoder's hidden states; it returned none.")
     embeddings = {}
     for k in layers:
+        if isinstance(k, bool) or not isinstance(k, numbers.Integral) or not 1 <= k < len(hidden_states):
+            raise ValueError(
+                f"output_layer_embeddings holds {k!r}; this pass ran {len(hidden_states) - 1} layers, so depths "
+                f"must be integers in 1..{len(hidden_states) - 1}."
+            )
         pooled = pool(hidden_states[k], attention_mask, pooling)
         embeddings[int(k)] = projection(pooled) if projection is not None else pooled
     return embeddings

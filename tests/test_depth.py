@@ -87,6 +87,8 @@ def test_layer_embeddings_come_from_the_same_pass(tiny_tokenizer):
     with torch.no_grad():
         shallow = model(**inputs, layers=2).full_embeddings
     torch.testing.assert_close(out.layer_embeddings[2], shallow, rtol=1e-5, atol=1e-6)  # projected like the final
+    with pytest.raises(ValueError, match="this pass ran 2 layers, so depths must be integers in 1..2"):
+        model(**inputs, layers=2, output_layer_embeddings=[3])
 
 
 def test_alignment_target_is_detached():

@@ -46,6 +46,9 @@ def parse_args(argv=None):
     parser.add_argument("--throughput-texts", type=int, default=512, help="STS-B test sentences encoded per round")
     parser.add_argument("--rounds", type=int, default=5, help="throughput rounds (median reported)")
     parser.add_argument("--skip-training", action="store_true", help="throughput only")
+    parser.add_argument("--skip-throughput", action="store_true", help="training and quality only")
+    parser.add_argument("--alignment-weight", type=float, default=1.0, help="`depth`: depth_alignment_weight")
+    parser.add_argument("--name", default="depth", help="result files <--results>/<name>.json and .md")
     args = common.finish_arguments(parser.parse_args(argv))
     args.layers = [int(k) for k in args.layers.split(",")]
     return args
@@ -95,7 +98,7 @@ def train_mrl_text(args, rows, order, depth, output_dir):
                                          matryoshka_layers=list(range(6, 0, -1)))
     ordered = [rows[i] for _, batch in order for i in batch]
     training_args = common.training_arguments(args, output_dir, 0, len(order), loss="infonce", num_train_epochs=1,
-                                              matryoshka_depth=depth)
+                                              matryoshka_depth=depth, depth_alignment_weight=args.alignment_weight)
     common.in_order_trainer()(model=model.to(args.device), args=training_args, train_dataset=ordered).train()
     return model.eval()
 
@@ -103,7 +106,11 @@ def train_mrl_text(args, rows, order, depth, output_dir):
 def train_peer(args, rows, order, output_dir):
     """sentence-transformers' Matryoshka2dLoss(MultipleNegativesRankingLoss) on the same batches in the same order."""
     from datasets import Dataset
-    from sentence_transformers import SentenceTransformer, SentenceTransformerTrainer, SentenceTransformerTrainingArguments
+    from sentence_transformers import (
+        SentenceTransformer,
+        SentenceTransformerTrainer,
+        SentenceTransformerTrainingArguments,
+    )
     from sentence_transformers.losses import Matryoshka2dLoss, MultipleNegativesRankingLoss
 
     from mrl_text import MatryoshkaModel
@@ -123,7 +130,8 @@ def train_peer(args, rows, order, output_dir):
         report_to=[], disable_tqdm=True, use_cpu=args.device == "cpu", batch_sampler=shared_order,
     )
     loss = Matryoshka2dLoss(model, MultipleNegativesRankingLoss(model), matryoshka_dims=args.sizes, n_dims_per_step=-1)
-    SentenceTransformerTrainer(model=model, args=training_args, train_dataset=Dataset.from_list(rows), loss=loss).train()
+    trainer = SentenceTransformerTrainer(model=model, args=training_args, train_dataset=Dataset.from_list(rows), loss=loss)
+    trainer.train()
     model.save(str(Path(output_dir) / "peer"))
     peer = MatryoshkaModel.from_sentence_transformer(str(Path(output_dir) / "peer"), matryoshka_dimensions=args.sizes)
     return peer.eval()
@@ -192,7 +200,7 @@ def main(argv=None):
     argv = sys.argv[1:] if argv is None else list(argv)
     args = parse_args(argv)
     report = {**common.report_head(argv, ""), "threads": torch.get_num_threads()}
-    report["throughput"] = throughput(args)
+    report["throughput"] = {"rows": []} if args.skip_throughput else throughput(args)
     write_report(args, report)
     if not args.skip_training:
         quality(args, report)
@@ -202,13 +210,16 @@ def main(argv=None):
 def write_report(args, report):
     """depth.json and depth.md under --results from what `report` holds so far."""
     setup = (f"From {Path(args.model).name} (all-MiniLM-L6-v2, 6 layers); torch threads {torch.get_num_threads()} "
-             f"(run with OMP_NUM_THREADS=1). Throughput: {report['throughput']['texts']} STS-B test sentences, batch "
-             f"32, {args.eval_max_seq_length} tokens max, {args.rounds} interleaved rounds, median. ")
+             f"(run with OMP_NUM_THREADS=1). ")
+    if report["throughput"]["rows"]:
+        setup += (f"Throughput: {report['throughput']['texts']} STS-B test sentences, batch 32, "
+                  f"{args.eval_max_seq_length} tokens max, {args.rounds} interleaved rounds, median. ")
     if "quality" in report:
         q = report["quality"]
         setup += (f"Quality: {q['triplets']} SNLI (dev+test) triplets, {q['steps']} steps of batch {args.batch_size} "
                   f"(the same batches for every run), lr {args.lr}, {args.max_seq_length} training tokens, trained "
-                  f"depths 6..1; STS-B test ({q['sts_pairs']} pairs) Spearman x100. " + common.subsampling_note(args))
+                  f"depths 6..1, alignment weight {args.alignment_weight}; STS-B test ({q['sts_pairs']} pairs) Spearman "
+                  "x100. " + common.subsampling_note(args))
     report["setup"] = setup
     body = ["Encode throughput per layer count (side by side, one run):", "",
             "| layers | median s | texts/s | ratio to full |", "|---|---|---|---|"]
@@ -221,9 +232,9 @@ def write_report(args, report):
     body += common.targets_lines(report["targets"])
     results = Path(args.results)
     results.mkdir(parents=True, exist_ok=True)
-    (results / "depth.json").write_text(json.dumps(report, indent=1, default=float) + "\n")
+    (results / f"{args.name}.json").write_text(json.dumps(report, indent=1, default=float) + "\n")
     text = "\n".join(header("Depth: 2D Matryoshka throughput and quality", report) + body) + "\n"
-    (results / "depth.md").write_text(text)
+    (results / f"{args.name}.md").write_text(text)
     print(text, flush=True)
 
 

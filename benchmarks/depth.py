@@ -221,10 +221,12 @@ def write_report(args, report):
                   f"depths 6..1, alignment weight {args.alignment_weight}; STS-B test ({q['sts_pairs']} pairs) Spearman "
                   "x100. " + common.subsampling_note(args))
     report["setup"] = setup
-    body = ["Encode throughput per layer count (side by side, one run):", "",
-            "| layers | median s | texts/s | ratio to full |", "|---|---|---|---|"]
-    body += [f"| {r['layers']} | {r['median_s']:.2f} | {r['texts_per_s']:.1f} | {r['ratio_to_full']:.2f}x |"
-             for r in report["throughput"]["rows"]]
+    body = []
+    if report["throughput"]["rows"]:
+        body += ["Encode throughput per layer count (side by side, one run):", "",
+                 "| layers | median s | texts/s | ratio to full |", "|---|---|---|---|"]
+        body += [f"| {r['layers']} | {r['median_s']:.2f} | {r['texts_per_s']:.1f} | {r['ratio_to_full']:.2f}x |"
+                 for r in report["throughput"]["rows"]]
     for method, run in report.get("quality", {}).get("runs", {}).items():
         body += ["", f"STS-B Spearman x100, `{method}` (training {run['train_s']:.0f} s), layers x dims:", ""]
         body += grid_table(run["grid"], args.sizes, args.layers)

@@ -87,6 +87,10 @@ class MatryoshkaConfig(WrappingConfig):
             size (MRL).
         max_seq_length (`int`, *optional*):
             Longest input `encode` tokenizes; `None` uses the tokenizer's limit.
+        matryoshka_layers (`list[int]`, *optional*):
+            The encoder depths (numbers of layers, counted from the input) the embedding is trained to be used at
+            (2D Matryoshka, `encode(texts, layers=3)`), e.g. `[6, 4, 2]`; stored deepest first, the full depth always
+            included. `None`: the model is trained and used at full depth only.
         is_matryoshka (`bool`, defaults to `True`):
             Tells serving engines (vLLM) that `matryoshka_dimensions` may be requested as `dimensions=`.
         adaptor (`dict`, *optional*):
@@ -127,6 +131,7 @@ class MatryoshkaConfig(WrappingConfig):
         is_matryoshka=True,
         adaptor=None,
         quantization_ranges=None,
+        matryoshka_layers=None,
         **kwargs,
     ):
         encoder = encoder_config_from(encoder, default_model_type="bert")
@@ -143,6 +148,7 @@ class MatryoshkaConfig(WrappingConfig):
         self.quantization_ranges = quantization_ranges
         self._validate_nesting()
         self.adaptor = self.check_adaptor(adaptor)
+        self.matryoshka_layers = validate_layers(matryoshka_layers, getattr(encoder, "num_hidden_layers", None))
         super().__init__(**kwargs)
 
     @property
@@ -320,6 +326,36 @@ def validate_nesting(matryoshka_dimensions, matryoshka_weights, truncate_dim, fu
     return dims, weights
 
 
+def validate_layers(matryoshka_layers, num_layers):
+    """Check `matryoshka_layers` (encoder depths) against the encoder's `num_layers`; deepest first, full depth
+    included (added with a warning when missing). None stays None: full depth only."""
+    if matryoshka_layers is None:
+        return None
+    if num_layers is None:
+        raise ValueError(
+            "`matryoshka_layers` is set but the encoder config has no `num_hidden_layers`; depth truncation needs a "
+            "stack of layers (BERT, RoBERTa, MPNet, DistilBERT, ...). Set matryoshka_layers=None."
+        )
+    layers = list(matryoshka_layers)
+    if not layers:
+        raise ValueError(f"`matryoshka_layers` is empty; give depths in 1..{num_layers}, e.g. [{num_layers}, 3].")
+    for k in layers:
+        if isinstance(k, bool) or not isinstance(k, numbers.Integral) or not 1 <= k <= num_layers:
+            raise ValueError(
+                f"`matryoshka_layers` holds {k!r}; every depth must be an integer in 1..{num_layers} (the encoder's "
+                "number of layers)."
+            )
+    layers = [int(k) for k in layers]
+    if len(set(layers)) != len(layers):
+        raise ValueError(f"`matryoshka_layers` {layers} repeats a depth; each must appear once.")
+    if num_layers not in layers:
+        warnings.warn(
+            f"`matryoshka_layers` {layers} lacks the full depth {num_layers}; adding it.", stacklevel=4
+        )
+        layers.append(num_layers)
+    return sorted(layers, reverse=True)
+
+
 def encoder_config_from(encoder, default_model_type):
     """The wrapped model's config from a config object, a dict with `model_type`, or None (the default type)."""
     if encoder is None:
@@ -349,6 +385,7 @@ __all__ = [
     "check_quantization_ranges",
     "encoder_config_from",
     "portable_name",
+    "validate_layers",
     "validate_nesting",
     "WrappingConfig",
 ]

@@ -21,6 +21,7 @@ from transformers.utils import ModelOutput
 
 from .configuration_matryoshka import MatryoshkaConfig, check_dim
 from .modeling_matryoshka_adaptor import MatryoshkaAdaptor, MatryoshkaAdaptorConfig
+from .modeling_matryoshka_depth import check_layers, first_layers, pool_layers
 from .modeling_matryoshka_utils import (
     build_encoder,
     config_to_wrap,
@@ -49,6 +50,8 @@ class MatryoshkaModelOutput(ModelOutput):
             Token states of the encoder's last layer.
         hidden_states (`tuple(torch.FloatTensor)`, *optional*): every layer's token states when requested.
         attentions (`tuple(torch.FloatTensor)`, *optional*): attention weights when requested.
+        layer_embeddings (`dict[int, torch.FloatTensor]`, *optional*): with `output_layer_embeddings`, the full-size
+            (not normalized) embedding after each requested depth, pooled from the same pass (2D Matryoshka).
     """
 
     embeddings: Optional[torch.FloatTensor] = None
@@ -56,6 +59,7 @@ class MatryoshkaModelOutput(ModelOutput):
     last_hidden_state: Optional[torch.FloatTensor] = None
     hidden_states: Optional[tuple] = None
     attentions: Optional[tuple] = None
+    layer_embeddings: Optional[dict] = None
 
 
 class MatryoshkaPreTrainedModel(PreTrainedModel):
@@ -174,7 +178,11 @@ class MatryoshkaModel(MatryoshkaPreTrainedModel):
         self.projection = (
             nn.Linear(hidden, config.projection_dim) if config.projection_dim is not None else None
         )
-        self._encoder_kwargs = set(inspect.signature(self.encoder.forward).parameters)
+        parameters = inspect.signature(self.encoder.forward).parameters
+        self._encoder_kwargs = set(parameters)
+        if any(p.kind is inspect.Parameter.VAR_KEYWORD for p in parameters.values()):
+            # transformers 5 encoders take these through **kwargs: not named in the signature, still honoured.
+            self._encoder_kwargs |= {"output_hidden_states", "output_attentions"}
         self._tokenizer = None
         self.adaptor = None
         self.post_init()
@@ -202,6 +210,7 @@ class MatryoshkaModel(MatryoshkaPreTrainedModel):
         projection_dim=None,
         max_seq_length=None,
         tokenizer=True,
+        matryoshka_layers=None,
         **from_pretrained_kwargs,
     ):
         """Wrap a pretrained encoder (hub id or local folder) in a new Matryoshka model.
@@ -221,6 +230,7 @@ class MatryoshkaModel(MatryoshkaPreTrainedModel):
             normalize=normalize,
             projection_dim=projection_dim,
             max_seq_length=max_seq_length,
+            matryoshka_layers=matryoshka_layers,
         )
         encoder = build_encoder(encoder_config, encoder_name_or_path, **from_pretrained_kwargs)
         model = cls(config, encoder=encoder)
@@ -244,6 +254,8 @@ class MatryoshkaModel(MatryoshkaPreTrainedModel):
         output_hidden_states=None,
         output_attentions=None,
         return_dict=None,
+        layers=None,
+        output_layer_embeddings=None,
         **kwargs,
     ):
         r"""
@@ -252,12 +264,19 @@ class MatryoshkaModel(MatryoshkaPreTrainedModel):
             attention_mask (`torch.LongTensor` of shape `(batch_size, sequence_length)`): 1 for real tokens.
             token_type_ids, position_ids, inputs_embeds: passed to the encoder when it accepts them.
             dim (`int`, *optional*): size of `embeddings`; defaults to the config's `truncate_dim` (full if None).
+            layers (`int`, *optional*): run only the encoder's first `layers` layers (one of
+                `config.matryoshka_layers`); None runs all of them.
+            output_layer_embeddings (`list[int]`, *optional*): also return the full-size embedding after each of
+                these depths (`layer_embeddings`), from this same pass (depth training).
 
         Returns:
             [`MatryoshkaModelOutput`] with `embeddings` `(batch_size, dim)` and `full_embeddings`
             `(batch_size, embedding_size)`.
         """
         dim = self._resolve_dim(dim)
+        layers = check_layers(self, layers)
+        if output_layer_embeddings:
+            output_hidden_states = True
         if attention_mask is None:
             shape = input_ids.shape if input_ids is not None else inputs_embeds.shape[:2]
             device = input_ids.device if input_ids is not None else inputs_embeds.device
@@ -275,7 +294,8 @@ class MatryoshkaModel(MatryoshkaPreTrainedModel):
         encoder_inputs = {
             k: v for k, v in encoder_inputs.items() if v is not None and k in self._encoder_kwargs
         }
-        outputs = self.encoder(**encoder_inputs, return_dict=True)
+        with first_layers(self.encoder, layers):
+            outputs = self.encoder(**encoder_inputs, return_dict=True)
         pooled = pool(outputs.last_hidden_state, attention_mask, self.config.pooling)
         if self.projection is not None:
             pooled = self.projection(pooled)
@@ -288,6 +308,10 @@ class MatryoshkaModel(MatryoshkaPreTrainedModel):
             hidden_states=getattr(outputs, "hidden_states", None),
             attentions=getattr(outputs, "attentions", None),
         )
+        if output_layer_embeddings:
+            result.layer_embeddings = pool_layers(
+                result.hidden_states, attention_mask, self.config.pooling, self.projection, output_layer_embeddings
+            )
         return_dict = return_dict if return_dict is not None else self.config.return_dict
         return result if return_dict else result.to_tuple()
 
@@ -302,6 +326,7 @@ class MatryoshkaModel(MatryoshkaPreTrainedModel):
         show_progress_bar=False,
         device=None,
         precision="float32",
+        layers=None,
     ):
         """Embed texts at size `dim` (default: the config's `truncate_dim`, else full size).
 
@@ -318,6 +343,8 @@ class MatryoshkaModel(MatryoshkaPreTrainedModel):
             precision (`str`): `"float32"`, `"int8"`, `"uint8"` (per-coordinate ranges from
                 `calibrate_quantization`), `"binary"` or `"ubinary"` (sign bits packed into `dim / 8` bytes); the codes
                 of sentence-transformers' `quantize_embeddings` (see `mrl_text.quantization`).
+            layers (`int`, *optional*): run only the first `layers` encoder layers (2D Matryoshka; one of
+                `config.matryoshka_layers`); None: full depth.
 
         Returns:
             `torch.Tensor` (CPU) or `numpy.ndarray` of shape `(len(texts), dim)` (`dim / 8` for bit codes); a single
@@ -331,6 +358,7 @@ class MatryoshkaModel(MatryoshkaPreTrainedModel):
         dim = self._resolve_dim(dim)
         size = dim or self.config.embedding_size
         ranges = model_ranges(self.config, size, check_precision(precision, size))  # fail before encoding
+        layers = check_layers(self, layers)
         single = isinstance(texts, str)
         try:
             texts = [texts] if single else list(texts)
@@ -358,7 +386,7 @@ class MatryoshkaModel(MatryoshkaPreTrainedModel):
             inputs = self.tokenizer(
                 batch, padding=True, truncation=True, max_length=max_length, return_tensors="pt"
             ).to(device)
-            chunks.append(self(**inputs, dim=dim).embeddings.float().cpu())
+            chunks.append(self(**inputs, dim=dim, layers=layers).embeddings.float().cpu())
         self.train(was_training)
         if chunks:
             stacked = torch.cat(chunks)

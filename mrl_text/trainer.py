@@ -31,6 +31,7 @@ from transformers import Trainer, TrainingArguments
 
 from .evaluation import evaluate as evaluate_model
 from .losses import LOSSES, MatryoshkaLoss, get_loss
+from .losses_depth import MatryoshkaDepthLoss
 from .modeling_matryoshka import MatryoshkaModel, MatryoshkaPreTrainedModel
 from .modeling_matryoshka_classification import MatryoshkaForSequenceClassification
 from .optimization import DEFAULT_HEAD_LEARNING_RATE, build_optimizer
@@ -62,6 +63,8 @@ class MatryoshkaTrainingArguments(TrainingArguments):
         keep_full_dim (`bool`, defaults to `True`): with `n_dims_per_step`, the full size is always trained.
         gather_across_devices (`bool`, defaults to `True`): under DDP, in-batch negatives span the global batch.
         max_seq_length (`int`, defaults to 128): the collator truncates texts to this many tokens.
+        matryoshka_depth (`bool`): 2D Matryoshka, [`MatryoshkaDepthLoss`] over the model's `config.matryoshka_layers`
+            (`n_layers_per_step`, `layer_weights`, `depth_alignment_weight`), from the same encoder pass.
     """
 
     loss: str = field(
@@ -79,6 +82,10 @@ class MatryoshkaTrainingArguments(TrainingArguments):
         default=True, metadata={"help": "Under DDP, gather embeddings so in-batch negatives span the global batch."}
     )
     max_seq_length: int = field(default=128, metadata={"help": "Longest tokenized input (tokens)."})
+    matryoshka_depth: bool = field(default=False, metadata={"help": "2D Matryoshka: train earlier depths too."})
+    n_layers_per_step: int = field(default=1, metadata={"help": "matryoshka_depth: earlier depths per step."})
+    layer_weights: list[float] | None = field(default=None, metadata={"help": "One weight per matryoshka_layers."})
+    depth_alignment_weight: float = field(default=1.0, metadata={"help": "Alignment to the final layer's embedding."})
     head_learning_rate: float | None = field(
         default=None,
         metadata={"help": f"Learning rate of the parameters outside the encoder (heads, projection). Default: "
@@ -343,11 +350,11 @@ class MatryoshkaTrainer(Trainer):
         if teacher is not None and "teacher" not in accepted:
             raise ValueError(f"teacher= is for distillation (loss='distill_mse'); loss={args.loss!r} takes none.")
         base = get_loss(args.loss, **{key: value for key, value in available.items() if key in accepted})
-        if getattr(base, "sums_over_sizes", False):
-            return base
-        return MatryoshkaLoss.from_config(
-            model.config, base, n_dims_per_step=args.n_dims_per_step, keep_full_dim=args.keep_full_dim
-        )
+        if not getattr(base, "sums_over_sizes", False):
+            base = MatryoshkaLoss.from_config(
+                model.config, base, n_dims_per_step=args.n_dims_per_step, keep_full_dim=args.keep_full_dim
+            )
+        return MatryoshkaDepthLoss.from_training_args(model.config, base, args) if args.matryoshka_depth else base
 
     def compute_loss(self, model, inputs, return_outputs=False, num_items_in_batch=None):
         """One model pass per text column, then the loss: the one the model computed from `labels` when it takes
@@ -357,11 +364,16 @@ class MatryoshkaTrainer(Trainer):
         if compute_labels is not None:
             labels = compute_labels(teacher_columns or columns, labels)
         label_inputs = self.model_label_inputs(labels)
+        # The earlier depths a depth loss trains this step come from the same pass (pooled hidden states).
+        layers = self.loss_fn.layers_for_step() if hasattr(self.loss_fn, "layers_for_step") else []
+        label_inputs.update({"output_layer_embeddings": layers} if layers else {})
         # Every size is a slice of these full-size embeddings: the number of sizes adds no model pass.
         outputs = [model(**features, **label_inputs) for features in columns.values()]
         loss = outputs[0].get("loss")
         if loss is None:
-            loss = self.loss_fn([output.full_embeddings for output in outputs], labels)
+            embeddings = [output.full_embeddings for output in outputs]
+            embeddings += [output.layer_embeddings[k] for k in layers for output in outputs]
+            loss = self.loss_fn(embeddings, labels)
         if not torch.isfinite(loss):
             raise FloatingPointError(
                 f"The loss is {loss.item()} at step {self.state.global_step + 1}; training stopped. Lower the "

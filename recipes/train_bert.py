@@ -24,6 +24,7 @@ from transformers import AutoConfig
 
 import mrl_text
 from mrl_text import data as mrl_data
+from mrl_text.configuration_matryoshka import validate_layers
 from mrl_text.evaluation import Results, RetrievalEvaluator, STSEvaluator
 from mrl_text.model_card_data import model_card_data
 from mrl_text.trainer import MatryoshkaTrainer, MatryoshkaTrainingArguments
@@ -55,6 +56,10 @@ class RecipeArguments:
         default=None, metadata={"help": "Nested sizes; default the full size and each power of two below it down to 16."}
     )
     matryoshka_weights: list[float] | None = field(default=None, metadata={"help": "Loss weight per size."})
+    matryoshka_layers: list[int] | None = field(
+        default=None, metadata={"help": "Depths (layer counts) to train with --matryoshka_depth true (2D Matryoshka); "
+                                "default with it: every depth. Saved in config.json; encode(texts, layers=k)."},
+    )
     pooling: str = field(default="mean", metadata={"help": "mean, cls, max or last."})
     train_data: str = field(
         default=DEMO_DATA, metadata={"help": f"Hub id, local csv/tsv/jsonl/parquet, or {DEMO_DATA!r}."}
@@ -106,8 +111,9 @@ def default_dimensions(full):
     return dims
 
 
-def build_model(recipe):
-    """The model to train and the Hub id of the model it starts from (None when that is a local folder)."""
+def build_model(recipe, depth=False):
+    """The model to train and the Hub id of the model it starts from (None when that is a local folder). With
+    `depth` (2D Matryoshka training), the config's `matryoshka_layers` default to every depth of the encoder."""
     name, hub_id = recipe.model_name_or_path, None
     if name is None:
         try:
@@ -125,15 +131,24 @@ def build_model(recipe):
                 f"{name} was trained with sizes {model.config.matryoshka_dimensions}; drop --matryoshka_dimensions "
                 "or start from its encoder."
             )
+        if recipe.matryoshka_layers or (depth and not model.config.matryoshka_layers):
+            model.config.matryoshka_layers = training_depths(recipe, model.config.encoder.num_hidden_layers)
         return model, hub_id
-    full = AutoConfig.from_pretrained(name).hidden_size
+    encoder_config = AutoConfig.from_pretrained(name)
+    depths = training_depths(recipe, encoder_config.num_hidden_layers) if depth or recipe.matryoshka_layers else None
     model = mrl_text.MatryoshkaModel.from_encoder(
         name,
-        matryoshka_dimensions=recipe.matryoshka_dimensions or default_dimensions(full),
+        matryoshka_dimensions=recipe.matryoshka_dimensions or default_dimensions(encoder_config.hidden_size),
         matryoshka_weights=recipe.matryoshka_weights,
         pooling=recipe.pooling,
+        matryoshka_layers=depths,
     )
     return model, hub_id
+
+
+def training_depths(recipe, num_layers):
+    """`--matryoshka_layers` checked against the encoder, else every depth num_layers..1."""
+    return validate_layers(recipe.matryoshka_layers or list(range(num_layers, 0, -1)), num_layers)
 
 
 def dataset_names(source, held_out):
@@ -206,8 +221,9 @@ def main(argv=None):
     recipe, args = parse_arguments(argv)
     out = Path(args.output_dir)
     args.output_dir = str(out / "checkpoints")  # optimizer state stays out of the model folder
-    model, base_model = build_model(recipe)
-    logger.info("Sizes %s (weights %s)", model.config.matryoshka_dimensions, model.config.matryoshka_weights)
+    model, base_model = build_model(recipe, depth=args.matryoshka_depth)
+    logger.info("Sizes %s (weights %s), depths %s", model.config.matryoshka_dimensions,
+                model.config.matryoshka_weights, model.config.matryoshka_layers or "full only")
 
     train = load_data(
         recipe.train_data, recipe.train_layout, recipe.train_columns, recipe.train_subset, recipe.train_split,

@@ -394,9 +394,10 @@ def test_modeling_files_travel_alone():
 
     package = os.path.dirname(mrl_text.__file__)
     siblings = {"configuration_matryoshka", "modeling_matryoshka", "modeling_matryoshka_utils",
-                "modeling_matryoshka_adaptor", "quantization"}
+                "modeling_matryoshka_adaptor", "modeling_matryoshka_depth", "quantization"}
     for name in ("modeling_matryoshka.py", "modeling_matryoshka_utils.py", "modeling_matryoshka_classification.py",
-                 "configuration_matryoshka.py", "modeling_matryoshka_adaptor.py", "quantization.py"):
+                 "configuration_matryoshka.py", "modeling_matryoshka_adaptor.py", "modeling_matryoshka_depth.py",
+                 "quantization.py"):
         with open(os.path.join(package, name)) as f:
             tree = ast.parse(f.read())
         for node in ast.walk(tree):

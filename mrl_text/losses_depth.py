@@ -1,0 +1,169 @@
+"""2D Matryoshka training: the Matryoshka loss at full depth and at an earlier layer sampled per step.
+
+`MatryoshkaDepthLoss` wraps any loss with the project's call (`loss(embeddings: list[Tensor], labels)`, usually a
+`MatryoshkaLoss`, so every size is trained at every depth) and adds, each step, the same loss on the embedding pooled
+after an earlier layer, plus an alignment of that embedding to the final layer's. The final layer's embedding is the
+alignment's *target*: it is detached, so the alignment moves only the earlier layers' output towards the final one
+and never drags the final embedding towards a shallower one (sentence-transformers' `AdaptiveLayerLoss` /
+`Matryoshka2dLoss` did not detach it: their issues #3757 and #3880).
+
+The encoder still runs once per step: the trainer asks the loss which depths it trains this step (`layers_for_step`),
+asks the model for those depths' embeddings from the same pass (`output_layer_embeddings=`, pooled from its hidden
+states), and calls the loss with one flat list: the final layer's tensor of every text column, then every column's
+tensor at each sampled depth, in the order `layers_for_step` returned.
+"""
+
+import random
+
+import torch
+from torch import nn
+
+DEPTH_CITATION = """@article{li2024twod,
+  title   = {2D Matryoshka Sentence Embeddings},
+  author  = {Li, Xianming and Li, Zongxi and Li, Jing and Xie, Haoran and Li, Qing},
+  journal = {arXiv preprint arXiv:2402.14776},
+  year    = {2024}
+}"""
+
+
+def alignment_loss(embeddings, targets):
+    """Mean cosine distance from each embedding to its (detached) target, `1 - cos`, in [0, 2]."""
+    targets = targets.detach()
+    return (1 - nn.functional.cosine_similarity(embeddings, targets, dim=-1)).mean()
+
+
+class MatryoshkaDepthLoss(nn.Module):
+    """Apply a loss at full depth and at earlier depths sampled per step, with an alignment to the final layer.
+
+    Loss of a step = `w_full * loss(final)` + for each sampled earlier depth `k`:
+    `w_k * (loss(layer_k) + alignment_weight * mean(1 - cos(layer_k, final.detach())))`.
+
+    Reference: Li et al., "2D Matryoshka Sentence Embeddings" (2024).
+
+    Args:
+        loss (`nn.Module`): the loss applied at every depth, called as `loss(embeddings, labels)` (a `MatryoshkaLoss`
+            trains every size at every depth).
+        matryoshka_layers (`list[int]`): the depths (layer counts) trained; the largest is the full depth (the
+            final layer). Take them from the model's config: `MatryoshkaDepthLoss.from_config`.
+        layer_weights (`list[float]`, *optional*): one weight per depth, in the order of `matryoshka_layers` (the
+            full depth's weights the final layer's loss); default 1.0 each.
+        n_layers_per_step (`int`): earlier depths sampled (uniformly, without replacement) per step.
+        alignment_weight (`float`): weight of the alignment of each sampled depth to the final layer (0 turns it
+            off).
+
+    Example:
+
+    ```python
+    >>> config = model.config  # MatryoshkaConfig(..., matryoshka_layers=[6, 4, 3, 2])
+    >>> loss_fn = MatryoshkaDepthLoss.from_config(config, MatryoshkaLoss.from_config(config, InfoNCELoss()))
+    >>> layers = loss_fn.layers_for_step()  # e.g. [3]
+    >>> outs = [model(**inputs, output_layer_embeddings=layers) for inputs in (anchor_inputs, positive_inputs)]
+    >>> embeddings = [o.full_embeddings for o in outs] + [o.layer_embeddings[k] for k in layers for o in outs]
+    >>> loss = loss_fn(embeddings)
+    ```
+    """
+
+    def __init__(self, loss, matryoshka_layers, layer_weights=None, n_layers_per_step=1, alignment_weight=1.0):
+        super().__init__()
+        layers = [int(k) for k in matryoshka_layers or ()]
+        if len(layers) < 2:
+            raise ValueError(
+                f"Depth training needs at least one depth below the full one; got matryoshka_layers={layers or None}. "
+                "Set e.g. matryoshka_layers=[6, 4, 3, 2] in the model's config (MatryoshkaConfig)."
+            )
+        weights = [1.0] * len(layers) if layer_weights is None else [float(w) for w in layer_weights]
+        if len(weights) != len(layers) or any(not (w >= 0 and w < float("inf")) for w in weights):
+            raise ValueError(
+                f"layer_weights={layer_weights!r}: give one finite weight >= 0 per depth of {layers} (same order)."
+            )
+        order = sorted(range(len(layers)), key=lambda i: -layers[i])
+        self.loss = loss
+        self.matryoshka_layers = [layers[i] for i in order]
+        self.layer_weights = [weights[i] for i in order]
+        earlier = len(layers) - 1
+        if isinstance(n_layers_per_step, bool) or not isinstance(n_layers_per_step, int) or not (
+            1 <= n_layers_per_step <= earlier
+        ):
+            raise ValueError(f"n_layers_per_step={n_layers_per_step!r} must be an integer in 1..{earlier}.")
+        if not (alignment_weight >= 0 and alignment_weight < float("inf")):
+            raise ValueError(f"alignment_weight={alignment_weight!r} must be a finite number >= 0.")
+        self.n_layers_per_step = n_layers_per_step
+        self.alignment_weight = float(alignment_weight)
+        self.step_layers = []
+
+    @classmethod
+    def from_config(cls, config, loss, **kwargs):
+        """Depths from a `MatryoshkaConfig`'s `matryoshka_layers` (the single source of truth)."""
+        return cls(loss, getattr(config, "matryoshka_layers", None), **kwargs)
+
+    @classmethod
+    def from_training_args(cls, config, loss, args):
+        """The depth options of `MatryoshkaTrainingArguments` (`matryoshka_depth=True`); depths from `config`."""
+        if getattr(loss, "sums_over_sizes", False):
+            raise ValueError(
+                f"matryoshka_depth trains embeddings; {type(loss).__name__} trains a classifier's nested heads. Use "
+                "an embedding loss (infonce, cosent, distill_mse) or matryoshka_depth=False."
+            )
+        return cls.from_config(config, loss, layer_weights=args.layer_weights, n_layers_per_step=args.n_layers_per_step,
+                               alignment_weight=args.depth_alignment_weight)
+
+    # The dataset layout and the batch-computed targets are the wrapped loss's.
+    min_text_columns = property(lambda self: getattr(self.loss, "min_text_columns", 1))
+    max_text_columns = property(lambda self: getattr(self.loss, "max_text_columns", None))
+    needs_labels = property(lambda self: getattr(self.loss, "needs_labels", None))
+    teacher_tokenizer = property(lambda self: getattr(self.loss, "teacher_tokenizer", None))
+
+    @property
+    def citation(self):
+        base = getattr(self.loss, "citation", None)
+        return DEPTH_CITATION if not base else f"{base}\n\n{DEPTH_CITATION}"
+
+    def compute_labels(self, columns, labels):
+        compute = getattr(self.loss, "compute_labels", None)
+        return labels if compute is None else compute(columns, labels)
+
+    def layers_for_step(self):
+        """Sample this step's earlier depths (deepest first) and remember them for the next call of the loss."""
+        self.step_layers = sorted(random.sample(self.matryoshka_layers[1:], self.n_layers_per_step), reverse=True)
+        return list(self.step_layers)
+
+    def forward(self, embeddings, labels=None):
+        """`embeddings`: the final layer's full-size tensor per text column, then the tensors of every column at each
+        depth of the last `layers_for_step()` (in that order). Without sampled depths: the wrapped loss alone."""
+        if isinstance(embeddings, torch.Tensor):
+            embeddings = [embeddings]
+        groups = 1 + len(self.step_layers)
+        if len(embeddings) % groups:
+            raise ValueError(
+                f"MatryoshkaDepthLoss got {len(embeddings)} tensors for {groups} depths (final + {self.step_layers}); "
+                "pass the final layer's tensor per text column, then each column's tensor at every depth "
+                "layers_for_step() returned."
+            )
+        columns = len(embeddings) // groups
+        final = embeddings[:columns]
+        weight_of = dict(zip(self.matryoshka_layers, self.layer_weights))
+        total = self.layer_weights[0] * self.loss(final, labels)
+        for group, depth in enumerate(self.step_layers, start=1):
+            earlier = embeddings[group * columns : (group + 1) * columns]
+            term = self.loss(earlier, labels)
+            if self.alignment_weight:
+                aligned = sum(alignment_loss(e, f) for e, f in zip(earlier, final)) / columns
+                term = term + self.alignment_weight * aligned
+            total = total + weight_of[depth] * term
+        self.step_layers = []  # one loss call per sampled step; a call without sampling trains full depth only
+        return total
+
+    def get_config_dict(self):
+        """What trained the model, for its card: the wrapped loss's config and the depth options."""
+        base_config = getattr(self.loss, "get_config_dict", dict)
+        return {
+            **base_config(),
+            "depth_loss": type(self.loss).__name__,
+            "matryoshka_layers": list(self.matryoshka_layers),
+            "layer_weights": list(self.layer_weights),
+            "n_layers_per_step": self.n_layers_per_step,
+            "alignment_weight": self.alignment_weight,
+        }
+
+
+__all__ = ["MatryoshkaDepthLoss", "alignment_loss"]

@@ -154,3 +154,41 @@ def test_svd_rotation_orders_axes_by_variance(common):
     rotated = common.svd_rotation(x)(x)
     variances = rotated.var(0)
     assert rotated.shape == (200, 6) and torch.all(variances[:-1] >= variances[1:] - 1e-6)
+
+
+def test_retrieval_validation_compares_variants_on_held_out_queries(quality, tiny, tmp_path):
+    report, markdown = run(quality, tiny, tmp_path / "rv", "retrieval-val", "--trainable-layers", "1", "--epochs", "1",
+                           "--val-corpus", "10", "--variants", "plain,mrl,mrl_distill")
+    assert [r["variant"] for r in report["runs"]] == ["plain", "mrl", "mrl_distill"]
+    assert all(set(r["values"]) == {32, 16, 8} for r in report["runs"])
+    assert "6 held out" in report["setup"] and "Difference from plain" in markdown
+
+
+@pytest.mark.parametrize("sizes, message", [
+    ("64,32,8", "starts with 64, but the encoder's embedding size is 32"),  # larger than the encoder
+    ("16,8", "starts with 16"),
+    ("32,x", "comma-separated integers"),
+    ("32,8,0", "distinct, positive and decreasing"),
+])
+def test_sizes_must_fit_the_encoder(quality, tiny, sizes, message):
+    with pytest.raises(SystemExit, match=message):
+        quality.parse_args(["classification", "--model", str(tiny[0]), "--sizes", sizes])
+
+
+@pytest.mark.parametrize("method", ["ff64", "ffx", "ff0", "mlr"])
+def test_retrieval_methods_are_checked(quality, tiny, method):
+    with pytest.raises(SystemExit, match=f"--methods names '{method}'.*ffN with N in 1..32"):
+        quality.parse_args(["retrieval", "--model", str(tiny[0]), "--sizes", "32,16", "--methods", f"plain,{method}"])
+
+
+def test_classification_labels_ids_with_gaps_and_unknown_test_labels(quality, tiny, tmp_path):
+    data = tmp_path / "data"
+    write_tsv(data / "gaps" / "train.tsv", ["text", "label"], [(f"t{i}", (0, 3, 10)[i % 3]) for i in range(30)])
+    write_tsv(data / "gaps" / "test.tsv", ["text", "label"], [(f"s{i}", (0, 3, 10)[i % 3]) for i in range(6)])
+    args = quality.parse_args(["classification", "--model", str(tiny[0]), "--data", str(data), "--sizes", "32,8"])
+    task = quality.load_task(args, "gaps")
+    assert task["classes"] == [0, 3, 10] and set(task["train"][1]) == {0, 1, 2}  # renumbered in order
+    assert list(task["test"][1][:3]) == [0, 1, 2]
+    write_tsv(data / "gaps" / "test.tsv", ["text", "label"], [("s", 0), ("s", 7)])
+    with pytest.raises(ValueError, match=r"labels \[7\] never occur in train.tsv"):
+        quality.load_task(args, "gaps")

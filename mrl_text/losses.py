@@ -62,13 +62,7 @@ class InfoNCELoss(nn.Module):
 
     Inputs: `loss([anchor, positive, *negatives], labels=None)`, each `(batch, dim)` and unit length. Anchor `i`'s
     positive is candidate `i` of the global batch; all other positives and all hard negatives are its negatives.
-
-    Example:
-
-    ```python
-    >>> loss_fn = MatryoshkaLoss.from_config(model.config, InfoNCELoss(scale=20.0))
-    >>> loss = loss_fn([anchor_full, positive_full, negative_full])
-    ```
+    Wrap it in `MatryoshkaLoss` (example there) to train every size.
     """
 
     # What the trainer's data must hold: text columns (anchor, positive, hard negatives...) and no label column.
@@ -312,16 +306,8 @@ class MatryoshkaLoss(nn.Module):
 
     citation = MATRYOSHKA_CITATION
 
-    def __init__(
-        self,
-        base_loss,
-        matryoshka_dimensions,
-        matryoshka_weights=None,
-        n_dims_per_step=None,
-        keep_full_dim=True,
-        normalize=True,
-        prefix_targets="labels",
-    ):
+    def __init__(self, base_loss, matryoshka_dimensions, matryoshka_weights=None, n_dims_per_step=None,
+                 keep_full_dim=True, normalize=True, prefix_targets="labels"):
         super().__init__()
         if prefix_targets not in ("labels", "full_size"):
             raise ValueError(f"prefix_targets={prefix_targets!r}; choose 'labels' or 'full_size'.")
@@ -383,13 +369,14 @@ class MatryoshkaLoss(nn.Module):
         if self.prefix_targets == "full_size":
             with torch.no_grad():
                 teacher = self.base_loss.logits([truncate_embeddings(e, full, self.normalize) for e in embeddings])[0]
+            teacher = teacher.log_softmax(-1)
         for dim, weight in self.sizes_for_step():
             if weight == 0:
                 continue
             prefixes = [truncate_embeddings(e, dim, self.normalize) for e in embeddings]
-            if self.prefix_targets == "full_size" and dim != full:
-                log_student = self.base_loss.logits(prefixes)[0].log_softmax(-1)
-                loss = nn.functional.kl_div(log_student, teacher.log_softmax(-1), reduction="batchmean", log_target=True)
+            if self.prefix_targets == "full_size" and dim != full:  # KL(full size's distribution || the prefix's)
+                student = self.base_loss.logits(prefixes)[0].log_softmax(-1)
+                loss = nn.functional.kl_div(student, teacher, reduction="batchmean", log_target=True)
             else:
                 sized_labels = truncate_embeddings(labels, dim, self.normalize) if embedding_labels else labels
                 loss = self.base_loss(prefixes, sized_labels)
@@ -444,12 +431,8 @@ def get_loss(name, **options):
 def __getattr__(name):
     # Image-text losses live in the image_text subpackage; the old import path keeps working, with a warning.
     if name == "ImageTextInfoNCELoss":
-        warnings.warn(
-            "mrl_text.losses.ImageTextInfoNCELoss moved to mrl_text.image_text.losses.ImageTextInfoNCELoss; import "
-            "it from there.",
-            DeprecationWarning,
-            stacklevel=2,
-        )
+        warnings.warn("mrl_text.losses.ImageTextInfoNCELoss moved to mrl_text.image_text.losses.ImageTextInfoNCELoss; "
+                      "import it from there.", DeprecationWarning, stacklevel=2)
         from .image_text.losses import ImageTextInfoNCELoss
 
         return ImageTextInfoNCELoss

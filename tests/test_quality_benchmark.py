@@ -68,13 +68,13 @@ def tiny(tmp_path_factory):
     return root / "model", data
 
 
-def run(quality, tiny, tmp_path, regime, *extra):
+def run(quality, tiny, tmp_path, regime, *extra, name=None):
     model, data = tiny
     argv = [regime, "--model", str(model), "--data", str(data), "--results", str(tmp_path), "--out", str(tmp_path / "out"),
             "--sizes", "32,16,8", "--batch-size", "8", "--limit-train", "64", "--limit-eval", "20", *extra]
     report = quality.main(argv)
-    markdown = (tmp_path / f"quality_{regime}.md").read_text()
-    assert json.loads((tmp_path / f"quality_{regime}.json").read_text())["command"].endswith(" ".join(argv[-4:]))
+    markdown = (tmp_path / f"quality_{name or regime}.md").read_text()
+    assert json.loads((tmp_path / f"quality_{name or regime}.json").read_text())["command"].endswith(" ".join(argv[-4:]))
     assert "Machine:" in markdown and "Subsampled: training rows subsampled to 64" in markdown
     return report, markdown
 
@@ -144,7 +144,7 @@ def test_batch_order_is_homogeneous_complete_and_seeded(quality):
 
 
 def test_sizes_must_decrease(quality, tiny):
-    with pytest.raises(SystemExit, match="must be distinct and decreasing"):
+    with pytest.raises(SystemExit, match="must be distinct, positive and decreasing"):
         quality.parse_args(["classification", "--model", str(tiny[0]), "--sizes", "8,16,32"])
 
 
@@ -158,7 +158,7 @@ def test_svd_rotation_orders_axes_by_variance(common):
 
 def test_retrieval_validation_compares_variants_on_held_out_queries(quality, tiny, tmp_path):
     report, markdown = run(quality, tiny, tmp_path / "rv", "retrieval-val", "--trainable-layers", "1", "--epochs", "1",
-                           "--val-corpus", "10", "--variants", "plain,mrl,mrl_distill")
+                           "--val-corpus", "10", "--variants", "plain,mrl,mrl_distill", name="retrieval_validation")
     assert [r["variant"] for r in report["runs"]] == ["plain", "mrl", "mrl_distill"]
     assert all(set(r["values"]) == {32, 16, 8} for r in report["runs"])
     assert "6 held out" in report["setup"] and "Difference from plain" in markdown

@@ -25,6 +25,7 @@ import argparse
 import random
 import sys
 import tempfile
+import time
 from pathlib import Path
 
 import numpy as np
@@ -475,6 +476,7 @@ def run_retrieval(args, argv):
 
 RETRIEVAL_VARIANTS = {
     # name: MatryoshkaLoss options (None: plain InfoNCE at full size) and the study's own knobs
+    "none": "untrained",  # the starting encoder: how far training moves each size
     "plain": None,
     "mrl": {},
     "mrl_w4": {"full_weight": 4.0},
@@ -567,65 +569,75 @@ def retrieval_variant_loss(args, options):
     return lambda step, embeddings: (plain if step < full_only_until else mrl)(embeddings)
 
 
-def run_retrieval_validation(args, argv):
-    from transformers import get_linear_schedule_with_warmup
+def retrieval_validation_setup(args):
+    """(data, encoder, tokenizer, cached states split into train columns / validation queries / documents, frozen)."""
+    from mrl_text import MatryoshkaModel
 
-    from mrl_text import MatryoshkaModel, truncate_embeddings
-    from mrl_text.metrics import retrieval_scores
-
-    timings = {}
     data = retrieval_validation_data(args)
     base = MatryoshkaModel.from_encoder(args.model, matryoshka_dimensions=args.sizes)
-    encoder, tokenizer = base.encoder.eval(), base.tokenizer
+    encoder = base.encoder.eval()
     frozen = encoder.config.num_hidden_layers - args.trainable_layers
     if not 0 <= frozen < encoder.config.num_hidden_layers:
         raise SystemExit(f"--trainable-layers {args.trainable_layers}: the encoder has {encoder.config.num_hidden_layers} "
                          "layers; train 1 to all of them.")
     anchors, positives = (list(column) for column in zip(*data["pairs"]))
-    texts = anchors + positives + data["val_queries"] + data["docs"]
-    with common.phase("cache frozen layers", timings):
-        states = cached_states(args, encoder, tokenizer, texts, frozen)
-    n = len(anchors)
-    train_states = [states[:n], states[n : 2 * n]]
-    val_states = states[2 * n : 2 * n + len(data["val_queries"])]
-    doc_states = states[2 * n + len(data["val_queries"]) :]
-    order = batch_order([n], args.batch_size, 0, args.epochs)
-    args.steps = len(order)
+    n, n_val = len(anchors), len(data["val_queries"])
+    states = cached_states(args, encoder, base.tokenizer, anchors + positives + data["val_queries"] + data["docs"], frozen)
+    return data, encoder, (states[:n], states[n : 2 * n]), states[2 * n : 2 * n + n_val], states[2 * n + n_val :], frozen
 
-    def embed(model, rows):
-        with torch.no_grad():
-            return torch.cat([model(*padded(rows[i : i + 128])) for i in range(0, len(rows), 128)])
 
-    runs = []
-    for name in args.variants.split(","):
-        torch.manual_seed(0)
-        random.seed(0)  # MatryoshkaLoss's size sampling
-        model = TopLayers(encoder, args.trainable_layers).train()
-        loss_fn = retrieval_variant_loss(args, RETRIEVAL_VARIANTS[name])
-        optimizer = torch.optim.AdamW(model.parameters(), lr=args.lr)
-        schedule = get_linear_schedule_with_warmup(optimizer, int(np.ceil(args.warmup_ratio * args.steps)), args.steps)
-        with common.phase(f"{name} train", timings):
-            for step, (_, rows) in enumerate(order):
-                embeddings = [torch.nn.functional.normalize(model(*padded([column[i] for i in rows])), dim=-1)
-                              for column in train_states]
-                loss_fn(step, embeddings).backward()
-                optimizer.step()
-                schedule.step()
-                optimizer.zero_grad()
-                if step % 10 == 0:
-                    print(f"{name} step {step}/{args.steps}", flush=True)
-        model.eval()
-        queries, docs = embed(model, val_states), embed(model, doc_states)
-        values = {}
-        for d in args.sizes:
-            scores = truncate_embeddings(queries, d) @ truncate_embeddings(docs, d).T
-            top = scores.topk(10, dim=1).indices.tolist()
-            rankings = [[data["doc_ids"][i] for i in row] for row in top]
-            values[d] = retrieval_scores(rankings, data["val_qrels"], {"ndcg": 10})["ndcg@10"]
-        runs.append({"variant": name, "options": RETRIEVAL_VARIANTS[name], "values": values})
-        print(name, {d: round(100 * v, 2) for d, v in values.items()}, flush=True)
-        report = retrieval_validation_report(args, argv, data, n, frozen, runs, timings)  # after each variant
-    return report
+def retrieval_variant_job(job):
+    """Train one variant from the same initialisation on the same batches; its validation nDCG@10 at every size."""
+    from transformers import get_linear_schedule_with_warmup
+
+    from mrl_text import truncate_embeddings
+    from mrl_text.metrics import retrieval_scores
+
+    args, name = job["args"], job["variant"]
+    data, encoder, train_states, val_states, doc_states, _ = retrieval_validation_setup(args)
+    order = batch_order([len(train_states[0])], args.batch_size, 0, args.epochs) if name != "none" else []
+    torch.manual_seed(0)
+    random.seed(0)  # MatryoshkaLoss's size sampling
+    model = TopLayers(encoder, args.trainable_layers).train()
+    loss_fn = retrieval_variant_loss(args, RETRIEVAL_VARIANTS[name]) if name != "none" else None
+    optimizer = torch.optim.AdamW(model.parameters(), lr=args.lr)
+    schedule = get_linear_schedule_with_warmup(optimizer, int(np.ceil(args.warmup_ratio * args.steps)), args.steps)
+    start = time.perf_counter()
+    for step, (_, rows) in enumerate(order):
+        embeddings = [torch.nn.functional.normalize(model(*padded([column[i] for i in rows])), dim=-1)
+                      for column in train_states]
+        loss_fn(step, embeddings).backward()
+        optimizer.step()
+        schedule.step()
+        optimizer.zero_grad()
+        if step % 10 == 0:
+            print(f"{name} step {step}/{args.steps}", flush=True)
+    model.eval()
+    with torch.no_grad():
+        queries, docs = (torch.cat([model(*padded(rows[i : i + 128])) for i in range(0, len(rows), 128)])
+                         for rows in (val_states, doc_states))
+    values = {}
+    for d in args.sizes:
+        top = (truncate_embeddings(queries, d) @ truncate_embeddings(docs, d).T).topk(10, dim=1).indices.tolist()
+        rankings = [[data["doc_ids"][i] for i in row] for row in top]
+        values[d] = retrieval_scores(rankings, data["val_qrels"], {"ndcg": 10})["ndcg@10"]
+    print(name, {d: round(100 * v, 2) for d, v in values.items()}, flush=True)
+    return {"variant": name, "options": RETRIEVAL_VARIANTS[name], "values": values,
+            "train_seconds": round(time.perf_counter() - start, 1)}
+
+
+def run_retrieval_validation(args, argv):
+    timings = {}
+    with common.phase("cache frozen layers", timings):  # once, before the workers read the cache
+        data, _, train_states, _, _, frozen = retrieval_validation_setup(args)
+    args.steps = len(batch_order([len(train_states[0])], args.batch_size, 0, args.epochs))
+    unknown = sorted(set(args.variants.split(",")) - set(RETRIEVAL_VARIANTS))
+    if unknown:
+        raise SystemExit(f"--variants names {unknown}; choose from {', '.join(RETRIEVAL_VARIANTS)}.")
+    jobs = [{"args": args, "variant": name} for name in args.variants.split(",")]
+    with common.phase("variants", timings):
+        runs = common.run_jobs(retrieval_variant_job, jobs, args.workers, args.device)
+    return retrieval_validation_report(args, argv, data, len(train_states[0]), frozen, runs, timings)
 
 
 def retrieval_validation_report(args, argv, data, n, frozen, runs, timings):

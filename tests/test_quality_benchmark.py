@@ -158,10 +158,13 @@ def test_svd_rotation_orders_axes_by_variance(common):
 
 def test_retrieval_validation_compares_variants_on_held_out_queries(quality, tiny, tmp_path):
     report, markdown = run(quality, tiny, tmp_path / "rv", "retrieval-val", "--trainable-layers", "1", "--epochs", "1",
-                           "--val-corpus", "10", "--variants", "plain,mrl,mrl_distill", name="retrieval_validation")
-    assert [r["variant"] for r in report["runs"]] == ["plain", "mrl", "mrl_distill"]
+                           "--val-corpus", "10", "--variants", "none,plain,mrl,mrl_distill", name="retrieval_validation")
+    assert [r["variant"] for r in report["runs"]] == ["none", "plain", "mrl", "mrl_distill"]
+    assert report["runs"][0]["values"] != report["runs"][1]["values"]  # training moved the encoder
     assert all(set(r["values"]) == {32, 16, 8} for r in report["runs"])
     assert "6 held out" in report["setup"] and "Difference from plain" in markdown
+    with pytest.raises(SystemExit, match=r"--variants names \['mrl_x'\]"):
+        run(quality, tiny, tmp_path / "bad", "retrieval-val", "--variants", "plain,mrl_x", name="retrieval_validation")
 
 
 @pytest.mark.parametrize("sizes, message", [

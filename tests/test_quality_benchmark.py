@@ -157,7 +157,7 @@ def test_svd_rotation_orders_axes_by_variance(common):
 
 
 def test_retrieval_validation_compares_variants_on_held_out_queries(quality, tiny, tmp_path):
-    report, markdown = run(quality, tiny, tmp_path / "rv", "retrieval-val", "--trainable-layers", "1", "--epochs", "1",
+    report, markdown = run(quality, tiny, tmp_path / "rv", "retrieval-val", "--trainable-layers", "1", "--epochs", "2", "--lr", "1e-2",
                            "--val-corpus", "10", "--variants", "none,plain,mrl,mrl_distill", name="retrieval_validation")
     assert [r["variant"] for r in report["runs"]] == ["none", "plain", "mrl", "mrl_distill"]
     assert report["runs"][0]["values"] != report["runs"][1]["values"]  # training moved the encoder

@@ -325,7 +325,9 @@ def train_embedding_model(args, method, datasets_, order, seed, output_dir):
     size = int(method[2:]) if method.startswith("ff") else None
     dims = {"plain": args.sizes[:1], "mrl": args.sizes}.get(method, [size])
     torch.manual_seed(seed)
-    model = MatryoshkaModel.from_encoder(args.model, matryoshka_dimensions=dims, projection_dim=size)
+    full_weight = getattr(args, "mrl_full_weight", 1.0) if method == "mrl" else 1.0
+    model = MatryoshkaModel.from_encoder(args.model, matryoshka_dimensions=dims, projection_dim=size,
+                                         matryoshka_weights=[full_weight] + [1.0] * (len(dims) - 1))
     rows = [datasets_[source][i] for source, batch in order for i in batch]  # already in the shared batch order
     common.train(model, rows, args, output_dir, seed, "infonce", head_lr=args.head_lr, in_order=True)
     return model.eval()
@@ -459,7 +461,9 @@ def run_retrieval(args, argv):
         f"From {args.model}; {results[0]['data']}; {results[0]['steps']} steps of batch {args.batch_size} ({args.epochs} epoch(s), the same batches in the same "
         f"order for every run), InfoNCE (scale 20), lr {args.lr} (projections {args.head_lr or args.lr}), warmup "
         f"{args.warmup_ratio}, {args.max_seq_length} training tokens; evaluated at {args.eval_max_seq_length} tokens; {args.seeds} seed(s), mean ± sd. "
-        "plain: InfoNCE at full size only; mrl: at every size; st: sentence-transformers' "
+        f"plain: InfoNCE at full size only; mrl: at every size (weight {args.mrl_full_weight:g} on the full size, 1 on "
+        f"the others; the full size alone for the first {args.full_size_only_fraction:.0%} of the steps); "
+        "st: sentence-transformers' "
         "MatryoshkaLoss(MultipleNegativesRankingLoss); ffN: projection to N trained alone. " + common.subsampling_note(args)
     )
     report = {**common.report_head(argv, setup), "timings": timings, "runs": results,
@@ -482,6 +486,8 @@ RETRIEVAL_VARIANTS = {
     "mrl_w4": {"full_weight": 4.0},
     "mrl_n3": {"n_dims_per_step": 3},
     "mrl_sched": {"full_only_fraction": 0.5},
+    "mrl_sched25": {"full_only_fraction": 0.25},
+    "mrl_w4_sched25": {"full_weight": 4.0, "full_only_fraction": 0.25},
     "mrl_distill": {"prefix_targets": "full_size"},
 }
 
@@ -651,7 +657,8 @@ def retrieval_validation_report(args, argv, data, n, frozen, runs, timings):
         f"({args.epochs} epochs), the same batches, order and initialisation for every variant; InfoNCE (scale 20), "
         f"AdamW lr {args.lr}, warmup {args.warmup_ratio}, linear decay. Variants: mrl_w4 weight 4 on the full size; "
         "mrl_n3 full size plus 2 sampled smaller sizes per step (n_dims_per_step=3); mrl_sched plain InfoNCE for the "
-        "first half of the steps, then every size; mrl_distill full size on the labels, every smaller prefix "
+        "first half of the steps, then every size (mrl_sched25: the first quarter; mrl_w4_sched25: that and weight 4 on "
+        "the full size); mrl_distill full size on the labels, every smaller prefix "
         "distilled from the detached full-size similarities (prefix_targets='full_size'). " + common.subsampling_note(args)
     )
     report = {**common.report_head(argv, setup), "runs": runs, "timings": timings}
@@ -665,7 +672,7 @@ def retrieval_validation_report(args, argv, data, n, frozen, runs, timings):
         body += [f"| {r['variant']} | " + " | ".join(f"{100 * (r['values'][d] - plain[d]):+.2f}" for d in args.sizes)
                  + " |" for r in runs if r["variant"] != "plain"]
     body += ["", "Wall time per phase: " + ", ".join(f"{k} {v:.0f}s" for k, v in timings.items())]
-    common.write_report(args, "retrieval_validation", report,
+    common.write_report(args, args.report_name, report,
                         "Quality: retrieval recipe study (validation split of SciFact train)", body)
     return report
 
@@ -873,6 +880,11 @@ def parse_args(argv=None):
         sub.add_argument("--head-lr", type=float, default=None, help="projections' learning rate (default: --lr)")
         sub.add_argument("--epochs", type=int, default=epochs)
         sub.add_argument("--eval-max-seq-length", type=int, default=256)
+        if regime == "retrieval":
+            sub.add_argument("--mrl-full-weight", type=float, default=1.0,
+                             help="MRL's weight on the full size (the others 1; see quality_retrieval_validation.md)")
+            sub.add_argument("--full-size-only-fraction", type=float, default=0.0,
+                             help="MRL trains only the full size for this share of the steps, then every size")
     sub = commands.add_parser("retrieval-val", help="recipe study for `retrieval` on a validation split of train")
     common.add_common_arguments(sub, "retrieval_validation")
     sub.set_defaults(sizes=",".join(map(str, common.SIZES)))
@@ -882,6 +894,7 @@ def parse_args(argv=None):
     sub.add_argument("--val-fraction", type=float, default=0.2, help="share of the training queries held out")
     sub.add_argument("--val-corpus", type=int, default=1500, help="random abstracts added to the relevant ones")
     sub.add_argument("--trainable-layers", type=int, default=2, help="top encoder layers trained (the rest cached)")
+    sub.add_argument("--report-name", default="retrieval_validation", help="results file: quality_<name>.json/.md")
     args = common.finish_arguments(parser.parse_args(argv))
     if args.regime in ("retrieval", "finished"):
         for method in args.methods.split(","):

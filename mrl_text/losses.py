@@ -293,6 +293,8 @@ class MatryoshkaLoss(nn.Module):
         prefix_targets (`str`): `"labels"` (the paper): every size learns the task's targets; `"full_size"`: the
             largest size learns them and every smaller prefix matches the largest size's detached score
             distribution (KL divergence over the base loss's `logits`, e.g. `InfoNCELoss`'s in-batch scores).
+    Setting the attribute `full_size_only = True` trains only the largest size until it is set back (the trainer's
+    `full_size_only_fraction` does so for the first part of training: quality_retrieval_validation.md).
 
     Example:
 
@@ -314,9 +316,7 @@ class MatryoshkaLoss(nn.Module):
         if prefix_targets == "full_size" and not hasattr(base_loss, "logits"):
             raise ValueError(f"prefix_targets='full_size' distils scores; {type(base_loss).__name__} has no `logits`.")
         if getattr(base_loss, "sums_over_sizes", False):
-            raise ValueError(
-                f"{type(base_loss).__name__} already weights every size (nested heads); use it without MatryoshkaLoss."
-            )
+            raise ValueError(f"{type(base_loss).__name__} already weights every size (nested heads); use it alone.")
         dims = [int(d) for d in matryoshka_dimensions]
         weights = [1.0] * len(dims) if matryoshka_weights is None else [float(w) for w in matryoshka_weights]
         if len(weights) != len(dims):
@@ -331,6 +331,7 @@ class MatryoshkaLoss(nn.Module):
         self.keep_full_dim = keep_full_dim
         self.normalize = normalize
         self.prefix_targets = prefix_targets
+        self.full_size_only = False
 
     @classmethod
     def from_config(cls, config, base_loss, **kwargs):
@@ -352,6 +353,8 @@ class MatryoshkaLoss(nn.Module):
     def sizes_for_step(self):
         """The (size, weight) pairs this step trains, largest first."""
         pairs = list(zip(self.matryoshka_dimensions, self.matryoshka_weights))
+        if self.full_size_only:
+            return pairs[:1]
         if self.n_dims_per_step is None or self.n_dims_per_step == len(pairs):
             return pairs
         if self.keep_full_dim:

@@ -278,3 +278,28 @@ def test_scaled_head_inputs_lengthen_small_prefixes_and_survive_saving(efficient
     assert {g["lr"] for g in build_optimizer(model, 1e-4, 1e-2, scale_heads_by_size=True).param_groups} == {1e-4, 1e-2}
     old = MatryoshkaConfig(encoder=tiny_bert_config(), matryoshka_dimensions=[32, 8], num_labels=3)
     assert not MatryoshkaForSequenceClassification(old).classifier.scale_inputs  # configs saved before the option
+
+
+def test_full_size_only_trains_the_largest_size_for_the_first_steps(make_model, tmp_path):
+    from datasets import Dataset
+
+    from mrl_text import MatryoshkaTrainer, MatryoshkaTrainingArguments
+
+    torch.manual_seed(0)
+    a, p = torch.randn(4, 16), torch.randn(4, 16)
+    loss = MatryoshkaLoss(InfoNCELoss(), [16, 8, 4])
+    loss.full_size_only = True
+    assert loss.sizes_for_step() == [(16, 1.0)]
+    torch.testing.assert_close(loss([a, p]), InfoNCELoss()([F.normalize(a, dim=-1), F.normalize(p, dim=-1)]))
+    args = MatryoshkaTrainingArguments(output_dir=str(tmp_path), max_steps=10, per_device_train_batch_size=4,
+                                       report_to="none", use_cpu=True, full_size_only_fraction=0.5)
+    data = Dataset.from_dict({"anchor": ["a b", "c d", "e f", "g h"], "positive": ["b a", "d c", "f e", "h g"]})
+    trainer = MatryoshkaTrainer(model=make_model(), args=args, train_dataset=data)
+    batch = trainer.data_collator([data[i] for i in range(4)])
+    trainer.state.max_steps = 10
+    for step, only_full in ((0, True), (4, True), (5, False), (9, False)):
+        trainer.state.global_step = step
+        trainer.compute_loss(trainer.model, batch)
+        assert trainer.loss_fn.full_size_only is only_full
+    with pytest.raises(ValueError, match="full_size_only_fraction=1.5 must be between 0 and 1"):
+        MatryoshkaTrainingArguments(output_dir=str(tmp_path), full_size_only_fraction=1.5)

@@ -11,6 +11,8 @@ From all-MiniLM-L6-v2 (`--model`), on the shared data folder (`--data`):
 - `retrieval`: SciFact's training queries -> SciFact test nDCG@10: plain InfoNCE, MRL, sentence-transformers'
   MatryoshkaLoss (the peer), FF-64 and FF-32; same batches and steps for all.
 - `finished`: the finished-model setting (SNLI triplets + MRPC pairs; STS-B, SciFact, Banking77 probe).
+- `heads`, `retrieval-val`: recipe studies on validation splits held out from train (CPU-sized): how nested heads
+  train, and MRL loss variants (size weights, a full-size-only phase, sampled sizes, distilled prefixes) against plain.
 
 Every run uses the library's trainer with `mrl_text.optimization.build_optimizer` (heads and projections at `--head-lr`), seeds
 0..N-1 (`--seeds`), mean and spread over seeds. Results: `<--results>/quality_<regime>.json` and `.md`, headed by

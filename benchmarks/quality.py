@@ -11,6 +11,8 @@ From all-MiniLM-L6-v2 (`--model`), on the shared data folder (`--data`):
 - `retrieval`: SciFact's training queries -> SciFact test nDCG@10: plain InfoNCE, MRL, sentence-transformers'
   MatryoshkaLoss (the peer), FF-64 and FF-32; same batches and steps for all.
 - `finished`: the finished-model setting (SNLI triplets + MRPC pairs; STS-B, SciFact, Banking77 probe).
+- `heads`, `retrieval-val`: recipe studies on validation splits held out from train (CPU-sized): how nested heads
+  train, and MRL loss variants (size weights, a full-size-only phase, sampled sizes, distilled prefixes) against plain.
 
 Every run uses the library's trainer with `mrl_text.optimization.build_optimizer` (heads and projections at `--head-lr`), seeds
 0..N-1 (`--seeds`), mean and spread over seeds. Results: `<--results>/quality_<regime>.json` and `.md`, headed by
@@ -25,6 +27,7 @@ import argparse
 import random
 import sys
 import tempfile
+import time
 from pathlib import Path
 
 import numpy as np
@@ -49,7 +52,7 @@ def load_task(args, name):
     folder = Path(args.data) / name
     texts, labels = load_classification(folder / "train.tsv")
     test_texts, test_labels = load_classification(folder / "test.tsv")
-    classes = sorted(set(labels), key=str)
+    classes = sorted(set(labels), key=lambda c: (isinstance(c, str), c))  # ids with gaps become 0..n-1 in order
     unknown = sorted(set(test_labels) - set(classes), key=str)
     if unknown:
         raise ValueError(f"{folder / 'test.tsv'}: labels {unknown[:5]} never occur in train.tsv.")
@@ -80,6 +83,7 @@ def build_classifier(args, method, size, num_labels):
     config = base.config
     config.num_labels = num_labels
     config.efficient_heads = method == "mrl_e"
+    config.scale_head_inputs = method == "mrl_e" and args.tied_head_inputs == "scaled"
     model = MatryoshkaForSequenceClassification(config, encoder=base.encoder)
     model.tokenizer = base.tokenizer
     return model
@@ -234,7 +238,8 @@ def run_classification(args, argv):
     rows = classification_rows(results, args.sizes)
     setup = (
         f"From {args.model}; {', '.join(datasets)}; {args.epochs} epoch(s), batch {args.batch_size}, lr {args.lr} "
-        f"(heads: {args.head_lr or args.lr}, {args.head_lr_rule} by size), warmup {args.warmup_ratio}, "
+        f"(heads: {args.head_lr or args.lr}, {args.head_lr_rule} by size; MRL-E heads read {args.tied_head_inputs} "
+        f"prefixes), warmup {args.warmup_ratio}, "
         f"{args.max_seq_length} tokens; {args.seeds} seed(s) (mean ± sd over seeds of the dataset average); validation = "
         f"{args.val_fraction:.0%} of train held out (seeded); scored on the {args.eval_split} split. "
         + common.subsampling_note(args)
@@ -322,7 +327,9 @@ def train_embedding_model(args, method, datasets_, order, seed, output_dir):
     size = int(method[2:]) if method.startswith("ff") else None
     dims = {"plain": args.sizes[:1], "mrl": args.sizes}.get(method, [size])
     torch.manual_seed(seed)
-    model = MatryoshkaModel.from_encoder(args.model, matryoshka_dimensions=dims, projection_dim=size)
+    full_weight = getattr(args, "mrl_full_weight", 1.0) if method == "mrl" else 1.0
+    model = MatryoshkaModel.from_encoder(args.model, matryoshka_dimensions=dims, projection_dim=size,
+                                         matryoshka_weights=[full_weight] + [1.0] * (len(dims) - 1))
     rows = [datasets_[source][i] for source, batch in order for i in batch]  # already in the shared batch order
     common.train(model, rows, args, output_dir, seed, "infonce", head_lr=args.head_lr, in_order=True)
     return model.eval()
@@ -456,7 +463,9 @@ def run_retrieval(args, argv):
         f"From {args.model}; {results[0]['data']}; {results[0]['steps']} steps of batch {args.batch_size} ({args.epochs} epoch(s), the same batches in the same "
         f"order for every run), InfoNCE (scale 20), lr {args.lr} (projections {args.head_lr or args.lr}), warmup "
         f"{args.warmup_ratio}, {args.max_seq_length} training tokens; evaluated at {args.eval_max_seq_length} tokens; {args.seeds} seed(s), mean ± sd. "
-        "plain: InfoNCE at full size only; mrl: at every size; st: sentence-transformers' "
+        f"plain: InfoNCE at full size only; mrl: at every size (weight {args.mrl_full_weight:g} on the full size, 1 on "
+        f"the others; the full size alone for the first {args.full_size_only_fraction:.0%} of the steps); "
+        "st: sentence-transformers' "
         "MatryoshkaLoss(MultipleNegativesRankingLoss); ffN: projection to N trained alone. " + common.subsampling_note(args)
     )
     report = {**common.report_head(argv, setup), "timings": timings, "runs": results,
@@ -465,6 +474,208 @@ def run_retrieval(args, argv):
     body += common.targets_lines(report["targets"])
     body += ["", "Wall time per phase: " + ", ".join(f"{k} {v:.0f}s" for k, v in timings.items())]
     common.write_report(args, "retrieval", report, "Quality: retrieval adaptation (SciFact)", body)
+    return report
+
+
+# ---------------------------------------------------------------------------------------------------------------
+# Retrieval recipe study (validation only): can MRL keep plain InfoNCE's full size without losing its small sizes?
+
+RETRIEVAL_VARIANTS = {
+    # name: MatryoshkaLoss options (None: plain InfoNCE at full size) and the study's own knobs
+    "none": "untrained",  # the starting encoder: how far training moves each size
+    "plain": None,
+    "mrl": {},
+    "mrl_w4": {"full_weight": 4.0},
+    "mrl_n3": {"n_dims_per_step": 3},
+    "mrl_sched": {"full_only_fraction": 0.5},
+    "mrl_sched25": {"full_only_fraction": 0.25},
+    "mrl_w4_sched25": {"full_weight": 4.0, "full_only_fraction": 0.25},
+    "mrl_distill": {"prefix_targets": "full_size"},
+}
+
+
+def retrieval_validation_data(args):
+    """SciFact's training queries split (seeded) into train and validation queries; the validation queries are
+    scored against their relevant abstracts plus `--val-corpus` random other abstracts. No test data is read."""
+    from mrl_text.data import load_beir
+
+    corpus, queries, qrels = load_beir(Path(args.data) / "scifact", "train")
+    query_ids = sorted(qrels)
+    random.Random(0).shuffle(query_ids)
+    n_val = round(args.val_fraction * len(query_ids))
+    val_ids, train_ids = common.subsample(sorted(query_ids[:n_val]), args.limit_eval), sorted(query_ids[n_val:])
+    pairs = [(queries[q], corpus[d]) for q in train_ids for d in sorted(qrels[q]) if qrels[q][d] > 0]
+    pairs = common.subsample(pairs, args.limit_train)
+    relevant = {d for q in val_ids for d in qrels[q]}
+    doc_ids = sorted(relevant) + common.subsample(sorted(set(corpus) - relevant), args.val_corpus)
+    return {"pairs": pairs, "val_queries": [queries[q] for q in val_ids], "val_qrels": [qrels[q] for q in val_ids],
+            "doc_ids": doc_ids, "docs": [corpus[d] for d in doc_ids], "n_train_queries": len(train_ids)}
+
+
+class TopLayers(torch.nn.Module):
+    """The encoder's top `n` transformer layers over cached hidden states of the layers below (frozen), mean-pooled:
+    the study's trainable model. Caching the frozen bottom makes a CPU step ~3x cheaper than full fine-tuning."""
+
+    def __init__(self, encoder, n):
+        super().__init__()
+        import copy
+
+        self.config = encoder.config
+        self.layers = copy.deepcopy(encoder.encoder.layer[-n:])
+
+    def forward(self, states, mask):
+        from transformers.masking_utils import create_bidirectional_mask
+
+        from mrl_text.modeling_matryoshka_utils import pool
+
+        attention = create_bidirectional_mask(config=self.config, inputs_embeds=states, attention_mask=mask)
+        for layer in self.layers:
+            states = layer(states, attention)
+        return pool(states, mask, "mean")
+
+
+def cached_states(args, encoder, tokenizer, texts, frozen_layers):
+    """Per text, the hidden states after the bottom `frozen_layers` layers (unpadded, float32)."""
+    cache = Path(args.out) / f"states-{len(texts)}-{args.max_seq_length}-{frozen_layers}.pt"
+    if cache.is_file():
+        return torch.load(cache)
+    states = []
+    with torch.inference_mode():
+        for start in range(0, len(texts), 64):
+            inputs = tokenizer(texts[start : start + 64], padding=True, truncation=True,
+                               max_length=args.max_seq_length, return_tensors="pt")
+            hidden = encoder(**inputs, output_hidden_states=True).hidden_states[frozen_layers]
+            states += [h[: int(m.sum())].clone() for h, m in zip(hidden, inputs["attention_mask"])]
+            print(f"cached {len(states)}/{len(texts)}", flush=True)
+    cache.parent.mkdir(parents=True, exist_ok=True)
+    torch.save(states, cache)
+    return states
+
+
+def padded(states):
+    """A batch of cached per-text states -> (states (batch, longest, hidden), mask (batch, longest))."""
+    longest = max(s.shape[0] for s in states)
+    batch = torch.zeros(len(states), longest, states[0].shape[-1])
+    mask = torch.zeros(len(states), longest, dtype=torch.long)
+    for i, s in enumerate(states):
+        batch[i, : s.shape[0]], mask[i, : s.shape[0]] = s, 1
+    return batch, mask
+
+
+def retrieval_variant_loss(args, options):
+    """`loss(step, [anchor, positive]) -> scalar` for one variant, from the library's losses."""
+    from mrl_text.losses import InfoNCELoss, MatryoshkaLoss
+
+    base = InfoNCELoss(scale=20.0)
+    plain = MatryoshkaLoss(base, args.sizes[:1])
+    if options is None:
+        return lambda step, embeddings: plain(embeddings)
+    options = dict(options)
+    full_only_until = options.pop("full_only_fraction", 0.0) * args.steps
+    weights = [options.pop("full_weight", 1.0)] + [1.0] * (len(args.sizes) - 1)
+    mrl = MatryoshkaLoss(base, args.sizes, weights, **options)
+    return lambda step, embeddings: (plain if step < full_only_until else mrl)(embeddings)
+
+
+def retrieval_validation_setup(args):
+    """(data, encoder, tokenizer, cached states split into train columns / validation queries / documents, frozen)."""
+    from mrl_text import MatryoshkaModel
+
+    data = retrieval_validation_data(args)
+    base = MatryoshkaModel.from_encoder(args.model, matryoshka_dimensions=args.sizes)
+    encoder = base.encoder.eval()
+    frozen = encoder.config.num_hidden_layers - args.trainable_layers
+    if not 0 <= frozen < encoder.config.num_hidden_layers:
+        raise SystemExit(f"--trainable-layers {args.trainable_layers}: the encoder has {encoder.config.num_hidden_layers} "
+                         "layers; train 1 to all of them.")
+    anchors, positives = (list(column) for column in zip(*data["pairs"]))
+    n, n_val = len(anchors), len(data["val_queries"])
+    states = cached_states(args, encoder, base.tokenizer, anchors + positives + data["val_queries"] + data["docs"], frozen)
+    return data, encoder, (states[:n], states[n : 2 * n]), states[2 * n : 2 * n + n_val], states[2 * n + n_val :], frozen
+
+
+def retrieval_variant_job(job):
+    """Train one variant from the same initialisation on the same batches; its validation nDCG@10 at every size."""
+    from transformers import get_linear_schedule_with_warmup
+
+    from mrl_text import truncate_embeddings
+    from mrl_text.metrics import retrieval_scores
+
+    args, name = job["args"], job["variant"]
+    data, encoder, train_states, val_states, doc_states, _ = retrieval_validation_setup(args)
+    order = batch_order([len(train_states[0])], args.batch_size, 0, args.epochs) if name != "none" else []
+    torch.manual_seed(0)
+    random.seed(0)  # MatryoshkaLoss's size sampling
+    model = TopLayers(encoder, args.trainable_layers).train()
+    loss_fn = retrieval_variant_loss(args, RETRIEVAL_VARIANTS[name]) if name != "none" else None
+    optimizer = torch.optim.AdamW(model.parameters(), lr=args.lr)
+    schedule = get_linear_schedule_with_warmup(optimizer, int(np.ceil(args.warmup_ratio * args.steps)), args.steps)
+    start = time.perf_counter()
+    for step, (_, rows) in enumerate(order):
+        embeddings = [torch.nn.functional.normalize(model(*padded([column[i] for i in rows])), dim=-1)
+                      for column in train_states]
+        loss_fn(step, embeddings).backward()
+        optimizer.step()
+        schedule.step()
+        optimizer.zero_grad()
+        if step % 10 == 0:
+            print(f"{name} step {step}/{args.steps}", flush=True)
+    model.eval()
+    with torch.no_grad():
+        queries, docs = (torch.cat([model(*padded(rows[i : i + 128])) for i in range(0, len(rows), 128)])
+                         for rows in (val_states, doc_states))
+    values = {}
+    for d in args.sizes:
+        top = (truncate_embeddings(queries, d) @ truncate_embeddings(docs, d).T).topk(10, dim=1).indices.tolist()
+        rankings = [[data["doc_ids"][i] for i in row] for row in top]
+        values[d] = retrieval_scores(rankings, data["val_qrels"], {"ndcg": 10})["ndcg@10"]
+    print(name, {d: round(100 * v, 2) for d, v in values.items()}, flush=True)
+    return {"variant": name, "options": RETRIEVAL_VARIANTS[name], "values": values,
+            "train_seconds": round(time.perf_counter() - start, 1)}
+
+
+def run_retrieval_validation(args, argv):
+    timings = {}
+    with common.phase("cache frozen layers", timings):  # once, before the workers read the cache
+        data, _, train_states, _, _, frozen = retrieval_validation_setup(args)
+    args.steps = len(batch_order([len(train_states[0])], args.batch_size, 0, args.epochs))
+    unknown = sorted(set(args.variants.split(",")) - set(RETRIEVAL_VARIANTS))
+    if unknown:
+        raise SystemExit(f"--variants names {unknown}; choose from {', '.join(RETRIEVAL_VARIANTS)}.")
+    jobs = [{"args": args, "variant": name} for name in args.variants.split(",")]
+    with common.phase("variants", timings):
+        runs = common.run_jobs(retrieval_variant_job, jobs, args.workers, args.device)
+    return retrieval_validation_report(args, argv, data, len(train_states[0]), frozen, runs, timings)
+
+
+def retrieval_validation_report(args, argv, data, n, frozen, runs, timings):
+    setup = (
+        f"Validation only (no SciFact test data read): SciFact's {data['n_train_queries'] + len(data['val_queries'])} "
+        f"training queries split (seeded) into {data['n_train_queries']} for training ({n} query-abstract pairs) and "
+        f"{len(data['val_queries'])} held out; those are scored (nDCG@10) against a sub-corpus of their "
+        f"{len(data['docs']) - args.val_corpus} relevant abstracts plus {args.val_corpus} random others. From {args.model}: "
+        f"the bottom {frozen} layers frozen (their states cached), the top {args.trainable_layers} trained, mean pooling; "
+        f"{args.max_seq_length} tokens for training and evaluation; {args.steps} steps of batch {args.batch_size} "
+        f"({args.epochs} epochs), the same batches, order and initialisation for every variant; InfoNCE (scale 20), "
+        f"AdamW lr {args.lr}, warmup {args.warmup_ratio}, linear decay. Variants: mrl_w4 weight 4 on the full size; "
+        "mrl_n3 full size plus 2 sampled smaller sizes per step (n_dims_per_step=3); mrl_sched plain InfoNCE for the "
+        "first half of the steps, then every size (mrl_sched25: the first quarter; mrl_w4_sched25: that and weight 4 on "
+        "the full size); mrl_distill full size on the labels, every smaller prefix "
+        "distilled from the detached full-size similarities (prefix_targets='full_size'). " + common.subsampling_note(args)
+    )
+    report = {**common.report_head(argv, setup), "runs": runs, "timings": timings}
+    plain = next((r["values"] for r in runs if r["variant"] == "plain"), None)
+    body = ["Validation nDCG@10 x100:", "", "| variant | " + " | ".join(map(str, args.sizes)) + " |",
+            "|---|" + "---|" * len(args.sizes)]
+    body += [f"| {r['variant']} | " + " | ".join(f"{100 * r['values'][d]:.2f}" for d in args.sizes) + " |" for r in runs]
+    if plain:
+        body += ["", "Difference from plain (x100):", "", "| variant | " + " | ".join(map(str, args.sizes)) + " |",
+                 "|---|" + "---|" * len(args.sizes)]
+        body += [f"| {r['variant']} | " + " | ".join(f"{100 * (r['values'][d] - plain[d]):+.2f}" for d in args.sizes)
+                 + " |" for r in runs if r["variant"] != "plain"]
+    body += ["", "Wall time per phase: " + ", ".join(f"{k} {v:.0f}s" for k, v in timings.items())]
+    common.write_report(args, args.report_name, report,
+                        "Quality: retrieval recipe study (validation split of SciFact train)", body)
     return report
 
 
@@ -580,6 +791,7 @@ def run_heads(args, argv):
             for head_lr in args.head_lrs:
                 torch.manual_seed(0)
                 model = build_classifier(args, method, None, len(task["classes"]))
+                model.classifier.scale_inputs = feed == "sized"  # the library's option (config.scale_head_inputs)
                 model.matryoshka.requires_grad_(False)  # frozen encoder: only the heads train
                 heads = model.classifier
                 optimizer = common.build_optimizer(model, 0.0, head_lr, scale_heads_by_size=rule == "scaled")
@@ -612,7 +824,8 @@ def run_heads(args, argv):
         f"data used), frozen pooled features of {args.model} at {args.max_seq_length} tokens; heads initialised as "
         f"MatryoshkaForSequenceClassification initialises them, AdamW, {args.warmup_ratio:.0%} warm-up then linear "
         f"decay, batch {args.batch_size}, Matryoshka cross-entropy over all sizes. `normalized`: each head reads its "
-        f"re-normalized prefix times {args.feature_scale}. " + common.subsampling_note(args)
+        f"re-normalized prefix times {args.feature_scale}; `sized`: the library's `scale_head_inputs` (each head reads its "
+        "raw prefix times sqrt(full / d)). " + common.subsampling_note(args)
     )
     report = {**common.report_head(argv, setup), "probe": probes, "runs": runs, "timings": timings}
     sizes = args.sizes
@@ -644,6 +857,8 @@ def parse_args(argv=None):
         sub.add_argument("--epochs", type=int, default=1)
         sub.add_argument("--eval-max-seq-length", type=int, default=64)
         sub.add_argument("--val-fraction", type=float, default=0.1, help="share of train held out as validation")
+        sub.add_argument("--tied-head-inputs", choices=("scaled", "raw"), default="scaled",
+                         help="MRL-E: scaled, each tied head reads its prefix times sqrt(full / d) (scale_head_inputs)")
         if regime == "classification":
             sub.add_argument("--datasets", default=",".join(CLASSIFICATION_DATASETS))
             sub.add_argument("--methods", default=",".join(CLASSIFICATION_METHODS))
@@ -653,7 +868,7 @@ def parse_args(argv=None):
             sub.add_argument("--steps", type=int, nargs="+", default=[313])
             sub.add_argument("--head-lrs", type=float, nargs="+", default=[1e-2, 3e-2, 1e-1])
             sub.add_argument("--settings", default="mrl:raw:flat,mrl:raw:scaled,mrl_e:raw:flat,mrl:normalized:flat",
-                             help="method:feed:lr rule, comma-separated (feed raw|normalized, rule flat|scaled)")
+                             help="method:feed:lr rule, comma-separated (feed raw|normalized|sized, rule flat|scaled)")
             sub.add_argument("--feature-scale", type=float, default=10.0)
     for regime, methods, lr, epochs, tokens, sizes in (
         ("retrieval", "plain,mrl,st,ff64,ff32", 2e-5, 3, 128, common.SIZES),
@@ -667,15 +882,36 @@ def parse_args(argv=None):
         sub.add_argument("--head-lr", type=float, default=None, help="projections' learning rate (default: --lr)")
         sub.add_argument("--epochs", type=int, default=epochs)
         sub.add_argument("--eval-max-seq-length", type=int, default=256)
-    args = parser.parse_args(argv)
-    return common.finish_arguments(args)
+        if regime == "retrieval":
+            sub.add_argument("--mrl-full-weight", type=float, default=1.0,
+                             help="MRL's weight on the full size (the others 1; see quality_retrieval_validation.md)")
+            sub.add_argument("--full-size-only-fraction", type=float, default=0.0,
+                             help="MRL trains only the full size for this share of the steps, then every size")
+    sub = commands.add_parser("retrieval-val", help="recipe study for `retrieval` on a validation split of train")
+    common.add_common_arguments(sub, "retrieval_validation")
+    sub.set_defaults(sizes=",".join(map(str, common.SIZES)))
+    sub.add_argument("--variants", default=",".join(RETRIEVAL_VARIANTS), help=f"of {', '.join(RETRIEVAL_VARIANTS)}")
+    sub.add_argument("--lr", type=float, default=2e-5)
+    sub.add_argument("--epochs", type=int, default=3)
+    sub.add_argument("--val-fraction", type=float, default=0.2, help="share of the training queries held out")
+    sub.add_argument("--val-corpus", type=int, default=1500, help="random abstracts added to the relevant ones")
+    sub.add_argument("--trainable-layers", type=int, default=2, help="top encoder layers trained (the rest cached)")
+    sub.add_argument("--report-name", default="retrieval_validation", help="results file: quality_<name>.json/.md")
+    args = common.finish_arguments(parser.parse_args(argv))
+    if args.regime in ("retrieval", "finished"):
+        for method in args.methods.split(","):
+            size = method[2:] if method.startswith("ff") else None
+            if method not in ("plain", "mrl", "st") and not (size and size.isdigit() and 0 < int(size) <= args.encoder_size):
+                raise SystemExit(f"--methods names {method!r}; use plain, mrl, st or ffN with N in 1..{args.encoder_size} "
+                                 "(a projection no larger than the encoder's embedding size).")
+    return args
 
 
 def main(argv=None):
     argv = sys.argv[1:] if argv is None else list(argv)
     args = parse_args(argv)
     runners = {"classification": run_classification, "adaptive": run_adaptive, "heads": run_heads,
-               "retrieval": run_retrieval, "finished": run_finished}
+               "retrieval": run_retrieval, "finished": run_finished, "retrieval-val": run_retrieval_validation}
     return runners[args.regime](args, argv)
 
 

@@ -62,13 +62,7 @@ class InfoNCELoss(nn.Module):
 
     Inputs: `loss([anchor, positive, *negatives], labels=None)`, each `(batch, dim)` and unit length. Anchor `i`'s
     positive is candidate `i` of the global batch; all other positives and all hard negatives are its negatives.
-
-    Example:
-
-    ```python
-    >>> loss_fn = MatryoshkaLoss.from_config(model.config, InfoNCELoss(scale=20.0))
-    >>> loss = loss_fn([anchor_full, positive_full, negative_full])
-    ```
+    Wrap it in `MatryoshkaLoss` (example there) to train every size.
     """
 
     # What the trainer's data must hold: text columns (anchor, positive, hard negatives...) and no label column.
@@ -92,12 +86,18 @@ class InfoNCELoss(nn.Module):
         self.symmetric = symmetric
         self.gather_across_devices = gather_across_devices
 
-    def forward(self, embeddings, labels=None):
+    def logits(self, embeddings):
+        """`(scale * cos(anchor, candidate), targets)`: each anchor's scores over the global batch's candidates."""
         anchor, positive, *negatives = unpack(embeddings, ["anchor", "positive", "*negatives"], self)
         gather, targets = in_batch_targets(anchor.shape[0], anchor.device, self.gather_across_devices)
         candidates = torch.cat([gather(positive)] + [gather(n) for n in negatives], dim=0)
-        loss = nn.functional.cross_entropy(self.scale * anchor @ candidates.T, targets)
+        return self.scale * anchor @ candidates.T, targets
+
+    def forward(self, embeddings, labels=None):
+        anchor, positive, *_ = unpack(embeddings, ["anchor", "positive", "*negatives"], self)
+        loss = nn.functional.cross_entropy(*self.logits(embeddings))
         if self.symmetric:
+            gather, targets = in_batch_targets(anchor.shape[0], anchor.device, self.gather_across_devices)
             loss = (loss + nn.functional.cross_entropy(self.scale * positive @ gather(anchor).T, targets)) / 2
         return loss
 
@@ -290,6 +290,11 @@ class MatryoshkaLoss(nn.Module):
             sorted largest first.
         keep_full_dim (`bool`): with `n_dims_per_step`, always include the full size in the sample.
         normalize (`bool`): re-normalize each prefix (cosine-similarity losses want True).
+        prefix_targets (`str`): `"labels"` (the paper): every size learns the task's targets; `"full_size"`: the
+            largest size learns them and every smaller prefix matches the largest size's detached score
+            distribution (KL divergence over the base loss's `logits`, e.g. `InfoNCELoss`'s in-batch scores).
+    Setting the attribute `full_size_only = True` trains only the largest size until it is set back (the trainer's
+    `full_size_only_fraction` does so for the first part of training: quality_retrieval_validation.md).
 
     Example:
 
@@ -303,20 +308,15 @@ class MatryoshkaLoss(nn.Module):
 
     citation = MATRYOSHKA_CITATION
 
-    def __init__(
-        self,
-        base_loss,
-        matryoshka_dimensions,
-        matryoshka_weights=None,
-        n_dims_per_step=None,
-        keep_full_dim=True,
-        normalize=True,
-    ):
+    def __init__(self, base_loss, matryoshka_dimensions, matryoshka_weights=None, n_dims_per_step=None,
+                 keep_full_dim=True, normalize=True, prefix_targets="labels"):
         super().__init__()
+        if prefix_targets not in ("labels", "full_size"):
+            raise ValueError(f"prefix_targets={prefix_targets!r}; choose 'labels' or 'full_size'.")
+        if prefix_targets == "full_size" and not hasattr(base_loss, "logits"):
+            raise ValueError(f"prefix_targets='full_size' distils scores; {type(base_loss).__name__} has no `logits`.")
         if getattr(base_loss, "sums_over_sizes", False):
-            raise ValueError(
-                f"{type(base_loss).__name__} already weights every size (nested heads); use it without MatryoshkaLoss."
-            )
+            raise ValueError(f"{type(base_loss).__name__} already weights every size (nested heads); use it alone.")
         dims = [int(d) for d in matryoshka_dimensions]
         weights = [1.0] * len(dims) if matryoshka_weights is None else [float(w) for w in matryoshka_weights]
         if len(weights) != len(dims):
@@ -330,6 +330,8 @@ class MatryoshkaLoss(nn.Module):
         self.n_dims_per_step = n_dims_per_step
         self.keep_full_dim = keep_full_dim
         self.normalize = normalize
+        self.prefix_targets = prefix_targets
+        self.full_size_only = False
 
     @classmethod
     def from_config(cls, config, base_loss, **kwargs):
@@ -351,6 +353,8 @@ class MatryoshkaLoss(nn.Module):
     def sizes_for_step(self):
         """The (size, weight) pairs this step trains, largest first."""
         pairs = list(zip(self.matryoshka_dimensions, self.matryoshka_weights))
+        if self.full_size_only:
+            return pairs[:1]
         if self.n_dims_per_step is None or self.n_dims_per_step == len(pairs):
             return pairs
         if self.keep_full_dim:
@@ -364,13 +368,22 @@ class MatryoshkaLoss(nn.Module):
         if isinstance(embeddings, torch.Tensor):
             embeddings = [embeddings]
         embedding_labels = labels is not None and getattr(self.base_loss, "embedding_labels", False)
-        total = 0.0
+        total, full = 0.0, self.matryoshka_dimensions[0]
+        if self.prefix_targets == "full_size":
+            with torch.no_grad():
+                teacher = self.base_loss.logits([truncate_embeddings(e, full, self.normalize) for e in embeddings])[0]
+            teacher = teacher.log_softmax(-1)
         for dim, weight in self.sizes_for_step():
             if weight == 0:
                 continue
             prefixes = [truncate_embeddings(e, dim, self.normalize) for e in embeddings]
-            sized_labels = truncate_embeddings(labels, dim, self.normalize) if embedding_labels else labels
-            total = total + weight * self.base_loss(prefixes, sized_labels)
+            if self.prefix_targets == "full_size" and dim != full:  # KL(full size's distribution || the prefix's)
+                student = self.base_loss.logits(prefixes)[0].log_softmax(-1)
+                loss = nn.functional.kl_div(student, teacher, reduction="batchmean", log_target=True)
+            else:
+                sized_labels = truncate_embeddings(labels, dim, self.normalize) if embedding_labels else labels
+                loss = self.base_loss(prefixes, sized_labels)
+            total = total + weight * loss
         return total
 
     def get_config_dict(self):
@@ -384,6 +397,7 @@ class MatryoshkaLoss(nn.Module):
             "n_dims_per_step": self.n_dims_per_step,
             "keep_full_dim": self.keep_full_dim,
             "normalize": self.normalize,
+            "prefix_targets": self.prefix_targets,
         }
 
 
@@ -420,12 +434,8 @@ def get_loss(name, **options):
 def __getattr__(name):
     # Image-text losses live in the image_text subpackage; the old import path keeps working, with a warning.
     if name == "ImageTextInfoNCELoss":
-        warnings.warn(
-            "mrl_text.losses.ImageTextInfoNCELoss moved to mrl_text.image_text.losses.ImageTextInfoNCELoss; import "
-            "it from there.",
-            DeprecationWarning,
-            stacklevel=2,
-        )
+        warnings.warn("mrl_text.losses.ImageTextInfoNCELoss moved to mrl_text.image_text.losses.ImageTextInfoNCELoss; "
+                      "import it from there.", DeprecationWarning, stacklevel=2)
         from .image_text.losses import ImageTextInfoNCELoss
 
         return ImageTextInfoNCELoss

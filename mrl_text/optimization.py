@@ -31,7 +31,8 @@ def build_optimizer(model, learning_rate, head_learning_rate=None, weight_decay=
     encoder_ids = {id(p) for p in inner.encoder.parameters()}
     size_factor = {}
     for module in model.modules():
-        if scale_heads_by_size and isinstance(module, MatryoshkaLinear) and not module.efficient:
+        # Tied heads share one weight; heads that scale their inputs already get the same effect (MatryoshkaLinear).
+        if scale_heads_by_size and isinstance(module, MatryoshkaLinear) and not (module.efficient or module.scale_inputs):
             for dim, head in zip(module.dims, module.heads):
                 size_factor.update({id(p): math.sqrt(module.in_features / dim) for p in head.parameters()})
     groups = {}

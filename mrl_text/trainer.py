@@ -61,6 +61,8 @@ class MatryoshkaTrainingArguments(TrainingArguments):
         symmetric_loss (`bool`): `infonce` also scores positive -> anchor.
         n_dims_per_step (`int`, *optional*): train a random subset of this many sizes per step (sorted).
         keep_full_dim (`bool`, defaults to `True`): with `n_dims_per_step`, the full size is always trained.
+        full_size_only_fraction (`float`, defaults to 0.0): train only the full size for this share of the steps,
+            then every size (embedding losses); 0.5 kept plain training's full size in a validation study.
         gather_across_devices (`bool`, defaults to `True`): under DDP, in-batch negatives span the global batch.
         max_seq_length (`int`, defaults to 128): the collator truncates texts to this many tokens.
         matryoshka_depth (`bool`): 2D Matryoshka, [`MatryoshkaDepthLoss`] over the model's `config.matryoshka_layers`
@@ -77,6 +79,9 @@ class MatryoshkaTrainingArguments(TrainingArguments):
     )
     keep_full_dim: bool = field(
         default=True, metadata={"help": "With n_dims_per_step, always train the full size."}
+    )
+    full_size_only_fraction: float = field(
+        default=0.0, metadata={"help": "Share of the steps (from the start) that train only the full size."}
     )
     gather_across_devices: bool = field(
         default=True, metadata={"help": "Under DDP, gather embeddings so in-batch negatives span the global batch."}
@@ -108,6 +113,8 @@ class MatryoshkaTrainingArguments(TrainingArguments):
         super().__post_init__()
         if self.loss not in LOSSES:
             raise ValueError(f"Unknown loss {self.loss!r}; choose one of {', '.join(sorted(LOSSES))}.")
+        if not 0.0 <= self.full_size_only_fraction <= 1.0:
+            raise ValueError(f"full_size_only_fraction={self.full_size_only_fraction} must be between 0 and 1.")
         if self.max_seq_length <= 0:
             raise ValueError(f"max_seq_length={self.max_seq_length} must be a positive number of tokens.")
         if self.dataloader_pin_memory and self.device.type == "cpu":
@@ -370,6 +377,9 @@ class MatryoshkaTrainer(Trainer):
         # Every size is a slice of these full-size embeddings: the number of sizes adds no model pass.
         outputs = [model(**features, **label_inputs) for features in columns.values()]
         loss = outputs[0].get("loss")
+        if hasattr(self.loss_fn, "full_size_only"):  # MatryoshkaLoss: the full size alone for the first steps
+            fraction = getattr(self.args, "full_size_only_fraction", 0.0)
+            self.loss_fn.full_size_only = self.state.global_step < fraction * self.state.max_steps
         if loss is None:
             embeddings = [output.full_embeddings for output in outputs]
             embeddings += [output.layer_embeddings[k] for k in layers for output in outputs]

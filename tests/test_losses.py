@@ -195,6 +195,7 @@ def test_config_dict_and_citation_say_what_trained_the_model():
         "n_dims_per_step": 2,
         "keep_full_dim": True,
         "normalize": True,
+        "prefix_targets": "labels",
     }
     assert loss.citation.startswith("@inproceedings{kusupati2022matryoshka,") and "Matryoshka Representation" in loss.citation
     assert "oord2018representation" in loss.base_loss.citation
@@ -223,3 +224,82 @@ def test_image_text_loss_moved_with_a_deprecated_alias():
     torch.testing.assert_close(loss, expected)
     with pytest.raises(ValueError, match="logit_scale"):
         ImageTextInfoNCELoss(torch.nn.Linear(2, 2))
+
+
+def test_prefix_targets_full_size_distils_the_full_size_scores():
+    torch.manual_seed(0)
+    a, p = F.normalize(torch.randn(6, 16), dim=-1), F.normalize(torch.randn(6, 16), dim=-1)
+    base = InfoNCELoss(scale=20.0, gather_across_devices=False)
+    loss = MatryoshkaLoss(base, [16, 4], [1.0, 0.5], prefix_targets="full_size")([a, p])
+    teacher = (20.0 * a @ p.T).log_softmax(-1)
+    student = (20.0 * F.normalize(a[:, :4], dim=-1) @ F.normalize(p[:, :4], dim=-1).T).log_softmax(-1)
+    kl = (teacher.exp() * (teacher - student)).sum(-1).mean()
+    torch.testing.assert_close(loss, base([a, p]) + 0.5 * kl)
+    # A prefix that already ranks like the full size costs nothing; with labels it would pay InfoNCE again.
+    a0, p0 = (F.normalize(F.pad(x[:, :4], (0, 12)), dim=-1) for x in (a, p))
+    distilled = MatryoshkaLoss(base, [16, 4], prefix_targets="full_size")
+    torch.testing.assert_close(distilled([a0, p0]), base([a0, p0]))
+    torch.testing.assert_close(MatryoshkaLoss(base, [16, 4])([a0, p0]), 2 * base([a0, p0]))
+    # The full size's scores are the target, not trained by the prefix term: its gradient reaches the prefix only.
+    a1 = a.clone().requires_grad_(True)
+    (MatryoshkaLoss(base, [16, 4], [0.0, 1.0], prefix_targets="full_size")([a1, p])).backward()
+    assert a1.grad[:, 4:].abs().max() == 0 and a1.grad[:, :4].abs().max() > 0
+    assert distilled.get_config_dict()["prefix_targets"] == "full_size"
+
+
+def test_prefix_targets_are_checked():
+    with pytest.raises(ValueError, match="prefix_targets='teacher'; choose 'labels' or 'full_size'"):
+        MatryoshkaLoss(InfoNCELoss(), [16, 4], prefix_targets="teacher")
+    with pytest.raises(ValueError, match="CoSENTLoss has no `logits`"):
+        MatryoshkaLoss(CoSENTLoss(), [16, 4], prefix_targets="full_size")
+
+
+@pytest.mark.parametrize("efficient", [False, True])
+def test_scaled_head_inputs_lengthen_small_prefixes_and_survive_saving(efficient, tmp_path):
+    from mrl_text.optimization import build_optimizer
+
+    torch.manual_seed(0)
+    config = MatryoshkaConfig(encoder=tiny_bert_config(), matryoshka_dimensions=[32, 8], efficient_heads=efficient,
+                              num_labels=3, scale_head_inputs=True)
+    model = MatryoshkaForSequenceClassification(config)
+    full = torch.randn(4, 32)
+    wide, narrow = model.classifier(full)
+    model.classifier.scale_inputs = False
+    plain_wide, plain_narrow = model.classifier(full)
+    torch.testing.assert_close(wide, plain_wide)  # the full size reads its input as is
+    bias = model.classifier.linear.bias if efficient else model.classifier.heads[1].bias
+    torch.testing.assert_close(narrow - bias, 2.0 * (plain_narrow - bias))  # sqrt(32 / 8) = 2
+    model.classifier.scale_inputs = True
+    model.save_pretrained(tmp_path)
+    loaded = MatryoshkaForSequenceClassification.from_pretrained(tmp_path)
+    assert loaded.classifier.scale_inputs and "scale_inputs=True" in repr(loaded.classifier)
+    torch.testing.assert_close(loaded.classifier(full)[1], narrow)
+    # Heads that scale their inputs need no per-size learning rate on top (it would scale twice).
+    assert {g["lr"] for g in build_optimizer(model, 1e-4, 1e-2, scale_heads_by_size=True).param_groups} == {1e-4, 1e-2}
+    old = MatryoshkaConfig(encoder=tiny_bert_config(), matryoshka_dimensions=[32, 8], num_labels=3)
+    assert not MatryoshkaForSequenceClassification(old).classifier.scale_inputs  # configs saved before the option
+
+
+def test_full_size_only_trains_the_largest_size_for_the_first_steps(make_model, tmp_path):
+    from datasets import Dataset
+
+    from mrl_text import MatryoshkaTrainer, MatryoshkaTrainingArguments
+
+    torch.manual_seed(0)
+    a, p = torch.randn(4, 16), torch.randn(4, 16)
+    loss = MatryoshkaLoss(InfoNCELoss(), [16, 8, 4])
+    loss.full_size_only = True
+    assert loss.sizes_for_step() == [(16, 1.0)]
+    torch.testing.assert_close(loss([a, p]), InfoNCELoss()([F.normalize(a, dim=-1), F.normalize(p, dim=-1)]))
+    args = MatryoshkaTrainingArguments(output_dir=str(tmp_path), max_steps=10, per_device_train_batch_size=4,
+                                       report_to="none", use_cpu=True, full_size_only_fraction=0.5)
+    data = Dataset.from_dict({"anchor": ["a b", "c d", "e f", "g h"], "positive": ["b a", "d c", "f e", "h g"]})
+    trainer = MatryoshkaTrainer(model=make_model(), args=args, train_dataset=data)
+    batch = trainer.data_collator([data[i] for i in range(4)])
+    trainer.state.max_steps = 10
+    for step, only_full in ((0, True), (4, True), (5, False), (9, False)):
+        trainer.state.global_step = step
+        trainer.compute_loss(trainer.model, batch)
+        assert trainer.loss_fn.full_size_only is only_full
+    with pytest.raises(ValueError, match="full_size_only_fraction=1.5 must be between 0 and 1"):
+        MatryoshkaTrainingArguments(output_dir=str(tmp_path), full_size_only_fraction=1.5)

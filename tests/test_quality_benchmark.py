@@ -68,13 +68,13 @@ def tiny(tmp_path_factory):
     return root / "model", data
 
 
-def run(quality, tiny, tmp_path, regime, *extra):
+def run(quality, tiny, tmp_path, regime, *extra, name=None):
     model, data = tiny
     argv = [regime, "--model", str(model), "--data", str(data), "--results", str(tmp_path), "--out", str(tmp_path / "out"),
             "--sizes", "32,16,8", "--batch-size", "8", "--limit-train", "64", "--limit-eval", "20", *extra]
     report = quality.main(argv)
-    markdown = (tmp_path / f"quality_{regime}.md").read_text()
-    assert json.loads((tmp_path / f"quality_{regime}.json").read_text())["command"].endswith(" ".join(argv[-4:]))
+    markdown = (tmp_path / f"quality_{name or regime}.md").read_text()
+    assert json.loads((tmp_path / f"quality_{name or regime}.json").read_text())["command"].endswith(" ".join(argv[-4:]))
     assert "Machine:" in markdown and "Subsampled: training rows subsampled to 64" in markdown
     return report, markdown
 
@@ -144,7 +144,7 @@ def test_batch_order_is_homogeneous_complete_and_seeded(quality):
 
 
 def test_sizes_must_decrease(quality, tiny):
-    with pytest.raises(SystemExit, match="must be distinct and decreasing"):
+    with pytest.raises(SystemExit, match="must be distinct, positive and decreasing"):
         quality.parse_args(["classification", "--model", str(tiny[0]), "--sizes", "8,16,32"])
 
 
@@ -154,3 +154,44 @@ def test_svd_rotation_orders_axes_by_variance(common):
     rotated = common.svd_rotation(x)(x)
     variances = rotated.var(0)
     assert rotated.shape == (200, 6) and torch.all(variances[:-1] >= variances[1:] - 1e-6)
+
+
+def test_retrieval_validation_compares_variants_on_held_out_queries(quality, tiny, tmp_path):
+    report, markdown = run(quality, tiny, tmp_path / "rv", "retrieval-val", "--trainable-layers", "1", "--epochs", "2", "--lr", "1e-2",
+                           "--val-corpus", "10", "--variants", "none,plain,mrl,mrl_distill", name="retrieval_validation")
+    assert [r["variant"] for r in report["runs"]] == ["none", "plain", "mrl", "mrl_distill"]
+    assert report["runs"][0]["values"] != report["runs"][1]["values"]  # training moved the encoder
+    assert all(set(r["values"]) == {32, 16, 8} for r in report["runs"])
+    assert "6 held out" in report["setup"] and "Difference from plain" in markdown
+    with pytest.raises(SystemExit, match=r"--variants names \['mrl_x'\]"):
+        run(quality, tiny, tmp_path / "bad", "retrieval-val", "--variants", "plain,mrl_x", name="retrieval_validation")
+
+
+@pytest.mark.parametrize("sizes, message", [
+    ("64,32,8", "starts with 64, but the encoder's embedding size is 32"),  # larger than the encoder
+    ("16,8", "starts with 16"),
+    ("32,x", "comma-separated integers"),
+    ("32,8,0", "distinct, positive and decreasing"),
+])
+def test_sizes_must_fit_the_encoder(quality, tiny, sizes, message):
+    with pytest.raises(SystemExit, match=message):
+        quality.parse_args(["classification", "--model", str(tiny[0]), "--sizes", sizes])
+
+
+@pytest.mark.parametrize("method", ["ff64", "ffx", "ff0", "mlr"])
+def test_retrieval_methods_are_checked(quality, tiny, method):
+    with pytest.raises(SystemExit, match=f"--methods names '{method}'.*ffN with N in 1..32"):
+        quality.parse_args(["retrieval", "--model", str(tiny[0]), "--sizes", "32,16", "--methods", f"plain,{method}"])
+
+
+def test_classification_labels_ids_with_gaps_and_unknown_test_labels(quality, tiny, tmp_path):
+    data = tmp_path / "data"
+    write_tsv(data / "gaps" / "train.tsv", ["text", "label"], [(f"t{i}", (0, 3, 10)[i % 3]) for i in range(30)])
+    write_tsv(data / "gaps" / "test.tsv", ["text", "label"], [(f"s{i}", (0, 3, 10)[i % 3]) for i in range(6)])
+    args = quality.parse_args(["classification", "--model", str(tiny[0]), "--data", str(data), "--sizes", "32,8"])
+    task = quality.load_task(args, "gaps")
+    assert task["classes"] == [0, 3, 10] and set(task["train"][1]) == {0, 1, 2}  # renumbered in order
+    assert list(task["test"][1][:3]) == [0, 1, 2]
+    write_tsv(data / "gaps" / "test.tsv", ["text", "label"], [("s", 0), ("s", 7)])
+    with pytest.raises(ValueError, match=r"labels \[7\] never occur in train.tsv"):
+        quality.load_task(args, "gaps")

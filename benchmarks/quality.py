@@ -32,6 +32,7 @@ import torch
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))
 import _quality_common as common
+import _quality_mlm
 
 CLASSIFICATION_DATASETS = ("banking77", "trec", "emotion")
 CLASSIFICATION_METHODS = ("mrl", "mrl_e", "ff", "plain")
@@ -667,6 +668,7 @@ def parse_args(argv=None):
         sub.add_argument("--head-lr", type=float, default=None, help="projections' learning rate (default: --lr)")
         sub.add_argument("--epochs", type=int, default=epochs)
         sub.add_argument("--eval-max-seq-length", type=int, default=256)
+    _quality_mlm.add_parser(commands)
     args = parser.parse_args(argv)
     return common.finish_arguments(args)
 
@@ -675,7 +677,7 @@ def main(argv=None):
     argv = sys.argv[1:] if argv is None else list(argv)
     args = parse_args(argv)
     runners = {"classification": run_classification, "adaptive": run_adaptive, "heads": run_heads,
-               "retrieval": run_retrieval, "finished": run_finished}
+               "retrieval": run_retrieval, "finished": run_finished, "mlm": _quality_mlm.run}
     return runners[args.regime](args, argv)
 
 

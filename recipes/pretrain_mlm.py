@@ -150,12 +150,17 @@ def tokenize(dataset, column, tokenizer, max_length, group=False):
         def encode(batch):
             return tokenizer(batch[column], truncation=True, max_length=max_length, return_token_type_ids=False)
     else:
-        block = max_length - tokenizer.num_special_tokens_to_add()
+        # Each block framed as the tokenizer frames one text: [CLS] ... [SEP] (BERT), <s> ... </s> (RoBERTa).
+        first = [t for t in (tokenizer.cls_token_id if tokenizer.cls_token_id is not None else tokenizer.bos_token_id,)
+                 if t is not None]
+        last = [t for t in (tokenizer.sep_token_id if tokenizer.sep_token_id is not None else tokenizer.eos_token_id,)
+                if t is not None]
+        block = max_length - len(first) - len(last)
 
         def encode(batch):
             ids = [t for row in tokenizer(batch[column], add_special_tokens=False)["input_ids"] for t in row]
             blocks = [ids[i : i + block] for i in range(0, len(ids) - block + 1, block)]
-            return {"input_ids": [tokenizer.build_inputs_with_special_tokens(b) for b in blocks]}
+            return {"input_ids": [first + b + last for b in blocks]}
     return dataset.map(encode, batched=True, remove_columns=dataset.column_names, desc="Tokenizing")
 
 

@@ -42,7 +42,9 @@ def add_parser(commands):
     sub.add_argument("--methods", default=None, help="default: mrl, plain and ff<d> for every size below full")
     sub.add_argument("--layers", type=int, default=2)
     sub.add_argument("--heads", type=int, default=3, help="attention heads")
-    sub.add_argument("--steps", type=int, default=300, help="pretraining steps (batches of --batch-size)")
+    sub.add_argument("--steps", type=int, default=800, help="pretraining steps (batches of --batch-size)")
+    sub.add_argument("--vocab-size", type=int, default=4096,
+                     help="learn a WordPiece vocabulary of this size from all-MiniLM-L6-v2's tokenizer (0: keep its 30,522)")
     sub.add_argument("--mlm-lr", type=float, default=1e-3)
     sub.add_argument("--refit-steps", type=int, default=60, help="head-only steps (encoder frozen) for every model")
     sub.add_argument("--refit-lr", type=float, default=3e-3)
@@ -53,7 +55,7 @@ def add_parser(commands):
 
 
 def corpus_batches(args, tokenizer):
-    """(training batches, held-out batches): masked once, seeded, shared by every method."""
+    """(tokenizer, training batches, held-out batches, description): masked once, seeded, shared by every method."""
     from datasets import Dataset
 
     texts, _ = recipe.load_text_corpus(Path(args.data), CORPUS_SOURCES)
@@ -61,6 +63,8 @@ def corpus_batches(args, tokenizer):
     rng.shuffle(texts)
     held_out, train = texts[: args.limit_eval], texts[args.limit_eval :]
     train = train[: args.limit_train] if args.limit_train else train
+    if args.vocab_size:
+        tokenizer = recipe.retrain_tokenizer(tokenizer, train, args.vocab_size)
     tokens = {name: recipe.tokenize(Dataset.from_dict({"text": rows}), "text", tokenizer, args.max_seq_length)
               for name, rows in (("train", train), ("held_out", held_out))}
     batches = recipe.masked_batches(tokens["train"], tokenizer, 0.15, args.batch_size, seed=1)
@@ -68,7 +72,8 @@ def corpus_batches(args, tokenizer):
     description = (f"{len(train)} training sentences (of {len(texts)}: {', '.join(CORPUS_SOURCES)}), "
                    f"{len(held_out)} held out; {args.steps} steps of {args.batch_size} x <= {args.max_seq_length} "
                    "tokens, 15% masked")
-    return batches, recipe.masked_batches(tokens["held_out"], tokenizer, 0.15, 128, seed=2), description
+    description += f"; a {len(tokenizer)}-token WordPiece vocabulary learnt on the training sentences" if args.vocab_size else ""
+    return tokenizer, batches, recipe.masked_batches(tokens["held_out"], tokenizer, 0.15, 128, seed=2), description
 
 
 def fit(model, parameters, batches, lr):
@@ -155,7 +160,7 @@ def run(args, argv):
     tokenizer = recipe.load_tokenizer(args.model)
     timings, runs = {}, {}
     with common.phase("data", timings):
-        batches, held_out, description = corpus_batches(args, tokenizer)
+        tokenizer, batches, held_out, description = corpus_batches(args, tokenizer)
     for method in methods:
         dims, weights = method_nesting(method, sizes)
         settings = recipe.RecipeArguments(hidden_size=sizes[0], num_hidden_layers=args.layers,
@@ -187,7 +192,7 @@ def report(args, argv, sizes, methods, runs, timings, description):
         return run["refit"][d] if run and d in run["refit"] else float("nan")
 
     setup = (f"From scratch: BERT {args.layers} layers, hidden {sizes[0]}, {args.heads} heads, all-MiniLM-L6-v2's "
-             f"tokenizer; {description}; MLM lr {args.mlm_lr}; then {args.refit_steps} head-only steps at lr "
+             f"tokenizer pipeline; {description}; MLM lr {args.mlm_lr}; then {args.refit_steps} head-only steps at lr "
              f"{args.refit_lr} for every model. One seed, CPU, OMP_NUM_THREADS=1: a scale for comparing the methods "
              "side by side, not for absolute MLM accuracy.")
     body = ["MLM accuracy (%) on the held-out sentences' masked tokens, every size (after the head refit; "

@@ -59,6 +59,11 @@ class RecipeArguments:
     )
     matryoshka_weights: list[float] | None = field(default=None, metadata={"help": "Loss weight per size."})
     efficient_heads: bool = field(default=False, metadata={"help": "MRL-E: one weight-tied head transform."})
+    new_vocab_size: int | None = field(
+        default=None, metadata={"help": "Train a new WordPiece vocabulary of this size on the training texts, with the "
+                                "tokenizer's normalisation and special tokens: a small model from scratch learns a "
+                                "small vocabulary much faster (and its output layer costs less)."},
+    )
     train_data: str = field(
         default=DEMO_DATA, metadata={"help": f"Hub id, local csv/tsv/jsonl/parquet, or {DEMO_DATA!r}."}
     )
@@ -99,6 +104,13 @@ def load_tokenizer(name):
             "tokenizer (e.g. bert-base-uncased) or add one: tokenizer.add_special_tokens({'mask_token': '[MASK]'})."
         )
     return tokenizer
+
+
+def retrain_tokenizer(tokenizer, texts, vocab_size):
+    """`tokenizer`'s pipeline with a new vocabulary of `vocab_size` learnt from `texts` (fast tokenizers only)."""
+    if not getattr(tokenizer, "is_fast", False):
+        raise ValueError(f"new_vocab_size needs a fast tokenizer; {type(tokenizer).__name__} is not one.")
+    return tokenizer.train_new_from_iterator((texts[i : i + 1000] for i in range(0, len(texts), 1000)), vocab_size)
 
 
 def build_model(recipe, tokenizer):
@@ -201,10 +213,6 @@ def main(argv=None):
     out = Path(args.output_dir)
     args.output_dir = str(out / "checkpoints")  # optimizer state stays out of the model folder
     tokenizer = load_tokenizer(recipe.tokenizer_name_or_path)
-    model = build_model(recipe, tokenizer)
-    logger.info("Sizes %s (weights %s), %.1fM parameters", model.config.matryoshka_dimensions,
-                model.config.matryoshka_weights, model.num_parameters() / 1e6)
-
     texts, column = load_texts(recipe)
     split = texts.train_test_split(test_size=recipe.heldout_fraction, seed=args.seed)
     train, held_out = split["train"], split["test"]
@@ -212,6 +220,11 @@ def main(argv=None):
         train = train.select(range(min(recipe.max_train_samples, len(train))))
     if recipe.max_eval_samples:
         held_out = held_out.select(range(min(recipe.max_eval_samples, len(held_out))))
+    if recipe.new_vocab_size:
+        tokenizer = retrain_tokenizer(tokenizer, train[column], recipe.new_vocab_size)
+    model = build_model(recipe, tokenizer)
+    logger.info("Sizes %s (weights %s), %.1fM parameters, vocabulary %d", model.config.matryoshka_dimensions,
+                model.config.matryoshka_weights, model.num_parameters() / 1e6, len(tokenizer))
     train = tokenize(train, column, tokenizer, recipe.max_seq_length, recipe.group_texts)
     held_out = tokenize(held_out, column, tokenizer, recipe.max_seq_length, recipe.group_texts)
     logger.info("Training on %d sequences; %d held-out sequences", len(train), len(held_out))

@@ -80,8 +80,8 @@ def test_decoder_tied_to_the_input_embedding_where_the_encoder_ties(make_mlm, ti
     assert untied.get_output_embeddings().weight is not untied.get_input_embeddings().weight
     # MRL-E: one transform whose first d columns serve size d; no more parameters than a single head
     efficient = make_mlm(efficient_heads=True)
-    count = lambda m: sum(p.numel() for p in m.lm_head.transform.parameters())  # noqa: E731
-    assert count(efficient) == 32 * 32 + 32 < count(tied) == (32 + 16 + 8 + 4) * 32 + 4 * 32
+    efficient_count, per_size_count = (sum(p.numel() for p in m.lm_head.transform.parameters()) for m in (efficient, tied))
+    assert efficient_count == 32 * 32 + 32 < per_size_count == (32 + 16 + 8 + 4) * 32 + 4 * 32
 
 
 def test_bad_configs(tiny_tokenizer):
@@ -220,3 +220,9 @@ def test_pretrain_recipe_bad_input(recipe, tiny_tokenizer, corpus, tmp_path):
     BertTokenizerFast(vocab=vocab, mask_token=None).save_pretrained(tmp_path / "no-mask")
     with pytest.raises(ValueError, match="has no mask token"):
         recipe.main(arguments + ["--tokenizer_name_or_path", str(tmp_path / "no-mask")])
+
+
+def test_new_vocabulary_keeps_the_special_tokens(recipe, tiny_tokenizer, sentences):
+    small = recipe.retrain_tokenizer(tiny_tokenizer, [s.lower() for s in sentences] * 20, 80)
+    assert len(small) <= 80 and small.mask_token == "[MASK]" and small.pad_token_id is not None
+    assert small("the dog runs")["input_ids"][0] == small.cls_token_id

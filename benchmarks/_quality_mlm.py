@@ -76,6 +76,15 @@ def corpus_batches(args, tokenizer):
     return tokenizer, batches, recipe.masked_batches(tokens["held_out"], tokenizer, 0.15, 128, seed=2), description
 
 
+def unigram_accuracy(train_batches, held_out):
+    """% of the held-out masked tokens that are the training batches' most frequent masked token: the accuracy of a
+    model that ignores the context (the plateau a BERT from scratch sits on before it learns to use it)."""
+    train_labels = torch.cat([b["labels"][b["labels"] != -100] for b in train_batches])
+    frequent = torch.bincount(train_labels).argmax()
+    held_labels = torch.cat([b["labels"][b["labels"] != -100] for b in held_out])
+    return 100.0 * (held_labels == frequent).float().mean().item()
+
+
 def fit(model, parameters, batches, lr):
     """AdamW, linear warmup (10%) and decay, gradient clipping at 1: the same loop for every method."""
     from transformers import get_linear_schedule_with_warmup
@@ -161,6 +170,7 @@ def run(args, argv):
     timings, runs = {}, {}
     with common.phase("data", timings):
         tokenizer, batches, held_out, description = corpus_batches(args, tokenizer)
+    description += f"; most-frequent-token baseline {unigram_accuracy(batches, held_out):.2f}% MLM accuracy"
     for method in methods:
         dims, weights = method_nesting(method, sizes)
         settings = recipe.RecipeArguments(hidden_size=sizes[0], num_hidden_layers=args.layers,

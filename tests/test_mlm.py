@@ -1,5 +1,7 @@
 """MatryoshkaForMaskedLM: MLM from every prefix, tied decoder, save/load (Auto classes, remote code), conversion."""
 
+from pathlib import Path
+
 import pytest
 import torch
 import torch.nn.functional as F
@@ -226,3 +228,44 @@ def test_new_vocabulary_keeps_the_special_tokens(recipe, tiny_tokenizer, sentenc
     small = recipe.retrain_tokenizer(tiny_tokenizer, [s.lower() for s in sentences] * 20, 80)
     assert len(small) <= 80 and small.mask_token == "[MASK]" and small.pad_token_id is not None
     assert small("the dog runs")["input_ids"][0] == small.cls_token_id
+
+
+def test_quality_mlm_regime_end_to_end(tiny_tokenizer, tmp_path):
+    """`python benchmarks/quality.py mlm` on a tiny data folder, so a long run cannot fail on a bug."""
+    import random
+    import sys
+
+    from .conftest import WORDS, load_module
+
+    rng = random.Random(0)
+
+    def write(path, header, rows):
+        path.parent.mkdir(parents=True, exist_ok=True)
+        path.write_text("\t".join(header) + "\n" + "".join("\t".join(map(str, r)) + "\n" for r in rows))
+
+    def sentence():
+        return " ".join(rng.choice(WORDS) for _ in range(6))
+
+    data = tmp_path / "data"
+    files = {"snli": (("dev", "test"), ["premise", "hypothesis", "label"]),
+             "flickr8k_captions": (("train", "dev", "test"), ["caption"]), "emotion": (("train", "validation", "test"), ["text"]),
+             "banking77": (("train", "test"), ["text"]), "trec": (("train", "test"), ["text"]),
+             "mrpc": (("train", "test"), ["sentence1", "sentence2"])}
+    for folder, (splits, columns) in files.items():
+        for split in splits:
+            rows = [[sentence() for _ in columns] for _ in range(30)]
+            if folder == "snli":
+                rows = [[r[0], h, label] for r in rows for h, label in ((r[1], "entailment"), (sentence(), "contradiction"))]
+            write(data / folder / f"{split}.tsv", columns, rows)
+    write(data / "stsb" / "test.tsv", ["sentence1", "sentence2", "score"], [(sentence(), sentence(), i % 5) for i in range(30)])
+    tiny_tokenizer.save_pretrained(tmp_path / "tokenizer")
+    benchmarks = Path(__file__).resolve().parents[1] / "benchmarks"
+    sys.path.insert(0, str(benchmarks))
+    quality = load_module(benchmarks / "quality.py")
+    report = quality.main(["mlm", "--model", str(tmp_path / "tokenizer"), "--data", str(data), "--results", str(tmp_path),
+                           "--sizes", "32,16,8", "--heads", "2", "--steps", "3", "--refit-steps", "2", "--vocab-size", "0",
+                           "--limit-train", "200", "--limit-eval", "20", "--finetune-rows", "16", "--batch-size", "8"])
+    assert set(report["runs"]) == {"mrl", "plain", "ff16", "ff8"}
+    assert set(report["runs"]["plain"]["refit"]) == {32, 16, 8} and set(report["runs"]["mrl"]["stsb"]["after"]) == {32, 16, 8}
+    markdown = (tmp_path / "quality_mlm.md").read_text()
+    assert "| 8 |" in markdown and "most-frequent-token baseline" in markdown and "MRL within 1.0 of FF-8" in markdown

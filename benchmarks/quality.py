@@ -35,6 +35,7 @@ import torch
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))
 import _quality_common as common
+import _quality_mlm
 
 CLASSIFICATION_DATASETS = ("banking77", "trec", "emotion")
 CLASSIFICATION_METHODS = ("mrl", "mrl_e", "ff", "plain")
@@ -897,6 +898,7 @@ def parse_args(argv=None):
     sub.add_argument("--val-corpus", type=int, default=1500, help="random abstracts added to the relevant ones")
     sub.add_argument("--trainable-layers", type=int, default=2, help="top encoder layers trained (the rest cached)")
     sub.add_argument("--report-name", default="retrieval_validation", help="results file: quality_<name>.json/.md")
+    _quality_mlm.add_parser(commands)
     args = common.finish_arguments(parser.parse_args(argv))
     if args.regime in ("retrieval", "finished"):
         for method in args.methods.split(","):
@@ -911,7 +913,8 @@ def main(argv=None):
     argv = sys.argv[1:] if argv is None else list(argv)
     args = parse_args(argv)
     runners = {"classification": run_classification, "adaptive": run_adaptive, "heads": run_heads,
-               "retrieval": run_retrieval, "finished": run_finished, "retrieval-val": run_retrieval_validation}
+               "retrieval": run_retrieval, "finished": run_finished, "retrieval-val": run_retrieval_validation,
+               "mlm": _quality_mlm.run}
     return runners[args.regime](args, argv)
 
 

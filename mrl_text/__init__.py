@@ -5,7 +5,7 @@ for `trust_remote_code` export (so `save_pretrained` copies the modeling code ne
 save hooks that write the model card and the sentence-transformers files.
 """
 
-from transformers import AutoConfig, AutoModel, AutoModelForSequenceClassification
+from transformers import AutoConfig, AutoModel, AutoModelForMaskedLM, AutoModelForSequenceClassification
 
 from .adaptive import AdaptiveClassifier
 from .configuration_matryoshka import MatryoshkaConfig
@@ -17,13 +17,18 @@ from .modeling_matryoshka_classification import (
     MatryoshkaLinear,
     MatryoshkaSequenceClassifierOutput,
 )
+from .modeling_matryoshka_mlm import MatryoshkaForMaskedLM, MatryoshkaLMHead, MatryoshkaMaskedLMOutput
 from .sentence_transformers_files import write_sentence_transformers_files
 
 __version__ = "0.1.0"
 
 AutoConfig.register(MatryoshkaConfig.model_type, MatryoshkaConfig, exist_ok=True)
 MatryoshkaConfig.register_for_auto_class()
-_TEXT_MODELS = ((AutoModel, MatryoshkaModel), (AutoModelForSequenceClassification, MatryoshkaForSequenceClassification))
+_TEXT_MODELS = (
+    (AutoModel, MatryoshkaModel),
+    (AutoModelForSequenceClassification, MatryoshkaForSequenceClassification),
+    (AutoModelForMaskedLM, MatryoshkaForMaskedLM),
+)
 for _auto, _model in _TEXT_MODELS:
     _auto.register(MatryoshkaConfig, _model, exist_ok=True)
     _model.register_for_auto_class(_auto.__name__)
@@ -113,8 +118,11 @@ __all__ = [
     "MatryoshkaDualEncoder",
     "MatryoshkaDualEncoderConfig",
     "MatryoshkaDualEncoderOutput",
+    "MatryoshkaForMaskedLM",
     "MatryoshkaForSequenceClassification",
+    "MatryoshkaLMHead",
     "MatryoshkaLinear",
+    "MatryoshkaMaskedLMOutput",
     "MatryoshkaModel",
     "MatryoshkaModelOutput",
     "MatryoshkaPreTrainedModel",

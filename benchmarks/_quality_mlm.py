@@ -1,0 +1,243 @@
+"""The `mlm` regime of the quality suite (`python benchmarks/quality.py mlm`): the paper's BERT setting, scaled down.
+
+A small BERT is pretrained from scratch with masked language modelling (recipes/pretrain_mlm.py's model and
+collator, all-MiniLM-L6-v2's tokenizer, sentences of the development data without STS-B and SciFact):
+
+- `mrl`: `MatryoshkaForMaskedLM`, MLM from every prefix size, weights 1;
+- `plain`: the same model with the full-size MLM loss only (BERT as usual); its prefixes are scored below;
+- `ffD`: FF-d, pretrained at d alone: the MLM head reads the first d coordinates and only that loss trains (a
+  learned linear map to d feeding the head); FF at the full size is `plain`.
+
+Every method sees the same masked batches (masked once with a fixed seed) and the same number of steps, from the same
+initial encoder. Then every model's heads are refit with the encoder frozen (`--refit-steps`, all sizes): the
+plain model gets heads for its prefixes this way (the non-MRL baseline), and the others the same extra steps. MLM
+accuracy on held-out sentences (the same masked tokens for all) at every size. Last, the `mrl` and `plain`
+encoders are fine-tuned as embedding models (MatryoshkaLoss/InfoNCE on SNLI triplets, the suite's trainer) and
+scored on STS-B test at every size: the first regime whose starting encoder never saw contrastive data.
+"""
+
+import copy
+import random
+import sys
+import tempfile
+import time
+from pathlib import Path
+
+import torch
+
+import _quality_common as common
+
+sys.path.insert(0, str(common.REPO / "recipes"))
+import pretrain_mlm as recipe  # noqa: E402
+
+CORPUS_SOURCES = ["snli", "flickr8k_captions", "mrpc", "emotion", "banking77", "trec"]  # STS-B, SciFact unseen
+SIZES = [96, 48, 24, 12]  # the paper's BERT nesting (12 ... 768), the first four
+
+
+def add_parser(commands):
+    sub = commands.add_parser("mlm", help="MLM pretraining from scratch: MRL vs FF-d vs plain prefixes")
+    common.add_common_arguments(sub, "mlm")
+    sub.set_defaults(sizes=",".join(map(str, SIZES)), max_seq_length=32, batch_size=32, limit_train=20000,
+                     limit_eval=500)
+    sub.add_argument("--methods", default=None, help="default: mrl, plain and ff<d> for every size below full")
+    sub.add_argument("--layers", type=int, default=2)
+    sub.add_argument("--heads", type=int, default=3, help="attention heads")
+    sub.add_argument("--steps", type=int, default=800, help="pretraining steps (batches of --batch-size)")
+    sub.add_argument("--vocab-size", type=int, default=4096,
+                     help="learn a WordPiece vocabulary of this size from all-MiniLM-L6-v2's tokenizer (0: keep its 30,522)")
+    sub.add_argument("--mlm-lr", type=float, default=1e-3)
+    sub.add_argument("--refit-steps", type=int, default=60, help="head-only steps (encoder frozen) for every model")
+    sub.add_argument("--refit-lr", type=float, default=3e-3)
+    sub.add_argument("--finetune-rows", type=int, default=2000, help="SNLI triplets for the embedding fine-tuning")
+    sub.add_argument("--lr", type=float, default=3e-4, help="embedding fine-tuning learning rate")
+    sub.add_argument("--epochs", type=int, default=1, help="embedding fine-tuning epochs")
+    sub.add_argument("--no-finetune", action="store_true")
+
+
+def corpus_batches(args, tokenizer):
+    """(tokenizer, training batches, held-out batches, description): masked once, seeded, shared by every method."""
+    from datasets import Dataset
+
+    texts, _ = recipe.load_text_corpus(Path(args.data), CORPUS_SOURCES)
+    rng = random.Random(0)
+    rng.shuffle(texts)
+    held_out, train = texts[: args.limit_eval], texts[args.limit_eval :]
+    train = train[: args.limit_train] if args.limit_train else train
+    if args.vocab_size:
+        tokenizer = recipe.retrain_tokenizer(tokenizer, train, args.vocab_size)
+    tokens = {name: recipe.tokenize(Dataset.from_dict({"text": rows}), "text", tokenizer, args.max_seq_length)
+              for name, rows in (("train", train), ("held_out", held_out))}
+    batches = recipe.masked_batches(tokens["train"], tokenizer, 0.15, args.batch_size, seed=1)
+    batches = [batches[i % len(batches)] for i in range(args.steps)]
+    description = (f"{len(train)} training sentences (of {len(texts)}: {', '.join(CORPUS_SOURCES)}), "
+                   f"{len(held_out)} held out; {args.steps} steps of {args.batch_size} x <= {args.max_seq_length} "
+                   "tokens, 15% masked")
+    description += f"; a {len(tokenizer)}-token WordPiece vocabulary learnt on the training sentences" if args.vocab_size else ""
+    return tokenizer, batches, recipe.masked_batches(tokens["held_out"], tokenizer, 0.15, 128, seed=2), description
+
+
+def unigram_accuracy(train_batches, held_out):
+    """% of the held-out masked tokens that are the training batches' most frequent masked token: the accuracy of a
+    model that ignores the context (the plateau a BERT from scratch sits on before it learns to use it)."""
+    train_labels = torch.cat([b["labels"][b["labels"] != -100] for b in train_batches])
+    frequent = torch.bincount(train_labels).argmax()
+    held_labels = torch.cat([b["labels"][b["labels"] != -100] for b in held_out])
+    return 100.0 * (held_labels == frequent).float().mean().item()
+
+
+def fit(model, parameters, batches, lr):
+    """AdamW, linear warmup (10%) and decay, gradient clipping at 1: the same loop for every method."""
+    from transformers import get_linear_schedule_with_warmup
+
+    parameters = [p for p in parameters if p.requires_grad]
+    optimizer = torch.optim.AdamW(parameters, lr=lr, weight_decay=0.01)
+    schedule = get_linear_schedule_with_warmup(optimizer, max(1, len(batches) // 10), len(batches))
+    model.train()
+    for step, batch in enumerate(batches):
+        loss = model(**{k: v.to(model.device) for k, v in batch.items()}).loss
+        loss.backward()
+        torch.nn.utils.clip_grad_norm_(parameters, 1.0)
+        optimizer.step()
+        schedule.step()
+        optimizer.zero_grad()
+        if step % max(1, len(batches) // 5) == 0:
+            print(f"   step {step}: loss {loss.item():.3f}", flush=True)
+    return model.eval()
+
+
+def method_nesting(method, sizes):
+    """(sizes, weights) of a method's pretraining."""
+    if method == "mrl":
+        return sizes, None
+    if method == "plain":
+        return sizes[:1], None
+    d = int(method[2:])
+    return [sizes[0], d], [0.0, 1.0]  # only the size-d loss trains: the full-size head is never used
+
+
+def with_all_heads(model, sizes):
+    """A copy of `model` with an MLM head at every size of `sizes`, its trained heads kept at their sizes."""
+    from mrl_text import MatryoshkaConfig, MatryoshkaForMaskedLM
+
+    config = MatryoshkaConfig(encoder=copy.deepcopy(model.config.encoder), matryoshka_dimensions=sizes)
+    wide = MatryoshkaForMaskedLM(config)
+    wide.matryoshka.load_state_dict(model.matryoshka.state_dict())
+    wide.lm_head.decoder.bias.data.copy_(model.lm_head.decoder.bias.data)
+    for old, d in enumerate(model.config.matryoshka_dimensions):
+        new = sizes.index(d)
+        wide.lm_head.transform.heads[new].load_state_dict(model.lm_head.transform.heads[old].state_dict())
+        wide.lm_head.layer_norms[new].load_state_dict(model.lm_head.layer_norms[old].state_dict())
+    wide.tokenizer = model.tokenizer
+    return wide.to(model.device)
+
+
+def refit_heads(model, batches, args):
+    """Train only the heads (transforms, LayerNorms, decoder bias) with the encoder and the tied decoder frozen."""
+    for p in model.matryoshka.parameters():
+        p.requires_grad_(False)
+    fit(model, model.lm_head.parameters(), batches, args.refit_lr)
+    for p in model.matryoshka.parameters():
+        p.requires_grad_(True)
+    return model
+
+
+def finetune_sts(model, args, seed, scratch):
+    """STS-B test Spearman at every size before and after embedding fine-tuning on SNLI triplets."""
+    from datasets import concatenate_datasets
+
+    from mrl_text.data import load_sts, nli_triplets, read_table
+    from mrl_text.evaluation import STSEvaluator, evaluate
+
+    data = Path(args.data)
+    snli = concatenate_datasets([read_table(data / "snli" / f"{s}.tsv") for s in ("dev", "test")])
+    rows = common.subsample(list(nli_triplets(snli)), args.finetune_rows)
+    evaluator = STSEvaluator(*load_sts(data / "stsb" / "test.tsv"), name="stsb")
+    embedder = model.to_embedding_model()
+
+    def score():
+        results = evaluate(embedder, [evaluator], dims=args.sizes, max_length=64, batch_size=128)
+        return {r["dim"]: 100 * r["value"] for r in results.rows if r["metric"] == evaluator.primary_metric}
+
+    before = score()
+    common.train(embedder, rows, args, scratch, seed, "infonce")
+    return {"before": before, "after": score(), "rows": len(rows)}
+
+
+def run(args, argv):
+    if args.seeds != 1 or args.bf16:
+        raise SystemExit("The mlm regime runs one seed in float32 for now; drop --seeds/--bf16.")
+    sizes = args.sizes
+    methods = args.methods.split(",") if args.methods else ["mrl", "plain"] + [f"ff{d}" for d in sizes[1:]]
+    tokenizer = recipe.load_tokenizer(args.model)
+    timings, runs = {}, {}
+    with common.phase("data", timings):
+        tokenizer, batches, held_out, description = corpus_batches(args, tokenizer)
+    description += f"; most-frequent-token baseline {unigram_accuracy(batches, held_out):.2f}% MLM accuracy"
+    for method in methods:
+        dims, weights = method_nesting(method, sizes)
+        settings = recipe.RecipeArguments(hidden_size=sizes[0], num_hidden_layers=args.layers,
+                                          num_attention_heads=args.heads, matryoshka_dimensions=dims,
+                                          matryoshka_weights=weights, max_seq_length=args.max_seq_length)
+        with common.phase(f"{method} pretrain", timings):
+            torch.manual_seed(0)  # the same initial encoder for every method (built before the heads)
+            model = recipe.build_model(settings, tokenizer).to(args.device)
+            start = time.perf_counter()
+            fit(model, model.parameters(), batches, args.mlm_lr)
+            own = recipe.masked_lm_accuracy(model, held_out)
+        with common.phase(f"{method} refit heads", timings):
+            torch.manual_seed(0)
+            model = refit_heads(with_all_heads(model, sizes), batches[: args.refit_steps], args)
+            refit = recipe.masked_lm_accuracy(model, held_out)
+        runs[method] = {"own_heads": own, "refit": refit, "pretrain_s": round(time.perf_counter() - start, 1)}
+        print(f"{method}: own heads {own}; refit {refit}", flush=True)
+        if method in ("mrl", "plain") and not args.no_finetune:
+            with common.phase(f"{method} fine-tune + STS-B", timings), tempfile.TemporaryDirectory() as scratch:
+                runs[method]["stsb"] = finetune_sts(model, args, 0, scratch)
+    return report(args, argv, sizes, methods, runs, timings, description)
+
+
+def report(args, argv, sizes, methods, runs, timings, description):
+    def mlm(method, d):
+        if method.startswith("ff"):
+            method = "plain" if d == sizes[0] else f"ff{d}"
+        run = runs.get(method)
+        return run["refit"][d] if run and d in run["refit"] else float("nan")
+
+    setup = (f"From scratch: BERT {args.layers} layers, hidden {sizes[0]}, {args.heads} heads, all-MiniLM-L6-v2's "
+             f"tokenizer pipeline; {description}; MLM lr {args.mlm_lr}; then {args.refit_steps} head-only steps at lr "
+             f"{args.refit_lr} for every model. One seed, CPU, OMP_NUM_THREADS=1: a scale for comparing the methods "
+             "side by side, not for absolute MLM accuracy.")
+    body = ["MLM accuracy (%) on the held-out sentences' masked tokens, every size (after the head refit; "
+            "FF at the full size is plain):", "",
+            "| size | MRL | MRL own heads | FF-d | plain prefix |", "|---|---|---|---|---|"]
+    for d in sizes:
+        own = runs["mrl"]["own_heads"][d] if "mrl" in runs else float("nan")
+        body.append(f"| {d} | {mlm('mrl', d):.2f} | {own:.2f} | {mlm('ff', d):.2f} | {mlm('plain', d):.2f} |")
+    checks = []
+    for d in sizes:
+        gap = mlm("mrl", d) - mlm("ff", d)
+        checks.append((f"MLM: MRL within 1.0 of FF-{d}", gap + 1.0, gap >= -1.0))
+    for d in sizes[-2:]:
+        gap = mlm("mrl", d) - mlm("plain", d)
+        checks.append((f"MLM: MRL >= plain prefix + 5 at {d}", gap - 5.0, gap >= 5.0))
+    if all("stsb" in runs.get(m, {}) for m in ("mrl", "plain")):
+        sts = {m: runs[m]["stsb"] for m in ("mrl", "plain")}
+        body += ["", f"STS-B test Spearman (x100) of the pretrained encoders (mean pooling), before and after "
+                 f"embedding fine-tuning (InfoNCE + MatryoshkaLoss at every size, {sts['mrl']['rows']} SNLI triplets, "
+                 f"{args.epochs} epoch(s) of batch {args.batch_size}, lr {args.lr}):", "",
+                 "| size | MRL-pretrained before | after | plain-pretrained before | after |", "|---|---|---|---|---|"]
+        for d in sizes:
+            body.append(f"| {d} | {sts['mrl']['before'][d]:.2f} | {sts['mrl']['after'][d]:.2f} | "
+                        f"{sts['plain']['before'][d]:.2f} | {sts['plain']['after'][d]:.2f} |")
+        for d in sizes:
+            gap = sts["mrl"]["after"][d] - sts["plain"]["after"][d]
+            if d == sizes[0]:
+                checks.append((f"STS-B after fine-tuning: MRL >= plain - 0.3 at {d}", gap + 0.3, gap >= -0.3))
+            elif d <= 64:
+                checks.append((f"STS-B after fine-tuning: MRL > plain at {d}", gap, gap > 0))
+    report = {**common.report_head(argv, setup), "timings": timings, "runs": runs, "targets": checks}
+    body += common.targets_lines(checks)
+    body += ["", "Wall time per phase: " + ", ".join(f"{k} {v:.0f}s" for k, v in timings.items())]
+    common.write_report(args, "mlm", report, "Quality: MLM pretraining with nested dimensions (the paper's BERT "
+                        "setting, small scale)", body)
+    return report

@@ -1,0 +1,271 @@
+"""MatryoshkaForMaskedLM: MLM from every prefix, tied decoder, save/load (Auto classes, remote code), conversion."""
+
+from pathlib import Path
+
+import pytest
+import torch
+import torch.nn.functional as F
+from transformers import AutoModel, AutoModelForMaskedLM, DataCollatorForLanguageModeling
+
+from mrl_text import MatryoshkaConfig, MatryoshkaForMaskedLM, MatryoshkaModel
+
+from .conftest import run_without_mrl_text, tiny_bert_config
+
+DIMS = [32, 16, 8, 4]
+
+
+@pytest.fixture
+def make_mlm(tiny_tokenizer):
+    def factory(dims=DIMS, seed=0, encoder=None, **config_kwargs):
+        torch.manual_seed(seed)
+        config = MatryoshkaConfig(encoder=encoder or tiny_bert_config(vocab_size=len(tiny_tokenizer)),
+                                  matryoshka_dimensions=list(dims), **config_kwargs)
+        model = MatryoshkaForMaskedLM(config).eval()
+        model.tokenizer = tiny_tokenizer
+        return model
+
+    return factory
+
+
+@pytest.fixture
+def masked_batch(tiny_tokenizer, sentences):
+    torch.manual_seed(1)
+    collator = DataCollatorForLanguageModeling(tiny_tokenizer, mlm_probability=0.3)
+    batch = collator([tiny_tokenizer(s) for s in sentences])
+    assert (batch["labels"] != -100).any()
+    return batch
+
+
+def test_loss_is_the_weighted_sum_of_per_size_mlm_losses(make_mlm, masked_batch):
+    weights = [1.0, 0.5, 2.0, 0.0]
+    model = make_mlm(matryoshka_weights=weights)
+    out = model(**masked_batch)
+    labels = masked_batch["labels"][masked_batch["labels"] != -100]
+    assert len(out.matryoshka_logits) == len(DIMS)
+    assert all(logits.shape == (labels.numel(), model.config.encoder.vocab_size) for logits in out.matryoshka_logits)
+    expected = sum(w * F.cross_entropy(logits, labels) for w, logits in zip(weights, out.matryoshka_logits))
+    torch.testing.assert_close(out.loss, expected)
+    # each size's logits come from that size's own head, and the sizes differ
+    assert not torch.allclose(out.matryoshka_logits[0], out.matryoshka_logits[3])
+    torch.testing.assert_close(model(**masked_batch, dim=8).logits, out.matryoshka_logits[2])
+
+
+def test_each_size_learns_from_its_prefix_only(make_mlm, masked_batch):
+    """The size-d loss reaches the encoder through the first d coordinates of the token states alone."""
+    model = make_mlm(matryoshka_weights=[0.0, 0.0, 1.0, 0.0]).train()
+    out = model(**masked_batch)
+    states = out.last_hidden_state
+    (grad,) = torch.autograd.grad(out.loss, states)
+    assert grad[..., :8].abs().sum() > 0 and grad[..., 8:].abs().sum() == 0
+
+
+def test_inference_logits_at_dim(make_mlm, masked_batch):
+    model = make_mlm(truncate_dim=16)
+    inputs = {k: v for k, v in masked_batch.items() if k != "labels"}
+    seq = inputs["input_ids"].shape
+    full = model(**inputs, dim=32).logits
+    assert full.shape == (*seq, model.config.encoder.vocab_size)
+    # the default is the config's truncate_dim
+    torch.testing.assert_close(model(**inputs).logits, model(**inputs, dim=16).logits)
+    assert not torch.allclose(model(**inputs).logits, full)
+    with pytest.raises(ValueError, match=r"dim=12 has no MLM head.*\[32, 16, 8, 4\]"):
+        model(**inputs, dim=12)
+    with pytest.raises(ValueError, match="dim=64 is larger than the embedding size 32"):
+        model(**inputs, dim=64)
+
+
+def test_decoder_tied_to_the_input_embedding_where_the_encoder_ties(make_mlm, tiny_tokenizer):
+    tied = make_mlm()
+    assert tied.get_output_embeddings().weight is tied.get_input_embeddings().weight
+    untied = make_mlm(encoder=tiny_bert_config(vocab_size=len(tiny_tokenizer)).__class__(
+        **{**tiny_bert_config(vocab_size=len(tiny_tokenizer)).to_dict(), "tie_word_embeddings": False}))
+    assert untied.get_output_embeddings().weight is not untied.get_input_embeddings().weight
+    # MRL-E: one transform whose first d columns serve size d; no more parameters than a single head
+    efficient = make_mlm(efficient_heads=True)
+    efficient_count, per_size_count = (sum(p.numel() for p in m.lm_head.transform.parameters()) for m in (efficient, tied))
+    assert efficient_count == 32 * 32 + 32 < per_size_count == (32 + 16 + 8 + 4) * 32 + 4 * 32
+
+
+def test_bad_configs(tiny_tokenizer):
+    encoder = tiny_bert_config(vocab_size=len(tiny_tokenizer))
+    with pytest.raises(ValueError, match="projection_dim=16 does not apply"):
+        MatryoshkaForMaskedLM(MatryoshkaConfig(encoder=encoder, matryoshka_dimensions=[16, 8], projection_dim=16))
+    with pytest.raises(ValueError, match="size=48 is larger than the embedding size 32"):
+        MatryoshkaConfig(encoder=encoder, matryoshka_dimensions=[48, 32, 16])
+
+
+def test_save_and_load_with_auto_classes(make_mlm, masked_batch, tmp_path):
+    model = make_mlm()
+    model.save_pretrained(tmp_path / "mlm")
+    loaded = AutoModelForMaskedLM.from_pretrained(tmp_path / "mlm").eval()
+    assert isinstance(loaded, MatryoshkaForMaskedLM)
+    assert loaded.get_output_embeddings().weight is loaded.get_input_embeddings().weight
+    for a, b in zip(model(**masked_batch).matryoshka_logits, loaded(**masked_batch).matryoshka_logits):
+        torch.testing.assert_close(a, b)
+    assert loaded.tokenizer is not None
+    # the saved MLM folder is also a starting point for embedding fine-tuning: its encoder, without the head
+    embedder = AutoModel.from_pretrained(tmp_path / "mlm")
+    assert isinstance(embedder, MatryoshkaModel) and embedder.config.matryoshka_dimensions == DIMS
+    for (name, p), q in zip(model.matryoshka.state_dict().items(), embedder.state_dict().values()):
+        assert torch.equal(p, q), name
+
+
+def test_to_embedding_model_carries_the_encoder_exactly(make_mlm, sentences):
+    model = make_mlm(matryoshka_weights=[1.0, 1.0, 2.0, 2.0])
+    embedder = model.to_embedding_model(pooling="cls")
+    assert isinstance(embedder, MatryoshkaModel)
+    assert embedder.config.matryoshka_dimensions == DIMS and embedder.config.matryoshka_weights == [1.0, 1.0, 2.0, 2.0]
+    assert embedder.config.pooling == "cls" and model.config.pooling == "mean"  # the MLM model's config is untouched
+    mlm_state, embedder_state = model.matryoshka.encoder.state_dict(), embedder.encoder.state_dict()
+    assert mlm_state.keys() == embedder_state.keys()
+    assert all(torch.equal(mlm_state[k], embedder_state[k]) for k in mlm_state)
+    assert embedder.encode(sentences, dim=8).shape == (len(sentences), 8)
+    # a copy: fine-tuning the embedder leaves the pretrained model as it was
+    with torch.no_grad():
+        embedder.encoder.embeddings.word_embeddings.weight.add_(1.0)
+    assert torch.equal(model.matryoshka.encoder.embeddings.word_embeddings.weight, mlm_state["embeddings.word_embeddings.weight"])
+    with pytest.raises(ValueError, match="Unknown pooling 'avg'"):
+        model.to_embedding_model(pooling="avg")
+
+
+def test_trust_remote_code_without_mrl_text(make_mlm, masked_batch, tmp_path):
+    model = make_mlm()
+    model.save_pretrained(tmp_path / "mlm")
+    inputs = {k: v for k, v in masked_batch.items() if k != "labels"}
+    torch.save({"inputs": inputs, "logits": model(**inputs, dim=8).logits}, tmp_path / "expected.pt")
+    script = f"""
+        import torch
+        from transformers import AutoModelForMaskedLM
+        model = AutoModelForMaskedLM.from_pretrained({str(tmp_path / "mlm")!r}, trust_remote_code=True).eval()
+        expected = torch.load({str(tmp_path / "expected.pt")!r})
+        assert type(model).__name__ == "MatryoshkaForMaskedLM"
+        torch.testing.assert_close(model(**expected["inputs"], dim=8).logits, expected["logits"])
+        print("REMOTE-OK")
+    """
+    run_without_mrl_text(script, tmp_path)
+
+
+# recipes/pretrain_mlm.py
+
+
+@pytest.fixture(scope="module")
+def recipe():
+    from .test_recipe import load_recipe
+
+    return load_recipe("pretrain_mlm")
+
+
+@pytest.fixture
+def corpus(tmp_path, sentences):
+    path = tmp_path / "corpus.tsv"
+    rows = [s.lower() for s in sentences] * 8 + ["a dog is playing in the park", "the cat eats bread"] * 8
+    path.write_text("text\n" + "".join(f"{row}\n" for row in rows))
+    return path
+
+
+def tiny_recipe_arguments(tokenizer_dir, corpus, out):
+    return ["--tokenizer_name_or_path", str(tokenizer_dir), "--train_data", str(corpus), "--hidden_size", "32",
+            "--num_hidden_layers", "2", "--num_attention_heads", "2", "--matryoshka_dimensions", "32", "16", "8",
+            "--max_seq_length", "16", "--heldout_fraction", "0.25", "--output_dir", str(out), "--max_steps", "2",
+            "--per_device_train_batch_size", "4", "--use_cpu", "true", "--disable_tqdm", "true"]
+
+
+def test_mlm_configs_parse(recipe):
+    from .test_recipe import RECIPES
+
+    demo, args = recipe.parse_arguments([])
+    assert demo.train_data == "shared-corpus" and demo.hidden_size == 128 and demo.tokenizer_name_or_path is None
+    assert "stsb" not in demo.corpus_sources and args.max_steps > 0 and args.save_strategy == "no"
+    base, args = recipe.parse_arguments(["--config", str(RECIPES / "configs" / "mlm_bert_base.yaml"), "--bf16", "false"])
+    assert base.encoder_config == "bert-base-uncased" and base.train_data == "wikimedia/wikipedia" and base.group_texts
+    assert base.matryoshka_dimensions == [768, 384, 192, 96, 48, 24, 12] and args.per_device_train_batch_size == 128
+
+
+def test_pretrain_recipe_smoke(recipe, tiny_tokenizer, corpus, tmp_path, capsys):
+    tiny_tokenizer.save_pretrained(tmp_path / "tokenizer")
+    out = tmp_path / "out"
+    before, after = recipe.main(tiny_recipe_arguments(tmp_path / "tokenizer", corpus, out))
+    assert list(before) == list(after) == [32, 16, 8]
+    printed = capsys.readouterr().out
+    assert "MLM accuracy before" in printed and "| 8 |" in printed
+    assert (out / "mlm_accuracy.json").is_file() and not (out / "checkpoints").exists()
+    model = AutoModelForMaskedLM.from_pretrained(out)
+    assert isinstance(model, MatryoshkaForMaskedLM) and model.config.matryoshka_dimensions == [32, 16, 8]
+    # the demo config learns a new vocabulary on the training texts; the model is sized to it and saved with it
+    assert model.tokenizer is not None and model.config.encoder.vocab_size == len(model.tokenizer) < len(tiny_tokenizer)
+    held_out = recipe.tokenize(recipe.load_texts(recipe.parse_arguments(["--train_data", str(corpus)])[0])[0],
+                               "text", model.tokenizer, 16)
+    batches = recipe.masked_batches(held_out, model.tokenizer, 0.15, seed=3)
+    assert set(recipe.masked_lm_accuracy(model, batches)) == {32, 16, 8}
+
+
+def test_pretrain_recipe_grouped_texts(recipe, tiny_tokenizer, corpus):
+    texts, column = recipe.load_texts(recipe.parse_arguments(["--train_data", str(corpus)])[0])
+    blocks = recipe.tokenize(texts, column, tiny_tokenizer, 16, group=True)
+    assert all(len(ids) == 16 for ids in blocks["input_ids"])
+    assert all(ids[0] == tiny_tokenizer.cls_token_id and ids[-1] == tiny_tokenizer.sep_token_id
+               for ids in blocks["input_ids"])
+
+
+def test_pretrain_recipe_bad_input(recipe, tiny_tokenizer, corpus, tmp_path):
+    from transformers import BertTokenizerFast
+
+    tiny_tokenizer.save_pretrained(tmp_path / "tokenizer")
+    arguments = tiny_recipe_arguments(tmp_path / "tokenizer", corpus, tmp_path / "out")
+    no_text = tmp_path / "pairs.tsv"
+    no_text.write_text("sentence1\tsentence2\na dog\ta cat\n")
+    with pytest.raises(ValueError, match=r"no text column 'text' \(columns: \['sentence1', 'sentence2'\]\).*--text_column"):
+        recipe.main(arguments + ["--train_data", str(no_text)])
+    with pytest.raises(ValueError, match=r"size=64 is larger than the embedding size 32"):
+        recipe.main(arguments + ["--matryoshka_dimensions", "64", "32"])
+    vocab = tiny_tokenizer.get_vocab()
+    BertTokenizerFast(vocab=vocab, mask_token=None).save_pretrained(tmp_path / "no-mask")
+    with pytest.raises(ValueError, match="has no mask token"):
+        recipe.main(arguments + ["--tokenizer_name_or_path", str(tmp_path / "no-mask")])
+
+
+def test_new_vocabulary_keeps_the_special_tokens(recipe, tiny_tokenizer, sentences):
+    small = recipe.retrain_tokenizer(tiny_tokenizer, [s.lower() for s in sentences] * 20, 80)
+    assert len(small) <= 80 and small.mask_token == "[MASK]" and small.pad_token_id is not None
+    assert small("the dog runs")["input_ids"][0] == small.cls_token_id
+
+
+def test_quality_mlm_regime_end_to_end(tiny_tokenizer, tmp_path):
+    """`python benchmarks/quality.py mlm` on a tiny data folder, so a long run cannot fail on a bug."""
+    import random
+    import sys
+
+    from .conftest import WORDS, load_module
+
+    rng = random.Random(0)
+
+    def write(path, header, rows):
+        path.parent.mkdir(parents=True, exist_ok=True)
+        path.write_text("\t".join(header) + "\n" + "".join("\t".join(map(str, r)) + "\n" for r in rows))
+
+    def sentence():
+        return " ".join(rng.choice(WORDS) for _ in range(6))
+
+    data = tmp_path / "data"
+    files = {"snli": (("dev", "test"), ["premise", "hypothesis", "label"]),
+             "flickr8k_captions": (("train", "dev", "test"), ["caption"]), "emotion": (("train", "validation", "test"), ["text"]),
+             "banking77": (("train", "test"), ["text"]), "trec": (("train", "test"), ["text"]),
+             "mrpc": (("train", "test"), ["sentence1", "sentence2"])}
+    for folder, (splits, columns) in files.items():
+        for split in splits:
+            rows = [[sentence() for _ in columns] for _ in range(30)]
+            if folder == "snli":
+                rows = [[r[0], h, label] for r in rows for h, label in ((r[1], "entailment"), (sentence(), "contradiction"))]
+            write(data / folder / f"{split}.tsv", columns, rows)
+    write(data / "stsb" / "test.tsv", ["sentence1", "sentence2", "score"], [(sentence(), sentence(), i % 5) for i in range(30)])
+    tiny_tokenizer.save_pretrained(tmp_path / "tokenizer")
+    benchmarks = Path(__file__).resolve().parents[1] / "benchmarks"
+    sys.path.insert(0, str(benchmarks))
+    quality = load_module(benchmarks / "quality.py")
+    report = quality.main(["mlm", "--model", str(tmp_path / "tokenizer"), "--data", str(data), "--results", str(tmp_path),
+                           "--sizes", "32,16,8", "--heads", "2", "--steps", "3", "--refit-steps", "2", "--vocab-size", "0",
+                           "--limit-train", "200", "--limit-eval", "20", "--finetune-rows", "16", "--batch-size", "8"])
+    assert set(report["runs"]) == {"mrl", "plain", "ff16", "ff8"}
+    assert set(report["runs"]["plain"]["refit"]) == {32, 16, 8} and set(report["runs"]["mrl"]["stsb"]["after"]) == {32, 16, 8}
+    markdown = (tmp_path / "quality_mlm.md").read_text()
+    assert "| 8 |" in markdown and "most-frequent-token baseline" in markdown and "MRL within 1.0 of FF-8" in markdown

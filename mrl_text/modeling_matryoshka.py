@@ -299,8 +299,7 @@ class MatryoshkaModel(MatryoshkaPreTrainedModel):
         pooled = pool(outputs.last_hidden_state, attention_mask, self.config.pooling)
         if self.projection is not None:
             pooled = self.projection(pooled)
-        adapted = self.adaptor.at_size(pooled, dim, self.config.normalize) if self.adaptor is not None else pooled
-        embeddings = truncate_embeddings(adapted, dim, self.config.normalize)
+        embeddings = self.embeddings_at_size(pooled, dim)
         result = MatryoshkaModelOutput(
             embeddings=embeddings,
             full_embeddings=pooled,
@@ -315,6 +314,14 @@ class MatryoshkaModel(MatryoshkaPreTrainedModel):
         return_dict = return_dict if return_dict is not None else self.config.return_dict
         return result if return_dict else result.to_tuple()
 
+    def embeddings_at_size(self, full_embeddings, dim=None):
+        """The size-`dim` embedding from `forward`'s pooled, pre-adaptor `full_embeddings` (also
+        `encode(..., output_value="full_embeddings")`): the adaptor's map at that size when the model has one, then
+        truncation (and re-normalization). Encode once, read every size exactly as `encode(dim=)` returns it."""
+        if self.adaptor is not None:
+            full_embeddings = self.adaptor.at_size(full_embeddings, dim, self.config.normalize)
+        return truncate_embeddings(full_embeddings, dim, self.config.normalize)
+
     @torch.inference_mode()
     def encode(
         self,
@@ -327,6 +334,7 @@ class MatryoshkaModel(MatryoshkaPreTrainedModel):
         device=None,
         precision="float32",
         layers=None,
+        output_value="embeddings",
     ):
         """Embed texts at size `dim` (default: the config's `truncate_dim`, else full size).
 
@@ -345,6 +353,9 @@ class MatryoshkaModel(MatryoshkaPreTrainedModel):
                 of sentence-transformers' `quantize_embeddings` (see `mrl_text.quantization`).
             layers (`int`, *optional*): run only the first `layers` encoder layers (2D Matryoshka; one of
                 `config.matryoshka_layers`); None: full depth.
+            output_value (`str`): `"embeddings"`, or `"full_embeddings"`: the pooled full-size vectors before any
+                adaptor and normalization (`dim` and `precision` then do not apply), from which
+                [`embeddings_at_size`] gives every size.
 
         Returns:
             `torch.Tensor` (CPU) or `numpy.ndarray` of shape `(len(texts), dim)` (`dim / 8` for bit codes); a single
@@ -355,6 +366,10 @@ class MatryoshkaModel(MatryoshkaPreTrainedModel):
                 "This model has no tokenizer: build it with MatryoshkaModel.from_encoder(...), load it from a folder "
                 "that holds one, or set `model.tokenizer = AutoTokenizer.from_pretrained(...)`."
             )
+        if output_value not in ("embeddings", "full_embeddings"):
+            raise ValueError(f"output_value={output_value!r}; use 'embeddings' or 'full_embeddings'.")
+        if output_value == "full_embeddings":
+            dim, precision = self.config.embedding_size, "float32"
         dim = self._resolve_dim(dim)
         size = dim or self.config.embedding_size
         ranges = model_ranges(self.config, size, check_precision(precision, size))  # fail before encoding
@@ -386,7 +401,8 @@ class MatryoshkaModel(MatryoshkaPreTrainedModel):
             inputs = self.tokenizer(
                 batch, padding=True, truncation=True, max_length=max_length, return_tensors="pt"
             ).to(device)
-            chunks.append(self(**inputs, dim=dim, layers=layers).embeddings.float().cpu())
+            outputs = self(**inputs, dim=dim, layers=layers)
+            chunks.append(getattr(outputs, output_value).float().cpu())
         self.train(was_training)
         if chunks:
             stacked = torch.cat(chunks)
@@ -402,12 +418,15 @@ class MatryoshkaModel(MatryoshkaPreTrainedModel):
     def calibrate_quantization(self, texts, dims=None, **encode_kwargs):
         """Measure the int8/uint8 ranges of every trained size (or `dims`) on `texts` and keep them in the config
         (`quantization_ranges`, saved in config.json), so `encode(..., precision="int8")` and every copy of the saved
-        model make the same codes. One encoding pass at full size; each size's ranges are taken after truncation and
-        re-normalization, as `encode` returns it. `encode_kwargs` go to `encode`. Returns the ranges by size."""
+        model make the same codes. One encoding pass at full size; each size's ranges are taken from that size's
+        embedding (adaptor, truncation, re-normalization), as `encode` returns it. `encode_kwargs` go to `encode`.
+        Returns the ranges by size."""
         dims = [check_dim(d, self.config.embedding_size) for d in (dims or self.config.matryoshka_dimensions)]
         texts = [texts] if isinstance(texts, str) else list(texts)
-        full = self.encode(texts, dim=self.config.embedding_size, **encode_kwargs)
-        measured = {d: calibration_ranges(truncate_embeddings(full, d, self.config.normalize)) for d in dims}
+        full = self.encode(texts, output_value="full_embeddings", **encode_kwargs)
+        with torch.inference_mode():
+            sized = {d: self.embeddings_at_size(full.to(self.device, self.dtype), d).float().cpu() for d in dims}
+        measured = {d: calibration_ranges(embeddings) for d, embeddings in sized.items()}
         self.config.quantization_ranges = {**(self.config.quantization_ranges or {}), **ranges_to_config(measured)}
         return measured
 

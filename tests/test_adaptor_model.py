@@ -252,3 +252,28 @@ def test_attached_adaptor_is_frozen_and_refits_from_a_copy(make_model):
     assert model.adaptor is second and second is not first
     assert second.config.fit_summary["objective"] == "supervised"
     assert all(torch.equal(before[k], v) for k, v in first.state_dict().items())  # the original is untouched
+
+
+def test_evaluators_and_calibration_see_the_adapted_sizes(make_model, sentences):
+    """Encode once, score every size: with an adaptor a size is not a prefix of the full size, so the evaluators
+    and the int8 calibration must read each size as `encode(dim=)` returns it, not truncate the full one."""
+    from mrl_text.evaluation import RetrievalEvaluator, STSEvaluator, evaluate
+    from mrl_text.metrics import spearman
+    from mrl_text.quantization import calibration_ranges
+
+    model = make_model()
+    model.set_adaptor(gated_adaptor())
+    texts = random_texts(12, seed=3)
+    firsts, seconds, scores = texts[:6], texts[6:], [0.5, 4.0, 2.5, 1.0, 3.0, 5.0]
+    results = evaluate(model, [STSEvaluator(firsts, seconds, scores, name="sts")])
+    for dim in DIMS:
+        a, b = model.encode(firsts, dim=dim), model.encode(seconds, dim=dim)
+        cosine = torch.nn.functional.cosine_similarity(a, b).tolist()
+        assert results.value("sts", "spearman", dim) == pytest.approx(spearman(cosine, scores), abs=1e-6), dim
+    corpus = {f"d{i}": text for i, text in enumerate(sentences)}
+    queries = {"q0": sentences[0], "q1": sentences[3]}
+    retrieval = RetrievalEvaluator(corpus, queries, {"q0": {"d0": 1}, "q1": {"d3": 1}}, name="ir")
+    assert all(evaluate(model, [retrieval]).value("ir", "ndcg@10", dim) == pytest.approx(1.0) for dim in DIMS)
+    measured = model.calibrate_quantization(texts)
+    for dim in (16, 4):  # adapted sizes: ranges of the adapted embedding
+        assert torch.allclose(measured[dim], calibration_ranges(model.encode(texts, dim=dim)), atol=1e-5)

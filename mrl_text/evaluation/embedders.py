@@ -45,11 +45,14 @@ class Embedder:
         show_progress_bar (`bool`): whether the evaluators show a bar per task.
         source (`str` or `None`): the absolute path of the local folder the model was loaded from (None: not a
             folder); [`name_apart`] uses it to tell apart two folders of the same name.
+        size_map (callable or `None`): `(full_embeddings, dim) -> embeddings at dim` when a size is more than a
+            prefix (a `MatryoshkaModel` with an adaptor: `encode` then gives the pre-adaptor vectors); None:
+            truncation.
     """
 
     def __init__(
         self, encode_fn, full_dim, dims, normalize, name, max_length=None, batch_size=None, show_progress_bar=False,
-        source=None, count_tokens=None,
+        source=None, count_tokens=None, size_map=None,
     ):
         self._encode_fn = encode_fn
         self.full_dim = int(full_dim)
@@ -61,13 +64,14 @@ class Embedder:
         self.show_progress_bar = bool(show_progress_bar)
         self.source = source
         self.count_tokens = count_tokens
+        self.size_map = size_map
         self._progress = None
 
     def with_dims(self, dims):
         """The same model scored at other sizes."""
         return Embedder(
             self._encode_fn, self.full_dim, dims, self.normalize, self.name, self.max_length, self.batch_size,
-            self.show_progress_bar, self.source, self.count_tokens,
+            self.show_progress_bar, self.source, self.count_tokens, self.size_map,
         )
 
     @contextlib.contextmanager
@@ -119,8 +123,16 @@ class Embedder:
         return embeddings.clone()
 
     def truncate(self, embeddings, dim):
-        """The model's embedding at size `dim`, from full-size embeddings."""
+        """The model's embedding at size `dim`, from the full-size embeddings `encode` gives."""
+        if self.size_map is not None:
+            return self.size_map(embeddings, dim)
         return truncate_embeddings(embeddings, dim, self.normalize)
+
+    def unit(self, embeddings, dim):
+        """The model's embedding at size `dim`, unit length (what cosine similarity compares)."""
+        if self.size_map is not None:
+            return truncate_embeddings(self.size_map(embeddings, dim), None, True)
+        return truncate_embeddings(embeddings, dim, True)
 
     def __repr__(self):
         return (
@@ -299,12 +311,22 @@ def as_embedder(model, dims=None, batch_size=DEFAULT_BATCH_SIZE, max_length=None
             max_length = config.max_seq_length
         max_length = fit_max_length(max_length, name, model.tokenizer, config.encoder)
 
+        # With an adaptor a size is not a prefix of the full size: encode the pre-adaptor vectors once and let the
+        # model map them to each size (`embeddings_at_size`), exactly as encode(dim=) would.
+        output_value = "embeddings" if model.adaptor is None else "full_embeddings"
+
         def encode(texts):
-            return model.encode(texts, dim=config.embedding_size, batch_size=batch_size, max_length=max_length)
+            return model.encode(texts, dim=config.embedding_size, batch_size=batch_size, max_length=max_length,
+                                output_value=output_value)
+
+        def size_map(embeddings, dim):
+            with torch.no_grad():
+                return model.embeddings_at_size(embeddings.to(model.device, model.dtype), dim).float().cpu()
 
         return Embedder(
             encode, config.embedding_size, dims or config.matryoshka_dimensions, config.normalize, name, max_length,
             batch_size, show_progress_bar, source, token_counter(model.tokenizer, max_length),
+            size_map if model.adaptor is not None else None,
         )
     try:
         from sentence_transformers import SentenceTransformer

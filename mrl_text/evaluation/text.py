@@ -31,7 +31,7 @@ class STSEvaluator(Evaluator):
 
     def _score(self, embedder, embedded, dim):
         embeddings, rows1, rows2 = embedded
-        unit = truncate_embeddings(embeddings, dim, normalize=True)  # cosine: unit prefixes, whatever the model does
+        unit = embedder.unit(embeddings, dim)  # cosine: unit vectors, whatever the model does
         cosine = (unit[rows1] * unit[rows2]).sum(-1).tolist()
         return {
             "spearman": metrics.spearman(cosine, self.scores),
@@ -83,22 +83,24 @@ class RetrievalEvaluator(Evaluator):
         embeddings, rows = encode_once(embedder, self.query_texts + self.doc_texts)
         return embeddings, rows[: len(self.query_texts)], rows[len(self.query_texts) :]
 
-    def search(self, embeddings, query_rows, doc_rows, dim, k):
+    def search(self, embeddings, query_rows, doc_rows, dim, k, unit=None):
         """Top-k documents by cosine at size `dim`: indices into `doc_rows`, `(n_queries, k)`, best first.
 
         `embeddings` holds every distinct text once at full size; queries and documents are gathered from it one
-        chunk at a time, so no second copy of the corpus is ever made.
+        chunk at a time, so no second copy of the corpus is ever made. `unit` maps a chunk to unit vectors at `dim`
+        (default: the re-normalized prefix; evaluators pass their embedder's `unit`, which knows adaptors).
         """
         k = min(k, len(doc_rows))
+        unit = unit or (lambda vectors, size: truncate_embeddings(vectors, size, True))
         results = []
         for q_start in range(0, len(query_rows), self.query_chunk_size):
             query_chunk = embeddings[query_rows[q_start : q_start + self.query_chunk_size]].to(self.device)
-            queries = truncate_embeddings(query_chunk, dim, True)
+            queries = unit(query_chunk, dim).to(self.device)
             best_scores = torch.empty(queries.shape[0], 0, device=self.device)
             best_index = torch.empty(queries.shape[0], 0, dtype=torch.long, device=self.device)
             for start in range(0, len(doc_rows), self.chunk_size):
                 doc_chunk = embeddings[doc_rows[start : start + self.chunk_size]].to(self.device)
-                docs = truncate_embeddings(doc_chunk, dim, True)
+                docs = unit(doc_chunk, dim).to(self.device)
                 scores = queries @ docs.T
                 top = scores.topk(min(k, scores.shape[1]), dim=1)
                 merged_scores = torch.cat([best_scores, top.values], dim=1)
@@ -110,7 +112,7 @@ class RetrievalEvaluator(Evaluator):
 
     def _score(self, embedder, embedded, dim):
         embeddings, query_rows, doc_rows = embedded
-        top = self.search(embeddings, query_rows, doc_rows, dim, max(self.cutoffs.values()))
+        top = self.search(embeddings, query_rows, doc_rows, dim, max(self.cutoffs.values()), embedder.unit)
         rankings = [[self.doc_ids[i] for i in row] for row in top.tolist()]
         return metrics.retrieval_scores(rankings, [self.qrels[q] for q in self.query_ids], self.cutoffs)
 

@@ -10,7 +10,6 @@ and no private transformers API, so that ``save_pretrained`` copies it next to t
 import inspect
 import os
 import tempfile
-import warnings
 from dataclasses import dataclass
 from typing import Optional
 
@@ -29,8 +28,15 @@ from .modeling_matryoshka_utils import (
     pool,
     resolve_tokenizer,
     truncate_embeddings,
+    warn_once,
 )
-from .quantization import calibration_ranges, check_precision, model_ranges, quantize, ranges_to_config
+from .quantization import (
+    calibration_ranges,
+    check_precision,
+    model_ranges,
+    quantize,
+    ranges_to_config,
+)
 
 
 @dataclass
@@ -81,14 +87,8 @@ class MatryoshkaPreTrainedModel(PreTrainedModel):
         trained = self.config.matryoshka_dimensions
         dim = check_dim(dim, self.config.embedding_size, trained)
         if dim is not None and dim not in trained:
-            warned = self.__dict__.setdefault("_untrained_dims_warned", set())
-            if dim not in warned:
-                warned.add(dim)
-                warnings.warn(
-                    f"dim={dim} is not one of the trained sizes {trained}; its prefix works but was not trained as "
-                    "an embedding. Prefer a trained size.",
-                    stacklevel=3,
-                )
+            warn_once(self, "dims", dim, f"dim={dim} is not one of the trained sizes {trained}; its prefix works but was "
+                      "not trained as an embedding. Prefer a trained size.", stacklevel=3)
         return dim
 
     # The tokenizer travels with the model: saved by save_pretrained, found again (lazily) from the folder or hub

@@ -14,9 +14,8 @@ sibling files (relative imports).
 
 import contextlib
 import numbers
-import warnings
 
-from .modeling_matryoshka_utils import pool
+from .modeling_matryoshka_utils import pool, warn_once
 
 # Encoder types whose layers run in order from one `nn.ModuleList`, post-LN, with no norm after the stack: where the
 # list lives inside the encoder.
@@ -67,14 +66,9 @@ def check_layers(model, layers):
         raise ValueError(f"layers={layers} is out of range: the encoder has {depth} layers; {fix}.")
     layer_stack(model.encoder)  # refuse unsupported encoder types before running anything
     if layers not in trained:
-        warned = model.__dict__.setdefault("_untrained_layers_warned", set())
-        if layers not in warned:
-            warned.add(layers)
-            warnings.warn(
-                f"layers={layers} is not one of the trained depths {trained} (config.matryoshka_layers); its "
-                "embedding works but was not trained. Prefer a trained depth.",
-                stacklevel=4,  # the caller of encode (under its inference_mode wrapper)
-            )
+        warn_once(model, "layers", layers, f"layers={layers} is not one of the trained depths {trained} "
+                  "(config.matryoshka_layers); its embedding works but was not trained. Prefer a trained depth.",
+                  stacklevel=4)  # the caller of encode (under its inference_mode wrapper)
     return None if layers == depth else layers
 
 

@@ -5,6 +5,7 @@ sibling configuration file (relative import), so `trust_remote_code=True` loads 
 """
 
 import inspect
+import warnings
 
 import torch
 import torch.nn.functional as F
@@ -98,3 +99,12 @@ def resolve_tokenizer(tokenizer, name_or_path, config_kwargs):
     if isinstance(tokenizer, str):
         return AutoTokenizer.from_pretrained(tokenizer, **config_kwargs)
     return tokenizer or None
+
+
+def warn_once(model, kind, value, message, stacklevel):
+    """Warn with `message` the first time `model` is asked for this `kind` of untrained `value` (a size, a depth):
+    a loop over texts must not repeat it."""
+    warned = model.__dict__.setdefault(f"_untrained_{kind}_warned", set())
+    if value not in warned:
+        warned.add(value)
+        warnings.warn(message, stacklevel=stacklevel + 1)

@@ -29,12 +29,20 @@ import numpy as np
 import torch
 from torch.nn import functional as F
 
+from .adaptor_metrics import (
+    VALIDATION_K,
+    cosine_matrix,
+    nearest_neighbours,
+    neighbour_recall,
+    retrieval_ndcg,
+    similarity_correlation,
+    validation_pairs,
+)
 from .losses import InfoNCELoss, MatryoshkaLoss
 from .modeling_matryoshka import truncate_embeddings
 from .modeling_matryoshka_adaptor import MatryoshkaAdaptor, MatryoshkaAdaptorConfig
 
 OBJECTIVES = ("unsupervised", "supervised", "both")
-VALIDATION_K = 10
 
 
 def as_embedding_matrix(embeddings, what, size=None):
@@ -61,44 +69,6 @@ def pca_rotation(embeddings):
     centered = embeddings.double() - embeddings.double().mean(dim=0)
     _, vectors = torch.linalg.eigh(centered.T @ centered)  # ascending eigenvalues; d x d, cheap for any n
     return vectors.flip(1).T.contiguous().float()
-
-
-def cosine_matrix(a, b):
-    return F.normalize(a, dim=-1) @ F.normalize(b, dim=-1).T
-
-
-def nearest_neighbours(embeddings, k, chunk=2048):
-    """Indices `(n, k)` of each row's `k` most similar other rows at full size, and those similarities."""
-    k = min(k, embeddings.shape[0] - 1)
-    unit = F.normalize(embeddings, dim=-1)
-    indices, values = [], []
-    for start in range(0, len(unit), chunk):
-        scores = unit[start : start + chunk] @ unit.T
-        scores[torch.arange(scores.shape[0]), torch.arange(start, start + scores.shape[0])] = -math.inf
-        top = scores.topk(k, dim=1)
-        indices.append(top.indices)
-        values.append(top.values)
-    return torch.cat(indices), torch.cat(values)
-
-
-def neighbour_recall(original, candidate, dim, k=VALIDATION_K):
-    """Recall@k, within `candidate`'s rows at size `dim`, of each row's full-size original top-k neighbours."""
-    truth, _ = nearest_neighbours(original, k)
-    found, _ = nearest_neighbours(truncate_embeddings(candidate, dim, True), k)
-    hits = (found[:, :, None] == truth[:, None, :]).any(dim=2).float()
-    return hits.mean().item()
-
-
-def retrieval_ndcg(queries, documents, relevant, dim, k=VALIDATION_K):
-    """nDCG@k of binary relevance: `relevant[i]` is the set of document rows relevant to query `i`."""
-    scores = truncate_embeddings(queries, dim, True) @ truncate_embeddings(documents, dim, True).T
-    ranked = scores.topk(min(k, scores.shape[1]), dim=1).indices.tolist()
-    total = 0.0
-    for row, wanted in zip(ranked, relevant):
-        gain = sum(1 / math.log2(rank + 2) for rank, doc in enumerate(row) if doc in wanted)
-        ideal = sum(1 / math.log2(rank + 2) for rank in range(min(len(wanted), k)))
-        total += gain / ideal
-    return total / len(relevant)
 
 
 class _Data:
@@ -141,6 +111,22 @@ def _prefix_similarity_loss(adapted_a, adapted_b, target, dims):
     return total / len(dims)
 
 
+def _listwise_loss(anchors, candidates, adapted_anchors, adapted_candidates, dims, temperature):
+    """Mean over sizes of KL(full-size softmax over candidates || prefix softmax): the order of each anchor's
+    nearest candidates matters most, as it does for search, and distant ones barely count."""
+    self_mask = torch.zeros(len(anchors), len(candidates), dtype=torch.bool)
+    self_mask[torch.arange(len(anchors)), torch.arange(len(anchors))] = True  # the first rows are the anchors
+    target = F.log_softmax((cosine_matrix(anchors, candidates) / temperature).masked_fill(self_mask, -math.inf), dim=1)
+    total = 0.0
+    for dim in dims:
+        a = truncate_embeddings(adapted_anchors, dim, True)
+        c = truncate_embeddings(adapted_candidates, dim, True)
+        predicted = F.log_softmax((a @ c.T / temperature).masked_fill(self_mask, -math.inf), dim=1)
+        total = total + F.kl_div(predicted.masked_fill(self_mask, 0), target.masked_fill(self_mask, 0),
+                                 log_target=True, reduction="batchmean")
+    return total / len(dims)
+
+
 class _Fitter:
     def __init__(self, adaptor, data, options, generator):
         self.adaptor, self.data, self.options, self.generator = adaptor, data, options, generator
@@ -149,6 +135,8 @@ class _Fitter:
         train = data.corpus[data.train_rows]
         self.train = train
         self.neighbours, self.neighbour_sims = nearest_neighbours(train, options["k"])
+        self.val_pairs = validation_pairs(data.corpus[data.val_rows], VALIDATION_K, generator)
+        self.baselines = {}
         self.skew = None
         if adaptor.config.rotation == "learned":
             self.skew = torch.nn.Parameter(torch.zeros_like(adaptor.rotation))
@@ -173,6 +161,11 @@ class _Fitter:
         loss = loss + o["topk_weight"] * _prefix_similarity_loss(
             adapted, adapted_neighbours, self.neighbour_sims[rows].gather(1, picks), self.dims
         )
+        if o["listwise_weight"]:
+            candidates = torch.cat([anchors, self.train[chosen].flatten(0, 1)])
+            adapted_candidates = torch.cat([adapted, adapted_neighbours.flatten(0, 1)])
+            loss = loss + o["listwise_weight"] * _listwise_loss(
+                anchors, candidates, adapted, adapted_candidates, self.dims, o["listwise_temperature"])
         reference = anchors @ self.adaptor.rotation.T if self.adaptor.rotation.numel() else anchors
         return loss + o["reconstruction_weight"] * (adapted - reference).pow(2).sum(-1).mean()
 
@@ -192,20 +185,24 @@ class _Fitter:
 
     @torch.no_grad()
     def validation_scores(self, supervised):
-        """`{dim: (adapted score, truncation score)}` on the held-out rows (or held-out queries)."""
+        """`{dim: {metric: (adapted score, truncation score)}}` on the held-out rows (or held-out queries)."""
         data, adapt = self.data, self.adaptor.adapt
-        scores = {}
-        for dim in self.dims:
-            if supervised:
-                relevant = [set(data.relevant[q]) for q in data.val_queries]
-                queries = data.queries[data.val_queries]
-                pair = [retrieval_ndcg(adapt(queries), adapt(data.documents), relevant, dim),
-                        retrieval_ndcg(queries, data.documents, relevant, dim)]
-            else:
-                held_out = data.corpus[data.val_rows]
-                pair = [neighbour_recall(held_out, adapt(held_out), dim), neighbour_recall(held_out, held_out, dim)]
-            scores[dim] = tuple(pair)
-        return scores
+        if supervised:
+            relevant = [set(data.relevant[q]) for q in data.val_queries]
+            queries = data.queries[data.val_queries]
+            adapted = (adapt(queries), adapt(data.documents))
+            metrics = {"ndcg": lambda q, d, dim: retrieval_ndcg(q, d, relevant, dim)}
+            original = (queries, data.documents)
+        else:
+            held_out = data.corpus[data.val_rows]
+            adapted = (held_out, adapt(held_out))
+            metrics = {"recall": lambda o, c, dim: neighbour_recall(o, c, dim),
+                       "correlation": lambda o, c, dim: similarity_correlation(o, c, dim, self.val_pairs)}
+            original = (held_out, held_out)
+        if supervised not in self.baselines:  # plain truncation's scores do not change during a fit
+            self.baselines[supervised] = {d: {m: f(*original, d) for m, f in metrics.items()} for d in self.dims}
+        baseline = self.baselines[supervised]
+        return {d: {m: (f(*adapted, d), baseline[d][m]) for m, f in metrics.items()} for d in self.dims}
 
     def run(self, supervised, epochs, progress):
         o, adaptor = self.options, self.adaptor
@@ -250,12 +247,24 @@ class _Fitter:
         return best[0]
 
     def mean_gain(self, scores):
-        return float(np.mean([scores[d][0] - scores[d][1] for d in self.small_dims]))
+        """Mean over the smaller sizes of the gain the gate would keep (0 where it keeps the identity)."""
+        return float(np.mean([gated_gain(scores[d]) for d in self.small_dims]))
+
+
+def beats_truncation(metrics):
+    """The gate: a size is adapted only when the adaptor beats truncation on the first metric and loses on none."""
+    values = list(metrics.values())
+    return values[0][0] > values[0][1] and all(a >= t for a, t in values)
+
+
+def gated_gain(metrics):
+    return sum(a - t for a, t in metrics.values()) if beats_truncation(metrics) else 0.0
 
 
 DEFAULTS = dict(
     epochs=30, supervised_epochs=30, batch_size=256, learning_rate=1e-3, weight_decay=0.0, k=10, neighbours_per_step=3,
-    pair_weight=1.0, topk_weight=1.0, reconstruction_weight=0.1, scale=20.0, negatives=256, regularization=0.1,
+    pair_weight=1.0, topk_weight=1.0, reconstruction_weight=0.1, listwise_weight=0.0, listwise_temperature=0.05,
+    scale=20.0, negatives=256, regularization=0.1,
 )
 
 
@@ -357,56 +366,70 @@ def fit(
     if adaptor is None:
         if not matryoshka_dimensions:
             raise ValueError("matryoshka_dimensions is required for a new adaptor, e.g. [384, 256, 128, 64, 32, 16].")
-        config = MatryoshkaAdaptorConfig(corpus.shape[1], list(matryoshka_dimensions), hidden_size, num_layers, rotation)
-        target = None
-        working = MatryoshkaAdaptor(config)
-    else:
-        if matryoshka_dimensions and sorted(matryoshka_dimensions) != sorted(adaptor.config.matryoshka_dimensions):
-            raise ValueError(
-                f"matryoshka_dimensions {list(matryoshka_dimensions)} differ from the adaptor's "
-                f"{adaptor.config.matryoshka_dimensions}; omit them to keep the adaptor's."
-            )
-        target, working = adaptor, copy.deepcopy(adaptor)  # a failed fit must leave `adaptor` as it was
+        # Checks the shape arguments before any work (the candidates below are built the same way).
+        MatryoshkaAdaptorConfig(corpus.shape[1], list(matryoshka_dimensions), hidden_size, num_layers,
+                                None if rotation == "auto" else rotation)
+    elif matryoshka_dimensions and sorted(matryoshka_dimensions) != sorted(adaptor.config.matryoshka_dimensions):
+        raise ValueError(
+            f"matryoshka_dimensions {list(matryoshka_dimensions)} differ from the adaptor's "
+            f"{adaptor.config.matryoshka_dimensions}; omit them to keep the adaptor's."
+        )
     supervision = None if objective == "unsupervised" else _pairs_as_rows(pairs, query_embeddings, query_ids, corpus_ids, corpus)
 
     generator = torch.Generator().manual_seed(seed)
-    with torch.random.fork_rng():
-        torch.manual_seed(seed)
-        if adaptor is None:
-            working.reset_parameters()
-        data = _Data(corpus, validation_fraction, generator, supervision)
-        if adaptor is None and rotation in ("pca", "learned"):  # a learned rotation starts from PCA's
-            working.rotation.copy_(pca_rotation(corpus[data.train_rows]))
-        fitter = _Fitter(working, data, options, generator)
-        stages = {"unsupervised": [False], "supervised": [True], "both": [False, True]}[objective]
-        epochs = {False: options["epochs"], True: options["supervised_epochs"]}
-        from tqdm.auto import tqdm
+    stages = {"unsupervised": [False], "supervised": [True], "both": [False, True]}[objective]
+    epochs = {False: options["epochs"], True: options["supervised_epochs"]}
+    # "auto" fits both candidates on the same split and keeps the one whose gated validation gain is larger.
+    candidates = [None, "pca"] if adaptor is None and rotation == "auto" else [rotation]
+    from tqdm.auto import tqdm
 
-        with tqdm(total=sum(epochs[s] for s in stages), desc="Fitting adaptor", unit="epoch",
-                  disable=not show_progress_bar) as progress:
+    fits = []
+    with torch.random.fork_rng(), tqdm(total=len(candidates) * sum(epochs[s] for s in stages), desc="Fitting adaptor",
+                                       unit="epoch", disable=not show_progress_bar) as progress:
+        torch.manual_seed(seed)
+        data = _Data(corpus, validation_fraction, generator, supervision)
+        for candidate in candidates:
+            torch.manual_seed(seed)
+            if adaptor is None:
+                working = MatryoshkaAdaptor(MatryoshkaAdaptorConfig(
+                    corpus.shape[1], list(matryoshka_dimensions), hidden_size, num_layers, candidate))
+                if candidate in ("pca", "learned"):  # a learned rotation starts from PCA's
+                    working.rotation.copy_(pca_rotation(corpus[data.train_rows]))
+            else:
+                working = copy.deepcopy(adaptor)  # a failed fit must leave `adaptor` as it was
+            fitter = _Fitter(working, data, options, torch.Generator().manual_seed(seed + 1))
             for supervised in stages:
                 scores = fitter.run(supervised, epochs[supervised], progress)
+            fits.append((fitter.mean_gain(scores), len(fits), working, scores))
+    _, _, working, scores = max(fits, key=lambda fit_: (fit_[0], -fit_[1]))
     working.eval()
     config = working.config
-    config.adapted_dimensions = [d for d in config.matryoshka_dimensions if not gate or scores[d][0] > scores[d][1]]
+    config.adapted_dimensions = [d for d in config.matryoshka_dimensions if not gate or beats_truncation(scores[d])]
+    metrics = {"ndcg": "nDCG@10 of held-out queries",
+               "recall": f"recall@{VALIDATION_K} of full-size neighbours among held-out rows",
+               "correlation": "Spearman of held-out pairs' cosines against full size (must not drop)"}
     config.fit_summary = {
         "description": description,
         "objective": objective,
         "corpus_embeddings": int(corpus.shape[0]),
         "validation_rows": int(len(data.val_rows)),
         "queries": None if supervision is None else int(len(data.queries)),
-        "validation_metric": "nDCG@10 of held-out queries" if stages[-1] else
-                             f"recall@{VALIDATION_K} of full-size neighbours among held-out rows",
-        "validation": {str(d): {"adaptor": round(a, 4), "truncation": round(t, 4), "adapted": d in config.adapted_dimensions}
-                       for d, (a, t) in scores.items()},
+        "validation_metric": "; ".join(metrics[m] for m in scores[config.matryoshka_dimensions[0]]),
+        "validation": {str(d): {"adaptor": round(next(iter(m.values()))[0], 4),
+                                "truncation": round(next(iter(m.values()))[1], 4),
+                                **{f"{name}_{side}": round(pair[i], 4) for name, pair in list(m.items())[1:]
+                                   for i, side in enumerate(("adaptor", "truncation"))},
+                                "adapted": d in config.adapted_dimensions}
+                       for d, m in scores.items()},
+        "rotation_candidates": {str(c): round(g, 4) for (g, _, _, _), c in zip(fits, candidates)} if len(fits) > 1 else None,
         "options": options,
         "seed": seed,
     }
-    if target is None:
+    if adaptor is None:
         return working
-    target.config = config
-    target.load_state_dict(working.state_dict())
-    return target
+    adaptor.config = config
+    adaptor.load_state_dict(working.state_dict())
+    return adaptor
 
 
 def transform(adaptor, embeddings, dim=None, normalize=True):

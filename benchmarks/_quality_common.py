@@ -288,11 +288,11 @@ class EmbeddingTable:
     """text -> full-size embedding (float32 tensor) of the frozen model, encoded once and cached under outputs/
     (benchmarks/embedding_cache.py); the model is loaded only when some text is not cached yet."""
 
-    def __init__(self, texts, model_path, max_length, device="cpu", cache_dir=None):
+    def __init__(self, texts, model_path, max_length, sizes, device="cpu", cache_dir=None):
         import embedding_cache
 
         def load():
-            return embedding_cache.load_model(model_path).to(device)
+            return embedding_cache.load_model(model_path, sizes).to(device)
 
         vectors = embedding_cache.cached_embeddings(load, texts, cache_key(model_path), max_length=max_length,
                                                     batch_size=256 if device != "cpu" else 32, cache_dir=cache_dir)

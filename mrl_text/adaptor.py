@@ -15,11 +15,14 @@ truncation rule, `truncate_embeddings`):
 
 The validation gate (why a size can never get worse than plain truncation on validation data): a slice of the
 corpus (and of the pairs) is held out. After every epoch the adaptor is scored on it at every size, next to plain
-truncation of the original embeddings; the epoch with the best mean gain is kept, and then a size stays adapted
-only if the adaptor beats plain truncation there (`config.adapted_dimensions`); at every other size the adaptor
-returns its input, which *is* plain truncation. The unsupervised score is how well a size's search reproduces the
-full-size original neighbours (recall@10 of the full-size top 10 among held-out rows), the supervised one is the
-held-out queries' nDCG@10 over the corpus.
+truncation of the original embeddings; the epoch with the best gated gain is kept, and then a size stays adapted
+only if the adaptor beats plain truncation there on every validation metric (`config.adapted_dimensions`); at
+every other size the adaptor returns its input, which *is* plain truncation. Unsupervised metrics: how well a size's
+search reproduces the full-size original neighbours (recall@10 of the full-size top 10 among held-out rows; must
+rise), and how well it keeps the order of the held-out rows' closest pairs' full-size similarities (Spearman; must
+not drop). The second one is what catches STS-style losses: a PCA rotation raises recall at every size on STS-B's
+sentences but costs STS-B Spearman at 64 dims and below, and only the closest pairs show it (`closest_pairs`).
+The supervised metric is the held-out queries' nDCG@10 over the corpus.
 """
 
 import copy
@@ -31,12 +34,12 @@ from torch.nn import functional as F
 
 from .adaptor_metrics import (
     VALIDATION_K,
+    closest_pairs,
     cosine_matrix,
     nearest_neighbours,
     neighbour_recall,
     retrieval_ndcg,
     similarity_correlation,
-    validation_pairs,
 )
 from .losses import InfoNCELoss, MatryoshkaLoss
 from .modeling_matryoshka import truncate_embeddings
@@ -135,7 +138,10 @@ class _Fitter:
         train = data.corpus[data.train_rows]
         self.train = train
         self.neighbours, self.neighbour_sims = nearest_neighbours(train, options["k"])
-        self.val_pairs = validation_pairs(data.corpus[data.val_rows], VALIDATION_K, generator)
+        # The held-out rows' closest pairs in the whole corpus, as indices into the rows they touch.
+        self.pair_rows, self.val_pairs = torch.unique(torch.cat(closest_pairs(data.corpus, data.val_rows)),
+                                                      return_inverse=True)
+        self.val_pairs = self.val_pairs.view(2, -1)
         self.baselines = {}
         self.skew = None
         if adaptor.config.rotation == "learned":
@@ -194,11 +200,11 @@ class _Fitter:
             metrics = {"ndcg": lambda q, d, dim: retrieval_ndcg(q, d, relevant, dim)}
             original = (queries, data.documents)
         else:
-            held_out = data.corpus[data.val_rows]
-            adapted = (held_out, adapt(held_out))
-            metrics = {"recall": lambda o, c, dim: neighbour_recall(o, c, dim),
-                       "correlation": lambda o, c, dim: similarity_correlation(o, c, dim, self.val_pairs)}
-            original = (held_out, held_out)
+            held_out, paired = data.corpus[data.val_rows], data.corpus[self.pair_rows]
+            adapted = (held_out, adapt(held_out), paired, adapt(paired))
+            metrics = {"recall": lambda o, c, po, pc, dim: neighbour_recall(o, c, dim),
+                       "correlation": lambda o, c, po, pc, dim: similarity_correlation(po, pc, dim, self.val_pairs)}
+            original = (held_out, held_out, paired, paired)
         if supervised not in self.baselines:  # plain truncation's scores do not change during a fit
             self.baselines[supervised] = {d: {m: f(*original, d) for m, f in metrics.items()} for d in self.dims}
         baseline = self.baselines[supervised]
@@ -333,11 +339,11 @@ def fit(
             default `"both"` with pairs, else `"unsupervised"`.
         adaptor (`MatryoshkaAdaptor`, *optional*): continue fitting this one (e.g. supervised after an earlier
             unsupervised fit); it is changed only when the fit succeeds.
-        rotation (`str`, *optional*): `"pca"`, `"learned"` (starts from PCA, then trained) or `None` (default), for
-            a new adaptor. Default `None`: a PCA rotation helps retrieval on the corpus it is fit on (SciFact
-            nDCG@10 at 16 dims 15.8 -> 29.7) but costs STS-B up to 5.9 points at 16 dims, and the neighbour-recall
-            gate does not see that (benchmarks/results/quality_adaptor_pca.md); without it the adaptor gains or ties
-            on every task measured (quality_adaptor.md).
+        rotation (`str`, *optional*): for a new adaptor, `"pca"`, `"learned"` (starts from PCA, then trained),
+            `None` (default) or `"auto"`: fit both `None` and `"pca"` on the same split and keep the one whose gated
+            validation gain is larger (twice the fit time). A PCA rotation helps search and classification on the
+            corpus it is fit on but can cost STS-style scores at small sizes, which the gate's pair metric catches
+            (benchmarks/results/quality_adaptor.md).
         hidden_size, num_layers: the residual MLP's shape, for a new adaptor (`num_layers=0`: rotation only).
         validation_fraction (`float`): share of the corpus (and of the queries) held out for the validation gate.
         gate (`bool`): keep the identity at every size where the adaptor does not beat plain truncation on the
@@ -346,7 +352,10 @@ def fit(
         description (`str`, *optional*): what the embeddings are (e.g. "SciFact corpus, all-MiniLM-L6-v2"),
             recorded in `config.fit_summary` for the model card.
         **options: training settings, defaults in `DEFAULTS` (epochs, supervised_epochs, batch_size,
-            learning_rate, k, neighbours_per_step, pair_weight, topk_weight, reconstruction_weight, scale, negatives, regularization).
+            learning_rate, k, neighbours_per_step, pair_weight, topk_weight, reconstruction_weight, listwise_weight,
+            listwise_temperature, scale, negatives, regularization). `listwise_weight` > 0 adds a listwise term: the
+            KL divergence between each row's full-size softmax over a batch's rows (and its neighbours) and each
+            prefix's, which weighs the nearest rows most.
     """
     unknown = sorted(set(options) - set(DEFAULTS))
     if unknown:
@@ -407,7 +416,7 @@ def fit(
     config.adapted_dimensions = [d for d in config.matryoshka_dimensions if not gate or beats_truncation(scores[d])]
     metrics = {"ndcg": "nDCG@10 of held-out queries",
                "recall": f"recall@{VALIDATION_K} of full-size neighbours among held-out rows",
-               "correlation": "Spearman of held-out pairs' cosines against full size (must not drop)"}
+               "correlation": "Spearman of held-out rows' closest pairs' cosines against full size (must not drop)"}
     config.fit_summary = {
         "description": description,
         "objective": objective,

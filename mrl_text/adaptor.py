@@ -340,8 +340,8 @@ def fit(
         adaptor (`MatryoshkaAdaptor`, *optional*): continue fitting this one (e.g. supervised after an earlier
             unsupervised fit); it is changed only when the fit succeeds.
         rotation (`str`, *optional*): for a new adaptor, `"pca"`, `"learned"` (starts from PCA, then trained),
-            `None` (default) or `"auto"`: fit both `None` and `"pca"` on the same split and keep the one whose gated
-            validation gain is larger (twice the fit time). A PCA rotation helps search and classification on the
+            `None` (default) or `"auto"`: fit the MLP without rotation and a PCA rotation alone (no MLP) on the same
+            split and keep the one whose gated validation gain is larger (the PCA candidate costs seconds). A PCA rotation helps search and classification on the
             corpus it is fit on but can cost STS-style scores at small sizes, which the gate's pair metric catches
             (benchmarks/results/quality_adaptor.md).
         hidden_size, num_layers: the residual MLP's shape, for a new adaptor (`num_layers=0`: rotation only).
@@ -388,8 +388,10 @@ def fit(
     generator = torch.Generator().manual_seed(seed)
     stages = {"unsupervised": [False], "supervised": [True], "both": [False, True]}[objective]
     epochs = {False: options["epochs"], True: options["supervised_epochs"]}
-    # "auto" fits both candidates on the same split and keeps the one whose gated validation gain is larger.
-    candidates = [None, "pca"] if adaptor is None and rotation == "auto" else [rotation]
+    # "auto" fits both candidates on the same split and keeps the one whose gated validation gain is larger. The PCA
+    # candidate is the rotation alone: an MLP trained on top of it never raised validation recall (H200 run,
+    # quality_adaptor_pca.md) and, on STS-B, passed the gate while costing test Spearman at 32 and 16 dims.
+    candidates = [(None, num_layers), ("pca", 0)] if adaptor is None and rotation == "auto" else [(rotation, num_layers)]
     from tqdm.auto import tqdm
 
     fits = []
@@ -397,11 +399,11 @@ def fit(
                                        unit="epoch", disable=not show_progress_bar) as progress:
         torch.manual_seed(seed)
         data = _Data(corpus, validation_fraction, generator, supervision)
-        for candidate in candidates:
+        for candidate, layers in candidates:
             torch.manual_seed(seed)
             if adaptor is None:
                 working = MatryoshkaAdaptor(MatryoshkaAdaptorConfig(
-                    corpus.shape[1], list(matryoshka_dimensions), hidden_size, num_layers, candidate))
+                    corpus.shape[1], list(matryoshka_dimensions), hidden_size, layers, candidate))
                 if candidate in ("pca", "learned"):  # a learned rotation starts from PCA's
                     working.rotation.copy_(pca_rotation(corpus[data.train_rows]))
             else:
@@ -430,7 +432,7 @@ def fit(
                                    for i, side in enumerate(("adaptor", "truncation"))},
                                 "adapted": d in config.adapted_dimensions}
                        for d, m in scores.items()},
-        "rotation_candidates": {str(c): round(g, 4) for (g, _, _, _), c in zip(fits, candidates)} if len(fits) > 1 else None,
+        "rotation_candidates": {str(c): round(g, 4) for (g, _, _, _), (c, _) in zip(fits, candidates)} if len(fits) > 1 else None,
         "options": options,
         "seed": seed,
     }

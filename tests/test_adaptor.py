@@ -104,6 +104,7 @@ def test_auto_rotation_keeps_the_candidate_with_the_larger_validation_gain():
     assert set(candidates) == {"None", "pca"}
     best = max(candidates, key=candidates.get)
     assert str(adaptor.config.rotation) == best == "pca"  # the structure lives in the last axes: PCA finds it
+    assert adaptor.config.num_layers == 0 and adaptor.mlp is None  # the PCA candidate is the rotation alone
     plain = fit(x, DIMS, **FAST)
     assert plain.config.rotation is None and plain.config.fit_summary["rotation_candidates"] is None
 

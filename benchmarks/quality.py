@@ -424,12 +424,13 @@ def embedding_table(results, methods, task, sizes):
     for method in methods:
         runs = [r for r in results if r["method"] == method]
         lines.append(f"| {method} | " + " | ".join(
-            common.cell([r["values"][task][d] for r in runs if d in r["values"][task]]) for d in sizes) + " |")
+            common.cell([r["values"][task][d] for r in runs if d in r["values"].get(task, {})]) for d in sizes) + " |")
     return lines
 
 
 def mean_value(results, method, task, dim):
-    return common.mean_of([r["values"][task][dim] for r in results if r["method"] == method and dim in r["values"][task]])
+    return common.mean_of([r["values"][task][dim] for r in results
+                           if r["method"] == method and dim in r["values"].get(task, {})])
 
 
 def retrieval_targets(results, sizes):

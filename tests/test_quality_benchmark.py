@@ -193,5 +193,6 @@ def test_finished_posthoc_rows_fit_on_cached_embeddings(quality, tiny, tmp_path,
         raise AssertionError("the cached embeddings should have been used")
 
     monkeypatch.setattr(embedding_cache, "load_model", no_model)
-    again = quality.main(argv[:-6] + ["--methods", "truncation", "--tasks", "stsb"])
+    again = quality.main(argv[:-6] + ["--methods", "truncation,adaptor", "--tasks", "stsb", "--adaptor-epochs", "2"])
     assert [r["values"]["stsb"] for r in again["runs"] if r["method"] == "truncation"] == [values["truncation"]["stsb"]]
+    assert "scifact" not in (tmp_path / "quality_adaptor.md").read_text()  # one task: only its rows and targets

@@ -10,7 +10,10 @@ from mrl_text import adaptor as adaptor_lib
 from mrl_text.adaptor import fit, pca_rotation
 from mrl_text.adaptor_metrics import closest_pairs, similarity_correlation
 from mrl_text.modeling_matryoshka import truncate_embeddings
-from mrl_text.modeling_matryoshka_adaptor import MatryoshkaAdaptor, MatryoshkaAdaptorConfig
+from mrl_text.modeling_matryoshka_adaptor import (
+    MatryoshkaAdaptor,
+    MatryoshkaAdaptorConfig,
+)
 
 DIMS = [32, 16, 8, 4]
 FAST = dict(epochs=2, supervised_epochs=2, batch_size=64, negatives=16, show_progress_bar=False)

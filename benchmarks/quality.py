@@ -10,7 +10,10 @@ From all-MiniLM-L6-v2 (`--model`), on the shared data folder (`--data`):
   cascade calibrated on a validation split held out from train: accuracy against expected dimensions.
 - `retrieval`: SciFact's training queries -> SciFact test nDCG@10: plain InfoNCE, MRL, sentence-transformers'
   MatryoshkaLoss (the peer), FF-64 and FF-32; same batches and steps for all.
-- `finished`: the finished-model setting (SNLI triplets + MRPC pairs; STS-B, SciFact, Banking77 probe).
+- `finished`: the finished-model setting: training rows (plain, MRL, sentence-transformers' MatryoshkaLoss on SNLI
+  triplets + MRPC pairs) next to post-hoc rows on the frozen model's cached embeddings (plain truncation, a PCA
+  rotation, the Matryoshka adaptor fit without labels, and fit on SciFact's training qrels); STS-B, SciFact and a
+  Banking77 probe. `--reuse-runs FILE` takes the training rows from an earlier results file (CPU).
 - `heads`, `retrieval-val`: recipe studies on validation splits held out from train (CPU-sized): how nested heads
   train, and MRL loss variants (size weights, a full-size-only phase, sampled sizes, distilled prefixes) against plain.
 
@@ -21,9 +24,12 @@ out from the training set (`--eval-split val`), never on test.
 
     python benchmarks/quality.py classification --limit-train 2000 --limit-eval 500      # CPU, subsampled
     python benchmarks/quality.py retrieval --device cuda --bf16 --seeds 3 --workers 6    # a GPU
+    python benchmarks/quality.py finished --methods truncation,pca,adaptor,adaptor_supervised \
+        --reuse-runs benchmarks/results/quality_finished_h200.json                         # CPU: post-hoc rows only
 """
 
 import argparse
+import json
 import random
 import sys
 import tempfile
@@ -425,12 +431,13 @@ def embedding_table(results, methods, task, sizes):
     for method in methods:
         runs = [r for r in results if r["method"] == method]
         lines.append(f"| {method} | " + " | ".join(
-            common.cell([r["values"][task][d] for r in runs if d in r["values"][task]]) for d in sizes) + " |")
+            common.cell([r["values"][task][d] for r in runs if d in r["values"].get(task, {})]) for d in sizes) + " |")
     return lines
 
 
 def mean_value(results, method, task, dim):
-    return common.mean_of([r["values"][task][dim] for r in results if r["method"] == method and dim in r["values"][task]])
+    return common.mean_of([r["values"][task][dim] for r in results
+                           if r["method"] == method and dim in r["values"].get(task, {})])
 
 
 def retrieval_targets(results, sizes):
@@ -685,21 +692,23 @@ def retrieval_validation_report(args, argv, data, n, frozen, runs, timings):
 
 
 FINISHED_TASKS = {"stsb": "spearman", "scifact": "ndcg@10", "banking77": "accuracy"}
+TRAINED_METHODS = ("plain", "mrl", "st")
+# Post-hoc rows: the frozen starting model's cached embeddings, then only a map (issue 14): plain truncation, a PCA
+# rotation, the Matryoshka adaptor fit without labels on each task's own texts, and (SciFact) fit on the training qrels.
+POSTHOC_METHODS = ("truncation", "pca", "adaptor", "adaptor_supervised")
+ADAPTOR_TARGETS = {  # issue 14, x100
+    ("scifact", "adaptor"): {384: 64.3, 64: 53.5, 16: 27.0},
+    ("scifact", "adaptor_supervised"): {384: 66.0, 64: 57.0, 16: 37.0},
+}
+NO_WORSE_THAN_TRUNCATION = 0.2  # STS-B and Banking77: no size more than 0.2 points below plain truncation
 
 
-def finished_data(args):
-    """SNLI dev+test triplets and MRPC paraphrase pairs (label 1); STS-B, SciFact and Banking77-probe evaluators."""
-    from datasets import concatenate_datasets
-
-    from mrl_text.data import load_beir, load_classification, load_pairs, load_sts, nli_triplets, read_table
+def finished_evaluation(args):
+    """STS-B test, SciFact test and Banking77-probe evaluators; the raw task data (the post-hoc fits read it)."""
+    from mrl_text.data import load_beir, load_classification, load_sts
     from mrl_text.evaluation import ClassificationEvaluator, RetrievalEvaluator, STSEvaluator
 
     data = Path(args.data)
-    snli = concatenate_datasets([read_table(data / "snli" / f"{s}.tsv") for s in ("dev", "test")])
-    triplets = list(nli_triplets(snli))
-    mrpc = concatenate_datasets([read_table(data / "mrpc" / f"{s}.tsv") for s in ("train", "test")])
-    pairs = list(load_pairs(mrpc.filter(lambda row: int(row["label"]) == 1), anchor="sentence1", positive="sentence2"))
-    triplets, pairs = common.subsample(triplets, args.limit_train), common.subsample(pairs, args.limit_train)
     s1, s2, scores = load_sts(data / "stsb" / "test.tsv")
     sts = list(zip(s1, s2, scores))
     corpus, queries, qrels = load_beir(data / "scifact", "test")
@@ -717,44 +726,201 @@ def finished_data(args):
         RetrievalEvaluator(corpus, queries, qrels, name="scifact"),
         ClassificationEvaluator(*zip(*train), *zip(*test), name="banking77"),
     ]
-    description = (f"{len(triplets)} SNLI (dev+test) triplets and {len(pairs)} MRPC paraphrase pairs; STS-B test "
-                   f"({len(sts)} pairs), SciFact test ({len(queries)} queries, {len(corpus)} abstracts), Banking77 "
-                   f"probe ({len(train)} train / {len(test)} test texts)")
+    evaluators = [e for e in evaluators if e.name in args.tasks.split(",")]
+    description = (f"STS-B test ({len(sts)} pairs), SciFact test ({len(queries)} queries, {len(corpus)} abstracts), "
+                   f"Banking77 probe ({len(train)} train / {len(test)} test texts)")
+    raw = {"sts": sts, "corpus": corpus, "queries": queries, "bank_train": train, "bank_test": test}
+    return evaluators, description, raw
+
+
+def finished_data(args):
+    """SNLI dev+test triplets and MRPC paraphrase pairs (label 1); the finished regime's evaluators."""
+    from datasets import concatenate_datasets
+
+    from mrl_text.data import load_pairs, nli_triplets, read_table
+
+    data = Path(args.data)
+    snli = concatenate_datasets([read_table(data / "snli" / f"{s}.tsv") for s in ("dev", "test")])
+    triplets = list(nli_triplets(snli))
+    mrpc = concatenate_datasets([read_table(data / "mrpc" / f"{s}.tsv") for s in ("train", "test")])
+    pairs = list(load_pairs(mrpc.filter(lambda row: int(row["label"]) == 1), anchor="sentence1", positive="sentence2"))
+    triplets, pairs = common.subsample(triplets, args.limit_train), common.subsample(pairs, args.limit_train)
+    evaluators, description, _ = finished_evaluation(args)
+    description = f"{len(triplets)} SNLI (dev+test) triplets and {len(pairs)} MRPC paraphrase pairs; {description}"
     return [triplets, pairs], evaluators, description
+
+
+def posthoc_fit_data(args, raw):
+    """What each task's post-hoc maps are fit on, as texts: SciFact's corpus (as a user fits on the corpus they
+    index) and its training queries' qrels, the STS-B train sentences, the Banking77 probe's training texts."""
+    from mrl_text.data import load_beir, load_sts
+
+    _, train_queries, train_qrels = load_beir(Path(args.data) / "scifact", "train")
+    train_qrels = {q: {d: r for d, r in docs.items() if d in raw["corpus"] and r > 0} for q, docs in train_qrels.items()}
+    train_qrels = {q: docs for q, docs in train_qrels.items() if docs}
+    s1, s2, _ = load_sts(Path(args.data) / "stsb" / "train.tsv")
+    return {
+        "scifact": {"corpus_ids": list(raw["corpus"]), "texts": list(raw["corpus"].values()),
+                    "queries": {q: train_queries[q] for q in train_qrels}, "qrels": train_qrels},
+        "stsb": {"texts": list(dict.fromkeys(s1 + s2))},
+        "banking77": {"texts": list(dict.fromkeys(text for text, _ in raw["bank_train"]))},
+    }
+
+
+def posthoc_job(job):
+    """Fit every post-hoc map of one seed on cached embeddings and score it with the finished regime's evaluators."""
+    from mrl_text.adaptor import fit
+
+    args, methods, seed = job["args"], job["methods"], job["seed"]
+    evaluators, _, raw = finished_evaluation(args)
+    fit_data = posthoc_fit_data(args, raw)
+    evaluated = {"stsb": [t for a, b, _ in raw["sts"] for t in (a, b)],
+                 "scifact": list(raw["queries"].values()) + list(fit_data["scifact"]["queries"].values()),
+                 "banking77": [t for t, _ in raw["bank_train"] + raw["bank_test"]]}
+    texts = [t for e in evaluators for t in fit_data[e.name]["texts"] + evaluated[e.name]]
+    table = common.EmbeddingTable(texts, args.model, args.eval_max_seq_length, args.sizes, args.device, args.cache_dir)
+    options = dict(seed=seed, show_progress_bar=False)
+    if args.adaptor_epochs:
+        options.update(epochs=args.adaptor_epochs, supervised_epochs=args.adaptor_epochs)
+    if args.adaptor_rotation != "default":
+        options["rotation"] = None if args.adaptor_rotation == "none" else args.adaptor_rotation
+    runs = {m: {"method": m, "seed": seed, "values": {}, "fit_seconds": {}, "fit_summary": {}} for m in methods}
+    for evaluator in evaluators:
+        task = evaluator.name
+        corpus = table(fit_data[task]["texts"])
+        makers = {"truncation": lambda: None,
+                  "pca": lambda: fit(corpus, args.sizes, rotation="pca", num_layers=0, gate=False, seed=seed,
+                                     show_progress_bar=False),
+                  "adaptor": lambda: fit(corpus, args.sizes, description=f"{task} (no labels)", **options)}
+        if task == "scifact":
+            queries = fit_data[task]["queries"]
+            makers["adaptor_supervised"] = lambda: fit(
+                corpus, args.sizes, fit_data[task]["qrels"], objective="both", query_embeddings=table(list(queries.values())),
+                query_ids=list(queries), corpus_ids=fit_data[task]["corpus_ids"], description="SciFact training qrels",
+                **options)
+        for method in methods:
+            runs[method]["values"][task] = {}
+            if method not in makers:
+                continue
+            start = time.perf_counter()
+            adaptor = makers[method]()
+            runs[method]["fit_seconds"][task] = round(time.perf_counter() - start, 1)
+            runs[method]["values"][task] = common.posthoc_scores(evaluator, table, adaptor, args.sizes, method)
+            if adaptor is not None and method.startswith("adaptor"):
+                runs[method]["fit_summary"][task] = adaptor.config.fit_summary
+            print(f"{method}/{task}/seed{seed}: " + " ".join(f"{100 * v:.2f}" for v in runs[method]["values"][task].values()),
+                  flush=True)
+    return list(runs.values())
+
+
+def reused_runs(path, methods):
+    """The runs of `methods` from an earlier quality_finished.json (the trained rows; too slow to retrain on CPU)."""
+    report = json.loads(Path(path).read_text())
+    runs = [r for r in report["runs"] if r["method"] in methods]
+    for r in runs:
+        r["values"] = {task: {int(d): v for d, v in values.items()} for task, values in r["values"].items()}
+        r["reused_from"] = str(path)
+    return runs, report.get("training_setup", report["setup"]), report.get("training_machine", report["machine"])
 
 
 def run_finished(args, argv):
     methods = args.methods.split(",")
-    timings = {}
-    with common.phase("finished runs", timings):
-        jobs = [{"args": args, "method": m, "seed": s, "data": finished_data} for s in range(args.seeds) for m in methods]
-        results = common.run_jobs(embedding_job, jobs, args.workers, args.device)
-    for r in results:  # the 3-task average per size
-        r["values"]["avg"] = {d: float(np.mean([r["values"][t][d] for t in FINISHED_TASKS])) for d in args.sizes}
-    # Hook: the post-hoc adaptor (benchmarks/quality_adaptor.py, `add_arguments(parser)` / `run(args) -> dict`) adds
-    # its rows here, as more `results` entries {"method": "adaptor", "seed", "values": {task: {dim: value}}}.
+    trained = [m for m in methods if m not in POSTHOC_METHODS]
+    posthoc = [m for m in methods if m in POSTHOC_METHODS]
+    timings, results, training_setup, training_machine = {}, [], None, common.machine()
+    if trained:
+        with common.phase("finished runs", timings):
+            jobs = [{"args": args, "method": m, "seed": s, "data": finished_data} for s in range(args.seeds) for m in trained]
+            results = common.run_jobs(embedding_job, jobs, args.workers, args.device)
+        training_setup = (
+            f"Trained rows from {args.model}; {results[0]['data']}; {results[0]['steps']} steps of batch "
+            f"{args.batch_size} (one source per batch, the same batches for every run), {args.epochs} epoch(s), lr "
+            f"{args.lr}, warmup {args.warmup_ratio}, {args.max_seq_length} training tokens; evaluated at "
+            f"{args.eval_max_seq_length} tokens; {args.seeds} seed(s), mean ± sd. " + common.subsampling_note(args)
+        )
+    elif args.reuse_runs:
+        results, training_setup, training_machine = reused_runs(args.reuse_runs, TRAINED_METHODS)
+        trained = [m for m in TRAINED_METHODS if any(r["method"] == m for r in results)]
+    if posthoc:
+        with common.phase("post-hoc maps", timings):
+            jobs = [{"args": args, "methods": posthoc, "seed": s} for s in range(args.seeds)]
+            results += [run for runs in common.run_jobs(posthoc_job, jobs, args.workers, "cpu") for run in runs]
+    shown = trained + posthoc
+    for r in results:  # the 3-task average per size, where a run has all three tasks
+        if all(r["values"].get(t) for t in FINISHED_TASKS):
+            r["values"]["avg"] = {d: float(np.mean([r["values"][t][d] for t in FINISHED_TASKS])) for d in args.sizes}
+        else:
+            r["values"]["avg"] = {}
     setup = (
-        f"From {args.model}; {results[0]['data']}; {results[0]['steps']} steps of batch "
-        f"{args.batch_size} (one source per batch, the same batches for every run), {args.epochs} epoch(s), lr "
-        f"{args.lr}, warmup {args.warmup_ratio}, {args.max_seq_length} training tokens; evaluated at "
-        f"{args.eval_max_seq_length} tokens; {args.seeds} seed(s), mean ± sd. " + common.subsampling_note(args)
+        "Finished model all-MiniLM-L6-v2. " + (f"{training_setup} " if training_setup else "")
+        + (f"Trained rows (plain, mrl, st) reused from {args.reuse_runs}, measured on {training_machine}. "
+           if args.reuse_runs and not [m for m in methods if m in TRAINED_METHODS] else "")
+        + (f"Post-hoc rows ({', '.join(posthoc)}): the frozen model's embeddings at {args.eval_max_seq_length} tokens, "
+           f"cached; truncation: none; pca: a PCA rotation fit on the task's texts; adaptor: mrl_text.adaptor.fit "
+           f"without labels on the task's texts (SciFact corpus, STS-B train sentences, Banking77 train texts), "
+           f"epochs {args.adaptor_epochs or 'default'}, rotation {args.adaptor_rotation}; adaptor_supervised: then the SciFact "
+           f"training queries' qrels; {args.seeds} seed(s). " if posthoc else "")
+        + common.subsampling_note(args)
     )
-    report = {**common.report_head(argv, setup), "timings": timings, "runs": results}
+    report = {**common.report_head(argv, setup), "training_setup": training_setup, "training_machine": training_machine,
+              "timings": timings, "runs": results}
     body = ["3-task average (STS-B Spearman, SciFact nDCG@10, Banking77 probe accuracy), x100:", ""]
-    body += embedding_table(results, methods, "avg", args.sizes)
-    for task, metric in FINISHED_TASKS.items():
-        body += ["", f"{task} ({metric}), x100:", ""] + embedding_table(results, methods, task, args.sizes)
+    body += embedding_table(results, [m for m in shown if m != "adaptor_supervised"], "avg", args.sizes)
+    for task, metric in [(t, m) for t, m in FINISHED_TASKS.items() if t in args.tasks.split(",")]:
+        body += ["", f"{task} ({metric}), x100:", ""] + embedding_table(results, shown, task, args.sizes)
     checks = []
-    for d in args.sizes:
-        difference = mean_value(results, "mrl", "avg", d) - mean_value(results, "plain", "avg", d)
-        need = -0.3 if d == args.sizes[0] else 1.0 if d <= 64 else None
-        if need is not None and not np.isnan(difference):
-            checks.append((f"MRL >= plain {need:+.1f} at {d}", difference - need, difference >= need))
+    if {"mrl", "plain"} <= set(shown):
+        for d in args.sizes:
+            difference = mean_value(results, "mrl", "avg", d) - mean_value(results, "plain", "avg", d)
+            need = -0.3 if d == args.sizes[0] else 1.0 if d <= 64 else None
+            if need is not None and not np.isnan(difference):
+                checks.append((f"MRL >= plain {need:+.1f} at {d}", difference - need, difference >= need))
+    checks += adaptor_targets(results, args.sizes) if {"adaptor", "truncation"} <= set(posthoc) else []
     report["targets"] = checks
     body += common.targets_lines(checks)
     body += ["", "Wall time per phase: " + ", ".join(f"{k} {v:.0f}s" for k, v in timings.items())]
-    common.write_report(args, "finished", report, "Quality: finished model (plain vs MRL vs the peer)", body)
+    common.write_report(args, "finished", report, "Quality: finished model (trained rows vs post-hoc maps)", body)
+    if posthoc:
+        write_adaptor_report(args, argv, setup, results, posthoc, checks)
     return report
+
+
+def adaptor_targets(results, sizes):
+    """Issue 14's targets: SciFact figures, and STS-B / Banking77 never more than 0.2 below plain truncation."""
+    checks = []
+    for (task, method), targets in ADAPTOR_TARGETS.items():
+        for dim, target in targets.items():
+            value = mean_value(results, method, task, dim)
+            if not np.isnan(value):
+                checks.append((f"{task} {method} >= {target} at {dim}", value - target, value >= target))
+    for task in ("stsb", "banking77"):
+        for dim in sizes:
+            difference = mean_value(results, "adaptor", task, dim) - mean_value(results, "truncation", task, dim)
+            if not np.isnan(difference):
+                checks.append((f"{task} adaptor >= truncation - {NO_WORSE_THAN_TRUNCATION} at {dim}",
+                               difference + NO_WORSE_THAN_TRUNCATION, difference >= -NO_WORSE_THAN_TRUNCATION - 1e-9))
+    return checks
+
+
+def write_adaptor_report(args, argv, setup, results, posthoc, checks):
+    """quality_adaptor.json/.md: the post-hoc rows alone, with fit times and what each fit's gate kept."""
+    runs = [r for r in results if r["method"] in posthoc]
+    report = {**common.report_head(argv, setup), "runs": runs,
+              "targets": [c for c in checks if not c[0].startswith("MRL")]}
+    body = []
+    for task, metric in [(t, m) for t, m in FINISHED_TASKS.items() if t in args.tasks.split(",")]:
+        seconds = {r["method"]: r["fit_seconds"].get(task) for r in runs if r["seed"] == 0 and r["fit_seconds"].get(task)}
+        body += [f"{task} ({metric}), x100; fit seconds (seed 0): {seconds}", ""]
+        body += embedding_table(runs, posthoc, task, args.sizes) + [""]
+    body += common.targets_lines(report["targets"])
+    body += ["", "Sizes each adaptor fit adapted (validation gate; seed 0):", ""]
+    for r in runs:
+        for task, summary in r["fit_summary"].items():
+            if r["seed"] == 0:
+                kept = [d for d, v in summary["validation"].items() if v["adapted"]]
+                body.append(f"- {task}/{r['method']}: {kept or 'no size'} (rotation candidates "
+                            f"{summary.get('rotation_candidates')}; {summary['validation_metric']})")
+    common.write_report(args, "adaptor", report, "Quality: Matryoshka adaptor on all-MiniLM-L6-v2 (finished model)", body)
 
 
 # ---------------------------------------------------------------------------------------------------------------
@@ -873,7 +1039,7 @@ def parse_args(argv=None):
             sub.add_argument("--feature-scale", type=float, default=10.0)
     for regime, methods, lr, epochs, tokens, sizes in (
         ("retrieval", "plain,mrl,st,ff64,ff32", 2e-5, 3, 128, common.SIZES),
-        ("finished", "plain,mrl,st", 2e-5, 1, 64, common.SIZES[:-1]),  # the history's sizes (384..16)
+        ("finished", "plain,mrl,st," + ",".join(POSTHOC_METHODS), 2e-5, 1, 64, common.SIZES[:-1]),  # 384..16
     ):
         sub = commands.add_parser(regime)
         common.add_common_arguments(sub, regime)
@@ -888,6 +1054,15 @@ def parse_args(argv=None):
                              help="MRL's weight on the full size (the others 1; see quality_retrieval_validation.md)")
             sub.add_argument("--full-size-only-fraction", type=float, default=0.0,
                              help="MRL trains only the full size for this share of the steps, then every size")
+        if regime == "finished":
+            sub.add_argument("--reuse-runs", default=None,
+                             help="take the trained rows (plain, mrl, st) from this quality_finished.json when --methods "
+                                  "names none of them (retraining is too slow on CPU)")
+            sub.add_argument("--tasks", default=",".join(FINISHED_TASKS), help="evaluation tasks (comma-separated)")
+            sub.add_argument("--cache-dir", default=str(common.REPO / "outputs" / "embedding_cache"),
+                             help="the frozen model's cached embeddings (post-hoc rows)")
+            sub.add_argument("--adaptor-epochs", type=int, default=None, help="adaptor fit epochs (default: fit's)")
+            sub.add_argument("--adaptor-rotation", default="default", help="adaptor rotation: pca, learned, auto, none")
     sub = commands.add_parser("retrieval-val", help="recipe study for `retrieval` on a validation split of train")
     common.add_common_arguments(sub, "retrieval_validation")
     sub.set_defaults(sizes=",".join(map(str, common.SIZES)))
@@ -903,9 +1078,11 @@ def parse_args(argv=None):
     if args.regime in ("retrieval", "finished"):
         for method in args.methods.split(","):
             size = method[2:] if method.startswith("ff") else None
-            if method not in ("plain", "mrl", "st") and not (size and size.isdigit() and 0 < int(size) <= args.encoder_size):
-                raise SystemExit(f"--methods names {method!r}; use plain, mrl, st or ffN with N in 1..{args.encoder_size} "
-                                 "(a projection no larger than the encoder's embedding size).")
+            posthoc = POSTHOC_METHODS if args.regime == "finished" else ()
+            if method not in ("plain", "mrl", "st", *posthoc) and not (size and size.isdigit() and 0 < int(size) <= args.encoder_size):
+                raise SystemExit(f"--methods names {method!r}; use plain, mrl, st" + "".join(f", {m}" for m in posthoc)
+                                 + f" or ffN with N in 1..{args.encoder_size} (a projection no larger than the "
+                                 "encoder's embedding size).")
     return args
 
 

@@ -15,11 +15,14 @@ truncation rule, `truncate_embeddings`):
 
 The validation gate (why a size can never get worse than plain truncation on validation data): a slice of the
 corpus (and of the pairs) is held out. After every epoch the adaptor is scored on it at every size, next to plain
-truncation of the original embeddings; the epoch with the best mean gain is kept, and then a size stays adapted
-only if the adaptor beats plain truncation there (`config.adapted_dimensions`); at every other size the adaptor
-returns its input, which *is* plain truncation. The unsupervised score is how well a size's search reproduces the
-full-size original neighbours (recall@10 of the full-size top 10 among held-out rows), the supervised one is the
-held-out queries' nDCG@10 over the corpus.
+truncation of the original embeddings; the epoch with the best gated gain is kept, and then a size stays adapted
+only if the adaptor beats plain truncation there on every validation metric (`config.adapted_dimensions`); at
+every other size the adaptor returns its input, which *is* plain truncation. Unsupervised metrics: how well a size's
+search reproduces the full-size original neighbours (recall@10 of the full-size top 10 among held-out rows; must
+rise), and how well it keeps the order of the held-out rows' closest pairs' full-size similarities (Spearman; must
+not drop). The second one is what catches STS-style losses: a PCA rotation raises recall at every size on STS-B's
+sentences but costs STS-B Spearman at 64 dims and below, and only the closest pairs show it (`closest_pairs`).
+The supervised metric is the held-out queries' nDCG@10 over the corpus.
 """
 
 import copy
@@ -29,12 +32,20 @@ import numpy as np
 import torch
 from torch.nn import functional as F
 
+from .adaptor_metrics import (
+    VALIDATION_K,
+    closest_pairs,
+    cosine_matrix,
+    nearest_neighbours,
+    neighbour_recall,
+    retrieval_ndcg,
+    similarity_correlation,
+)
 from .losses import InfoNCELoss, MatryoshkaLoss
 from .modeling_matryoshka import truncate_embeddings
 from .modeling_matryoshka_adaptor import MatryoshkaAdaptor, MatryoshkaAdaptorConfig
 
 OBJECTIVES = ("unsupervised", "supervised", "both")
-VALIDATION_K = 10
 
 
 def as_embedding_matrix(embeddings, what, size=None):
@@ -61,44 +72,6 @@ def pca_rotation(embeddings):
     centered = embeddings.double() - embeddings.double().mean(dim=0)
     _, vectors = torch.linalg.eigh(centered.T @ centered)  # ascending eigenvalues; d x d, cheap for any n
     return vectors.flip(1).T.contiguous().float()
-
-
-def cosine_matrix(a, b):
-    return F.normalize(a, dim=-1) @ F.normalize(b, dim=-1).T
-
-
-def nearest_neighbours(embeddings, k, chunk=2048):
-    """Indices `(n, k)` of each row's `k` most similar other rows at full size, and those similarities."""
-    k = min(k, embeddings.shape[0] - 1)
-    unit = F.normalize(embeddings, dim=-1)
-    indices, values = [], []
-    for start in range(0, len(unit), chunk):
-        scores = unit[start : start + chunk] @ unit.T
-        scores[torch.arange(scores.shape[0]), torch.arange(start, start + scores.shape[0])] = -math.inf
-        top = scores.topk(k, dim=1)
-        indices.append(top.indices)
-        values.append(top.values)
-    return torch.cat(indices), torch.cat(values)
-
-
-def neighbour_recall(original, candidate, dim, k=VALIDATION_K):
-    """Recall@k, within `candidate`'s rows at size `dim`, of each row's full-size original top-k neighbours."""
-    truth, _ = nearest_neighbours(original, k)
-    found, _ = nearest_neighbours(truncate_embeddings(candidate, dim, True), k)
-    hits = (found[:, :, None] == truth[:, None, :]).any(dim=2).float()
-    return hits.mean().item()
-
-
-def retrieval_ndcg(queries, documents, relevant, dim, k=VALIDATION_K):
-    """nDCG@k of binary relevance: `relevant[i]` is the set of document rows relevant to query `i`."""
-    scores = truncate_embeddings(queries, dim, True) @ truncate_embeddings(documents, dim, True).T
-    ranked = scores.topk(min(k, scores.shape[1]), dim=1).indices.tolist()
-    total = 0.0
-    for row, wanted in zip(ranked, relevant):
-        gain = sum(1 / math.log2(rank + 2) for rank, doc in enumerate(row) if doc in wanted)
-        ideal = sum(1 / math.log2(rank + 2) for rank in range(min(len(wanted), k)))
-        total += gain / ideal
-    return total / len(relevant)
 
 
 class _Data:
@@ -141,6 +114,22 @@ def _prefix_similarity_loss(adapted_a, adapted_b, target, dims):
     return total / len(dims)
 
 
+def _listwise_loss(anchors, candidates, adapted_anchors, adapted_candidates, dims, temperature):
+    """Mean over sizes of KL(full-size softmax over candidates || prefix softmax): the order of each anchor's
+    nearest candidates matters most, as it does for search, and distant ones barely count."""
+    self_mask = torch.zeros(len(anchors), len(candidates), dtype=torch.bool)
+    self_mask[torch.arange(len(anchors)), torch.arange(len(anchors))] = True  # the first rows are the anchors
+    target = F.log_softmax((cosine_matrix(anchors, candidates) / temperature).masked_fill(self_mask, -math.inf), dim=1)
+    total = 0.0
+    for dim in dims:
+        a = truncate_embeddings(adapted_anchors, dim, True)
+        c = truncate_embeddings(adapted_candidates, dim, True)
+        predicted = F.log_softmax((a @ c.T / temperature).masked_fill(self_mask, -math.inf), dim=1)
+        total = total + F.kl_div(predicted.masked_fill(self_mask, 0), target.masked_fill(self_mask, 0),
+                                 log_target=True, reduction="batchmean")
+    return total / len(dims)
+
+
 class _Fitter:
     def __init__(self, adaptor, data, options, generator):
         self.adaptor, self.data, self.options, self.generator = adaptor, data, options, generator
@@ -149,6 +138,11 @@ class _Fitter:
         train = data.corpus[data.train_rows]
         self.train = train
         self.neighbours, self.neighbour_sims = nearest_neighbours(train, options["k"])
+        # The held-out rows' closest pairs in the whole corpus, as indices into the rows they touch.
+        self.pair_rows, self.val_pairs = torch.unique(torch.cat(closest_pairs(data.corpus, data.val_rows)),
+                                                      return_inverse=True)
+        self.val_pairs = self.val_pairs.view(2, -1)
+        self.baselines = {}
         self.skew = None
         if adaptor.config.rotation == "learned":
             self.skew = torch.nn.Parameter(torch.zeros_like(adaptor.rotation))
@@ -173,6 +167,11 @@ class _Fitter:
         loss = loss + o["topk_weight"] * _prefix_similarity_loss(
             adapted, adapted_neighbours, self.neighbour_sims[rows].gather(1, picks), self.dims
         )
+        if o["listwise_weight"]:
+            candidates = torch.cat([anchors, self.train[chosen].flatten(0, 1)])
+            adapted_candidates = torch.cat([adapted, adapted_neighbours.flatten(0, 1)])
+            loss = loss + o["listwise_weight"] * _listwise_loss(
+                anchors, candidates, adapted, adapted_candidates, self.dims, o["listwise_temperature"])
         reference = anchors @ self.adaptor.rotation.T if self.adaptor.rotation.numel() else anchors
         return loss + o["reconstruction_weight"] * (adapted - reference).pow(2).sum(-1).mean()
 
@@ -192,20 +191,24 @@ class _Fitter:
 
     @torch.no_grad()
     def validation_scores(self, supervised):
-        """`{dim: (adapted score, truncation score)}` on the held-out rows (or held-out queries)."""
+        """`{dim: {metric: (adapted score, truncation score)}}` on the held-out rows (or held-out queries)."""
         data, adapt = self.data, self.adaptor.adapt
-        scores = {}
-        for dim in self.dims:
-            if supervised:
-                relevant = [set(data.relevant[q]) for q in data.val_queries]
-                queries = data.queries[data.val_queries]
-                pair = [retrieval_ndcg(adapt(queries), adapt(data.documents), relevant, dim),
-                        retrieval_ndcg(queries, data.documents, relevant, dim)]
-            else:
-                held_out = data.corpus[data.val_rows]
-                pair = [neighbour_recall(held_out, adapt(held_out), dim), neighbour_recall(held_out, held_out, dim)]
-            scores[dim] = tuple(pair)
-        return scores
+        if supervised:
+            relevant = [set(data.relevant[q]) for q in data.val_queries]
+            queries = data.queries[data.val_queries]
+            adapted = (adapt(queries), adapt(data.documents))
+            metrics = {"ndcg": lambda q, d, dim: retrieval_ndcg(q, d, relevant, dim)}
+            original = (queries, data.documents)
+        else:
+            held_out, paired = data.corpus[data.val_rows], data.corpus[self.pair_rows]
+            adapted = (held_out, adapt(held_out), paired, adapt(paired))
+            metrics = {"recall": lambda o, c, po, pc, dim: neighbour_recall(o, c, dim),
+                       "correlation": lambda o, c, po, pc, dim: similarity_correlation(po, pc, dim, self.val_pairs)}
+            original = (held_out, held_out, paired, paired)
+        if supervised not in self.baselines:  # plain truncation's scores do not change during a fit
+            self.baselines[supervised] = {d: {m: f(*original, d) for m, f in metrics.items()} for d in self.dims}
+        baseline = self.baselines[supervised]
+        return {d: {m: (f(*adapted, d), baseline[d][m]) for m, f in metrics.items()} for d in self.dims}
 
     def run(self, supervised, epochs, progress):
         o, adaptor = self.options, self.adaptor
@@ -250,12 +253,24 @@ class _Fitter:
         return best[0]
 
     def mean_gain(self, scores):
-        return float(np.mean([scores[d][0] - scores[d][1] for d in self.small_dims]))
+        """Mean over the smaller sizes of the gain the gate would keep (0 where it keeps the identity)."""
+        return float(np.mean([gated_gain(scores[d]) for d in self.small_dims]))
+
+
+def beats_truncation(metrics):
+    """The gate: a size is adapted only when the adaptor beats truncation on the first metric and loses on none."""
+    values = list(metrics.values())
+    return values[0][0] > values[0][1] and all(a >= t for a, t in values)
+
+
+def gated_gain(metrics):
+    return sum(a - t for a, t in metrics.values()) if beats_truncation(metrics) else 0.0
 
 
 DEFAULTS = dict(
     epochs=30, supervised_epochs=30, batch_size=256, learning_rate=1e-3, weight_decay=0.0, k=10, neighbours_per_step=3,
-    pair_weight=1.0, topk_weight=1.0, reconstruction_weight=0.1, scale=20.0, negatives=256, regularization=0.1,
+    pair_weight=1.0, topk_weight=1.0, reconstruction_weight=0.1, listwise_weight=0.0, listwise_temperature=0.05,
+    scale=20.0, negatives=256, regularization=0.1,
 )
 
 
@@ -324,11 +339,11 @@ def fit(
             default `"both"` with pairs, else `"unsupervised"`.
         adaptor (`MatryoshkaAdaptor`, *optional*): continue fitting this one (e.g. supervised after an earlier
             unsupervised fit); it is changed only when the fit succeeds.
-        rotation (`str`, *optional*): `"pca"`, `"learned"` (starts from PCA, then trained) or `None` (default), for
-            a new adaptor. Default `None`: a PCA rotation helps retrieval on the corpus it is fit on (SciFact
-            nDCG@10 at 16 dims 15.8 -> 29.7) but costs STS-B up to 5.9 points at 16 dims, and the neighbour-recall
-            gate does not see that (benchmarks/results/quality_adaptor_pca.md); without it the adaptor gains or ties
-            on every task measured (quality_adaptor.md).
+        rotation (`str`, *optional*): for a new adaptor, `"pca"`, `"learned"` (starts from PCA, then trained),
+            `None` (default) or `"auto"`: fit the MLP without rotation and a PCA rotation alone (no MLP) on the same
+            split and keep the one whose gated validation gain is larger (the PCA candidate costs seconds). A PCA rotation helps search and classification on the
+            corpus it is fit on but can cost STS-style scores at small sizes, which the gate's pair metric catches
+            (benchmarks/results/quality_adaptor.md).
         hidden_size, num_layers: the residual MLP's shape, for a new adaptor (`num_layers=0`: rotation only).
         validation_fraction (`float`): share of the corpus (and of the queries) held out for the validation gate.
         gate (`bool`): keep the identity at every size where the adaptor does not beat plain truncation on the
@@ -337,7 +352,10 @@ def fit(
         description (`str`, *optional*): what the embeddings are (e.g. "SciFact corpus, all-MiniLM-L6-v2"),
             recorded in `config.fit_summary` for the model card.
         **options: training settings, defaults in `DEFAULTS` (epochs, supervised_epochs, batch_size,
-            learning_rate, k, neighbours_per_step, pair_weight, topk_weight, reconstruction_weight, scale, negatives, regularization).
+            learning_rate, k, neighbours_per_step, pair_weight, topk_weight, reconstruction_weight, listwise_weight,
+            listwise_temperature, scale, negatives, regularization). `listwise_weight` > 0 adds a listwise term: the
+            KL divergence between each row's full-size softmax over a batch's rows (and its neighbours) and each
+            prefix's, which weighs the nearest rows most.
     """
     unknown = sorted(set(options) - set(DEFAULTS))
     if unknown:
@@ -357,56 +375,72 @@ def fit(
     if adaptor is None:
         if not matryoshka_dimensions:
             raise ValueError("matryoshka_dimensions is required for a new adaptor, e.g. [384, 256, 128, 64, 32, 16].")
-        config = MatryoshkaAdaptorConfig(corpus.shape[1], list(matryoshka_dimensions), hidden_size, num_layers, rotation)
-        target = None
-        working = MatryoshkaAdaptor(config)
-    else:
-        if matryoshka_dimensions and sorted(matryoshka_dimensions) != sorted(adaptor.config.matryoshka_dimensions):
-            raise ValueError(
-                f"matryoshka_dimensions {list(matryoshka_dimensions)} differ from the adaptor's "
-                f"{adaptor.config.matryoshka_dimensions}; omit them to keep the adaptor's."
-            )
-        target, working = adaptor, copy.deepcopy(adaptor)  # a failed fit must leave `adaptor` as it was
+        # Checks the shape arguments before any work (the candidates below are built the same way).
+        MatryoshkaAdaptorConfig(corpus.shape[1], list(matryoshka_dimensions), hidden_size, num_layers,
+                                None if rotation == "auto" else rotation)
+    elif matryoshka_dimensions and sorted(matryoshka_dimensions) != sorted(adaptor.config.matryoshka_dimensions):
+        raise ValueError(
+            f"matryoshka_dimensions {list(matryoshka_dimensions)} differ from the adaptor's "
+            f"{adaptor.config.matryoshka_dimensions}; omit them to keep the adaptor's."
+        )
     supervision = None if objective == "unsupervised" else _pairs_as_rows(pairs, query_embeddings, query_ids, corpus_ids, corpus)
 
     generator = torch.Generator().manual_seed(seed)
-    with torch.random.fork_rng():
-        torch.manual_seed(seed)
-        if adaptor is None:
-            working.reset_parameters()
-        data = _Data(corpus, validation_fraction, generator, supervision)
-        if adaptor is None and rotation in ("pca", "learned"):  # a learned rotation starts from PCA's
-            working.rotation.copy_(pca_rotation(corpus[data.train_rows]))
-        fitter = _Fitter(working, data, options, generator)
-        stages = {"unsupervised": [False], "supervised": [True], "both": [False, True]}[objective]
-        epochs = {False: options["epochs"], True: options["supervised_epochs"]}
-        from tqdm.auto import tqdm
+    stages = {"unsupervised": [False], "supervised": [True], "both": [False, True]}[objective]
+    epochs = {False: options["epochs"], True: options["supervised_epochs"]}
+    # "auto" fits both candidates on the same split and keeps the one whose gated validation gain is larger. The PCA
+    # candidate is the rotation alone: an MLP trained on top of it never raised validation recall (H200 run,
+    # quality_adaptor_pca.md) and, on STS-B, passed the gate while costing test Spearman at 32 and 16 dims.
+    candidates = [(None, num_layers), ("pca", 0)] if adaptor is None and rotation == "auto" else [(rotation, num_layers)]
+    from tqdm.auto import tqdm
 
-        with tqdm(total=sum(epochs[s] for s in stages), desc="Fitting adaptor", unit="epoch",
-                  disable=not show_progress_bar) as progress:
+    fits = []
+    with torch.random.fork_rng(), tqdm(total=len(candidates) * sum(epochs[s] for s in stages), desc="Fitting adaptor",
+                                       unit="epoch", disable=not show_progress_bar) as progress:
+        torch.manual_seed(seed)
+        data = _Data(corpus, validation_fraction, generator, supervision)
+        for candidate, layers in candidates:
+            torch.manual_seed(seed)
+            if adaptor is None:
+                working = MatryoshkaAdaptor(MatryoshkaAdaptorConfig(
+                    corpus.shape[1], list(matryoshka_dimensions), hidden_size, layers, candidate))
+                if candidate in ("pca", "learned"):  # a learned rotation starts from PCA's
+                    working.rotation.copy_(pca_rotation(corpus[data.train_rows]))
+            else:
+                working = copy.deepcopy(adaptor)  # a failed fit must leave `adaptor` as it was
+            fitter = _Fitter(working, data, options, torch.Generator().manual_seed(seed + 1))
             for supervised in stages:
                 scores = fitter.run(supervised, epochs[supervised], progress)
+            fits.append((fitter.mean_gain(scores), len(fits), working, scores))
+    _, _, working, scores = max(fits, key=lambda fit_: (fit_[0], -fit_[1]))
     working.eval()
     config = working.config
-    config.adapted_dimensions = [d for d in config.matryoshka_dimensions if not gate or scores[d][0] > scores[d][1]]
+    config.adapted_dimensions = [d for d in config.matryoshka_dimensions if not gate or beats_truncation(scores[d])]
+    metrics = {"ndcg": "nDCG@10 of held-out queries",
+               "recall": f"recall@{VALIDATION_K} of full-size neighbours among held-out rows",
+               "correlation": "Spearman of held-out rows' closest pairs' cosines against full size (must not drop)"}
     config.fit_summary = {
         "description": description,
         "objective": objective,
         "corpus_embeddings": int(corpus.shape[0]),
         "validation_rows": int(len(data.val_rows)),
         "queries": None if supervision is None else int(len(data.queries)),
-        "validation_metric": "nDCG@10 of held-out queries" if stages[-1] else
-                             f"recall@{VALIDATION_K} of full-size neighbours among held-out rows",
-        "validation": {str(d): {"adaptor": round(a, 4), "truncation": round(t, 4), "adapted": d in config.adapted_dimensions}
-                       for d, (a, t) in scores.items()},
+        "validation_metric": "; ".join(metrics[m] for m in scores[config.matryoshka_dimensions[0]]),
+        "validation": {str(d): {"adaptor": round(next(iter(m.values()))[0], 4),
+                                "truncation": round(next(iter(m.values()))[1], 4),
+                                **{f"{name}_{side}": round(pair[i], 4) for name, pair in list(m.items())[1:]
+                                   for i, side in enumerate(("adaptor", "truncation"))},
+                                "adapted": d in config.adapted_dimensions}
+                       for d, m in scores.items()},
+        "rotation_candidates": {str(c): round(g, 4) for (g, _, _, _), (c, _) in zip(fits, candidates)} if len(fits) > 1 else None,
         "options": options,
         "seed": seed,
     }
-    if target is None:
+    if adaptor is None:
         return working
-    target.config = config
-    target.load_state_dict(working.state_dict())
-    return target
+    adaptor.config = config
+    adaptor.load_state_dict(working.state_dict())
+    return adaptor
 
 
 def transform(adaptor, embeddings, dim=None, normalize=True):

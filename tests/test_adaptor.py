@@ -8,8 +8,12 @@ from torch.nn import functional as F
 
 from mrl_text import adaptor as adaptor_lib
 from mrl_text.adaptor import fit, pca_rotation
+from mrl_text.adaptor_metrics import closest_pairs, similarity_correlation
 from mrl_text.modeling_matryoshka import truncate_embeddings
-from mrl_text.modeling_matryoshka_adaptor import MatryoshkaAdaptor, MatryoshkaAdaptorConfig
+from mrl_text.modeling_matryoshka_adaptor import (
+    MatryoshkaAdaptor,
+    MatryoshkaAdaptorConfig,
+)
 
 DIMS = [32, 16, 8, 4]
 FAST = dict(epochs=2, supervised_epochs=2, batch_size=64, negatives=16, show_progress_bar=False)
@@ -51,7 +55,8 @@ def test_fit_gate_never_worse_than_truncation_on_validation():
     for dim in DIMS:
         scores = summary[str(dim)]
         assert scores["adapted"] == (dim in adaptor.config.adapted_dimensions)
-        assert scores["adapted"] == (scores["adaptor"] > scores["truncation"])
+        assert scores["adapted"] == (scores["adaptor"] > scores["truncation"]
+                                     and scores["correlation_adaptor"] >= scores["correlation_truncation"])
         if not scores["adapted"]:  # gated off: exactly plain truncation of the original embeddings
             assert torch.allclose(adaptor.transform(x, dim=dim), truncate_embeddings(x, dim), atol=1e-6)
     # The full size can only tie plain truncation on neighbour recall, so it stays the identity...
@@ -59,6 +64,61 @@ def test_fit_gate_never_worse_than_truncation_on_validation():
     # ...while the small sizes, whose structure truncation cuts away, gain.
     assert 4 in adaptor.config.adapted_dimensions
     assert summary["4"]["adaptor"] > summary["4"]["truncation"]
+
+
+def test_gate_refuses_a_size_whose_similarity_order_drops(monkeypatch):
+    # Neighbour recall alone let a PCA rotation through that cost STS-B 5.9 points at 16 dims: a size must also keep
+    # the order of held-out pairs' similarities. Here every adapted size scrambles that order (as scored), so even the
+    # sizes whose recall rises stay plain truncation.
+    def scrambled(original, candidate, dim, pairs):
+        return 0.9 if torch.equal(candidate, original) else 0.5
+
+    x, _ = clustered()
+    assert 4 in fit(x, DIMS, **FAST).config.adapted_dimensions  # recall rises at 4 (and the order holds)...
+    monkeypatch.setattr(adaptor_lib, "similarity_correlation", scrambled)
+    adaptor = fit(x, DIMS, **FAST)
+    assert adaptor.config.adapted_dimensions == []  # ...but with the order scrambled no size is adapted
+    assert torch.allclose(adaptor.transform(x, dim=4), truncate_embeddings(x, 4), atol=1e-6)
+
+
+def test_similarity_correlation_sees_a_scrambled_order():
+    x, _ = clustered()
+    pairs = closest_pairs(x, torch.arange(0, 400, 4), k=3)
+    assert similarity_correlation(x, x, 32, pairs) == pytest.approx(1.0)
+    shuffled = x[:, torch.randperm(32, generator=torch.Generator().manual_seed(0))]
+    assert similarity_correlation(x, shuffled, 32, pairs) == pytest.approx(1.0)  # full size: any order of axes
+    assert similarity_correlation(x, x, 4, pairs) < 0.9  # the first 4 axes lose much of the order...
+    assert similarity_correlation(x, x @ pca_rotation(x).T, 4, pairs) > similarity_correlation(x, x, 4, pairs)
+
+
+def low_rank(n=400, size=32, rank=4, seed=0):
+    """Unit embeddings spanned by `rank` directions of the last coordinates (plus faint noise): a rotation to the
+    principal axes puts everything, fine order included, into the first few coordinates."""
+    g = torch.Generator().manual_seed(seed)
+    basis = torch.zeros(rank, size)
+    basis[:, size // 2 :] = torch.randn(rank, size - size // 2, generator=g)
+    return F.normalize(torch.randn(n, rank, generator=g) @ basis + 0.02 * torch.randn(n, size, generator=g), dim=-1)
+
+
+def test_auto_rotation_keeps_the_candidate_with_the_larger_validation_gain():
+    x = low_rank()
+    adaptor = fit(x, DIMS, rotation="auto", **FAST)
+    candidates = adaptor.config.fit_summary["rotation_candidates"]
+    assert set(candidates) == {"None", "pca"}
+    best = max(candidates, key=candidates.get)
+    assert str(adaptor.config.rotation) == best == "pca"  # the structure lives in the last axes: PCA finds it
+    assert adaptor.config.num_layers == 0 and adaptor.mlp is None  # the PCA candidate is the rotation alone
+    plain = fit(x, DIMS, **FAST)
+    assert plain.config.rotation is None and plain.config.fit_summary["rotation_candidates"] is None
+
+
+def test_listwise_term_alone_teaches_the_small_sizes():
+    x, _ = clustered()
+    adaptor = fit(x, DIMS, pair_weight=0.0, topk_weight=0.0, listwise_weight=1.0, **FAST)
+    summary = adaptor.config.fit_summary["validation"]
+    assert 4 in adaptor.config.adapted_dimensions and summary["4"]["adaptor"] > summary["4"]["truncation"]
+    untrained = fit(x, DIMS, pair_weight=0.0, topk_weight=0.0, listwise_weight=0.0, **FAST)
+    assert untrained.config.adapted_dimensions == []  # reconstruction alone keeps the identity: nothing to gain
 
 
 def test_gate_off_adapts_every_size():

@@ -107,7 +107,7 @@ def test_retrieval_and_finished_train_every_method(quality, tiny, tmp_path):
     values = {r["method"]: r["values"]["scifact"] for r in report["runs"]}
     assert set(values["mrl"]) == set(values["st"]) == {32, 16, 8} and set(values["ff16"]) == {16}
     assert "| ff16 | - | " in markdown
-    report, markdown = run(quality, tiny, tmp_path, "finished")
+    report, markdown = run(quality, tiny, tmp_path, "finished", "--methods", "plain,mrl,st")
     assert {r["method"] for r in report["runs"]} == {"plain", "mrl", "st"}
     assert "3-task average" in markdown and "stsb (spearman)" in markdown
 
@@ -195,3 +195,45 @@ def test_classification_labels_ids_with_gaps_and_unknown_test_labels(quality, ti
     write_tsv(data / "gaps" / "test.tsv", ["text", "label"], [("s", 0), ("s", 7)])
     with pytest.raises(ValueError, match=r"labels \[7\] never occur in train.tsv"):
         quality.load_task(args, "gaps")
+
+
+def test_finished_posthoc_rows_fit_on_cached_embeddings(quality, tiny, tmp_path, monkeypatch):
+    """Post-hoc rows (truncation, PCA, the adaptor unsupervised and supervised) next to trained rows reused from an
+    earlier results file; the frozen model's embeddings are cached, so a second run never loads the model."""
+    import random
+    import shutil
+
+    model, data = tiny
+    big, rng, labels = tmp_path / "data", random.Random(1), ["card", "bank", "money"]
+    shutil.copytree(data, big)  # the fits need a few hundred texts per task
+    write_tsv(big / "stsb" / "train.tsv", ["sentence1", "sentence2", "score"], [(sentence(rng), sentence(rng), i % 5) for i in range(80)])
+    write_tsv(big / "banking77" / "train.tsv", ["text", "label"], [(sentence(rng), labels[i % 3]) for i in range(150)])
+    docs = [{"_id": f"d{i}", "title": sentence(rng, 2), "text": sentence(rng, 12)} for i in range(150)]
+    (big / "scifact" / "corpus.jsonl").write_text("".join(json.dumps(d) + "\n" for d in docs))
+    earlier = tmp_path / "earlier.json"
+    earlier.write_text(json.dumps({"setup": "trained on the GPU", "machine": "a GPU", "runs": [
+        {"method": "plain", "seed": 0, "values": {t: {"32": 0.5, "16": 0.4, "8": 0.3} for t in ("stsb", "scifact", "banking77")}}]}))
+    argv = ["finished", "--model", str(model), "--data", str(big), "--results", str(tmp_path), "--out", str(tmp_path / "out"),
+            "--cache-dir", str(tmp_path / "cache"), "--sizes", "32,16,8", "--adaptor-epochs", "2",
+            "--methods", "truncation,pca,adaptor,adaptor_supervised", "--reuse-runs", str(earlier)]
+    report = quality.main(argv)
+    values = {r["method"]: r["values"] for r in report["runs"]}
+    assert set(values) == {"plain", "truncation", "pca", "adaptor", "adaptor_supervised"}
+    assert values["plain"]["stsb"] == {32: 0.5, 16: 0.4, 8: 0.3}  # reused as they were
+    assert set(values["adaptor"]["scifact"]) == {32, 16, 8} and set(values["adaptor_supervised"]["scifact"]) == {32, 16, 8}
+    assert values["adaptor_supervised"]["stsb"] == {}  # supervised only where there are qrels
+    for task in ("stsb", "scifact", "banking77"):  # full size: every map keeps it (PCA is orthogonal, gates hold 32)
+        assert values["pca"][task][32] == pytest.approx(values["truncation"][task][32], abs=1e-6)
+    finished = (tmp_path / "quality_finished.md").read_text()
+    assert "reused from" in finished and "| plain | 50.00 |" in finished and "| adaptor_supervised |" in finished
+    adaptor_md = (tmp_path / "quality_adaptor.md").read_text()
+    assert "stsb adaptor >= truncation - 0.2 at 8" in adaptor_md and "Sizes each adaptor fit adapted" in adaptor_md
+    embedding_cache = sys.modules["embedding_cache"]
+
+    def no_model(*unused):
+        raise AssertionError("the cached embeddings should have been used")
+
+    monkeypatch.setattr(embedding_cache, "load_model", no_model)
+    again = quality.main(argv[:-6] + ["--methods", "truncation,adaptor", "--tasks", "stsb", "--adaptor-epochs", "2"])
+    assert [r["values"]["stsb"] for r in again["runs"] if r["method"] == "truncation"] == [values["truncation"]["stsb"]]
+    assert "scifact" not in (tmp_path / "quality_adaptor.md").read_text()  # one task: only its rows and targets

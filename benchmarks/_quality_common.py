@@ -65,7 +65,8 @@ def finish_arguments(args):
         raise SystemExit(f"--sizes {args.sizes!r} must be comma-separated integers, e.g. 384,64,8.") from None
     if not args.sizes or args.sizes != sorted(set(args.sizes), reverse=True) or args.sizes[-1] <= 0:
         raise SystemExit(f"--sizes {args.sizes} must be distinct, positive and decreasing, the encoder's full size first.")
-    args.encoder_size = encoder_size(args.model)
+    # A regime that builds its encoder from scratch (mlm: --model names the tokenizer) checks its sizes itself.
+    args.encoder_size = encoder_size(args.model) if args.regime != "mlm" else args.sizes[0]
     if args.sizes[0] != args.encoder_size:
         raise SystemExit(f"--sizes starts with {args.sizes[0]}, but the encoder's embedding size is {args.encoder_size}; "
                          f"start --sizes with {args.encoder_size} (the full size every method shares).")

@@ -26,7 +26,10 @@ def make_model_cards():
 
 def test_every_recipe_config_has_its_card(make_model_cards):
     read_recipe = load_module(ROOT / "recipes" / "recipe_config.py").read_recipe
-    expected = {Path(read_recipe(path)["output_dir"]).name for path in sorted((ROOT / "recipes" / "configs").glob("*.yaml"))}
+    # The embedding recipes' configs (train_bert, train_align). recipes/pretrain_mlm.py's mlm_*.yaml models write no
+    # card yet (MLM pretraining, issue 18, is still open): listed here so that a card for them is a deliberate change.
+    configs = [path for path in sorted((ROOT / "recipes" / "configs").glob("*.yaml")) if not path.name.startswith("mlm_")]
+    expected = {Path(read_recipe(path)["output_dir"]).name for path in configs}
     folders = {folder.name: folder for folder in make_model_cards.model_folders()}
     assert expected <= set(folders), f"no card in model_cards/ for {sorted(expected - set(folders))}"
     for name in expected:

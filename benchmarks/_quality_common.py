@@ -77,6 +77,13 @@ def finish_arguments(args):
     return args
 
 
+def model_name(args):
+    """The starting model as results files name it: its Hub id or folder name, never this machine's path."""
+    from mrl_text.configuration_matryoshka import portable_name
+
+    return portable_name(args.model)
+
+
 def encoder_size(model):
     """The hidden size of the encoder folder `model` (its config.json), the suite's full embedding size."""
     from transformers import AutoConfig

@@ -244,7 +244,7 @@ def run_classification(args, argv):
         results = common.run_jobs(classification_job, classification_jobs(args, methods, datasets), args.workers, args.device)
     rows = classification_rows(results, args.sizes)
     setup = (
-        f"From {args.model}; {', '.join(datasets)}; {args.epochs} epoch(s), batch {args.batch_size}, lr {args.lr} "
+        f"From {common.model_name(args)}; {', '.join(datasets)}; {args.epochs} epoch(s), batch {args.batch_size}, lr {args.lr} "
         f"(heads: {args.head_lr or args.lr}, {args.head_lr_rule} by size; MRL-E heads read {args.tied_head_inputs} "
         f"prefixes), warmup {args.warmup_ratio}, "
         f"{args.max_seq_length} tokens; {args.seeds} seed(s) (mean ± sd over seeds of the dataset average); validation = "
@@ -468,7 +468,7 @@ def run_retrieval(args, argv):
         jobs = [{"args": args, "method": m, "seed": s, "data": retrieval_data} for s in range(args.seeds) for m in methods]
         results = common.run_jobs(embedding_job, jobs, args.workers, args.device)
     setup = (
-        f"From {args.model}; {results[0]['data']}; {results[0]['steps']} steps of batch {args.batch_size} ({args.epochs} epoch(s), the same batches in the same "
+        f"From {common.model_name(args)}; {results[0]['data']}; {results[0]['steps']} steps of batch {args.batch_size} ({args.epochs} epoch(s), the same batches in the same "
         f"order for every run), InfoNCE (scale 20), lr {args.lr} (projections {args.head_lr or args.lr}), warmup "
         f"{args.warmup_ratio}, {args.max_seq_length} training tokens; evaluated at {args.eval_max_seq_length} tokens; {args.seeds} seed(s), mean ± sd. "
         f"plain: InfoNCE at full size only; mrl: at every size (weight {args.mrl_full_weight:g} on the full size, 1 on "
@@ -661,7 +661,7 @@ def retrieval_validation_report(args, argv, data, n, frozen, runs, timings):
         f"Validation only (no SciFact test data read): SciFact's {data['n_train_queries'] + len(data['val_queries'])} "
         f"training queries split (seeded) into {data['n_train_queries']} for training ({n} query-abstract pairs) and "
         f"{len(data['val_queries'])} held out; those are scored (nDCG@10) against a sub-corpus of their "
-        f"{len(data['docs']) - args.val_corpus} relevant abstracts plus {args.val_corpus} random others. From {args.model}: "
+        f"{len(data['docs']) - args.val_corpus} relevant abstracts plus {args.val_corpus} random others. From {common.model_name(args)}: "
         f"the bottom {frozen} layers frozen (their states cached), the top {args.trainable_layers} trained, mean pooling; "
         f"{args.max_seq_length} tokens for training and evaluation; {args.steps} steps of batch {args.batch_size} "
         f"({args.epochs} epochs), the same batches, order and initialisation for every variant; InfoNCE (scale 20), "

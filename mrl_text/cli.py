@@ -167,6 +167,7 @@ def run_adapt(args):
         model = MatryoshkaModel.from_sentence_transformer(model)
     options = {key: getattr(args, key) for key in ("epochs", "supervised_epochs", "objective", "rotation")
                if getattr(args, key) is not None}
+    options["rotation"] = None if args.rotation == "none" else args.rotation
     adaptor = model.add_adaptor(
         corpus, pairs, matryoshka_dimensions=args.dims, batch_size=args.batch_size, max_length=args.max_length,
         seed=args.seed, description=args.description or Path(args.corpus).name, **options,
@@ -200,7 +201,9 @@ def add_adapt_command(commands):
                        help="sizes (default: the model's, or for a one-size encoder its size and 512, 256, ..., 16)")
     adapt.add_argument("--objective", choices=("unsupervised", "supervised", "both"),
                        help="default: both with --pairs, else unsupervised")
-    adapt.add_argument("--rotation", choices=("pca", "learned"), help="orthogonal part (default: none)")
+    adapt.add_argument("--rotation", choices=("auto", "pca", "learned", "none"), default="auto",
+                       help="orthogonal part: auto (default: the MLP or a PCA rotation, whichever validates better), "
+                            "pca, learned, or none (the MLP alone)")
     adapt.add_argument("--epochs", type=int, help="unsupervised epochs (default: the fit's)")
     adapt.add_argument("--supervised-epochs", type=int, help="supervised epochs (default: the fit's)")
     adapt.add_argument("--description", help="what the corpus is, for the model card (default: the file name)")

@@ -16,7 +16,9 @@ from mrl_text.modeling_matryoshka_adaptor import (
 )
 
 DIMS = [32, 16, 8, 4]
-FAST = dict(epochs=2, supervised_epochs=2, batch_size=64, negatives=16, show_progress_bar=False)
+QUICK = dict(epochs=2, supervised_epochs=2, batch_size=64, negatives=16, show_progress_bar=False)
+# The objective's own tests fit the MLP alone; "auto" (the default) also tries a PCA rotation (tested on its own).
+FAST = {**QUICK, "rotation": None}
 
 
 def clustered(n=400, size=32, seed=0):
@@ -102,13 +104,14 @@ def low_rank(n=400, size=32, rank=4, seed=0):
 
 def test_auto_rotation_keeps_the_candidate_with_the_larger_validation_gain():
     x = low_rank()
-    adaptor = fit(x, DIMS, rotation="auto", **FAST)
+    adaptor = fit(x, DIMS, rotation="auto", **QUICK)
     candidates = adaptor.config.fit_summary["rotation_candidates"]
     assert set(candidates) == {"None", "pca"}
     best = max(candidates, key=candidates.get)
     assert str(adaptor.config.rotation) == best == "pca"  # the structure lives in the last axes: PCA finds it
     assert adaptor.config.num_layers == 0 and adaptor.mlp is None  # the PCA candidate is the rotation alone
-    plain = fit(x, DIMS, **FAST)
+    assert fit(x, DIMS, **QUICK).config.fit_summary["rotation_candidates"] == candidates  # "auto" is the default
+    plain = fit(x, DIMS, **FAST)  # rotation=None
     assert plain.config.rotation is None and plain.config.fit_summary["rotation_candidates"] is None
 
 
@@ -141,7 +144,7 @@ def test_supervised_fit_from_qrels_then_from_arrays(tmp_path):
 
 def test_save_load_round_trip(tmp_path):
     x, _ = clustered()
-    adaptor = fit(x, DIMS, rotation="learned", **FAST)
+    adaptor = fit(x, DIMS, rotation="learned", **QUICK)
     adaptor.save_pretrained(tmp_path / "adaptor")
     assert (tmp_path / "adaptor" / "model.safetensors").is_file()
     card = (tmp_path / "adaptor" / "README.md").read_text()

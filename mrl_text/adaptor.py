@@ -339,12 +339,9 @@ def fit(
             default `"both"` with pairs, else `"unsupervised"`.
         adaptor (`MatryoshkaAdaptor`, *optional*): continue fitting this one (e.g. supervised after an earlier
             unsupervised fit); it is changed only when the fit succeeds.
-        rotation (`str`, *optional*): for a new adaptor, `"auto"` (default): fit the MLP without rotation and a
-            PCA rotation alone (no MLP) on the same split and keep the one whose gated validation gain is larger
-            (the PCA candidate costs seconds); or `"pca"`, `"learned"` (starts from PCA, then trained), `None` (the
-            MLP alone). A PCA rotation helps search and classification on the corpus it is fit on but can cost
-            STS-style scores at small sizes, which the gate's pair metric catches (benchmarks/results/
-            quality_adaptor.md: "auto" meets every target there; the MLP alone misses SciFact's).
+        rotation (`str`, *optional*): for a new adaptor, `"auto"` (default: fit the MLP alone and a PCA rotation
+            alone on the same split, keep the larger gated validation gain; PCA can cost STS-style scores, which the
+            gate catches), `"pca"`, `"learned"` (starts from PCA, then trained) or `None` (the MLP alone).
         hidden_size, num_layers: the residual MLP's shape, for a new adaptor (`num_layers=0`: rotation only).
         validation_fraction (`float`): share of the corpus (and of the queries) held out for the validation gate.
         gate (`bool`): keep the identity at every size where the adaptor does not beat plain truncation on the

@@ -16,6 +16,7 @@ from torch import nn
 from transformers.utils import ModelOutput
 
 from .modeling_matryoshka import MatryoshkaModel, MatryoshkaPreTrainedModel
+from .modeling_matryoshka_utils import head_index
 
 
 @dataclass
@@ -183,9 +184,7 @@ class MatryoshkaForSequenceClassification(MatryoshkaPreTrainedModel):
             [`MatryoshkaSequenceClassifierOutput`]: `logits` `(batch_size, num_labels)` at `dim`, and
             `matryoshka_logits`, one such tensor per size.
         """
-        dim = self._resolve_dim(dim)
-        if dim is not None and dim not in self.config.matryoshka_dimensions:
-            raise ValueError(f"dim={dim} has no head; this model has heads for {self.config.matryoshka_dimensions}.")
+        index = head_index(self.config, dim)
         outputs = self.matryoshka(
             input_ids=input_ids,
             attention_mask=attention_mask,
@@ -197,7 +196,6 @@ class MatryoshkaForSequenceClassification(MatryoshkaPreTrainedModel):
             **kwargs,
         )
         matryoshka_logits = self.classifier(outputs.full_embeddings)
-        index = self.config.matryoshka_dimensions.index(dim) if dim is not None else 0
         loss = self.matryoshka_loss(matryoshka_logits, labels) if labels is not None else None
         result = MatryoshkaSequenceClassifierOutput(
             loss=loss,

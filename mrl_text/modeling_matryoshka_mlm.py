@@ -15,9 +15,9 @@ from torch import nn
 from transformers.activations import ACT2FN
 from transformers.utils import ModelOutput
 
-from .configuration_matryoshka import check_dim
 from .modeling_matryoshka import MatryoshkaModel, MatryoshkaPreTrainedModel
 from .modeling_matryoshka_classification import MatryoshkaLinear
+from .modeling_matryoshka_utils import head_index
 
 IGNORE_INDEX = -100  # label of the tokens that are not predicted (transformers' MLM collator writes it)
 
@@ -197,11 +197,7 @@ class MatryoshkaForMaskedLM(MatryoshkaPreTrainedModel):
             [`MatryoshkaMaskedLMOutput`]; see it for the shapes with and without `labels`.
         """
         dims = self.config.matryoshka_dimensions
-        dim = self.config.truncate_dim if dim is None else dim
-        if dim is not None and dim not in dims:
-            check_dim(dim, self.config.embedding_size, dims)  # names a non-integer or too large a size as such
-            raise ValueError(f"dim={dim} has no MLM head; this model predicts tokens at the sizes {dims}.")
-        index = dims.index(dim) if dim is not None else 0
+        index = head_index(self.config, dim, head="MLM head")
         outputs = self.matryoshka(
             input_ids=input_ids,
             attention_mask=attention_mask,

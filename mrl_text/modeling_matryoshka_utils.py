@@ -108,3 +108,14 @@ def warn_once(model, kind, value, message, stacklevel):
     if value not in warned:
         warned.add(value)
         warnings.warn(message, stacklevel=stacklevel + 1)
+
+
+def head_index(config, dim, head="head"):
+    """Which per-size head answers at `dim` (default the config's `truncate_dim`; None: the full size's, index 0), as an
+    index into `config.matryoshka_dimensions`. A size without a head is refused by name (task models predict only at
+    the sizes they have heads for, unlike embeddings, whose every prefix is usable)."""
+    dims = config.matryoshka_dimensions
+    dim = check_dim(config.truncate_dim if dim is None else dim, config.embedding_size, dims)
+    if dim is not None and dim not in dims:
+        raise ValueError(f"dim={dim} has no {head}; this model has heads at the sizes {dims}.")
+    return dims.index(dim) if dim is not None else 0

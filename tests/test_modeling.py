@@ -209,6 +209,8 @@ def test_sequence_classification(tiny_tokenizer, sentences, efficient, tmp_path)
     torch.testing.assert_close(out.loss, expected)
     with pytest.raises(ValueError, match="Label 7"):
         model(**inputs, labels=torch.tensor([0, 1, 7, 1, 0]))
+    with pytest.raises(ValueError, match=r"dim=12 has no head; this model has heads at the sizes \[32, 16, 8\]"):
+        model(**inputs, dim=12)
     model.tokenizer = tiny_tokenizer
     model.save_pretrained(tmp_path)
     loaded = AutoModelForSequenceClassification.from_pretrained(tmp_path).eval()

@@ -175,11 +175,12 @@ class MatryoshkaTruncation(Module):
 
 
 def _exported_fields(st_model):
-    """What `mrl_text.export.export_model` adds to a plain pipeline: the sizes in the transformer's config.json,
-    `truncate_dim`, and one linear Dense module right after Pooling (it stands for `projection_dim`)."""
+    """What `mrl_text.export.export_model` adds to a plain pipeline: the sizes (and calibrated int8 ranges) in the
+    transformer's config.json, `truncate_dim`, and one linear Dense module right after Pooling (it stands for `projection_dim`)."""
     encoder_config = copy.deepcopy(st_model[0].model.config)
     dims = getattr(encoder_config, "matryoshka_dimensions", None) if getattr(encoder_config, "is_matryoshka", False) else None
-    for field in ("is_matryoshka", "matryoshka_dimensions"):
+    ranges = getattr(encoder_config, "quantization_ranges", None) if dims is not None else None
+    for field in ("is_matryoshka", "matryoshka_dimensions", "quantization_ranges"):
         if hasattr(encoder_config, field):
             delattr(encoder_config, field)
     names = [type(m).__name__ for m in st_model]
@@ -189,7 +190,7 @@ def _exported_fields(st_model):
         if isinstance(dense.activation_function, torch.nn.Identity) and not dense.use_residual:
             linear = dense.linear
     return {"encoder_config": encoder_config, "matryoshka_dimensions": dims, "projection": linear,
-            "truncate_dim": st_model.truncate_dim if dims is not None else None}
+            "truncate_dim": st_model.truncate_dim if dims is not None else None, "quantization_ranges": ranges}
 
 
 def from_sentence_transformer(
@@ -263,6 +264,8 @@ def from_sentence_transformer(
         matryoshka_dimensions=matryoshka_dimensions or exported["matryoshka_dimensions"],
         matryoshka_weights=matryoshka_weights,
         truncate_dim=truncate_dim if truncate_dim is not None else exported["truncate_dim"],
+        # ranges of the nesting they were calibrated for; a new nesting starts uncalibrated
+        quantization_ranges=exported["quantization_ranges"] if not matryoshka_dimensions else None,
         projection_dim=projection.out_features if projection is not None else None,
         pooling=POOLING_FROM_SENTENCE_TRANSFORMERS[pooling.pooling_mode],
         normalize=any(isinstance(m, Normalize) for m in modules),

@@ -132,6 +132,14 @@ def test_grid_bad_input(make_model, tasks):
         evaluate_grid(model, tasks[:1], precisions=["int3"], dims=[32])
     with pytest.raises(ValueError, match="layers=0"):
         evaluate_grid(model, tasks[:1], dims=[32], layers=[0])
+    seen = counting(model)
+    with pytest.raises(ValueError, match="layers=3 is out of range"):
+        evaluate_grid(model, tasks[:1], dims=[32], layers=[None, 3])
+    with pytest.raises(ValueError, match="rescore=0"):
+        evaluate_grid(model, tasks[:1], dims=[32], rescore=0)
+    assert not seen  # bad input fails before anything is encoded
+    evaluate_grid(model, tasks[:1], dims=[32], layers=[None, 2])  # the full depth, however named, is one pass
+    assert list(seen) == [None]
 
 
 def test_card_plots_quality_against_bytes(make_model, tasks, tmp_path):

@@ -23,6 +23,7 @@ import torch.nn.functional as F
 from .. import metrics
 from ..metrics import fit_linear_probe
 from ..modeling_matryoshka import MatryoshkaModel
+from ..modeling_matryoshka_depth import check_layers
 from ..quantization import BIT_PRECISIONS, calibration_ranges, check_precision, dequantize, quantize
 from .base import Evaluator
 from .embedders import Embedder, as_embedder, encode_once, load_model
@@ -39,7 +40,9 @@ def evaluate_grid(model, evaluators, dims=None, precisions=DEFAULT_PRECISIONS, l
     every cell and whose `rows` hold the full-depth float32 cells (what [`evaluate`] gives).
 
     Args:
-        model: anything [`as_embedder`] takes; a `MatryoshkaModel` (or its folder) when `layers` is given.
+        model: anything [`as_embedder`] takes; a `MatryoshkaModel` (or its folder) when `layers` is given, or an
+            [`Embedder`] whose `matryoshka` attribute holds the MatryoshkaModel it encodes with (what `mrl-text
+            evaluate --layers` passes, so the rows keep the embedder's name).
         evaluators: [`STSEvaluator`], [`RetrievalEvaluator`] and [`ClassificationEvaluator`] instances.
         dims (`list[int]`, *optional*): sizes; default the model's trained sizes. Bit codes need multiples of 8.
         precisions (`list[str]`): any of `mrl_text.quantization.PRECISIONS`.
@@ -57,7 +60,9 @@ def evaluate_grid(model, evaluators, dims=None, precisions=DEFAULT_PRECISIONS, l
     if len(set(names)) != len(names):
         raise ValueError(f"Evaluator names must be distinct (they name the result rows); got {names}.")
     precisions = list(dict.fromkeys(check_precision(p) for p in precisions))
-    layer_counts = list(dict.fromkeys([None] if layers is None else ([layers] if isinstance(layers, int) else layers)))
+    if rescore is not None and (isinstance(rescore, bool) or not isinstance(rescore, int) or rescore <= 0):
+        raise ValueError(f"rescore={rescore!r} must be a positive number of documents to re-rank (or None: off).")
+    layer_counts = [None] if layers is None else ([layers] if isinstance(layers, int) else list(layers))
     if layer_counts != [None] and isinstance(model, (str, os.PathLike)):
         model = load_model(model, embedder_kwargs.get("device"))  # the object whose encode takes `layers=`
     base = as_embedder(model, dims, **embedder_kwargs)
@@ -67,11 +72,11 @@ def evaluate_grid(model, evaluators, dims=None, precisions=DEFAULT_PRECISIONS, l
         raise ValueError(f"precision {bits[0]!r} packs 8 coordinates per byte, but sizes {odd} are not multiples of 8; "
                          "pass dims without them or leave out the bit precisions.")
     matryoshka = getattr(model, "matryoshka", model)
-    depth = getattr(getattr(getattr(matryoshka, "config", None), "encoder", None), "num_hidden_layers", None)
+    # Checked before anything is encoded; the full depth, however named, is one pass.
+    layer_counts = list(dict.fromkeys(None if k is None else resolve_layers(matryoshka, k) for k in layer_counts))
     saved_ranges = getattr(getattr(matryoshka, "config", None), "quantization_ranges", None) or {}
     rows = []
     for count in layer_counts:
-        count = None if count == depth else count
         embedder = base if count is None else depth_embedder(matryoshka, base, count)
         groups = [group for evaluator in evaluators for group in TEXTS[type(evaluator)](evaluator)]
         embeddings, text_rows = encode_once(embedder, [text for group in groups for text in group])  # one pass
@@ -92,13 +97,18 @@ def evaluate_grid(model, evaluators, dims=None, precisions=DEFAULT_PRECISIONS, l
     return Results.from_evaluators(rows, evaluators)
 
 
-def depth_embedder(matryoshka, base, layers):
-    """`base` (an [`Embedder`] of the same model) encoding with only the first `layers` encoder layers."""
+def resolve_layers(matryoshka, layers):
+    """`layers` checked against the model as `encode(layers=)` checks it (range, trained depths: a warning); None
+    for the full depth."""
     if not isinstance(matryoshka, MatryoshkaModel):
         raise ValueError(f"layers={layers!r} needs a MatryoshkaModel (its encode runs the first layers only); got "
                          f"{type(matryoshka).__name__}.")
-    if isinstance(layers, bool) or not isinstance(layers, int) or layers <= 0:
-        raise ValueError(f"layers={layers!r} must be a positive number of encoder layers (or None: all of them).")
+    return check_layers(matryoshka, layers)
+
+
+def depth_embedder(matryoshka, base, layers):
+    """`base` (an [`Embedder`] of the same model) encoding with only the first `layers` encoder layers."""
+    layers = resolve_layers(matryoshka, layers)
 
     def encode(texts):
         return matryoshka.encode(texts, dim=base.full_dim, batch_size=base.batch_size, max_length=base.max_length,

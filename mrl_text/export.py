@@ -158,10 +158,11 @@ def write_folder(model, directory, format="sentence-transformers", repo_id=None)
     encoder_config = json.loads((directory / "config.json").read_text(encoding="utf-8"))
     encoder_config["is_matryoshka"] = True
     encoder_config["matryoshka_dimensions"] = list(config.matryoshka_dimensions)
-    if getattr(config, "quantization_ranges", None):
+    ranges = full_depth_ranges(config)
+    if ranges:
         # The calibrated int8/uint8 ranges travel too, so the exported model's embeddings quantize to the same codes
         # as `model.encode(precision="int8")` (see the card's "Quantized codes").
-        encoder_config["quantization_ranges"] = config.quantization_ranges
+        encoder_config["quantization_ranges"] = ranges
     write_json(directory / "config.json", encoder_config)
     model.tokenizer.save_pretrained(directory)
     for name, content in sentence_transformers_files(model).items():
@@ -211,6 +212,12 @@ def sentence_transformers_files(model):
         "truncate_dim": config.truncate_dim,
     }
     return files
+
+
+def full_depth_ranges(config):
+    """The calibrated ranges of the full depth (keys `"64"`): an exported model runs every layer, so the ranges of
+    shallower depths (`"64/layers=3"`) do not travel."""
+    return {key: value for key, value in (getattr(config, "quantization_ranges", None) or {}).items() if "/" not in key}
 
 
 def exported_ranges(folder, dim, precision="int8"):
@@ -346,7 +353,7 @@ accepts any size from 1 to {config.embedding_size}; vLLM accepts only the sizes 
 def quantized_codes_section(config):
     """The card's "Quantized codes" section when the model was calibrated (else empty): how to make, from this
     folder alone, the int8 codes mrl-text's `encode(precision="int8")` makes."""
-    ranges = getattr(config, "quantization_ranges", None)
+    ranges = full_depth_ranges(config)
     if not ranges:
         return ""
     sizes = sorted((int(d) for d in ranges), reverse=True)

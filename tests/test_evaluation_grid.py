@@ -95,6 +95,22 @@ def test_quantized_cells_use_the_models_calibrated_ranges(make_model, tasks):
     assert got == [pytest.approx(expected, abs=1e-6)]
 
 
+def test_quantized_cells_at_a_depth_use_that_depths_ranges(make_model, tasks):
+    from mrl_text import metrics
+    from mrl_text.quantization import dequantize
+
+    model = make_model(matryoshka_dimensions=(32, 16, 8), matryoshka_layers=[2, 1])
+    measured = model.calibrate_quantization([sentence(i) for i in range(60, 90)])
+    sts = tasks[0]
+    results = evaluate_grid(model, [sts], precisions=["int8"], dims=[16], layers=[None, 1])
+    for layers, ranges in ((None, measured[16]), (1, measured[1, 16])):
+        codes = [quantize(model.encode(s, dim=16, layers=layers), "int8", ranges) for s in (sts.sentences1, sts.sentences2)]
+        a, b = (torch.nn.functional.normalize(dequantize(c, "int8", ranges), dim=-1) for c in codes)
+        expected = metrics.spearman((a * b).sum(-1).tolist(), sts.scores)
+        got = [c["value"] for c in results.cells("sts") if c["layers"] == layers]
+        assert got == [pytest.approx(expected, abs=1e-6)], layers
+
+
 def test_rescoring_everything_gives_the_float_ranking(make_model, tasks):
     model = make_model(matryoshka_dimensions=(32, 16, 8))
     results = evaluate_grid(model, [tasks[1]], precisions=["float32", "binary"], rescore=30)  # the whole corpus

@@ -10,8 +10,8 @@ Per layer count, every distinct text of every task is encoded once at full size;
   queries against bit documents (Hamming); with `rescore=k`, also the `"<precision>+rescore"` cell: the top `k` of
   that search re-ranked by float cosine at the same size (the float vectors read from disk for k documents only);
 - classification: a linear probe trained and tested on the dequantized codes.
-int8/uint8 ranges are the model's calibrated ones (`config.quantization_ranges`, full depth) where it has them, else
-measured on the task's own embeddings (STS: all sentences; retrieval: the corpus; classification: the training
+int8/uint8 ranges are the model's calibrated ones (`config.quantization_ranges`, per depth: `calibrate_quantization(
+texts, layers=...)`) where it has them, else measured on the task's own embeddings (STS: all sentences; retrieval: the corpus; classification: the training
 texts), as sentence-transformers does when given no ranges.
 """
 
@@ -21,6 +21,7 @@ import torch
 import torch.nn.functional as F
 
 from .. import metrics
+from ..configuration_matryoshka import ranges_key
 from ..metrics import fit_linear_probe
 from ..modeling_matryoshka import MatryoshkaModel
 from ..modeling_matryoshka_depth import check_layers
@@ -88,7 +89,7 @@ def evaluate_grid(model, evaluators, dims=None, precisions=DEFAULT_PRECISIONS, l
                 start += len(group)
             for dim in base.dims:
                 prefix = embedder.truncate(embeddings, dim)
-                ranges = saved_ranges.get(str(dim)) if count is None else None
+                ranges = saved_ranges.get(ranges_key(dim, count))
                 scores = SCORERS[type(evaluator)](evaluator, prefix, parts, precisions, ranges, rescore)
                 for precision, values in scores.items():
                     rows.extend({"model": base.name, "task": evaluator.name, "metric": metric, "dim": dim,

@@ -136,7 +136,8 @@ def test_grid_results_round_trip_and_front(make_model, tasks, tmp_path):
     assert again.plot_budget(tmp_path / "budget.png")[:4] == b"\x89PNG"
     # results without a grid still read, and their rows serve as full-depth float32 cells
     old = Results([{"model": "m", "task": "sts", "metric": "spearman", "dim": 8, "value": 0.5}])
-    assert old.cells("sts") == [{"layers": None, "dim": 8, "precision": "float32", "value": 0.5, "bytes": 32}]
+    assert old.cells("sts") == [{"layers": None, "dim": 8, "precision": "float32", "value": 0.5, "bytes": 32,
+                                 "seconds_per_text": None}]
     assert Results.concat([old, results]).grid == results.grid
 
 
@@ -167,3 +168,34 @@ def test_card_plots_quality_against_bytes(make_model, tasks, tmp_path):
     card = (tmp_path / "model" / "README.md").read_text()
     assert (tmp_path / "model" / BUDGET_PLOT_FILENAME).read_bytes()[:4] == b"\x89PNG"
     assert f"]({BUDGET_PLOT_FILENAME})" in card and "Best per budget" in card
+
+
+def png_height(png):
+    return int.from_bytes(png[20:24], "big")  # the IHDR chunk: width at 16..20, height at 20..24
+
+
+def test_encode_time_per_layer_count_and_its_budget(make_model, tasks, tmp_path):
+    model = make_model(matryoshka_dimensions=(32, 16, 8), matryoshka_layers=[2, 1])
+    results = evaluate_grid(model, tasks[:2], precisions=["float32", "binary"], layers=[None, 1], rescore=None)
+    times = {}
+    for cell in results.grid:
+        assert cell["seconds_per_text"] > 0
+        times.setdefault(cell["layers"], set()).add(cell["seconds_per_text"])
+    assert sorted(times, key=str) == [1, None] and all(len(t) == 1 for t in times.values())  # one pass per count
+    assert not any("seconds_per_text" in row for row in results.rows)  # rows are as they were
+    results.to_json(tmp_path / "results.json")
+    again = Results.from_json(tmp_path / "results.json")
+    assert again.grid == results.grid
+    front = again.pareto_front("sts", cost="seconds_per_text")
+    assert [c["seconds_per_text"] for c in front] == sorted(c["seconds_per_text"] for c in front)
+    assert all(b["value"] > a["value"] for a, b in zip(front, front[1:]))
+    assert front[-1]["value"] == max(c["value"] for c in again.cells("sts"))
+    with pytest.raises(ValueError, match="cost='ms'"):
+        again.pareto_front("sts", cost="ms")
+    markdown = again.grid_markdown()
+    assert "| ms / text |" in markdown and "Best per encode-time budget" in markdown
+    # a second row of panels (quality against encode time) only when times of several layer counts exist
+    untimed = Results(grid=[{k: v for k, v in c.items() if k != "seconds_per_text"} for c in results.grid])
+    assert "ms / text" not in untimed.grid_markdown()
+    assert untimed.pareto_front("sts", cost="seconds_per_text") == []
+    assert png_height(again.plot_budget()) > 1.5 * png_height(untimed.plot_budget())

@@ -10,12 +10,16 @@ Per layer count, every distinct text of every task is encoded once at full size;
   queries against bit documents (Hamming); with `rescore=k`, also the `"<precision>+rescore"` cell: the top `k` of
   that search re-ranked by float cosine at the same size (the float vectors read from disk for k documents only);
 - classification: a linear probe trained and tested on the dequantized codes.
+Each cell also records `seconds_per_text`: the wall time of its layer count's encoding pass over the distinct texts
+of all tasks, per text (every layer count encodes the same texts, so their ratio is the speed-up of running fewer
+layers; the first pass also pays any warm-up, so measure speed itself in a benchmark).
 int8/uint8 ranges are the model's calibrated ones (`config.quantization_ranges`, per depth: `calibrate_quantization(
 texts, layers=...)`) where it has them, else measured on the task's own embeddings (STS: all sentences; retrieval: the corpus; classification: the training
 texts), as sentence-transformers does when given no ranges.
 """
 
 import os
+import time
 
 import torch
 import torch.nn.functional as F
@@ -80,7 +84,9 @@ def evaluate_grid(model, evaluators, dims=None, precisions=DEFAULT_PRECISIONS, l
     for count in layer_counts:
         embedder = base if count is None else depth_embedder(matryoshka, base, count)
         groups = [group for evaluator in evaluators for group in TEXTS[type(evaluator)](evaluator)]
+        started = time.perf_counter()
         embeddings, text_rows = encode_once(embedder, [text for group in groups for text in group])  # one pass
+        seconds_per_text = (time.perf_counter() - started) / max(1, len(embeddings))
         start = 0
         for evaluator in evaluators:
             parts = []
@@ -93,7 +99,8 @@ def evaluate_grid(model, evaluators, dims=None, precisions=DEFAULT_PRECISIONS, l
                 scores = SCORERS[type(evaluator)](evaluator, prefix, parts, precisions, ranges, rescore)
                 for precision, values in scores.items():
                     rows.extend({"model": base.name, "task": evaluator.name, "metric": metric, "dim": dim,
-                                 "value": value, "layers": count, "precision": precision}
+                                 "value": value, "layers": count, "precision": precision,
+                                 "seconds_per_text": seconds_per_text}
                                 for metric, value in values.items())
     return Results.from_evaluators(rows, evaluators)
 

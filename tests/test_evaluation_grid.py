@@ -199,3 +199,19 @@ def test_encode_time_per_layer_count_and_its_budget(make_model, tasks, tmp_path)
     assert "ms / text" not in untimed.grid_markdown()
     assert untimed.pareto_front("sts", cost="seconds_per_text") == []
     assert png_height(again.plot_budget()) > 1.5 * png_height(untimed.plot_budget())
+
+
+def test_depth_cells_of_a_model_with_an_adaptor_are_its_encode_at_that_depth(make_model, tasks):
+    from mrl_text import metrics
+    from mrl_text.modeling_matryoshka_adaptor import MatryoshkaAdaptor, MatryoshkaAdaptorConfig
+
+    model = make_model(matryoshka_dimensions=(32, 16, 8), matryoshka_layers=[2, 1])
+    torch.manual_seed(0)
+    adaptor = MatryoshkaAdaptor(MatryoshkaAdaptorConfig(32, [32, 16, 8], hidden_size=16, adapted_dimensions=[16]))
+    torch.nn.init.normal_(adaptor.mlp[-1].weight, std=0.5)
+    model.set_adaptor(adaptor.eval())
+    sts = tasks[0]
+    results = evaluate_grid(model, [sts], precisions=["float32"], dims=[16], layers=[1])
+    a, b = (model.encode(s, dim=16, layers=1) for s in (sts.sentences1, sts.sentences2))
+    expected = metrics.spearman((a * b).sum(-1).tolist(), sts.scores)
+    assert [c["value"] for c in results.cells("sts")] == [pytest.approx(expected, abs=1e-6)]

@@ -118,12 +118,15 @@ def depth_embedder(matryoshka, base, layers):
     """`base` (an [`Embedder`] of the same model) encoding with only the first `layers` encoder layers."""
     layers = resolve_layers(matryoshka, layers)
 
+    # With an adaptor a size is not a prefix: encode the pre-adaptor vectors and map them per size, as `base` does.
+    output_value = "embeddings" if base.size_map is None else "full_embeddings"
+
     def encode(texts):
         return matryoshka.encode(texts, dim=base.full_dim, batch_size=base.batch_size, max_length=base.max_length,
-                                 layers=layers)
+                                 layers=layers, output_value=output_value)
 
     return Embedder(encode, base.full_dim, base.dims, base.normalize, base.name, base.max_length, base.batch_size,
-                    base.show_progress_bar)
+                    base.show_progress_bar, base.source, base.count_tokens, base.size_map)
 
 
 def represent(vectors, precision, ranges):

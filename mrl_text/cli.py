@@ -36,7 +36,7 @@ file formats:
 
 GENERIC_STEMS = {"test", "dev", "validation", "valid", "train", "eval", "data"}
 REPORT_FILES = ("results.json", "results.md", "results.png")
-BUDGET_REPORT_FILE = "results_budget.png"  # a grid run (--precisions / --layers): quality against bytes per vector
+BUDGET_REPORT_FILE = "results_budget.png"  # a grid run (--precisions / --layers): quality against bytes and time
 
 
 def _task_name(path, taken):
@@ -73,7 +73,7 @@ def build_evaluators(args):
 
 
 def precision_list(value):
-    """`--precisions float32,int8` (comma- or space-separated) -> checked names; argparse reports a bad one."""
+    """`--precisions float32,int8` (comma-separated; the flag repeats) -> checked names; argparse reports a bad one."""
     from .quantization import check_precision
 
     try:

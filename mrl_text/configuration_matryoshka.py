@@ -247,8 +247,8 @@ def check_quantization_ranges(value, full, num_layers=None):
         dim = int(match.group(1)) if match else 0
         layers = int(match.group(2)) if match and match.group(2) else None
         if not 0 < dim <= full or (layers is not None and num_layers is not None and layers >= num_layers):
-            raise ValueError(f"`quantization_ranges` has key {key!r}, not a size in 1..{full} (optionally "
-                             f"'/layers=k', k < {num_layers}); recalibrate.")
+            raise ValueError(f"`quantization_ranges` has key {key!r}, not a size in 1..{full} (with '/layers=k' for "
+                             "a depth k below the encoder's full depth); recalibrate.")
         key = ranges_key(dim, layers)
         rows = [list(map(float, row)) for row in ranges] if isinstance(ranges, (list, tuple)) else None
         if rows is None or len(rows) != 2 or any(len(row) != dim for row in rows) or not all(

@@ -152,7 +152,7 @@ def model_ranges(config, dim, precision, layers=None):
     if key not in saved:
         have = [k for k in saved if k.partition("/")[2] == key.partition("/")[2]]  # the same depth's sizes
         have = sorted((int(k.partition("/")[0]) for k in have), reverse=True)
-        where = "" if layers is None else f" after {layers} layers"
+        where = "" if layers is None else f" at layers={layers}"
         raise ValueError(
             f"precision={precision!r} at dim={dim}{where} needs calibrated ranges, and this model has "
             + (f"them only for sizes {have}" if have else "none") + (where if have or saved else "")

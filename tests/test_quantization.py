@@ -134,7 +134,7 @@ def test_a_depth_never_borrows_the_full_depths_ranges(make_model, sentences):
     model = make_model(matryoshka_dimensions=(32, 16), matryoshka_layers=[2, 1])
     model.calibrate_quantization(sentences, layers=[2])  # full depth only: the per-size format of before
     assert sorted(model.config.quantization_ranges) == ["16", "32"]
-    with pytest.raises(ValueError, match=r"after 1 layers.*calibrate_quantization\(texts, layers=\[1\]\)"):
+    with pytest.raises(ValueError, match=r"dim=16 at layers=1 needs calibrated ranges, and this model has none at layers=1.*calibrate_quantization\(texts, layers=\[1\]\)"):
         model.encode(sentences, dim=16, layers=1, precision="int8")
     with pytest.raises(ValueError, match="layers=3 is out of range"):
         model.calibrate_quantization(sentences, layers=[1, 3])
@@ -150,7 +150,7 @@ def test_a_depth_never_borrows_the_full_depths_ranges(make_model, sentences):
         ({"16": [[0.0] * 16, [float("nan")] * 16]}, "finite"),
         ({"16": [[1.0] * 16, [0.0] * 16]}, "minima <= maxima"),
         ({"99": [[0.0] * 99, [1.0] * 99]}, "not a size in 1..32"),
-        ({"16/layers=2": [[0.0] * 16, [1.0] * 16]}, r"k < 2"),  # the full depth is the plain key
+        ({"16/layers=2": [[0.0] * 16, [1.0] * 16]}, "below the encoder's full depth"),  # full depth: plain key
         ({"16/depth=1": [[0.0] * 16, [1.0] * 16]}, "not a size"),
         ([1, 2], "must be a dict"),
     ],

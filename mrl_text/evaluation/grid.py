@@ -14,8 +14,8 @@ Each cell also records `seconds_per_text`: the wall time of its layer count's en
 of all tasks, per text (every layer count encodes the same texts, so their ratio is the speed-up of running fewer
 layers; the first pass also pays any warm-up, so measure speed itself in a benchmark).
 int8/uint8 ranges are the model's calibrated ones (`config.quantization_ranges`, per depth: `calibrate_quantization(
-texts, layers=...)`) where it has them, else measured on the task's own embeddings (STS: all sentences; retrieval: the corpus; classification: the training
-texts), as sentence-transformers does when given no ranges.
+texts, layers=...)`) where it has them, else measured on the task's own embeddings (STS: all sentences; retrieval:
+the corpus; classification: the training texts), as sentence-transformers does when given no ranges.
 """
 
 import os

@@ -26,10 +26,13 @@ import shutil
 import tempfile
 import warnings
 from pathlib import Path
+from types import SimpleNamespace
 
 import torch
 from transformers.models.auto.configuration_auto import CONFIG_MAPPING_NAMES
 from transformers.models.auto.modeling_auto import MODEL_MAPPING_NAMES
+
+from .quantization import model_ranges
 
 EXPORT_FORMATS = ("sentence-transformers", "onnx")
 # Our pooling modes -> the boolean keys of a sentence-transformers Pooling config.
@@ -223,10 +226,6 @@ def full_depth_ranges(config):
 def exported_ranges(folder, dim, precision="int8"):
     """The `(2, dim)` int8/uint8 ranges an exported folder's config.json keeps at size `dim` (None for float and bit
     codes); an error that says to calibrate (and export again) when the folder has none at that size."""
-    from types import SimpleNamespace
-
-    from .quantization import model_ranges
-
     config = json.loads((Path(folder) / "config.json").read_text(encoding="utf-8"))
     return model_ranges(SimpleNamespace(quantization_ranges=config.get("quantization_ranges")), int(dim), precision)
 

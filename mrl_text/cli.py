@@ -19,6 +19,10 @@ examples:
 
   # every model reads at most --max-length tokens (default 256), baselines too: results compare on equal terms
 
+  # the size x precision x depth grid: one encoding pass per layer count; int8 uses the model's calibrated ranges
+  mrl-text evaluate out/ --sts stsb/test.tsv --retrieval scifact/ --precisions float32,int8,binary --layers 6 3 \
+      --out report/
+
   # the model card (README.md with Hub metadata and per-size results) and plot, written into the model folder;
   # new results are merged into the card data a recipe saved (loss, data, hyperparameters, its own results)
   mrl-text card out/ --results report/results.json
@@ -32,6 +36,7 @@ file formats:
 
 GENERIC_STEMS = {"test", "dev", "validation", "valid", "train", "eval", "data"}
 REPORT_FILES = ("results.json", "results.md", "results.png")
+BUDGET_REPORT_FILE = "results_budget.png"  # a grid run (--precisions / --layers): quality against bytes and time
 
 
 def _task_name(path, taken):
@@ -67,14 +72,47 @@ def build_evaluators(args):
     return evaluators
 
 
+def precision_list(value):
+    """`--precisions float32,int8` (comma-separated; the flag repeats) -> checked names; argparse reports a bad one."""
+    from .quantization import check_precision
+
+    try:
+        return [check_precision(p.strip()) for p in value.split(",") if p.strip()]
+    except ValueError as error:
+        raise argparse.ArgumentTypeError(str(error)) from None
+
+
+def grid_model(args, options):
+    """The model under test for a grid run: its embedder, holding the loaded MatryoshkaModel as `matryoshka` (what
+    `evaluate_grid` runs at fewer layers and reads calibrated int8 ranges from), named as for a plain run."""
+    from .configuration_matryoshka import portable_name
+    from .evaluation import as_embedder
+    from .evaluation.embedders import load_model, local_folder
+    from .modeling_matryoshka import MatryoshkaModel
+
+    loaded = load_model(args.model, args.device)
+    embedder = as_embedder(loaded, args.dims, **options)
+    embedder.name, embedder.source = portable_name(args.model), local_folder(args.model)
+    if isinstance(loaded, MatryoshkaModel):
+        embedder.matryoshka = loaded
+    elif args.layers:
+        raise ValueError(f"--layers needs a Matryoshka model folder (its encode runs the first layers only); "
+                         f"{args.model} is a {type(loaded).__name__}. Drop --layers to score its sizes and precisions.")
+    return embedder
+
+
 def run_evaluate(args):
-    from .evaluation import Results, as_embedder, evaluate
+    from .evaluation import Results, as_embedder, evaluate, evaluate_grid
     from .evaluation.embedders import name_apart
     from .file_utils import write_atomic
 
     evaluators = build_evaluators(args)
     options = dict(batch_size=args.batch_size, max_length=args.max_length, device=args.device, show_progress_bar=True)
-    model = as_embedder(args.model, args.dims, **options)
+    grid = args.precisions is not None or args.layers is not None
+    if grid:
+        precisions = list(dict.fromkeys(p for group in args.precisions or [["float32"]] for p in group))
+        grid_options = dict(precisions=precisions, rescore=args.rescore or None)
+    model = grid_model(args, options) if grid else as_embedder(args.model, args.dims, **options)
     embedders = [model]
     for baseline in args.baseline or []:
         embedder = as_embedder(baseline, **options)
@@ -88,18 +126,27 @@ def run_evaluate(args):
             f"mrl-text: evaluating {embedder.name} at sizes {embedder.dims}, {embedder.max_length} tokens",
             file=sys.stderr,
         )
-        results.append(evaluate(embedder, evaluators))
+        if not grid:
+            results.append(evaluate(embedder, evaluators))
+        else:  # baselines at full depth: --layers are the model's
+            layers = [None, *args.layers] if embedder is model and args.layers else None  # rows: full depth
+            results.append(evaluate_grid(embedder, evaluators, layers=layers, **grid_options))
     results = Results.concat(results)
     # Everything is computed before anything is written: a failed run leaves no report that looks complete.
     command = "mrl-text " + " ".join(shlex.quote(a) for a in args.argv)
     markdown = f"# Evaluation at every size\n\nCommand: `{command}`\n\nValues x100.\n\n{results.to_markdown()}"
     plot = results.plot()
+    budget_plot = results.plot_budget(model=model.name) if grid else None
     out = Path(args.out)
     results.to_json(out / "results.json")
     write_atomic(out / "results.md", markdown)
     write_atomic(out / "results.png", plot)
+    files = list(REPORT_FILES)
+    if budget_plot is not None:
+        write_atomic(out / BUDGET_REPORT_FILE, budget_plot)
+        files.append(BUDGET_REPORT_FILE)
     print(results.to_markdown())
-    print(f"mrl-text: wrote {', '.join(str(out / name) for name in REPORT_FILES)}", file=sys.stderr)
+    print(f"mrl-text: wrote {', '.join(str(out / name) for name in files)}", file=sys.stderr)
     return results
 
 
@@ -251,6 +298,16 @@ def build_parser():
         "of a BEIR abstract at a quarter of the attention cost of 512)",
     )
     ev.add_argument("--device", help="e.g. cuda, cpu (default: cuda when available)")
+    ev.add_argument("--precisions", type=precision_list, action="append", metavar="LIST",
+                    help="score every size at these precisions too, e.g. float32,int8,binary (any of float32, int8, "
+                    "uint8, binary, ubinary): int8 with the model's calibrated ranges, else ranges measured on each "
+                    "task; writes the grid and results_budget.png")
+    ev.add_argument("--layers", type=int, nargs="+", metavar="K",
+                    help="also score the model at these encoder depths (2D Matryoshka: only the first K layers run), "
+                    "one encoding pass each; implies the grid")
+    ev.add_argument("--rescore", type=int, default=100, metavar="K",
+                    help="retrieval grid: also re-rank the top K of each quantized search in float (0: off; default "
+                    "%(default)s)")
     ev.set_defaults(func=run_evaluate)
 
     card = commands.add_parser(

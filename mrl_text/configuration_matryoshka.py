@@ -100,7 +100,8 @@ class MatryoshkaConfig(WrappingConfig):
         quantization_ranges (`dict[str, list[list[float]]]`, *optional*):
             Per size (`"64"`), the per-coordinate `[minima, maxima]` of the truncated, normalized embeddings that
             `encode(..., precision="int8" | "uint8")` quantizes with; written by `model.calibrate_quantization(texts)`.
-            The layout of sentence-transformers' `quantize_embeddings(ranges=...)`.
+            The layout of sentence-transformers' `quantize_embeddings(ranges=...)`. Keys `"64/layers=3"` hold the
+            ranges of size 64 after the first 3 layers (`encode(..., layers=3)`), one per calibrated depth.
 
     Example:
 
@@ -177,7 +178,8 @@ class MatryoshkaConfig(WrappingConfig):
         self.matryoshka_dimensions, self.matryoshka_weights = validate_nesting(
             self.matryoshka_dimensions, self.matryoshka_weights, self.truncate_dim, self.embedding_size
         )
-        self.quantization_ranges = check_quantization_ranges(self.quantization_ranges, self.embedding_size)
+        self.quantization_ranges = check_quantization_ranges(
+            self.quantization_ranges, self.embedding_size, getattr(self.encoder, "num_hidden_layers", None))
 
     def check_adaptor(self, adaptor, matryoshka_dimensions=None):
         """`adaptor` as a complete adaptor config dict fitting this model's embedding and sizes (default its
@@ -222,9 +224,18 @@ def check_dim(dim, full, trained=None, owner="dim"):
     return int(dim)
 
 
-def check_quantization_ranges(value, full):
-    """Validate `config.quantization_ranges` (None, or `{"dim": [[minima], [maxima]]}`) for a model of size `full`;
-    returns it with string keys (JSON keeps only those)."""
+# Keys of `config.quantization_ranges`: "64" (size 64, full depth) or "64/layers=3" (size 64 after the first 3 layers).
+RANGES_KEY = re.compile(r"^([1-9][0-9]*)(?:/layers=([1-9][0-9]*))?$")
+
+
+def ranges_key(dim, layers=None):
+    """The `quantization_ranges` key of size `dim` at depth `layers` (None: full depth)."""
+    return str(int(dim)) if layers is None else f"{int(dim)}/layers={int(layers)}"
+
+
+def check_quantization_ranges(value, full, num_layers=None):
+    """Validate `config.quantization_ranges` (None, or `{"dim": [[minima], [maxima]]}`, plus `"dim/layers=k"` keys
+    for depth `k` < `num_layers`) for a model of size `full`; returns it with string keys (JSON keeps only those)."""
     if value is None:
         return None
     if not isinstance(value, dict):
@@ -232,12 +243,13 @@ def check_quantization_ranges(value, full):
                          f"{type(value).__name__}.")
     checked = {}
     for key, ranges in value.items():
-        try:
-            dim = int(key)
-        except (TypeError, ValueError):
-            dim = 0
-        if not 0 < dim <= full or str(dim) != str(key).strip():
-            raise ValueError(f"`quantization_ranges` has key {key!r}, not a size in 1..{full}; recalibrate.")
+        match = RANGES_KEY.match(str(key).strip())
+        dim = int(match.group(1)) if match else 0
+        layers = int(match.group(2)) if match and match.group(2) else None
+        if not 0 < dim <= full or (layers is not None and num_layers is not None and layers >= num_layers):
+            raise ValueError(f"`quantization_ranges` has key {key!r}, not a size in 1..{full} (with '/layers=k' for "
+                             "a depth k below the encoder's full depth); recalibrate.")
+        key = ranges_key(dim, layers)
         rows = [list(map(float, row)) for row in ranges] if isinstance(ranges, (list, tuple)) else None
         if rows is None or len(rows) != 2 or any(len(row) != dim for row in rows) or not all(
             math.isfinite(v) for row in rows for v in row
@@ -246,7 +258,7 @@ def check_quantization_ranges(value, full):
                 f"`quantization_ranges[{key!r}]` must be two lists (minima, maxima) of {dim} finite numbers with "
                 "minima <= maxima; recalibrate with `model.calibrate_quantization(texts)`."
             )
-        checked[str(dim)] = rows
+        checked[key] = rows
     return checked
 
 
@@ -385,6 +397,7 @@ __all__ = [
     "check_quantization_ranges",
     "encoder_config_from",
     "portable_name",
+    "ranges_key",
     "validate_layers",
     "validate_nesting",
     "WrappingConfig",

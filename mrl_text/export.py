@@ -10,6 +10,11 @@ The module files use the layout and keys that every reader understands: sentence
 sentence-transformers 6 itself writes (`embedding_dimension`, `module_input_name`, ...) are refused by the
 readers of the older layout, so they are not written here.
 
+Calibrated int8/uint8 ranges (`model.calibrate_quantization`) are kept in config.json as `quantization_ranges`
+(`{"64": [[minima], [maxima]], ...}`); `exported_ranges(folder, dim)` reads them back, and quantizing the folder's
+re-normalized prefix with them (mrl_text.quantization.quantize, or sentence-transformers' `quantize_embeddings(...,
+ranges=)`) gives the codes of `model.encode(texts, dim=dim, precision="int8")`.
+
 `format="onnx"` adds `onnx/model.onnx` (the encoder's token states), the file sentence-transformers'
 `backend="onnx"` and optimum's `ORTModelForFeatureExtraction` load from such a folder.
 """
@@ -21,10 +26,13 @@ import shutil
 import tempfile
 import warnings
 from pathlib import Path
+from types import SimpleNamespace
 
 import torch
 from transformers.models.auto.configuration_auto import CONFIG_MAPPING_NAMES
 from transformers.models.auto.modeling_auto import MODEL_MAPPING_NAMES
+
+from .quantization import model_ranges
 
 EXPORT_FORMATS = ("sentence-transformers", "onnx")
 # Our pooling modes -> the boolean keys of a sentence-transformers Pooling config.
@@ -153,6 +161,11 @@ def write_folder(model, directory, format="sentence-transformers", repo_id=None)
     encoder_config = json.loads((directory / "config.json").read_text(encoding="utf-8"))
     encoder_config["is_matryoshka"] = True
     encoder_config["matryoshka_dimensions"] = list(config.matryoshka_dimensions)
+    ranges = full_depth_ranges(config)
+    if ranges:
+        # The calibrated int8/uint8 ranges travel too, so the exported model's embeddings quantize to the same codes
+        # as `model.encode(precision="int8")` (see the card's "Quantized codes").
+        encoder_config["quantization_ranges"] = ranges
     write_json(directory / "config.json", encoder_config)
     model.tokenizer.save_pretrained(directory)
     for name, content in sentence_transformers_files(model).items():
@@ -202,6 +215,19 @@ def sentence_transformers_files(model):
         "truncate_dim": config.truncate_dim,
     }
     return files
+
+
+def full_depth_ranges(config):
+    """The calibrated ranges of the full depth (keys `"64"`): an exported model runs every layer, so the ranges of
+    shallower depths (`"64/layers=3"`) do not travel."""
+    return {key: value for key, value in (getattr(config, "quantization_ranges", None) or {}).items() if "/" not in key}
+
+
+def exported_ranges(folder, dim, precision="int8"):
+    """The `(2, dim)` int8/uint8 ranges an exported folder's config.json keeps at size `dim` (None for float and bit
+    codes); an error that says to calibrate (and export again) when the folder has none at that size."""
+    config = json.loads((Path(folder) / "config.json").read_text(encoding="utf-8"))
+    return model_ranges(SimpleNamespace(quantization_ranges=config.get("quantization_ranges")), int(dim), precision)
 
 
 def tokenizer_limit(tokenizer, encoder_config):
@@ -320,6 +346,35 @@ response = client.embeddings.create(model="{model_id}", input=["a sentence"], di
 
 Infinity returns the first `{small}` coordinates of the unit-length full embedding without re-normalizing them, and
 accepts any size from 1 to {config.embedding_size}; vLLM accepts only the sizes in `matryoshka_dimensions`.
+{quantized_codes_section(config)}"""
+
+
+def quantized_codes_section(config):
+    """The card's "Quantized codes" section when the model was calibrated (else empty): how to make, from this
+    folder alone, the int8 codes mrl-text's `encode(precision="int8")` makes."""
+    ranges = full_depth_ranges(config)
+    if not ranges:
+        return ""
+    sizes = sorted((int(d) for d in ranges), reverse=True)
+    size = sizes[len(sizes) // 2]
+    normalize = ", normalize_embeddings=True" if config.normalize else ""
+    return f"""
+## Quantized codes (int8 / uint8)
+
+`config.json` keeps the calibrated per-coordinate ranges of sizes {sizes} (`quantization_ranges`: minima, maxima).
+Quantizing the {"re-normalized " if config.normalize else ""}prefix with them gives the codes of mrl-text's
+`encode(texts, dim={size}, precision="int8")`:
+
+```python
+import json
+
+import numpy as np
+from sentence_transformers.util.quantization import quantize_embeddings
+
+ranges = np.array(json.load(open("config.json"))["quantization_ranges"]["{size}"])  # this folder's config.json
+prefix = model.encode(texts, truncate_dim={size}{normalize})
+codes = quantize_embeddings(prefix, "int8", ranges=ranges)  # (len(texts), {size}) int8
+```
 """
 
 
@@ -342,4 +397,4 @@ def push_exported_to_hub(model, repo_id, format="sentence-transformers", *, priv
         )
 
 
-__all__ = ["EXPORT_FORMATS", "check_exportable", "export_model", "export_onnx", "push_exported_to_hub"]
+__all__ = ["EXPORT_FORMATS", "check_exportable", "export_model", "export_onnx", "exported_ranges", "push_exported_to_hub"]

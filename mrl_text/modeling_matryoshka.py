@@ -30,13 +30,7 @@ from .modeling_matryoshka_utils import (
     truncate_embeddings,
     warn_once,
 )
-from .quantization import (
-    calibration_ranges,
-    check_precision,
-    model_ranges,
-    quantize,
-    ranges_to_config,
-)
+from .quantization import calibrate, check_precision, model_ranges, quantize
 
 
 @dataclass
@@ -372,8 +366,8 @@ class MatryoshkaModel(MatryoshkaPreTrainedModel):
             dim, precision = self.config.embedding_size, "float32"
         dim = self._resolve_dim(dim)
         size = dim or self.config.embedding_size
-        ranges = model_ranges(self.config, size, check_precision(precision, size))  # fail before encoding
         layers = check_layers(self, layers)
+        ranges = model_ranges(self.config, size, check_precision(precision, size), layers)  # fail before encoding
         single = isinstance(texts, str)
         try:
             texts = [texts] if single else list(texts)
@@ -415,20 +409,13 @@ class MatryoshkaModel(MatryoshkaPreTrainedModel):
             embeddings = embeddings[0]
         return embeddings.numpy() if convert_to_numpy else embeddings
 
-    def calibrate_quantization(self, texts, dims=None, **encode_kwargs):
-        """Measure the int8/uint8 ranges of every trained size (or `dims`) on `texts` and keep them in the config
-        (`quantization_ranges`, saved in config.json), so `encode(..., precision="int8")` and every copy of the saved
-        model make the same codes. One encoding pass at full size; each size's ranges are taken from that size's
-        embedding (adaptor, truncation, re-normalization), as `encode` returns it. `encode_kwargs` go to `encode`.
-        Returns the ranges by size."""
-        dims = [check_dim(d, self.config.embedding_size) for d in (dims or self.config.matryoshka_dimensions)]
-        texts = [texts] if isinstance(texts, str) else list(texts)
-        full = self.encode(texts, output_value="full_embeddings", **encode_kwargs)
-        with torch.inference_mode():
-            sized = {d: self.embeddings_at_size(full.to(self.device, self.dtype), d).float().cpu() for d in dims}
-        measured = {d: calibration_ranges(embeddings) for d, embeddings in sized.items()}
-        self.config.quantization_ranges = {**(self.config.quantization_ranges or {}), **ranges_to_config(measured)}
-        return measured
+    def calibrate_quantization(self, texts, dims=None, layers=None, **encode_kwargs):
+        """Measure the int8/uint8 ranges of every trained size (or `dims`) on `texts`, at every trained depth
+        (`config.matryoshka_layers`, or `layers`), and keep them in the config (`quantization_ranges`, saved in
+        config.json), so `encode(..., precision="int8", layers=k)` and every copy of the saved model make the same
+        codes. One encoding pass per depth (see `mrl_text.quantization.calibrate`); `encode_kwargs` go to `encode`.
+        Returns the ranges by size (`(layers, size)` for shallower depths)."""
+        return calibrate(self, texts, dims, layers, **encode_kwargs)
 
 
 __all__ = [

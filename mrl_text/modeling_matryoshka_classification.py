@@ -174,11 +174,15 @@ class MatryoshkaForSequenceClassification(MatryoshkaPreTrainedModel):
         output_hidden_states=None,
         output_attentions=None,
         return_dict=None,
+        layers=None,
         **kwargs,
     ):
         r"""
         labels (`torch.LongTensor` of shape `(batch_size,)`, *optional*): class ids (or floats for regression).
         dim (`int`, *optional*): whose head gives `logits`; one of `config.matryoshka_dimensions`.
+        layers (`int`, *optional*): run only the encoder's first `layers` layers (2D Matryoshka; one of
+            `config.matryoshka_layers`) and classify the pooled output of that depth with the same heads; None: full
+            depth. Checked as in [`MatryoshkaModel.forward`].
 
         Returns:
             [`MatryoshkaSequenceClassifierOutput`]: `logits` `(batch_size, num_labels)` at `dim`, and
@@ -193,6 +197,7 @@ class MatryoshkaForSequenceClassification(MatryoshkaPreTrainedModel):
             inputs_embeds=inputs_embeds,
             output_hidden_states=output_hidden_states,
             output_attentions=output_attentions,
+            layers=layers,
             **kwargs,
         )
         matryoshka_logits = self.classifier(outputs.full_embeddings)

@@ -11,10 +11,17 @@ takes, so codes made here and there from the same ranges are identical.
 Unlike sentence-transformers, an int8 code is never made from ranges guessed on the batch at hand: the ranges of
 a model come from `model.calibrate_quantization(texts)`, per trained size, and travel in its config.json.
 
-This file travels with saved models (modeling_matryoshka.py imports it): torch and the standard library only.
+With 2D Matryoshka (`encode(..., layers=k)`) the embeddings after `k` layers have ranges of their own: they are
+calibrated per (depth, size) and kept under keys `"64/layers=3"` next to the full depth's `"64"`.
+
+This file travels with saved models (modeling_matryoshka.py imports it): torch, the standard library and its sibling
+files only.
 """
 
 import torch
+
+from .configuration_matryoshka import check_dim, ranges_key
+from .modeling_matryoshka_depth import check_layers
 
 PRECISIONS = ("float32", "int8", "uint8", "binary", "ubinary")
 SCALAR_PRECISIONS = ("int8", "uint8")
@@ -125,30 +132,60 @@ def dequantize(codes, precision, ranges=None):
 # --- the ranges a model keeps in config.json ----------------------------------------------------------------------
 
 
-def ranges_to_config(ranges_by_dim):
-    """`{dim: (2, dim) tensor}` -> the JSON-ready `{"64": [[minima], [maxima]], ...}` of `config.quantization_ranges`.
+def ranges_to_config(ranges_by_dim, layers=None):
+    """`{dim: (2, dim) tensor}` -> the JSON-ready `{"64": [[minima], [maxima]], ...}` of `config.quantization_ranges`
+    (keys `"64/layers=3"` for ranges measured after the first `layers` layers).
 
     float32 values are exact in JSON (Python floats), so a saved or pulled model makes the same codes."""
-    return {str(int(dim)): torch.as_tensor(r, dtype=torch.float32).tolist() for dim, r in sorted(ranges_by_dim.items())}
+    return {ranges_key(dim, layers): torch.as_tensor(r, dtype=torch.float32).tolist()
+            for dim, r in sorted(ranges_by_dim.items())}
 
 
-def model_ranges(config, dim, precision):
-    """The calibrated `(2, dim)` ranges of a Matryoshka `config` at size `dim` for `precision` (None for float and
-    bit codes); an uncalibrated model or size raises an error that says how to calibrate."""
+def model_ranges(config, dim, precision, layers=None):
+    """The calibrated `(2, dim)` ranges of a Matryoshka `config` at size `dim` (after the first `layers` layers;
+    None: full depth) for `precision` (None for float and bit codes); an uncalibrated model, size or depth raises
+    an error that says how to calibrate. A depth never borrows the full depth's ranges: its values differ."""
     if precision not in SCALAR_PRECISIONS:
         return None
     saved = getattr(config, "quantization_ranges", None) or {}
-    if str(dim) not in saved:
-        have = sorted((int(d) for d in saved), reverse=True)
+    key = ranges_key(dim, layers)
+    if key not in saved:
+        have = [k for k in saved if k.partition("/")[2] == key.partition("/")[2]]  # the same depth's sizes
+        have = sorted((int(k.partition("/")[0]) for k in have), reverse=True)
+        where = "" if layers is None else f" at layers={layers}"
         raise ValueError(
-            f"precision={precision!r} at dim={dim} needs calibrated ranges, and this model has "
-            + (f"them only for sizes {have}" if have else "none")
-            + ". Call `model.calibrate_quantization(texts)` on a few hundred texts like the ones you will encode "
-            "(then save the model: the ranges go into config.json)"
-            + (f", with dims=[{dim}]" if have else "")
-            + "."
+            f"precision={precision!r} at dim={dim}{where} needs calibrated ranges, and this model has "
+            + (f"them only for sizes {have}" if have else "none") + (where if have or saved else "")
+            + ". Call `model.calibrate_quantization(texts"
+            + ("" if layers is None else f", layers=[{layers}]") + ")` on a few hundred texts like the ones you "
+            "will encode (then save the model: the ranges go into config.json)"
+            + (f", with dims=[{dim}]" if have else "") + "."
         )
-    return check_ranges(saved[str(dim)], dim)
+    return check_ranges(saved[key], dim)
+
+
+def calibrate(model, texts, dims=None, layers=None, **encode_kwargs):
+    """`MatryoshkaModel.calibrate_quantization`: measure int8/uint8 ranges of `model` on `texts` at every size in
+    `dims` (default: the trained sizes) and every depth in `layers` (default: `config.matryoshka_layers`, else the
+    full depth), one encoding pass per depth, and add them to `config.quantization_ranges`. Each size's ranges
+    come from that size's embedding as `encode` returns it (adaptor, truncation, re-normalization).
+
+    Returns `{dim: (2, dim) tensor}` for the full depth and `{(layers, dim): ...}` for shallower depths."""
+    config = model.config
+    dims = [check_dim(d, config.embedding_size) for d in (dims or config.matryoshka_dimensions)]
+    if layers is None or isinstance(layers, int):
+        layers = [layers] if layers is not None else (config.matryoshka_layers or [None])
+    depths = list(dict.fromkeys(check_layers(model, k) for k in layers))  # all checked before encoding; full: None
+    texts = [texts] if isinstance(texts, str) else list(texts)
+    measured = {}
+    for depth in depths:
+        full = model.encode(texts, output_value="full_embeddings", layers=depth, **encode_kwargs)
+        with torch.inference_mode():
+            sized = {d: model.embeddings_at_size(full.to(model.device, model.dtype), d).float().cpu() for d in dims}
+        ranges = {d: calibration_ranges(embeddings) for d, embeddings in sized.items()}
+        config.quantization_ranges = {**(config.quantization_ranges or {}), **ranges_to_config(ranges, depth)}
+        measured.update({d if depth is None else (depth, d): r for d, r in ranges.items()})
+    return measured
 
 
 __all__ = [
@@ -156,6 +193,7 @@ __all__ = [
     "PRECISIONS",
     "SCALAR_PRECISIONS",
     "bytes_per_vector",
+    "calibrate",
     "calibration_ranges",
     "check_precision",
     "check_ranges",

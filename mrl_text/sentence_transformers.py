@@ -36,6 +36,7 @@ from .configuration_matryoshka import (
     portable_name,
 )
 from .modeling_matryoshka import MatryoshkaModel, build_encoder, truncate_embeddings
+from .modeling_matryoshka_depth import check_layers
 from .quantization import model_ranges, quantize
 
 POOLING_FROM_SENTENCE_TRANSFORMERS = {theirs: ours for ours, theirs in SENTENCE_TRANSFORMERS_POOLING.items()}
@@ -146,18 +147,28 @@ class MatryoshkaTruncation(Module):
         dim = self.resolve_dim(training=False)
         return dim if dim is not None else self._sizes()[0]
 
-    def quantization_ranges(self, dim):
-        """The model's calibrated int8/uint8 ranges at size `dim` as a `(2, dim)` numpy array: pass them to
-        sentence-transformers' `quantize_embeddings(embeddings, "int8", ranges=...)`. (`encode(precision="int8")`
-        measures ranges on the batch it encodes instead, so its codes differ from the model's.)"""
-        return model_ranges(self._matryoshka_config, int(dim), "int8").numpy()
+    def quantization_ranges(self, dim, layers=None):
+        """The model's calibrated int8/uint8 ranges at size `dim` (after the first `layers` layers; None: full depth)
+        as a `(2, dim)` numpy array: pass them to sentence-transformers' `quantize_embeddings(embeddings, "int8",
+        ranges=...)`. (`encode(precision="int8")` measures ranges on the batch it encodes instead, so its codes
+        differ from the model's.)"""
+        return model_ranges(self._matryoshka_config, int(dim), "int8", self._depth(layers)).numpy()
 
-    def quantize(self, embeddings, precision):
-        """Codes of `encode(texts, dim=d)` output with the model's calibrated ranges (numpy): the codes
-        `MatryoshkaModel.encode(texts, dim=d, precision=...)` gives. Uncalibrated int8 raises, saying to calibrate."""
+    def quantize(self, embeddings, precision, layers=None):
+        """Codes of `encode(texts, dim=d[, layers=k])` output with the model's calibrated ranges (numpy): the codes
+        `MatryoshkaModel.encode(texts, dim=d, precision=...[, layers=k])` gives. Uncalibrated int8 raises, saying to
+        calibrate."""
         embeddings = torch.as_tensor(embeddings)
-        ranges = model_ranges(self._matryoshka_config, embeddings.shape[-1], precision)
+        ranges = model_ranges(self._matryoshka_config, embeddings.shape[-1], precision, self._depth(layers))
         return quantize(embeddings, precision, ranges).numpy()
+
+    def _depth(self, layers):
+        """`layers` checked as `encode(layers=)` checks it (None for the full depth)."""
+        if layers is None:
+            return None
+        if self._wrapped[0] is None:
+            raise ValueError(f"layers={layers!r} needs the MatryoshkaModel this module sits on; it stands alone.")
+        return check_layers(self._wrapped[0], layers)
 
     def get_config_dict(self):
         full, trained, default = self._sizes()
@@ -175,11 +186,12 @@ class MatryoshkaTruncation(Module):
 
 
 def _exported_fields(st_model):
-    """What `mrl_text.export.export_model` adds to a plain pipeline: the sizes in the transformer's config.json,
-    `truncate_dim`, and one linear Dense module right after Pooling (it stands for `projection_dim`)."""
+    """What `mrl_text.export.export_model` adds to a plain pipeline: the sizes (and calibrated int8 ranges) in the
+    transformer's config.json, `truncate_dim`, and one linear Dense module right after Pooling (it stands for `projection_dim`)."""
     encoder_config = copy.deepcopy(st_model[0].model.config)
     dims = getattr(encoder_config, "matryoshka_dimensions", None) if getattr(encoder_config, "is_matryoshka", False) else None
-    for field in ("is_matryoshka", "matryoshka_dimensions"):
+    ranges = getattr(encoder_config, "quantization_ranges", None) if dims is not None else None
+    for field in ("is_matryoshka", "matryoshka_dimensions", "quantization_ranges"):
         if hasattr(encoder_config, field):
             delattr(encoder_config, field)
     names = [type(m).__name__ for m in st_model]
@@ -189,7 +201,7 @@ def _exported_fields(st_model):
         if isinstance(dense.activation_function, torch.nn.Identity) and not dense.use_residual:
             linear = dense.linear
     return {"encoder_config": encoder_config, "matryoshka_dimensions": dims, "projection": linear,
-            "truncate_dim": st_model.truncate_dim if dims is not None else None}
+            "truncate_dim": st_model.truncate_dim if dims is not None else None, "quantization_ranges": ranges}
 
 
 def from_sentence_transformer(
@@ -263,6 +275,8 @@ def from_sentence_transformer(
         matryoshka_dimensions=matryoshka_dimensions or exported["matryoshka_dimensions"],
         matryoshka_weights=matryoshka_weights,
         truncate_dim=truncate_dim if truncate_dim is not None else exported["truncate_dim"],
+        # ranges of the nesting they were calibrated for; a new nesting starts uncalibrated
+        quantization_ranges=exported["quantization_ranges"] if not matryoshka_dimensions else None,
         projection_dim=projection.out_features if projection is not None else None,
         pooling=POOLING_FROM_SENTENCE_TRANSFORMERS[pooling.pooling_mode],
         normalize=any(isinstance(m, Normalize) for m in modules),

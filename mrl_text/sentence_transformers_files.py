@@ -1,8 +1,8 @@
 """The files that make a saved Matryoshka model folder a sentence-transformers model too.
 
 `write_sentence_transformers_files` is a save hook (registered in mrl_text/__init__.py): after `save_pretrained`,
-`SentenceTransformer(folder, trust_remote_code=True)` runs Transformer (the MatryoshkaModel) -> Pooling ->
-MatryoshkaTruncation (`encode(texts, dim=64)`) -> Normalize and gives the embeddings of `MatryoshkaModel.encode`.
+`SentenceTransformer(folder, trust_remote_code=True)` runs Transformer (the MatryoshkaModel; `encode(texts, layers=3)`
+runs only its first 3 layers) -> Pooling -> MatryoshkaTruncation (`encode(texts, dim=64)`) -> Normalize and gives the embeddings of `MatryoshkaModel.encode`.
 Plain JSON here keeps saving free of the sentence-transformers import; the truncation module's code is
 mrl_text/sentence_transformers.py, copied into the folder as `sentence_transformers_matryoshka.py`.
 """
@@ -15,6 +15,8 @@ from .configuration_matryoshka import SENTENCE_TRANSFORMERS_MODULE_FILE as MODUL
 from .configuration_matryoshka import SENTENCE_TRANSFORMERS_POOLING
 from .modeling_matryoshka import MatryoshkaModel
 
+# Keyword arguments of `SentenceTransformer.encode` passed on to the MatryoshkaModel's forward.
+TRANSFORMER_KWARGS = ("layers",)
 MODULE_SOURCE = os.path.join(os.path.dirname(os.path.abspath(__file__)), "sentence_transformers.py")
 
 
@@ -54,7 +56,12 @@ def write_sentence_transformers_files(model, save_directory, repo_id=None):
     entries = []
     for idx, (name, class_path, module_config) in enumerate(sentence_transformers_modules(config)):
         path = f"{idx}_{name}" if name else ""
-        entries.append({"idx": idx, "name": str(idx), "path": path, "type": class_path})
+        entry = {"idx": idx, "name": str(idx), "path": path, "type": class_path}
+        if not name:
+            # sentence-transformers routes `encode(texts, layers=3)` to the modules that list `layers` here: the
+            # MatryoshkaModel then runs only its first 3 layers (2D Matryoshka), exactly as its own encode does.
+            entry["kwargs"] = list(TRANSFORMER_KWARGS)
+        entries.append(entry)
         if module_config is not None:
             _write_json(save_directory, os.path.join(path, "config.json"), module_config)
     _write_json(save_directory, "modules.json", entries)

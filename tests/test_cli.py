@@ -105,6 +105,50 @@ def test_two_folders_of_one_name_get_their_own_rows_and_cards(data, make_model, 
         assert found == {round(v, 6) for v in expected}
 
 
+def test_evaluate_the_grid_of_sizes_precisions_and_layers(data, make_model, saved_models, tmp_path, capsys):
+    from mrl_text import MatryoshkaModel
+    from mrl_text.evaluation import evaluate_grid
+    from mrl_text.evaluation.grid import RESCORED
+
+    _, plain_dir = saved_models
+    model = make_model(matryoshka_dimensions=(32, 16, 8), matryoshka_layers=[2, 1], max_seq_length=32)
+    from mrl_text.data import load_sts
+    from mrl_text.evaluation import STSEvaluator
+
+    sts = str(data / "stsb" / "test.tsv")
+    sentences1, sentences2, _ = load_sts(sts)
+    model.calibrate_quantization([*sentences1, *sentences2, "the sun is lovely", "music with a guitar"])
+    model_dir, out = tmp_path / "grid_model", tmp_path / "report"
+    model.save_pretrained(model_dir)
+    argv = ["evaluate", str(model_dir), "--sts", sts, "--retrieval", str(data / "scifact"), "--baseline", str(plain_dir),
+            "--precisions", "float32,int8", "--precisions", "binary", "--layers", "1", "--rescore", "2",
+            "--max-length", "32", "--out", str(out)]
+    assert main(argv) == 0
+    assert sorted(p.name for p in out.iterdir()) == ["results.json", "results.md", "results.png", "results_budget.png"]
+    saved = json.loads((out / "results.json").read_text())
+    cells = {(c["model"], c["layers"], c["precision"]) for c in saved["grid"]}
+    for precision in ("float32", "int8", "binary", "binary" + RESCORED):
+        assert {("grid_model", None, precision), ("grid_model", 1, precision), ("plain", None, precision)} <= cells
+    assert not any(layers == 1 for name, layers, _ in cells if name == "plain")  # --layers are the model's
+    assert {r["model"] for r in saved["rows"]} == {"grid_model", "plain"}  # full-depth float32 rows, as before
+    # int8 cells use the model's calibrated ranges (the same values as evaluate_grid on the saved model)
+    direct = evaluate_grid(MatryoshkaModel.from_pretrained(model_dir), [STSEvaluator(*load_sts(sts), name="stsb")],
+                           precisions=["int8"], max_length=32)
+    expected = {(c["dim"], c["layers"]): c["value"] for c in direct.cells("stsb")}
+    got = {(c["dim"], c["layers"]): c["value"] for c in saved["grid"] if c["model"] == "grid_model"
+           and c["task"] == "stsb" and c["metric"] == "spearman" and c["precision"] == "int8" and c["layers"] is None}
+    assert got == pytest.approx(expected)
+    assert "Best per budget (grid_model)" in (out / "results.md").read_text()
+    capsys.readouterr()
+    for extra, message in ((["--precisions", "float32,int4"], "precision='int4' is not supported"),
+                           (["--layers", "5"], "layers=5 is out of range"),
+                           (["--precisions", "binary", "--dims", "32", "4"], "sizes [4] are not multiples of 8"),
+                           (["--layers", "1", "--rescore", "-1"], "rescore=-1")):
+        err = _error(["evaluate", str(model_dir), "--sts", sts, "--out", str(tmp_path / "bad"), *extra], capsys)
+        assert message in err, err
+    assert not (tmp_path / "bad").exists()
+
+
 def _error(argv, capsys):
     with pytest.raises(SystemExit) as exit_info:
         main(argv)

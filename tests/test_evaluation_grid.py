@@ -95,6 +95,22 @@ def test_quantized_cells_use_the_models_calibrated_ranges(make_model, tasks):
     assert got == [pytest.approx(expected, abs=1e-6)]
 
 
+def test_quantized_cells_at_a_depth_use_that_depths_ranges(make_model, tasks):
+    from mrl_text import metrics
+    from mrl_text.quantization import dequantize
+
+    model = make_model(matryoshka_dimensions=(32, 16, 8), matryoshka_layers=[2, 1])
+    measured = model.calibrate_quantization([sentence(i) for i in range(60, 90)])
+    sts = tasks[0]
+    results = evaluate_grid(model, [sts], precisions=["int8"], dims=[16], layers=[None, 1])
+    for layers, ranges in ((None, measured[16]), (1, measured[1, 16])):
+        codes = [quantize(model.encode(s, dim=16, layers=layers), "int8", ranges) for s in (sts.sentences1, sts.sentences2)]
+        a, b = (torch.nn.functional.normalize(dequantize(c, "int8", ranges), dim=-1) for c in codes)
+        expected = metrics.spearman((a * b).sum(-1).tolist(), sts.scores)
+        got = [c["value"] for c in results.cells("sts") if c["layers"] == layers]
+        assert got == [pytest.approx(expected, abs=1e-6)], layers
+
+
 def test_rescoring_everything_gives_the_float_ranking(make_model, tasks):
     model = make_model(matryoshka_dimensions=(32, 16, 8))
     results = evaluate_grid(model, [tasks[1]], precisions=["float32", "binary"], rescore=30)  # the whole corpus
@@ -120,7 +136,8 @@ def test_grid_results_round_trip_and_front(make_model, tasks, tmp_path):
     assert again.plot_budget(tmp_path / "budget.png")[:4] == b"\x89PNG"
     # results without a grid still read, and their rows serve as full-depth float32 cells
     old = Results([{"model": "m", "task": "sts", "metric": "spearman", "dim": 8, "value": 0.5}])
-    assert old.cells("sts") == [{"layers": None, "dim": 8, "precision": "float32", "value": 0.5, "bytes": 32}]
+    assert old.cells("sts") == [{"layers": None, "dim": 8, "precision": "float32", "value": 0.5, "bytes": 32,
+                                 "seconds_per_text": None}]
     assert Results.concat([old, results]).grid == results.grid
 
 
@@ -132,6 +149,14 @@ def test_grid_bad_input(make_model, tasks):
         evaluate_grid(model, tasks[:1], precisions=["int3"], dims=[32])
     with pytest.raises(ValueError, match="layers=0"):
         evaluate_grid(model, tasks[:1], dims=[32], layers=[0])
+    seen = counting(model)
+    with pytest.raises(ValueError, match="layers=3 is out of range"):
+        evaluate_grid(model, tasks[:1], dims=[32], layers=[None, 3])
+    with pytest.raises(ValueError, match="rescore=0"):
+        evaluate_grid(model, tasks[:1], dims=[32], rescore=0)
+    assert not seen  # bad input fails before anything is encoded
+    evaluate_grid(model, tasks[:1], dims=[32], layers=[None, 2])  # the full depth, however named, is one pass
+    assert list(seen) == [None]
 
 
 def test_card_plots_quality_against_bytes(make_model, tasks, tmp_path):
@@ -143,3 +168,50 @@ def test_card_plots_quality_against_bytes(make_model, tasks, tmp_path):
     card = (tmp_path / "model" / "README.md").read_text()
     assert (tmp_path / "model" / BUDGET_PLOT_FILENAME).read_bytes()[:4] == b"\x89PNG"
     assert f"]({BUDGET_PLOT_FILENAME})" in card and "Best per budget" in card
+
+
+def png_height(png):
+    return int.from_bytes(png[20:24], "big")  # the IHDR chunk: width at 16..20, height at 20..24
+
+
+def test_encode_time_per_layer_count_and_its_budget(make_model, tasks, tmp_path):
+    model = make_model(matryoshka_dimensions=(32, 16, 8), matryoshka_layers=[2, 1])
+    results = evaluate_grid(model, tasks[:2], precisions=["float32", "binary"], layers=[None, 1], rescore=None)
+    times = {}
+    for cell in results.grid:
+        assert cell["seconds_per_text"] > 0
+        times.setdefault(cell["layers"], set()).add(cell["seconds_per_text"])
+    assert sorted(times, key=str) == [1, None] and all(len(t) == 1 for t in times.values())  # one pass per count
+    assert not any("seconds_per_text" in row for row in results.rows)  # rows are as they were
+    results.to_json(tmp_path / "results.json")
+    again = Results.from_json(tmp_path / "results.json")
+    assert again.grid == results.grid
+    front = again.pareto_front("sts", cost="seconds_per_text")
+    assert [c["seconds_per_text"] for c in front] == sorted(c["seconds_per_text"] for c in front)
+    assert all(b["value"] > a["value"] for a, b in zip(front, front[1:]))
+    assert front[-1]["value"] == max(c["value"] for c in again.cells("sts"))
+    with pytest.raises(ValueError, match="cost='ms'"):
+        again.pareto_front("sts", cost="ms")
+    markdown = again.grid_markdown()
+    assert "| ms / text |" in markdown and "Best per encode-time budget" in markdown
+    # a second row of panels (quality against encode time) only when times of several layer counts exist
+    untimed = Results(grid=[{k: v for k, v in c.items() if k != "seconds_per_text"} for c in results.grid])
+    assert "ms / text" not in untimed.grid_markdown()
+    assert untimed.pareto_front("sts", cost="seconds_per_text") == []
+    assert png_height(again.plot_budget()) > 1.5 * png_height(untimed.plot_budget())
+
+
+def test_depth_cells_of_a_model_with_an_adaptor_are_its_encode_at_that_depth(make_model, tasks):
+    from mrl_text import metrics
+    from mrl_text.modeling_matryoshka_adaptor import MatryoshkaAdaptor, MatryoshkaAdaptorConfig
+
+    model = make_model(matryoshka_dimensions=(32, 16, 8), matryoshka_layers=[2, 1])
+    torch.manual_seed(0)
+    adaptor = MatryoshkaAdaptor(MatryoshkaAdaptorConfig(32, [32, 16, 8], hidden_size=16, adapted_dimensions=[16]))
+    torch.nn.init.normal_(adaptor.mlp[-1].weight, std=0.5)
+    model.set_adaptor(adaptor.eval())
+    sts = tasks[0]
+    results = evaluate_grid(model, [sts], precisions=["float32"], dims=[16], layers=[1])
+    a, b = (model.encode(s, dim=16, layers=1) for s in (sts.sentences1, sts.sentences2))
+    expected = metrics.spearman((a * b).sum(-1).tolist(), sts.scores)
+    assert [c["value"] for c in results.cells("sts")] == [pytest.approx(expected, abs=1e-6)]

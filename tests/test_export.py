@@ -158,3 +158,66 @@ def test_onnx_graph_equals_torch_at_every_size(make_model, sentences, tmp_path):
         full = model.projection(pooled)
     for d in dims:
         torch.testing.assert_close(F.normalize(full[:, :d], dim=-1), model.encode(sentences, dim=d), atol=1e-4, rtol=0)
+
+
+CALIBRATION = [f"sentence number {i} about {topic}" for i, topic in
+               enumerate(["music", "dogs", "banks", "weather", "food", "cars", "parks", "the sun"] * 3)]
+
+
+def assert_same_codes(prefix, codes, expected, ranges):
+    """int8 codes equal, except where float rounding between two pipelines puts a value on a step edge."""
+    from mrl_text.quantization import step_sizes
+
+    steps = (torch.as_tensor(prefix) - ranges[0]) / step_sizes(ranges)
+    on_edge = (steps - steps.round()).abs() < 1e-3
+    differ = torch.as_tensor(codes) != torch.as_tensor(expected)
+    assert not (differ & ~on_edge).any(), int(differ.sum())
+    assert differ.float().mean() < 0.02  # an occasional edge, not a different rule
+
+
+def test_quantization_ranges_travel_with_export(make_model, sentences, tmp_path):
+    from sentence_transformers.util.quantization import quantize_embeddings
+
+    from mrl_text.export import exported_ranges
+    from mrl_text.quantization import quantize
+
+    model = make_model(projection_dim=24, matryoshka_dimensions=(24, 12, 8))
+    with pytest.raises(ValueError, match="calibrate_quantization"):
+        exported_ranges(export_model(model, tmp_path / "plain"), 12)
+    measured = model.calibrate_quantization(CALIBRATION)
+    folder = export_model(model, tmp_path / "export")
+    assert json.loads((folder / "config.json").read_text())["quantization_ranges"] == model.config.quantization_ranges
+    assert "quantize_embeddings" in (folder / "README.md").read_text()
+    _, prefixes = st_prefixes(folder, sentences, (24, 12, 8))
+    for d in (24, 12, 8):
+        ranges = exported_ranges(folder, d)
+        assert torch.equal(ranges, measured[d])
+        expected = model.encode(sentences, dim=d, precision="int8")
+        assert_same_codes(prefixes[d], quantize(prefixes[d], "int8", ranges), expected, ranges)
+        theirs = quantize_embeddings(prefixes[d].numpy(), "int8", ranges=ranges.numpy())  # no mrl-text needed
+        assert_same_codes(prefixes[d], theirs, expected, ranges)
+    back = MatryoshkaModel.from_sentence_transformer(str(folder))  # and back: the ranges come home
+    assert back.config.quantization_ranges == model.config.quantization_ranges
+    assert "quantization_ranges" not in back.config.encoder.to_dict()
+    assert torch.equal(back.encode(sentences, dim=12, precision="uint8"), model.encode(sentences, dim=12, precision="uint8"))
+
+
+def test_onnx_export_gives_the_models_int8_codes(make_model, sentences, tmp_path):
+    ort = pytest.importorskip("onnxruntime", reason="onnxruntime is not installed: pip install 'mrl-text[export]'")
+    pytest.importorskip("onnx", reason="the ONNX exporter needs onnx: pip install 'mrl-text[export]'")
+    from mrl_text.export import exported_ranges
+    from mrl_text.quantization import quantize
+
+    model = make_model(matryoshka_dimensions=(32, 16, 8))
+    model.calibrate_quantization(CALIBRATION)
+    folder = export_model(model, tmp_path / "export", format="onnx")
+    session = ort.InferenceSession(str(folder / "onnx" / "model.onnx"))
+    batch = model.tokenizer(sentences, padding=True, return_tensors="np")
+    states = torch.from_numpy(session.run(None, {i.name: batch[i.name] for i in session.get_inputs()})[0])
+    mask = torch.from_numpy(batch["attention_mask"]).unsqueeze(-1).float()
+    pooled = (states * mask).sum(1) / mask.sum(1)
+    for d in (32, 16, 8):
+        prefix = F.normalize(pooled[:, :d], dim=-1)
+        ranges = exported_ranges(folder, d)
+        codes = quantize(prefix, "int8", ranges)
+        assert_same_codes(prefix, codes, model.encode(sentences, dim=d, precision="int8"), ranges)

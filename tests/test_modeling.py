@@ -217,6 +217,25 @@ def test_sequence_classification(tiny_tokenizer, sentences, efficient, tmp_path)
     assert torch.equal(loaded(**inputs).logits, out.logits)
 
 
+def test_sequence_classification_at_an_earlier_depth(tiny_tokenizer, sentences):
+    config = MatryoshkaConfig(encoder=tiny_bert_config(vocab_size=len(tiny_tokenizer)), matryoshka_dimensions=[32, 16],
+                              matryoshka_layers=[2, 1], num_labels=3)
+    model = MatryoshkaForSequenceClassification(config).eval()
+    inputs = tiny_tokenizer(sentences, padding=True, return_tensors="pt")
+    calls = []
+    model.matryoshka.encoder.encoder.layer[1].register_forward_hook(lambda *_: calls.append(1))
+    with torch.no_grad():
+        shallow = model(**inputs, dim=16, layers=1)
+        assert not calls  # the second layer never ran
+        pooled = model.matryoshka(**inputs, layers=1).full_embeddings
+        torch.testing.assert_close(shallow.logits, model.classifier(pooled, dim=16))
+        assert not torch.allclose(shallow.logits, model(**inputs, dim=16).logits, atol=1e-4)
+    for layers, message in ((3, r"layers=3 is out of range: the encoder has 2 layers"), (0, "layers=0"),
+                            ("1", "layers='1' is not an integer")):
+        with pytest.raises(ValueError, match=message):
+            model(**inputs, layers=layers)
+
+
 def test_every_parameter_gets_a_gradient(make_model, tiny_tokenizer, sentences):
     """DDP fails on parameters outside the loss: the pooler must not be built."""
     model = make_model(projection_dim=32).train()

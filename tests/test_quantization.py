@@ -104,6 +104,45 @@ def test_calibration_extends_to_other_sizes(make_model, sentences):
     assert sorted(model.config.quantization_ranges, key=int) == ["16", "24", "32"]
 
 
+def test_calibration_per_depth(make_model, sentences, tmp_path):
+    from sentence_transformers import SentenceTransformer
+
+    model = make_model(matryoshka_dimensions=(32, 16), matryoshka_layers=[2, 1])
+    measured = model.calibrate_quantization(sentences * 2)  # every trained depth: one pass each
+    assert sorted(model.config.quantization_ranges) == ["16", "16/layers=1", "32", "32/layers=1"]
+    assert sorted(measured, key=str) == sorted([32, 16, (1, 32), (1, 16)], key=str)
+    shallow = model.encode(sentences, dim=16, layers=1)
+    torch.testing.assert_close(measured[1, 16], torch.stack([shallow.min(0).values, shallow.max(0).values]))
+    codes = model.encode(sentences, dim=16, layers=1, precision="int8")
+    assert torch.equal(codes, quantize(shallow, "int8", measured[1, 16]))
+    assert not torch.equal(measured[1, 16], measured[16])  # a depth has ranges of its own
+    assert torch.equal(model.encode(sentences, dim=16, precision="int8"),
+                       quantize(model.encode(sentences, dim=16), "int8", measured[16]))
+    # saved and loaded (also by sentence-transformers, whose module hands out the depth's ranges)
+    model.save_pretrained(tmp_path / "model")
+    st = SentenceTransformer(str(tmp_path / "model"), device="cpu", trust_remote_code=True)
+    module = next(m for m in st if type(m).__name__ == "MatryoshkaTruncation")
+    floats = st.encode(sentences, dim=16, layers=1)
+    np.testing.assert_array_equal(module.quantize(floats, "int8", layers=1), codes.numpy())
+    np.testing.assert_array_equal(module.quantization_ranges(16, layers=1), measured[1, 16].numpy())
+    again = type(model).from_pretrained(tmp_path / "model")
+    again.tokenizer = model.tokenizer
+    assert torch.equal(again.encode(sentences, dim=16, layers=1, precision="int8"), codes)
+
+
+def test_a_depth_never_borrows_the_full_depths_ranges(make_model, sentences):
+    model = make_model(matryoshka_dimensions=(32, 16), matryoshka_layers=[2, 1])
+    model.calibrate_quantization(sentences, layers=[2])  # full depth only: the per-size format of before
+    assert sorted(model.config.quantization_ranges) == ["16", "32"]
+    with pytest.raises(ValueError, match=r"dim=16 at layers=1 needs calibrated ranges, and this model has none at layers=1.*calibrate_quantization\(texts, layers=\[1\]\)"):
+        model.encode(sentences, dim=16, layers=1, precision="int8")
+    with pytest.raises(ValueError, match="layers=3 is out of range"):
+        model.calibrate_quantization(sentences, layers=[1, 3])
+    assert sorted(model.config.quantization_ranges) == ["16", "32"]  # checked before anything was measured
+    model.calibrate_quantization(sentences, dims=[16], layers=1)
+    assert model.encode(sentences, dim=16, layers=1, precision="uint8").dtype == torch.uint8
+
+
 @pytest.mark.parametrize(
     "value, message",
     [
@@ -111,6 +150,8 @@ def test_calibration_extends_to_other_sizes(make_model, sentences):
         ({"16": [[0.0] * 16, [float("nan")] * 16]}, "finite"),
         ({"16": [[1.0] * 16, [0.0] * 16]}, "minima <= maxima"),
         ({"99": [[0.0] * 99, [1.0] * 99]}, "not a size in 1..32"),
+        ({"16/layers=2": [[0.0] * 16, [1.0] * 16]}, "below the encoder's full depth"),  # full depth: plain key
+        ({"16/depth=1": [[0.0] * 16, [1.0] * 16]}, "not a size"),
         ([1, 2], "must be a dict"),
     ],
 )

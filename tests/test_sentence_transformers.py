@@ -171,9 +171,37 @@ def test_round_trip_through_both_libraries(exported, sentences, tmp_path):
     )
 
 
+@pytest.mark.parametrize("config", [{}, {"matryoshka_dimensions": [48, 24, 12], "projection_dim": 48}],
+                         ids=["pooling", "projection"])
+def test_layers_through_the_folder_run_only_those_layers(exported, sentences, config):
+    model, folder = exported(matryoshka_layers=[2, 1], **config)
+    st = load_st(folder)
+    assert "layers" in st.get_model_kwargs()
+    calls = []
+    st[0].model.encoder.encoder.layer[1].register_forward_hook(lambda *_: calls.append(1))
+    for dim in (None, 12 if config else 8):
+        shallow = st_encode(st, sentences, dim=dim, layers=1)
+        torch.testing.assert_close(shallow, model.encode(sentences, dim=dim, layers=1), atol=ATOL, rtol=0)
+        assert not calls  # the second layer never ran
+        assert not torch.allclose(shallow, model.encode(sentences, dim=dim), atol=1e-3)  # not the full depth
+    torch.testing.assert_close(st_encode(st, sentences, layers=2), model.encode(sentences), atol=ATOL, rtol=0)
+    assert calls
+
+
+def test_bad_layers_through_the_folder(exported, sentences):
+    _, folder = exported(matryoshka_layers=[2])
+    st = load_st(folder)
+    for layers in (3, 0, 1.5):
+        with pytest.raises(ValueError, match=rf"layers={layers}.*1\.\.2"):
+            st.encode(sentences, layers=layers)
+    with pytest.warns(UserWarning, match=r"layers=1 is not one of the trained depths \[2\]"):
+        st.encode(sentences, layers=1)
+
+
 def test_trust_remote_code_without_mrl_text(exported, sentences, tmp_path):
-    model, folder = exported(truncate_dim=8)
+    model, folder = exported(truncate_dim=8, matryoshka_layers=[2, 1])
     expected = {dim: model.encode(sentences, dim=dim) for dim in (None, 16, 4)}
+    expected["layers=1"] = model.encode(sentences, dim=16, layers=1)
     torch.save(expected, tmp_path / "expected.pt")
     script = f"""
         import torch
@@ -182,6 +210,9 @@ def test_trust_remote_code_without_mrl_text(exported, sentences, tmp_path):
         assert "mrl_text" not in sys.modules
         assert type(st[2]).__module__.startswith("transformers_modules"), type(st[2]).__module__
         expected = torch.load({str(tmp_path / "expected.pt")!r})
+        shallow = expected.pop("layers=1")
+        got = st.encode({sentences!r}, dim=16, layers=1, convert_to_tensor=True)
+        assert torch.allclose(got, shallow, atol={ATOL}, rtol=0) and not torch.allclose(got, expected[16], atol=1e-3)
         for dim, want in expected.items():
             got = st.encode({sentences!r}, dim=dim, convert_to_tensor=True)
             assert got.shape == want.shape, (dim, got.shape)

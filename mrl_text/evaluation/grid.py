@@ -10,19 +10,25 @@ Per layer count, every distinct text of every task is encoded once at full size;
   queries against bit documents (Hamming); with `rescore=k`, also the `"<precision>+rescore"` cell: the top `k` of
   that search re-ranked by float cosine at the same size (the float vectors read from disk for k documents only);
 - classification: a linear probe trained and tested on the dequantized codes.
-int8/uint8 ranges are the model's calibrated ones (`config.quantization_ranges`, full depth) where it has them, else
-measured on the task's own embeddings (STS: all sentences; retrieval: the corpus; classification: the training
-texts), as sentence-transformers does when given no ranges.
+Each cell also records `seconds_per_text`: the wall time of its layer count's encoding pass over the distinct texts
+of all tasks, per text (every layer count encodes the same texts, so their ratio is the speed-up of running fewer
+layers; the first pass also pays any warm-up, so measure speed itself in a benchmark).
+int8/uint8 ranges are the model's calibrated ones (`config.quantization_ranges`, per depth: `calibrate_quantization(
+texts, layers=...)`) where it has them, else measured on the task's own embeddings (STS: all sentences; retrieval:
+the corpus; classification: the training texts), as sentence-transformers does when given no ranges.
 """
 
 import os
+import time
 
 import torch
 import torch.nn.functional as F
 
 from .. import metrics
+from ..configuration_matryoshka import ranges_key
 from ..metrics import fit_linear_probe
 from ..modeling_matryoshka import MatryoshkaModel
+from ..modeling_matryoshka_depth import check_layers
 from ..quantization import BIT_PRECISIONS, calibration_ranges, check_precision, dequantize, quantize
 from .base import Evaluator
 from .embedders import Embedder, as_embedder, encode_once, load_model
@@ -39,7 +45,9 @@ def evaluate_grid(model, evaluators, dims=None, precisions=DEFAULT_PRECISIONS, l
     every cell and whose `rows` hold the full-depth float32 cells (what [`evaluate`] gives).
 
     Args:
-        model: anything [`as_embedder`] takes; a `MatryoshkaModel` (or its folder) when `layers` is given.
+        model: anything [`as_embedder`] takes; a `MatryoshkaModel` (or its folder) when `layers` is given, or an
+            [`Embedder`] whose `matryoshka` attribute holds the MatryoshkaModel it encodes with (what `mrl-text
+            evaluate --layers` passes, so the rows keep the embedder's name).
         evaluators: [`STSEvaluator`], [`RetrievalEvaluator`] and [`ClassificationEvaluator`] instances.
         dims (`list[int]`, *optional*): sizes; default the model's trained sizes. Bit codes need multiples of 8.
         precisions (`list[str]`): any of `mrl_text.quantization.PRECISIONS`.
@@ -57,7 +65,9 @@ def evaluate_grid(model, evaluators, dims=None, precisions=DEFAULT_PRECISIONS, l
     if len(set(names)) != len(names):
         raise ValueError(f"Evaluator names must be distinct (they name the result rows); got {names}.")
     precisions = list(dict.fromkeys(check_precision(p) for p in precisions))
-    layer_counts = list(dict.fromkeys([None] if layers is None else ([layers] if isinstance(layers, int) else layers)))
+    if rescore is not None and (isinstance(rescore, bool) or not isinstance(rescore, int) or rescore <= 0):
+        raise ValueError(f"rescore={rescore!r} must be a positive number of documents to re-rank (or None: off).")
+    layer_counts = [None] if layers is None else ([layers] if isinstance(layers, int) else list(layers))
     if layer_counts != [None] and isinstance(model, (str, os.PathLike)):
         model = load_model(model, embedder_kwargs.get("device"))  # the object whose encode takes `layers=`
     base = as_embedder(model, dims, **embedder_kwargs)
@@ -67,14 +77,16 @@ def evaluate_grid(model, evaluators, dims=None, precisions=DEFAULT_PRECISIONS, l
         raise ValueError(f"precision {bits[0]!r} packs 8 coordinates per byte, but sizes {odd} are not multiples of 8; "
                          "pass dims without them or leave out the bit precisions.")
     matryoshka = getattr(model, "matryoshka", model)
-    depth = getattr(getattr(getattr(matryoshka, "config", None), "encoder", None), "num_hidden_layers", None)
+    # Checked before anything is encoded; the full depth, however named, is one pass.
+    layer_counts = list(dict.fromkeys(None if k is None else resolve_layers(matryoshka, k) for k in layer_counts))
     saved_ranges = getattr(getattr(matryoshka, "config", None), "quantization_ranges", None) or {}
     rows = []
     for count in layer_counts:
-        count = None if count == depth else count
         embedder = base if count is None else depth_embedder(matryoshka, base, count)
         groups = [group for evaluator in evaluators for group in TEXTS[type(evaluator)](evaluator)]
+        started = time.perf_counter()
         embeddings, text_rows = encode_once(embedder, [text for group in groups for text in group])  # one pass
+        seconds_per_text = (time.perf_counter() - started) / max(1, len(embeddings))
         start = 0
         for evaluator in evaluators:
             parts = []
@@ -83,29 +95,38 @@ def evaluate_grid(model, evaluators, dims=None, precisions=DEFAULT_PRECISIONS, l
                 start += len(group)
             for dim in base.dims:
                 prefix = embedder.truncate(embeddings, dim)
-                ranges = saved_ranges.get(str(dim)) if count is None else None
+                ranges = saved_ranges.get(ranges_key(dim, count))
                 scores = SCORERS[type(evaluator)](evaluator, prefix, parts, precisions, ranges, rescore)
                 for precision, values in scores.items():
                     rows.extend({"model": base.name, "task": evaluator.name, "metric": metric, "dim": dim,
-                                 "value": value, "layers": count, "precision": precision}
+                                 "value": value, "layers": count, "precision": precision,
+                                 "seconds_per_text": seconds_per_text}
                                 for metric, value in values.items())
     return Results.from_evaluators(rows, evaluators)
 
 
-def depth_embedder(matryoshka, base, layers):
-    """`base` (an [`Embedder`] of the same model) encoding with only the first `layers` encoder layers."""
+def resolve_layers(matryoshka, layers):
+    """`layers` checked against the model as `encode(layers=)` checks it (range, trained depths: a warning); None
+    for the full depth."""
     if not isinstance(matryoshka, MatryoshkaModel):
         raise ValueError(f"layers={layers!r} needs a MatryoshkaModel (its encode runs the first layers only); got "
                          f"{type(matryoshka).__name__}.")
-    if isinstance(layers, bool) or not isinstance(layers, int) or layers <= 0:
-        raise ValueError(f"layers={layers!r} must be a positive number of encoder layers (or None: all of them).")
+    return check_layers(matryoshka, layers)
+
+
+def depth_embedder(matryoshka, base, layers):
+    """`base` (an [`Embedder`] of the same model) encoding with only the first `layers` encoder layers."""
+    layers = resolve_layers(matryoshka, layers)
+
+    # With an adaptor a size is not a prefix: encode the pre-adaptor vectors and map them per size, as `base` does.
+    output_value = "embeddings" if base.size_map is None else "full_embeddings"
 
     def encode(texts):
         return matryoshka.encode(texts, dim=base.full_dim, batch_size=base.batch_size, max_length=base.max_length,
-                                 layers=layers)
+                                 layers=layers, output_value=output_value)
 
     return Embedder(encode, base.full_dim, base.dims, base.normalize, base.name, base.max_length, base.batch_size,
-                    base.show_progress_bar)
+                    base.show_progress_bar, base.source, base.count_tokens, base.size_map)
 
 
 def represent(vectors, precision, ranges):

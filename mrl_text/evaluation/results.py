@@ -2,8 +2,9 @@
 
 Rows are `{"model", "task", "metric", "dim", "value"}` (values are fractions). Per task the table also records the
 evaluator's `task_type` (Hub model-index task type) and `primary_metric`, so a model card reads them from here.
-A grid evaluation (`mrl_text.evaluation.grid`) adds `grid`: the same rows with `layers` (None: all) and `precision`,
-for every cell; `rows` keep the full-depth float32 cells, so everything that reads `rows` is unchanged.
+A grid evaluation (`mrl_text.evaluation.grid`) adds `grid`: the same rows with `layers` (None: all) and `precision`
+(and `seconds_per_text`, the encode time of that layer count), for every cell; `rows` keep the full-depth float32
+cells, so everything that reads `rows` is unchanged.
 """
 
 import json
@@ -15,6 +16,8 @@ from .base import Evaluator
 
 ROW_KEYS = ("model", "task", "metric", "dim", "value")
 GRID_KEYS = ("layers", "precision")  # a grid cell's other coordinates; absent means all layers, float32
+CELL_MEASURES = ("seconds_per_text",)  # what a grid cell records besides its value (not copied to `rows`)
+COSTS = ("bytes", "seconds_per_text")  # what a budget limits: bytes per vector, encode time per text
 
 
 class Results:
@@ -42,7 +45,7 @@ class Results:
             precision = row.pop("precision", "float32")
             cell = {**row, "layers": None if layers is None else int(layers), "precision": precision}
             if not cell.pop("in_grid", False) and cell["layers"] is None and cell["precision"] == "float32":
-                self.rows.append({k: v for k, v in cell.items() if k not in GRID_KEYS})
+                self.rows.append({k: v for k, v in cell.items() if k not in GRID_KEYS + CELL_MEASURES})
             self.grid.append(cell)
         self.primary_metrics = dict(primary_metrics or {})
         self.task_types = dict(task_types or {})
@@ -186,8 +189,8 @@ class Results:
 
     def cells(self, task, metric=None, model=None):
         """The grid cells of `task` / `metric` (default: its primary metric) for `model` (needed when several are
-        present): dicts with `layers`, `dim`, `precision`, `bytes` (per vector) and `value`. Results without a grid
-        give their rows as full-depth float32 cells."""
+        present): dicts with `layers`, `dim`, `precision`, `bytes` (per vector), `seconds_per_text` (encode time; None
+        when not measured) and `value`. Results without a grid give their rows as full-depth float32 cells."""
         self._check_task(task)
         metric = metric or self.metrics(task)[0]
         source = self.grid or [{**r, "layers": None, "precision": "float32"} for r in self.rows]
@@ -196,13 +199,19 @@ class Results:
             raise KeyError(f"Several models have grid cells for {task!r}: pass model= one of {self.models}.")
         # `binary+rescore` keeps binary codes in memory (the float vectors of the re-ranked few are read from disk)
         return [{"layers": c["layers"], "dim": c["dim"], "precision": c["precision"], "value": c["value"],
-                 "bytes": bytes_per_vector(c["dim"], c["precision"].split("+")[0])} for c in found]
+                 "bytes": bytes_per_vector(c["dim"], c["precision"].split("+")[0]),
+                 "seconds_per_text": c.get("seconds_per_text")} for c in found]
 
-    def pareto_front(self, task, metric=None, model=None):
-        """The best cell per budget: cells no other cell beats at the same or fewer bytes per vector, cheapest first.
-        (Fewer layers also save encode time: pass a model's cells of one layer count to compare at equal depth.)"""
+    def pareto_front(self, task, metric=None, model=None, cost="bytes"):
+        """The best cell per budget: cells no other cell beats at the same or lower `cost`, cheapest first.
+
+        `cost`: `"bytes"` (per vector) or `"seconds_per_text"` (encode time: fewer layers; cells without a measured
+        time are left out)."""
+        if cost not in COSTS:
+            raise ValueError(f"cost={cost!r}; choose one of {', '.join(COSTS)}.")
         front = []
-        for cell in sorted(self.cells(task, metric, model), key=lambda c: (c["bytes"], -c["value"])):
+        cells = [c for c in self.cells(task, metric, model) if c[cost] is not None]
+        for cell in sorted(cells, key=lambda c: (c[cost], -c["value"])):
             if not front or cell["value"] > front[-1]["value"]:
                 front.append(cell)
         return front
@@ -213,33 +222,42 @@ class Results:
         return f"{cell['dim']} x {cell['precision']}{layers}"
 
     def grid_markdown(self):
-        """Per task (primary metric, x100): a row per (model, layers, precision), a column per size, and the best
-        cell per bytes-per-vector budget (the Pareto front)."""
+        """Per task (primary metric, x100): a row per (model, layers, precision) with its encode time when measured,
+        a column per size, and the best cell per budget (the Pareto front) of bytes per vector and of encode time."""
         sections = []
         for task in dict.fromkeys(c["task"] for c in self.grid):
             metric = self.metrics(task)[0]
             dims = sorted({c["dim"] for c in self.grid if c["task"] == task}, reverse=True)
+            timed = any(c.get("seconds_per_text") is not None for c in self.grid if c["task"] == task)
             lines = [f"### {task}: {metric} by size x precision x layers", "",
-                     "| model | layers | precision | " + " | ".join(map(str, dims)) + " |",
-                     "|---|---:|---|" + "---:|" * len(dims)]
+                     "| model | layers | precision | " + ("ms / text | " if timed else "")
+                     + " | ".join(map(str, dims)) + " |",
+                     "|---|---:|---|" + ("---:|" if timed else "") + "---:|" * len(dims)]
             for model in self.models:
                 cells = self.cells(task, metric, model) if any(
                     c["model"] == model and c["task"] == task for c in self.grid) else []
                 for layers, precision in dict.fromkeys((c["layers"], c["precision"]) for c in cells):
-                    values = {c["dim"]: f"{100 * c['value']:.2f}" for c in cells
-                              if (c["layers"], c["precision"]) == (layers, precision)}
-                    lines.append(f"| {model} | {'all' if layers is None else layers} | {precision} | "
+                    series = [c for c in cells if (c["layers"], c["precision"]) == (layers, precision)]
+                    values = {c["dim"]: f"{100 * c['value']:.2f}" for c in series}
+                    time = f"{milliseconds(series[0]['seconds_per_text'])} | " if timed else ""
+                    lines.append(f"| {model} | {'all' if layers is None else layers} | {precision} | {time}"
                                  + " | ".join(values.get(d, "-") for d in dims) + " |")
                 if cells:
                     front = ", ".join(f"{c['bytes']} B: {self.cell_name(c)} {100 * c['value']:.2f}"
                                       for c in self.pareto_front(task, metric, model))
                     lines += ["", f"Best per budget ({model}): {front}", ""]
+                    fastest = self.pareto_front(task, metric, model, cost="seconds_per_text")
+                    if len({c["layers"] for c in cells}) > 1 and fastest:
+                        front = ", ".join(f"{milliseconds(c['seconds_per_text'])} ms: {self.cell_name(c)} "
+                                          f"{100 * c['value']:.2f}" for c in fastest)
+                        lines += [f"Best per encode-time budget ({model}): {front}", ""]
             sections.append("\n".join(lines).rstrip("\n"))
         return "\n\n".join(sections) + "\n"
 
     def plot_budget(self, path=None, model=None):
         """Quality (primary metric, x100) against bytes per vector (log2 axis), one panel per task: a line per
-        (layers, precision) through its sizes, and the best cell per budget (the Pareto front) marked. PNG bytes."""
+        (layers, precision) through its sizes, and the best cell per budget (the Pareto front) marked. When the grid
+        holds encode times of several layer counts, a second row plots quality against encode time per text. PNG."""
         import matplotlib
 
         matplotlib.use("Agg")
@@ -249,27 +267,39 @@ class Results:
         if not tasks:
             raise ValueError("No results to plot.")
         model = model or (self.grid[0]["model"] if self.grid else self.models[0])
-        figure, axes = plt.subplots(1, len(tasks), figsize=(5 * len(tasks), 3.8), squeeze=False)
+        timed = len({c["layers"] for task in tasks for c in self.cells(task, model=model)
+                     if c["seconds_per_text"] is not None}) > 1
+        figure, axes = plt.subplots(2 if timed else 1, len(tasks), figsize=(5 * len(tasks), 3.8 * (1 + timed)),
+                                    squeeze=False)
         series = list(dict.fromkeys((c["layers"], c["precision"])
                                     for task in tasks for c in self.cells(task, model=model)))
-        for axis, task in zip(axes[0], tasks):
+        for column, task in enumerate(tasks):
             cells = self.cells(task, model=model)
-            for layers, precision in dict.fromkeys((c["layers"], c["precision"]) for c in cells):
-                points = sorted((c["bytes"], 100 * c["value"]) for c in cells
-                                if (c["layers"], c["precision"]) == (layers, precision))
-                label = precision + ("" if layers is None else f", {layers} layers")
-                color = f"C{series.index((layers, precision)) % 10}"  # one colour per series in every panel
-                axis.plot(*zip(*points), marker="o", markersize=3, label=label, alpha=0.8, color=color)
-            front = self.pareto_front(task, model=model)
-            axis.step([c["bytes"] for c in front], [100 * c["value"] for c in front], where="post", color="black",
-                      linewidth=1, label="best per budget")
-            axis.scatter([c["bytes"] for c in front], [100 * c["value"] for c in front], s=60, facecolors="none",
-                         edgecolors="black", zorder=3)
-            axis.set_xscale("log", base=2)
-            axis.set_xlabel("bytes per vector")
-            axis.set_ylabel(f"{self.metrics(task)[0]} (x100)")
-            axis.set_title(f"{task} ({model})", fontsize="small")
-            axis.grid(True, alpha=0.3)
+            for row, cost in enumerate(COSTS[: 1 + timed]):
+                axis = axes[row][column]
+                for layers, precision in dict.fromkeys((c["layers"], c["precision"]) for c in cells):
+                    points = sorted((c[cost], 100 * c["value"]) for c in cells
+                                    if (c["layers"], c["precision"]) == (layers, precision) and c[cost] is not None)
+                    label = precision + ("" if layers is None else f", {layers} layers")
+                    color = f"C{series.index((layers, precision)) % 10}"  # one colour per series in every panel
+                    if cost == "bytes":  # a line through the sizes
+                        axis.plot(*zip(*points), marker="o", markersize=3, label=label, alpha=0.8, color=color)
+                    elif points:  # a layer count's cells share one encode time: a column of points
+                        axis.scatter([1000 * x for x, _ in points], [y for _, y in points], s=12, label=label,
+                                     alpha=0.8, color=color)
+                front = self.pareto_front(task, model=model, cost=cost)
+                scale = 1 if cost == "bytes" else 1000
+                xs, ys = [scale * c[cost] for c in front], [100 * c["value"] for c in front]
+                axis.step(xs, ys, where="post", color="black", linewidth=1, label="best per budget")
+                axis.scatter(xs, ys, s=60, facecolors="none", edgecolors="black", zorder=3)
+                if cost == "bytes":
+                    axis.set_xscale("log", base=2)
+                else:  # from zero, so the distance between layer counts reads as their speed ratio
+                    axis.set_xlim(left=0, right=1.05 * max(1000 * c[cost] for c in cells if c[cost] is not None))
+                axis.set_xlabel("bytes per vector" if cost == "bytes" else "encode time per text (ms)")
+                axis.set_ylabel(f"{self.metrics(task)[0]} (x100)")
+                axis.set_title(f"{task} ({model})", fontsize="small")
+                axis.grid(True, alpha=0.3)
         axes[0][-1].legend(fontsize="x-small")
         return _png(figure, path)
 
@@ -307,6 +337,11 @@ class Results:
         axes[0][-1].legend(fontsize="small")
         return _png(figure, path)
 
+
+
+def milliseconds(seconds):
+    """Encode time per text for tables: milliseconds, 3 significant digits ("-" when not measured)."""
+    return "-" if seconds is None else f"{1000 * seconds:.3g}"
 
 
 def _png(figure, path):

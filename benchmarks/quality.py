@@ -8,14 +8,17 @@ From all-MiniLM-L6-v2 (`--model`), on the shared data folder (`--data`):
   coordinates, (e) the plain model + SVD to d + the probe. Each model's own heads and the probe on its features.
 - `adaptive`: the MRL classifier of `classification` on Banking77, its own heads in an `AdaptiveClassifier`
   cascade calibrated on a validation split held out from train: accuracy against expected dimensions.
-- `retrieval`: SciFact's training queries -> SciFact test nDCG@10: plain InfoNCE, MRL, sentence-transformers'
-  MatryoshkaLoss (the peer), FF-64 and FF-32; same batches and steps for all.
+- `retrieval`: SciFact's training queries -> SciFact test nDCG@10: plain InfoNCE, MRL (the recipe chosen on
+  validation by `retrieval-val`: weight 4 on the full size, the smaller sizes ramped in over training), MRL with the
+  paper's recipe (`mrl_paper`), sentence-transformers' MatryoshkaLoss (the peer), FF-64 and FF-32; same batches and
+  steps for all.
 - `finished`: the finished-model setting: training rows (plain, MRL, sentence-transformers' MatryoshkaLoss on SNLI
   triplets + MRPC pairs) next to post-hoc rows on the frozen model's cached embeddings (plain truncation, a PCA
   rotation, the Matryoshka adaptor fit without labels, and fit on SciFact's training qrels); STS-B, SciFact and a
   Banking77 probe. `--reuse-runs FILE` takes the training rows from an earlier results file (CPU).
 - `heads`, `retrieval-val`: recipe studies on validation splits held out from train (CPU-sized): how nested heads
-  train, and MRL loss variants (size weights, a full-size-only phase, sampled sizes, distilled prefixes) against plain.
+  train, and MRL loss variants (size weights, a full-size-only phase, a ramp of the smaller sizes, sampled sizes,
+  distilled prefixes) against plain, over seeds (finished runs are kept under --out and reused).
 
 Every run uses the library's trainer with `mrl_text.optimization.build_optimizer` (heads and projections at `--head-lr`), seeds
 0..N-1 (`--seeds`), mean and spread over seeds. Results: `<--results>/quality_<regime>.json` and `.md`, headed by

@@ -138,6 +138,7 @@ def training_arguments(args, output_dir, seed, steps, **overrides):
         bf16=args.bf16,
         dataloader_num_workers=0,
         full_size_only_fraction=getattr(args, "full_size_only_fraction", 0.0),  # `retrieval` only
+        smaller_sizes_warmup_fraction=getattr(args, "smaller_sizes_warmup_fraction", 0.0),  # `retrieval` only
     )
     settings.update(overrides)
     return MatryoshkaTrainingArguments(**settings)

@@ -8,14 +8,17 @@ From all-MiniLM-L6-v2 (`--model`), on the shared data folder (`--data`):
   coordinates, (e) the plain model + SVD to d + the probe. Each model's own heads and the probe on its features.
 - `adaptive`: the MRL classifier of `classification` on Banking77, its own heads in an `AdaptiveClassifier`
   cascade calibrated on a validation split held out from train: accuracy against expected dimensions.
-- `retrieval`: SciFact's training queries -> SciFact test nDCG@10: plain InfoNCE, MRL, sentence-transformers'
-  MatryoshkaLoss (the peer), FF-64 and FF-32; same batches and steps for all.
+- `retrieval`: SciFact's training queries -> SciFact test nDCG@10: plain InfoNCE, MRL (the recipe chosen on
+  validation by `retrieval-val`: weight 4 on the full size, the smaller sizes ramped in over training), MRL with the
+  paper's recipe (`mrl_paper`), sentence-transformers' MatryoshkaLoss (the peer), FF-64 and FF-32; same batches and
+  steps for all.
 - `finished`: the finished-model setting: training rows (plain, MRL, sentence-transformers' MatryoshkaLoss on SNLI
   triplets + MRPC pairs) next to post-hoc rows on the frozen model's cached embeddings (plain truncation, a PCA
   rotation, the Matryoshka adaptor fit without labels, and fit on SciFact's training qrels); STS-B, SciFact and a
   Banking77 probe. `--reuse-runs FILE` takes the training rows from an earlier results file (CPU).
 - `heads`, `retrieval-val`: recipe studies on validation splits held out from train (CPU-sized): how nested heads
-  train, and MRL loss variants (size weights, a full-size-only phase, sampled sizes, distilled prefixes) against plain.
+  train, and MRL loss variants (size weights, a full-size-only phase, a ramp of the smaller sizes, sampled sizes,
+  distilled prefixes) against plain, over seeds (finished runs are kept under --out and reused).
 
 Every run uses the library's trainer with `mrl_text.optimization.build_optimizer` (heads and projections at `--head-lr`), seeds
 0..N-1 (`--seeds`), mean and spread over seeds. Results: `<--results>/quality_<regime>.json` and `.md`, headed by
@@ -29,6 +32,7 @@ out from the training set (`--eval-split val`), never on test.
 """
 
 import argparse
+import hashlib
 import json
 import random
 import sys
@@ -325,12 +329,22 @@ def batch_order(sizes, batch_size, seed, epochs):
     return order
 
 
+def method_recipe(args, method):
+    """(arguments, method) a run trains with: `mrl_paper` is `mrl` with every size weighted 1 from the first step."""
+    if method != "mrl_paper":
+        return args, method
+    paper = {"mrl_full_weight": 1.0, "smaller_sizes_warmup_fraction": 0.0, "full_size_only_fraction": 0.0}
+    return argparse.Namespace(**{**vars(args), **paper}), "mrl"
+
+
 def train_embedding_model(args, method, datasets_, order, seed, output_dir):
-    """plain / mrl / ffN with MatryoshkaTrainer (InfoNCE), or `st` (the peer); the model, ready to evaluate."""
+    """plain / mrl / mrl_paper / ffN with MatryoshkaTrainer (InfoNCE), or `st` (the peer); the model, ready to
+    evaluate. `mrl_paper` is MRL with the paper's recipe (every size weighted 1 from the first step)."""
     if method == "st":
         return train_sentence_transformers(args, datasets_, order, seed, output_dir)
     from mrl_text import MatryoshkaModel
 
+    args, method = method_recipe(args, method)
     size = int(method[2:]) if method.startswith("ff") else None
     dims = {"plain": args.sizes[:1], "mrl": args.sizes}.get(method, [size])
     torch.manual_seed(seed)
@@ -472,7 +486,9 @@ def run_retrieval(args, argv):
         f"order for every run), InfoNCE (scale 20), lr {args.lr} (projections {args.head_lr or args.lr}), warmup "
         f"{args.warmup_ratio}, {args.max_seq_length} training tokens; evaluated at {args.eval_max_seq_length} tokens; {args.seeds} seed(s), mean ± sd. "
         f"plain: InfoNCE at full size only; mrl: at every size (weight {args.mrl_full_weight:g} on the full size, 1 on "
-        f"the others; the full size alone for the first {args.full_size_only_fraction:.0%} of the steps); "
+        f"the others, those rising linearly from 0 over the first {args.smaller_sizes_warmup_fraction:.0%} of the steps; "
+        f"the full size alone for the first {args.full_size_only_fraction:.0%}); "
+        "mrl_paper: MRL with the paper's recipe (every size weighted 1 from the first step); "
         "st: sentence-transformers' "
         "MatryoshkaLoss(MultipleNegativesRankingLoss); ffN: projection to N trained alone. " + common.subsampling_note(args)
     )
@@ -499,6 +515,12 @@ RETRIEVAL_VARIANTS = {
     "mrl_sched25": {"full_only_fraction": 0.25},
     "mrl_w4_sched25": {"full_weight": 4.0, "full_only_fraction": 0.25},
     "mrl_distill": {"prefix_targets": "full_size"},
+    # Aimed at the full-size cost without a hard switch: the smaller sizes' weights rise linearly from 0 to 1 over
+    # the first half (a curriculum), or every size first and the full size alone for the last quarter.
+    "mrl_w4_ramp50": {"full_weight": 4.0, "ramp_fraction": 0.5},
+    "mrl_w4_ramp100": {"full_weight": 4.0, "ramp_fraction": 1.0},
+    "mrl_ramp50": {"ramp_fraction": 0.5},
+    "mrl_w4_tail25": {"full_weight": 4.0, "full_only_tail": 0.25},
 }
 
 
@@ -580,9 +602,19 @@ def retrieval_variant_loss(args, options):
         return lambda step, embeddings: plain(embeddings)
     options = dict(options)
     full_only_until = options.pop("full_only_fraction", 0.0) * args.steps
+    full_only_from = (1.0 - options.pop("full_only_tail", 0.0)) * args.steps
+    ramp_steps = options.pop("ramp_fraction", 0.0) * args.steps
     weights = [options.pop("full_weight", 1.0)] + [1.0] * (len(args.sizes) - 1)
     mrl = MatryoshkaLoss(base, args.sizes, weights, **options)
-    return lambda step, embeddings: (plain if step < full_only_until else mrl)(embeddings)
+
+    def loss(step, embeddings):
+        if step < full_only_until or step >= full_only_from:
+            return plain(embeddings)
+        # The same rule as MatryoshkaTrainingArguments.smaller_sizes_warmup_fraction
+        mrl.smaller_sizes_scale = min(1.0, (step + 1) / ramp_steps) if ramp_steps else 1.0
+        return mrl(embeddings)
+
+    return loss
 
 
 def retrieval_validation_setup(args):
@@ -602,18 +634,32 @@ def retrieval_validation_setup(args):
     return data, encoder, (states[:n], states[n : 2 * n]), states[2 * n : 2 * n + n_val], states[2 * n + n_val :], frozen
 
 
+def retrieval_run_file(args, name, seed):
+    """Where one finished (variant, seed) run is kept: runs are deterministic on CPU, so a later study that names
+    more variants reuses them. The name holds every setting that changes a run."""
+    settings = [args.lr, args.epochs, args.batch_size, args.max_seq_length, args.warmup_ratio, args.val_fraction,
+                args.val_corpus, args.trainable_layers, args.limit_train, args.limit_eval, args.sizes, args.device]
+    key = hashlib.sha1(json.dumps([settings, RETRIEVAL_VARIANTS[name]]).encode()).hexdigest()[:12]
+    return Path(args.out) / "runs" / f"{name}-seed{seed}-{key}.json"
+
+
 def retrieval_variant_job(job):
-    """Train one variant from the same initialisation on the same batches; its validation nDCG@10 at every size."""
+    """Train one variant on the seed's batches (its order and dropout; every variant of a seed shares them); its
+    validation nDCG@10 at every size."""
     from transformers import get_linear_schedule_with_warmup
 
     from mrl_text import truncate_embeddings
     from mrl_text.metrics import retrieval_scores
 
-    args, name = job["args"], job["variant"]
+    args, name, seed = job["args"], job["variant"], job["seed"]
+    kept = retrieval_run_file(args, name, seed)
+    if kept.is_file():
+        run = json.loads(kept.read_text())
+        return {**run, "values": {int(d): v for d, v in run["values"].items()}}
     data, encoder, train_states, val_states, doc_states, _ = retrieval_validation_setup(args)
-    order = batch_order([len(train_states[0])], args.batch_size, 0, args.epochs) if name != "none" else []
-    torch.manual_seed(0)
-    random.seed(0)  # MatryoshkaLoss's size sampling
+    order = batch_order([len(train_states[0])], args.batch_size, seed, args.epochs) if name != "none" else []
+    torch.manual_seed(seed)
+    random.seed(seed)  # MatryoshkaLoss's size sampling
     model = TopLayers(encoder, args.trainable_layers).train()
     loss_fn = retrieval_variant_loss(args, RETRIEVAL_VARIANTS[name]) if name != "none" else None
     optimizer = torch.optim.AdamW(model.parameters(), lr=args.lr)
@@ -637,9 +683,12 @@ def retrieval_variant_job(job):
         top = (truncate_embeddings(queries, d) @ truncate_embeddings(docs, d).T).topk(10, dim=1).indices.tolist()
         rankings = [[data["doc_ids"][i] for i in row] for row in top]
         values[d] = retrieval_scores(rankings, data["val_qrels"], {"ndcg": 10})["ndcg@10"]
-    print(name, {d: round(100 * v, 2) for d, v in values.items()}, flush=True)
-    return {"variant": name, "options": RETRIEVAL_VARIANTS[name], "values": values,
-            "train_seconds": round(time.perf_counter() - start, 1)}
+    print(name, seed, {d: round(100 * v, 2) for d, v in values.items()}, flush=True)
+    run = {"variant": name, "seed": seed, "options": RETRIEVAL_VARIANTS[name], "values": values,
+           "train_seconds": round(time.perf_counter() - start, 1)}
+    kept.parent.mkdir(parents=True, exist_ok=True)
+    kept.write_text(json.dumps(run))
+    return run
 
 
 def run_retrieval_validation(args, argv):
@@ -650,7 +699,9 @@ def run_retrieval_validation(args, argv):
     unknown = sorted(set(args.variants.split(",")) - set(RETRIEVAL_VARIANTS))
     if unknown:
         raise SystemExit(f"--variants names {unknown}; choose from {', '.join(RETRIEVAL_VARIANTS)}.")
-    jobs = [{"args": args, "variant": name} for name in args.variants.split(",")]
+    # The untrained encoder has no seed; every trained variant runs with seeds 0..N-1.
+    jobs = [{"args": args, "variant": name, "seed": seed} for seed in range(args.seeds)
+            for name in args.variants.split(",") if seed == 0 or name != "none"]
     with common.phase("variants", timings):
         runs = common.run_jobs(retrieval_variant_job, jobs, args.workers, args.device)
     return retrieval_validation_report(args, argv, data, len(train_states[0]), frozen, runs, timings)
@@ -664,27 +715,45 @@ def retrieval_validation_report(args, argv, data, n, frozen, runs, timings):
         f"{len(data['docs']) - args.val_corpus} relevant abstracts plus {args.val_corpus} random others. From {common.model_name(args)}: "
         f"the bottom {frozen} layers frozen (their states cached), the top {args.trainable_layers} trained, mean pooling; "
         f"{args.max_seq_length} tokens for training and evaluation; {args.steps} steps of batch {args.batch_size} "
-        f"({args.epochs} epochs), the same batches, order and initialisation for every variant; InfoNCE (scale 20), "
+        f"({args.epochs} epochs), every variant of a seed on the same batches in the same order (seed s: batch order, "
+        f"dropout and size sampling drawn with s; the split and the starting weights are the same for all); "
+        f"{args.seeds} seed(s), mean ± sd over seeds; differences from plain are paired by seed. InfoNCE (scale 20), "
         f"AdamW lr {args.lr}, warmup {args.warmup_ratio}, linear decay. Variants: mrl_w4 weight 4 on the full size; "
         "mrl_n3 full size plus 2 sampled smaller sizes per step (n_dims_per_step=3); mrl_sched plain InfoNCE for the "
         "first half of the steps, then every size (mrl_sched25: the first quarter; mrl_w4_sched25: that and weight 4 on "
-        "the full size); mrl_distill full size on the labels, every smaller prefix "
+        "the full size); mrl_w4_ramp50 weight 4 on the full size, the others' weights rising linearly from 0 to 1 over "
+        "the first half (mrl_w4_ramp100: over all the steps; mrl_ramp50: weight 1 on the full size); mrl_w4_tail25 weight 4, every size, then the full size alone for the last quarter; "
+        "mrl_distill full size on the labels, every smaller prefix "
         "distilled from the detached full-size similarities (prefix_targets='full_size'). " + common.subsampling_note(args)
     )
     report = {**common.report_head(argv, setup), "runs": runs, "timings": timings}
-    plain = next((r["values"] for r in runs if r["variant"] == "plain"), None)
-    body = ["Validation nDCG@10 x100:", "", "| variant | " + " | ".join(map(str, args.sizes)) + " |",
-            "|---|" + "---|" * len(args.sizes)]
-    body += [f"| {r['variant']} | " + " | ".join(f"{100 * r['values'][d]:.2f}" for d in args.sizes) + " |" for r in runs]
-    if plain:
-        body += ["", "Difference from plain (x100):", "", "| variant | " + " | ".join(map(str, args.sizes)) + " |",
-                 "|---|" + "---|" * len(args.sizes)]
-        body += [f"| {r['variant']} | " + " | ".join(f"{100 * (r['values'][d] - plain[d]):+.2f}" for d in args.sizes)
-                 + " |" for r in runs if r["variant"] != "plain"]
+    variants = list(dict.fromkeys(r["variant"] for r in runs))
+    by_seed = {(r["variant"], r["seed"]): r["values"] for r in runs}
+    heading = ["| variant | " + " | ".join(map(str, args.sizes)) + " |", "|---|" + "---|" * len(args.sizes)]
+    body = ["Validation nDCG@10 x100" + (" (mean ± sd over seeds)" if args.seeds > 1 else "") + ":", ""] + heading
+    for v in variants:
+        body.append(f"| {v} | " + " | ".join(
+            common.cell([r["values"][d] for r in runs if r["variant"] == v]) for d in args.sizes) + " |")
+    if "plain" in variants:
+        body += ["", "Difference from plain (x100" + (", mean ± sd of the per-seed differences" if args.seeds > 1 else "")
+                 + "):", ""] + heading
+        for v in variants:
+            if v not in ("plain", "none"):
+                seeds = [s for (name, s) in by_seed if name == v and ("plain", s) in by_seed]
+                body.append(f"| {v} | " + " | ".join(signed_cell(
+                    [by_seed[v, s][d] - by_seed["plain", s][d] for s in seeds]) for d in args.sizes) + " |")
     body += ["", "Wall time per phase: " + ", ".join(f"{k} {v:.0f}s" for k, v in timings.items())]
     common.write_report(args, args.report_name, report,
                         "Quality: retrieval recipe study (validation split of SciFact train)", body)
     return report
+
+
+def signed_cell(values):
+    """A difference cell: `+mean` for one seed, `+mean ± sd` for several (x100 of the fractions given)."""
+    if not values:
+        return "-"
+    mean, sd = common.mean_spread(values)
+    return f"{mean:+.2f}" if len(values) == 1 else f"{mean:+.2f} ± {sd:.2f}"
 
 
 # ---------------------------------------------------------------------------------------------------------------
@@ -1038,7 +1107,7 @@ def parse_args(argv=None):
                              help="method:feed:lr rule, comma-separated (feed raw|normalized|sized, rule flat|scaled)")
             sub.add_argument("--feature-scale", type=float, default=10.0)
     for regime, methods, lr, epochs, tokens, sizes in (
-        ("retrieval", "plain,mrl,st,ff64,ff32", 2e-5, 3, 128, common.SIZES),
+        ("retrieval", "plain,mrl,mrl_paper,st,ff64,ff32", 2e-5, 3, 128, common.SIZES),
         ("finished", "plain,mrl,st," + ",".join(POSTHOC_METHODS), 2e-5, 1, 64, common.SIZES[:-1]),  # 384..16
     ):
         sub = commands.add_parser(regime)
@@ -1050,8 +1119,12 @@ def parse_args(argv=None):
         sub.add_argument("--epochs", type=int, default=epochs)
         sub.add_argument("--eval-max-seq-length", type=int, default=256)
         if regime == "retrieval":
-            sub.add_argument("--mrl-full-weight", type=float, default=1.0,
-                             help="MRL's weight on the full size (the others 1; see quality_retrieval_validation.md)")
+            # The default MRL recipe was chosen on a validation split of SciFact train, 3 seeds
+            # (quality_retrieval_validation_seeds.md); `--mrl-full-weight 1 --smaller-sizes-warmup-fraction 0` is the paper's.
+            sub.add_argument("--mrl-full-weight", type=float, default=4.0,
+                             help="MRL's weight on the full size (the others 1)")
+            sub.add_argument("--smaller-sizes-warmup-fraction", type=float, default=1.0,
+                             help="MRL's smaller sizes' weights rise linearly from 0 over this share of the steps")
             sub.add_argument("--full-size-only-fraction", type=float, default=0.0,
                              help="MRL trains only the full size for this share of the steps, then every size")
         if regime == "finished":
@@ -1075,12 +1148,17 @@ def parse_args(argv=None):
     sub.add_argument("--report-name", default="retrieval_validation", help="results file: quality_<name>.json/.md")
     _quality_mlm.add_parser(commands)
     args = common.finish_arguments(parser.parse_args(argv))
+    for option in ("full_size_only_fraction", "smaller_sizes_warmup_fraction"):
+        if not 0.0 <= getattr(args, option, 0.0) <= 1.0:
+            raise SystemExit(f"--{option.replace('_', '-')} {getattr(args, option)} must be a share of the steps "
+                             "between 0 and 1.")
     if args.regime in ("retrieval", "finished"):
         for method in args.methods.split(","):
             size = method[2:] if method.startswith("ff") else None
             posthoc = POSTHOC_METHODS if args.regime == "finished" else ()
-            if method not in ("plain", "mrl", "st", *posthoc) and not (size and size.isdigit() and 0 < int(size) <= args.encoder_size):
-                raise SystemExit(f"--methods names {method!r}; use plain, mrl, st" + "".join(f", {m}" for m in posthoc)
+            named = ("plain", "mrl", "st", *posthoc) + (("mrl_paper",) if args.regime == "retrieval" else ())
+            if method not in named and not (size and size.isdigit() and 0 < int(size) <= args.encoder_size):
+                raise SystemExit(f"--methods names {method!r}; use " + ", ".join(named)
                                  + f" or ffN with N in 1..{args.encoder_size} (a projection no larger than the "
                                  "encoder's embedding size).")
     return args

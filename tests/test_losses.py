@@ -280,10 +280,30 @@ def test_scaled_head_inputs_lengthen_small_prefixes_and_survive_saving(efficient
     assert not MatryoshkaForSequenceClassification(old).classifier.scale_inputs  # configs saved before the option
 
 
-def test_full_size_only_trains_the_largest_size_for_the_first_steps(make_model, tmp_path):
+def scheduled_loss(make_model, tmp_path, **schedule):
+    """`at(step)`: the trainer's MatryoshkaLoss after computing the loss of that step of 10 (`schedule`: the
+    MatryoshkaTrainingArguments options that change the loss per step)."""
     from datasets import Dataset
 
     from mrl_text import MatryoshkaTrainer, MatryoshkaTrainingArguments
+
+    args = MatryoshkaTrainingArguments(output_dir=str(tmp_path), max_steps=10, per_device_train_batch_size=4,
+                                       report_to="none", use_cpu=True, **schedule)
+    data = Dataset.from_dict({"anchor": ["a b", "c d", "e f", "g h"], "positive": ["b a", "d c", "f e", "h g"]})
+    trainer = MatryoshkaTrainer(model=make_model(), args=args, train_dataset=data)
+    batch = trainer.data_collator([data[i] for i in range(4)])
+    trainer.state.max_steps = 10
+
+    def at(step):
+        trainer.state.global_step = step
+        trainer.compute_loss(trainer.model, batch)
+        return trainer.loss_fn
+
+    return at
+
+
+def test_full_size_only_trains_the_largest_size_for_the_first_steps(make_model, tmp_path):
+    from mrl_text import MatryoshkaTrainingArguments
 
     torch.manual_seed(0)
     a, p = torch.randn(4, 16), torch.randn(4, 16)
@@ -291,15 +311,24 @@ def test_full_size_only_trains_the_largest_size_for_the_first_steps(make_model, 
     loss.full_size_only = True
     assert loss.sizes_for_step() == [(16, 1.0)]
     torch.testing.assert_close(loss([a, p]), InfoNCELoss()([F.normalize(a, dim=-1), F.normalize(p, dim=-1)]))
-    args = MatryoshkaTrainingArguments(output_dir=str(tmp_path), max_steps=10, per_device_train_batch_size=4,
-                                       report_to="none", use_cpu=True, full_size_only_fraction=0.5)
-    data = Dataset.from_dict({"anchor": ["a b", "c d", "e f", "g h"], "positive": ["b a", "d c", "f e", "h g"]})
-    trainer = MatryoshkaTrainer(model=make_model(), args=args, train_dataset=data)
-    batch = trainer.data_collator([data[i] for i in range(4)])
-    trainer.state.max_steps = 10
+    at = scheduled_loss(make_model, tmp_path, full_size_only_fraction=0.5)
     for step, only_full in ((0, True), (4, True), (5, False), (9, False)):
-        trainer.state.global_step = step
-        trainer.compute_loss(trainer.model, batch)
-        assert trainer.loss_fn.full_size_only is only_full
+        assert at(step).full_size_only is only_full
     with pytest.raises(ValueError, match="full_size_only_fraction=1.5 must be between 0 and 1"):
         MatryoshkaTrainingArguments(output_dir=str(tmp_path), full_size_only_fraction=1.5)
+
+
+def test_smaller_sizes_warmup_ramps_the_smaller_weights_from_zero(make_model, tmp_path):
+    from mrl_text import MatryoshkaTrainingArguments
+
+    torch.manual_seed(0)
+    a, p = torch.randn(4, 16), torch.randn(4, 16)
+    loss = MatryoshkaLoss(InfoNCELoss(), [16, 8, 4], [4.0, 1.0, 2.0])
+    loss.smaller_sizes_scale = 0.25  # the full size keeps its weight; every smaller one is scaled
+    assert loss.sizes_for_step() == [(16, 4.0), (8, 0.25), (4, 0.5)]
+    torch.testing.assert_close(loss([a, p]), MatryoshkaLoss(InfoNCELoss(), [16, 8, 4], [4.0, 0.25, 0.5])([a, p]))
+    at = scheduled_loss(make_model, tmp_path, smaller_sizes_warmup_fraction=0.4)
+    for step, scale in ((0, 0.25), (1, 0.5), (3, 1.0), (9, 1.0)):  # linear over the first 4 of 10 steps
+        assert at(step).smaller_sizes_scale == pytest.approx(scale)
+    with pytest.raises(ValueError, match="smaller_sizes_warmup_fraction=-0.1 must be between 0 and 1"):
+        MatryoshkaTrainingArguments(output_dir=str(tmp_path), smaller_sizes_warmup_fraction=-0.1)

@@ -103,7 +103,7 @@ def test_adaptive_uses_the_mrl_heads(quality, tiny, tmp_path):
 
 
 def test_retrieval_and_finished_train_every_method(quality, tiny, tmp_path):
-    report, markdown = run(quality, tiny, tmp_path, "retrieval", "--methods", "plain,mrl,st,ff16", "--epochs", "1")
+    report, markdown = run(quality, tiny, tmp_path, "retrieval", "--methods", "plain,mrl,mrl_paper,st,ff16", "--epochs", "1")
     values = {r["method"]: r["values"]["scifact"] for r in report["runs"]}
     assert set(values["mrl"]) == set(values["st"]) == {32, 16, 8} and set(values["ff16"]) == {16}
     assert "| ff16 | - | " in markdown
@@ -157,14 +157,46 @@ def test_svd_rotation_orders_axes_by_variance(common):
 
 
 def test_retrieval_validation_compares_variants_on_held_out_queries(quality, tiny, tmp_path):
-    report, markdown = run(quality, tiny, tmp_path / "rv", "retrieval-val", "--trainable-layers", "1", "--epochs", "2", "--lr", "1e-2",
-                           "--val-corpus", "10", "--variants", "none,plain,mrl,mrl_distill", name="retrieval_validation")
-    assert [r["variant"] for r in report["runs"]] == ["none", "plain", "mrl", "mrl_distill"]
-    assert report["runs"][0]["values"] != report["runs"][1]["values"]  # training moved the encoder
-    assert all(set(r["values"]) == {32, 16, 8} for r in report["runs"])
-    assert "6 held out" in report["setup"] and "Difference from plain" in markdown
+    options = ("--trainable-layers", "1", "--epochs", "2", "--lr", "1e-2", "--val-corpus", "10", "--seeds", "2")
+    report, markdown = run(quality, tiny, tmp_path / "rv", "retrieval-val", *options,
+                           "--variants", "none,plain,mrl,mrl_distill,mrl_w4_ramp50", name="retrieval_validation")
+    runs = {(r["variant"], r["seed"]): r["values"] for r in report["runs"]}
+    assert sorted(runs) == sorted([("none", 0)] + [(v, s) for s in (0, 1) for v in ("plain", "mrl", "mrl_distill", "mrl_w4_ramp50")])
+    assert runs["none", 0] != runs["plain", 0]  # training moved the encoder
+    assert runs["mrl", 0] != runs["mrl", 1]  # seeds draw their own batch order
+    assert all(set(values) == {32, 16, 8} for values in runs.values())
+    assert "6 held out" in report["setup"] and "2 seed(s)" in report["setup"]
+    assert "Difference from plain" in markdown and " ± " in markdown
+    # Runs are kept under --out: a second study naming more variants reuses them exactly and trains only the new one.
+    again, _ = run(quality, tiny, tmp_path / "rv", "retrieval-val", *options, "--variants", "plain,mrl_w4_tail25",
+                   name="retrieval_validation")
+    assert {(r["variant"], r["seed"]): r["values"] for r in again["runs"] if r["variant"] == "plain"} == {
+        k: v for k, v in runs.items() if k[0] == "plain"}
+    assert len(list((tmp_path / "rv" / "out" / "runs").glob("*.json"))) == 9 + 2
     with pytest.raises(SystemExit, match=r"--variants names \['mrl_x'\]"):
         run(quality, tiny, tmp_path / "bad", "retrieval-val", "--variants", "plain,mrl_x", name="retrieval_validation")
+
+
+def test_retrieval_variant_schedules_switch_sizes_by_step(quality):
+    """The study's loss schedules: the full size alone first (sched) or last (tail); the others ramped in linearly."""
+    from types import SimpleNamespace
+
+    from mrl_text.losses import InfoNCELoss, MatryoshkaLoss
+
+    args = SimpleNamespace(sizes=[32, 16, 8], steps=8)
+    pair = list(torch.nn.functional.normalize(torch.randn(2, 4, 32, generator=torch.Generator().manual_seed(0)), dim=-1))
+
+    def weighted(weights):
+        return MatryoshkaLoss(InfoNCELoss(scale=20.0), args.sizes, weights)(pair)
+
+    ramp = quality.retrieval_variant_loss(args, {"full_weight": 4.0, "ramp_fraction": 0.5})  # 4 ramp steps
+    assert torch.allclose(ramp(0, pair), weighted([4.0, 0.25, 0.25]))
+    assert torch.allclose(ramp(2, pair), weighted([4.0, 0.75, 0.75]))
+    assert torch.allclose(ramp(5, pair), weighted([4.0, 1.0, 1.0]))
+    tail = quality.retrieval_variant_loss(args, {"full_only_tail": 0.25})  # the full size alone from step 6
+    assert torch.allclose(tail(5, pair), weighted([1.0, 1.0, 1.0]))
+    assert torch.allclose(tail(6, pair), weighted([1.0, 0.0, 0.0]))
+    assert torch.allclose(quality.retrieval_variant_loss(args, None)(6, pair), weighted([1.0, 0.0, 0.0]))
 
 
 @pytest.mark.parametrize("sizes, message", [
@@ -182,6 +214,20 @@ def test_sizes_must_fit_the_encoder(quality, tiny, sizes, message):
 def test_retrieval_methods_are_checked(quality, tiny, method):
     with pytest.raises(SystemExit, match=f"--methods names '{method}'.*ffN with N in 1..32"):
         quality.parse_args(["retrieval", "--model", str(tiny[0]), "--sizes", "32,16", "--methods", f"plain,{method}"])
+
+
+def test_retrieval_default_mrl_recipe_and_its_checks(quality, tiny):
+    """The default MRL recipe is the one chosen on validation (quality_retrieval_validation_seeds.md)."""
+    args = quality.parse_args(["retrieval", "--model", str(tiny[0]), "--sizes", "32,16", "--methods", "plain,mrl"])
+    assert (args.mrl_full_weight, args.smaller_sizes_warmup_fraction, args.full_size_only_fraction) == (4.0, 1.0, 0.0)
+    assert quality.common.training_arguments(args, "/tmp/x", 0, 10).smaller_sizes_warmup_fraction == 1.0
+    paper, method = quality.method_recipe(args, "mrl_paper")  # the paper's recipe, a row next to the default
+    assert method == "mrl" and (paper.mrl_full_weight, paper.smaller_sizes_warmup_fraction) == (1.0, 0.0)
+    assert quality.common.training_arguments(paper, "/tmp/x", 0, 10).smaller_sizes_warmup_fraction == 0.0
+    assert quality.method_recipe(args, "mrl") == (args, "mrl") and args.mrl_full_weight == 4.0
+    with pytest.raises(SystemExit, match="--smaller-sizes-warmup-fraction 1.5 must be a share of the steps"):
+        quality.parse_args(["retrieval", "--model", str(tiny[0]), "--sizes", "32,16", "--methods", "mrl",
+                           "--smaller-sizes-warmup-fraction", "1.5"])
 
 
 def test_classification_labels_ids_with_gaps_and_unknown_test_labels(quality, tiny, tmp_path):

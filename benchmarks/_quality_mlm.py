@@ -17,6 +17,7 @@ scored on STS-B test at every size: the first regime whose starting encoder neve
 """
 
 import copy
+import math
 import random
 import sys
 import tempfile
@@ -45,13 +46,17 @@ def add_parser(commands):
     sub.add_argument("--steps", type=int, default=800, help="pretraining steps (batches of --batch-size)")
     sub.add_argument("--vocab-size", type=int, default=4096,
                      help="learn a WordPiece vocabulary of this size from all-MiniLM-L6-v2's tokenizer (0: keep its 30,522)")
-    sub.add_argument("--mlm-lr", type=float, default=1e-3)
-    sub.add_argument("--mlm-probability", type=float, default=0.15,
+    # 2e-3 with 40% masking: 13.0% held-out MLM accuracy after 300 steps against 9.8% with 1e-3 and 15% (plain
+    # model, one seed; more masked tokens per step are more to learn from in a CPU budget)
+    sub.add_argument("--mlm-lr", type=float, default=2e-3)
+    sub.add_argument("--mlm-probability", type=float, default=0.4,
                      help="fraction of the training tokens masked (held-out accuracy is always on 15%% masked)")
     sub.add_argument("--refit-steps", type=int, default=60, help="head-only steps (encoder frozen) for every model")
     sub.add_argument("--refit-lr", type=float, default=3e-3)
-    sub.add_argument("--finetune-rows", type=int, default=2000, help="SNLI triplets for the embedding fine-tuning")
-    sub.add_argument("--lr", type=float, default=3e-4, help="embedding fine-tuning learning rate")
+    sub.add_argument("--finetune-rows", type=int, default=4000, help="SNLI triplets for the embedding fine-tuning")
+    # a from-scratch encoder needs a pretraining-like rate: at 3e-4, 62 steps left InfoNCE at its chance loss; at 2e-3
+    # the loss fell from 4.2 to 2.9 and STS-B rose from 27 to 50 (diagnosis on a 300-step plain encoder)
+    sub.add_argument("--lr", type=float, default=2e-3, help="embedding fine-tuning learning rate")
     sub.add_argument("--epochs", type=int, default=1, help="embedding fine-tuning epochs")
     sub.add_argument("--no-finetune", action="store_true")
     sub.add_argument("--tasks", default="stsb,scifact,banking77", help="scored after fine-tuning")
@@ -214,6 +219,8 @@ def run(args, argv):
         if method in ("mrl", "plain") and not args.no_finetune:
             with common.phase(f"{method} fine-tune + evaluation", timings), tempfile.TemporaryDirectory() as scratch:
                 runs[method]["finetuned"] = finetune_and_score(model, args, evaluators, 0, scratch)
+        if method != methods[-1]:  # the report so far: a long CPU run that is stopped still leaves its results
+            report(args, argv, sizes, methods, runs, timings, description + f"; PARTIAL: {len(runs)} of {len(methods)} methods")
     return report(args, argv, sizes, methods, runs, timings, description)
 
 
@@ -243,6 +250,8 @@ def report(args, argv, sizes, methods, runs, timings, description):
     checks = []
     for d in sizes:
         gap = mlm("mrl", d) - mlm("ff", d)
+        if math.isnan(gap):  # no FF-d run (--methods)
+            continue
         checks.append((f"MLM: MRL within 1.0 of FF-{d} (MRL - FF {gap:+.2f})", gap + 1.0, gap >= -1.0))
     for d in sizes[-2:]:
         gap = mlm("mrl", d) - mlm("plain", d)

@@ -44,6 +44,7 @@ GPU_SETTINGS = {"bf16": False, "fp16": False, "dataloader_pin_memory": True}  # 
 ONLINE_CONFIGS = {
     "bert_base_allnli.yaml": ("train_bert", "BertConfig"),
     "align_base.yaml": ("train_align", "AlignConfig"),
+    "mlm_bert_base.yaml": ("pretrain_mlm", "BertConfig"),
 }
 
 
@@ -207,6 +208,25 @@ def online_image_text_card(yaml_path, encoder_class):
     return config, data
 
 
+def online_mlm_card(yaml_path, encoder_class):
+    """(config, card data) that pretrain_mlm.py records for `yaml_path` before its first MLM evaluation."""
+    from mrl_text.model_card_data import MatryoshkaModelCardData, non_default_arguments
+
+    pretrain_mlm = recipe_module("pretrain_mlm")
+    settings = recipe_module("recipe_config").read_recipe(yaml_path)
+    recipe, args = pretrain_mlm.parse_arguments(["--config", str(yaml_path), "--bf16", "false", "--fp16", "false"])
+    for key, default in GPU_SETTINGS.items():
+        setattr(args, key, settings.get(key, default))
+    # pretrain_mlm.build_model's config; BertConfig's default vocabulary is bert-base-uncased's tokenizer's
+    config = online_config("pretrain_mlm", encoder_class, recipe.encoder_config, max_seq_length=recipe.max_seq_length,
+                           matryoshka_dimensions=recipe.matryoshka_dimensions, matryoshka_weights=recipe.matryoshka_weights,
+                           efficient_heads=recipe.efficient_heads)
+    data = MatryoshkaModelCardData(model_name=Path(args.output_dir).name, model_id=args.output_dir,
+                                   hyperparameters=non_default_arguments(args))
+    pretrain_mlm.describe_pretraining(data, recipe, config.encoder, config.encoder.vocab_size)
+    return config, data
+
+
 def has_results(folder):
     data = MatryoshkaModelCardData.load(folder) if Path(folder).is_dir() else None
     return data is not None and data.results is not None and bool(data.results.rows)
@@ -215,7 +235,7 @@ def has_results(folder):
 def store_online(cards_dir=CARDS_DIR):
     """Rebuild the stored data of every online config's card from its YAML, then render them; a card stored from a
     real run of the config is left as it is."""
-    builders = {"train_bert": online_text_card, "train_align": online_image_text_card}
+    builders = {"train_bert": online_text_card, "train_align": online_image_text_card, "pretrain_mlm": online_mlm_card}
     folders = []
     for config_name, (recipe_name, encoder_class) in ONLINE_CONFIGS.items():
         config, data = builders[recipe_name](CONFIGS_DIR / config_name, encoder_class)

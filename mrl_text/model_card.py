@@ -68,6 +68,12 @@ TEXT_CARD = {
     "pipeline_tag": "sentence-similarity",
     "tags": ["matryoshka", "mrl-text", "sentence-embeddings", "feature-extraction", "sentence-transformers"],
 }
+# A masked-language model pretrained with nested sizes: the text template, told it is not (yet) an embedding model.
+MASKED_LM_CARD = {
+    "template_path": TEMPLATE_PATH,
+    "pipeline_tag": "fill-mask",
+    "tags": ["matryoshka", "mrl-text", "fill-mask"],
+}
 
 
 def config_of(model_or_config):
@@ -79,6 +85,12 @@ def config_of(model_or_config):
 
 def is_dual_encoder(config):
     return config.model_type == "matryoshka_dual_encoder"
+
+
+def is_masked_lm(model_or_config):
+    """A `MatryoshkaForMaskedLM`, or the config it saved (cards are also rebuilt from a stored config alone)."""
+    architectures = getattr(config_of(model_or_config), "architectures", None) or []
+    return type(model_or_config).__name__ == "MatryoshkaForMaskedLM" or "MatryoshkaForMaskedLM" in architectures
 
 
 def task_type(task, metric, results, card_data=None, dual_encoder=False):
@@ -259,7 +271,8 @@ def build_card(model, results=None, model_id=None, base_model=None, datasets=Non
     weights = config.matryoshka_weights or [1.0] * len(config.matryoshka_dimensions)
 
     dual = is_dual_encoder(config)
-    kind = DUAL_ENCODER_CARD if dual else TEXT_CARD
+    masked_lm = not dual and is_masked_lm(model)
+    kind = DUAL_ENCODER_CARD if dual else MASKED_LM_CARD if masked_lm else TEXT_CARD
     card_metadata = ModelCardData(
         model_name=data.model_name or model_id.rstrip("/").split("/")[-1],
         base_model=base_model,
@@ -276,6 +289,7 @@ def build_card(model, results=None, model_id=None, base_model=None, datasets=Non
         card_metadata,
         template_path=str(kind["template_path"]),
         wrapped_model_type=config.encoder.model_type,
+        masked_lm=masked_lm,
         model_name=card_metadata.model_name,
         model_id=model_id,
         base_model=base_model,

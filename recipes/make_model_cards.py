@@ -221,6 +221,7 @@ def online_mlm_card(yaml_path, encoder_class):
     config = online_config("pretrain_mlm", encoder_class, recipe.encoder_config, max_seq_length=recipe.max_seq_length,
                            matryoshka_dimensions=recipe.matryoshka_dimensions, matryoshka_weights=recipe.matryoshka_weights,
                            efficient_heads=recipe.efficient_heads)
+    config.architectures = ["MatryoshkaForMaskedLM"]  # as save_pretrained records it: the card tells an MLM model by it
     data = MatryoshkaModelCardData(model_name=Path(args.output_dir).name, model_id=args.output_dir,
                                    hyperparameters=non_default_arguments(args))
     pretrain_mlm.describe_pretraining(data, recipe, config.encoder, config.encoder.vocab_size)

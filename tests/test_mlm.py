@@ -128,6 +128,25 @@ def test_to_embedding_model_carries_the_encoder_exactly(make_mlm, sentences):
         model.to_embedding_model(pooling="avg")
 
 
+def test_card_of_a_masked_lm_says_fill_mask_and_how_to_use_it(make_mlm, tmp_path):
+    """An MLM-pretrained folder is not an embedding model yet: its card must not advertise one (pipeline tag,
+    sentence-transformers snippet) but show fill-mask usage and the way to embedding fine-tuning; the same holds when
+    the card is rebuilt from the saved config alone."""
+    from huggingface_hub import ModelCard
+
+    from mrl_text.model_card import build_card
+
+    model = make_mlm()
+    model.save_pretrained(tmp_path)
+    for source in (model, MatryoshkaConfig.from_pretrained(tmp_path)):
+        card = ModelCard(str(build_card(source, model_id="org/tiny-mlm")))
+        assert card.data.pipeline_tag == "fill-mask" and "sentence-transformers" not in card.data.tags
+        assert "AutoModelForMaskedLM.from_pretrained(\"org/tiny-mlm\")" in card.text
+        assert "to_embedding_model()" in card.text and "SentenceTransformer(" not in card.text
+    embedding_card = ModelCard(str(build_card(model.to_embedding_model(), model_id="org/tiny")))
+    assert embedding_card.data.pipeline_tag == "sentence-similarity" and "SentenceTransformer(" in embedding_card.text
+
+
 def test_trust_remote_code_without_mrl_text(make_mlm, masked_batch, tmp_path):
     model = make_mlm()
     model.save_pretrained(tmp_path / "mlm")

@@ -244,9 +244,12 @@ def report(args, argv, sizes, methods, runs, timings, description):
             f"({args.refit_steps} head-only steps); last column: MRL's heads refit the same way (same protocol as the "
             "plain prefixes):", "",
             "| size | MRL | FF-d | plain prefix | MRL, heads refit |", "|---|---|---|---|---|"]
+    def cell(value):
+        return "not run" if math.isnan(value) else f"{value:.2f}"  # a method or size left out by --methods
+
     for d in sizes:
         refit = runs["mrl"]["refit"][d] if "mrl" in runs else float("nan")
-        body.append(f"| {d} | {mlm('mrl', d):.2f} | {mlm('ff', d):.2f} | {mlm('plain', d):.2f} | {refit:.2f} |")
+        body.append(f"| {d} | " + " | ".join(cell(v) for v in (mlm("mrl", d), mlm("ff", d), mlm("plain", d), refit)) + " |")
     checks = []
     for d in sizes:
         gap = mlm("mrl", d) - mlm("ff", d)

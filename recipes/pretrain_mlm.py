@@ -84,14 +84,23 @@ class RecipeArguments:
         default=False, metadata={"help": "Concatenate texts and cut them into max_seq_length blocks (long "
                                  "documents such as Wikipedia); else each text is one truncated sequence."},
     )
-    mlm_probability: float = field(default=0.15, metadata={"help": "Fraction of tokens masked."})
+    mlm_probability: float = field(default=0.15, metadata={"help": "Fraction of tokens masked in training."})
+    eval_mlm_probability: float = field(
+        default=0.15, metadata={"help": "Fraction of held-out tokens masked for the MLM accuracy (BERT's 15%, so runs "
+                                "trained with a different masking rate stay comparable)."},
+    )
     keep_checkpoints: bool = field(default=False, metadata={"help": "Keep <output_dir>/checkpoints after saving."})
 
 
 def parse_arguments(argv=None):
     """(RecipeArguments, TrainingArguments) from `--config file.yaml` (default mlm_demo.yaml) and flags."""
-    return tuple(parse_arguments_from_config((RecipeArguments, TrainingArguments), DEMO_CONFIG, argv,
-                                             "recipes/pretrain_mlm.py"))
+    recipe, args = parse_arguments_from_config((RecipeArguments, TrainingArguments), DEMO_CONFIG, argv,
+                                               "recipes/pretrain_mlm.py")
+    for name in ("mlm_probability", "eval_mlm_probability"):
+        if not 0 < getattr(recipe, name) < 1:
+            raise SystemExit(f"--{name} {getattr(recipe, name)} is not a fraction of the tokens; give a value "
+                             "between 0 and 1 (exclusive), e.g. 0.15.")
+    return recipe, args
 
 
 def load_tokenizer(name):
@@ -237,7 +246,7 @@ def describe_pretraining(card, recipe, encoder, vocabulary_size, held_out_rows=N
                        f"layers, hidden {encoder.hidden_size}); not fine-tuned as an embedding model yet: fine-tune "
                        "this folder with recipes/train_bert.py --model_name_or_path <folder> before using its embeddings",
         "Tokenizer": f"{vocabulary_size:,}-token vocabulary" + (" learnt on the training texts" if recipe.new_vocab_size else ""),
-        "MLM evaluation": f"{recipe.mlm_probability:.0%} of the held-out tokens masked once (the same tokens before and "
+        "MLM evaluation": f"{recipe.eval_mlm_probability:.0%} of the held-out tokens masked once (the same tokens before and "
                           f"after), up to {recipe.max_seq_length} tokens per text",
     })
     return card
@@ -273,7 +282,7 @@ def main(argv=None):
     held_out = tokenize(held_out, column, tokenizer, recipe.max_seq_length, recipe.group_texts)
     logger.info("Training on %d sequences; %d held-out sequences", len(train), len(held_out))
 
-    evaluation = masked_batches(held_out, tokenizer, recipe.mlm_probability, seed=args.seed)
+    evaluation = masked_batches(held_out, tokenizer, recipe.eval_mlm_probability, seed=args.seed)
     before = masked_lm_accuracy(model, evaluation)
     collator = DataCollatorForLanguageModeling(tokenizer, mlm_probability=recipe.mlm_probability)
     trainer = Trainer(model=model, args=args, train_dataset=train, data_collator=collator)
@@ -287,7 +296,7 @@ def main(argv=None):
         return None
     if not recipe.keep_checkpoints:
         shutil.rmtree(args.output_dir, ignore_errors=True)
-    table = (f"MLM accuracy on {len(held_out)} held-out sequences ({recipe.mlm_probability:.0%} of tokens masked), "
+    table = (f"MLM accuracy on {len(held_out)} held-out sequences ({recipe.eval_mlm_probability:.0%} of tokens masked), "
              f"every size, before and after pretraining\n\n{accuracy_table(before, after)}")
     print(f"\n{table}\n")
     (out / "mlm_accuracy.md").write_text(table + "\n")

@@ -317,3 +317,9 @@ def test_quality_mlm_regime_end_to_end(tiny_tokenizer, tmp_path):
     table = next(line for line in markdown.splitlines() if line.startswith("| 16 |")).split("|")
     assert float(table[2]) == round(report["runs"]["mrl"]["own_heads"][16], 2)
     assert float(table[4]) == round(report["runs"]["plain"]["refit"][16], 2)
+
+
+@pytest.mark.parametrize("flag", ["--mlm_probability", "--eval_mlm_probability"])
+def test_masking_rates_must_be_fractions(recipe, flag):
+    with pytest.raises(SystemExit, match=f"{flag} 1.5 is not a fraction"):
+        recipe.parse_arguments([flag, "1.5"])

@@ -32,11 +32,35 @@ def alignment_loss(embeddings, targets):
     return (1 - nn.functional.cosine_similarity(embeddings, targets, dim=-1)).mean()
 
 
+def similarity_kl_loss(embeddings, targets, temperature=0.05):
+    """KL divergence from the (detached) targets' in-batch similarity distribution to the embeddings' one.
+
+    Each row's cosine similarities to the other rows (itself left out), divided by `temperature`, give a softmax
+    over the batch; the loss is the mean over rows of KL(target row || embedding row). Unlike `alignment_loss` it
+    asks an earlier layer to rank the batch as the final layer does, not to reproduce its coordinates."""
+    n = embeddings.shape[0]
+    if n < 3:
+        return embeddings.sum() * 0.0  # one other row: the distribution is a constant
+    off_diagonal = ~torch.eye(n, dtype=torch.bool, device=embeddings.device)
+
+    def log_distribution(x):
+        x = nn.functional.normalize(x, dim=-1)
+        return nn.functional.log_softmax((x @ x.T)[off_diagonal].view(n, n - 1) / temperature, dim=-1)
+
+    return nn.functional.kl_div(log_distribution(embeddings), log_distribution(targets.detach()), log_target=True,
+                                reduction="batchmean")
+
+
+ALIGNMENTS = ("cosine", "similarity_kl")
+
+
 class MatryoshkaDepthLoss(nn.Module):
     """Apply a loss at full depth and at earlier depths sampled per step, with an alignment to the final layer.
 
     Loss of a step = `w_full * loss(final)` + for each sampled earlier depth `k`:
-    `w_k * (loss(layer_k) + alignment_weight * mean(1 - cos(layer_k, final.detach())))`.
+    `w_k * (loss(layer_k) + alignment_weight * align(layer_k, final.detach()))`, where `align` is the mean cosine
+    distance `1 - cos` per text (`alignment="cosine"`) or, with `alignment="similarity_kl"`, the KL divergence
+    between the in-batch similarity distributions (all text columns together, `alignment_temperature`).
 
     Reference: Li et al., "2D Matryoshka Sentence Embeddings" (2024).
 
@@ -50,6 +74,9 @@ class MatryoshkaDepthLoss(nn.Module):
         n_layers_per_step (`int`): earlier depths sampled (uniformly, without replacement) per step.
         alignment_weight (`float`): weight of the alignment of each sampled depth to the final layer (0 turns it
             off).
+        alignment (`str`): `"cosine"` (each text's embedding towards its final one) or `"similarity_kl"` (the
+            batch's similarity distribution towards the final layer's).
+        alignment_temperature (`float`): temperature of the similarity distributions (`"similarity_kl"`).
 
     Example:
 
@@ -63,7 +90,8 @@ class MatryoshkaDepthLoss(nn.Module):
     ```
     """
 
-    def __init__(self, loss, matryoshka_layers, layer_weights=None, n_layers_per_step=1, alignment_weight=1.0):
+    def __init__(self, loss, matryoshka_layers, layer_weights=None, n_layers_per_step=1, alignment_weight=1.0,
+                 alignment="cosine", alignment_temperature=0.05):
         super().__init__()
         layers = [int(k) for k in matryoshka_layers or ()]
         if len(layers) < 2:
@@ -87,8 +115,15 @@ class MatryoshkaDepthLoss(nn.Module):
             raise ValueError(f"n_layers_per_step={n_layers_per_step!r} must be an integer in 1..{earlier}.")
         if not (alignment_weight >= 0 and alignment_weight < float("inf")):
             raise ValueError(f"alignment_weight={alignment_weight!r} must be a finite number >= 0.")
+        if alignment not in ALIGNMENTS:
+            raise ValueError(f"alignment={alignment!r}: choose one of {', '.join(ALIGNMENTS)}.")
+        if not (alignment_temperature > 0 and alignment_temperature < float("inf")):
+            raise ValueError(f"alignment_temperature={alignment_temperature!r} must be a finite number > 0 (0.05 is "
+                             "usual).")
         self.n_layers_per_step = n_layers_per_step
         self.alignment_weight = float(alignment_weight)
+        self.alignment = alignment
+        self.alignment_temperature = float(alignment_temperature)
         self.step_layers = []
 
     @classmethod
@@ -105,7 +140,8 @@ class MatryoshkaDepthLoss(nn.Module):
                 "an embedding loss (infonce, cosent, distill_mse) or matryoshka_depth=False."
             )
         return cls.from_config(config, loss, layer_weights=args.layer_weights, n_layers_per_step=args.n_layers_per_step,
-                               alignment_weight=args.depth_alignment_weight)
+                               alignment_weight=args.depth_alignment_weight,
+                               alignment=getattr(args, "depth_alignment", "cosine"))
 
     # The dataset layout and the batch-computed targets are the wrapped loss's.
     min_text_columns = property(lambda self: getattr(self.loss, "min_text_columns", 1))
@@ -147,11 +183,16 @@ class MatryoshkaDepthLoss(nn.Module):
             earlier = embeddings[group * columns : (group + 1) * columns]
             term = self.loss(earlier, labels)
             if self.alignment_weight:
-                aligned = sum(alignment_loss(e, f) for e, f in zip(earlier, final)) / columns
-                term = term + self.alignment_weight * aligned
+                term = term + self.alignment_weight * self.align(earlier, final)
             total = total + weight_of[depth] * term
         self.step_layers = []  # one loss call per sampled step; a call without sampling trains full depth only
         return total
+
+    def align(self, earlier, final):
+        """The alignment of one depth's tensors (one per text column) to the final layer's (detached)."""
+        if self.alignment == "similarity_kl":
+            return similarity_kl_loss(torch.cat(earlier), torch.cat(final), self.alignment_temperature)
+        return sum(alignment_loss(e, f) for e, f in zip(earlier, final)) / len(final)
 
     def get_config_dict(self):
         """What trained the model, for its card: the wrapped loss's config and the depth options."""
@@ -163,7 +204,9 @@ class MatryoshkaDepthLoss(nn.Module):
             "layer_weights": list(self.layer_weights),
             "n_layers_per_step": self.n_layers_per_step,
             "alignment_weight": self.alignment_weight,
+            "alignment": self.alignment,
+            **({"alignment_temperature": self.alignment_temperature} if self.alignment == "similarity_kl" else {}),
         }
 
 
-__all__ = ["MatryoshkaDepthLoss", "alignment_loss"]
+__all__ = ["ALIGNMENTS", "MatryoshkaDepthLoss", "alignment_loss", "similarity_kl_loss"]

@@ -68,7 +68,8 @@ class MatryoshkaTrainingArguments(TrainingArguments):
         gather_across_devices (`bool`, defaults to `True`): under DDP, in-batch negatives span the global batch.
         max_seq_length (`int`, defaults to 128): the collator truncates texts to this many tokens.
         matryoshka_depth (`bool`): 2D Matryoshka, [`MatryoshkaDepthLoss`] over the model's `config.matryoshka_layers`
-            (`n_layers_per_step`, `layer_weights`, `depth_alignment_weight`), from the same encoder pass.
+            (`n_layers_per_step`, `layer_weights`, `depth_alignment_weight`, `depth_alignment`), from the same encoder
+            pass.
     """
 
     loss: str = field(
@@ -93,6 +94,7 @@ class MatryoshkaTrainingArguments(TrainingArguments):
     n_layers_per_step: int = field(default=1, metadata={"help": "matryoshka_depth: earlier depths per step."})
     layer_weights: list[float] | None = field(default=None, metadata={"help": "One weight per matryoshka_layers."})
     depth_alignment_weight: float = field(default=1.0, metadata={"help": "Alignment to the final layer's embedding."})
+    depth_alignment: str = field(default="cosine", metadata={"help": "matryoshka_depth: cosine or similarity_kl."})
     head_learning_rate: float | None = field(
         default=None,
         metadata={"help": f"Learning rate of the parameters outside the encoder (heads, projection). Default: "

@@ -15,7 +15,7 @@ from transformers import AutoConfig
 
 from mrl_text import MatryoshkaConfig, MatryoshkaModel
 from mrl_text.losses import InfoNCELoss, MatryoshkaLoss
-from mrl_text.losses_depth import MatryoshkaDepthLoss, alignment_loss
+from mrl_text.losses_depth import MatryoshkaDepthLoss, alignment_loss, similarity_kl_loss
 from mrl_text.modeling_matryoshka_utils import pool, truncate_embeddings
 from mrl_text.trainer import MatryoshkaTrainer, MatryoshkaTrainingArguments
 
@@ -112,6 +112,34 @@ def test_alignment_target_is_detached():
     assert all(t.grad.abs().sum() > 0 for t in tensors[2:])
 
 
+def test_similarity_kl_alignment_ranks_the_batch_like_the_detached_final_layer():
+    torch.manual_seed(0)
+    final = torch.randn(6, 8, requires_grad=True)
+    # Zero when the earlier layer ranks the batch as the final one does, whatever its scale; positive otherwise.
+    assert similarity_kl_loss(3.0 * final.detach(), final).item() < 1e-6
+    earlier = torch.randn(6, 8, requires_grad=True)
+    value = similarity_kl_loss(earlier, final, temperature=0.1)
+    assert value.item() > 0.01
+    value.backward()
+    assert earlier.grad.abs().sum() > 0 and final.grad is None  # the final layer is the target
+    assert similarity_kl_loss(torch.randn(2, 8), torch.randn(2, 8)).item() == 0.0  # one neighbour: nothing to rank
+
+    # In the wrapper: every column's texts form one batch, and the final embeddings get the final loss's gradient only.
+    base = MatryoshkaLoss(InfoNCELoss(), [8, 4])
+    depth = MatryoshkaDepthLoss(base, [4, 2], alignment_weight=2.0, alignment="similarity_kl",
+                                alignment_temperature=0.1)
+    tensors = [torch.randn(4, 8, requires_grad=True) for _ in range(4)]  # final a, p; layer-2 a, p
+    depth.step_layers = [2]
+    expected = base(tensors[:2]) + base(tensors[2:]) + 2.0 * similarity_kl_loss(
+        torch.cat(tensors[2:]), torch.cat(tensors[:2]), temperature=0.1)
+    torch.testing.assert_close(depth.forward(tensors), expected)
+    assert depth.get_config_dict()["alignment"] == "similarity_kl"
+    for bad, message in (({"alignment": "kl"}, "alignment='kl': choose one of cosine, similarity_kl"),
+                         ({"alignment_temperature": 0.0}, "alignment_temperature=0.0 must be a finite number > 0")):
+        with pytest.raises(ValueError, match=message):
+            MatryoshkaDepthLoss(base, [4, 2], **bad)
+
+
 def test_depth_loss_is_the_weighted_sum_of_its_terms():
     base = MatryoshkaLoss(InfoNCELoss(), [8, 4])
     depth = MatryoshkaDepthLoss(base, [2, 4, 3], layer_weights=[0.5, 2.0, 0.0], alignment_weight=0.3)
@@ -131,10 +159,11 @@ def test_depth_trains_in_the_trainer_with_one_encoder_pass_and_every_parameter_u
     args = MatryoshkaTrainingArguments(
         output_dir=str(tmp_path / "run"), max_steps=3, per_device_train_batch_size=4, learning_rate=1e-3,
         report_to="none", save_strategy="no", use_cpu=True, disable_tqdm=True, seed=0, matryoshka_depth=True,
-        layer_weights=[1.0, 1.0, 0.5],
+        layer_weights=[1.0, 1.0, 0.5], depth_alignment="similarity_kl",
     )
     trainer = MatryoshkaTrainer(model=model, args=args, train_dataset=Dataset.from_dict(PAIRS))
     assert isinstance(trainer.loss_fn, MatryoshkaDepthLoss) and trainer.loss_fn.layer_weights == [1.0, 1.0, 0.5]
+    assert trainer.loss_fn.alignment == "similarity_kl"
     assert trainer.loss_fn.get_config_dict()["matryoshka_layers"] == [4, 3, 1]
     before = model.encode(PAIRS["anchor"], layers=1)
     calls = []

@@ -57,8 +57,9 @@ ALIGNMENTS = ("cosine", "similarity_kl")
 class MatryoshkaDepthLoss(nn.Module):
     """Apply a loss at full depth and at earlier depths sampled per step, with an alignment to the final layer.
 
-    Loss of a step = `w_full * loss(final)` + for each sampled earlier depth `k`:
-    `w_k * (loss(layer_k) + alignment_weight * align(layer_k, final.detach()))`, where `align` is the mean cosine
+    Loss of a step = `w_full * loss(final)` + the mean over the sampled earlier depths `k` of
+    `w_k * (loss(layer_k) + alignment_weight * align(layer_k, final.detach()))` (a mean, so `n_layers_per_step`
+    trades variance for compute without changing how much the earlier depths weigh), where `align` is the mean cosine
     distance `1 - cos` per text (`alignment="cosine"`) or, with `alignment="similarity_kl"`, the KL divergence
     between the in-batch similarity distributions (all text columns together, `alignment_temperature`).
 
@@ -71,7 +72,8 @@ class MatryoshkaDepthLoss(nn.Module):
             final layer). Take them from the model's config: `MatryoshkaDepthLoss.from_config`.
         layer_weights (`list[float]`, *optional*): one weight per depth, in the order of `matryoshka_layers` (the
             full depth's weights the final layer's loss); default 1.0 each.
-        n_layers_per_step (`int`): earlier depths sampled (uniformly, without replacement) per step.
+        n_layers_per_step (`int`): earlier depths sampled (uniformly, without replacement) per step; `-1`: every
+            earlier depth each step (they come from the same encoder pass, so this costs only their losses).
         alignment_weight (`float`): weight of the alignment of each sampled depth to the final layer (0 turns it
             off).
         alignment (`str`): `"cosine"` (each text's embedding towards its final one) or `"similarity_kl"` (the
@@ -110,9 +112,10 @@ class MatryoshkaDepthLoss(nn.Module):
         self.layer_weights = [weights[i] for i in order]
         earlier = len(layers) - 1
         if isinstance(n_layers_per_step, bool) or not isinstance(n_layers_per_step, int) or not (
-            1 <= n_layers_per_step <= earlier
+            1 <= n_layers_per_step <= earlier or n_layers_per_step == -1
         ):
-            raise ValueError(f"n_layers_per_step={n_layers_per_step!r} must be an integer in 1..{earlier}.")
+            raise ValueError(f"n_layers_per_step={n_layers_per_step!r} must be an integer in 1..{earlier}, or -1 for "
+                             "every earlier depth each step.")
         if not (alignment_weight >= 0 and alignment_weight < float("inf")):
             raise ValueError(f"alignment_weight={alignment_weight!r} must be a finite number >= 0.")
         if alignment not in ALIGNMENTS:
@@ -160,7 +163,9 @@ class MatryoshkaDepthLoss(nn.Module):
 
     def layers_for_step(self):
         """Sample this step's earlier depths (deepest first) and remember them for the next call of the loss."""
-        self.step_layers = sorted(random.sample(self.matryoshka_layers[1:], self.n_layers_per_step), reverse=True)
+        earlier = self.matryoshka_layers[1:]
+        count = len(earlier) if self.n_layers_per_step == -1 else self.n_layers_per_step
+        self.step_layers = sorted(random.sample(earlier, count), reverse=True)
         return list(self.step_layers)
 
     def forward(self, embeddings, labels=None):
@@ -184,7 +189,7 @@ class MatryoshkaDepthLoss(nn.Module):
             term = self.loss(earlier, labels)
             if self.alignment_weight:
                 term = term + self.alignment_weight * self.align(earlier, final)
-            total = total + weight_of[depth] * term
+            total = total + weight_of[depth] * term / len(self.step_layers)
         self.step_layers = []  # one loss call per sampled step; a call without sampling trains full depth only
         return total
 

@@ -153,6 +153,15 @@ def test_depth_loss_is_the_weighted_sum_of_its_terms():
     torch.testing.assert_close(depth(final), 2.0 * base(final))  # nothing sampled: the final layer alone
     assert {depth.layers_for_step()[0] for _ in range(40)} == {3, 2}  # never the full depth
 
+    # Several depths per step: their terms are averaged (n_layers_per_step changes the variance, not the weight);
+    # -1 trains every earlier depth each step.
+    every = MatryoshkaDepthLoss(base, [4, 3, 2], layer_weights=[1.0, 2.0, 0.5], n_layers_per_step=-1,
+                                alignment_weight=0.0)
+    assert every.layers_for_step() == [3, 2]
+    middle = [torch.randn(4, 8) for _ in range(2)]
+    torch.testing.assert_close(every(final + middle + earlier),
+                               base(final) + (2.0 * base(middle) + 0.5 * base(earlier)) / 2)
+
 
 def test_depth_trains_in_the_trainer_with_one_encoder_pass_and_every_parameter_used(tiny_tokenizer, tmp_path):
     model = deep_model(tiny_tokenizer, layers=(4, 3, 1))
@@ -214,8 +223,9 @@ def test_bad_layers_give_clear_errors(tiny_tokenizer, make_model):
         full_only.encode(["hello"], layers=1)
     with pytest.raises(ValueError, match="at least one depth below the full one"):
         MatryoshkaDepthLoss.from_config(full_only.config, MatryoshkaLoss(InfoNCELoss(), [32]))
-    with pytest.raises(ValueError, match="n_layers_per_step=2 must be an integer in 1..1"):
-        MatryoshkaDepthLoss(InfoNCELoss(), [4, 2], n_layers_per_step=2)
+    for bad in (2, 0, -2, True):
+        with pytest.raises(ValueError, match=rf"n_layers_per_step={bad} must be an integer in 1..1, or -1 for every"):
+            MatryoshkaDepthLoss(InfoNCELoss(), [4, 2], n_layers_per_step=bad)
     with pytest.raises(ValueError, match="layer_weights"):
         MatryoshkaDepthLoss(InfoNCELoss(), [4, 2], layer_weights=[1.0])
     with pytest.raises(ValueError, match="got 3 tensors for 2 depths"):

@@ -53,7 +53,7 @@ def parse_args(argv=None):
     parser.add_argument("--depths", default="6,5,4,3,2,1", help="`depth`: the trained depths (matryoshka_layers)")
     parser.add_argument("--alignment-weight", type=float, default=1.0, help="`depth`: depth_alignment_weight")
     parser.add_argument("--alignment", default="cosine", help="`depth`: depth_alignment (cosine, similarity_kl)")
-    parser.add_argument("--n-layers-per-step", type=int, default=1, help="`depth`: earlier depths per step")
+    parser.add_argument("--n-layers-per-step", type=int, default=-1, help="`depth`: earlier depths per step (-1: all)")
     parser.add_argument("--layer-weights", default=None, help="`depth`: one weight per --depths (default 1 each)")
     parser.add_argument("--name", default="depth", help="result files <--results>/<name>.json and .md")
     args = common.finish_arguments(parser.parse_args(argv))
@@ -262,11 +262,12 @@ def write_report(args, report):
     if "quality" in report:
         q = report["quality"]
         weights = ",".join(f"{w:g}" for w in args.layer_weights) if args.layer_weights else "1 each"
+        per_step = "every earlier depth" if args.n_layers_per_step == -1 else f"{args.n_layers_per_step} sampled depth(s)"
         setup += (f"Quality: {q['triplets']} SNLI (dev+test) triplets, {q['steps']} steps of batch {args.batch_size} "
                   f"(the same batches for every method; seeds 0..{q['seeds'] - 1} draw the batch order and the sampled "
                   f"depths; tables show the mean ± half the spread), lr {args.lr}, {args.max_seq_length} training "
                   f"tokens; `depth`: trained depths {','.join(map(str, args.depths))}, layer weights {weights}, "
-                  f"{args.n_layers_per_step} earlier depth(s) per step, {args.alignment} alignment weight "
+                  f"{per_step} per step (averaged), {args.alignment} alignment weight "
                   f"{args.alignment_weight}; STS-B {args.split} ({q['sts_pairs']} pairs) Spearman x100. "
                   + common.subsampling_note(args))
     report["setup"] = setup
@@ -278,8 +279,9 @@ def write_report(args, report):
                  for r in report["throughput"]["rows"]]
     runs = report.get("quality", {}).get("runs", {})
     for method, run in runs.items():
-        body += ["", f"STS-B {args.split} Spearman x100, `{method}` ({run['seeds']} seed(s), training "
-                 f"{statistics.fmean(run['train_s']):.0f} s each), layers x dims:", ""]
+        title = (f"STS-B {args.split} Spearman x100, `{method}` ({run['seeds']} seed(s), training "
+                 f"{statistics.fmean(run['train_s']):.0f} s each), layers x dims:")
+        body += ["", title, ""]
         body += grid_table(run["grid"], args.sizes, args.layers, run["spread"] if run["seeds"] > 1 else None)
     for method, other in (("depth", "st2d"), ("depth", "mrl")):
         if comparable(runs, method, other):

@@ -72,8 +72,10 @@ class MatryoshkaDepthLoss(nn.Module):
             final layer). Take them from the model's config: `MatryoshkaDepthLoss.from_config`.
         layer_weights (`list[float]`, *optional*): one weight per depth, in the order of `matryoshka_layers` (the
             full depth's weights the final layer's loss); default 1.0 each.
-        n_layers_per_step (`int`): earlier depths sampled (uniformly, without replacement) per step; `-1`: every
-            earlier depth each step (they come from the same encoder pass, so this costs only their losses).
+        n_layers_per_step (`int`): earlier depths sampled (uniformly, without replacement) per step; `-1` (the
+            default): every earlier depth each step. They come from the same encoder pass, so this costs only their
+            losses, and it lowers the variance: on STS-B dev it beat one sampled depth per step at every shallow
+            cell (benchmarks/results/depth_validation.md).
         alignment_weight (`float`): weight of the alignment of each sampled depth to the final layer (0 turns it
             off).
         alignment (`str`): `"cosine"` (each text's embedding towards its final one) or `"similarity_kl"` (the
@@ -85,14 +87,14 @@ class MatryoshkaDepthLoss(nn.Module):
     ```python
     >>> config = model.config  # MatryoshkaConfig(..., matryoshka_layers=[6, 4, 3, 2])
     >>> loss_fn = MatryoshkaDepthLoss.from_config(config, MatryoshkaLoss.from_config(config, InfoNCELoss()))
-    >>> layers = loss_fn.layers_for_step()  # e.g. [3]
+    >>> layers = loss_fn.layers_for_step()  # [4, 3, 2]: every earlier depth (n_layers_per_step=-1)
     >>> outs = [model(**inputs, output_layer_embeddings=layers) for inputs in (anchor_inputs, positive_inputs)]
     >>> embeddings = [o.full_embeddings for o in outs] + [o.layer_embeddings[k] for k in layers for o in outs]
     >>> loss = loss_fn(embeddings)
     ```
     """
 
-    def __init__(self, loss, matryoshka_layers, layer_weights=None, n_layers_per_step=1, alignment_weight=1.0,
+    def __init__(self, loss, matryoshka_layers, layer_weights=None, n_layers_per_step=-1, alignment_weight=1.0,
                  alignment="cosine", alignment_temperature=0.05):
         super().__init__()
         layers = [int(k) for k in matryoshka_layers or ()]

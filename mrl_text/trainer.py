@@ -91,7 +91,7 @@ class MatryoshkaTrainingArguments(TrainingArguments):
     )
     max_seq_length: int = field(default=128, metadata={"help": "Longest tokenized input (tokens)."})
     matryoshka_depth: bool = field(default=False, metadata={"help": "2D Matryoshka: train earlier depths too."})
-    n_layers_per_step: int = field(default=1, metadata={"help": "matryoshka_depth: earlier depths per step (-1: all)."})
+    n_layers_per_step: int = field(default=-1, metadata={"help": "matryoshka_depth: earlier depths per step (-1: all)."})
     layer_weights: list[float] | None = field(default=None, metadata={"help": "One weight per matryoshka_layers."})
     depth_alignment_weight: float = field(default=1.0, metadata={"help": "Alignment to the final layer's embedding."})
     depth_alignment: str = field(default="cosine", metadata={"help": "matryoshka_depth: cosine or similarity_kl."})

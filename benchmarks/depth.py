@@ -52,7 +52,7 @@ def parse_args(argv=None):
                         help="STS-B split scored: dev to choose settings, test once for the chosen one")
     parser.add_argument("--depths", default="6,5,4,3,2,1", help="`depth`: the trained depths (matryoshka_layers)")
     parser.add_argument("--alignment-weight", type=float, default=1.0, help="`depth`: depth_alignment_weight")
-    parser.add_argument("--alignment", default="cosine", help="`depth`: depth_alignment (cosine, similarity_kl)")
+    parser.add_argument("--alignment", default="similarity_kl", help="`depth`: depth_alignment (similarity_kl, cosine)")
     parser.add_argument("--n-layers-per-step", type=int, default=-1, help="`depth`: earlier depths per step (-1: all)")
     parser.add_argument("--layer-weights", default=None, help="`depth`: one weight per --depths (default 1 each)")
     parser.add_argument("--name", default="depth", help="result files <--results>/<name>.json and .md")

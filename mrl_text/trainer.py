@@ -94,7 +94,7 @@ class MatryoshkaTrainingArguments(TrainingArguments):
     n_layers_per_step: int = field(default=-1, metadata={"help": "matryoshka_depth: earlier depths per step (-1: all)."})
     layer_weights: list[float] | None = field(default=None, metadata={"help": "One weight per matryoshka_layers."})
     depth_alignment_weight: float = field(default=1.0, metadata={"help": "Alignment to the final layer's embedding."})
-    depth_alignment: str = field(default="cosine", metadata={"help": "matryoshka_depth: cosine or similarity_kl."})
+    depth_alignment: str = field(default="similarity_kl", metadata={"help": "matryoshka_depth: similarity_kl or cosine."})
     head_learning_rate: float | None = field(
         default=None,
         metadata={"help": f"Learning rate of the parameters outside the encoder (heads, projection). Default: "

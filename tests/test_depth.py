@@ -143,7 +143,7 @@ def test_similarity_kl_alignment_ranks_the_batch_like_the_detached_final_layer()
 def test_depth_loss_is_the_weighted_sum_of_its_terms():
     base = MatryoshkaLoss(InfoNCELoss(), [8, 4])
     depth = MatryoshkaDepthLoss(base, [2, 4, 3], layer_weights=[0.5, 2.0, 0.0], alignment_weight=0.3,
-                                n_layers_per_step=1)
+                                n_layers_per_step=1, alignment="cosine")
     assert depth.matryoshka_layers == [4, 3, 2] and depth.layer_weights == [2.0, 0.0, 0.5]
     torch.manual_seed(1)
     final, earlier = [torch.randn(4, 8) for _ in range(2)], [torch.randn(4, 8) for _ in range(2)]

@@ -6,13 +6,18 @@ From all-MiniLM-L6-v2 (6 layers, `--model`), on the shared data folder (`--data`
 - throughput: `model.encode(texts, layers=k)` for every k, STS-B test sentences, rounds interleaved (k = 6..1 in
   each round, so every count sees the same machine load), median seconds per round, ratio to the full model.
 - quality: SNLI (dev+test) triplets, the same batches in the same order for every run: `mrl` (MatryoshkaLoss,
-  InfoNCE), `depth` (the same + `matryoshka_depth`: an earlier depth sampled per step, detached alignment to the
-  final layer), `st2d` (sentence-transformers' Matryoshka2dLoss over MultipleNegativesRankingLoss, every size per
-  step like ours, its other options at their defaults). STS-B test Spearman at every (layers, dims) cell; the
+  InfoNCE), `depth` (the same + `matryoshka_depth` at the library's defaults unless --n-layers-per-step, --alignment,
+  --alignment-weight, --layer-weights, --depths say otherwise: every earlier depth each step, averaged, with a
+  similarity-distribution KL to the detached final layer), `st2d` (sentence-transformers' Matryoshka2dLoss over
+  MultipleNegativesRankingLoss, every size per step like ours, its other options at their defaults). STS-B Spearman
+  at every (layers, dims) cell on --split test (report) or dev (choose settings: results/depth_validation.md); the
   peer is scored through `MatryoshkaModel.from_sentence_transformer` + `encode(layers=k)` (the same truncation).
+  --seeds N repeats every method with seeds 0..N-1 (batch order and sampled depths), mean ± half the spread.
 
-    OMP_NUM_THREADS=1 python benchmarks/depth.py --limit-train 512 --lr 5e-5 --limit-eval 300 --throughput-texts 256 \
-        --rounds 3                                                   # CPU, subsampled (the committed figures)
+    OMP_NUM_THREADS=1 python benchmarks/depth.py --limit-train 512 --batch-size 32 --lr 5e-5 --limit-eval 300 \
+        --throughput-texts 256 --rounds 3          # throughput (results/depth.md; its quality rows are history)
+    OMP_NUM_THREADS=1 python benchmarks/depth.py --limit-train 1536 --batch-size 32 --lr 5e-5 --limit-eval 300 \
+        --skip-throughput --seeds 2 --name depth_quality          # quality, 48 steps x 2 seeds (CPU, subsampled)
 """
 
 import argparse

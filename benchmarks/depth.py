@@ -267,7 +267,8 @@ def write_report(args, report):
     if "quality" in report:
         q = report["quality"]
         weights = ",".join(f"{w:g}" for w in args.layer_weights) if args.layer_weights else "1 each"
-        per_step = "every earlier depth" if args.n_layers_per_step == -1 else f"{args.n_layers_per_step} sampled depth(s)"
+        per_step = ("every earlier depth" if args.n_layers_per_step == -1
+                    else f"{args.n_layers_per_step} sampled depth(s)")
         setup += (f"Quality: {q['triplets']} SNLI (dev+test) triplets, {q['steps']} steps of batch {args.batch_size} "
                   f"(the same batches for every method; seeds 0..{q['seeds'] - 1} draw the batch order and the sampled "
                   f"depths; tables show the mean ± half the spread), lr {args.lr}, {args.max_seq_length} training "

@@ -155,6 +155,13 @@ class MatryoshkaDepthLoss(nn.Module):
     needs_labels = property(lambda self: getattr(self.loss, "needs_labels", None))
     teacher_tokenizer = property(lambda self: getattr(self.loss, "teacher_tokenizer", None))
 
+    # The trainer's per-step switches of a wrapped MatryoshkaLoss (full size only for the first steps, warm-up of the
+    # smaller sizes) reach it through the wrapper, at every depth; absent when the wrapped loss has none.
+    full_size_only = property(lambda self: self.loss.full_size_only,
+                              lambda self, value: setattr(self.loss, "full_size_only", value))
+    smaller_sizes_scale = property(lambda self: self.loss.smaller_sizes_scale,
+                                   lambda self, value: setattr(self.loss, "smaller_sizes_scale", value))
+
     @property
     def citation(self):
         base = getattr(self.loss, "citation", None)

@@ -140,6 +140,19 @@ def test_similarity_kl_alignment_ranks_the_batch_like_the_detached_final_layer()
             MatryoshkaDepthLoss(base, [4, 2], **bad)
 
 
+def test_trainer_switches_of_the_wrapped_loss_pass_through_the_depth_loss():
+    base = MatryoshkaLoss(InfoNCELoss(), [8, 4])
+    depth = MatryoshkaDepthLoss(base, [4, 2], alignment_weight=0.0)
+    assert hasattr(depth, "full_size_only") and not hasattr(MatryoshkaDepthLoss(InfoNCELoss(), [4, 2]), "full_size_only")
+    torch.manual_seed(2)
+    final, earlier = [torch.randn(4, 8) for _ in range(2)], [torch.randn(4, 8) for _ in range(2)]
+    depth.full_size_only = True  # what the trainer sets during full_size_only_fraction: full size only, every depth
+    assert base.full_size_only
+    depth.layers_for_step()
+    full_only = MatryoshkaLoss(InfoNCELoss(), [8])
+    torch.testing.assert_close(depth(final + earlier), full_only(final) + full_only(earlier))
+
+
 def test_depth_loss_is_the_weighted_sum_of_its_terms():
     base = MatryoshkaLoss(InfoNCELoss(), [8, 4])
     depth = MatryoshkaDepthLoss(base, [2, 4, 3], layer_weights=[0.5, 2.0, 0.0], alignment_weight=0.3,

@@ -143,7 +143,8 @@ def test_similarity_kl_alignment_ranks_the_batch_like_the_detached_final_layer()
 def test_trainer_switches_of_the_wrapped_loss_pass_through_the_depth_loss():
     base = MatryoshkaLoss(InfoNCELoss(), [8, 4])
     depth = MatryoshkaDepthLoss(base, [4, 2], alignment_weight=0.0)
-    assert hasattr(depth, "full_size_only") and not hasattr(MatryoshkaDepthLoss(InfoNCELoss(), [4, 2]), "full_size_only")
+    assert hasattr(depth, "full_size_only")
+    assert not hasattr(MatryoshkaDepthLoss(InfoNCELoss(), [4, 2]), "full_size_only")
     torch.manual_seed(2)
     final, earlier = [torch.randn(4, 8) for _ in range(2)], [torch.randn(4, 8) for _ in range(2)]
     depth.full_size_only = True  # what the trainer sets during full_size_only_fraction: full size only, every depth

@@ -1,16 +1,17 @@
-"""2D Matryoshka training: the Matryoshka loss at full depth and at an earlier layer sampled per step.
+"""2D Matryoshka training: the Matryoshka loss at full depth and at earlier depths, from the same encoder pass.
 
 `MatryoshkaDepthLoss` wraps any loss with the project's call (`loss(embeddings: list[Tensor], labels)`, usually a
-`MatryoshkaLoss`, so every size is trained at every depth) and adds, each step, the same loss on the embedding pooled
-after an earlier layer, plus an alignment of that embedding to the final layer's. The final layer's embedding is the
-alignment's *target*: it is detached, so the alignment moves only the earlier layers' output towards the final one
-and never drags the final embedding towards a shallower one (sentence-transformers' `AdaptiveLayerLoss` /
-`Matryoshka2dLoss` did not detach it: their issues #3757 and #3880).
+`MatryoshkaLoss`, so every size is trained at every depth) and adds, each step, the same loss on the embeddings
+pooled after the earlier layers (every one by default, or a sample), plus an alignment of each to the final layer's.
+The final layer's embedding is the alignment's *target*: it is detached, so the alignment moves only the earlier
+layers' output towards the final one and never drags the final embedding towards a shallower one
+(sentence-transformers' `AdaptiveLayerLoss` / `Matryoshka2dLoss` did not detach it before their issues #3757 and
+#3880 were fixed).
 
 The encoder still runs once per step: the trainer asks the loss which depths it trains this step (`layers_for_step`),
 asks the model for those depths' embeddings from the same pass (`output_layer_embeddings=`, pooled from its hidden
 states), and calls the loss with one flat list: the final layer's tensor of every text column, then every column's
-tensor at each sampled depth, in the order `layers_for_step` returned.
+tensor at each of this step's depths, in the order `layers_for_step` returned.
 """
 
 import random
@@ -55,7 +56,7 @@ ALIGNMENTS = ("cosine", "similarity_kl")
 
 
 class MatryoshkaDepthLoss(nn.Module):
-    """Apply a loss at full depth and at earlier depths sampled per step, with an alignment to the final layer.
+    """Apply a loss at full depth and at earlier depths (all, or a sample per step), aligned to the final layer.
 
     Loss of a step = `w_full * loss(final)` + the mean over the sampled earlier depths `k` of
     `w_k * (loss(layer_k) + alignment_weight * align(layer_k, final.detach()))` (a mean, so `n_layers_per_step`

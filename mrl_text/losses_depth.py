@@ -1,16 +1,17 @@
-"""2D Matryoshka training: the Matryoshka loss at full depth and at an earlier layer sampled per step.
+"""2D Matryoshka training: the Matryoshka loss at full depth and at earlier depths, from the same encoder pass.
 
 `MatryoshkaDepthLoss` wraps any loss with the project's call (`loss(embeddings: list[Tensor], labels)`, usually a
-`MatryoshkaLoss`, so every size is trained at every depth) and adds, each step, the same loss on the embedding pooled
-after an earlier layer, plus an alignment of that embedding to the final layer's. The final layer's embedding is the
-alignment's *target*: it is detached, so the alignment moves only the earlier layers' output towards the final one
-and never drags the final embedding towards a shallower one (sentence-transformers' `AdaptiveLayerLoss` /
-`Matryoshka2dLoss` did not detach it: their issues #3757 and #3880).
+`MatryoshkaLoss`, so every size is trained at every depth) and adds, each step, the same loss on the embeddings
+pooled after the earlier layers (every one by default, or a sample), plus an alignment of each to the final layer's.
+The final layer's embedding is the alignment's *target*: it is detached, so the alignment moves only the earlier
+layers' output towards the final one and never drags the final embedding towards a shallower one
+(sentence-transformers' `AdaptiveLayerLoss` / `Matryoshka2dLoss` did not detach it before their issues #3757 and
+#3880 were fixed).
 
 The encoder still runs once per step: the trainer asks the loss which depths it trains this step (`layers_for_step`),
 asks the model for those depths' embeddings from the same pass (`output_layer_embeddings=`, pooled from its hidden
 states), and calls the loss with one flat list: the final layer's tensor of every text column, then every column's
-tensor at each sampled depth, in the order `layers_for_step` returned.
+tensor at each of this step's depths, in the order `layers_for_step` returned.
 """
 
 import random
@@ -32,11 +33,36 @@ def alignment_loss(embeddings, targets):
     return (1 - nn.functional.cosine_similarity(embeddings, targets, dim=-1)).mean()
 
 
-class MatryoshkaDepthLoss(nn.Module):
-    """Apply a loss at full depth and at earlier depths sampled per step, with an alignment to the final layer.
+def similarity_kl_loss(embeddings, targets, temperature=0.05):
+    """KL divergence from the (detached) targets' in-batch similarity distribution to the embeddings' one.
 
-    Loss of a step = `w_full * loss(final)` + for each sampled earlier depth `k`:
-    `w_k * (loss(layer_k) + alignment_weight * mean(1 - cos(layer_k, final.detach())))`.
+    Each row's cosine similarities to the other rows (itself left out), divided by `temperature`, give a softmax
+    over the batch; the loss is the mean over rows of KL(target row || embedding row). Unlike `alignment_loss` it
+    asks an earlier layer to rank the batch as the final layer does, not to reproduce its coordinates."""
+    n = embeddings.shape[0]
+    if n < 3:
+        return embeddings.sum() * 0.0  # one other row: the distribution is a constant
+    off_diagonal = ~torch.eye(n, dtype=torch.bool, device=embeddings.device)
+
+    def log_distribution(x):
+        x = nn.functional.normalize(x, dim=-1)
+        return nn.functional.log_softmax((x @ x.T)[off_diagonal].view(n, n - 1) / temperature, dim=-1)
+
+    return nn.functional.kl_div(log_distribution(embeddings), log_distribution(targets.detach()), log_target=True,
+                                reduction="batchmean")
+
+
+ALIGNMENTS = ("cosine", "similarity_kl")
+
+
+class MatryoshkaDepthLoss(nn.Module):
+    """Apply a loss at full depth and at earlier depths (all, or a sample per step), aligned to the final layer.
+
+    Loss of a step = `w_full * loss(final)` + the mean over the sampled earlier depths `k` of
+    `w_k * (loss(layer_k) + alignment_weight * align(layer_k, final.detach()))` (a mean, so `n_layers_per_step`
+    trades variance for compute without changing how much the earlier depths weigh), where `align` is the mean cosine
+    distance `1 - cos` per text (`alignment="cosine"`) or, with `alignment="similarity_kl"`, the KL divergence
+    between the in-batch similarity distributions (all text columns together, `alignment_temperature`).
 
     Reference: Li et al., "2D Matryoshka Sentence Embeddings" (2024).
 
@@ -47,23 +73,31 @@ class MatryoshkaDepthLoss(nn.Module):
             final layer). Take them from the model's config: `MatryoshkaDepthLoss.from_config`.
         layer_weights (`list[float]`, *optional*): one weight per depth, in the order of `matryoshka_layers` (the
             full depth's weights the final layer's loss); default 1.0 each.
-        n_layers_per_step (`int`): earlier depths sampled (uniformly, without replacement) per step.
+        n_layers_per_step (`int`): earlier depths sampled (uniformly, without replacement) per step; `-1` (the
+            default): every earlier depth each step. They come from the same encoder pass, so this costs only their
+            losses, and it lowers the variance: on STS-B dev it beat one sampled depth per step at every shallow
+            cell (benchmarks/results/depth_validation.md).
         alignment_weight (`float`): weight of the alignment of each sampled depth to the final layer (0 turns it
             off).
+        alignment (`str`): `"similarity_kl"` (the default: the batch's similarity distribution towards the final
+            layer's; on STS-B dev it beat `"cosine"` at every shallow cell) or `"cosine"` (each text's embedding
+            towards its final one).
+        alignment_temperature (`float`): temperature of the similarity distributions (`"similarity_kl"`).
 
     Example:
 
     ```python
     >>> config = model.config  # MatryoshkaConfig(..., matryoshka_layers=[6, 4, 3, 2])
     >>> loss_fn = MatryoshkaDepthLoss.from_config(config, MatryoshkaLoss.from_config(config, InfoNCELoss()))
-    >>> layers = loss_fn.layers_for_step()  # e.g. [3]
+    >>> layers = loss_fn.layers_for_step()  # [4, 3, 2]: every earlier depth (n_layers_per_step=-1)
     >>> outs = [model(**inputs, output_layer_embeddings=layers) for inputs in (anchor_inputs, positive_inputs)]
     >>> embeddings = [o.full_embeddings for o in outs] + [o.layer_embeddings[k] for k in layers for o in outs]
     >>> loss = loss_fn(embeddings)
     ```
     """
 
-    def __init__(self, loss, matryoshka_layers, layer_weights=None, n_layers_per_step=1, alignment_weight=1.0):
+    def __init__(self, loss, matryoshka_layers, layer_weights=None, n_layers_per_step=-1, alignment_weight=1.0,
+                 alignment="similarity_kl", alignment_temperature=0.05):
         super().__init__()
         layers = [int(k) for k in matryoshka_layers or ()]
         if len(layers) < 2:
@@ -82,13 +116,21 @@ class MatryoshkaDepthLoss(nn.Module):
         self.layer_weights = [weights[i] for i in order]
         earlier = len(layers) - 1
         if isinstance(n_layers_per_step, bool) or not isinstance(n_layers_per_step, int) or not (
-            1 <= n_layers_per_step <= earlier
+            1 <= n_layers_per_step <= earlier or n_layers_per_step == -1
         ):
-            raise ValueError(f"n_layers_per_step={n_layers_per_step!r} must be an integer in 1..{earlier}.")
+            raise ValueError(f"n_layers_per_step={n_layers_per_step!r} must be an integer in 1..{earlier}, or -1 for "
+                             "every earlier depth each step.")
         if not (alignment_weight >= 0 and alignment_weight < float("inf")):
             raise ValueError(f"alignment_weight={alignment_weight!r} must be a finite number >= 0.")
+        if alignment not in ALIGNMENTS:
+            raise ValueError(f"alignment={alignment!r}: choose one of {', '.join(ALIGNMENTS)}.")
+        if not (alignment_temperature > 0 and alignment_temperature < float("inf")):
+            raise ValueError(f"alignment_temperature={alignment_temperature!r} must be a finite number > 0 (0.05 is "
+                             "usual).")
         self.n_layers_per_step = n_layers_per_step
         self.alignment_weight = float(alignment_weight)
+        self.alignment = alignment
+        self.alignment_temperature = float(alignment_temperature)
         self.step_layers = []
 
     @classmethod
@@ -105,13 +147,21 @@ class MatryoshkaDepthLoss(nn.Module):
                 "an embedding loss (infonce, cosent, distill_mse) or matryoshka_depth=False."
             )
         return cls.from_config(config, loss, layer_weights=args.layer_weights, n_layers_per_step=args.n_layers_per_step,
-                               alignment_weight=args.depth_alignment_weight)
+                               alignment_weight=args.depth_alignment_weight,
+                               alignment=getattr(args, "depth_alignment", "similarity_kl"))
 
     # The dataset layout and the batch-computed targets are the wrapped loss's.
     min_text_columns = property(lambda self: getattr(self.loss, "min_text_columns", 1))
     max_text_columns = property(lambda self: getattr(self.loss, "max_text_columns", None))
     needs_labels = property(lambda self: getattr(self.loss, "needs_labels", None))
     teacher_tokenizer = property(lambda self: getattr(self.loss, "teacher_tokenizer", None))
+
+    # The trainer's per-step switches of a wrapped MatryoshkaLoss (full size only for the first steps, warm-up of the
+    # smaller sizes) reach it through the wrapper, at every depth; absent when the wrapped loss has none.
+    full_size_only = property(lambda self: self.loss.full_size_only,
+                              lambda self, value: setattr(self.loss, "full_size_only", value))
+    smaller_sizes_scale = property(lambda self: self.loss.smaller_sizes_scale,
+                                   lambda self, value: setattr(self.loss, "smaller_sizes_scale", value))
 
     @property
     def citation(self):
@@ -124,7 +174,9 @@ class MatryoshkaDepthLoss(nn.Module):
 
     def layers_for_step(self):
         """Sample this step's earlier depths (deepest first) and remember them for the next call of the loss."""
-        self.step_layers = sorted(random.sample(self.matryoshka_layers[1:], self.n_layers_per_step), reverse=True)
+        earlier = self.matryoshka_layers[1:]
+        count = len(earlier) if self.n_layers_per_step == -1 else self.n_layers_per_step
+        self.step_layers = sorted(random.sample(earlier, count), reverse=True)
         return list(self.step_layers)
 
     def forward(self, embeddings, labels=None):
@@ -147,11 +199,16 @@ class MatryoshkaDepthLoss(nn.Module):
             earlier = embeddings[group * columns : (group + 1) * columns]
             term = self.loss(earlier, labels)
             if self.alignment_weight:
-                aligned = sum(alignment_loss(e, f) for e, f in zip(earlier, final)) / columns
-                term = term + self.alignment_weight * aligned
-            total = total + weight_of[depth] * term
+                term = term + self.alignment_weight * self.align(earlier, final)
+            total = total + weight_of[depth] * term / len(self.step_layers)
         self.step_layers = []  # one loss call per sampled step; a call without sampling trains full depth only
         return total
+
+    def align(self, earlier, final):
+        """The alignment of one depth's tensors (one per text column) to the final layer's (detached)."""
+        if self.alignment == "similarity_kl":
+            return similarity_kl_loss(torch.cat(earlier), torch.cat(final), self.alignment_temperature)
+        return sum(alignment_loss(e, f) for e, f in zip(earlier, final)) / len(final)
 
     def get_config_dict(self):
         """What trained the model, for its card: the wrapped loss's config and the depth options."""
@@ -163,7 +220,9 @@ class MatryoshkaDepthLoss(nn.Module):
             "layer_weights": list(self.layer_weights),
             "n_layers_per_step": self.n_layers_per_step,
             "alignment_weight": self.alignment_weight,
+            "alignment": self.alignment,
+            **({"alignment_temperature": self.alignment_temperature} if self.alignment == "similarity_kl" else {}),
         }
 
 
-__all__ = ["MatryoshkaDepthLoss", "alignment_loss"]
+__all__ = ["ALIGNMENTS", "MatryoshkaDepthLoss", "alignment_loss", "similarity_kl_loss"]

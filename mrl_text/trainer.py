@@ -71,7 +71,8 @@ class MatryoshkaTrainingArguments(TrainingArguments):
         gather_across_devices (`bool`, defaults to `True`): under DDP, in-batch negatives span the global batch.
         max_seq_length (`int`, defaults to 128): the collator truncates texts to this many tokens.
         matryoshka_depth (`bool`): 2D Matryoshka, [`MatryoshkaDepthLoss`] over the model's `config.matryoshka_layers`
-            (`n_layers_per_step`, `layer_weights`, `depth_alignment_weight`), from the same encoder pass.
+            (`n_layers_per_step`, `layer_weights`, `depth_alignment_weight`, `depth_alignment`), from the same encoder
+            pass.
     """
 
     loss: str = field(
@@ -96,9 +97,10 @@ class MatryoshkaTrainingArguments(TrainingArguments):
     )
     max_seq_length: int = field(default=128, metadata={"help": "Longest tokenized input (tokens)."})
     matryoshka_depth: bool = field(default=False, metadata={"help": "2D Matryoshka: train earlier depths too."})
-    n_layers_per_step: int = field(default=1, metadata={"help": "matryoshka_depth: earlier depths per step."})
+    n_layers_per_step: int = field(default=-1, metadata={"help": "matryoshka_depth: earlier depths per step (-1: all)."})
     layer_weights: list[float] | None = field(default=None, metadata={"help": "One weight per matryoshka_layers."})
     depth_alignment_weight: float = field(default=1.0, metadata={"help": "Alignment to the final layer's embedding."})
+    depth_alignment: str = field(default="similarity_kl", metadata={"help": "matryoshka_depth: similarity_kl or cosine."})
     head_learning_rate: float | None = field(
         default=None,
         metadata={"help": f"Learning rate of the parameters outside the encoder (heads, projection). Default: "

@@ -15,7 +15,7 @@ from transformers import AutoConfig
 
 from mrl_text import MatryoshkaConfig, MatryoshkaModel
 from mrl_text.losses import InfoNCELoss, MatryoshkaLoss
-from mrl_text.losses_depth import MatryoshkaDepthLoss, alignment_loss
+from mrl_text.losses_depth import MatryoshkaDepthLoss, alignment_loss, similarity_kl_loss
 from mrl_text.modeling_matryoshka_utils import pool, truncate_embeddings
 from mrl_text.trainer import MatryoshkaTrainer, MatryoshkaTrainingArguments
 
@@ -112,9 +112,52 @@ def test_alignment_target_is_detached():
     assert all(t.grad.abs().sum() > 0 for t in tensors[2:])
 
 
+def test_similarity_kl_alignment_ranks_the_batch_like_the_detached_final_layer():
+    torch.manual_seed(0)
+    final = torch.randn(6, 8, requires_grad=True)
+    # Zero when the earlier layer ranks the batch as the final one does, whatever its scale; positive otherwise.
+    assert similarity_kl_loss(3.0 * final.detach(), final).item() < 1e-6
+    earlier = torch.randn(6, 8, requires_grad=True)
+    value = similarity_kl_loss(earlier, final, temperature=0.1)
+    assert value.item() > 0.01
+    value.backward()
+    assert earlier.grad.abs().sum() > 0 and final.grad is None  # the final layer is the target
+    assert similarity_kl_loss(torch.randn(2, 8), torch.randn(2, 8)).item() == 0.0  # one neighbour: nothing to rank
+
+    # In the wrapper: every column's texts form one batch, and the final embeddings get the final loss's gradient only.
+    base = MatryoshkaLoss(InfoNCELoss(), [8, 4])
+    depth = MatryoshkaDepthLoss(base, [4, 2], alignment_weight=2.0, alignment="similarity_kl",
+                                alignment_temperature=0.1)
+    tensors = [torch.randn(4, 8, requires_grad=True) for _ in range(4)]  # final a, p; layer-2 a, p
+    depth.step_layers = [2]
+    expected = base(tensors[:2]) + base(tensors[2:]) + 2.0 * similarity_kl_loss(
+        torch.cat(tensors[2:]), torch.cat(tensors[:2]), temperature=0.1)
+    torch.testing.assert_close(depth.forward(tensors), expected)
+    assert depth.get_config_dict()["alignment"] == "similarity_kl"
+    for bad, message in (({"alignment": "kl"}, "alignment='kl': choose one of cosine, similarity_kl"),
+                         ({"alignment_temperature": 0.0}, "alignment_temperature=0.0 must be a finite number > 0")):
+        with pytest.raises(ValueError, match=message):
+            MatryoshkaDepthLoss(base, [4, 2], **bad)
+
+
+def test_trainer_switches_of_the_wrapped_loss_pass_through_the_depth_loss():
+    base = MatryoshkaLoss(InfoNCELoss(), [8, 4])
+    depth = MatryoshkaDepthLoss(base, [4, 2], alignment_weight=0.0)
+    assert hasattr(depth, "full_size_only")
+    assert not hasattr(MatryoshkaDepthLoss(InfoNCELoss(), [4, 2]), "full_size_only")
+    torch.manual_seed(2)
+    final, earlier = [torch.randn(4, 8) for _ in range(2)], [torch.randn(4, 8) for _ in range(2)]
+    depth.full_size_only = True  # what the trainer sets during full_size_only_fraction: full size only, every depth
+    assert base.full_size_only
+    depth.layers_for_step()
+    full_only = MatryoshkaLoss(InfoNCELoss(), [8])
+    torch.testing.assert_close(depth(final + earlier), full_only(final) + full_only(earlier))
+
+
 def test_depth_loss_is_the_weighted_sum_of_its_terms():
     base = MatryoshkaLoss(InfoNCELoss(), [8, 4])
-    depth = MatryoshkaDepthLoss(base, [2, 4, 3], layer_weights=[0.5, 2.0, 0.0], alignment_weight=0.3)
+    depth = MatryoshkaDepthLoss(base, [2, 4, 3], layer_weights=[0.5, 2.0, 0.0], alignment_weight=0.3,
+                                n_layers_per_step=1, alignment="cosine")
     assert depth.matryoshka_layers == [4, 3, 2] and depth.layer_weights == [2.0, 0.0, 0.5]
     torch.manual_seed(1)
     final, earlier = [torch.randn(4, 8) for _ in range(2)], [torch.randn(4, 8) for _ in range(2)]
@@ -125,16 +168,26 @@ def test_depth_loss_is_the_weighted_sum_of_its_terms():
     torch.testing.assert_close(depth(final), 2.0 * base(final))  # nothing sampled: the final layer alone
     assert {depth.layers_for_step()[0] for _ in range(40)} == {3, 2}  # never the full depth
 
+    # Several depths per step: their terms are averaged (n_layers_per_step changes the variance, not the weight);
+    # -1 trains every earlier depth each step.
+    every = MatryoshkaDepthLoss(base, [4, 3, 2], layer_weights=[1.0, 2.0, 0.5], n_layers_per_step=-1,
+                                alignment_weight=0.0)
+    assert every.layers_for_step() == [3, 2]
+    middle = [torch.randn(4, 8) for _ in range(2)]
+    torch.testing.assert_close(every(final + middle + earlier),
+                               base(final) + (2.0 * base(middle) + 0.5 * base(earlier)) / 2)
+
 
 def test_depth_trains_in_the_trainer_with_one_encoder_pass_and_every_parameter_used(tiny_tokenizer, tmp_path):
     model = deep_model(tiny_tokenizer, layers=(4, 3, 1))
     args = MatryoshkaTrainingArguments(
         output_dir=str(tmp_path / "run"), max_steps=3, per_device_train_batch_size=4, learning_rate=1e-3,
         report_to="none", save_strategy="no", use_cpu=True, disable_tqdm=True, seed=0, matryoshka_depth=True,
-        layer_weights=[1.0, 1.0, 0.5],
+        layer_weights=[1.0, 1.0, 0.5], depth_alignment="similarity_kl",
     )
     trainer = MatryoshkaTrainer(model=model, args=args, train_dataset=Dataset.from_dict(PAIRS))
     assert isinstance(trainer.loss_fn, MatryoshkaDepthLoss) and trainer.loss_fn.layer_weights == [1.0, 1.0, 0.5]
+    assert trainer.loss_fn.alignment == "similarity_kl"
     assert trainer.loss_fn.get_config_dict()["matryoshka_layers"] == [4, 3, 1]
     before = model.encode(PAIRS["anchor"], layers=1)
     calls = []
@@ -185,8 +238,9 @@ def test_bad_layers_give_clear_errors(tiny_tokenizer, make_model):
         full_only.encode(["hello"], layers=1)
     with pytest.raises(ValueError, match="at least one depth below the full one"):
         MatryoshkaDepthLoss.from_config(full_only.config, MatryoshkaLoss(InfoNCELoss(), [32]))
-    with pytest.raises(ValueError, match="n_layers_per_step=2 must be an integer in 1..1"):
-        MatryoshkaDepthLoss(InfoNCELoss(), [4, 2], n_layers_per_step=2)
+    for bad in (2, 0, -2, True):
+        with pytest.raises(ValueError, match=rf"n_layers_per_step={bad} must be an integer in 1..1, or -1 for every"):
+            MatryoshkaDepthLoss(InfoNCELoss(), [4, 2], n_layers_per_step=bad)
     with pytest.raises(ValueError, match="layer_weights"):
         MatryoshkaDepthLoss(InfoNCELoss(), [4, 2], layer_weights=[1.0])
     with pytest.raises(ValueError, match="got 3 tensors for 2 depths"):

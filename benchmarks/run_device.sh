@@ -4,14 +4,14 @@
 #   MODEL_DIR=<all-MiniLM-L6-v2 folder> DATA_DIR=<shared data folder> OUT=<results folder> bash benchmarks/run_device.sh
 #
 # Runs from the repository root with PYTHONPATH=. (no install). Regimes in order of value: classification (3
-# datasets x 9 models x 3 seeds = 81 trainings), retrieval (5 methods x 3 seeds), adaptive (3 trainings), finished
+# datasets x 9 models x 3 seeds = 81 trainings), retrieval (6 methods x 3 seeds), adaptive (3 trainings), finished
 # (3 methods x 3 seeds); a regime is skipped, and says so, when its estimate no longer fits BUDGET_S. Each regime
 # runs its trainings in parallel processes on the one GPU (MiniLM is tiny: one process leaves most of it idle) and
 # fits its logistic-regression probes on the CPU inside the same processes.
 #
 # Estimates (GPU, from MiniLM-L6's step cost: ~25 ms per step of 32 x 64 tokens incl. Trainer overhead, ~4-5x
 # throughput from 8 concurrent processes; probes ~4 s each on 2 cores): classification ~24k steps + 306 probes
-# ~5.5 min; retrieval 15 x 84 steps + 15 SciFact encodings ~1 min; adaptive ~0.7 min; finished 9 x 304 steps + 9
+# ~5.5 min; retrieval 18 x 84 steps + 18 SciFact encodings ~1.2 min; adaptive ~0.7 min; finished 9 x 304 steps + 9
 # evaluations ~1.2 min. Per-phase wall times are printed as they finish.
 set -uo pipefail
 

@@ -157,6 +157,34 @@ def in_order_trainer():
     return InOrderTrainer
 
 
+def peer_model(args, seed):
+    """The starting encoder as a sentence-transformers model (the peer's side of a comparison), seeded as our runs."""
+    from sentence_transformers import SentenceTransformer
+
+    torch.manual_seed(seed)
+    model = SentenceTransformer(args.model, device=args.device)
+    model.max_seq_length = args.max_seq_length
+    return model
+
+
+def peer_trainer(args, model, loss, train_dataset, output_dir, seed, steps, **overrides):
+    """sentence-transformers' trainer with the suite's optimisation settings for one epoch; `overrides` hand it the
+    shared batches (its `batch_sampler` / `multi_dataset_batch_sampler`) and any other argument."""
+    from sentence_transformers import (
+        SentenceTransformerTrainer,
+        SentenceTransformerTrainingArguments,
+    )
+
+    settings = dict(
+        output_dir=str(output_dir), per_device_train_batch_size=args.batch_size, learning_rate=args.lr,
+        warmup_steps=math.ceil(args.warmup_ratio * steps), num_train_epochs=1, seed=seed, save_strategy="no",
+        report_to=[], disable_tqdm=True, use_cpu=args.device == "cpu",
+    )
+    settings.update(overrides)
+    training_args = SentenceTransformerTrainingArguments(**settings)
+    return SentenceTransformerTrainer(model=model, args=training_args, train_dataset=train_dataset, loss=loss)
+
+
 def train(model, rows, args, output_dir, seed, loss, head_lr=None, in_order=False, scale_heads_by_size=False):
     """Train `model` on `rows` (a list of dicts in the loss's layout) with the shared recipe; returns seconds.
 

@@ -28,7 +28,6 @@ import tempfile
 import time
 from pathlib import Path
 
-import numpy as np
 import torch
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))
@@ -122,32 +121,19 @@ def train_mrl_text(args, rows, order, depth, output_dir, seed):
 def train_peer(args, rows, order, output_dir, seed):
     """sentence-transformers' Matryoshka2dLoss(MultipleNegativesRankingLoss) on the same batches in the same order."""
     from datasets import Dataset
-    from sentence_transformers import (
-        SentenceTransformer,
-        SentenceTransformerTrainer,
-        SentenceTransformerTrainingArguments,
-    )
     from sentence_transformers.losses import Matryoshka2dLoss, MultipleNegativesRankingLoss
 
     from mrl_text import MatryoshkaModel
 
-    torch.manual_seed(seed)
-    model = SentenceTransformer(args.model, device=args.device)
-    model.max_seq_length = args.max_seq_length
+    model = common.peer_model(args, seed)
     fixed = [batch for _, batch in order]
 
     def shared_order(*unused, **unused_kw):  # sentence-transformers' batch sampler: the shared batches, in order
         return fixed
 
-    steps = len(order)
-    training_args = SentenceTransformerTrainingArguments(
-        output_dir=str(output_dir), per_device_train_batch_size=args.batch_size, learning_rate=args.lr,
-        warmup_steps=int(np.ceil(args.warmup_ratio * steps)), num_train_epochs=1, seed=seed, save_strategy="no",
-        report_to=[], disable_tqdm=True, use_cpu=args.device == "cpu", batch_sampler=shared_order,
-    )
     loss = Matryoshka2dLoss(model, MultipleNegativesRankingLoss(model), matryoshka_dims=args.sizes, n_dims_per_step=-1)
-    trainer = SentenceTransformerTrainer(model=model, args=training_args, train_dataset=Dataset.from_list(rows), loss=loss)
-    trainer.train()
+    common.peer_trainer(args, model, loss, Dataset.from_list(rows), output_dir, seed, len(order),
+                        batch_sampler=shared_order).train()
     model.save(str(Path(output_dir) / "peer"))
     peer = MatryoshkaModel.from_sentence_transformer(str(Path(output_dir) / "peer"), matryoshka_dimensions=args.sizes)
     return peer.eval()

@@ -359,16 +359,9 @@ def train_embedding_model(args, method, datasets_, order, seed, output_dir):
 def train_sentence_transformers(args, datasets_, order, seed, output_dir):
     """sentence-transformers' MatryoshkaLoss(MultipleNegativesRankingLoss) on the same batches in the same order."""
     from datasets import Dataset, DatasetDict
-    from sentence_transformers import (
-        SentenceTransformer,
-        SentenceTransformerTrainer,
-        SentenceTransformerTrainingArguments,
-    )
     from sentence_transformers.losses import MatryoshkaLoss, MultipleNegativesRankingLoss
 
-    torch.manual_seed(seed)
-    model = SentenceTransformer(args.model, device=args.device)
-    model.max_seq_length = args.max_seq_length
+    model = common.peer_model(args, seed)
     offsets = [sum(len(d) for d in datasets_[:i]) for i in range(len(datasets_))]
     fixed = [[offsets[source] + i for i in batch] for source, batch in order]
 
@@ -385,15 +378,10 @@ def train_sentence_transformers(args, datasets_, order, seed, output_dir):
             return len(fixed)
 
     steps = len(order)
-    training_args = SentenceTransformerTrainingArguments(
-        output_dir=str(output_dir), per_device_train_batch_size=args.batch_size, learning_rate=args.lr,
-        warmup_steps=int(np.ceil(args.warmup_ratio * steps)), num_train_epochs=1, seed=seed, save_strategy="no",
-        report_to=[], logging_steps=max(1, steps // 5), disable_tqdm=True, use_cpu=args.device == "cpu",
-        bf16=args.bf16, multi_dataset_batch_sampler=FixedBatches,
-    )
     loss = MatryoshkaLoss(model, MultipleNegativesRankingLoss(model), matryoshka_dims=args.sizes)
     train = DatasetDict({f"d{i}": Dataset.from_list(d) for i, d in enumerate(datasets_)})
-    SentenceTransformerTrainer(model=model, args=training_args, train_dataset=train, loss=loss).train()
+    common.peer_trainer(args, model, loss, train, output_dir, seed, steps, logging_steps=max(1, steps // 5),
+                        bf16=args.bf16, multi_dataset_batch_sampler=FixedBatches).train()
     model.max_seq_length = args.eval_max_seq_length  # sentence-transformers encodes at the model's own limit
     return model.eval()
 

@@ -178,7 +178,7 @@ def peer_trainer(args, model, loss, train_dataset, output_dir, seed, steps, **ov
     settings = dict(
         output_dir=str(output_dir), per_device_train_batch_size=args.batch_size, learning_rate=args.lr,
         warmup_steps=math.ceil(args.warmup_ratio * steps), num_train_epochs=1, seed=seed, save_strategy="no",
-        report_to=[], disable_tqdm=True, use_cpu=args.device == "cpu",
+        report_to=[], disable_tqdm=True, use_cpu=args.device == "cpu", bf16=args.bf16,  # as our runs train
     )
     settings.update(overrides)
     training_args = SentenceTransformerTrainingArguments(**settings)

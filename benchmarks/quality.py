@@ -381,7 +381,7 @@ def train_sentence_transformers(args, datasets_, order, seed, output_dir):
     loss = MatryoshkaLoss(model, MultipleNegativesRankingLoss(model), matryoshka_dims=args.sizes)
     train = DatasetDict({f"d{i}": Dataset.from_list(d) for i, d in enumerate(datasets_)})
     common.peer_trainer(args, model, loss, train, output_dir, seed, steps, logging_steps=max(1, steps // 5),
-                        bf16=args.bf16, multi_dataset_batch_sampler=FixedBatches).train()
+                        multi_dataset_batch_sampler=FixedBatches).train()
     model.max_seq_length = args.eval_max_seq_length  # sentence-transformers encodes at the model's own limit
     return model.eval()
 

@@ -9,15 +9,20 @@ From all-MiniLM-L6-v2 (6 layers, `--model`), on the shared data folder (`--data`
   InfoNCE), `depth` (the same + `matryoshka_depth` at the library's defaults unless --n-layers-per-step, --alignment,
   --alignment-weight, --layer-weights, --depths say otherwise: every earlier depth each step, averaged, with a
   similarity-distribution KL to the detached final layer), `st2d` (sentence-transformers' Matryoshka2dLoss over
-  MultipleNegativesRankingLoss, every size per step like ours, its other options at their defaults). STS-B Spearman
-  at every (layers, dims) cell on --split test (report) or dev (choose settings: results/depth_validation.md); the
-  peer is scored through `MatryoshkaModel.from_sentence_transformer` + `encode(layers=k)` (the same truncation).
+  MultipleNegativesRankingLoss, every size per step like ours, its other options at their defaults). Every trained
+  model is scored at every (layers, dims, precision) cell by `mrl_text.evaluation.evaluate_grid` (one encoding pass
+  per layer count): on --split test, STS-B Spearman, SciFact nDCG@10 (binary and int8 codes also with float
+  rescoring) and the Banking77 probe, subsampled by --limit-eval as `quality.py finished` does; on --split dev (to
+  choose settings: results/depth_validation.md) STS-B dev only. The peer is scored through
+  `MatryoshkaModel.from_sentence_transformer` + `encode(layers=k)` (the same truncation).
   --seeds N repeats every method with seeds 0..N-1 (batch order and sampled depths), mean ± half the spread.
 
     OMP_NUM_THREADS=1 python benchmarks/depth.py --limit-train 512 --batch-size 32 --lr 5e-5 --limit-eval 300 \
         --throughput-texts 256 --rounds 3          # throughput (results/depth.md; its quality rows are history)
     OMP_NUM_THREADS=1 python benchmarks/depth.py --limit-train 1536 --batch-size 32 --lr 5e-5 --limit-eval 300 \
-        --skip-throughput --seeds 2 --name depth_quality          # quality, 48 steps x 2 seeds (CPU, subsampled)
+        --skip-throughput --seeds 2 --name depth_quality          # STS-B only then (history), 48 steps x 2 seeds
+    OMP_NUM_THREADS=1 python benchmarks/depth.py --limit-train 3072 --batch-size 32 --lr 5e-5 --limit-eval 600 \
+        --skip-throughput --seeds 2 --name depth_grid             # the three tasks' grids, 96 steps x 2 seeds
 """
 
 import argparse
@@ -33,7 +38,7 @@ import torch
 sys.path.insert(0, str(Path(__file__).resolve().parent))
 import _quality_common as common  # noqa: E402
 from _report import header  # noqa: E402
-from quality import batch_order  # noqa: E402  (the shared batch order of the quality suite)
+from quality import batch_order, finished_evaluation  # noqa: E402  (the quality suite's batches and test tasks)
 
 METHODS = ("depth", "st2d", "mrl")
 
@@ -59,9 +64,14 @@ def parse_args(argv=None):
     parser.add_argument("--alignment", default="similarity_kl", help="`depth`: depth_alignment (similarity_kl, cosine)")
     parser.add_argument("--n-layers-per-step", type=int, default=-1, help="`depth`: earlier depths per step (-1: all)")
     parser.add_argument("--layer-weights", default=None, help="`depth`: one weight per --depths (default 1 each)")
+    parser.add_argument("--tasks", default="stsb,scifact,banking77",
+                        help="test tasks scored (--split test): STS-B, SciFact retrieval, Banking77 probe")
+    parser.add_argument("--precisions", default="float32,int8,binary", help="stored precisions scored")
+    parser.add_argument("--rescore", type=int, default=100, help="retrieval: float re-ranking of the top N codes")
     parser.add_argument("--name", default="depth", help="result files <--results>/<name>.json and .md")
     args = common.finish_arguments(parser.parse_args(argv))
     args.layers = [int(k) for k in args.layers.split(",")]
+    args.precisions = args.precisions.split(",")
     args.depths = [int(k) for k in args.depths.split(",")]
     if args.layer_weights is not None:
         args.layer_weights = [float(w) for w in args.layer_weights.split(",")]
@@ -139,19 +149,32 @@ def train_peer(args, rows, order, output_dir, seed):
     return peer.eval()
 
 
-def sts_grid(model, args, sts):
-    """STS-B Spearman (x100) at every (layers, dims) cell: one encoding pass per layer count."""
-    from mrl_text.evaluation import Embedder, STSEvaluator, evaluate
+def evaluators(args):
+    """(evaluators, description): STS-B on --split; on test also SciFact retrieval and the Banking77 probe
+    (--tasks), subsampled by --limit-eval as the quality suite's finished regime subsamples them."""
+    from mrl_text.evaluation import STSEvaluator
 
-    evaluator = STSEvaluator(*zip(*sts), name="stsb")
+    if args.split == "dev":  # choosing settings: STS-B dev only (SciFact and Banking77 have no dev split here)
+        sts = sts_rows(args)
+        return [STSEvaluator(*zip(*sts), name="stsb")], f"STS-B dev ({len(sts)} pairs)"
+    tasks, description, _ = finished_evaluation(args)
+    return tasks, description
+
+
+def model_grid(model, args, evaluators_):
+    """`{task: {precision: {layers: {dim: primary metric x100}}}}` from `evaluate_grid`: every (layers, dims,
+    precision) cell from one encoding pass per layer count. int8 ranges: the model's calibrated ones when saved,
+    else each task's own vectors (none of the trained models here is calibrated)."""
+    from mrl_text.evaluation import evaluate_grid
+
+    depth = model.config.encoder.num_hidden_layers
+    results = evaluate_grid(model, evaluators_, dims=args.sizes, precisions=args.precisions, layers=args.layers,
+                            rescore=args.rescore, batch_size=64, max_length=args.eval_max_seq_length)
     grid = {}
-    for k in args.layers:
-        def encode(texts, k=k):
-            return model.encode(texts, layers=k, batch_size=64, max_length=args.eval_max_seq_length)
-
-        embedder = Embedder(encode, model.config.embedding_size, args.sizes, model.config.normalize, f"layers={k}")
-        results = evaluate(embedder, [evaluator])
-        grid[k] = {r["dim"]: 100 * r["value"] for r in results.rows if r["metric"] == evaluator.primary_metric}
+    for e in evaluators_:
+        for c in results.cells(e.name):
+            k = depth if c["layers"] is None else c["layers"]
+            grid.setdefault(e.name, {}).setdefault(c["precision"], {}).setdefault(k, {})[c["dim"]] = 100 * c["value"]
     return grid
 
 
@@ -160,11 +183,11 @@ def quality(args, report):
     sampled depths); the report files are rewritten after each run (a stopped run keeps its rows)."""
     from mrl_text import MatryoshkaModel
 
-    rows, sts = training_triplets(args), sts_rows(args)
+    rows, (tasks, description) = training_triplets(args), evaluators(args)
     orders = [batch_order([len(rows)], args.batch_size, seed, args.epochs) for seed in range(args.seeds)]
     runs = {} if args.skip_base else {
-        "base": summarize([0.0], [sts_grid(MatryoshkaModel.from_encoder(args.model).eval(), args, sts)])}
-    report["quality"] = {"triplets": len(rows), "steps": len(orders[0]), "sts_pairs": len(sts), "seeds": args.seeds,
+        "base": summarize([0.0], [model_grid(MatryoshkaModel.from_encoder(args.model).eval(), args, tasks)])}
+    report["quality"] = {"triplets": len(rows), "steps": len(orders[0]), "seeds": args.seeds, "tasks": description,
                          "runs": runs}
     trained = {method: ([], []) for method in args.methods.split(",")}  # seconds, grids
     for seed, order in enumerate(orders):  # seeds outermost: a stopped run still compares every method
@@ -176,19 +199,23 @@ def quality(args, report):
                 else:
                     model = train_mrl_text(args, rows, order, method == "depth", scratch, seed)
                 seconds.append(time.perf_counter() - start)
-            grids.append(sts_grid(model, args, sts))
+            grids.append(model_grid(model, args, tasks))
             runs[method] = summarize(seconds, grids)
             write_report(args, report)
 
 
+def cells_of(grid):
+    """(task, precision, layers, dim) of every cell of a `model_grid`."""
+    return [(t, p, k, d) for t in grid for p in grid[t] for k in grid[t][p] for d in grid[t][p][k]]
+
+
 def summarize(seconds, grids):
     """Per-seed grids, their mean and spread (max - min) per cell."""
-    cells = [(k, d) for k in grids[0] for d in grids[0][k]]
-    mean = {k: {} for k in grids[0]}
-    spread = {k: {} for k in grids[0]}
-    for k, d in cells:
-        values = [g[k][d] for g in grids]
-        mean[k][d], spread[k][d] = statistics.fmean(values), max(values) - min(values)
+    mean, spread = {}, {}
+    for t, p, k, d in cells_of(grids[0]):
+        values = [g[t][p][k][d] for g in grids]
+        mean.setdefault(t, {}).setdefault(p, {}).setdefault(k, {})[d] = statistics.fmean(values)
+        spread.setdefault(t, {}).setdefault(p, {}).setdefault(k, {})[d] = max(values) - min(values)
     return {"train_s": [round(s, 1) for s in seconds], "seeds": len(grids), "grid": mean, "spread": spread,
             "grids": grids}
 
@@ -202,11 +229,31 @@ def grid_table(grid, sizes, layers, spread=None, signed=False):
     return lines + [f"| {k} | " + " | ".join(cell(k, d) for d in sizes) + " |" for k in layers]
 
 
-def difference_table(runs, method, other, sizes, layers):
-    """`method - other` per cell (means over seeds)."""
-    diff = {k: {d: runs[method]["grid"][k][d] - runs[other]["grid"][k][d] for d in sizes} for k in layers}
-    return ["", f"`{method}` - `{other}` (means over seeds), layers x dims:", ""] + grid_table(diff, sizes, layers,
-                                                                                               signed=True)
+TASK_TITLES = {"stsb": "STS-B Spearman", "scifact": "SciFact nDCG@10", "banking77": "Banking77 probe accuracy"}
+
+
+def sub_grid(run, task, precision="float32", key="grid"):
+    return run[key][task][precision]
+
+
+def difference_table(runs, method, other, task, sizes, layers):
+    """`method - other` per float32 cell of `task` (means over seeds)."""
+    mine, theirs = sub_grid(runs[method], task), sub_grid(runs[other], task)
+    diff = {k: {d: mine[k][d] - theirs[k][d] for d in sizes} for k in layers}
+    return ["", f"{TASK_TITLES[task]}: `{method}` - `{other}` (float32, means over seeds), layers x dims:",
+            ""] + grid_table(diff, sizes, layers, signed=True)
+
+
+def precision_table(run, task, sizes, layers):
+    """Each stored precision minus float32 at every (layers, dims) cell of one run (means over seeds)."""
+    grid = run["grid"][task]
+    lines = ["| layers | precision | " + " | ".join(map(str, sizes)) + " |", "|---|---|" + "---|" * len(sizes)]
+    for k in layers:
+        for precision in grid:
+            if precision != "float32":
+                lines.append(f"| {k} | {precision} | " + " | ".join(
+                    f"{grid[precision][k][d] - grid['float32'][k][d]:+.2f}" for d in sizes) + " |")
+    return lines
 
 
 def comparable(runs, method, other):
@@ -220,15 +267,22 @@ def targets(report, args):
     if 3 in speed:
         checks.append(("layers=3 throughput >= 1.8x full", speed[3] - 1.8, speed[3] >= 1.8))
     runs = report.get("quality", {}).get("runs", {})
-    if comparable(runs, "depth", "st2d"):
-        worst = min((runs["depth"]["grid"][k][d] - runs["st2d"]["grid"][k][d], k, d) for k in args.layers
-                    for d in args.sizes)
-        checks.append((f"depth >= peer at every cell (worst: layers {worst[1]}, dim {worst[2]})", worst[0],
-                       worst[0] >= 0))
-    if comparable(runs, "depth", "mrl"):
-        full_k, full_d = max(args.layers), args.sizes[0]
-        diff = runs["depth"]["grid"][full_k][full_d] - runs["mrl"]["grid"][full_k][full_d]
-        checks.append(("full depth and size: depth >= no-depth - 0.3", diff + 0.3, diff >= -0.3))
+    full_k, full_d = max(args.layers), args.sizes[0]
+    for task in runs.get("depth", {}).get("grid", {}):
+        title = TASK_TITLES[task]
+        if comparable(runs, "depth", "st2d"):
+            mine, peer = sub_grid(runs["depth"], task), sub_grid(runs["st2d"], task)
+            worst = min((mine[k][d] - peer[k][d], k, d) for k in args.layers for d in args.sizes)
+            checks.append((f"{title}: depth >= peer at every cell (worst: layers {worst[1]}, dim {worst[2]})",
+                           worst[0], worst[0] >= 0))
+        if comparable(runs, "depth", "mrl"):
+            diff = sub_grid(runs["depth"], task)[full_k][full_d] - sub_grid(runs["mrl"], task)[full_k][full_d]
+            checks.append((f"{title}: full depth and size, depth >= no-depth - 0.3", diff + 0.3, diff >= -0.3))
+        grid = runs["depth"]["grid"][task]
+        if "int8" in grid and task != "banking77":  # the issue's int8 target: STS-B and SciFact, every trained size
+            worst = min((grid["int8"][full_k][d] - grid["float32"][full_k][d], d) for d in args.sizes)
+            checks.append((f"{title}: depth model, int8 within 0.5 of float32 at full depth (worst: dim {worst[1]})",
+                           worst[0] + 0.5, worst[0] >= -0.5))
     return checks
 
 
@@ -260,7 +314,9 @@ def write_report(args, report):
                   f"depths; tables show the mean ± half the spread), lr {args.lr}, {args.max_seq_length} training "
                   f"tokens; `depth`: trained depths {','.join(map(str, args.depths))}, layer weights {weights}, "
                   f"{per_step} per step (averaged), {args.alignment} alignment weight "
-                  f"{args.alignment_weight}; STS-B {args.split} ({q['sts_pairs']} pairs) Spearman x100. "
+                  f"{args.alignment_weight}; scored on {q['tasks']} (x100) at {', '.join(args.precisions)} "
+                  f"(int8 ranges from each task's own vectors; retrieval's bit codes also with float rescoring of the "
+                  f"top {args.rescore}), one encoding pass per layer count (`evaluate_grid`). "
                   + common.subsampling_note(args))
     report["setup"] = setup
     body = []
@@ -270,14 +326,22 @@ def write_report(args, report):
         body += [f"| {r['layers']} | {r['median_s']:.2f} | {r['texts_per_s']:.1f} | {r['ratio_to_full']:.2f}x |"
                  for r in report["throughput"]["rows"]]
     runs = report.get("quality", {}).get("runs", {})
-    for method, run in runs.items():
-        title = (f"STS-B {args.split} Spearman x100, `{method}` ({run['seeds']} seed(s), training "
-                 f"{statistics.fmean(run['train_s']):.0f} s each), layers x dims:")
-        body += ["", title, ""]
-        body += grid_table(run["grid"], args.sizes, args.layers, run["spread"] if run["seeds"] > 1 else None)
-    for method, other in (("depth", "st2d"), ("depth", "mrl")):
-        if comparable(runs, method, other):
-            body += difference_table(runs, method, other, args.sizes, args.layers)
+    tasks = next(iter(runs.values()))["grid"] if runs else {}
+    for task in tasks:
+        body += ["", f"## {TASK_TITLES[task]} x100"]
+        for method, run in runs.items():
+            title = (f"`{method}` ({run['seeds']} seed(s), training {statistics.fmean(run['train_s']):.0f} s each), "
+                     "float32, layers x dims:")
+            body += ["", title, ""]
+            body += grid_table(sub_grid(run, task), args.sizes, args.layers,
+                               sub_grid(run, task, key="spread") if run["seeds"] > 1 else None)
+        for method, other in (("depth", "st2d"), ("depth", "mrl")):
+            if comparable(runs, method, other):
+                body += difference_table(runs, method, other, task, args.sizes, args.layers)
+        for method in ("depth", "st2d"):
+            if method in runs and len(runs[method]["grid"][task]) > 1:
+                body += ["", f"`{method}`: each precision minus float32 (means over seeds):", ""]
+                body += precision_table(runs[method], task, args.sizes, args.layers)
     report["targets"] = targets(report, args)
     body += common.targets_lines(report["targets"])
     results = Path(args.results)

@@ -485,7 +485,7 @@ def run_retrieval(args, argv):
     body = ["SciFact test nDCG@10 x100:", ""] + embedding_table(results, methods, "scifact", args.sizes)
     body += common.targets_lines(report["targets"])
     body += ["", "Wall time per phase: " + ", ".join(f"{k} {v:.0f}s" for k, v in timings.items())]
-    common.write_report(args, "retrieval", report, "Quality: retrieval adaptation (SciFact)", body)
+    common.write_report(args, args.report_name, report, "Quality: retrieval adaptation (SciFact)", body)
     return report
 
 
@@ -1115,6 +1115,7 @@ def parse_args(argv=None):
                              help="MRL's smaller sizes' weights rise linearly from 0 over this share of the steps")
             sub.add_argument("--full-size-only-fraction", type=float, default=0.0,
                              help="MRL trains only the full size for this share of the steps, then every size")
+            sub.add_argument("--report-name", default="retrieval", help="results file: quality_<name>.json/.md")
         if regime == "finished":
             sub.add_argument("--reuse-runs", default=None,
                              help="take the trained rows (plain, mrl, st) from this quality_finished.json when --methods "

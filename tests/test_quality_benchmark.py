@@ -283,3 +283,27 @@ def test_finished_posthoc_rows_fit_on_cached_embeddings(quality, tiny, tmp_path,
     again = quality.main(argv[:-6] + ["--methods", "truncation,adaptor", "--tasks", "stsb", "--adaptor-epochs", "2"])
     assert [r["values"]["stsb"] for r in again["runs"] if r["method"] == "truncation"] == [values["truncation"]["stsb"]]
     assert "scifact" not in (tmp_path / "quality_adaptor.md").read_text()  # one task: only its rows and targets
+
+
+def test_depth_benchmark_scores_every_task_precision_and_depth_of_every_method(tiny, tmp_path):
+    """benchmarks/depth.py end to end: each trained model (ours with and without the depth option, the
+    Matryoshka2dLoss peer) gets the whole (task, precision, layers, dims) grid, and the report compares them."""
+    model, data = tiny
+    depth = load("depth")
+    report = depth.main(["--model", str(model), "--data", str(data), "--results", str(tmp_path), "--sizes", "32,16,8",
+                         "--layers", "2,1", "--depths", "2,1", "--batch-size", "8", "--limit-train", "32",
+                         "--limit-eval", "20", "--skip-throughput", "--skip-base", "--name", "grid"])
+    runs = report["quality"]["runs"]
+    assert set(runs) == {"depth", "st2d", "mrl"}
+    for run in runs.values():
+        assert set(run["grid"]) == {"stsb", "scifact", "banking77"}
+        assert set(run["grid"]["scifact"]) == {"float32", "int8", "binary", "int8+rescore", "binary+rescore"}
+        assert set(run["grid"]["stsb"]) == {"float32", "int8", "binary"}
+        assert all(set(layers) == {2, 1} and all(set(dims) == {32, 16, 8} for dims in layers.values())
+                   for layers in run["grid"]["banking77"].values())
+    markdown = (tmp_path / "grid.md").read_text()
+    assert "## SciFact nDCG@10 x100" in markdown and "`depth` - `st2d`" in markdown
+    assert "| 1 | binary+rescore |" in markdown  # precision costs at the shallow depth too
+    targets = [name for name, _, _ in report["targets"]]
+    assert any(name.startswith("Banking77 probe accuracy: depth >= peer at every cell") for name in targets)
+    assert any(name.startswith("SciFact nDCG@10: depth model, int8 within 0.5") for name in targets)

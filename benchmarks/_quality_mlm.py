@@ -3,7 +3,10 @@
 A small BERT is pretrained from scratch with masked language modelling (recipes/pretrain_mlm.py's model and
 collator, all-MiniLM-L6-v2's tokenizer, sentences of the development data without STS-B and SciFact):
 
-- `mrl`: `MatryoshkaForMaskedLM`, MLM from every prefix size, weights 1;
+- `mrl`: `MatryoshkaForMaskedLM`, MLM from every prefix size, weight --mrl-full-weight on the full size and 1 on the
+  others, those rising linearly from 0 over the first --smaller-sizes-warmup-fraction of the steps (defaults: the
+  recipe chosen on the validation split, results/quality_mlm_validation.md); `mrl_paper`: every weight 1 from the
+  first step; `mrl_w<W>` / `mrl_w<W>_ramp<P>`: full-size weight W, smaller sizes ramped over P% (the study's variants);
 - `plain`: the same model with the full-size MLM loss only (BERT as usual); its prefixes are scored below;
 - `ffD`: FF-d, pretrained at d alone: the MLM head reads the first d coordinates and only that loss trains (a
   learned linear map to d feeding the head); FF at the full size is `plain`.
@@ -19,6 +22,7 @@ scored on STS-B test at every size: the first regime whose starting encoder neve
 import copy
 import math
 import random
+import re
 import sys
 import tempfile
 import time
@@ -41,6 +45,13 @@ def add_parser(commands):
     sub.set_defaults(sizes=",".join(map(str, SIZES)), max_seq_length=32, batch_size=32, limit_train=None,
                      limit_eval=2000)
     sub.add_argument("--methods", default=None, help="default: mrl, plain and ff<d> for every size below full")
+    sub.add_argument("--mrl-full-weight", type=float, default=1.0, help="`mrl`: the full size's MLM loss weight")
+    sub.add_argument("--smaller-sizes-warmup-fraction", type=float, default=0.0,
+                     help="`mrl`: the smaller sizes' weights rise linearly from 0 over this share of the steps")
+    sub.add_argument("--eval-split", choices=("val", "test"), default="test",
+                     help="held-out sentences scored: val (a second held-out slice, to choose a recipe; no embedding "
+                          "fine-tuning) or test")
+    sub.add_argument("--report-name", default="mlm", help="results file: quality_<name>.json/.md")
     sub.add_argument("--layers", type=int, default=2)
     sub.add_argument("--heads", type=int, default=3, help="attention heads")
     sub.add_argument("--steps", type=int, default=800, help="pretraining steps (batches of --batch-size)")
@@ -70,7 +81,9 @@ def corpus_batches(args, tokenizer):
     texts, _ = recipe.load_text_corpus(Path(args.data), CORPUS_SOURCES)
     rng = random.Random(0)
     rng.shuffle(texts)
-    held_out, train = texts[: args.limit_eval], texts[args.limit_eval :]
+    # test, then validation, then training sentences: a recipe chosen on val never saw the test sentences
+    test, val, train = texts[: args.limit_eval], texts[args.limit_eval : 2 * args.limit_eval], texts[2 * args.limit_eval :]
+    held_out = val if args.eval_split == "val" else test
     train = train[: args.limit_train or args.steps * args.batch_size]  # default: every step a new batch
     if args.vocab_size:
         tokenizer = recipe.retrain_tokenizer(tokenizer, train, args.vocab_size)
@@ -79,7 +92,7 @@ def corpus_batches(args, tokenizer):
     batches = recipe.masked_batches(tokens["train"], tokenizer, args.mlm_probability, args.batch_size, seed=1)
     batches = [batches[i % len(batches)] for i in range(args.steps)]
     description = (f"{len(train)} training sentences (of {len(texts)}: {', '.join(CORPUS_SOURCES)}), "
-                   f"{len(held_out)} held out; {args.steps} steps of {args.batch_size} x <= {args.max_seq_length} "
+                   f"{len(held_out)} held out ({args.eval_split}); {args.steps} steps of {args.batch_size} x <= {args.max_seq_length} "
                    f"tokens, {args.mlm_probability:.0%} masked (held out: 15%)")
     description += f"; a {len(tokenizer)}-token WordPiece vocabulary learnt on the training sentences" if args.vocab_size else ""
     return tokenizer, batches, recipe.masked_batches(tokens["held_out"], tokenizer, 0.15, 128, seed=2), description
@@ -94,8 +107,9 @@ def unigram_accuracy(train_batches, held_out):
     return 100.0 * (held_labels == frequent).float().mean().item()
 
 
-def fit(model, parameters, batches, lr):
-    """AdamW, linear warmup (10%) and decay, gradient clipping at 1: the same loop for every method."""
+def fit(model, parameters, batches, lr, weights_at=None):
+    """AdamW, linear warmup (10%) and decay, gradient clipping at 1: the same loop for every method. `weights_at(step)`:
+    the per-size MLM loss weights of that step (a schedule), else the config's."""
     from transformers import get_linear_schedule_with_warmup
 
     parameters = [p for p in parameters if p.requires_grad]
@@ -103,6 +117,8 @@ def fit(model, parameters, batches, lr):
     schedule = get_linear_schedule_with_warmup(optimizer, max(1, len(batches) // 10), len(batches))
     model.train()
     for step, batch in enumerate(batches):
+        if weights_at is not None:
+            model.config.matryoshka_weights = weights_at(step)
         loss = model(**{k: v.to(model.device) for k, v in batch.items()}).loss
         loss.backward()
         torch.nn.utils.clip_grad_norm_(parameters, 1.0)
@@ -114,9 +130,19 @@ def fit(model, parameters, batches, lr):
     return model.eval()
 
 
-def method_nesting(method, sizes):
-    """(sizes, weights) of a method's pretraining."""
+def mrl_recipe(method, args):
+    """(full-size weight, smaller sizes' warmup fraction) of an MRL method; None for the others."""
     if method == "mrl":
+        return args.mrl_full_weight, args.smaller_sizes_warmup_fraction
+    if method == "mrl_paper":
+        return 1.0, 0.0
+    match = re.fullmatch(r"mrl_w(\d+(?:\.\d+)?)(?:_ramp(\d+))?", method)
+    return (float(match[1]), int(match[2] or 0) / 100) if match else None
+
+
+def method_nesting(method, sizes):
+    """(sizes, weights) of a method's pretraining (an MRL method's final weights)."""
+    if method.startswith("mrl"):
         return sizes, None
     if method == "plain":
         return sizes[:1], None
@@ -188,11 +214,31 @@ def finetune_and_score(model, args, evaluators, seed, scratch):
     return {"rows": len(rows), **{e.name: {"before": before[e.name], "after": after[e.name]} for e in evaluators}}
 
 
+def weight_schedule(recipe_, sizes, steps):
+    """`weights_at(step)` of an MRL recipe, or None when its weights never change."""
+    full, warmup = recipe_
+    if warmup == 0:
+        return lambda step: [full] + [1.0] * (len(sizes) - 1)
+    return lambda step: [full] + [min(1.0, step / (warmup * steps))] * (len(sizes) - 1)
+
+
+def check_methods(methods, args):
+    sizes = args.sizes
+    for method in methods:
+        known = method == "plain" or (method.startswith("ff") and method[2:].isdigit() and int(method[2:]) in sizes[1:])
+        if not known and mrl_recipe(method, args) is None:
+            raise SystemExit(f"--methods names {method!r}; use mrl, mrl_paper, mrl_w<W>[_ramp<P>], plain or ff<d> with "
+                             f"d one of {sizes[1:]}.")
+
+
 def run(args, argv):
     if args.seeds != 1 or args.bf16:
         raise SystemExit("The mlm regime runs one seed in float32 for now; drop --seeds/--bf16.")
     sizes = args.sizes
     methods = args.methods.split(",") if args.methods else ["mrl", "plain"] + [f"ff{d}" for d in sizes[1:]]
+    check_methods(methods, args)
+    if args.eval_split == "val":
+        args.no_finetune = True  # the embedding scores are test splits: a recipe study reads none of them
     tokenizer = recipe.load_tokenizer(args.model)
     timings, runs = {}, {}
     evaluators = [] if args.no_finetune else embedding_evaluators(args)
@@ -208,7 +254,8 @@ def run(args, argv):
             torch.manual_seed(0)  # the same initial encoder for every method (built before the heads)
             model = recipe.build_model(settings, tokenizer).to(args.device)
             start = time.perf_counter()
-            fit(model, model.parameters(), batches, args.mlm_lr)
+            schedule = mrl_recipe(method, args) and weight_schedule(mrl_recipe(method, args), sizes, len(batches))
+            fit(model, model.parameters(), batches, args.mlm_lr, schedule)
             own = recipe.masked_lm_accuracy(model, held_out)
         with common.phase(f"{method} refit heads", timings):
             torch.manual_seed(0)
@@ -239,17 +286,25 @@ def report(args, argv, sizes, methods, runs, timings, description):
              f"tokenizer pipeline; {description}; MLM lr {args.mlm_lr}; then {args.refit_steps} head-only steps at lr "
              f"{args.refit_lr} for every model. One seed, CPU, OMP_NUM_THREADS=1: a scale for comparing the methods "
              "side by side, not for absolute MLM accuracy.")
-    body = ["MLM accuracy (%) on the held-out sentences' masked tokens, every size. MRL and FF-d: the heads trained "
-            "with the encoder (FF at the full size is plain); plain prefix: heads fit on the frozen plain encoder "
-            f"({args.refit_steps} head-only steps); last column: MRL's heads refit the same way (same protocol as the "
-            "plain prefixes):", "",
-            "| size | MRL | FF-d | plain prefix | MRL, heads refit |", "|---|---|---|---|---|"]
+    variants = [m for m in methods if m != "mrl" and mrl_recipe(m, args)]  # the study's other MRL recipes
+    full, warmup = args.mrl_full_weight, args.smaller_sizes_warmup_fraction
+    body = [f"MLM accuracy (%) on the held-out ({args.eval_split}) sentences' masked tokens, every size. MRL (weight "
+            f"{full:g} on the full size, 1 on the others" + (f", those rising from 0 over the first {warmup:.0%} of the "
+            "steps" if warmup else "") + ") and FF-d: the heads trained with the encoder (FF at the full size is plain); "
+            f"plain prefix: heads fit on the frozen plain encoder ({args.refit_steps} head-only steps); last column: "
+            "MRL's heads refit the same way (same protocol as the plain prefixes)"
+            + (f"; other MRL recipes: {', '.join(variants)} (weight W on the full size, the smaller sizes' weights "
+               "rising from 0 over the first P% of the steps; mrl_paper: every weight 1)" if variants else "") + ":", "",
+            "| size | MRL | " + "".join(f"{m} | " for m in variants) + "FF-d | plain prefix | MRL, heads refit |",
+            "|---|---|" + "---|" * len(variants) + "---|---|---|"]
+
     def cell(value):
         return "not run" if math.isnan(value) else f"{value:.2f}"  # a method or size left out by --methods
 
     for d in sizes:
         refit = runs["mrl"]["refit"][d] if "mrl" in runs else float("nan")
-        body.append(f"| {d} | " + " | ".join(cell(v) for v in (mlm("mrl", d), mlm("ff", d), mlm("plain", d), refit)) + " |")
+        values = [mlm("mrl", d)] + [mlm(m, d) for m in variants] + [mlm("ff", d), mlm("plain", d), refit]
+        body.append(f"| {d} | " + " | ".join(cell(v) for v in values) + " |")
     checks = []
     for d in sizes:
         gap = mlm("mrl", d) - mlm("ff", d)
@@ -281,6 +336,6 @@ def report(args, argv, sizes, methods, runs, timings, description):
     report = {**common.report_head(argv, setup), "timings": timings, "runs": runs, "targets": checks}
     body += common.targets_lines(checks)
     body += ["", "Wall time per phase: " + ", ".join(f"{k} {v:.0f}s" for k, v in timings.items())]
-    common.write_report(args, "mlm", report, "Quality: MLM pretraining with nested dimensions (the paper's BERT "
+    common.write_report(args, args.report_name, report, "Quality: MLM pretraining with nested dimensions (the paper's BERT "
                         "setting, small scale)", body)
     return report

@@ -317,6 +317,35 @@ def test_quality_mlm_regime_end_to_end(tiny_tokenizer, tmp_path):
     table = next(line for line in markdown.splitlines() if line.startswith("| 16 |")).split("|")
     assert float(table[2]) == round(report["runs"]["mrl"]["own_heads"][16], 2)
     assert float(table[4]) == round(report["runs"]["plain"]["refit"][16], 2)
+    # a recipe study: validation sentences (never the test ones), MRL recipes side by side, no embedding fine-tuning
+    report = quality.main(["mlm", "--model", str(tmp_path / "tokenizer"), "--data", str(data), "--results", str(tmp_path),
+                           "--sizes", "32,16,8", "--heads", "2", "--steps", "3", "--refit-steps", "2", "--vocab-size", "0",
+                           "--limit-train", "200", "--limit-eval", "20", "--batch-size", "8", "--eval-split", "val",
+                           "--methods", "mrl,mrl_w4_ramp50,plain", "--report-name", "mlm_val"])
+    assert set(report["runs"]) == {"mrl", "mrl_w4_ramp50", "plain"}
+    assert not any("finetuned" in run for run in report["runs"].values())
+    markdown = (tmp_path / "quality_mlm_val.md").read_text()
+    assert "| size | MRL | mrl_w4_ramp50 | FF-d |" in markdown and "20 held out (val)" in markdown
+    with pytest.raises(SystemExit, match="--methods names 'mrl_fast'"):
+        quality.main(["mlm", "--model", str(tmp_path / "tokenizer"), "--data", str(data), "--methods", "mrl,mrl_fast"])
+
+
+def test_quality_mlm_weight_schedule():
+    """MRL recipes of the mlm regime: the full size's weight, the smaller sizes' ramp from 0 to 1."""
+    import argparse
+    import sys
+
+    from .conftest import load_module
+
+    benchmarks = Path(__file__).resolve().parents[1] / "benchmarks"
+    sys.path.insert(0, str(benchmarks))
+    mlm = load_module(benchmarks / "_quality_mlm.py")
+    args = argparse.Namespace(mrl_full_weight=2.0, smaller_sizes_warmup_fraction=0.5)
+    assert mlm.mrl_recipe("mrl", args) == (2.0, 0.5) and mlm.mrl_recipe("mrl_paper", args) == (1.0, 0.0)
+    assert mlm.mrl_recipe("mrl_w4_ramp50", args) == (4.0, 0.5) and mlm.mrl_recipe("plain", args) is None
+    weights_at = mlm.weight_schedule((4.0, 0.5), [32, 16, 8], steps=100)
+    assert weights_at(0) == [4.0, 0.0, 0.0] and weights_at(25) == [4.0, 0.5, 0.5] and weights_at(80) == [4.0, 1.0, 1.0]
+    assert mlm.weight_schedule((1.0, 0.0), [32, 16], steps=10)(0) == [1.0, 1.0]
 
 
 @pytest.mark.parametrize("flag", ["--mlm_probability", "--eval_mlm_probability"])

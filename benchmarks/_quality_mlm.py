@@ -216,7 +216,8 @@ def finetune_and_score(model, args, evaluators, seed, scratch):
 
 
 def weight_schedule(recipe_, sizes, steps):
-    """`weights_at(step)` of an MRL recipe, or None when its weights never change."""
+    """`weights_at(step)` of an MRL recipe `(full-size weight, smaller sizes' warmup fraction)`: the per-size MLM loss
+    weights at that step (constant when the fraction is 0)."""
     full, warmup = recipe_
     if warmup == 0:
         return lambda step: [full] + [1.0] * (len(sizes) - 1)
@@ -255,7 +256,8 @@ def run(args, argv):
             torch.manual_seed(0)  # the same initial encoder for every method (built before the heads)
             model = recipe.build_model(settings, tokenizer).to(args.device)
             start = time.perf_counter()
-            schedule = mrl_recipe(method, args) and weight_schedule(mrl_recipe(method, args), sizes, len(batches))
+            recipe_ = mrl_recipe(method, args)  # None for plain and FF-d: their config's weights
+            schedule = recipe_ and weight_schedule(recipe_, sizes, len(batches))
             fit(model, model.parameters(), batches, args.mlm_lr, schedule)
             own = recipe.masked_lm_accuracy(model, held_out)
         with common.phase(f"{method} refit heads", timings):

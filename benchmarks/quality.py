@@ -478,7 +478,8 @@ def run_retrieval(args, argv):
 
 
 def write_retrieval_report(args, argv, methods, results, timings, partial=None):
-    """quality_<report name>.json/.md from the runs so far (`partial`: the number of runs still to come in total)."""
+    """quality_<report name>.json/.md from the runs so far (`partial`: the total number of runs, while some are still
+    to come)."""
     setup = (
         f"From {common.model_name(args)}; {results[0]['data']}; {results[0]['steps']} steps of batch {args.batch_size} ({args.epochs} epoch(s), the same batches in the same "
         f"order for every run), InfoNCE (scale 20), lr {args.lr} (projections {args.head_lr or args.lr}), warmup "

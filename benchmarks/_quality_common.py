@@ -142,7 +142,8 @@ def training_arguments(args, output_dir, seed, steps, **overrides):
         bf16=args.bf16,
         dataloader_num_workers=0,
         full_size_only_fraction=getattr(args, "full_size_only_fraction", 0.0),  # `retrieval` only
-        smaller_sizes_warmup_fraction=getattr(args, "smaller_sizes_warmup_fraction", 0.0),  # `retrieval` only
+        # `retrieval`, and `mlm`'s embedding fine-tuning (every size weighted 1 there)
+        smaller_sizes_warmup_fraction=getattr(args, "smaller_sizes_warmup_fraction", 0.0),
     )
     settings.update(overrides)
     return MatryoshkaTrainingArguments(**settings)

@@ -108,18 +108,19 @@ def unigram_accuracy(train_batches, held_out):
     return 100.0 * (held_labels == frequent).float().mean().item()
 
 
-def fit(model, parameters, batches, lr, weights_at=None):
-    """AdamW, linear warmup (10%) and decay, gradient clipping at 1: the same loop for every method. `weights_at(step)`:
-    the per-size MLM loss weights of that step (a schedule), else the config's."""
+def fit(model, parameters, batches, lr, smaller_sizes_warmup=0.0):
+    """AdamW, linear warmup (10%) and decay, gradient clipping at 1: the same loop for every method. The smaller
+    sizes' MLM loss weights rise from 0 over the first `smaller_sizes_warmup` of the steps (the trainer's schedule)."""
     from transformers import get_linear_schedule_with_warmup
+
+    from mrl_text.schedule import smaller_sizes_scale
 
     parameters = [p for p in parameters if p.requires_grad]
     optimizer = torch.optim.AdamW(parameters, lr=lr, weight_decay=0.01)
     schedule = get_linear_schedule_with_warmup(optimizer, max(1, len(batches) // 10), len(batches))
     model.train()
     for step, batch in enumerate(batches):
-        if weights_at is not None:
-            model.config.matryoshka_weights = weights_at(step)
+        model.smaller_sizes_scale = smaller_sizes_scale(step, len(batches), smaller_sizes_warmup)
         loss = model(**{k: v.to(model.device) for k, v in batch.items()}).loss
         loss.backward()
         torch.nn.utils.clip_grad_norm_(parameters, 1.0)
@@ -128,6 +129,7 @@ def fit(model, parameters, batches, lr, weights_at=None):
         optimizer.zero_grad()
         if step % max(1, len(batches) // 5) == 0:
             print(f"   step {step}: loss {loss.item():.3f}", flush=True)
+    model.smaller_sizes_scale = 1.0
     return model.eval()
 
 
@@ -141,14 +143,17 @@ def mrl_recipe(method, args):
     return (float(match[1]), int(match[2] or 0) / 100) if match else None
 
 
-def method_nesting(method, sizes):
-    """(sizes, weights) of a method's pretraining (an MRL method's final weights)."""
-    if method.startswith("mrl"):
-        return sizes, None
+def method_nesting(method, sizes, args):
+    """(sizes, weights, smaller sizes' warmup fraction) of a method's pretraining (an MRL method's weights are those
+    its smaller sizes ramp up to)."""
+    recipe_ = mrl_recipe(method, args)
+    if recipe_:
+        full_weight, warmup = recipe_
+        return sizes, [full_weight] + [1.0] * (len(sizes) - 1), warmup
     if method == "plain":
-        return sizes[:1], None
+        return sizes[:1], None, 0.0
     d = int(method[2:])
-    return [sizes[0], d], [0.0, 1.0]  # only the size-d loss trains: the full-size head is never used
+    return [sizes[0], d], [0.0, 1.0], 0.0  # only the size-d loss trains: the full-size head is never used
 
 
 def with_all_heads(model, sizes):
@@ -215,15 +220,6 @@ def finetune_and_score(model, args, evaluators, seed, scratch):
     return {"rows": len(rows), **{e.name: {"before": before[e.name], "after": after[e.name]} for e in evaluators}}
 
 
-def weight_schedule(recipe_, sizes, steps):
-    """`weights_at(step)` of an MRL recipe `(full-size weight, smaller sizes' warmup fraction)`: the per-size MLM loss
-    weights at that step (constant when the fraction is 0)."""
-    full, warmup = recipe_
-    if warmup == 0:
-        return lambda step: [full] + [1.0] * (len(sizes) - 1)
-    return lambda step: [full] + [min(1.0, step / (warmup * steps))] * (len(sizes) - 1)
-
-
 def check_methods(methods, args):
     sizes = args.sizes
     for method in methods:
@@ -248,7 +244,7 @@ def run(args, argv):
         tokenizer, batches, held_out, description = corpus_batches(args, tokenizer)
     description += f"; most-frequent-token baseline {unigram_accuracy(batches, held_out):.2f}% MLM accuracy"
     for method in methods:
-        dims, weights = method_nesting(method, sizes)
+        dims, weights, warmup = method_nesting(method, sizes, args)
         settings = recipe.RecipeArguments(hidden_size=sizes[0], num_hidden_layers=args.layers,
                                           num_attention_heads=args.heads, matryoshka_dimensions=dims,
                                           matryoshka_weights=weights, max_seq_length=args.max_seq_length)
@@ -256,9 +252,7 @@ def run(args, argv):
             torch.manual_seed(0)  # the same initial encoder for every method (built before the heads)
             model = recipe.build_model(settings, tokenizer).to(args.device)
             start = time.perf_counter()
-            recipe_ = mrl_recipe(method, args)  # None for plain and FF-d: their config's weights
-            schedule = recipe_ and weight_schedule(recipe_, sizes, len(batches))
-            fit(model, model.parameters(), batches, args.mlm_lr, schedule)
+            fit(model, model.parameters(), batches, args.mlm_lr, warmup)
             own = recipe.masked_lm_accuracy(model, held_out)
         with common.phase(f"{method} refit heads", timings):
             torch.manual_seed(0)
@@ -282,7 +276,7 @@ def report(args, argv, sizes, methods, runs, timings, description):
         if not run:
             return float("nan")
         # a size the method trained: its own head; a plain prefix: the head fit on the frozen encoder
-        trained = method_nesting(method, sizes)[0][-1:] if method.startswith("ff") else run["own_heads"]
+        trained = method_nesting(method, sizes, args)[0][-1:] if method.startswith("ff") else run["own_heads"]
         return run["own_heads"][d] if d in trained else run["refit"].get(d, float("nan"))
 
     setup = (f"From scratch: BERT {args.layers} layers, hidden {sizes[0]}, {args.heads} heads, all-MiniLM-L6-v2's "
@@ -321,7 +315,9 @@ def report(args, argv, sizes, methods, runs, timings, description):
         tuned = {m: runs[m]["finetuned"] for m in ("mrl", "plain")}
         tasks = [task for task in tuned["mrl"] if task != "rows"]
         body += ["", f"The pretrained encoders as embedding models (mean pooling), before and after embedding fine-tuning "
-                 f"(InfoNCE + MatryoshkaLoss at every size, {tuned['mrl']['rows']} SNLI triplets, {args.epochs} "
+                 f"(InfoNCE + MatryoshkaLoss at every size, weight 1 each"
+                 + (f", the smaller sizes' weights rising from 0 over the first {warmup:.0%} of the steps" if warmup else "")
+                 + f", {tuned['mrl']['rows']} SNLI triplets, {args.epochs} "
                  f"epoch(s) of batch {args.batch_size}, lr {args.lr}), scored at {args.max_seq_length} tokens (the "
                  f"pretraining length) x100: STS-B test Spearman, SciFact test nDCG@10, Banking77 probe accuracy "
                  f"({args.probe_train} training texts):"]

@@ -521,6 +521,9 @@ RETRIEVAL_VARIANTS = {
     "mrl_w4_ramp100": {"full_weight": 4.0, "ramp_fraction": 1.0},
     "mrl_ramp50": {"ramp_fraction": 0.5},
     "mrl_w4_tail25": {"full_weight": 4.0, "full_only_tail": 0.25},
+    # Between the paper's recipe and the default: a lighter full-size weight, with or without a shorter ramp.
+    "mrl_w2": {"full_weight": 2.0},
+    "mrl_w2_ramp50": {"full_weight": 2.0, "ramp_fraction": 0.5},
 }
 
 
@@ -595,6 +598,7 @@ def padded(states):
 def retrieval_variant_loss(args, options):
     """`loss(step, [anchor, positive]) -> scalar` for one variant, from the library's losses."""
     from mrl_text.losses import InfoNCELoss, MatryoshkaLoss
+    from mrl_text.schedule import smaller_sizes_scale
 
     base = InfoNCELoss(scale=20.0)
     plain = MatryoshkaLoss(base, args.sizes[:1])
@@ -603,15 +607,14 @@ def retrieval_variant_loss(args, options):
     options = dict(options)
     full_only_until = options.pop("full_only_fraction", 0.0) * args.steps
     full_only_from = (1.0 - options.pop("full_only_tail", 0.0)) * args.steps
-    ramp_steps = options.pop("ramp_fraction", 0.0) * args.steps
+    ramp_fraction = options.pop("ramp_fraction", 0.0)
     weights = [options.pop("full_weight", 1.0)] + [1.0] * (len(args.sizes) - 1)
     mrl = MatryoshkaLoss(base, args.sizes, weights, **options)
 
     def loss(step, embeddings):
         if step < full_only_until or step >= full_only_from:
             return plain(embeddings)
-        # The same rule as MatryoshkaTrainingArguments.smaller_sizes_warmup_fraction
-        mrl.smaller_sizes_scale = min(1.0, (step + 1) / ramp_steps) if ramp_steps else 1.0
+        mrl.smaller_sizes_scale = smaller_sizes_scale(step, args.steps, ramp_fraction)  # the trainer's schedule
         return mrl(embeddings)
 
     return loss
@@ -722,7 +725,8 @@ def retrieval_validation_report(args, argv, data, n, frozen, runs, timings):
         "mrl_n3 full size plus 2 sampled smaller sizes per step (n_dims_per_step=3); mrl_sched plain InfoNCE for the "
         "first half of the steps, then every size (mrl_sched25: the first quarter; mrl_w4_sched25: that and weight 4 on "
         "the full size); mrl_w4_ramp50 weight 4 on the full size, the others' weights rising linearly from 0 to 1 over "
-        "the first half (mrl_w4_ramp100: over all the steps; mrl_ramp50: weight 1 on the full size); mrl_w4_tail25 weight 4, every size, then the full size alone for the last quarter; "
+        "the first half (mrl_w4_ramp100: over all the steps; mrl_ramp50: weight 1 on the full size); mrl_w2 weight 2 on the full size (mrl_w2_ramp50: and the "
+        "half-length ramp); mrl_w4_tail25 weight 4, every size, then the full size alone for the last quarter; "
         "mrl_distill full size on the labels, every smaller prefix "
         "distilled from the detached full-size similarities (prefix_targets='full_size'). " + common.subsampling_note(args)
     )

@@ -101,7 +101,9 @@ def _add_adaptor(self, corpus=None, pairs=None, **kwargs):
 MatryoshkaModel.add_adaptor = _add_adaptor
 
 # Training: MatryoshkaTrainer loads transformers' Trainer (a second of imports), so it is imported on first use.
-_TRAINING_NAMES = ("MatryoshkaTrainer", "MatryoshkaTrainingArguments", "MatryoshkaDataCollator")
+_TRAINING_NAMES = (
+    "MatryoshkaTrainer", "MatryoshkaTrainingArguments", "MatryoshkaDataCollator", "MatryoshkaScheduleCallback"
+)
 
 
 def __getattr__(name):

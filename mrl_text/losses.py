@@ -21,6 +21,7 @@ from torch import nn
 
 from .distributed import gather_with_grad, in_batch_targets
 from .modeling_matryoshka import truncate_embeddings
+from .modeling_matryoshka_utils import scaled_size_weights
 
 MATRYOSHKA_CITATION = """@inproceedings{kusupati2022matryoshka,
   title     = {Matryoshka Representation Learning},
@@ -352,8 +353,7 @@ class MatryoshkaLoss(nn.Module):
 
     def sizes_for_step(self):
         """The (size, weight) pairs this step trains, largest first."""
-        pairs = [(d, w * (1.0 if i == 0 else self.smaller_sizes_scale))
-                 for i, (d, w) in enumerate(zip(self.matryoshka_dimensions, self.matryoshka_weights))]
+        pairs = list(zip(self.matryoshka_dimensions, scaled_size_weights(self.matryoshka_weights, self.smaller_sizes_scale)))
         if self.full_size_only:
             return pairs[:1]
         if self.n_dims_per_step is None or self.n_dims_per_step == len(pairs):

@@ -16,7 +16,7 @@ from torch import nn
 from transformers.utils import ModelOutput
 
 from .modeling_matryoshka import MatryoshkaModel, MatryoshkaPreTrainedModel
-from .modeling_matryoshka_utils import head_index
+from .modeling_matryoshka_utils import head_index, scaled_size_weights
 
 
 @dataclass
@@ -118,6 +118,8 @@ class MatryoshkaForSequenceClassification(MatryoshkaPreTrainedModel):
             config.matryoshka_dimensions, config.num_labels, efficient=config.efficient_heads,
             scale_inputs=getattr(config, "scale_head_inputs", False),  # absent from configs saved before it existed
         )
+        # Training only: the factor on every smaller size's loss weight, set per step (mrl_text.schedule)
+        self.smaller_sizes_scale = 1.0
         self.post_init()
 
     @property
@@ -150,7 +152,8 @@ class MatryoshkaForSequenceClassification(MatryoshkaPreTrainedModel):
                     "0..n-1, e.g. dataset.class_encode_column)."
                 )
         total = 0.0
-        for weight, logits in zip(self.config.matryoshka_weights, matryoshka_logits):
+        for weight, logits in zip(scaled_size_weights(self.config.matryoshka_weights, self.smaller_sizes_scale),
+                                  matryoshka_logits):
             if weight == 0:
                 continue
             if problem_type == "regression":

@@ -110,6 +110,12 @@ def warn_once(model, kind, value, message, stacklevel):
         warnings.warn(message, stacklevel=stacklevel + 1)
 
 
+def scaled_size_weights(weights, smaller_sizes_scale=1.0):
+    """Per-size loss weights, largest size first, with every size below the full one scaled by `smaller_sizes_scale`:
+    the knob a training schedule turns per step (`smaller_sizes_warmup_fraction`, `full_size_only_fraction`)."""
+    return [float(w) if i == 0 else float(w) * smaller_sizes_scale for i, w in enumerate(weights)]
+
+
 def head_index(config, dim, head="head"):
     """Which per-size head answers at `dim` (default the config's `truncate_dim`; None: the full size's, index 0), as an
     index into `config.matryoshka_dimensions`. A size without a head is refused by name (task models predict only at

@@ -42,6 +42,7 @@ from .losses_depth import MatryoshkaDepthLoss
 from .modeling_matryoshka import MatryoshkaModel, MatryoshkaPreTrainedModel
 from .modeling_matryoshka_classification import MatryoshkaForSequenceClassification
 from .optimization import DEFAULT_HEAD_LEARNING_RATE, build_optimizer
+from .schedule import MatryoshkaScheduleCallback, check_fraction, smaller_sizes_scale  # noqa: F401
 from .trainer_metrics import classification_compute_metrics, metrics_for_trainer
 
 logger = logging.getLogger(__name__)
@@ -64,9 +65,9 @@ class MatryoshkaTrainingArguments(TrainingArguments):
         n_dims_per_step (`int`, *optional*): train a random subset of this many sizes per step (sorted).
         keep_full_dim (`bool`, defaults to `True`): with `n_dims_per_step`, the full size is always trained.
         full_size_only_fraction (`float`, defaults to 0.0): train only the full size for this share of the steps,
-            then every size (embedding losses); 0.5 kept plain training's full size in a validation study.
+            then every size; 0.5 kept plain training's full size in a validation study.
         smaller_sizes_warmup_fraction (`float`, defaults to 0.0): the weights of the sizes below the full size rise
-            linearly from 0 to their values over this share of the steps (embedding losses); 1.0 with weight 4 on the
+            linearly from 0 to their values over this share of the steps; 1.0 with weight 4 on the
             full size cost 0.4 at full size against plain training (equal weights: 2.8) in a validation study.
         gather_across_devices (`bool`, defaults to `True`): under DDP, in-batch negatives span the global batch.
         max_seq_length (`int`, defaults to 128): the collator truncates texts to this many tokens.
@@ -124,8 +125,7 @@ class MatryoshkaTrainingArguments(TrainingArguments):
         if self.loss not in LOSSES:
             raise ValueError(f"Unknown loss {self.loss!r}; choose one of {', '.join(sorted(LOSSES))}.")
         for name in ("full_size_only_fraction", "smaller_sizes_warmup_fraction"):
-            if not 0.0 <= getattr(self, name) <= 1.0:
-                raise ValueError(f"{name}={getattr(self, name)} must be between 0 and 1.")
+            check_fraction(name, getattr(self, name))
         if self.max_seq_length <= 0:
             raise ValueError(f"max_seq_length={self.max_seq_length} must be a positive number of tokens.")
         if self.dataloader_pin_memory and self.device.type == "cpu":
@@ -316,14 +316,10 @@ class MatryoshkaTrainer(Trainer):
         # The earlier depths a depth loss trains this step come from the same pass (pooled hidden states).
         layers = self.loss_fn.layers_for_step() if hasattr(self.loss_fn, "layers_for_step") else []
         label_inputs.update({"output_layer_embeddings": layers} if layers else {})
+        self.apply_size_schedule(model)  # before the pass: a model that takes labels computes its loss in it
         # Every size is a slice of these full-size embeddings: the number of sizes adds no model pass.
         outputs = [model(**features, **label_inputs) for features in columns.values()]
         loss = outputs[0].get("loss")
-        if hasattr(self.loss_fn, "full_size_only"):  # MatryoshkaLoss: the full size alone for the first steps
-            fraction = getattr(self.args, "full_size_only_fraction", 0.0)
-            self.loss_fn.full_size_only = self.state.global_step < fraction * self.state.max_steps
-            warmup = getattr(self.args, "smaller_sizes_warmup_fraction", 0.0) * self.state.max_steps
-            self.loss_fn.smaller_sizes_scale = min(1.0, (self.state.global_step + 1) / warmup) if warmup else 1.0
         if loss is None:
             embeddings = [output.full_embeddings for output in outputs]
             embeddings += [output.layer_embeddings[k] for k in layers for output in outputs]
@@ -334,6 +330,17 @@ class MatryoshkaTrainer(Trainer):
                 "learning rate, use bf16 instead of fp16, or check the data of this step."
             )
         return (loss, outputs) if return_outputs else loss
+
+    def apply_size_schedule(self, model):
+        """This step's `full_size_only_fraction` / `smaller_sizes_warmup_fraction` on the loss, or on a model that
+        computes its own (`smaller_sizes_scale` of the classification heads' loss)."""
+        scale = smaller_sizes_scale(self.state.global_step, self.state.max_steps,
+                                    self.args.smaller_sizes_warmup_fraction, self.args.full_size_only_fraction)
+        if hasattr(self.loss_fn, "full_size_only"):  # MatryoshkaLoss skips the smaller sizes' work while they weigh 0
+            self.loss_fn.full_size_only, self.loss_fn.smaller_sizes_scale = scale == 0.0, scale
+        model = self.accelerator.unwrap_model(model)
+        if hasattr(model, "smaller_sizes_scale"):
+            model.smaller_sizes_scale = scale
 
     def model_label_inputs(self, labels):
         """`{"labels": labels}` for a model whose forward takes them (transformers' `label_names`), which then computes

@@ -61,6 +61,10 @@ class RecipeArguments:
         default=None, metadata={"help": "Nested sizes; default the full size and each power of two below it to 16."}
     )
     matryoshka_weights: list[float] | None = field(default=None, metadata={"help": "Loss weight per size."})
+    smaller_sizes_warmup_fraction: float = field(
+        default=0.0, metadata={"help": "The smaller sizes' loss weights rise linearly from 0 over this share of the "
+                               "steps (mrl_text.MatryoshkaScheduleCallback); 0 trains every size fully from the start."},
+    )
     efficient_heads: bool = field(default=False, metadata={"help": "MRL-E: one weight-tied head transform."})
     new_vocab_size: int | None = field(
         default=None, metadata={"help": "Train a new WordPiece vocabulary of this size on the training texts, with the "
@@ -100,6 +104,9 @@ def parse_arguments(argv=None):
         if not 0 < getattr(recipe, name) < 1:
             raise SystemExit(f"--{name} {getattr(recipe, name)} is not a fraction of the tokens; give a value "
                              "between 0 and 1 (exclusive), e.g. 0.15.")
+    if not 0 <= recipe.smaller_sizes_warmup_fraction <= 1:
+        raise SystemExit(f"--smaller_sizes_warmup_fraction {recipe.smaller_sizes_warmup_fraction} is not a share of "
+                         "the steps; give a value between 0 and 1, e.g. 1.0 (over all of them) or 0 (no warmup).")
     return recipe, args
 
 
@@ -230,7 +237,9 @@ def describe_pretraining(card, recipe, encoder, vocabulary_size, held_out_rows=N
     """The card fields only the recipe knows (the loss, the corpus, the model built from scratch), from its arguments:
     for a run (`record_card`) and for an online config's card before any run (recipes/make_model_cards.py)."""
     card.loss = {"name": "MatryoshkaForMaskedLM: weighted sum of the per-size MLM losses",
-                 "config": {"mlm_probability": recipe.mlm_probability, "efficient_heads": recipe.efficient_heads}}
+                 "config": {"mlm_probability": recipe.mlm_probability, "efficient_heads": recipe.efficient_heads}
+                 | ({"smaller_sizes_warmup_fraction": recipe.smaller_sizes_warmup_fraction}
+                    if recipe.smaller_sizes_warmup_fraction else {})}
     sources = f" ({', '.join(recipe.corpus_sources)})" if recipe.train_data == DEMO_DATA and recipe.corpus_sources else \
         (f" ({recipe.train_subset}, {recipe.train_split})" if recipe.train_subset else "")
     name = display_name(recipe.train_data)  # a local file by its name, never its path
@@ -288,6 +297,8 @@ def main(argv=None):
     trainer = Trainer(model=model, args=args, train_dataset=train, data_collator=collator)
     model_card_data(model).model_name = out.name
     trainer.add_callback(MatryoshkaModelCardCallback(trainer))  # arguments, versions, training time, hardware
+    if recipe.smaller_sizes_warmup_fraction:
+        trainer.add_callback(mrl_text.MatryoshkaScheduleCallback(recipe.smaller_sizes_warmup_fraction))
     trainer.train(resume_from_checkpoint=args.resume_from_checkpoint)
     after = masked_lm_accuracy(trainer.model, evaluation)
     record_card(trainer.model, recipe, tokenizer, held_out, before, after)

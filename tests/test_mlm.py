@@ -185,6 +185,7 @@ def corpus(tmp_path, sentences):
 def tiny_recipe_arguments(tokenizer_dir, corpus, out):
     return ["--tokenizer_name_or_path", str(tokenizer_dir), "--train_data", str(corpus), "--hidden_size", "32",
             "--num_hidden_layers", "2", "--num_attention_heads", "2", "--matryoshka_dimensions", "32", "16", "8",
+            "--matryoshka_weights", "4", "1", "1", "--smaller_sizes_warmup_fraction", "0.5",
             "--max_seq_length", "16", "--heldout_fraction", "0.25", "--output_dir", str(out), "--max_steps", "2",
             "--per_device_train_batch_size", "4", "--use_cpu", "true", "--disable_tqdm", "true"]
 
@@ -195,9 +196,11 @@ def test_mlm_configs_parse(recipe):
     demo, args = recipe.parse_arguments([])
     assert demo.train_data == "shared-corpus" and demo.hidden_size == 128 and demo.tokenizer_name_or_path is None
     assert "stsb" not in demo.corpus_sources and args.max_steps > 0 and args.save_strategy == "no"
+    assert demo.matryoshka_weights == [4, 1, 1, 1] and demo.smaller_sizes_warmup_fraction == 1.0  # the chosen recipe
     base, args = recipe.parse_arguments(["--config", str(RECIPES / "configs" / "mlm_bert_base.yaml"), "--bf16", "false"])
     assert base.encoder_config == "bert-base-uncased" and base.train_data == "wikimedia/wikipedia" and base.group_texts
     assert base.matryoshka_dimensions == [768, 384, 192, 96, 48, 24, 12] and args.per_device_train_batch_size == 128
+    assert base.matryoshka_weights is None and base.smaller_sizes_warmup_fraction == 0.0  # the paper's equal weights
 
 
 def test_pretrain_recipe_smoke(recipe, tiny_tokenizer, corpus, tmp_path, capsys):
@@ -217,7 +220,7 @@ def test_pretrain_recipe_smoke(recipe, tiny_tokenizer, corpus, tmp_path, capsys)
         **{("out", d): round(v, 6) for d, v in after.items()}}
     card = (out / "README.md").read_text()
     assert "type: fill-mask" in card and "dim_8" in card and "not fine-tuned as an embedding model" in card
-    assert "Steps: 2" in card and "`max_steps`: 2" in card
+    assert "Steps: 2" in card and "`max_steps`: 2" in card and "'smaller_sizes_warmup_fraction': 0.5" in card
     model = AutoModelForMaskedLM.from_pretrained(out)
     assert isinstance(model, MatryoshkaForMaskedLM) and model.config.matryoshka_dimensions == [32, 16, 8]
     # the demo config learns a new vocabulary on the training texts; the model is sized to it and saved with it
@@ -330,8 +333,8 @@ def test_quality_mlm_regime_end_to_end(tiny_tokenizer, tmp_path):
         quality.main(["mlm", "--model", str(tmp_path / "tokenizer"), "--data", str(data), "--methods", "mrl,mrl_fast"])
 
 
-def test_quality_mlm_weight_schedule():
-    """MRL recipes of the mlm regime: the full size's weight, the smaller sizes' ramp from 0 to 1."""
+def test_quality_mlm_recipes_and_their_nesting():
+    """MRL recipes of the mlm regime: the full size's weight, the smaller sizes' warmup (the trainer's schedule)."""
     import argparse
     import sys
 
@@ -343,12 +346,19 @@ def test_quality_mlm_weight_schedule():
     args = argparse.Namespace(mrl_full_weight=2.0, smaller_sizes_warmup_fraction=0.5)
     assert mlm.mrl_recipe("mrl", args) == (2.0, 0.5) and mlm.mrl_recipe("mrl_paper", args) == (1.0, 0.0)
     assert mlm.mrl_recipe("mrl_w4_ramp50", args) == (4.0, 0.5) and mlm.mrl_recipe("plain", args) is None
-    weights_at = mlm.weight_schedule((4.0, 0.5), [32, 16, 8], steps=100)
-    assert weights_at(0) == [4.0, 0.0, 0.0] and weights_at(25) == [4.0, 0.5, 0.5] and weights_at(80) == [4.0, 1.0, 1.0]
-    assert mlm.weight_schedule((1.0, 0.0), [32, 16], steps=10)(0) == [1.0, 1.0]
+    sizes = [32, 16, 8]
+    assert mlm.method_nesting("mrl", sizes, args) == (sizes, [2.0, 1.0, 1.0], 0.5)
+    assert mlm.method_nesting("mrl_w4_ramp50", sizes, args) == (sizes, [4.0, 1.0, 1.0], 0.5)
+    assert mlm.method_nesting("plain", sizes, args) == ([32], None, 0.0)
+    assert mlm.method_nesting("ff16", sizes, args) == ([32, 16], [0.0, 1.0], 0.0)
 
 
 @pytest.mark.parametrize("flag", ["--mlm_probability", "--eval_mlm_probability"])
 def test_masking_rates_must_be_fractions(recipe, flag):
     with pytest.raises(SystemExit, match=f"{flag} 1.5 is not a fraction"):
         recipe.parse_arguments([flag, "1.5"])
+
+
+def test_recipe_warmup_must_be_a_share_of_the_steps(recipe):
+    with pytest.raises(SystemExit, match="--smaller_sizes_warmup_fraction 2.0 is not a share of the steps"):
+        recipe.parse_arguments(["--smaller_sizes_warmup_fraction", "2"])

@@ -15,11 +15,17 @@ Every method sees the same masked batches (masked once with a fixed seed) and th
 initial encoder. Then every model's heads are refit with the encoder frozen (`--refit-steps`, all sizes): the
 plain model gets heads for its prefixes this way (the non-MRL baseline), and the others the same extra steps. MLM
 accuracy on held-out sentences (the same masked tokens for all) at every size. Last, the `mrl` and `plain`
-encoders are fine-tuned as embedding models (MatryoshkaLoss/InfoNCE on SNLI triplets, the suite's trainer) and
-scored on STS-B test at every size: the first regime whose starting encoder never saw contrastive data.
+encoders are fine-tuned as embedding models (MatryoshkaLoss/InfoNCE on SNLI triplets, the suite's trainer;
+--finetune-lrs compares learning rates) and scored at every size on STS-B, SciFact and the Banking77 probe: the first
+regime whose starting encoder never saw contrastive data. `--eval-split val` scores only validation data (MLM on a
+second held-out slice; STS-B dev and a held-out slice of Banking77 train) for choosing a recipe. Pretrained encoders
+are kept under --out and reused by any later run with the same pretraining settings (a study, then the test run).
 """
 
+import argparse
 import copy
+import hashlib
+import json
 import math
 import random
 import re
@@ -51,8 +57,8 @@ def add_parser(commands):
     sub.add_argument("--smaller-sizes-warmup-fraction", type=float, default=1.0,
                      help="`mrl`: the smaller sizes' weights rise linearly from 0 over this share of the steps")
     sub.add_argument("--eval-split", choices=("val", "test"), default="test",
-                     help="held-out sentences scored: val (a second held-out slice, to choose a recipe; no embedding "
-                          "fine-tuning) or test")
+                     help="val (to choose a recipe): MLM on a second held-out slice, the fine-tuned encoders on STS-B "
+                          "dev and a held-out slice of Banking77 train; test: the test sentences and test splits")
     sub.add_argument("--layers", type=int, default=2)
     sub.add_argument("--heads", type=int, default=3, help="attention heads")
     sub.add_argument("--steps", type=int, default=800, help="pretraining steps (batches of --batch-size)")
@@ -70,6 +76,8 @@ def add_parser(commands):
     # the loss fell from 4.2 to 2.9 and STS-B rose from 27 to 50 (diagnosis on a 300-step plain encoder)
     sub.add_argument("--lr", type=float, default=2e-3, help="embedding fine-tuning learning rate")
     sub.add_argument("--epochs", type=int, default=1, help="embedding fine-tuning epochs")
+    sub.add_argument("--finetune-lrs", default=None,
+                     help="comma-separated fine-tuning learning rates to compare side by side (default: --lr alone)")
     sub.add_argument("--no-finetune", action="store_true")
     sub.add_argument("--tasks", default="stsb,scifact,banking77", help="scored after fine-tuning")
     sub.add_argument("--probe-train", type=int, default=4000, help="Banking77 probe training texts (subsampled)")
@@ -183,12 +191,23 @@ def refit_heads(model, batches, args):
 
 
 def embedding_evaluators(args):
-    """STS-B test, SciFact test and the Banking77 probe (train subsampled to --probe-train texts)."""
+    """Test: STS-B test, SciFact test and the Banking77 probe (train subsampled to --probe-train texts, scored on
+    test). Validation (`--eval-split val`, for choosing the fine-tuning recipe): STS-B dev and the probe scored on
+    --limit-eval (at most a fifth) texts of Banking77 train held out from its training texts; SciFact has no
+    validation queries here and is left out."""
     from mrl_text.data import load_beir, load_classification, load_sts
     from mrl_text.evaluation import ClassificationEvaluator, RetrievalEvaluator, STSEvaluator
 
     data = Path(args.data)
-    train = common.subsample(list(zip(*load_classification(data / "banking77" / "train.tsv"))), args.probe_train)
+    banking = list(zip(*load_classification(data / "banking77" / "train.tsv")))
+    if args.eval_split == "val":
+        random.Random(0).shuffle(banking)
+        n_held_out = min(args.limit_eval or len(banking), len(banking) // 5)  # never more than a fifth of train
+        held_out, train = banking[:n_held_out], banking[n_held_out:][: args.probe_train]
+        return [e for e in (STSEvaluator(*load_sts(data / "stsb" / "dev.tsv"), name="stsb"),
+                            ClassificationEvaluator(*zip(*train), *zip(*held_out), name="banking77"))
+                if e.name in args.tasks.split(",")]
+    train = common.subsample(banking, args.probe_train)
     test = list(zip(*load_classification(data / "banking77" / "test.tsv")))
     evaluators = [STSEvaluator(*load_sts(data / "stsb" / "test.tsv"), name="stsb"),
                   RetrievalEvaluator(*load_beir(data / "scifact", "test"), name="scifact"),
@@ -220,6 +239,34 @@ def finetune_and_score(model, args, evaluators, seed, scratch):
     return {"rows": len(rows), **{e.name: {"before": before[e.name], "after": after[e.name]} for e in evaluators}}
 
 
+def finetune_lrs(args):
+    """The embedding fine-tuning learning rates to run: --finetune-lrs, else --lr."""
+    return [float(lr) for lr in args.finetune_lrs.split(",")] if args.finetune_lrs else [args.lr]
+
+
+def pretrained(args, method, settings, tokenizer, batches, smaller_sizes_warmup):
+    """(the method's pretrained MatryoshkaForMaskedLM, pretraining seconds): trained here, or loaded from the copy an
+    earlier run with the same pretraining settings kept under --out. The held-out split and the fine-tuning settings
+    do not change pretraining, so a validation study and the test run share their encoders."""
+    settings_key = [method_nesting(method, args.sizes, args), args.steps, args.batch_size, args.max_seq_length,
+                    args.vocab_size, args.layers, args.heads, args.mlm_lr, args.mlm_probability, args.limit_train,
+                    args.limit_eval, args.device, args.model]
+    kept = Path(args.out) / "pretrained" / f"{method}-{hashlib.sha1(json.dumps(settings_key).encode()).hexdigest()[:12]}.pt"
+    torch.manual_seed(0)  # the same initial encoder for every method (built before the heads)
+    model = recipe.build_model(settings, tokenizer).to(args.device)
+    if kept.is_file():
+        state = torch.load(kept, map_location=args.device)
+        model.load_state_dict(state["weights"])
+        print(f"{method}: pretrained encoder reused from {kept}", flush=True)
+        return model.eval(), state["seconds"]
+    start = time.perf_counter()
+    fit(model, model.parameters(), batches, args.mlm_lr, smaller_sizes_warmup)
+    seconds = round(time.perf_counter() - start, 1)
+    kept.parent.mkdir(parents=True, exist_ok=True)
+    torch.save({"weights": model.state_dict(), "seconds": seconds}, kept)
+    return model, seconds
+
+
 def check_methods(methods, args):
     sizes = args.sizes
     for method in methods:
@@ -235,8 +282,6 @@ def run(args, argv):
     sizes = args.sizes
     methods = args.methods.split(",") if args.methods else ["mrl", "plain"] + [f"ff{d}" for d in sizes[1:]]
     check_methods(methods, args)
-    if args.eval_split == "val":
-        args.no_finetune = True  # the embedding scores are test splits: a recipe study reads none of them
     tokenizer = recipe.load_tokenizer(args.model)
     timings, runs = {}, {}
     evaluators = [] if args.no_finetune else embedding_evaluators(args)
@@ -249,23 +294,43 @@ def run(args, argv):
                                           num_attention_heads=args.heads, matryoshka_dimensions=dims,
                                           matryoshka_weights=weights, max_seq_length=args.max_seq_length)
         with common.phase(f"{method} pretrain", timings):
-            torch.manual_seed(0)  # the same initial encoder for every method (built before the heads)
-            model = recipe.build_model(settings, tokenizer).to(args.device)
-            start = time.perf_counter()
-            fit(model, model.parameters(), batches, args.mlm_lr, warmup)
+            model, seconds = pretrained(args, method, settings, tokenizer, batches, warmup)
             own = recipe.masked_lm_accuracy(model, held_out)
         with common.phase(f"{method} refit heads", timings):
             torch.manual_seed(0)
             model = refit_heads(with_all_heads(model, sizes), batches[: args.refit_steps], args)
             refit = recipe.masked_lm_accuracy(model, held_out)
-        runs[method] = {"own_heads": own, "refit": refit, "pretrain_s": round(time.perf_counter() - start, 1)}
+        runs[method] = {"own_heads": own, "refit": refit, "pretrain_s": seconds}
         print(f"{method}: own heads {own}; refit {refit}", flush=True)
         if method in ("mrl", "plain") and not args.no_finetune:
-            with common.phase(f"{method} fine-tune + evaluation", timings), tempfile.TemporaryDirectory() as scratch:
-                runs[method]["finetuned"] = finetune_and_score(model, args, evaluators, 0, scratch)
+            by_lr = {}
+            for lr in finetune_lrs(args):
+                with common.phase(f"{method} fine-tune at lr {lr:g} + evaluation", timings), \
+                        tempfile.TemporaryDirectory() as scratch:
+                    by_lr[lr] = finetune_and_score(model, argparse.Namespace(**{**vars(args), "lr": lr}), evaluators,
+                                                   0, scratch)
+            runs[method]["finetuned"] = by_lr[args.lr] if args.lr in by_lr else next(iter(by_lr.values()))
+            runs[method]["finetuned_by_lr"] = by_lr
         if method != methods[-1]:  # the report so far: a long CPU run that is stopped still leaves its results
             report(args, argv, sizes, methods, runs, timings, description + f"; PARTIAL: {len(runs)} of {len(methods)} methods")
     return report(args, argv, sizes, methods, runs, timings, description)
+
+
+def learning_rate_table(runs, tasks, sizes, lrs):
+    """Markdown lines: per task, every fine-tuning learning rate's scores after fine-tuning, side by side."""
+    def cells(method, task, lr):
+        return " / ".join(f"{runs[method]['finetuned_by_lr'][lr][task]['after'][d]:.2f}" for d in sizes)
+
+    def gaps(task, lr):
+        after = {m: runs[m]["finetuned_by_lr"][lr][task]["after"] for m in ("mrl", "plain")}
+        return " / ".join(f"{after['mrl'][d] - after['plain'][d]:+.2f}" for d in sizes)
+
+    sizes_named = " / ".join(map(str, sizes))
+    lines = ["", f"Fine-tuning learning rates side by side (after fine-tuning, at {sizes_named}):"]
+    for task in tasks:
+        lines += ["", f"{task}:", "", "| lr | MRL-pretrained | plain-pretrained | MRL - plain |", "|---|---|---|---|"]
+        lines += [f"| {lr:g} | {cells('mrl', task, lr)} | {cells('plain', task, lr)} | {gaps(task, lr)} |" for lr in lrs]
+    return lines
 
 
 def report(args, argv, sizes, methods, runs, timings, description):
@@ -314,13 +379,17 @@ def report(args, argv, sizes, methods, runs, timings, description):
     if all("finetuned" in runs.get(m, {}) for m in ("mrl", "plain")):
         tuned = {m: runs[m]["finetuned"] for m in ("mrl", "plain")}
         tasks = [task for task in tuned["mrl"] if task != "rows"]
+        lrs = finetune_lrs(args)
+        scored = ("STS-B test Spearman, SciFact test nDCG@10, Banking77 probe accuracy (trained on "
+                  f"{args.probe_train} texts of train, scored on test)" if args.eval_split == "test" else
+                  f"STS-B dev Spearman, Banking77 probe accuracy (trained on up to {args.probe_train} texts of "
+                  f"train, scored on up to {args.limit_eval} other texts of train)")
         body += ["", f"The pretrained encoders as embedding models (mean pooling), before and after embedding fine-tuning "
                  f"(InfoNCE + MatryoshkaLoss at every size, weight 1 each"
                  + (f", the smaller sizes' weights rising from 0 over the first {warmup:.0%} of the steps" if warmup else "")
-                 + f", {tuned['mrl']['rows']} SNLI triplets, {args.epochs} "
-                 f"epoch(s) of batch {args.batch_size}, lr {args.lr}), scored at {args.max_seq_length} tokens (the "
-                 f"pretraining length) x100: STS-B test Spearman, SciFact test nDCG@10, Banking77 probe accuracy "
-                 f"({args.probe_train} training texts):"]
+                 + f", {tuned['mrl']['rows']} SNLI triplets, {args.epochs} epoch(s) of batch {args.batch_size}, lr "
+                 f"{args.lr if args.lr in lrs else lrs[0]:g}), scored at {args.max_seq_length} tokens (the pretraining "
+                 f"length) x100: {scored}:"]
         for task in tasks:
             body += ["", f"{task}:", "", "| size | MRL-pretrained before | after | plain-pretrained before | after |",
                      "|---|---|---|---|---|"]
@@ -332,6 +401,8 @@ def report(args, argv, sizes, methods, runs, timings, description):
                     checks.append((f"{task} after fine-tuning: MRL >= plain - 0.3 at {d}", gap + 0.3, gap >= -0.3))
                 elif d <= 64:
                     checks.append((f"{task} after fine-tuning: MRL > plain at {d}", gap, gap > 0))
+        if len(lrs) > 1:
+            body += learning_rate_table(runs, tasks, sizes, lrs)
     report = {**common.report_head(argv, setup), "timings": timings, "runs": runs, "targets": checks}
     body += common.targets_lines(checks)
     body += ["", "Wall time per phase: " + ", ".join(f"{k} {v:.0f}s" for k, v in timings.items())]

@@ -292,7 +292,9 @@ def test_quality_mlm_regime_end_to_end(tiny_tokenizer, tmp_path):
             if folder == "snli":
                 rows = [[r[0], h, label] for r in rows for h, label in ((r[1], "entailment"), (sentence(), "contradiction"))]
             write(data / folder / f"{split}.tsv", columns, rows)
-    write(data / "stsb" / "test.tsv", ["sentence1", "sentence2", "score"], [(sentence(), sentence(), i % 5) for i in range(30)])
+    for split in ("dev", "test"):
+        write(data / "stsb" / f"{split}.tsv", ["sentence1", "sentence2", "score"],
+              [(sentence(), sentence(), i % 5) for i in range(30)])
     (data / "scifact").mkdir()
     (data / "scifact" / "corpus.jsonl").write_text("".join(json.dumps({"_id": f"d{i}", "title": "", "text": sentence()}) + "\n"
                                                            for i in range(20)))
@@ -303,10 +305,11 @@ def test_quality_mlm_regime_end_to_end(tiny_tokenizer, tmp_path):
     benchmarks = Path(__file__).resolve().parents[1] / "benchmarks"
     sys.path.insert(0, str(benchmarks))
     quality = load_module(benchmarks / "quality.py")
-    report = quality.main(["mlm", "--model", str(tmp_path / "tokenizer"), "--data", str(data), "--results", str(tmp_path),
-                           "--sizes", "32,16,8", "--heads", "2", "--steps", "3", "--refit-steps", "2", "--vocab-size", "0",
-                           "--limit-train", "200", "--limit-eval", "20", "--finetune-rows", "16", "--batch-size", "8",
-                           "--probe-train", "40", "--mlm-probability", "0.3"])
+    common = ["mlm", "--model", str(tmp_path / "tokenizer"), "--data", str(data), "--results", str(tmp_path), "--out",
+              str(tmp_path / "out"), "--sizes", "32,16,8", "--heads", "2", "--steps", "3", "--refit-steps", "2",
+              "--vocab-size", "0", "--limit-train", "200", "--limit-eval", "20", "--finetune-rows", "16",
+              "--batch-size", "8", "--probe-train", "40", "--mlm-probability", "0.3"]
+    report = quality.main(common)
     assert set(report["runs"]) == {"mrl", "plain", "ff16", "ff8"}
     assert set(report["runs"]["plain"]["refit"]) == {32, 16, 8}
     for method in ("mrl", "plain"):  # every pretrained encoder fine-tuned and scored at every size on every task
@@ -320,15 +323,19 @@ def test_quality_mlm_regime_end_to_end(tiny_tokenizer, tmp_path):
     table = next(line for line in markdown.splitlines() if line.startswith("| 16 |")).split("|")
     assert float(table[2]) == round(report["runs"]["mrl"]["own_heads"][16], 2)
     assert float(table[4]) == round(report["runs"]["plain"]["refit"][16], 2)
-    # a recipe study: validation sentences (never the test ones), MRL recipes side by side, no embedding fine-tuning
-    report = quality.main(["mlm", "--model", str(tmp_path / "tokenizer"), "--data", str(data), "--results", str(tmp_path),
-                           "--sizes", "32,16,8", "--heads", "2", "--steps", "3", "--refit-steps", "2", "--vocab-size", "0",
-                           "--limit-train", "200", "--limit-eval", "20", "--batch-size", "8", "--eval-split", "val",
-                           "--methods", "mrl,mrl_w4_ramp50,plain", "--report-name", "mlm_val"])
+    pretrain_seconds = {method: report["runs"][method]["pretrain_s"] for method in ("mrl", "plain")}
+    # a recipe study: validation data only (held-out sentences after the test ones, STS-B dev, a slice of Banking77
+    # train; no SciFact), MRL recipes and fine-tuning learning rates side by side, the encoders above reused
+    report = quality.main(common + ["--eval-split", "val", "--methods", "mrl,mrl_w4_ramp50,plain", "--report-name",
+                                    "mlm_val", "--finetune-lrs", "2e-3,1e-3"])
     assert set(report["runs"]) == {"mrl", "mrl_w4_ramp50", "plain"}
-    assert not any("finetuned" in run for run in report["runs"].values())
+    assert {method: report["runs"][method]["pretrain_s"] for method in ("mrl", "plain")} == pretrain_seconds
+    assert set(report["runs"]["mrl"]["finetuned_by_lr"]) == {2e-3, 1e-3}
+    assert set(report["runs"]["plain"]["finetuned"]) == {"rows", "stsb", "banking77"}
     markdown = (tmp_path / "quality_mlm_val.md").read_text()
     assert "| size | MRL | mrl_w4_ramp50 | FF-d |" in markdown and "20 held out (val)" in markdown
+    assert "STS-B dev Spearman" in markdown and "Fine-tuning learning rates side by side" in markdown
+    assert "| 0.001 |" in markdown and "| 0.002 |" in markdown
     with pytest.raises(SystemExit, match="--methods names 'mrl_fast'"):
         quality.main(["mlm", "--model", str(tmp_path / "tokenizer"), "--data", str(data), "--methods", "mrl,mrl_fast"])
 

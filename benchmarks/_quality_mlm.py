@@ -83,6 +83,22 @@ def add_parser(commands):
     sub.add_argument("--probe-train", type=int, default=4000, help="Banking77 probe training texts (subsampled)")
 
 
+def learnt_tokenizer(args, tokenizer, train):
+    """`tokenizer`'s pipeline with a --vocab-size vocabulary learnt on the training sentences, kept under --out and
+    reused by later runs on the same sentences: the WordPiece trainer breaks frequency ties in a per-process order
+    (two processes on the same texts gave the same 4,096 tokens with 102 ids swapped), so a reused pretrained encoder
+    needs the very tokenizer it was trained with."""
+    from transformers import AutoTokenizer
+
+    key = hashlib.sha1(json.dumps([train, args.vocab_size, tokenizer.name_or_path]).encode()).hexdigest()[:12]
+    kept = Path(args.out) / "tokenizers" / key
+    if kept.is_dir():
+        return AutoTokenizer.from_pretrained(kept)
+    tokenizer = recipe.retrain_tokenizer(tokenizer, train, args.vocab_size)
+    tokenizer.save_pretrained(kept)
+    return tokenizer
+
+
 def corpus_batches(args, tokenizer):
     """(tokenizer, training batches, held-out batches, description): masked once, seeded, shared by every method."""
     from datasets import Dataset
@@ -95,7 +111,7 @@ def corpus_batches(args, tokenizer):
     held_out = val if args.eval_split == "val" else test
     train = train[: args.limit_train or args.steps * args.batch_size]  # default: every step a new batch
     if args.vocab_size:
-        tokenizer = recipe.retrain_tokenizer(tokenizer, train, args.vocab_size)
+        tokenizer = learnt_tokenizer(args, tokenizer, train)
     tokens = {name: recipe.tokenize(Dataset.from_dict({"text": rows}), "text", tokenizer, args.max_seq_length)
               for name, rows in (("train", train), ("held_out", held_out))}
     batches = recipe.masked_batches(tokens["train"], tokenizer, args.mlm_probability, args.batch_size, seed=1)
@@ -249,8 +265,8 @@ def pretrained(args, method, settings, tokenizer, batches, smaller_sizes_warmup)
     earlier run with the same pretraining settings kept under --out. The held-out split and the fine-tuning settings
     do not change pretraining, so a validation study and the test run share their encoders."""
     settings_key = [method_nesting(method, args.sizes, args), args.steps, args.batch_size, args.max_seq_length,
-                    args.vocab_size, args.layers, args.heads, args.mlm_lr, args.mlm_probability, args.limit_train,
-                    args.limit_eval, args.device, args.model]
+                    sorted(tokenizer.get_vocab().items()), args.layers, args.heads, args.mlm_lr, args.mlm_probability,
+                    args.limit_train, args.limit_eval, args.device, args.model]
     kept = Path(args.out) / "pretrained" / f"{method}-{hashlib.sha1(json.dumps(settings_key).encode()).hexdigest()[:12]}.pt"
     torch.manual_seed(0)  # the same initial encoder for every method (built before the heads)
     model = recipe.build_model(settings, tokenizer).to(args.device)

@@ -369,3 +369,24 @@ def test_masking_rates_must_be_fractions(recipe, flag):
 def test_recipe_warmup_must_be_a_share_of_the_steps(recipe):
     with pytest.raises(SystemExit, match="--smaller_sizes_warmup_fraction 2.0 is not a share of the steps"):
         recipe.parse_arguments(["--smaller_sizes_warmup_fraction", "2"])
+
+
+def test_quality_mlm_keeps_the_learnt_tokenizer_for_reused_encoders(tiny_tokenizer, sentences, tmp_path):
+    """The WordPiece trainer breaks frequency ties in a per-process order: a second run must reuse the first run's
+    tokenizer (and a pretrained encoder is only reused with the tokenizer it was trained with)."""
+    import argparse
+    import sys
+
+    from .conftest import load_module
+
+    benchmarks = Path(__file__).resolve().parents[1] / "benchmarks"
+    sys.path.insert(0, str(benchmarks))
+    mlm = load_module(benchmarks / "_quality_mlm.py")
+    args = argparse.Namespace(out=str(tmp_path), vocab_size=80)
+    texts = [s.lower() for s in sentences] * 20
+    first = mlm.learnt_tokenizer(args, tiny_tokenizer, texts)
+    assert len(list((tmp_path / "tokenizers").iterdir())) == 1 and len(first) <= 80
+    again = mlm.learnt_tokenizer(args, tiny_tokenizer, texts)
+    assert again.get_vocab() == first.get_vocab()
+    mlm.learnt_tokenizer(args, tiny_tokenizer, texts[:50])  # other sentences: a tokenizer of their own
+    assert len(list((tmp_path / "tokenizers").iterdir())) == 2

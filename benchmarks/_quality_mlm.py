@@ -260,6 +260,13 @@ def finetune_lrs(args):
     return [float(lr) for lr in args.finetune_lrs.split(",")] if args.finetune_lrs else [args.lr]
 
 
+def reported_lr(args):
+    """The fine-tuning learning rate of the main before/after tables (and the targets): --lr when it was run, else
+    the first of --finetune-lrs."""
+    lrs = finetune_lrs(args)
+    return args.lr if args.lr in lrs else lrs[0]
+
+
 def pretrained(args, method, settings, tokenizer, batches, smaller_sizes_warmup):
     """(the method's pretrained MatryoshkaForMaskedLM, pretraining seconds): trained here, or loaded from the copy an
     earlier run with the same pretraining settings kept under --out. The held-out split and the fine-tuning settings
@@ -325,7 +332,7 @@ def run(args, argv):
                         tempfile.TemporaryDirectory() as scratch:
                     by_lr[lr] = finetune_and_score(model, argparse.Namespace(**{**vars(args), "lr": lr}), evaluators,
                                                    0, scratch)
-            runs[method]["finetuned"] = by_lr[args.lr] if args.lr in by_lr else next(iter(by_lr.values()))
+            runs[method]["finetuned"] = by_lr[reported_lr(args)]
             runs[method]["finetuned_by_lr"] = by_lr
         if method != methods[-1]:  # the report so far: a long CPU run that is stopped still leaves its results
             report(args, argv, sizes, methods, runs, timings, description + f"; PARTIAL: {len(runs)} of {len(methods)} methods")
@@ -404,7 +411,7 @@ def report(args, argv, sizes, methods, runs, timings, description):
                  f"(InfoNCE + MatryoshkaLoss at every size, weight 1 each"
                  + (f", the smaller sizes' weights rising from 0 over the first {warmup:.0%} of the steps" if warmup else "")
                  + f", {tuned['mrl']['rows']} SNLI triplets, {args.epochs} epoch(s) of batch {args.batch_size}, lr "
-                 f"{args.lr if args.lr in lrs else lrs[0]:g}), scored at {args.max_seq_length} tokens (the pretraining "
+                 f"{reported_lr(args):g}), scored at {args.max_seq_length} tokens (the pretraining "
                  f"length) x100: {scored}:"]
         for task in tasks:
             body += ["", f"{task}:", "", "| size | MRL-pretrained before | after | plain-pretrained before | after |",

@@ -29,6 +29,7 @@ import json
 import math
 import random
 import re
+import statistics
 import sys
 import tempfile
 import time
@@ -99,8 +100,10 @@ def learnt_tokenizer(args, tokenizer, train):
     return tokenizer
 
 
-def corpus_batches(args, tokenizer):
-    """(tokenizer, training batches, held-out batches, description): masked once, seeded, shared by every method."""
+def corpus_batches(args, tokenizer, seed=0):
+    """(tokenizer, training batches, held-out batches, description): masked once, shared by every method of a seed.
+    The sentences, the tokenizer and the held-out masks are the same for every seed; the training masks and (for
+    seeds above 0) the batch order are the seed's."""
     from datasets import Dataset
 
     texts, _ = recipe.load_text_corpus(Path(args.data), CORPUS_SOURCES)
@@ -114,7 +117,9 @@ def corpus_batches(args, tokenizer):
         tokenizer = learnt_tokenizer(args, tokenizer, train)
     tokens = {name: recipe.tokenize(Dataset.from_dict({"text": rows}), "text", tokenizer, args.max_seq_length)
               for name, rows in (("train", train), ("held_out", held_out))}
-    batches = recipe.masked_batches(tokens["train"], tokenizer, args.mlm_probability, args.batch_size, seed=1)
+    batches = recipe.masked_batches(tokens["train"], tokenizer, args.mlm_probability, args.batch_size, seed=1 + seed)
+    if seed:
+        random.Random(seed).shuffle(batches)
     batches = [batches[i % len(batches)] for i in range(args.steps)]
     description = (f"{len(train)} training sentences (of {len(texts)}: {', '.join(CORPUS_SOURCES)}), "
                    f"{len(held_out)} held out ({args.eval_split}); {args.steps} steps of {args.batch_size} x <= {args.max_seq_length} "
@@ -267,15 +272,16 @@ def reported_lr(args):
     return args.lr if args.lr in lrs else lrs[0]
 
 
-def pretrained(args, method, settings, tokenizer, batches, smaller_sizes_warmup):
+def pretrained(args, method, settings, tokenizer, batches, smaller_sizes_warmup, seed):
     """(the method's pretrained MatryoshkaForMaskedLM, pretraining seconds): trained here, or loaded from the copy an
     earlier run with the same pretraining settings kept under --out. The held-out split and the fine-tuning settings
     do not change pretraining, so a validation study and the test run share their encoders."""
     settings_key = [method_nesting(method, args.sizes, args), args.steps, args.batch_size, args.max_seq_length,
                     sorted(tokenizer.get_vocab().items()), args.layers, args.heads, args.mlm_lr, args.mlm_probability,
                     args.limit_train, args.limit_eval, args.device, args.model]
+    settings_key += [seed] if seed else []  # seed 0's key predates --seeds: its kept encoders stay valid
     kept = Path(args.out) / "pretrained" / f"{method}-{hashlib.sha1(json.dumps(settings_key).encode()).hexdigest()[:12]}.pt"
-    torch.manual_seed(0)  # the same initial encoder for every method (built before the heads)
+    torch.manual_seed(seed)  # the same initial encoder for every method of a seed (built before the heads)
     model = recipe.build_model(settings, tokenizer).to(args.device)
     if kept.is_file():
         state = torch.load(kept, map_location=args.device)
@@ -299,54 +305,97 @@ def check_methods(methods, args):
                              f"d one of {sizes[1:]}.")
 
 
-def run(args, argv):
-    if args.seeds != 1 or args.bf16:
-        raise SystemExit("The mlm regime runs one seed in float32 for now; drop --seeds/--bf16.")
-    sizes = args.sizes
-    methods = args.methods.split(",") if args.methods else ["mrl", "plain"] + [f"ff{d}" for d in sizes[1:]]
-    check_methods(methods, args)
-    tokenizer = recipe.load_tokenizer(args.model)
-    timings, runs = {}, {}
+def seed_job(job):
+    """Every method of one seed: pretrained (or reused), heads refit, MLM accuracy; `mrl` and `plain` fine-tuned
+    as embedding models and scored. {"runs": {method: {...}}, "timings": {...}}."""
+    args, seed, methods = job["args"], job["seed"], job["methods"]
+    sizes, timings, runs = args.sizes, {}, {}
     evaluators = [] if args.no_finetune else embedding_evaluators(args)
-    with common.phase("data", timings):
-        tokenizer, batches, held_out, description = corpus_batches(args, tokenizer)
-    description += f"; most-frequent-token baseline {unigram_accuracy(batches, held_out):.2f}% MLM accuracy"
+    tokenizer, batches, held_out, _ = corpus_batches(args, recipe.load_tokenizer(args.model), seed)
     for method in methods:
         dims, weights, warmup = method_nesting(method, sizes, args)
         settings = recipe.RecipeArguments(hidden_size=sizes[0], num_hidden_layers=args.layers,
                                           num_attention_heads=args.heads, matryoshka_dimensions=dims,
                                           matryoshka_weights=weights, max_seq_length=args.max_seq_length)
-        with common.phase(f"{method} pretrain", timings):
-            model, seconds = pretrained(args, method, settings, tokenizer, batches, warmup)
+        with common.phase(f"seed {seed} {method} pretrain", timings):
+            model, seconds = pretrained(args, method, settings, tokenizer, batches, warmup, seed)
             own = recipe.masked_lm_accuracy(model, held_out)
-        with common.phase(f"{method} refit heads", timings):
-            torch.manual_seed(0)
+        with common.phase(f"seed {seed} {method} refit heads", timings):
+            torch.manual_seed(seed)
             model = refit_heads(with_all_heads(model, sizes), batches[: args.refit_steps], args)
             refit = recipe.masked_lm_accuracy(model, held_out)
         runs[method] = {"own_heads": own, "refit": refit, "pretrain_s": seconds}
-        print(f"{method}: own heads {own}; refit {refit}", flush=True)
+        print(f"seed {seed} {method}: own heads {own}; refit {refit}", flush=True)
         if method in ("mrl", "plain") and not args.no_finetune:
             by_lr = {}
             for lr in finetune_lrs(args):
-                with common.phase(f"{method} fine-tune at lr {lr:g} + evaluation", timings), \
+                with common.phase(f"seed {seed} {method} fine-tune at lr {lr:g} + evaluation", timings), \
                         tempfile.TemporaryDirectory() as scratch:
                     by_lr[lr] = finetune_and_score(model, argparse.Namespace(**{**vars(args), "lr": lr}), evaluators,
-                                                   0, scratch)
+                                                   seed, scratch)
             runs[method]["finetuned"] = by_lr[reported_lr(args)]
             runs[method]["finetuned_by_lr"] = by_lr
-        if method != methods[-1]:  # the report so far: a long CPU run that is stopped still leaves its results
-            report(args, argv, sizes, methods, runs, timings, description + f"; PARTIAL: {len(runs)} of {len(methods)} methods")
-    return report(args, argv, sizes, methods, runs, timings, description)
+    return {"seed": seed, "runs": runs, "timings": timings}
+
+
+def run(args, argv):
+    if args.bf16:
+        raise SystemExit("The mlm regime trains in float32; drop --bf16.")
+    sizes = args.sizes
+    methods = args.methods.split(",") if args.methods else ["mrl", "plain"] + [f"ff{d}" for d in sizes[1:]]
+    check_methods(methods, args)
+    timings = {}
+    with common.phase("data", timings):  # also learns (or finds) the kept tokenizer before the seeds' processes
+        _, batches, held_out, description = corpus_batches(args, recipe.load_tokenizer(args.model))
+    description += f"; most-frequent-token baseline {unigram_accuracy(batches, held_out):.2f}% MLM accuracy"
+    jobs = [{"args": args, "seed": seed, "methods": methods} for seed in range(args.seeds)]
+
+    def write(results):  # after every seed: a long CPU run that is stopped still leaves its results
+        runs = {m: [r["runs"][m] for r in results] for m in methods}
+        partial = f"; PARTIAL: {len(results)} of {args.seeds} seeds" if len(results) < args.seeds else ""
+        return report(args, argv, sizes, methods, runs, {**timings, **{k: v for r in results for k, v in
+                                                                       r["timings"].items()}}, description + partial)
+
+    reports = []
+    common.run_jobs(seed_job, jobs, args.workers, args.device, on_result=lambda results: reports.append(write(results)))
+    return reports[-1]
+
+
+def per_seed(runs, method, *keys):
+    """A value of every seed's run of `method` (`keys` index into each run), in seed order; [] when not run."""
+    values = []
+    for run in runs.get(method, []):
+        for key in keys:
+            run = run[key]
+        values.append(run)
+    return values
+
+
+def cell(values):
+    """mean (one seed) or mean ± sd over seeds of scores already x100; "not run" when there are none."""
+    return common.cell([v / 100 for v in values]) if values else "not run"
+
+
+def difference(a, b):
+    """(mean, text) of the per-seed differences a - b (paired by seed): "+1.23" or "+1.23 ± 0.45"."""
+    gaps = [x - y for x, y in zip(a, b)]
+    if not gaps:
+        return float("nan"), "not run"
+    mean = statistics.fmean(gaps)
+    return mean, f"{mean:+.2f}" + (f" ± {statistics.stdev(gaps):.2f}" if len(gaps) > 1 else "")
 
 
 def learning_rate_table(runs, tasks, sizes, lrs):
-    """Markdown lines: per task, every fine-tuning learning rate's scores after fine-tuning, side by side."""
+    """Markdown lines: per task, every fine-tuning learning rate's scores after fine-tuning, side by side (means
+    over seeds)."""
+    def after(method, task, lr, d):
+        return per_seed(runs, method, "finetuned_by_lr", lr, task, "after", d)
+
     def cells(method, task, lr):
-        return " / ".join(f"{runs[method]['finetuned_by_lr'][lr][task]['after'][d]:.2f}" for d in sizes)
+        return " / ".join(f"{statistics.fmean(after(method, task, lr, d)):.2f}" for d in sizes)
 
     def gaps(task, lr):
-        after = {m: runs[m]["finetuned_by_lr"][lr][task]["after"] for m in ("mrl", "plain")}
-        return " / ".join(f"{after['mrl'][d] - after['plain'][d]:+.2f}" for d in sizes)
+        return " / ".join(f"{difference(after('mrl', task, lr, d), after('plain', task, lr, d))[0]:+.2f}" for d in sizes)
 
     sizes_named = " / ".join(map(str, sizes))
     lines = ["", f"Fine-tuning learning rates side by side (after fine-tuning, at {sizes_named}):"]
@@ -357,19 +406,22 @@ def learning_rate_table(runs, tasks, sizes, lrs):
 
 
 def report(args, argv, sizes, methods, runs, timings, description):
+    """`runs`: {method: [one run per seed, in seed order]}; tables show mean ± sd over seeds, targets the mean of
+    the per-seed differences."""
     def mlm(method, d):
         if method.startswith("ff"):
             method = "plain" if d == sizes[0] else f"ff{d}"
-        run = runs.get(method)
-        if not run:
-            return float("nan")
         # a size the method trained: its own head; a plain prefix: the head fit on the frozen encoder
-        trained = method_nesting(method, sizes, args)[0][-1:] if method.startswith("ff") else run["own_heads"]
-        return run["own_heads"][d] if d in trained else run["refit"].get(d, float("nan"))
+        trained = method_nesting(method, sizes, args)[0]
+        trained = trained[-1:] if method.startswith("ff") else trained  # FF-d's full-size head is never trained
+        return per_seed(runs, method, "own_heads" if d in trained else "refit", d)
 
+    seeds = (f"{args.seeds} seeds, mean ± sd (seed s: the initial weights, the training masks and batch order, the "
+             "fine-tuning's batch order; the sentences, the tokenizer and the held-out masks are the same for all)"
+             if args.seeds > 1 else "One seed")
     setup = (f"From scratch: BERT {args.layers} layers, hidden {sizes[0]}, {args.heads} heads, all-MiniLM-L6-v2's "
              f"tokenizer pipeline; {description}; MLM lr {args.mlm_lr}; then {args.refit_steps} head-only steps at lr "
-             f"{args.refit_lr} for every model. One seed, CPU, OMP_NUM_THREADS=1: a scale for comparing the methods "
+             f"{args.refit_lr} for every model. {seeds}; CPU, OMP_NUM_THREADS=1: a scale for comparing the methods "
              "side by side, not for absolute MLM accuracy.")
     variants = [m for m in methods if m != "mrl" and mrl_recipe(m, args)]  # the study's other MRL recipes
     full, warmup = args.mrl_full_weight, args.smaller_sizes_warmup_fraction
@@ -382,26 +434,20 @@ def report(args, argv, sizes, methods, runs, timings, description):
                "rising from 0 over the first P% of the steps; mrl_paper: every weight 1)" if variants else "") + ":", "",
             "| size | MRL | " + "".join(f"{m} | " for m in variants) + "FF-d | plain prefix | MRL, heads refit |",
             "|---|---|" + "---|" * len(variants) + "---|---|---|"]
-
-    def cell(value):
-        return "not run" if math.isnan(value) else f"{value:.2f}"  # a method or size left out by --methods
-
     for d in sizes:
-        refit = runs["mrl"]["refit"][d] if "mrl" in runs else float("nan")
-        values = [mlm("mrl", d)] + [mlm(m, d) for m in variants] + [mlm("ff", d), mlm("plain", d), refit]
+        values = [mlm("mrl", d)] + [mlm(m, d) for m in variants] + [mlm("ff", d), mlm("plain", d),
+                                                                  per_seed(runs, "mrl", "refit", d)]
         body.append(f"| {d} | " + " | ".join(cell(v) for v in values) + " |")
     checks = []
     for d in sizes:
-        gap = mlm("mrl", d) - mlm("ff", d)
-        if math.isnan(gap):  # no FF-d run (--methods)
-            continue
-        checks.append((f"MLM: MRL within 1.0 of FF-{d} (MRL - FF {gap:+.2f})", gap + 1.0, gap >= -1.0))
+        gap, text = difference(mlm("mrl", d), mlm("ff", d))
+        if not math.isnan(gap):  # else no FF-d run (--methods)
+            checks.append((f"MLM: MRL within 1.0 of FF-{d} (MRL - FF {text})", gap + 1.0, gap >= -1.0))
     for d in sizes[-2:]:
-        gap = mlm("mrl", d) - mlm("plain", d)
-        checks.append((f"MLM: MRL >= plain prefix + 5 at {d} (MRL - plain {gap:+.2f})", gap - 5.0, gap >= 5.0))
-    if all("finetuned" in runs.get(m, {}) for m in ("mrl", "plain")):
-        tuned = {m: runs[m]["finetuned"] for m in ("mrl", "plain")}
-        tasks = [task for task in tuned["mrl"] if task != "rows"]
+        gap, text = difference(mlm("mrl", d), mlm("plain", d))
+        checks.append((f"MLM: MRL >= plain prefix + 5 at {d} (MRL - plain {text})", gap - 5.0, gap >= 5.0))
+    if all(per_seed(runs, m, "finetuned") for m in ("mrl", "plain")):
+        tasks = [task for task in per_seed(runs, "mrl", "finetuned")[0] if task != "rows"]
         lrs = finetune_lrs(args)
         scored = ("STS-B test Spearman, SciFact test nDCG@10, Banking77 probe accuracy (trained on "
                   f"{args.probe_train} texts of train, scored on test)" if args.eval_split == "test" else
@@ -410,20 +456,23 @@ def report(args, argv, sizes, methods, runs, timings, description):
         body += ["", f"The pretrained encoders as embedding models (mean pooling), before and after embedding fine-tuning "
                  f"(InfoNCE + MatryoshkaLoss at every size, weight 1 each"
                  + (f", the smaller sizes' weights rising from 0 over the first {warmup:.0%} of the steps" if warmup else "")
-                 + f", {tuned['mrl']['rows']} SNLI triplets, {args.epochs} epoch(s) of batch {args.batch_size}, lr "
-                 f"{reported_lr(args):g}), scored at {args.max_seq_length} tokens (the pretraining "
+                 + f", {per_seed(runs, 'mrl', 'finetuned', 'rows')[0]} SNLI triplets, {args.epochs} epoch(s) of batch "
+                 f"{args.batch_size}, lr {reported_lr(args):g}), scored at {args.max_seq_length} tokens (the pretraining "
                  f"length) x100: {scored}:"]
         for task in tasks:
+            def tuned(method, when, d):
+                return per_seed(runs, method, "finetuned", task, when, d)
+
             body += ["", f"{task}:", "", "| size | MRL-pretrained before | after | plain-pretrained before | after |",
                      "|---|---|---|---|---|"]
-            body += [f"| {d} | {tuned['mrl'][task]['before'][d]:.2f} | {tuned['mrl'][task]['after'][d]:.2f} | "
-                     f"{tuned['plain'][task]['before'][d]:.2f} | {tuned['plain'][task]['after'][d]:.2f} |" for d in sizes]
+            body += [f"| {d} | " + " | ".join(cell(tuned(m, when, d)) for m in ("mrl", "plain") for when in
+                                              ("before", "after")) + " |" for d in sizes]
             for d in sizes:
-                gap = tuned["mrl"][task]["after"][d] - tuned["plain"][task]["after"][d]
+                gap, text = difference(tuned("mrl", "after", d), tuned("plain", "after", d))
                 if d == sizes[0]:
-                    checks.append((f"{task} after fine-tuning: MRL >= plain - 0.3 at {d}", gap + 0.3, gap >= -0.3))
+                    checks.append((f"{task} after fine-tuning: MRL >= plain - 0.3 at {d} ({text})", gap + 0.3, gap >= -0.3))
                 elif d <= 64:
-                    checks.append((f"{task} after fine-tuning: MRL > plain at {d}", gap, gap > 0))
+                    checks.append((f"{task} after fine-tuning: MRL > plain at {d} ({text})", gap, gap > 0))
         if len(lrs) > 1:
             body += learning_rate_table(runs, tasks, sizes, lrs)
     report = {**common.report_head(argv, setup), "timings": timings, "runs": runs, "targets": checks}

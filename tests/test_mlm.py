@@ -311,9 +311,10 @@ def test_quality_mlm_regime_end_to_end(tiny_tokenizer, tmp_path):
               "--batch-size", "8", "--probe-train", "40", "--mlm-probability", "0.3"]
     report = quality.main(common)
     assert set(report["runs"]) == {"mrl", "plain", "ff16", "ff8"}
-    assert set(report["runs"]["plain"]["refit"]) == {32, 16, 8}
+    assert all(len(runs) == 1 for runs in report["runs"].values())  # one run per seed
+    assert set(report["runs"]["plain"][0]["refit"]) == {32, 16, 8}
     for method in ("mrl", "plain"):  # every pretrained encoder fine-tuned and scored at every size on every task
-        tuned = report["runs"][method]["finetuned"]
+        tuned = report["runs"][method][0]["finetuned"]
         assert all(set(tuned[task][when]) == {32, 16, 8} for task in ("stsb", "scifact", "banking77")
                    for when in ("before", "after"))
     markdown = (tmp_path / "quality_mlm.md").read_text()
@@ -321,19 +322,28 @@ def test_quality_mlm_regime_end_to_end(tiny_tokenizer, tmp_path):
     assert "30% masked" in markdown and "banking77 after fine-tuning: MRL > plain at 16" in markdown
     # MRL is scored with the heads it trained, the plain prefixes with heads fit on the frozen encoder
     table = next(line for line in markdown.splitlines() if line.startswith("| 16 |")).split("|")
-    assert float(table[2]) == round(report["runs"]["mrl"]["own_heads"][16], 2)
-    assert float(table[4]) == round(report["runs"]["plain"]["refit"][16], 2)
-    pretrain_seconds = {method: report["runs"][method]["pretrain_s"] for method in ("mrl", "plain")}
-    # a recipe study: validation data only (held-out sentences after the test ones, STS-B dev, a slice of Banking77
-    # train; no SciFact), MRL recipes and fine-tuning learning rates side by side, the encoders above reused
+    assert float(table[2]) == round(report["runs"]["mrl"][0]["own_heads"][16], 2)
+    assert float(table[4]) == round(report["runs"]["plain"][0]["refit"][16], 2)
+    pretrain_seconds = {method: report["runs"][method][0]["pretrain_s"] for method in ("mrl", "plain")}
+    # a recipe study over two seeds: validation data only (held-out sentences after the test ones, STS-B dev, a
+    # slice of Banking77 train; no SciFact), MRL recipes and fine-tuning learning rates side by side, seed 0's
+    # encoders above reused
     report = quality.main(common + ["--eval-split", "val", "--methods", "mrl,mrl_w4_ramp50,plain", "--report-name",
-                                    "mlm_val", "--finetune-lrs", "2e-3,1e-3"])
+                                    "mlm_val", "--finetune-lrs", "2e-3,1e-3", "--seeds", "2"])
     assert set(report["runs"]) == {"mrl", "mrl_w4_ramp50", "plain"}
-    assert {method: report["runs"][method]["pretrain_s"] for method in ("mrl", "plain")} == pretrain_seconds
-    assert set(report["runs"]["mrl"]["finetuned_by_lr"]) == {2e-3, 1e-3}
-    assert set(report["runs"]["plain"]["finetuned"]) == {"rows", "stsb", "banking77"}
+    assert all(len(runs) == 2 for runs in report["runs"].values())
+    assert {method: report["runs"][method][0]["pretrain_s"] for method in ("mrl", "plain")} == pretrain_seconds
+    # seed 1: its own initial weights, masks and batch order, so another encoder
+    before = [run["finetuned"]["stsb"]["before"] for run in report["runs"]["mrl"]]
+    assert before[0] != before[1]
+    assert set(report["runs"]["mrl"][1]["finetuned_by_lr"]) == {2e-3, 1e-3}
+    assert set(report["runs"]["plain"][1]["finetuned"]) == {"rows", "stsb", "banking77"}
     markdown = (tmp_path / "quality_mlm_val.md").read_text()
     assert "| size | MRL | mrl_w4_ramp50 | FF-d |" in markdown and "20 held out (val)" in markdown
+    assert "2 seeds, mean ± sd" in markdown
+    row = next(line for line in markdown.splitlines() if line.startswith("| 16 |")).split("|")
+    refit = [run["refit"][16] for run in report["runs"]["mrl"]]  # the last column: MRL's heads refit
+    assert row[-2].strip() == f"{sum(refit) / 2:.2f} ± {abs(refit[0] - refit[1]) / 2 ** 0.5:.2f}"
     assert "STS-B dev Spearman" in markdown and "Fine-tuning learning rates side by side" in markdown
     assert "| 0.001 |" in markdown and "| 0.002 |" in markdown
     with pytest.raises(SystemExit, match="--methods names 'mrl_fast'"):

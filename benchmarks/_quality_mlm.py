@@ -12,7 +12,8 @@ collator, all-MiniLM-L6-v2's tokenizer, sentences of the development data withou
   learned linear map to d feeding the head); FF at the full size is `plain`.
 
 Every method sees the same masked batches (masked once with a fixed seed) and the same number of steps, from the same
-initial encoder. Then every model's heads are refit with the encoder frozen (`--refit-steps`, all sizes): the
+initial encoder; `--seeds N` repeats everything with seeds 0..N-1 (each seed its own initial weights, training masks
+and batch order; the sentences, the tokenizer and the held-out masks are shared), in parallel with `--workers`. Then every model's heads are refit with the encoder frozen (`--refit-steps`, all sizes): the
 plain model gets heads for its prefixes this way (the non-MRL baseline), and the others the same extra steps. MLM
 accuracy on held-out sentences (the same masked tokens for all) at every size. Last, the `mrl` and `plain`
 encoders are fine-tuned as embedding models (MatryoshkaLoss/InfoNCE on SNLI triplets, the suite's trainer;

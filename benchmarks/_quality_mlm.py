@@ -78,6 +78,9 @@ def add_parser(commands):
     # the loss fell from 4.2 to 2.9 and STS-B rose from 27 to 50 (diagnosis on a 300-step plain encoder)
     sub.add_argument("--lr", type=float, default=2e-3, help="embedding fine-tuning learning rate")
     sub.add_argument("--epochs", type=int, default=1, help="embedding fine-tuning epochs")
+    sub.add_argument("--finetune-warmup-fraction", type=float, default=1.0,
+                     help="embedding fine-tuning: the smaller sizes' weights rise linearly from 0 over this share of "
+                          "its steps (0: every size weighted 1 from the first step)")
     sub.add_argument("--finetune-lrs", default=None,
                      help="comma-separated fine-tuning learning rates to compare side by side (default: --lr alone)")
     sub.add_argument("--no-finetune", action="store_true")
@@ -332,8 +335,9 @@ def seed_job(job):
             for lr in finetune_lrs(args):
                 with common.phase(f"seed {seed} {method} fine-tune at lr {lr:g} + evaluation", timings), \
                         tempfile.TemporaryDirectory() as scratch:
-                    by_lr[lr] = finetune_and_score(model, argparse.Namespace(**{**vars(args), "lr": lr}), evaluators,
-                                                   seed, scratch)
+                    finetuning = {"lr": lr, "smaller_sizes_warmup_fraction": args.finetune_warmup_fraction}
+                    by_lr[lr] = finetune_and_score(model, argparse.Namespace(**{**vars(args), **finetuning}),
+                                                   evaluators, seed, scratch)
             runs[method]["finetuned"] = by_lr[reported_lr(args)]
             runs[method]["finetuned_by_lr"] = by_lr
     return {"seed": seed, "runs": runs, "timings": timings}
@@ -456,7 +460,8 @@ def report(args, argv, sizes, methods, runs, timings, description):
                   f"train, scored on up to {args.limit_eval} other texts of train)")
         body += ["", f"The pretrained encoders as embedding models (mean pooling), before and after embedding fine-tuning "
                  f"(InfoNCE + MatryoshkaLoss at every size, weight 1 each"
-                 + (f", the smaller sizes' weights rising from 0 over the first {warmup:.0%} of the steps" if warmup else "")
+                 + (f", the smaller sizes' weights rising from 0 over the first {args.finetune_warmup_fraction:.0%} of the "
+                    "steps" if args.finetune_warmup_fraction else ", from the first step")
                  + f", {per_seed(runs, 'mrl', 'finetuned', 'rows')[0]} SNLI triplets, {args.epochs} epoch(s) of batch "
                  f"{args.batch_size}, lr {reported_lr(args):g}), scored at {args.max_seq_length} tokens (the pretraining "
                  f"length) x100: {scored}:"]

@@ -1152,7 +1152,7 @@ def parse_args(argv=None):
     sub.add_argument("--trainable-layers", type=int, default=2, help="top encoder layers trained (the rest cached)")
     _quality_mlm.add_parser(commands)
     args = common.finish_arguments(parser.parse_args(argv))
-    for option in ("full_size_only_fraction", "smaller_sizes_warmup_fraction"):
+    for option in ("full_size_only_fraction", "smaller_sizes_warmup_fraction", "finetune_warmup_fraction"):
         if not 0.0 <= getattr(args, option, 0.0) <= 1.0:
             raise SystemExit(f"--{option.replace('_', '-')} {getattr(args, option)} must be a share of the steps "
                              "between 0 and 1.")

@@ -329,7 +329,8 @@ def test_quality_mlm_regime_end_to_end(tiny_tokenizer, tmp_path):
     # slice of Banking77 train; no SciFact), MRL recipes and fine-tuning learning rates side by side, seed 0's
     # encoders above reused
     report = quality.main(common + ["--eval-split", "val", "--methods", "mrl,mrl_w4_ramp50,plain", "--report-name",
-                                    "mlm_val", "--finetune-lrs", "2e-3,1e-3", "--seeds", "2"])
+                                    "mlm_val", "--finetune-lrs", "2e-3,1e-3", "--seeds", "2",
+                                    "--finetune-warmup-fraction", "0"])
     assert set(report["runs"]) == {"mrl", "mrl_w4_ramp50", "plain"}
     assert all(len(runs) == 2 for runs in report["runs"].values())
     assert {method: report["runs"][method][0]["pretrain_s"] for method in ("mrl", "plain")} == pretrain_seconds
@@ -340,12 +341,14 @@ def test_quality_mlm_regime_end_to_end(tiny_tokenizer, tmp_path):
     assert set(report["runs"]["plain"][1]["finetuned"]) == {"rows", "stsb", "banking77"}
     markdown = (tmp_path / "quality_mlm_val.md").read_text()
     assert "| size | MRL | mrl_w4_ramp50 | FF-d |" in markdown and "20 held out (val)" in markdown
-    assert "2 seeds, mean ± sd" in markdown
+    assert "2 seeds, mean ± sd" in markdown and "weight 1 each, from the first step" in markdown
     row = next(line for line in markdown.splitlines() if line.startswith("| 16 |")).split("|")
     refit = [run["refit"][16] for run in report["runs"]["mrl"]]  # the last column: MRL's heads refit
     assert row[-2].strip() == f"{sum(refit) / 2:.2f} ± {abs(refit[0] - refit[1]) / 2 ** 0.5:.2f}"
     assert "STS-B dev Spearman" in markdown and "Fine-tuning learning rates side by side" in markdown
     assert "| 0.001 |" in markdown and "| 0.002 |" in markdown
+    with pytest.raises(SystemExit, match="--finetune-warmup-fraction 2.0 must be a share of the steps"):
+        quality.main(common + ["--finetune-warmup-fraction", "2"])
     with pytest.raises(SystemExit, match="--methods names 'mrl_fast'"):
         quality.main(["mlm", "--model", str(tmp_path / "tokenizer"), "--data", str(data), "--methods", "mrl,mrl_fast"])
 

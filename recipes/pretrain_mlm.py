@@ -197,7 +197,10 @@ def tokenize(dataset, column, tokenizer, max_length, group=False):
 
 def masked_batches(dataset, tokenizer, mlm_probability, batch_size=64, seed=0):
     """Held-out batches masked once (fixed seed): every model and every evaluation sees the same masked tokens."""
-    collator = DataCollatorForLanguageModeling(tokenizer, mlm_probability=mlm_probability, seed=seed)
+    collator = DataCollatorForLanguageModeling(tokenizer, mlm_probability=mlm_probability)
+    # the collator's own `seed` refuses to run in a child process outside a DataLoader worker (the quality suite's
+    # seeds run in processes of their own); a generator set here draws the same masks in any process
+    collator.generator = torch.Generator().manual_seed(seed)
     rows = [dataset[i] for i in range(len(dataset))]
     return [collator(rows[i : i + batch_size]) for i in range(0, len(rows), batch_size)]
 

@@ -330,7 +330,7 @@ def test_quality_mlm_regime_end_to_end(tiny_tokenizer, tmp_path):
     # encoders above reused
     report = quality.main(common + ["--eval-split", "val", "--methods", "mrl,mrl_w4_ramp50,plain", "--report-name",
                                     "mlm_val", "--finetune-lrs", "2e-3,1e-3", "--seeds", "2",
-                                    "--finetune-warmup-fraction", "0"])
+                                    "--finetune-warmup-fraction", "0", "--workers", "2"])  # seeds in two processes
     assert set(report["runs"]) == {"mrl", "mrl_w4_ramp50", "plain"}
     assert all(len(runs) == 2 for runs in report["runs"].values())
     assert {method: report["runs"][method][0]["pretrain_s"] for method in ("mrl", "plain")} == pretrain_seconds

@@ -451,7 +451,7 @@ def report(args, argv, sizes, methods, runs, timings, description):
     for d in sizes[-2:]:
         gap, text = difference(mlm("mrl", d), mlm("plain", d))
         checks.append((f"MLM: MRL >= plain prefix + 5 at {d} (MRL - plain {text})", gap - 5.0, gap >= 5.0))
-    if all(per_seed(runs, m, "finetuned") for m in ("mrl", "plain")):
+    if all(runs.get(m) and all("finetuned" in run for run in runs[m]) for m in ("mrl", "plain")):  # not --no-finetune
         tasks = [task for task in per_seed(runs, "mrl", "finetuned")[0] if task != "rows"]
         lrs = finetune_lrs(args)
         scored = ("STS-B test Spearman, SciFact test nDCG@10, Banking77 probe accuracy (trained on "

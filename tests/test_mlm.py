@@ -347,6 +347,9 @@ def test_quality_mlm_regime_end_to_end(tiny_tokenizer, tmp_path):
     assert row[-2].strip() == f"{sum(refit) / 2:.2f} ± {abs(refit[0] - refit[1]) / 2 ** 0.5:.2f}"
     assert "STS-B dev Spearman" in markdown and "Fine-tuning learning rates side by side" in markdown
     assert "| 0.001 |" in markdown and "| 0.002 |" in markdown
+    report = quality.main(common + ["--no-finetune", "--report-name", "mlm_pretraining_only"])  # encoders reused
+    assert "finetuned" not in report["runs"]["mrl"][0] and "MRL within 1.0 of FF-8" in str(report["targets"])
+    assert "fine-tuning" not in (tmp_path / "quality_mlm_pretraining_only.md").read_text()
     with pytest.raises(SystemExit, match="--finetune-warmup-fraction 2.0 must be a share of the steps"):
         quality.main(common + ["--finetune-warmup-fraction", "2"])
     with pytest.raises(SystemExit, match="--methods names 'mrl_fast'"):

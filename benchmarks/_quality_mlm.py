@@ -13,8 +13,9 @@ collator, all-MiniLM-L6-v2's tokenizer, sentences of the development data withou
 
 Every method sees the same masked batches (masked once with a fixed seed) and the same number of steps, from the same
 initial encoder; `--seeds N` repeats everything with seeds 0..N-1 (each seed its own initial weights, training masks
-and batch order; the sentences, the tokenizer and the held-out masks are shared), in parallel with `--workers`. Then every model's heads are refit with the encoder frozen (`--refit-steps`, all sizes): the
-plain model gets heads for its prefixes this way (the non-MRL baseline), and the others the same extra steps. MLM
+and batch order; the sentences, the tokenizer and the held-out masks are shared), in parallel with `--workers`. Then
+every model's heads are refit with the encoder frozen (`--refit-steps`, all sizes): the plain model gets heads for
+its prefixes this way (the non-MRL baseline), and the others the same extra steps. MLM
 accuracy on held-out sentences (the same masked tokens for all) at every size. Last, the `mrl` and `plain`
 encoders are fine-tuned as embedding models (MatryoshkaLoss/InfoNCE on SNLI triplets, the suite's trainer;
 --finetune-lrs compares learning rates) and scored at every size on STS-B, SciFact and the Banking77 probe: the first
@@ -458,15 +459,15 @@ def report(args, argv, sizes, methods, runs, timings, description):
                   f"{args.probe_train} texts of train, scored on test)" if args.eval_split == "test" else
                   f"STS-B dev Spearman, Banking77 probe accuracy (trained on up to {args.probe_train} texts of "
                   f"train, scored on up to {args.limit_eval} other texts of train)")
-        body += ["", f"The pretrained encoders as embedding models (mean pooling), before and after embedding fine-tuning "
-                 f"(InfoNCE + MatryoshkaLoss at every size, weight 1 each"
+        body += ["", "The pretrained encoders as embedding models (mean pooling), before and after embedding fine-tuning "
+                 "(InfoNCE + MatryoshkaLoss at every size, weight 1 each"
                  + (f", the smaller sizes' weights rising from 0 over the first {args.finetune_warmup_fraction:.0%} of the "
                     "steps" if args.finetune_warmup_fraction else ", from the first step")
                  + f", {per_seed(runs, 'mrl', 'finetuned', 'rows')[0]} SNLI triplets, {args.epochs} epoch(s) of batch "
                  f"{args.batch_size}, lr {reported_lr(args):g}), scored at {args.max_seq_length} tokens (the pretraining "
                  f"length) x100: {scored}:"]
         for task in tasks:
-            def tuned(method, when, d):
+            def tuned(method, when, d, task=task):
                 return per_seed(runs, method, "finetuned", task, when, d)
 
             body += ["", f"{task}:", "", "| size | MRL-pretrained before | after | plain-pretrained before | after |",

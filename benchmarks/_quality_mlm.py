@@ -105,12 +105,9 @@ def learnt_tokenizer(args, tokenizer, train):
     return tokenizer
 
 
-def corpus_batches(args, tokenizer, seed=0):
-    """(tokenizer, training batches, held-out batches, description): masked once, shared by every method of a seed.
-    The sentences, the tokenizer and the held-out masks are the same for every seed; the training masks and (for
-    seeds above 0) the batch order are the seed's."""
-    from datasets import Dataset
-
+def corpus_sentences(args, tokenizer):
+    """(all sentences, training sentences, held-out sentences, tokenizer): the same for every seed; the tokenizer is
+    the learnt (or kept) one when --vocab-size is set."""
     texts, _ = recipe.load_text_corpus(Path(args.data), CORPUS_SOURCES)
     rng = random.Random(0)
     rng.shuffle(texts)
@@ -120,6 +117,17 @@ def corpus_batches(args, tokenizer, seed=0):
     train = train[: args.limit_train or args.steps * args.batch_size]  # default: every step a new batch
     if args.vocab_size:
         tokenizer = learnt_tokenizer(args, tokenizer, train)
+    return texts, train, held_out, tokenizer
+
+
+def corpus_batches(args, tokenizer, seed=0):
+    """(tokenizer, training batches, held-out batches, description): masked once, shared by every method of a seed.
+    The sentences, the tokenizer and the held-out masks are the same for every seed; the training masks and (for
+    seeds above 0) the batch order are the seed's. The description ends with the seed's most-frequent-token
+    baseline."""
+    from datasets import Dataset
+
+    texts, train, held_out, tokenizer = corpus_sentences(args, tokenizer)
     tokens = {name: recipe.tokenize(Dataset.from_dict({"text": rows}), "text", tokenizer, args.max_seq_length)
               for name, rows in (("train", train), ("held_out", held_out))}
     batches = recipe.masked_batches(tokens["train"], tokenizer, args.mlm_probability, args.batch_size, seed=1 + seed)
@@ -130,7 +138,9 @@ def corpus_batches(args, tokenizer, seed=0):
                    f"{len(held_out)} held out ({args.eval_split}); {args.steps} steps of {args.batch_size} x <= {args.max_seq_length} "
                    f"tokens, {args.mlm_probability:.0%} masked (held out: 15%)")
     description += f"; a {len(tokenizer)}-token WordPiece vocabulary learnt on the training sentences" if args.vocab_size else ""
-    return tokenizer, batches, recipe.masked_batches(tokens["held_out"], tokenizer, 0.15, 128, seed=2), description
+    held_out_batches = recipe.masked_batches(tokens["held_out"], tokenizer, 0.15, 128, seed=2)
+    description += f"; most-frequent-token baseline {unigram_accuracy(batches, held_out_batches):.2f}% MLM accuracy"
+    return tokenizer, batches, held_out_batches, description
 
 
 def unigram_accuracy(train_batches, held_out):
@@ -316,7 +326,7 @@ def seed_job(job):
     args, seed, methods = job["args"], job["seed"], job["methods"]
     sizes, timings, runs = args.sizes, {}, {}
     evaluators = [] if args.no_finetune else embedding_evaluators(args)
-    tokenizer, batches, held_out, _ = corpus_batches(args, recipe.load_tokenizer(args.model), seed)
+    tokenizer, batches, held_out, description = corpus_batches(args, recipe.load_tokenizer(args.model), seed)
     for method in methods:
         dims, weights, warmup = method_nesting(method, sizes, args)
         settings = recipe.RecipeArguments(hidden_size=sizes[0], num_hidden_layers=args.layers,
@@ -341,7 +351,7 @@ def seed_job(job):
                                                    evaluators, seed, scratch)
             runs[method]["finetuned"] = by_lr[reported_lr(args)]
             runs[method]["finetuned_by_lr"] = by_lr
-    return {"seed": seed, "runs": runs, "timings": timings}
+    return {"seed": seed, "runs": runs, "timings": timings, "description": description}
 
 
 def run(args, argv):
@@ -351,14 +361,14 @@ def run(args, argv):
     methods = args.methods.split(",") if args.methods else ["mrl", "plain"] + [f"ff{d}" for d in sizes[1:]]
     check_methods(methods, args)
     timings = {}
-    with common.phase("data", timings):  # also learns (or finds) the kept tokenizer before the seeds' processes
-        _, batches, held_out, description = corpus_batches(args, recipe.load_tokenizer(args.model))
-    description += f"; most-frequent-token baseline {unigram_accuracy(batches, held_out):.2f}% MLM accuracy"
+    with common.phase("tokenizer", timings):  # learnt (or found) once here, so that the seeds' processes share it
+        corpus_sentences(args, recipe.load_tokenizer(args.model))
     jobs = [{"args": args, "seed": seed, "methods": methods} for seed in range(args.seeds)]
 
     def write(results):  # after every seed: a long CPU run that is stopped still leaves its results
         runs = {m: [r["runs"][m] for r in results] for m in methods}
         partial = f"; PARTIAL: {len(results)} of {args.seeds} seeds" if len(results) < args.seeds else ""
+        description = results[0]["description"]  # seed 0's: its most-frequent-token baseline
         return report(args, argv, sizes, methods, runs, {**timings, **{k: v for r in results for k, v in
                                                                        r["timings"].items()}}, description + partial)
 

@@ -27,7 +27,7 @@ sys.path.insert(0, str(REPO / "recipes"))  # demo_data: the development data hel
 from _report import command_line, header, machine  # noqa: E402
 from demo_data import shared_data_dir  # noqa: E402
 
-from mrl_text.optimization import build_optimizer  # noqa: E402  (the trainer's default; the suite sets its rates)
+from mrl_text.training.optimization import build_optimizer  # noqa: E402  (the trainer's default; the suite sets its rates)
 
 SIZES = [384, 256, 128, 64, 32, 16, 8]
 
@@ -83,7 +83,7 @@ def finish_arguments(args):
 
 def model_name(args):
     """The starting model as results files name it: its Hub id or folder name, never this machine's path."""
-    from mrl_text.configuration_matryoshka import portable_name
+    from mrl_text.models.configuration_matryoshka import portable_name
 
     return portable_name(args.model)
 

@@ -157,7 +157,7 @@ def fit(model, parameters, batches, lr, smaller_sizes_warmup=0.0):
     sizes' MLM loss weights rise from 0 over the first `smaller_sizes_warmup` of the steps (the trainer's schedule)."""
     from transformers import get_linear_schedule_with_warmup
 
-    from mrl_text.schedule import smaller_sizes_scale
+    from mrl_text.training.schedule import smaller_sizes_scale
 
     parameters = [p for p in parameters if p.requires_grad]
     optimizer = torch.optim.AdamW(parameters, lr=lr, weight_decay=0.01)

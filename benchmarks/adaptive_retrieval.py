@@ -27,8 +27,8 @@ import torch  # noqa: E402
 from embedding_cache import REPO, cached_embeddings, command_line, demo_model_path, load_model, machine, model_label  # noqa: E402
 
 from demo_data import load_text_corpus  # noqa: E402
-from mrl_text.modeling_matryoshka import truncate_embeddings  # noqa: E402
-from mrl_text.retrieval import FunnelIndex, build_exact_index, exact_search  # noqa: E402
+from mrl_text.models.modeling_matryoshka import truncate_embeddings  # noqa: E402
+from mrl_text.deploy.funnel import FunnelIndex, build_exact_index, exact_search  # noqa: E402
 
 # Every sentence-like source up to 100k+ texts: SNLI, Flickr8k captions, emotion, Banking77, MRPC (107,924 unique).
 SENTENCE_SOURCES = ["snli", "flickr8k_captions", "emotion", "banking77", "mrpc"]

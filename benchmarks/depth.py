@@ -133,7 +133,7 @@ def train_peer(args, rows, order, output_dir, seed):
     from datasets import Dataset
     from sentence_transformers.losses import Matryoshka2dLoss, MultipleNegativesRankingLoss
 
-    from mrl_text import MatryoshkaModel
+    from mrl_text import from_sentence_transformer
 
     model = common.peer_model(args, seed)
     fixed = [batch for _, batch in order]
@@ -145,7 +145,7 @@ def train_peer(args, rows, order, output_dir, seed):
     common.peer_trainer(args, model, loss, Dataset.from_list(rows), output_dir, seed, len(order),
                         batch_sampler=shared_order).train()
     model.save(str(Path(output_dir) / "peer"))
-    peer = MatryoshkaModel.from_sentence_transformer(str(Path(output_dir) / "peer"), matryoshka_dimensions=args.sizes)
+    peer = from_sentence_transformer(str(Path(output_dir) / "peer"), matryoshka_dimensions=args.sizes)
     return peer.eval()
 
 

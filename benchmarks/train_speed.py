@@ -76,7 +76,7 @@ def build_setups(model_dir, device, max_seq_length):
     from sentence_transformers.losses import MultipleNegativesRankingLoss
 
     from mrl_text import MatryoshkaModel
-    from mrl_text.trainer import MatryoshkaTrainer, MatryoshkaTrainingArguments
+    from mrl_text.training.trainer import MatryoshkaTrainer, MatryoshkaTrainingArguments
 
     setups = []
     args = MatryoshkaTrainingArguments(output_dir="outputs/train_speed", loss="infonce", report_to=[], max_seq_length=max_seq_length)

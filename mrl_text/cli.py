@@ -1,4 +1,4 @@
-"""`mrl-text`: thin commands over mrl_text.evaluation and mrl_text.model_card."""
+"""`mrl-text`: thin commands over mrl_text.evaluation and mrl_text.cards.card."""
 
 import argparse
 import shlex
@@ -6,7 +6,7 @@ import sys
 from pathlib import Path
 
 from .evaluation.embedders import DEFAULT_BATCH_SIZE, DEFAULT_MAX_LENGTH
-from .export import EXPORT_FORMATS
+from .deploy.export import EXPORT_FORMATS
 
 EXAMPLES = """\
 examples:
@@ -74,7 +74,7 @@ def build_evaluators(args):
 
 def precision_list(value):
     """`--precisions float32,int8` (comma-separated; the flag repeats) -> checked names; argparse reports a bad one."""
-    from .quantization import check_precision
+    from .models.quantization import check_precision
 
     try:
         return [check_precision(p.strip()) for p in value.split(",") if p.strip()]
@@ -85,10 +85,10 @@ def precision_list(value):
 def grid_model(args, options):
     """The model under test for a grid run: its embedder, holding the loaded MatryoshkaModel as `matryoshka` (what
     `evaluate_grid` runs at fewer layers and reads calibrated int8 ranges from), named as for a plain run."""
-    from .configuration_matryoshka import portable_name
+    from .models.configuration_matryoshka import portable_name
     from .evaluation import as_embedder
     from .evaluation.embedders import load_model, local_folder
-    from .modeling_matryoshka import MatryoshkaModel
+    from .models.modeling_matryoshka import MatryoshkaModel
 
     loaded = load_model(args.model, args.device)
     embedder = as_embedder(loaded, args.dims, **options)
@@ -153,8 +153,8 @@ def run_evaluate(args):
 def run_card(args):
     """Write the card from the folder's card data (the training details a recipe saved), merged with `--results`."""
     from .evaluation import Results
-    from .model_card import CARD_FILENAME, write_card
-    from .model_card_data import CARD_DATA_FILENAME, MatryoshkaModelCardData, own_model_name
+    from .cards.card import CARD_FILENAME, write_card
+    from .cards.card_data import CARD_DATA_FILENAME, MatryoshkaModelCardData, own_model_name
 
     directory = Path(args.model)
     if not (directory / "config.json").is_file():
@@ -187,7 +187,7 @@ def run_card(args):
 def run_export(args):
     from transformers import AutoModel
 
-    from .export import export_model
+    from .deploy.export import export_model
 
     # AutoModel resolves the saved class (importing mrl_text registered ours), a dual encoder too: export then says
     # which formats it supports.
@@ -199,9 +199,10 @@ def run_export(args):
 
 def run_adapt(args):
     """Fit a Matryoshka adaptor on a corpus (and pairs) with the model's own embeddings; save the adapted model."""
-    from .adaptor_model import read_corpus, read_pairs
+    from .adaptor.attach import add_adaptor, read_corpus, read_pairs
     from .evaluation.embedders import load_model
-    from .modeling_matryoshka import MatryoshkaModel
+    from .models.modeling_matryoshka import MatryoshkaModel
+    from .models.sentence_transformers_matryoshka import from_sentence_transformer
 
     out = Path(args.out)
     if out.is_file() or (out.is_dir() and any(out.iterdir()) and not args.overwrite):
@@ -211,12 +212,12 @@ def run_adapt(args):
     pairs = read_pairs(args.pairs) if args.pairs else None
     model = load_model(args.model, args.device)  # a Matryoshka folder, a plain encoder, or sentence-transformers
     if not isinstance(model, MatryoshkaModel):
-        model = MatryoshkaModel.from_sentence_transformer(model)
+        model = from_sentence_transformer(model)
     options = {key: getattr(args, key) for key in ("epochs", "supervised_epochs", "objective", "rotation")
                if getattr(args, key) is not None}
     options["rotation"] = None if args.rotation == "none" else args.rotation
-    adaptor = model.add_adaptor(
-        corpus, pairs, matryoshka_dimensions=args.dims, batch_size=args.batch_size, max_length=args.max_length,
+    adaptor = add_adaptor(
+        model, corpus, pairs, matryoshka_dimensions=args.dims, batch_size=args.batch_size, max_length=args.max_length,
         seed=args.seed, description=args.description or Path(args.corpus).name, **options,
     )
     model.save_pretrained(out)

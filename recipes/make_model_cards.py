@@ -24,7 +24,7 @@ from pathlib import Path
 from types import SimpleNamespace
 
 from mrl_text import cli
-from mrl_text.model_card_data import (
+from mrl_text.cards.card_data import (
     CARD_DATA_FILENAME,
     MatryoshkaModelCardData,
     display_name,
@@ -140,12 +140,12 @@ def online_text_card(yaml_path, encoder_class):
     the model says with the arguments and datasets of the config, and no results, versions or training lines."""
     from mrl_text.data import TRAINING_LAYOUTS
     from mrl_text.evaluation import RetrievalEvaluator, STSEvaluator
-    from mrl_text.model_card_data import (
+    from mrl_text.cards.card_data import (
         base_model_id,
         describe_loss,
         non_default_arguments,
     )
-    from mrl_text.trainer import MatryoshkaTrainer
+    from mrl_text.training.trainer import MatryoshkaTrainer
 
     train_bert = recipe_module("train_bert")
     settings = recipe_module("recipe_config").read_recipe(yaml_path)
@@ -182,10 +182,10 @@ def online_text_card(yaml_path, encoder_class):
 
 def online_image_text_card(yaml_path, encoder_class):
     """(config, card data) that train_align.py records for `yaml_path`, without results, versions or training lines."""
-    from mrl_text.image_text import ImageTextInfoNCELoss
-    from mrl_text.image_text.evaluation import ImageTextRetrievalEvaluator
+    from mrl_text.losses import ImageTextInfoNCELoss
+    from mrl_text.evaluation.image_text import ImageTextRetrievalEvaluator
     from mrl_text.losses import MatryoshkaLoss
-    from mrl_text.model_card_data import describe_loss, non_default_arguments
+    from mrl_text.cards.card_data import describe_loss, non_default_arguments
 
     train_align = recipe_module("train_align")
     recipe = train_align.parse_arguments(["--config", str(yaml_path)])
@@ -210,7 +210,7 @@ def online_image_text_card(yaml_path, encoder_class):
 
 def online_mlm_card(yaml_path, encoder_class):
     """(config, card data) that pretrain_mlm.py records for `yaml_path` before its first MLM evaluation."""
-    from mrl_text.model_card_data import MatryoshkaModelCardData, non_default_arguments
+    from mrl_text.cards.card_data import MatryoshkaModelCardData, non_default_arguments
 
     pretrain_mlm = recipe_module("pretrain_mlm")
     settings = recipe_module("recipe_config").read_recipe(yaml_path)

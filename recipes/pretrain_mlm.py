@@ -27,7 +27,7 @@ from transformers import AutoConfig, AutoTokenizer, DataCollatorForLanguageModel
 import mrl_text
 from mrl_text import data as mrl_data
 from mrl_text.evaluation import Results
-from mrl_text.model_card_data import MatryoshkaModelCardCallback, display_name, model_card_data
+from mrl_text.cards.card_data import MatryoshkaModelCardCallback, display_name, model_card_data
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))  # sibling recipe modules, also when imported by path
 from demo_data import load_text_corpus  # noqa: E402
@@ -301,7 +301,7 @@ def main(argv=None):
     model_card_data(model).model_name = out.name
     trainer.add_callback(MatryoshkaModelCardCallback(trainer))  # arguments, versions, training time, hardware
     if recipe.smaller_sizes_warmup_fraction:
-        trainer.add_callback(mrl_text.MatryoshkaScheduleCallback(recipe.smaller_sizes_warmup_fraction))
+        trainer.add_callback(mrl_text.training.MatryoshkaScheduleCallback(recipe.smaller_sizes_warmup_fraction))
     trainer.train(resume_from_checkpoint=args.resume_from_checkpoint)
     after = masked_lm_accuracy(trainer.model, evaluation)
     record_card(trainer.model, recipe, tokenizer, held_out, before, after)

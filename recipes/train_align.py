@@ -29,15 +29,15 @@ from accelerate.utils import set_seed
 from mrl_text import MatryoshkaDualEncoder, MatryoshkaDualEncoderConfig
 from mrl_text.data import load_image_captions
 from mrl_text.evaluation import evaluate
-from mrl_text.image_text import ImageTextInfoNCELoss
-from mrl_text.image_text.evaluation import (
+from mrl_text.losses import ImageTextInfoNCELoss
+from mrl_text.evaluation.image_text import (
     ImageKNNEvaluator,
     ImageTextRetrievalEvaluator,
     ZeroShotClassificationEvaluator,
     as_dual_embedder,
 )
 from mrl_text.losses import MatryoshkaLoss
-from mrl_text.model_card_data import (
+from mrl_text.cards.card_data import (
     describe_loss,
     display_name,
     hardware,

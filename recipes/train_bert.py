@@ -24,10 +24,10 @@ from transformers import AutoConfig
 
 import mrl_text
 from mrl_text import data as mrl_data
-from mrl_text.configuration_matryoshka import validate_layers
+from mrl_text.models.configuration_matryoshka import validate_layers
 from mrl_text.evaluation import Results, RetrievalEvaluator, STSEvaluator
-from mrl_text.model_card_data import model_card_data
-from mrl_text.trainer import MatryoshkaTrainer, MatryoshkaTrainingArguments
+from mrl_text.cards.card_data import model_card_data
+from mrl_text.training.trainer import MatryoshkaTrainer, MatryoshkaTrainingArguments
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))  # demo_data beside this script, also when imported by path
 from demo_data import chatterbot_pairs, shared_data_dir  # noqa: E402

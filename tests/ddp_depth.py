@@ -17,7 +17,7 @@ from datasets import Dataset  # noqa: E402
 from transformers import BertConfig  # noqa: E402
 
 from mrl_text import MatryoshkaConfig, MatryoshkaModel  # noqa: E402
-from mrl_text.trainer import MatryoshkaTrainer, MatryoshkaTrainingArguments  # noqa: E402
+from mrl_text.training.trainer import MatryoshkaTrainer, MatryoshkaTrainingArguments  # noqa: E402
 from tests.conftest import WORDS, build_tokenizer  # noqa: E402
 
 

@@ -9,9 +9,10 @@ import pytest
 import torch
 from transformers import AutoModel
 
+import mrl_text
 from mrl_text import MatryoshkaConfig, MatryoshkaModel, truncate_embeddings
 from mrl_text.cli import main
-from mrl_text.modeling_matryoshka_adaptor import MatryoshkaAdaptor, MatryoshkaAdaptorConfig
+from mrl_text.models.modeling_matryoshka_adaptor import MatryoshkaAdaptor, MatryoshkaAdaptorConfig
 
 from .conftest import WORDS, run_without_mrl_text, tiny_bert_config
 
@@ -111,7 +112,7 @@ def test_add_adaptor_fits_on_texts_and_attaches(make_model, tmp_path):
     corpus, sample = random_texts(240), random_texts(6, seed=1)
     plain = {dim: model.encode(sample, dim=dim) for dim in DIMS}
     pairs = list(zip(random_texts(40, seed=2), corpus[:40]))
-    adaptor = model.add_adaptor(corpus, pairs, seed=0, **FAST)
+    adaptor = mrl_text.add_adaptor(model, corpus, pairs, seed=0, **FAST)
     assert model.adaptor is adaptor and model.config.adaptor["adapted_dimensions"] == adaptor.config.adapted_dimensions
     summary = adaptor.config.fit_summary
     assert summary["corpus_texts"] == 240 and summary["pairs"] == 40 and summary["objective"] == "both"
@@ -133,13 +134,13 @@ def test_plain_encoder_gets_the_usual_sizes(tiny_tokenizer):
     torch.manual_seed(0)
     model = MatryoshkaModel(MatryoshkaConfig(encoder=tiny_bert_config(hidden_size=64, vocab_size=len(tiny_tokenizer))))
     model.tokenizer = tiny_tokenizer
-    model.add_adaptor(random_texts(200), **FAST)
+    mrl_text.add_adaptor(model, random_texts(200), **FAST)
     assert model.config.matryoshka_dimensions == [64, 32, 16]
     assert model.adaptor.config.matryoshka_dimensions == [64, 32, 16]
 
 
 def test_failed_fit_or_bad_adaptor_leaves_the_model_unchanged(make_model, sentences, monkeypatch):
-    from mrl_text import adaptor_model
+    from mrl_text.adaptor import attach as adaptor_model
 
     model = make_model()
     before = model.encode(sentences, dim=4)
@@ -149,16 +150,16 @@ def test_failed_fit_or_bad_adaptor_leaves_the_model_unchanged(make_model, senten
 
     monkeypatch.setattr(adaptor_model, "fit", explode)
     with pytest.raises(RuntimeError, match="fit failed"):
-        model.add_adaptor(random_texts(200), matryoshka_dimensions=[32, 12], **FAST)
+        mrl_text.add_adaptor(model, random_texts(200), matryoshka_dimensions=[32, 12], **FAST)
     assert model.adaptor is None and model.config.adaptor is None and model.config.matryoshka_dimensions == DIMS
     with pytest.raises(ValueError, match="embedding size is 32"):
-        model.add_adaptor(adaptor=MatryoshkaAdaptor(MatryoshkaAdaptorConfig(48, [48, 8])))
+        mrl_text.add_adaptor(model, adaptor=MatryoshkaAdaptor(MatryoshkaAdaptorConfig(48, [48, 8])))
     with pytest.raises(ValueError, match=r"corpus\[1\] is None"):
-        model.add_adaptor(["fine", None])
+        mrl_text.add_adaptor(model, ["fine", None])
     with pytest.raises(ValueError, match=r"pairs\[0\]"):
-        model.add_adaptor(random_texts(200), [("only a query",)])
+        mrl_text.add_adaptor(model, random_texts(200), [("only a query",)])
     with pytest.raises(ValueError, match="corpus of texts"):
-        model.add_adaptor()
+        mrl_text.add_adaptor(model)
     assert model.adaptor is None and torch.equal(model.encode(sentences, dim=4), before)
 
 
@@ -180,7 +181,7 @@ def test_export_refuses_an_adapted_model(make_model, tmp_path):
     model = make_model()
     model.set_adaptor(gated_adaptor())
     with pytest.raises(ValueError, match="adaptor .*save_pretrained"):
-        model.export(tmp_path / "exported")
+        mrl_text.export_model(model, tmp_path / "exported")
 
 
 def test_cli_adapt(make_model, sentences, tmp_path, capsys):
@@ -244,11 +245,11 @@ def test_cli_adapt_wraps_a_plain_encoder(tiny_tokenizer, tmp_path):
 def test_attached_adaptor_is_frozen_and_refits_from_a_copy(make_model):
     model = make_model()
     corpus = random_texts(200)
-    first = model.add_adaptor(corpus, **FAST)
+    first = mrl_text.add_adaptor(model, corpus, **FAST)
     assert not any(p.requires_grad for p in first.parameters())
     before = {k: v.clone() for k, v in first.state_dict().items()}
     pairs = list(zip(random_texts(30, seed=5), corpus[:30]))
-    second = model.add_adaptor(corpus, pairs, adaptor=model.adaptor, objective="supervised", **FAST)
+    second = mrl_text.add_adaptor(model, corpus, pairs, adaptor=model.adaptor, objective="supervised", **FAST)
     assert model.adaptor is second and second is not first
     assert second.config.fit_summary["objective"] == "supervised"
     assert all(torch.equal(before[k], v) for k, v in first.state_dict().items())  # the original is untouched
@@ -259,7 +260,7 @@ def test_evaluators_and_calibration_see_the_adapted_sizes(make_model, sentences)
     and the int8 calibration must read each size as `encode(dim=)` returns it, not truncate the full one."""
     from mrl_text.evaluation import RetrievalEvaluator, STSEvaluator, evaluate
     from mrl_text.metrics import spearman
-    from mrl_text.quantization import calibration_ranges
+    from mrl_text.models.quantization import calibration_ranges
 
     model = make_model()
     model.set_adaptor(gated_adaptor())

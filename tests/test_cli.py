@@ -6,7 +6,7 @@ import pytest
 from huggingface_hub import ModelCard
 
 from mrl_text.cli import build_parser, main
-from mrl_text.model_card import PLOT_FILENAME
+from mrl_text.cards.card import PLOT_FILENAME
 
 from .conftest import build_tokenizer, tiny_bert_config
 

@@ -15,9 +15,9 @@ from transformers import AutoConfig
 
 from mrl_text import MatryoshkaConfig, MatryoshkaModel
 from mrl_text.losses import InfoNCELoss, MatryoshkaLoss
-from mrl_text.losses_depth import MatryoshkaDepthLoss, alignment_loss, similarity_kl_loss
-from mrl_text.modeling_matryoshka_utils import pool, truncate_embeddings
-from mrl_text.trainer import MatryoshkaTrainer, MatryoshkaTrainingArguments
+from mrl_text.losses.depth import MatryoshkaDepthLoss, alignment_loss, similarity_kl_loss
+from mrl_text.models.modeling_matryoshka_utils import pool, truncate_embeddings
+from mrl_text.training.trainer import MatryoshkaTrainer, MatryoshkaTrainingArguments
 
 from .conftest import tiny_bert_config
 

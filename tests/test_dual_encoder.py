@@ -18,7 +18,7 @@ from mrl_text.evaluation import (
     as_dual_embedder,
     evaluate,
 )
-from mrl_text.image_text.losses import ImageTextInfoNCELoss
+from mrl_text.losses.image_text import ImageTextInfoNCELoss
 from mrl_text.losses import MatryoshkaLoss
 
 from .conftest import WORDS, run_without_mrl_text
@@ -293,7 +293,7 @@ def test_push_to_hub_carries_weights_config_code_and_card(captured_commit, tiny_
     import huggingface_hub
     from huggingface_hub import ModelCard
 
-    from mrl_text.model_card import PLOT_FILENAME
+    from mrl_text.cards.card import PLOT_FILENAME
 
     torch.manual_seed(0)
     model = MatryoshkaDualEncoder(
@@ -319,9 +319,9 @@ def test_push_to_hub_carries_weights_config_code_and_card(captured_commit, tiny_
     # the two dual-encoder files and the text files they import (whatever those import in turn), as in the package
     assert {"modeling_matryoshka_dual_encoder.py", "configuration_matryoshka_dual_encoder.py", "modeling_matryoshka.py",
             "configuration_matryoshka.py"} <= code
-    package = Path(mrl_text.__file__).parent
+    package = Path(mrl_text.__file__).parent / "models"
     for name in code:
-        source = package / name if (package / name).exists() else package / "image_text" / name
+        source = package / name
         assert files[name] == source.read_bytes(), name
     config = json.loads(files["config.json"])
     assert config["auto_map"] == {

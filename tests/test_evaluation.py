@@ -16,7 +16,7 @@ from mrl_text.evaluation import (
     as_embedder,
     evaluate,
 )
-from mrl_text.trainer import metrics_for_trainer
+from mrl_text.training.trainer import metrics_for_trainer
 
 from .conftest import SHARED_DATA, build_tokenizer, tiny_bert_config
 
@@ -322,7 +322,7 @@ def test_trainer_compute_metrics_reports_every_head(tiny_tokenizer, tmp_path):
     from transformers import Trainer, TrainingArguments
 
     from mrl_text import MatryoshkaConfig, MatryoshkaForSequenceClassification
-    from mrl_text.trainer import classification_compute_metrics
+    from mrl_text.training.trainer import classification_compute_metrics
 
     torch.manual_seed(0)
     config = MatryoshkaConfig(
@@ -398,7 +398,7 @@ def test_results_written_before_task_types_still_read(tmp_path):
 
 
 def test_image_text_evaluators_declare_their_own_task_types():
-    from mrl_text.image_text.evaluation import (
+    from mrl_text.evaluation.image_text import (
         DualEmbedder,
         ImageKNNEvaluator,
         ImageTextRetrievalEvaluator,
@@ -422,24 +422,6 @@ def test_image_text_evaluators_declare_their_own_task_types():
         "zs": "zero-shot-image-classification", "itr": "image-text-retrieval", "knn": "image-classification"
     }
     assert results.primary_metric("knn") == "knn_accuracy"
-
-
-def test_moved_names_still_import_with_a_warning_naming_the_new_home():
-    import mrl_text.evaluation as evaluation
-    from mrl_text.image_text import evaluation as image_text_evaluation
-    from mrl_text.metrics import fit_linear_probe
-
-    with pytest.warns(DeprecationWarning, match="mrl_text.image_text.evaluation.ZeroShotClassificationEvaluator"):
-        moved = evaluation.ZeroShotClassificationEvaluator
-    assert moved is image_text_evaluation.ZeroShotClassificationEvaluator
-    with pytest.warns(DeprecationWarning, match="mrl_text.trainer.metrics_for_trainer"):
-        assert evaluation.metrics_for_trainer is metrics_for_trainer
-    assert evaluation.fit_linear_probe is fit_linear_probe
-    with pytest.raises(AttributeError, match="no_such_name"):
-        evaluation.no_such_name
-
-
-# --- one max_length for every model -------------------------------------------------------------------------------
 
 
 def _plain_and_sentence_transformer(tmp_path, st_max_seq_length):

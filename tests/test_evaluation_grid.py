@@ -14,7 +14,7 @@ from mrl_text.evaluation import (
     evaluate,
     evaluate_grid,
 )
-from mrl_text.quantization import quantize
+from mrl_text.models.quantization import quantize
 
 WORDS = "man woman dog cat guitar piano bread park music song car bike rain sun bank card money house".split()
 
@@ -87,7 +87,7 @@ def test_quantized_cells_use_the_models_calibrated_ranges(make_model, tasks):
     results = evaluate_grid(model, [sts], precisions=["int8"], dims=[16])
     ranges = torch.tensor(model.config.quantization_ranges["16"])
     codes = [quantize(model.encode(s, dim=16), "int8", ranges) for s in (sts.sentences1, sts.sentences2)]
-    from mrl_text.quantization import dequantize
+    from mrl_text.models.quantization import dequantize
 
     a, b = (torch.nn.functional.normalize(dequantize(c, "int8", ranges), dim=-1) for c in codes)
     expected = metrics.spearman((a * b).sum(-1).tolist(), sts.scores)
@@ -97,7 +97,7 @@ def test_quantized_cells_use_the_models_calibrated_ranges(make_model, tasks):
 
 def test_quantized_cells_at_a_depth_use_that_depths_ranges(make_model, tasks):
     from mrl_text import metrics
-    from mrl_text.quantization import dequantize
+    from mrl_text.models.quantization import dequantize
 
     model = make_model(matryoshka_dimensions=(32, 16, 8), matryoshka_layers=[2, 1])
     measured = model.calibrate_quantization([sentence(i) for i in range(60, 90)])
@@ -160,7 +160,7 @@ def test_grid_bad_input(make_model, tasks):
 
 
 def test_card_plots_quality_against_bytes(make_model, tasks, tmp_path):
-    from mrl_text.model_card import BUDGET_PLOT_FILENAME, save_with_card
+    from mrl_text.cards.card import BUDGET_PLOT_FILENAME, save_with_card
 
     model = make_model(matryoshka_dimensions=(32, 16, 8))
     results = evaluate_grid(model, tasks[:1], precisions=["float32", "binary"])
@@ -203,7 +203,7 @@ def test_encode_time_per_layer_count_and_its_budget(make_model, tasks, tmp_path)
 
 def test_depth_cells_of_a_model_with_an_adaptor_are_its_encode_at_that_depth(make_model, tasks):
     from mrl_text import metrics
-    from mrl_text.modeling_matryoshka_adaptor import MatryoshkaAdaptor, MatryoshkaAdaptorConfig
+    from mrl_text.models.modeling_matryoshka_adaptor import MatryoshkaAdaptor, MatryoshkaAdaptorConfig
 
     model = make_model(matryoshka_dimensions=(32, 16, 8), matryoshka_layers=[2, 1])
     torch.manual_seed(0)

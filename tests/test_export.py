@@ -6,9 +6,10 @@ import pytest
 import torch
 import torch.nn.functional as F
 
+import mrl_text
 from mrl_text import MatryoshkaModel
 from mrl_text.cli import main
-from mrl_text.export import export_model
+from mrl_text.deploy.export import export_model
 
 from .conftest import run_without_mrl_text
 
@@ -76,7 +77,7 @@ def test_loads_without_mrl_text_and_round_trips(make_model, sentences, tmp_path)
     """
     run_without_mrl_text(script, tmp_path)
 
-    back = MatryoshkaModel.from_sentence_transformer(str(folder))
+    back = mrl_text.from_sentence_transformer(str(folder))
     assert back.config.matryoshka_dimensions == [24, 12, 6]
     assert back.config.projection_dim == 24 and back.config.truncate_dim == 12
     for d in (24, 12, 6):
@@ -166,7 +167,7 @@ CALIBRATION = [f"sentence number {i} about {topic}" for i, topic in
 
 def assert_same_codes(prefix, codes, expected, ranges):
     """int8 codes equal, except where float rounding between two pipelines puts a value on a step edge."""
-    from mrl_text.quantization import step_sizes
+    from mrl_text.models.quantization import step_sizes
 
     steps = (torch.as_tensor(prefix) - ranges[0]) / step_sizes(ranges)
     on_edge = (steps - steps.round()).abs() < 1e-3
@@ -178,8 +179,8 @@ def assert_same_codes(prefix, codes, expected, ranges):
 def test_quantization_ranges_travel_with_export(make_model, sentences, tmp_path):
     from sentence_transformers.util.quantization import quantize_embeddings
 
-    from mrl_text.export import exported_ranges
-    from mrl_text.quantization import quantize
+    from mrl_text.deploy.export import exported_ranges
+    from mrl_text.models.quantization import quantize
 
     model = make_model(projection_dim=24, matryoshka_dimensions=(24, 12, 8))
     with pytest.raises(ValueError, match="calibrate_quantization"):
@@ -196,7 +197,7 @@ def test_quantization_ranges_travel_with_export(make_model, sentences, tmp_path)
         assert_same_codes(prefixes[d], quantize(prefixes[d], "int8", ranges), expected, ranges)
         theirs = quantize_embeddings(prefixes[d].numpy(), "int8", ranges=ranges.numpy())  # no mrl-text needed
         assert_same_codes(prefixes[d], theirs, expected, ranges)
-    back = MatryoshkaModel.from_sentence_transformer(str(folder))  # and back: the ranges come home
+    back = mrl_text.from_sentence_transformer(str(folder))  # and back: the ranges come home
     assert back.config.quantization_ranges == model.config.quantization_ranges
     assert "quantization_ranges" not in back.config.encoder.to_dict()
     assert torch.equal(back.encode(sentences, dim=12, precision="uint8"), model.encode(sentences, dim=12, precision="uint8"))
@@ -205,8 +206,8 @@ def test_quantization_ranges_travel_with_export(make_model, sentences, tmp_path)
 def test_onnx_export_gives_the_models_int8_codes(make_model, sentences, tmp_path):
     ort = pytest.importorskip("onnxruntime", reason="onnxruntime is not installed: pip install 'mrl-text[export]'")
     pytest.importorskip("onnx", reason="the ONNX exporter needs onnx: pip install 'mrl-text[export]'")
-    from mrl_text.export import exported_ranges
-    from mrl_text.quantization import quantize
+    from mrl_text.deploy.export import exported_ranges
+    from mrl_text.models.quantization import quantize
 
     model = make_model(matryoshka_dimensions=(32, 16, 8))
     model.calibrate_quantization(CALIBRATION)

@@ -16,9 +16,10 @@ import torch
 from huggingface_hub import HfApi, ModelCard
 from transformers import AutoModel
 
+import mrl_text
 from mrl_text import MatryoshkaModel
 from mrl_text.evaluation import Results
-from mrl_text.model_card import PLOT_FILENAME
+from mrl_text.cards.card import PLOT_FILENAME
 
 from .conftest import run_without_mrl_text
 
@@ -80,7 +81,7 @@ def test_push_to_hub_sends_everything_in_one_commit(make_model, captured_commit,
     config = json.loads(files["config.json"])
     assert config["auto_map"]["AutoModel"] == "modeling_matryoshka.MatryoshkaModel"
     assert config["matryoshka_dimensions"] == [32, 16, 8, 4] and config["truncate_dim"] == 16
-    package = Path(__file__).resolve().parents[1] / "mrl_text"
+    package = Path(__file__).resolve().parents[1] / "mrl_text" / "models"
     assert files["modeling_matryoshka.py"] == (package / "modeling_matryoshka.py").read_bytes()
     card = ModelCard(files["README.md"].decode())
     assert "matryoshka" in card.data.tags and len(card.data.eval_results) == 4
@@ -195,10 +196,10 @@ def test_pushed_and_pulled_folder_loads_without_mrl_text(make_model, captured_co
 
 
 def test_push_to_hub_in_the_exported_format_sends_a_standard_folder(make_model, captured_commit, tmp_path):
-    """`push_to_hub(format="sentence-transformers")` uploads what `model.export` writes: the encoder's own model type
+    """`push_exported_to_hub(model, repo_id, "sentence-transformers")` uploads what `export_model` writes: the encoder's own model type
     with the nesting in config.json and no mrl-text code."""
     model = make_model(truncate_dim=16)
-    model.push_to_hub("org/exported", format="sentence-transformers")
+    mrl_text.push_exported_to_hub(model, "org/exported", format="sentence-transformers")
     (commit,) = captured_commit["commits"]
     pushed = commit["files"]
     config = json.loads(pushed["config.json"])
@@ -208,6 +209,6 @@ def test_push_to_hub_in_the_exported_format_sends_a_standard_folder(make_model, 
     assert not any(name.endswith(".py") for name in pushed), sorted(pushed)
     assert "org/exported" in pushed["README.md"].decode()
 
-    local = model.export(tmp_path / "exported")
+    local = mrl_text.export_model(model, tmp_path / "exported")
     exported = json.loads((Path(local or tmp_path / "exported") / "config.json").read_text())
     assert exported["matryoshka_dimensions"] == config["matryoshka_dimensions"]

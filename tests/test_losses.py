@@ -208,14 +208,11 @@ def test_config_dict_and_citation_say_what_trained_the_model():
     assert MatryoshkaCrossEntropyLoss(classifier).citation == loss.citation
 
 
-def test_image_text_loss_moved_with_a_deprecated_alias():
+def test_image_text_loss_is_the_symmetric_infonce_at_the_models_temperature():
     from types import SimpleNamespace
 
-    from mrl_text.image_text.losses import ImageTextInfoNCELoss
+    from mrl_text.losses import ImageTextInfoNCELoss
 
-    with pytest.warns(DeprecationWarning, match="mrl_text.image_text.losses.ImageTextInfoNCELoss"):
-        from mrl_text.losses import ImageTextInfoNCELoss as old
-    assert old is ImageTextInfoNCELoss
     torch.manual_seed(0)
     image, text, scale = unit(torch.randn(3, 8)), unit(torch.randn(3, 8)), torch.tensor(7.0)
     loss = ImageTextInfoNCELoss(SimpleNamespace(logit_scale=scale))([image, text])
@@ -256,7 +253,7 @@ def test_prefix_targets_are_checked():
 
 @pytest.mark.parametrize("efficient", [False, True])
 def test_scaled_head_inputs_lengthen_small_prefixes_and_survive_saving(efficient, tmp_path):
-    from mrl_text.optimization import build_optimizer
+    from mrl_text.training.optimization import build_optimizer
 
     torch.manual_seed(0)
     config = MatryoshkaConfig(encoder=tiny_bert_config(), matryoshka_dimensions=[32, 8], efficient_heads=efficient,

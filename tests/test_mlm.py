@@ -134,7 +134,7 @@ def test_card_of_a_masked_lm_says_fill_mask_and_how_to_use_it(make_mlm, tmp_path
     the card is rebuilt from the saved config alone."""
     from huggingface_hub import ModelCard
 
-    from mrl_text.model_card import build_card
+    from mrl_text.cards.card import build_card
 
     model = make_mlm()
     model.save_pretrained(tmp_path)
@@ -212,7 +212,7 @@ def test_pretrain_recipe_smoke(recipe, tiny_tokenizer, corpus, tmp_path, capsys)
     assert "MLM accuracy before" in printed and "| 8 |" in printed
     assert (out / "mlm_accuracy.json").is_file() and not (out / "checkpoints").exists()
     # the card: MLM accuracy at every size, after (this model, in the model-index) and before (a comparison)
-    from mrl_text.model_card_data import MatryoshkaModelCardData
+    from mrl_text.cards.card_data import MatryoshkaModelCardData
 
     rows = MatryoshkaModelCardData.load(out).results.rows
     assert {(r["model"], r["dim"]): round(100 * r["value"], 6) for r in rows} == {

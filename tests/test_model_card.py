@@ -8,8 +8,8 @@ from huggingface_hub import ModelCard
 
 import mrl_text
 from mrl_text.evaluation import Results, STSEvaluator, evaluate
-from mrl_text.model_card import PLOT_FILENAME, TEMPLATE_PATH, build_card, save_with_card
-from mrl_text.model_card_data import CARD_DATA_FILENAME, MatryoshkaModelCardData, display_name, parse_trainer_metrics
+from mrl_text.cards.card import PLOT_FILENAME, TEMPLATE_PATH, build_card, save_with_card
+from mrl_text.cards.card_data import CARD_DATA_FILENAME, MatryoshkaModelCardData, display_name, parse_trainer_metrics
 
 from .conftest import tiny_bert_config
 
@@ -67,7 +67,7 @@ def test_card_without_results(make_model):
 
 
 def test_template_ships_inside_the_package():
-    assert TEMPLATE_PATH.is_file() and TEMPLATE_PATH.parent.parent == __import__("pathlib").Path(mrl_text.__file__).parent
+    assert TEMPLATE_PATH.is_file() and __import__("pathlib").Path(mrl_text.__file__).parent in TEMPLATE_PATH.parents
 
 
 def test_save_pretrained_writes_card_when_results_are_known(make_model, tmp_path, sentences):
@@ -194,7 +194,7 @@ def encoder_dir(tmp_path):
 
 
 def _train(encoder_dir, tmp_path, max_seq_length=4, **overrides):
-    from mrl_text.trainer import MatryoshkaTrainer, MatryoshkaTrainingArguments
+    from mrl_text.training.trainer import MatryoshkaTrainer, MatryoshkaTrainingArguments
 
     torch.manual_seed(0)
     model = mrl_text.MatryoshkaModel.from_encoder(str(encoder_dir), matryoshka_dimensions=[32, 16, 8])

@@ -12,7 +12,7 @@ from pathlib import Path
 
 import pytest
 
-from mrl_text.model_card import PLOT_FILENAME
+from mrl_text.cards.card import PLOT_FILENAME
 
 from .conftest import load_module
 

@@ -386,7 +386,7 @@ def test_from_encoder_is_quiet_and_writes_no_local_path(tiny_tokenizer, tmp_path
 
 
 def test_portable_name_of_a_hub_cache_snapshot(tmp_path):
-    from mrl_text.configuration_matryoshka import portable_name
+    from mrl_text.models.configuration_matryoshka import portable_name
 
     snapshot = tmp_path / "hub" / "models--org--name" / "snapshots" / "0123abc"
     snapshot.mkdir(parents=True)
@@ -396,7 +396,7 @@ def test_portable_name_of_a_hub_cache_snapshot(tmp_path):
 
 
 def test_check_dim_is_the_one_size_check():
-    from mrl_text.configuration_matryoshka import check_dim
+    from mrl_text.models.configuration_matryoshka import check_dim
 
     assert check_dim(None, 32) is None and check_dim(np.int64(8), 32) == 8 and type(check_dim(np.int64(8), 32)) is int
     with pytest.raises(ValueError, match=r"dim=33 is larger than the embedding size 32; use an integer in 1..32, "
@@ -409,11 +409,11 @@ def test_check_dim_is_the_one_size_check():
 
 def test_modeling_files_travel_alone():
     """The files save_pretrained copies import only torch, transformers, huggingface_hub and each other, and no
-    private transformers name; `from_sentence_transformer` (sentence-transformers) is attached by the package."""
+    private transformers name (tests/test_house.py walks every module of the package)."""
     import ast
     import sys
 
-    package = os.path.dirname(mrl_text.__file__)
+    package = os.path.join(os.path.dirname(mrl_text.__file__), "models")
     # (the MLM model reuses the classification file's MatryoshkaLinear)
     siblings = {"configuration_matryoshka", "modeling_matryoshka", "modeling_matryoshka_utils",
                 "modeling_matryoshka_adaptor", "modeling_matryoshka_depth", "modeling_matryoshka_classification",
@@ -433,8 +433,6 @@ def test_modeling_files_travel_alone():
                     assert not any(alias.name.startswith("_") for alias in node.names), (name, node.module)
             elif isinstance(node, ast.Attribute):
                 assert node.attr not in {"_model_mapping", "_upload_modified_files"}, name
-    assert MatryoshkaModel.from_sentence_transformer.__func__.__module__ == "mrl_text"
-    assert "mrl_text.sentence_transformers.from_sentence_transformer" in MatryoshkaModel.from_sentence_transformer.__doc__
 
 
 def test_trainer_finds_the_special_tokens_it_expects(make_model, capfd):

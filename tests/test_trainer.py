@@ -7,7 +7,7 @@ from transformers import AutoModel, BertModel
 
 from mrl_text import MatryoshkaConfig, MatryoshkaForSequenceClassification
 from mrl_text.losses import DistillMSELoss, MatryoshkaLoss
-from mrl_text.trainer import (
+from mrl_text.training.trainer import (
     MatryoshkaDataCollator,
     MatryoshkaTrainer,
     MatryoshkaTrainingArguments,
@@ -299,7 +299,7 @@ def test_classification_heads_learn_at_their_own_rate_by_default(make_model, tin
     `learning_rate`; an embedding model keeps one rate unless `head_learning_rate` is set."""
     import math
 
-    from mrl_text.optimization import DEFAULT_HEAD_LEARNING_RATE
+    from mrl_text.training.optimization import DEFAULT_HEAD_LEARNING_RATE
 
     model = make_classifier(tiny_tokenizer, dims=(32, 16, 8))
     labelled = Dataset.from_dict({"text": PAIRS["anchor"], "label": [0, 1] * 4})

@@ -16,11 +16,8 @@ primary metric, written as JSON, markdown and a plot.
 
 Files: `embedders` (models -> [`Embedder`]), `base` (the evaluator contract), `text` (the text evaluators),
 `results` ([`Results`]), `runner` ([`evaluate`]), `grid` ([`evaluate_grid`]: every (layers, size, precision)
-cell). Image-text evaluators live in `mrl_text.image_text.evaluation`.
+cell). Image-text evaluators live in `mrl_text.evaluation.image_text`.
 """
-
-import importlib
-import warnings
 
 from ..metrics import fit_linear_probe
 from .base import Evaluator
@@ -28,34 +25,24 @@ from .embedders import DEFAULT_BATCH_SIZE, DEFAULT_MAX_LENGTH, Embedder, as_embe
 from .grid import evaluate_grid
 from .results import Results
 from .runner import evaluate
+from .image_text import (
+    DualEmbedder,
+    ImageKNNEvaluator,
+    ImageTextEvaluator,
+    ImageTextRetrievalEvaluator,
+    ZeroShotClassificationEvaluator,
+    as_dual_embedder,
+)
 from .text import ClassificationEvaluator, RetrievalEvaluator, STSEvaluator
-
-# Names that moved out of this package: old imports keep working, with a DeprecationWarning naming the new home.
-MOVED = {
-    "DualEmbedder": "mrl_text.image_text.evaluation",
-    "ImageKNNEvaluator": "mrl_text.image_text.evaluation",
-    "ImageTextEvaluator": "mrl_text.image_text.evaluation",
-    "ImageTextRetrievalEvaluator": "mrl_text.image_text.evaluation",
-    "ZeroShotClassificationEvaluator": "mrl_text.image_text.evaluation",
-    "as_dual_embedder": "mrl_text.image_text.evaluation",
-    "classification_compute_metrics": "mrl_text.trainer",
-    "metrics_for_trainer": "mrl_text.trainer",
-}
-
-
-def __getattr__(name):
-    if name in MOVED:
-        warnings.warn(
-            f"mrl_text.evaluation.{name} moved to {MOVED[name]}.{name}; import it from there.",
-            DeprecationWarning,
-            stacklevel=2,
-        )
-        return getattr(importlib.import_module(MOVED[name]), name)
-    raise AttributeError(f"module 'mrl_text.evaluation' has no attribute {name!r}")
-
 
 __all__ = [
     "DEFAULT_BATCH_SIZE",
+    "DualEmbedder",
+    "ImageKNNEvaluator",
+    "ImageTextEvaluator",
+    "ImageTextRetrievalEvaluator",
+    "ZeroShotClassificationEvaluator",
+    "as_dual_embedder",
     "DEFAULT_MAX_LENGTH",
     "ClassificationEvaluator",
     "Embedder",

@@ -14,8 +14,8 @@ from pathlib import Path
 
 import torch
 
-from ..configuration_matryoshka import check_dim, portable_name
-from ..modeling_matryoshka import MatryoshkaModel, truncate_embeddings
+from ..models.configuration_matryoshka import check_dim, portable_name
+from ..models.modeling_matryoshka import MatryoshkaModel, truncate_embeddings
 
 DEFAULT_BATCH_SIZE = 32
 # 256 tokens: sentence-transformers' own limit for all-MiniLM-L6-v2 and most of its models, longer than every STS
@@ -253,7 +253,7 @@ def _sentence_transformer_embedder(model, dims, batch_size, max_length, device, 
     )
     with model.truncate_embeddings(None):
         full_dim = max(nested) if nested else model.get_embedding_dimension()
-    # A Matryoshka module inside the pipeline (mrl_text.sentence_transformers) takes `dim=` and may otherwise apply
+    # A Matryoshka module inside the pipeline (mrl_text.models.sentence_transformers_matryoshka) takes `dim=` and may otherwise apply
     # the config's truncate_dim: ask it for the full size explicitly.
     size_kwargs = {"dim": full_dim} if "dim" in (model.get_model_kwargs() or []) else {}
 

@@ -4,7 +4,7 @@ Users pay for bytes (size x bits per coordinate) and milliseconds (encoder layer
 every combination so the best one per budget can be read off ([`Results.pareto_front`], [`Results.plot_budget`]).
 
 Per layer count, every distinct text of every task is encoded once at full size; each size is a prefix
-(`truncate_embeddings`) and each precision is `mrl_text.quantization`'s codes of that prefix, scored as:
+(`truncate_embeddings`) and each precision is `mrl_text.models.quantization`'s codes of that prefix, scored as:
 - STS: cosine of the dequantized codes (binary: of the +1/-1 bits, i.e. Hamming similarity);
 - retrieval: float queries against dequantized int8 documents (asymmetric search, what `FunnelIndex` does), bit
   queries against bit documents (Hamming); with `rescore=k`, also the `"<precision>+rescore"` cell: the top `k` of
@@ -25,11 +25,11 @@ import torch
 import torch.nn.functional as F
 
 from .. import metrics
-from ..configuration_matryoshka import ranges_key
+from ..models.configuration_matryoshka import ranges_key
 from ..metrics import fit_linear_probe
-from ..modeling_matryoshka import MatryoshkaModel
-from ..modeling_matryoshka_depth import check_layers
-from ..quantization import BIT_PRECISIONS, calibration_ranges, check_precision, dequantize, quantize
+from ..models.modeling_matryoshka import MatryoshkaModel
+from ..models.modeling_matryoshka_depth import check_layers
+from ..models.quantization import BIT_PRECISIONS, calibration_ranges, check_precision, dequantize, quantize
 from .base import Evaluator
 from .embedders import Embedder, as_embedder, encode_once, load_model
 from .results import Results
@@ -50,7 +50,7 @@ def evaluate_grid(model, evaluators, dims=None, precisions=DEFAULT_PRECISIONS, l
             evaluate --layers` passes, so the rows keep the embedder's name).
         evaluators: [`STSEvaluator`], [`RetrievalEvaluator`] and [`ClassificationEvaluator`] instances.
         dims (`list[int]`, *optional*): sizes; default the model's trained sizes. Bit codes need multiples of 8.
-        precisions (`list[str]`): any of `mrl_text.quantization.PRECISIONS`.
+        precisions (`list[str]`): any of `mrl_text.models.quantization.PRECISIONS`.
         layers (`list[int | None]`, *optional*): encoder layer counts (`model.encode(..., layers=k)`); None or the
             model's depth is the full model. Default: the full model only.
         rescore (`int`, *optional*): retrieval also scores quantized search + float re-ranking of the top `rescore`.

@@ -11,7 +11,7 @@ import json
 from pathlib import Path
 
 from ..file_utils import write_atomic
-from ..quantization import bytes_per_vector
+from ..models.quantization import bytes_per_vector
 from .base import Evaluator
 
 ROW_KEYS = ("model", "task", "metric", "dim", "value")
@@ -361,11 +361,8 @@ def _png(figure, path):
 
 
 def _evaluator_classes():
-    """Every evaluator class that declares a task type, the image-text ones included (imported on demand)."""
-    try:
-        from ..image_text import evaluation  # noqa: F401  (registers the image-text evaluators)
-    except ImportError:  # pragma: no cover - shipped with the package
-        pass
+    """Every evaluator class that declares a task type (each registers itself when its module is imported; the
+    `mrl_text.evaluation` package imports the text and the image-text ones)."""
     return list(Evaluator.registry)
 
 

@@ -4,7 +4,7 @@ import torch
 
 from .. import metrics
 from ..metrics import fit_linear_probe
-from ..modeling_matryoshka import truncate_embeddings
+from ..models.modeling_matryoshka import truncate_embeddings
 from .base import Evaluator, require_examples
 from .embedders import encode_once
 

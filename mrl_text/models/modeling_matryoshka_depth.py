@@ -1,7 +1,7 @@
 """Depth of a Matryoshka model (2D Matryoshka): run only the first `k` encoder layers, pool any layer's states.
 
 Li et al., "2D Matryoshka Sentence Embeddings" (2024, https://arxiv.org/abs/2402.14776); Zhuang et al., "Starbucks"
-(2025). A model trained with `mrl_text.losses_depth.MatryoshkaDepthLoss` gives embeddings after its first `k` layers
+(2025). A model trained with `mrl_text.losses.depth.MatryoshkaDepthLoss` gives embeddings after its first `k` layers
 for every `k` in `config.matryoshka_layers`; `encode(texts, layers=k)` then skips the remaining layers entirely.
 
 Encoders of the BERT family end every layer with a LayerNorm (post-LN) and have no final norm after the stack, so the

@@ -15,8 +15,8 @@ from transformers import AutoConfig, PreTrainedConfig
 POOLING_MODES = ("mean", "cls", "max", "last")
 # The same modes as sentence-transformers' Pooling names them (the same computations on right-padded batches).
 SENTENCE_TRANSFORMERS_POOLING = {"mean": "mean", "cls": "cls", "max": "max", "last": "lasttoken"}
-# Where a saved folder keeps the code of its sentence-transformers MatryoshkaTruncation module (mrl_text's
-# sentence_transformers.py; sentence-transformers reserves class paths that start with `sentence_transformers.`).
+# Where a saved folder keeps the code of its sentence-transformers MatryoshkaTruncation module (the
+# mrl_text/models/ file of that name; sentence-transformers reserves class paths that start with `sentence_transformers.`).
 SENTENCE_TRANSFORMERS_MODULE_FILE = "sentence_transformers_matryoshka.py"
 
 
@@ -96,7 +96,7 @@ class MatryoshkaConfig(WrappingConfig):
         adaptor (`dict`, *optional*):
             The config of a `MatryoshkaAdaptor` (its `to_dict()`) applied after pooling and projection, before
             truncation; its weights are saved with the model's. `None` (default): no adaptor. Attach one with
-            `model.add_adaptor(...)`.
+            `mrl_text.add_adaptor(model, ...)`.
         quantization_ranges (`dict[str, list[list[float]]]`, *optional*):
             Per size (`"64"`), the per-coordinate `[minima, maxima]` of the truncated, normalized embeddings that
             `encode(..., precision="int8" | "uint8")` quantizes with; written by `model.calibrate_quantization(texts)`.

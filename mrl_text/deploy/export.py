@@ -12,7 +12,7 @@ readers of the older layout, so they are not written here.
 
 Calibrated int8/uint8 ranges (`model.calibrate_quantization`) are kept in config.json as `quantization_ranges`
 (`{"64": [[minima], [maxima]], ...}`); `exported_ranges(folder, dim)` reads them back, and quantizing the folder's
-re-normalized prefix with them (mrl_text.quantization.quantize, or sentence-transformers' `quantize_embeddings(...,
+re-normalized prefix with them (mrl_text.models.quantization.quantize, or sentence-transformers' `quantize_embeddings(...,
 ranges=)`) gives the codes of `model.encode(texts, dim=dim, precision="int8")`.
 
 `format="onnx"` adds `onnx/model.onnx` (the encoder's token states), the file sentence-transformers'
@@ -32,7 +32,7 @@ import torch
 from transformers.models.auto.configuration_auto import CONFIG_MAPPING_NAMES
 from transformers.models.auto.modeling_auto import MODEL_MAPPING_NAMES
 
-from .quantization import model_ranges
+from ..models.quantization import model_ranges
 
 EXPORT_FORMATS = ("sentence-transformers", "onnx")
 # Our pooling modes -> the boolean keys of a sentence-transformers Pooling config.

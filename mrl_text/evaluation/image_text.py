@@ -11,9 +11,9 @@ import os
 import torch
 
 from .. import metrics
-from ..evaluation.base import Evaluator, require_examples
-from ..evaluation.embedders import DEFAULT_BATCH_SIZE, Embedder, check_max_length, encode_once
-from ..modeling_matryoshka import truncate_embeddings
+from .base import Evaluator, require_examples
+from .embedders import DEFAULT_BATCH_SIZE, Embedder, check_max_length, encode_once
+from ..models.modeling_matryoshka import truncate_embeddings
 
 
 class DualEmbedder(Embedder):
@@ -45,7 +45,7 @@ def as_dual_embedder(model, dims=None, batch_size=DEFAULT_BATCH_SIZE, max_length
     """Wrap a `MatryoshkaDualEncoder` (or its folder / hub id) as a [`DualEmbedder`] scored at `dims` (default: the
     config's `matryoshka_dimensions`). `max_length` caps the captions' tokens (default: the text tower's own limit,
     e.g. 64 for ALIGN, 77 for CLIP)."""
-    from .modeling_matryoshka_dual_encoder import MatryoshkaDualEncoder
+    from ..models.modeling_matryoshka_dual_encoder import MatryoshkaDualEncoder
 
     if isinstance(model, DualEmbedder):
         return model if dims is None else model.with_dims(dims)

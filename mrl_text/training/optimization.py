@@ -11,7 +11,7 @@ import math
 
 import torch
 
-from .modeling_matryoshka_classification import MatryoshkaLinear
+from ..models.modeling_matryoshka_classification import MatryoshkaLinear
 
 # Classification heads' rate when the arguments name none (the validation study above).
 DEFAULT_HEAD_LEARNING_RATE = 3e-2

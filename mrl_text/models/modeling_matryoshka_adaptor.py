@@ -5,7 +5,7 @@ EMNLP 2024.
 
 This file travels with a saved adaptor (or a saved `MatryoshkaModel` holding one, which imports it relatively): it
 imports only torch, transformers' dependencies (safetensors, huggingface_hub) and its sibling
-modeling_matryoshka_utils.py. Training lives in `mrl_text.adaptor`.
+modeling_matryoshka_utils.py. Training lives in `mrl_text.adaptor.fitting`.
 """
 
 import json
@@ -108,7 +108,7 @@ class MatryoshkaAdaptor(nn.Module):
     (queries and documents of one size always go through the same map), so mixing sizes in a funnel stays valid
     as long as each stage scores both sides at its own size.
 
-    Train it with `mrl_text.adaptor.fit`.
+    Train it with `mrl_text.adaptor.fitting.fit`.
     """
 
     def __init__(self, config):
@@ -116,7 +116,7 @@ class MatryoshkaAdaptor(nn.Module):
         self.config = config
         size = config.embedding_size
         # A buffer, not a parameter: PCA rotations are fit in closed form; a learned rotation is trained through a
-        # skew-symmetric parametrization in `mrl_text.adaptor` and written back here, so it stays orthogonal.
+        # skew-symmetric parametrization in `mrl_text.adaptor.fitting` and written back here, so it stays orthogonal.
         self.register_buffer("rotation", torch.eye(size) if config.rotation else torch.empty(0), persistent=True)
         layers, width = [], size
         for _ in range(config.num_layers):

@@ -121,7 +121,7 @@ class MatryoshkaForMaskedLM(MatryoshkaPreTrainedModel):
         input_embedding = self.matryoshka.get_input_embeddings().weight
         source = next(name for name, p in self.matryoshka.named_parameters() if p is input_embedding)
         self._tied_weights_keys = {"lm_head.decoder.weight": f"matryoshka.{source}"}
-        # Training only: the factor on every smaller size's loss weight, set per step (mrl_text.schedule)
+        # Training only: the factor on every smaller size's loss weight, set per step (mrl_text.training.schedule)
         self.smaller_sizes_scale = 1.0
         self.post_init()
 

@@ -25,9 +25,9 @@ from pathlib import Path
 
 from transformers import TrainerCallback
 
-from .configuration_matryoshka import portable_name
-from .evaluation import Results
-from .file_utils import write_atomic
+from ..models.configuration_matryoshka import portable_name
+from ..evaluation import Results
+from ..file_utils import write_atomic
 
 CARD_DATA_FILENAME = "model_card_data.json"
 BEFORE_TRAINING = "before training"

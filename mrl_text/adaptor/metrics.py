@@ -1,4 +1,4 @@
-"""Validation metrics of `mrl_text.adaptor.fit`'s gate, on embeddings alone: how well a size of candidate embeddings
+"""Validation metrics of `mrl_text.adaptor.fitting.fit`'s gate, on embeddings alone: how well a size of candidate embeddings
 keeps the full-size originals' neighbours and order of similarities, and a queries' nDCG@10."""
 
 import math
@@ -6,7 +6,7 @@ import math
 import torch
 from torch.nn import functional as F
 
-from .modeling_matryoshka import truncate_embeddings
+from ..models.modeling_matryoshka import truncate_embeddings
 
 VALIDATION_K = 10
 

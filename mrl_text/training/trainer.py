@@ -2,7 +2,7 @@
 
 `MatryoshkaTrainingArguments` adds the loss and its options to `TrainingArguments`; `MatryoshkaTrainer` tokenizes
 the dataset's text columns (`MatryoshkaDataCollator`), runs the model once per text column per step and hands the
-full-size embeddings and the labels to the loss, `loss(embeddings, labels)` (`mrl_text.losses`): by default
+full-size embeddings and the labels to the loss, `loss(embeddings, labels)` (`mrl_text.losses.matryoshka`): by default
 `MatryoshkaLoss.from_config(model.config, base_loss)`, so the sizes and their weights come only from the model's
 config. Following transformers, a model that computes its own loss from `labels` (`MatryoshkaForSequenceClassification`
 and its Matryoshka cross-entropy) is trained on that loss, and its logits reach `compute_metrics`
@@ -36,14 +36,14 @@ from .collator import (  # noqa: F401
     MatryoshkaDataCollator,
     split_batch,
 )
-from .evaluation import evaluate as evaluate_model
-from .losses import LOSSES, MatryoshkaLoss, get_loss
-from .losses_depth import MatryoshkaDepthLoss
-from .modeling_matryoshka import MatryoshkaModel, MatryoshkaPreTrainedModel
-from .modeling_matryoshka_classification import MatryoshkaForSequenceClassification
+from ..evaluation import evaluate as evaluate_model
+from ..losses.matryoshka import LOSSES, MatryoshkaLoss, get_loss
+from ..losses.depth import MatryoshkaDepthLoss
+from ..models.modeling_matryoshka import MatryoshkaModel, MatryoshkaPreTrainedModel
+from ..models.modeling_matryoshka_classification import MatryoshkaForSequenceClassification
 from .optimization import DEFAULT_HEAD_LEARNING_RATE, build_optimizer
 from .schedule import MatryoshkaScheduleCallback, check_fraction, smaller_sizes_scale  # noqa: F401
-from .trainer_metrics import classification_compute_metrics, metrics_for_trainer
+from .metrics import classification_compute_metrics, metrics_for_trainer
 
 logger = logging.getLogger(__name__)
 
@@ -240,12 +240,12 @@ class MatryoshkaTrainer(Trainer):
         if isinstance(loss_fn, nn.Module) and self.place_model_on_device:
             loss_fn.to(args.device)  # with the models a loss holds (a distillation teacher)
         # The model card is filled as training goes: loss, data, arguments, results at every size, versions, time.
-        from .model_card_data import MatryoshkaModelCardCallback
+        from ..cards.card_data import MatryoshkaModelCardCallback
 
         self.add_callback(MatryoshkaModelCardCallback(self))
 
     def create_optimizer(self, model=None):
-        """AdamW with the encoder at `learning_rate` and the heads at `head_learning_rate` (mrl_text.optimization)."""
+        """AdamW with the encoder at `learning_rate` and the heads at `head_learning_rate` (mrl_text.training.optimization)."""
         model = self.model if model is None else model
         head_lr = self.args.head_learning_rate
         if head_lr is None and isinstance(model, MatryoshkaForSequenceClassification):

@@ -19,9 +19,9 @@ import warnings
 import torch
 from torch import nn
 
-from .distributed import gather_with_grad, in_batch_targets
-from .modeling_matryoshka import truncate_embeddings
-from .modeling_matryoshka_utils import scaled_size_weights
+from ..distributed import gather_with_grad, in_batch_targets
+from ..models.modeling_matryoshka import truncate_embeddings
+from ..models.modeling_matryoshka_utils import scaled_size_weights
 
 MATRYOSHKA_CITATION = """@inproceedings{kusupati2022matryoshka,
   title     = {Matryoshka Representation Learning},
@@ -430,17 +430,6 @@ def get_loss(name, **options):
     if missing:
         raise ValueError(f"Loss {name!r} needs the option(s) {missing}, e.g. get_loss({name!r}, {missing[0]}=...).")
     return loss_class(**options)
-
-
-def __getattr__(name):
-    # Image-text losses live in the image_text subpackage; the old import path keeps working, with a warning.
-    if name == "ImageTextInfoNCELoss":
-        warnings.warn("mrl_text.losses.ImageTextInfoNCELoss moved to mrl_text.image_text.losses.ImageTextInfoNCELoss; "
-                      "import it from there.", DeprecationWarning, stacklevel=2)
-        from .image_text.losses import ImageTextInfoNCELoss
-
-        return ImageTextInfoNCELoss
-    raise AttributeError(f"module {__name__!r} has no attribute {name!r}")
 
 
 __all__ = [

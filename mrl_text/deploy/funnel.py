@@ -6,7 +6,7 @@ rescores the survivors with exact dot products on a larger prefix and keeps fewe
 only ever touched at the small size, so a search costs a fraction of an exact full-size scan. Example:
 
 ```python
->>> from mrl_text.retrieval import FunnelIndex, exact_search
+>>> from mrl_text.deploy.funnel import FunnelIndex, exact_search
 >>> index = FunnelIndex(doc_embeddings, stages=[(32, 400), (128, 100), (384, 10)])
 >>> scores, ids = index.search(query_embeddings, k=10)
 >>> index.save("my_index"); index = FunnelIndex.load("my_index")
@@ -21,10 +21,10 @@ import numpy as np
 import torch
 from tqdm.auto import tqdm
 
-from .file_utils import parked_folder, staged_folder
-from .modeling_matryoshka import truncate_embeddings
-from .progress import progress_enabled
-from .quantization import calibration_ranges, check_ranges, dequantize, quantize, step_sizes
+from ..file_utils import parked_folder, staged_folder
+from ..models.modeling_matryoshka import truncate_embeddings
+from ..progress import progress_enabled
+from ..models.quantization import calibration_ranges, check_ranges, dequantize, quantize, step_sizes
 
 SHORTLISTS = ("flat", "hnsw", "ivf")
 QUANTIZATIONS = (None, "int8", "binary")
@@ -120,7 +120,7 @@ class FunnelIndex:
         shortlist (`str`): the first stage's FAISS index: `"flat"` (exact), `"hnsw"` (graph) or `"ivf"`
             (inverted lists); the approximate ones pay off on large corpora.
         quantization (`str`, *optional*): codes of the first stage: `None` (float32), `"int8"` (one byte per
-            coordinate, `mrl_text.quantization`'s codes, searched with float queries) or `"binary"` (sign bits,
+            coordinate, `mrl_text.models.quantization`'s codes, searched with float queries) or `"binary"` (sign bits,
             Hamming distance; the first size must be a multiple of 8).
         quantization_ranges (*optional*): int8 ranges `(2, first size)`; default: measured on the first documents added.
         normalize (`bool`): re-normalize every prefix (of documents and queries) to unit length, as the model does.

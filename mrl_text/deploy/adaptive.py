@@ -21,10 +21,10 @@ import numpy as np
 import torch
 from tqdm.auto import tqdm
 
-from .evaluation import fit_linear_probe
-from .modeling_matryoshka import MatryoshkaModel, truncate_embeddings
-from .modeling_matryoshka_classification import MatryoshkaForSequenceClassification
-from .progress import progress_enabled
+from ..evaluation import fit_linear_probe
+from ..models.modeling_matryoshka import MatryoshkaModel, truncate_embeddings
+from ..models.modeling_matryoshka_classification import MatryoshkaForSequenceClassification
+from ..progress import progress_enabled
 
 # Lagrange weights trading accuracy for dimensions when searching thresholds (0 = accuracy only).
 _TRADE_OFFS = (0.0, 0.001, 0.003, 0.01, 0.03, 0.1, 0.3, 1.0, 3.0)

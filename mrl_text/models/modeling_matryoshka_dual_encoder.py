@@ -4,17 +4,13 @@ Kusupati et al., "Matryoshka Representation Learning", NeurIPS 2022 (https://arx
 ALIGN with MRL: the image and the text embedding are nested alike, each prefix is normalized on its own, and the
 contrastive loss is summed over sizes.
 
-This file imports only torch, transformers and the Matryoshka modeling and configuration files, as siblings
-(relative imports): in a saved model folder every file sits side by side, which is how ``trust_remote_code=True``
-loads it without mrl-text; in the package, mrl_text/image_text/__init__.py provides the text files as siblings.
+This file imports only torch, transformers and its sibling files of `mrl_text/models/` (relative imports), so
+``save_pretrained`` copies it with them next to the weights and ``trust_remote_code=True`` loads a saved model on a
+machine without mrl-text.
 """
 
-import ast
-import importlib
 import inspect
-import os
-import shutil
-import sys
+
 from dataclasses import dataclass
 from typing import Optional
 
@@ -62,47 +58,15 @@ class MatryoshkaDualEncoderOutput(ModelOutput):
     logit_scale: Optional[torch.FloatTensor] = None
 
 
-def save_code(model, save_directory):
-    """Copy the code of `model` and its config into `save_directory`, flat, and point `auto_map` at it.
-
-    transformers does this for classes registered with `register_for_auto_class`, but it looks for the files a module
-    imports relatively in the module's own folder; here the text files live one folder up (mrl_text/), so each one is
-    found through the import system instead. Saved folders are flat, as `trust_remote_code` expects.
-    """
-    classes = {"AutoConfig": type(model.config), "AutoModel": type(model)}
-    model.config.auto_map = {auto: f"{c.__module__.rsplit('.', 1)[-1]}.{c.__name__}" for auto, c in classes.items()}
-    pending, copied = [sys.modules[cls.__module__] for cls in classes.values()], set()
-    while pending:
-        module = pending.pop()
-        if module.__file__ in copied:
-            continue
-        copied.add(module.__file__)
-        shutil.copyfile(module.__file__, os.path.join(save_directory, os.path.basename(module.__file__)))
-        with open(module.__file__, encoding="utf-8") as f:
-            tree = ast.parse(f.read())
-        pending += [
-            importlib.import_module(f".{node.module}", module.__package__)
-            for node in ast.walk(tree)
-            if isinstance(node, ast.ImportFrom) and node.level == 1 and node.module
-        ]
-
-
 class MatryoshkaDualEncoderPreTrainedModel(MatryoshkaPreTrainedModel):
     """Shares the text models' `dim` checks, tokenizer, save hooks (model card) and `push_to_hub`; only the config
-    and the way its code is saved differ."""
+    differs."""
 
     config_class = MatryoshkaDualEncoderConfig
     config: MatryoshkaDualEncoderConfig
     base_model_prefix = "matryoshka_dual_encoder"
     main_input_name = "input_ids"
 
-    def save_pretrained(self, save_directory, *args, **kwargs):
-        # Loaded with trust_remote_code, the class is registered for its auto class and transformers copies the (flat)
-        # code itself; from the mrl_text package it is not (see save_code).
-        if self._auto_class is None and kwargs.get("is_main_process", True):
-            os.makedirs(save_directory, exist_ok=True)
-            save_code(self, save_directory)
-        super().save_pretrained(save_directory, *args, **kwargs)
 
 
 class MatryoshkaDualEncoder(MatryoshkaDualEncoderPreTrainedModel):

@@ -32,7 +32,7 @@ import numpy as np
 import torch
 from torch.nn import functional as F
 
-from .adaptor_metrics import (
+from .metrics import (
     VALIDATION_K,
     closest_pairs,
     cosine_matrix,
@@ -41,9 +41,9 @@ from .adaptor_metrics import (
     retrieval_ndcg,
     similarity_correlation,
 )
-from .losses import InfoNCELoss, MatryoshkaLoss
-from .modeling_matryoshka import truncate_embeddings
-from .modeling_matryoshka_adaptor import MatryoshkaAdaptor, MatryoshkaAdaptorConfig
+from ..losses.matryoshka import InfoNCELoss, MatryoshkaLoss
+from ..models.modeling_matryoshka import truncate_embeddings
+from ..models.modeling_matryoshka_adaptor import MatryoshkaAdaptor, MatryoshkaAdaptorConfig
 
 OBJECTIVES = ("unsupervised", "supervised", "both")
 

@@ -1,10 +1,10 @@
 """Trainer glue for metrics: evaluator results as `Trainer` log keys, and `compute_metrics` for nested heads.
 
-Both work with `MatryoshkaTrainer` and a plain `transformers.Trainer`; import them from `mrl_text.trainer`.
+Both work with `MatryoshkaTrainer` and a plain `transformers.Trainer`; import them from `mrl_text.training.trainer`.
 """
 
-from . import metrics
-from .evaluation import Results
+from .. import metrics
+from ..evaluation import Results
 
 
 def metrics_for_trainer(results, prefix="eval"):

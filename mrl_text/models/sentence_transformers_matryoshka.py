@@ -186,7 +186,7 @@ class MatryoshkaTruncation(Module):
 
 
 def _exported_fields(st_model):
-    """What `mrl_text.export.export_model` adds to a plain pipeline: the sizes (and calibrated int8 ranges) in the
+    """What `mrl_text.deploy.export.export_model` adds to a plain pipeline: the sizes (and calibrated int8 ranges) in the
     transformer's config.json, `truncate_dim`, and one linear Dense module right after Pooling (it stands for `projection_dim`)."""
     encoder_config = copy.deepcopy(st_model[0].model.config)
     dims = getattr(encoder_config, "matryoshka_dimensions", None) if getattr(encoder_config, "is_matryoshka", False) else None
@@ -249,7 +249,7 @@ def from_sentence_transformer(
             f"{source!r} is already a Matryoshka model; load its folder with MatryoshkaModel.from_pretrained "
             "(save a loaded SentenceTransformer with .save(folder) first)."
         )
-    exported = _exported_fields(st_model)  # a folder written by mrl_text.export: sizes, truncate_dim, Dense projection
+    exported = _exported_fields(st_model)  # a folder written by mrl_text.deploy.export: sizes, truncate_dim, Dense projection
     projection = exported["projection"]
     unsupported = [n for m, n in zip(modules[1:], names[1:])
                    if not isinstance(m, (Pooling, Normalize)) and getattr(m, "linear", None) is not projection]

@@ -2,7 +2,7 @@
 
 `MatryoshkaModel.add_adaptor` (attached in mrl_text/__init__.py: the modeling file travels alone and cannot import
 training code) calls `add_adaptor` below; `mrl-text adapt` reads its corpus and pairs with `read_corpus` and
-`read_pairs`. The fit itself is `mrl_text.adaptor.fit`; the attached adaptor runs after pooling and projection,
+`read_pairs`. The fit itself is `mrl_text.adaptor.fitting.fit`; the attached adaptor runs after pooling and projection,
 before truncation, in `forward`, `encode` and the saved sentence-transformers folder alike.
 """
 
@@ -11,9 +11,9 @@ import csv
 import json
 from pathlib import Path
 
-from .adaptor import fit
-from .configuration_matryoshka import validate_nesting
-from .modeling_matryoshka_adaptor import MatryoshkaAdaptor
+from .fitting import fit
+from ..models.configuration_matryoshka import validate_nesting
+from ..models.modeling_matryoshka_adaptor import MatryoshkaAdaptor
 
 # Sizes for a model that has only its full size (a plain encoder): the usual nesting below it.
 DEFAULT_NESTING = (1024, 768, 512, 256, 128, 64, 32, 16)
@@ -53,7 +53,7 @@ def add_adaptor(model, corpus=None, pairs=None, *, adaptor=None, matryoshka_dime
     """Fit a Matryoshka adaptor on `corpus` (and `pairs`) with this model's own embeddings, and attach it.
 
     The encoder stays frozen: every distinct text is encoded once (at full size, without any adaptor already
-    attached) and `mrl_text.adaptor.fit` trains on those embeddings, with its validation gate (a size keeps plain
+    attached) and `mrl_text.adaptor.fitting.fit` trains on those embeddings, with its validation gate (a size keeps plain
     truncation unless the adaptor beats it on held-out data). A failed fit leaves the model as it was.
 
     Args:
@@ -68,7 +68,7 @@ def add_adaptor(model, corpus=None, pairs=None, *, adaptor=None, matryoshka_dime
         batch_size, max_length: for `encode`.
         show_progress_bar (`bool`): bars for encoding and for the fit's epochs.
         description (`str`, *optional*): what the corpus is, for the model card.
-        **fit_kwargs: `mrl_text.adaptor.fit`'s arguments (objective, hidden_size, num_layers, rotation, epochs,
+        **fit_kwargs: `mrl_text.adaptor.fitting.fit`'s arguments (objective, hidden_size, num_layers, rotation, epochs,
             supervised_epochs, validation_fraction, seed, ...).
 
     Returns:
@@ -137,7 +137,7 @@ def fit_on_texts(model, corpus, pairs, dims, adaptor, batch_size, max_length, sh
 def read_corpus(path, column="text"):
     """Texts from a file: `.txt` one per line (blank lines skipped); `.jsonl`/`.json`/`.tsv`/`.csv`/`.parquet` the
     `column` of a table (a BEIR corpus.jsonl's title is prefixed to its text, as the retrieval evaluator does)."""
-    from .data import read_table
+    from ..data import read_table
 
     path = Path(path)
     if path.suffix.lower() == ".txt":

@@ -2,11 +2,11 @@
 the sizes, usage, per-size results, the Matryoshka curve plot, training details and the citations.
 
 The card is rendered from `model.model_card_data` (a `MatryoshkaModelCardData`, filled during training; see
-`mrl_text.model_card_data`). The template ships inside the package (`mrl_text/model_cards/`) so installed wheels have it.
+`mrl_text.cards.card_data`). The template ships inside the package (`mrl_text/cards/templates/`) so installed wheels have it.
 
 ```python
 >>> model.save_pretrained("out/")      # with model.model_card_data set: README.md, matryoshka_results.png, card data
->>> from mrl_text.model_card import save_with_card
+>>> from mrl_text.cards.card import save_with_card
 >>> save_with_card(model, "out/", results)    # the same with explicit results of this model
 ```
 """
@@ -15,9 +15,9 @@ import copy
 import math
 from pathlib import Path
 
-from .evaluation import Results
-from .file_utils import write_atomic
-from .model_card_data import (
+from ..evaluation import Results
+from ..file_utils import write_atomic
+from .card_data import (
     MatryoshkaModelCardData,
     base_model_id,
     display_name,
@@ -28,8 +28,8 @@ from .model_card_data import (
     starting_point,
 )
 
-TEMPLATE_PATH = Path(__file__).parent / "model_cards" / "matryoshka_card.md"
-DUAL_ENCODER_TEMPLATE_PATH = Path(__file__).parent / "model_cards" / "matryoshka_dual_encoder_card.md"
+TEMPLATE_PATH = Path(__file__).parent / "templates" / "matryoshka_card.md"
+DUAL_ENCODER_TEMPLATE_PATH = Path(__file__).parent / "templates" / "matryoshka_dual_encoder_card.md"
 CARD_FILENAME = "README.md"
 PLOT_FILENAME = "matryoshka_results.png"
 BUDGET_PLOT_FILENAME = "matryoshka_budget.png"  # quality against bytes per vector, when the results hold a grid

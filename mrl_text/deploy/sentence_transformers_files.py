@@ -4,20 +4,20 @@
 `SentenceTransformer(folder, trust_remote_code=True)` runs Transformer (the MatryoshkaModel; `encode(texts, layers=3)`
 runs only its first 3 layers) -> Pooling -> MatryoshkaTruncation (`encode(texts, dim=64)`) -> Normalize and gives the embeddings of `MatryoshkaModel.encode`.
 Plain JSON here keeps saving free of the sentence-transformers import; the truncation module's code is
-mrl_text/sentence_transformers.py, copied into the folder as `sentence_transformers_matryoshka.py`.
+mrl_text/models/sentence_transformers_matryoshka.py, copied into the folder under the same name.
 """
 
 import json
 import os
 import shutil
 
-from .configuration_matryoshka import SENTENCE_TRANSFORMERS_MODULE_FILE as MODULE_FILE
-from .configuration_matryoshka import SENTENCE_TRANSFORMERS_POOLING
-from .modeling_matryoshka import MatryoshkaModel
+from ..models.configuration_matryoshka import SENTENCE_TRANSFORMERS_MODULE_FILE as MODULE_FILE
+from ..models.configuration_matryoshka import SENTENCE_TRANSFORMERS_POOLING
+from ..models.modeling_matryoshka import MatryoshkaModel
 
 # Keyword arguments of `SentenceTransformer.encode` passed on to the MatryoshkaModel's forward.
 TRANSFORMER_KWARGS = ("layers",)
-MODULE_SOURCE = os.path.join(os.path.dirname(os.path.abspath(__file__)), "sentence_transformers.py")
+MODULE_SOURCE = os.path.join(os.path.dirname(os.path.dirname(os.path.abspath(__file__))), "models", MODULE_FILE)
 
 
 def _write_json(directory, name, content):

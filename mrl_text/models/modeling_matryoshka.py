@@ -344,7 +344,7 @@ class MatryoshkaModel(MatryoshkaPreTrainedModel):
             device: where to run; defaults to the model's device.
             precision (`str`): `"float32"`, `"int8"`, `"uint8"` (per-coordinate ranges from
                 `calibrate_quantization`), `"binary"` or `"ubinary"` (sign bits packed into `dim / 8` bytes); the codes
-                of sentence-transformers' `quantize_embeddings` (see `mrl_text.quantization`).
+                of sentence-transformers' `quantize_embeddings` (see `mrl_text.models.quantization`).
             layers (`int`, *optional*): run only the first `layers` encoder layers (2D Matryoshka; one of
                 `config.matryoshka_layers`); None: full depth.
             output_value (`str`): `"embeddings"`, or `"full_embeddings"`: the pooled full-size vectors before any
@@ -413,7 +413,7 @@ class MatryoshkaModel(MatryoshkaPreTrainedModel):
         """Measure the int8/uint8 ranges of every trained size (or `dims`) on `texts`, at every trained depth
         (`config.matryoshka_layers`, or `layers`), and keep them in the config (`quantization_ranges`, saved in
         config.json), so `encode(..., precision="int8", layers=k)` and every copy of the saved model make the same
-        codes. One encoding pass per depth (see `mrl_text.quantization.calibrate`); `encode_kwargs` go to `encode`.
+        codes. One encoding pass per depth (see `mrl_text.models.quantization.calibrate`); `encode_kwargs` go to `encode`.
         Returns the ranges by size (`(layers, size)` for shallower depths)."""
         return calibrate(self, texts, dims, layers, **encode_kwargs)
 

@@ -118,7 +118,7 @@ class MatryoshkaForSequenceClassification(MatryoshkaPreTrainedModel):
             config.matryoshka_dimensions, config.num_labels, efficient=config.efficient_heads,
             scale_inputs=getattr(config, "scale_head_inputs", False),  # absent from configs saved before it existed
         )
-        # Training only: the factor on every smaller size's loss weight, set per step (mrl_text.schedule)
+        # Training only: the factor on every smaller size's loss weight, set per step (mrl_text.training.schedule)
         self.smaller_sizes_scale = 1.0
         self.post_init()
 

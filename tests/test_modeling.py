@@ -407,34 +407,6 @@ def test_check_dim_is_the_one_size_check():
             check_dim(bad, 32)
 
 
-def test_modeling_files_travel_alone():
-    """The files save_pretrained copies import only torch, transformers, huggingface_hub and each other, and no
-    private transformers name (tests/test_house.py walks every module of the package)."""
-    import ast
-    import sys
-
-    package = os.path.join(os.path.dirname(mrl_text.__file__), "models")
-    # (the MLM model reuses the classification file's MatryoshkaLinear)
-    siblings = {"configuration_matryoshka", "modeling_matryoshka", "modeling_matryoshka_utils",
-                "modeling_matryoshka_adaptor", "modeling_matryoshka_depth", "modeling_matryoshka_classification",
-                "quantization"}
-    for name in ("modeling_matryoshka.py", "modeling_matryoshka_utils.py", "modeling_matryoshka_classification.py",
-                 "configuration_matryoshka.py", "modeling_matryoshka_adaptor.py", "modeling_matryoshka_depth.py",
-                 "modeling_matryoshka_mlm.py", "quantization.py"):
-        with open(os.path.join(package, name)) as f:
-            tree = ast.parse(f.read())
-        for node in ast.walk(tree):
-            if isinstance(node, ast.ImportFrom):
-                if node.level:
-                    assert node.level == 1 and node.module in siblings, (name, node.module)
-                else:
-                    allowed = {"torch", "transformers", "huggingface_hub", "safetensors", "tqdm", *sys.stdlib_module_names}
-                    assert node.module.split(".")[0] in allowed, (name, node.module)
-                    assert not any(alias.name.startswith("_") for alias in node.names), (name, node.module)
-            elif isinstance(node, ast.Attribute):
-                assert node.attr not in {"_model_mapping", "_upload_modified_files"}, name
-
-
 def test_trainer_finds_the_special_tokens_it_expects(make_model, capfd):
     """transformers' Trainer aligns the config's special tokens with the tokenizer's, with a warning when they
     differ: a wrapper config must expose its encoder's (BERT's pad token 0), not None."""

@@ -1,7 +1,8 @@
 """Configuration of a Matryoshka embedding model: a wrapped encoder's config plus the nesting.
 
-This file imports only transformers (and the standard library) so that ``save_pretrained`` can copy it next
-to the weights and ``trust_remote_code=True`` loads it on a machine that never installed mrl-text.
+This file imports only transformers, the standard library and its torch-free sibling
+configuration_matryoshka_adaptor.py, so that ``save_pretrained`` can copy it next to the weights and
+``trust_remote_code=True`` loads it on a machine that never installed mrl-text.
 """
 
 import math
@@ -11,6 +12,8 @@ import re
 import warnings
 
 from transformers import AutoConfig, PreTrainedConfig
+
+from .configuration_matryoshka_adaptor import MatryoshkaAdaptorConfig
 
 POOLING_MODES = ("mean", "cls", "max", "last")
 # The same modes as sentence-transformers' Pooling names them (the same computations on right-padded batches).
@@ -187,8 +190,6 @@ class MatryoshkaConfig(WrappingConfig):
         run methods of that name as argument-free validators.)"""
         if adaptor is None:
             return None
-        from .modeling_matryoshka_adaptor import MatryoshkaAdaptorConfig  # lazy: that file imports torch
-
         if not isinstance(adaptor, dict):
             raise ValueError(f"`adaptor` must be an adaptor config dict (MatryoshkaAdaptorConfig.to_dict()) or None, "
                              f"got {type(adaptor).__name__}.")

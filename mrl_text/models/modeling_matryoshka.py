@@ -386,7 +386,9 @@ class MatryoshkaModel(MatryoshkaPreTrainedModel):
         order = sorted(range(len(texts)), key=lambda i: -len(texts[i]))
         batches = range(0, len(texts), batch_size)
         if show_progress_bar:
-            from tqdm.auto import tqdm
+            # transformers' bar (tqdm underneath) keeps this folder's imports to transformers and honours its
+            # `disable_progress_bar()`.
+            from transformers.utils.logging import tqdm
 
             batches = tqdm(batches, desc="Encoding", unit="batch")
         chunks = []

@@ -4,98 +4,21 @@ Reference: Yoon et al., "Matryoshka-Adaptor: Unsupervised and Supervised Tuning 
 EMNLP 2024.
 
 This file travels with a saved adaptor (or a saved `MatryoshkaModel` holding one, which imports it relatively): it
-imports only torch, transformers' dependencies (safetensors, huggingface_hub) and its sibling
-modeling_matryoshka_utils.py. Training lives in `mrl_text.adaptor.fitting`.
+imports only torch, transformers' dependencies (safetensors, huggingface_hub) and its siblings
+configuration_matryoshka_adaptor.py and modeling_matryoshka_utils.py. Training lives in `mrl_text.adaptor.fitting`.
 """
 
-import json
 import math
-from dataclasses import asdict, dataclass, field, fields
 from pathlib import Path
 
 import torch
 from torch import nn
 
+# MatryoshkaAdaptorConfig is re-exported here: code that imports it from this file keeps working.
+from .configuration_matryoshka_adaptor import CONFIG_NAME, MatryoshkaAdaptorConfig  # noqa: F401
 from .modeling_matryoshka_utils import truncate_embeddings
 
-CONFIG_NAME = "config.json"
 WEIGHTS_NAME = "model.safetensors"
-ROTATIONS = (None, "pca", "learned")
-
-
-@dataclass
-class MatryoshkaAdaptorConfig:
-    """What an adaptor is: its sizes, its shape, and where it is used.
-
-    Args:
-        embedding_size (`int`): the size of the embeddings it maps (input and output).
-        matryoshka_dimensions (`list[int]`): the nested sizes it was fit for, largest first.
-        hidden_size (`int`): width of the residual MLP's hidden layers.
-        num_layers (`int`): number of hidden layers of the residual MLP (0: no MLP, rotation only).
-        rotation (`str`, *optional*): the orthogonal linear part applied first: `"pca"` (a rotation to the
-            corpus's principal axes, fit once), `"learned"` (trained), or `None` (no rotation). An orthogonal map
-            keeps every full-size similarity exactly.
-        adapted_dimensions (`list[int]`): the sizes at which the adaptor is used. At any other size the input is
-            returned unchanged, so that size is exactly plain truncation: the fit keeps a size here only when the
-            adaptor beat plain truncation at it on held-out validation data.
-        fit_summary (`dict`): what the adaptor was fit on and its validation figures at every size (for cards).
-    """
-
-    embedding_size: int
-    matryoshka_dimensions: list
-    hidden_size: int = 512
-    num_layers: int = 1
-    rotation: str = None
-    adapted_dimensions: list = None
-    fit_summary: dict = field(default_factory=dict)
-    model_type: str = "matryoshka_adaptor"
-
-    def __post_init__(self):
-        def positive_int(name, value):
-            if isinstance(value, bool) or not isinstance(value, int) or value <= 0:
-                raise ValueError(f"{name}={value!r} must be a positive integer.")
-
-        positive_int("embedding_size", self.embedding_size)
-        positive_int("hidden_size", self.hidden_size)
-        if isinstance(self.num_layers, bool) or not isinstance(self.num_layers, int) or self.num_layers < 0:
-            raise ValueError(f"num_layers={self.num_layers!r} must be a non-negative integer (1 or 2 is usual).")
-        if self.rotation not in ROTATIONS:
-            raise ValueError(f"rotation={self.rotation!r} is not one of {list(ROTATIONS)}.")
-        dims = list(self.matryoshka_dimensions or [])
-        if not dims:
-            raise ValueError("matryoshka_dimensions is empty; give the nested sizes, e.g. [384, 256, 128, 64].")
-        for dim in dims:
-            positive_int("matryoshka_dimensions entry", dim)
-            if dim > self.embedding_size:
-                raise ValueError(
-                    f"matryoshka_dimensions holds {dim}, larger than embedding_size {self.embedding_size}."
-                )
-        self.matryoshka_dimensions = sorted(set(dims), reverse=True)
-        adapted = self.matryoshka_dimensions if self.adapted_dimensions is None else list(self.adapted_dimensions)
-        unknown = [d for d in adapted if d not in self.matryoshka_dimensions]
-        if unknown:
-            raise ValueError(f"adapted_dimensions {unknown} are not among matryoshka_dimensions {self.matryoshka_dimensions}.")
-        self.adapted_dimensions = sorted(set(adapted), reverse=True)
-
-    def to_dict(self):
-        return asdict(self)
-
-    @classmethod
-    def from_dict(cls, values):
-        known = {f.name for f in fields(cls)}
-        return cls(**{k: v for k, v in values.items() if k in known})
-
-    def save(self, directory):
-        path = Path(directory) / CONFIG_NAME
-        path.write_text(json.dumps(self.to_dict(), indent=2, sort_keys=True) + "\n", encoding="utf-8")
-        return path
-
-    @classmethod
-    def load(cls, directory):
-        path = Path(directory) / CONFIG_NAME
-        if not path.is_file():
-            raise FileNotFoundError(f"{path}: no adaptor config (a saved MatryoshkaAdaptor folder holds {CONFIG_NAME}).")
-        return cls.from_dict(json.loads(path.read_text(encoding="utf-8")))
 
 
 class MatryoshkaAdaptor(nn.Module):

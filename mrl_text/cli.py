@@ -24,7 +24,7 @@ examples:
       --out report/
 
   # the model card (README.md with Hub metadata and per-size results) and plot, written into the model folder;
-  # new results are merged into the card data a recipe saved (loss, data, hyperparameters, its own results)
+  # new results are merged into the card data saved with the model (loss, data, hyperparameters, its own results)
   mrl-text card out/ --results report/results.json
 
 file formats:
@@ -151,7 +151,7 @@ def run_evaluate(args):
 
 
 def run_card(args):
-    """Write the card from the folder's card data (the training details a recipe saved), merged with `--results`."""
+    """Write the card from the folder's card data (the training details saved with the model), merged with `--results`."""
     from .evaluation import Results
     from .cards.card import CARD_FILENAME, write_card
     from .cards.card_data import CARD_DATA_FILENAME, MatryoshkaModelCardData, own_model_name

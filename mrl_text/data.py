@@ -1,6 +1,7 @@
 """Data loading: hub ids and local files into the column layouts the trainer and the evaluators read.
 
-Every entry point (recipes, CLI, benchmarks) reads data through this module.
+Every entry point (training scripts, the CLI, evaluations) reads data through this module, so a file or a Hub id
+means the same columns everywhere.
 """
 
 from pathlib import Path
@@ -305,7 +306,7 @@ def load_image_captions(dataset, split="train", image_column="image", caption_co
     if missing:
         raise ValueError(
             f"{dataset} ({split}) has no column(s) {missing}; its columns are {data.column_names}. Pass "
-            "image_column= / caption_column= (in the recipe: `image_column:` / `caption_column:`)."
+            "image_column= / caption_column= naming the image and caption columns."
         )
     if limit is not None:
         data = data.select(range(min(int(limit), len(data))))

@@ -1,6 +1,6 @@
 """Gathering across processes with gradients, so in-batch negatives span the global batch under DDP.
 
-Used by the contrastive losses of `mrl_text.losses.matryoshka` and `mrl_text.losses.image_text`.
+Used by the contrastive losses of `mrl_text.losses.contrastive` and `mrl_text.losses.image_text`.
 """
 
 import torch

@@ -1,4 +1,5 @@
-"""MatryoshkaTrainer on tiny random models: one encoder pass per column, every layout, checkpoints, resume, errors."""
+"""MatryoshkaTrainer on tiny random models: loss objects of every family, one encoder pass per column, checkpoints,
+resume, errors."""
 
 import pytest
 import torch
@@ -6,7 +7,14 @@ from datasets import Dataset
 from transformers import AutoModel, BertModel
 
 from mrl_text import MatryoshkaConfig, MatryoshkaForSequenceClassification
-from mrl_text.losses import DistillMSELoss, MatryoshkaLoss
+from mrl_text.losses import (
+    CoSENTLoss,
+    DistillMSELoss,
+    InfoNCELoss,
+    MatryoshkaCrossEntropyLoss,
+    MatryoshkaDepthLoss,
+    MatryoshkaLoss,
+)
 from mrl_text.training.trainer import (
     MatryoshkaDataCollator,
     MatryoshkaTrainer,
@@ -48,7 +56,7 @@ def make_classifier(tokenizer, dims=(32, 8), num_labels=2, **config_kwargs):
     return model
 
 
-LAYOUTS = {  # loss -> (rows, text columns)
+LAYOUTS = {  # base loss -> (rows, text columns)
     "infonce": ({**PAIRS, "negative": list(reversed(PAIRS["positive"]))}, 3),
     "cosent": ({"sentence1": PAIRS["anchor"], "sentence2": PAIRS["positive"], "score": [5, 4, 3, 1, 2, 4, 3, 1]}, 2),
     "cross_entropy": ({"text": PAIRS["anchor"], "label": [0, 1] * 4}, 1),
@@ -65,8 +73,10 @@ def test_encoder_runs_once_per_text_column_whatever_the_number_of_sizes(make_mod
     calls = count_encoder_calls(model.matryoshka if loss == "cross_entropy" else model)
     teacher = make_model(seed=1) if loss == "distill_mse" else None
     teacher_calls = count_encoder_calls(teacher) if teacher is not None else []
-    args = training_args(tmp_path, max_steps=2, loss=loss)
-    MatryoshkaTrainer(model=model, args=args, train_dataset=Dataset.from_dict(rows), teacher=teacher).train()
+    base = {"infonce": InfoNCELoss(), "cosent": CoSENTLoss(), "distill_mse": DistillMSELoss(teacher=teacher)}.get(loss)
+    loss_object = None if base is None else MatryoshkaLoss.from_config(model.config, base)  # None: the classifier's own
+    args = training_args(tmp_path, max_steps=2)
+    MatryoshkaTrainer(model=model, args=args, train_dataset=Dataset.from_dict(rows), loss=loss_object).train()
     assert len(calls) == 2 * text_columns  # 2 steps x the text columns, independent of len(dims)
     assert len(teacher_calls) == (2 if teacher is not None else 0)  # the teacher too: once per step, not per size
 
@@ -79,7 +89,7 @@ def test_trainer_loss_matches_matryoshka_loss_on_the_batch(make_model, tmp_path)
         loss = trainer.compute_loss(model, batch)
         a = model(**{k.split(".")[1]: v for k, v in batch.items() if k.startswith("anchor.")}).full_embeddings
         p = model(**{k.split(".")[1]: v for k, v in batch.items() if k.startswith("positive.")}).full_embeddings
-    base = trainer.loss_fn.base_loss
+    base = trainer.loss.base_loss
     norm = torch.nn.functional.normalize
     expected = base([norm(a), norm(p)]) + 3.0 * base([norm(a[:, :8]), norm(p[:, :8])])
     torch.testing.assert_close(loss, expected)
@@ -105,12 +115,17 @@ def test_training_lowers_the_loss_and_checkpoints_load(make_model, tmp_path):
 def test_resume_from_checkpoint_reaches_the_same_weights(make_model, tmp_path):
     data = Dataset.from_dict(PAIRS)
     # Dropout is on and sizes are sampled per step: the RNG state must be restored too.
-    common = dict(max_steps=6, save_strategy="steps", save_steps=3, per_device_train_batch_size=4, n_dims_per_step=2)
+    common = dict(max_steps=6, save_strategy="steps", save_steps=3, per_device_train_batch_size=4)
+
+    def sampled(model):
+        return MatryoshkaLoss.from_config(model.config, InfoNCELoss(), n_dims_per_step=2)
+
     straight = make_model(matryoshka_dimensions=(32, 16, 8, 4))
-    MatryoshkaTrainer(model=straight, args=training_args(tmp_path, **common), train_dataset=data).train()
+    MatryoshkaTrainer(model=straight, args=training_args(tmp_path, **common), train_dataset=data,
+                      loss=sampled(straight)).train()
     resumed = make_model(matryoshka_dimensions=(32, 16, 8, 4))
     args = training_args(tmp_path, output_dir=str(tmp_path / "resumed"), **common)
-    MatryoshkaTrainer(model=resumed, args=args, train_dataset=data).train(
+    MatryoshkaTrainer(model=resumed, args=args, train_dataset=data, loss=sampled(resumed)).train(
         resume_from_checkpoint=str(tmp_path / "run" / "checkpoint-3")
     )
     for (name, a), b in zip(straight.state_dict().items(), resumed.state_dict().values()):
@@ -120,17 +135,71 @@ def test_resume_from_checkpoint_reaches_the_same_weights(make_model, tmp_path):
                            straight.encoder.embeddings.word_embeddings.weight)
 
 
-def test_cosent_layout_trains(make_model, tmp_path):
+def trains(trainer, batch_rows):
+    """The trainer's loss on a fixed batch before and after `train()` (eval mode: no dropout), and whether every
+    trainable parameter's values changed somewhere."""
+    model = trainer.model
+    batch = trainer.data_collator(batch_rows)
+    before_weights = [p.detach().clone() for p in model.parameters() if p.requires_grad]
+    with torch.no_grad():
+        before = trainer.compute_loss(model.eval(), batch).item()
+    trainer.train()
+    with torch.no_grad():
+        after = trainer.compute_loss(model.eval(), batch).item()
+    moved = any(not torch.equal(a, b) for a, b in zip(before_weights, (p for p in model.parameters() if p.requires_grad)))
+    return before, after, moved
+
+
+def test_default_loss_is_infonce_at_every_size_of_the_config(make_model, tmp_path):
+    model = make_model(matryoshka_dimensions=(32, 16, 8), matryoshka_weights=[2.0, 1.0, 1.0])
+    trainer = MatryoshkaTrainer(model=model, args=training_args(tmp_path), train_dataset=Dataset.from_dict(PAIRS))
+    assert isinstance(trainer.loss, MatryoshkaLoss) and isinstance(trainer.loss.base_loss, InfoNCELoss)
+    assert trainer.loss.matryoshka_dimensions == [32, 16, 8] and trainer.loss.matryoshka_weights == [2.0, 1.0, 1.0]
+    classifier = make_classifier(model.tokenizer)
+    labelled = Dataset.from_dict({"text": PAIRS["anchor"], "label": [0, 1] * 4})
+    own = MatryoshkaTrainer(model=classifier, args=training_args(tmp_path), train_dataset=labelled).loss
+    assert isinstance(own, MatryoshkaCrossEntropyLoss) and own.model is classifier
+
+
+def test_infonce_loss_object_with_its_options_trains(make_model, tmp_path):
+    model = make_model(matryoshka_dimensions=(32, 16, 8))
+    loss = MatryoshkaLoss.from_config(model.config, InfoNCELoss(scale=10.0, symmetric=True), n_dims_per_step=2)
+    trainer = MatryoshkaTrainer(model=model, args=training_args(tmp_path, max_steps=10, per_device_train_batch_size=8),
+                                train_dataset=Dataset.from_dict(PAIRS), loss=loss)
+    assert trainer.loss is loss
+    before, after, moved = trains(trainer, [{"anchor": a, "positive": p} for a, p in zip(*PAIRS.values())])
+    assert moved and after < before
+
+
+def test_cosent_loss_object_trains(make_model, tmp_path):
     scored = Dataset.from_dict({"sentence1": PAIRS["anchor"], "sentence2": PAIRS["positive"],
                                 "score": [5.0, 4.0, 3.0, 1.0, 2.5, 4.5, 3.5, 0.5]})
-    trainer = MatryoshkaTrainer(model=make_model(), args=training_args(tmp_path, loss="cosent"), train_dataset=scored)
-    assert trainer.train().training_loss > 0
+    model = make_model(matryoshka_dimensions=(32, 8))
+    trainer = MatryoshkaTrainer(model=model, args=training_args(tmp_path, max_steps=10, per_device_train_batch_size=8),
+                                train_dataset=scored, loss=MatryoshkaLoss.from_config(model.config, CoSENTLoss(scale=20.0)))
+    before, after, moved = trains(trainer, [scored[i] for i in range(8)])
+    assert moved and after < before
+
+
+def test_depth_loss_object_trains_every_depth(tmp_path, tiny_tokenizer):
+    from mrl_text import MatryoshkaModel
+
+    torch.manual_seed(0)
+    config = MatryoshkaConfig(encoder=tiny_bert_config(vocab_size=len(tiny_tokenizer)), matryoshka_dimensions=[32, 8],
+                              matryoshka_layers=[2, 1])
+    model = MatryoshkaModel(config)
+    model.tokenizer = tiny_tokenizer
+    loss = MatryoshkaDepthLoss.from_config(config, MatryoshkaLoss.from_config(config, InfoNCELoss()), alignment="cosine")
+    trainer = MatryoshkaTrainer(model=model, args=training_args(tmp_path, max_steps=10, per_device_train_batch_size=8),
+                                train_dataset=Dataset.from_dict(PAIRS), loss=loss)
+    before, after, moved = trains(trainer, [{"anchor": a, "positive": p} for a, p in zip(*PAIRS.values())])
+    assert moved and after < before
 
 
 def test_cross_entropy_trains_nested_heads_and_checks_labels(tiny_tokenizer, tmp_path):
     model = make_classifier(tiny_tokenizer, efficient_heads=True)
     labelled = Dataset.from_dict({"text": PAIRS["anchor"], "label": [0, 1] * 4})
-    args = training_args(tmp_path, loss="cross_entropy")
+    args = training_args(tmp_path)
     trainer = MatryoshkaTrainer(model=model, args=args, train_dataset=labelled)
     # The model computes its own Matryoshka cross-entropy from the labels; the trainer's loss is that one.
     batch = trainer.data_collator([labelled[i] for i in range(8)])
@@ -143,14 +212,15 @@ def test_cross_entropy_trains_nested_heads_and_checks_labels(tiny_tokenizer, tmp
     bad = Dataset.from_dict({"text": PAIRS["anchor"], "label": [0, 1, 2, 0, 1, 0, 1, 0]})
     with pytest.raises(ValueError, match="Label 2 is out of range for num_labels=2"):
         MatryoshkaTrainer(model=model, args=args, train_dataset=bad).train()
-    with pytest.raises(ValueError, match="trains embeddings; use a MatryoshkaModel"):
-        MatryoshkaTrainer(model=model, args=training_args(tmp_path), train_dataset=Dataset.from_dict(PAIRS))
+    with pytest.raises(ValueError, match="InfoNCELoss trains embeddings; use a MatryoshkaModel"):
+        MatryoshkaTrainer(model=model, args=training_args(tmp_path), train_dataset=Dataset.from_dict(PAIRS),
+                          loss=InfoNCELoss())
 
 
 def test_compute_metrics_reports_accuracy_at_every_size(tiny_tokenizer, tmp_path):
     model = make_classifier(tiny_tokenizer, dims=(32, 16, 8))
     labelled = Dataset.from_dict({"text": PAIRS["anchor"] + PAIRS["positive"], "label": [0, 1] * 8})
-    args = training_args(tmp_path, loss="cross_entropy", eval_strategy="steps", eval_steps=2, max_steps=4,
+    args = training_args(tmp_path, eval_strategy="steps", eval_steps=2, max_steps=4,
                          per_device_eval_batch_size=5)  # 16 rows: batches of 5 are gathered across steps
     trainer = MatryoshkaTrainer(model=model, args=args, train_dataset=labelled, eval_dataset=labelled,
                                 compute_metrics=classification_compute_metrics(model.config.matryoshka_dimensions))
@@ -173,14 +243,15 @@ def test_distill_mse_moves_student_towards_teacher(make_model, tmp_path):
     teacher.tokenizer = build_tokenizer(tmp_path / "teacher-tokenizer")  # its own tokenizer: inputs tokenized twice
     student = make_model(seed=2)
     texts = Dataset.from_dict({"text": PAIRS["anchor"] + PAIRS["positive"]})
-    args = training_args(tmp_path, loss="distill_mse", max_steps=15, per_device_train_batch_size=16)
+    args = training_args(tmp_path, max_steps=15, per_device_train_batch_size=16)
 
     def distance():
         return ((student.encode(texts["text"], dim=8) - teacher.encode(texts["text"], dim=8)) ** 2).sum().item()
 
     before = distance()
-    trainer = MatryoshkaTrainer(model=student, args=args, train_dataset=texts, teacher=teacher)
-    assert trainer.loss_fn.base_loss.teacher is teacher  # the teacher belongs to the loss
+    loss = MatryoshkaLoss.from_config(student.config, DistillMSELoss(teacher=teacher))  # the teacher belongs to the loss
+    trainer = MatryoshkaTrainer(model=student, args=args, train_dataset=texts, loss=loss)
+    assert trainer.data_collator.teacher_tokenizer is teacher.tokenizer  # the teacher's own tokenization, from the loss
     trainer.train()
     assert distance() < before
 
@@ -189,21 +260,22 @@ def test_distill_mse_reads_precomputed_teacher_embeddings_from_the_label_column(
     teacher, student = make_model(seed=1), make_model(seed=2)
     texts = PAIRS["anchor"] + PAIRS["positive"]
     rows = Dataset.from_dict({"text": texts, "label": teacher.encode(texts).tolist()})  # full size, not normalized
-    trainer = MatryoshkaTrainer(model=student, args=training_args(tmp_path, loss="distill_mse"), train_dataset=rows)
+    distill = MatryoshkaLoss.from_config(student.config, DistillMSELoss())
+    trainer = MatryoshkaTrainer(model=student, args=training_args(tmp_path), train_dataset=rows, loss=distill)
     batch = trainer.data_collator([rows[i] for i in range(4)])
     with torch.no_grad():
         student_full = student(**{k.split(".")[1]: v for k, v in batch.items() if k.startswith("text.")}).full_embeddings
         expected = MatryoshkaLoss.from_config(student.config, DistillMSELoss())([student_full], batch["labels"].float())
         torch.testing.assert_close(trainer.compute_loss(student, batch), expected)
     with pytest.raises(ValueError, match="label column"):
-        MatryoshkaTrainer(model=student, args=training_args(tmp_path, loss="distill_mse"),
-                          train_dataset=Dataset.from_dict({"text": texts}))
-    with pytest.raises(ValueError, match="give the teacher to its loss"):
-        MatryoshkaTrainer(model=student, args=training_args(tmp_path), train_dataset=Dataset.from_dict(PAIRS),
-                          teacher=teacher, loss_fn=MatryoshkaLoss(DistillMSELoss(), [32]))
-    with pytest.raises(ValueError, match="teacher= is for distillation"):
+        MatryoshkaTrainer(model=student, args=training_args(tmp_path), train_dataset=Dataset.from_dict({"text": texts}),
+                          loss=distill)
+    with pytest.raises(TypeError, match=r"no teacher=; use loss=MatryoshkaLoss\(DistillMSELoss\(teacher="):
         MatryoshkaTrainer(model=student, args=training_args(tmp_path), train_dataset=Dataset.from_dict(PAIRS),
                           teacher=teacher)
+    with pytest.raises(TypeError, match="no loss_fn=; use loss="):
+        MatryoshkaTrainer(model=student, args=training_args(tmp_path), train_dataset=Dataset.from_dict(PAIRS),
+                          loss_fn=distill)
 
 
 def test_collator_tokenizes_each_text_column(tiny_tokenizer):
@@ -225,12 +297,14 @@ def test_bad_inputs_give_clear_errors(make_model, tiny_tokenizer, tmp_path):
     bert = BertModel(tiny_bert_config(vocab_size=len(tiny_tokenizer)))
     with pytest.raises(ValueError, match="MatryoshkaModel.from_encoder"):
         MatryoshkaTrainer(model=bert, args=args, train_dataset=data)
-    with pytest.raises(ValueError, match="Unknown loss 'triplet'"):
-        training_args(tmp_path, loss="triplet")
+    with pytest.raises(ValueError, match=r"loss='infonce' is a name; pass a loss object, e.g. loss=MatryoshkaLoss"):
+        MatryoshkaTrainer(model=make_model(), args=args, train_dataset=data, loss="infonce")
+    with pytest.raises(ValueError, match="pass mrl_text.training.SizeSchedule"):
+        MatryoshkaTrainer(model=make_model(), args=args, train_dataset=data, size_schedule=0.5)
     with pytest.raises(ValueError, match="needs at least 2 text column"):
         MatryoshkaTrainer(model=make_model(), args=args, train_dataset=Dataset.from_dict({"anchor": PAIRS["anchor"]}))
-    with pytest.raises(ValueError, match="a label column"):
-        MatryoshkaTrainer(model=make_model(), args=training_args(tmp_path, loss="cosent"), train_dataset=data)
+    with pytest.raises(ValueError, match=r"MatryoshkaLoss\(CoSENTLoss\) needs a label column"):
+        MatryoshkaTrainer(model=make_model(), args=args, train_dataset=data, loss=MatryoshkaLoss(CoSENTLoss(), [32]))
     with pytest.raises(ValueError, match="no rows"):
         MatryoshkaTrainer(model=make_model(), args=args, train_dataset=Dataset.from_dict({"anchor": [], "positive": []}))
     with pytest.raises(ValueError, match="MatryoshkaTrainingArguments"):
@@ -303,14 +377,29 @@ def test_classification_heads_learn_at_their_own_rate_by_default(make_model, tin
 
     model = make_classifier(tiny_tokenizer, dims=(32, 16, 8))
     labelled = Dataset.from_dict({"text": PAIRS["anchor"], "label": [0, 1] * 4})
-    trainer = MatryoshkaTrainer(model=model, args=training_args(tmp_path, loss="cross_entropy", learning_rate=1e-4),
-                                train_dataset=labelled)
+    trainer = MatryoshkaTrainer(model=model, args=training_args(tmp_path, learning_rate=1e-4), train_dataset=labelled)
     rates = sorted({round(group["lr"], 9) for group in trainer.create_optimizer().param_groups})
     heads = {round(DEFAULT_HEAD_LEARNING_RATE * math.sqrt(32 / d), 9) for d in (32, 16, 8)}
     assert 1e-4 in rates and heads <= set(rates), rates
     embedder = MatryoshkaTrainer(model=make_model(), args=training_args(tmp_path, learning_rate=1e-4),
                                  train_dataset=Dataset.from_dict(PAIRS))
     assert {group["lr"] for group in embedder.create_optimizer().param_groups} == {1e-4}
+
+
+def test_training_arguments_hold_only_training_and_name_the_new_home_of_moved_options(tmp_path):
+    import dataclasses
+
+    from transformers import TrainingArguments
+
+    inherited = {f.name for f in dataclasses.fields(TrainingArguments)}
+    added = [f.name for f in dataclasses.fields(MatryoshkaTrainingArguments) if f.name not in inherited]
+    assert len(added) <= 6, added
+    for old, new in (("loss", r"MatryoshkaTrainer\(loss=MatryoshkaLoss.from_config"),
+                     ("loss_scale", r"InfoNCELoss\(scale="),
+                     ("smaller_sizes_warmup_fraction", r"size_schedule=SizeSchedule\(smaller_sizes_warmup_fraction="),
+                     ("matryoshka_depth", r"MatryoshkaDepthLoss.from_config")):
+        with pytest.raises(TypeError, match=f"no longer takes {old}: .*{new}"):
+            training_args(tmp_path, **{old: 1})
 
 
 def test_no_pinned_memory_without_an_accelerator(tmp_path):

@@ -41,7 +41,7 @@ from .metrics import (
     retrieval_ndcg,
     similarity_correlation,
 )
-from ..losses.matryoshka import InfoNCELoss, MatryoshkaLoss
+from ..losses import InfoNCELoss, MatryoshkaLoss
 from ..models.modeling_matryoshka import truncate_embeddings
 from ..models.modeling_matryoshka_adaptor import MatryoshkaAdaptor, MatryoshkaAdaptorConfig
 

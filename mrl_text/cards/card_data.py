@@ -1,9 +1,10 @@
 """What a Matryoshka model's card says, as data: `MatryoshkaModelCardData` on `model.model_card_data`, filled during
 training by `MatryoshkaModelCardCallback` (registered by `MatryoshkaTrainer`) and written by `save_pretrained`.
 
-The callback records the loss (its config and citation), the non-default training arguments, the datasets (names and
-row counts), every evaluator's results at every size (an evaluation before training, e.g. `trainer.evaluate()` before
-`trainer.train()`, is kept as the "before training" curve), the library versions, the training time and the hardware.
+The callback records the loss (its config and citation), the non-default training arguments and size schedule, the
+datasets (names and row counts), every evaluator's results at every size (an evaluation before training, e.g.
+`trainer.evaluate()` before `trainer.train()`, is kept as the "before training" curve), the library versions, the
+training time and the hardware.
 It also saves the evaluation settings with the model (`config.max_seq_length`), so that loading the saved folder and
 running the same evaluator gives the card's numbers.
 
@@ -352,9 +353,12 @@ class MatryoshkaModelCardCallback(TrainerCallback):
         data.base_model = data.base_model or base_model_id(model)
         if not data.base_model and starting_point(model):  # a local folder: named in the card, never by its path
             data.base_model_name = data.base_model_name or display_name(starting_point(model))
-        loss = getattr(trainer, "loss_fn", None)
-        data.loss = describe_loss(loss, f"MatryoshkaLoss({args.loss})" if hasattr(args, "loss") else None)
+        data.loss = describe_loss(getattr(trainer, "loss", None))
         data.hyperparameters = non_default_arguments(args)
+        # The size schedule's non-default fractions, beside the arguments (they were arguments before it was an object)
+        schedule = getattr(trainer, "size_schedule", None)
+        data.hyperparameters.update({key: value for key, value in (schedule.get_config_dict() if schedule else {}).items()
+                                     if value})
         if trainer.train_dataset is not None and not data.train_datasets:
             data.train_datasets = [describe_dataset(trainer.train_dataset)]
         elif trainer.train_dataset is not None:  # named by the caller: add what only the data knows

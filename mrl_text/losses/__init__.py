@@ -2,23 +2,22 @@
 
 One file per family: `contrastive` (InfoNCE), `cosent`, `distillation`, `classification` (the nested heads'
 cross-entropy), `image_text` (CLIP/ALIGN InfoNCE), `matryoshka` (the wrapper that applies a loss to every nested
-prefix), `depth` (2D Matryoshka: every depth from one pass). Loss objects are handed to
-`MatryoshkaTrainer(loss=...)`; their options live on them.
+prefix), `depth` (2D Matryoshka: every depth from one pass); `base` holds the call they share, `registry` their
+names for configuration files. Loss objects are handed to `MatryoshkaTrainer(loss=...)`; their options live on them:
+
+    loss = MatryoshkaLoss.from_config(model.config, InfoNCELoss(scale=20.0, symmetric=True), n_dims_per_step=4)
+    trainer = MatryoshkaTrainer(model=model, args=args, train_dataset=pairs, loss=loss)
 """
 
-from .matryoshka import (
-    LOSSES,
-    MATRYOSHKA_CITATION,
-    CoSENTLoss,
-    DistillMSELoss,
-    InfoNCELoss,
-    MatryoshkaCrossEntropyLoss,
-    MatryoshkaLoss,
-    get_loss,
-    unpack,
-)
+from .base import MATRYOSHKA_CITATION, unpack
+from .classification import MatryoshkaCrossEntropyLoss
+from .contrastive import InfoNCELoss
+from .cosent import CoSENTLoss
 from .depth import MatryoshkaDepthLoss
+from .distillation import DistillMSELoss
 from .image_text import ImageTextInfoNCELoss
+from .matryoshka import MatryoshkaLoss
+from .registry import LOSSES, get_loss
 
 __all__ = [
     "LOSSES",

@@ -74,31 +74,38 @@ class MatryoshkaDepthLoss(nn.Module):
         layer_weights (`list[float]`, *optional*): one weight per depth, in the order of `matryoshka_layers` (the
             full depth's weights the final layer's loss); default 1.0 each.
         n_layers_per_step (`int`): earlier depths sampled (uniformly, without replacement) per step; `-1` (the
-            default): every earlier depth each step. They come from the same encoder pass, so this costs only their
-            losses, and it lowers the variance: on STS-B dev it beat one sampled depth per step at every shallow
-            cell (benchmarks/results/depth_validation.md).
+            default): every earlier depth each step. They come from the same encoder pass, so training all of them
+            costs only their losses and gives every step a lower-variance signal than a sample (on STS-B validation
+            it beat one sampled depth per step at every shallow depth and size).
         alignment_weight (`float`): weight of the alignment of each sampled depth to the final layer (0 turns it
             off).
         alignment (`str`): `"similarity_kl"` (the default: the batch's similarity distribution towards the final
-            layer's; on STS-B dev it beat `"cosine"` at every shallow cell) or `"cosine"` (each text's embedding
-            towards its final one).
+            layer's, which asks an earlier layer to rank texts as the final one does rather than to copy its
+            coordinates, and beat `"cosine"` at every shallow depth on STS-B validation) or `"cosine"` (each text's
+            embedding towards its final one).
         alignment_temperature (`float`): temperature of the similarity distributions (`"similarity_kl"`).
 
     Example:
 
     ```python
     >>> config = model.config  # MatryoshkaConfig(..., matryoshka_layers=[6, 4, 3, 2])
-    >>> loss_fn = MatryoshkaDepthLoss.from_config(config, MatryoshkaLoss.from_config(config, InfoNCELoss()))
-    >>> layers = loss_fn.layers_for_step()  # [4, 3, 2]: every earlier depth (n_layers_per_step=-1)
+    >>> loss = MatryoshkaDepthLoss.from_config(config, MatryoshkaLoss.from_config(config, InfoNCELoss()))
+    >>> MatryoshkaTrainer(model=model, args=args, train_dataset=pairs, loss=loss).train()
+    >>> layers = loss.layers_for_step()  # by hand: [4, 3, 2], every earlier depth (n_layers_per_step=-1)
     >>> outs = [model(**inputs, output_layer_embeddings=layers) for inputs in (anchor_inputs, positive_inputs)]
     >>> embeddings = [o.full_embeddings for o in outs] + [o.layer_embeddings[k] for k in layers for o in outs]
-    >>> loss = loss_fn(embeddings)
+    >>> value = loss(embeddings)
     ```
     """
 
     def __init__(self, loss, matryoshka_layers, layer_weights=None, n_layers_per_step=-1, alignment_weight=1.0,
                  alignment="similarity_kl", alignment_temperature=0.05):
         super().__init__()
+        if getattr(loss, "sums_over_sizes", False):
+            raise ValueError(
+                f"MatryoshkaDepthLoss trains embeddings at earlier depths; {type(loss).__name__} trains a classifier's "
+                "nested heads. Wrap an embedding loss, e.g. MatryoshkaLoss.from_config(config, InfoNCELoss())."
+            )
         layers = [int(k) for k in matryoshka_layers or ()]
         if len(layers) < 2:
             raise ValueError(
@@ -138,28 +145,14 @@ class MatryoshkaDepthLoss(nn.Module):
         """Depths from a `MatryoshkaConfig`'s `matryoshka_layers` (the single source of truth)."""
         return cls(loss, getattr(config, "matryoshka_layers", None), **kwargs)
 
-    @classmethod
-    def from_training_args(cls, config, loss, args):
-        """The depth options of `MatryoshkaTrainingArguments` (`matryoshka_depth=True`); depths from `config`."""
-        if getattr(loss, "sums_over_sizes", False):
-            raise ValueError(
-                f"matryoshka_depth trains embeddings; {type(loss).__name__} trains a classifier's nested heads. Use "
-                "an embedding loss (infonce, cosent, distill_mse) or matryoshka_depth=False."
-            )
-        return cls.from_config(config, loss, layer_weights=args.layer_weights, n_layers_per_step=args.n_layers_per_step,
-                               alignment_weight=args.depth_alignment_weight,
-                               alignment=getattr(args, "depth_alignment", "similarity_kl"))
-
     # The dataset layout and the batch-computed targets are the wrapped loss's.
     min_text_columns = property(lambda self: getattr(self.loss, "min_text_columns", 1))
     max_text_columns = property(lambda self: getattr(self.loss, "max_text_columns", None))
     needs_labels = property(lambda self: getattr(self.loss, "needs_labels", None))
     teacher_tokenizer = property(lambda self: getattr(self.loss, "teacher_tokenizer", None))
 
-    # The trainer's per-step switches of a wrapped MatryoshkaLoss (full size only for the first steps, warm-up of the
-    # smaller sizes) reach it through the wrapper, at every depth; absent when the wrapped loss has none.
-    full_size_only = property(lambda self: self.loss.full_size_only,
-                              lambda self, value: setattr(self.loss, "full_size_only", value))
+    # A size schedule's knob reaches the wrapped MatryoshkaLoss through the wrapper, at every depth; absent when the
+    # wrapped loss has none (a single-size loss has no smaller sizes to schedule).
     smaller_sizes_scale = property(lambda self: self.loss.smaller_sizes_scale,
                                    lambda self, value: setattr(self.loss, "smaller_sizes_scale", value))
 

@@ -1,12 +1,12 @@
 """The image-text contrastive loss for Matryoshka dual encoders (ALIGN, CLIP), with the text losses' call:
-`loss([image_embeds, text_embeds], labels=None)`. Wrap it in `mrl_text.losses.matryoshka.MatryoshkaLoss` to apply it to every
-nested prefix of both towers' embeddings, computed once per step.
+`loss([image_embeds, text_embeds], labels=None)`. Wrap it in `MatryoshkaLoss` to apply it to every nested prefix of
+both towers' embeddings, computed once per step.
 """
 
 from torch import nn
 
 from ..distributed import in_batch_targets
-from .matryoshka import unpack
+from .base import unpack
 
 
 class ImageTextInfoNCELoss(nn.Module):

@@ -88,6 +88,10 @@ class MatryoshkaConfig(WrappingConfig):
         efficient_heads (`bool`, *optional*, defaults to `False`):
             For task models: one weight-tied head whose prefixes serve every size (MRL-E) instead of one head per
             size (MRL).
+        scale_head_inputs (`bool`, *optional*, defaults to `False`):
+            For task models: the head of size `d` reads its prefix times `sqrt(full / d)`, so every prefix is about as
+            long as the full vector. Useful with `efficient_heads` (one tied weight cannot learn at a rate per size,
+            and small prefixes would give too-small logits); off by default, the paper's heads.
         max_seq_length (`int`, *optional*):
             Longest input `encode` tokenizes; `None` uses the tokenizer's limit.
         matryoshka_layers (`list[int]`, *optional*):
@@ -136,6 +140,7 @@ class MatryoshkaConfig(WrappingConfig):
         adaptor=None,
         quantization_ranges=None,
         matryoshka_layers=None,
+        scale_head_inputs=False,
         **kwargs,
     ):
         encoder = encoder_config_from(encoder, default_model_type="bert")
@@ -144,6 +149,7 @@ class MatryoshkaConfig(WrappingConfig):
         self.normalize = bool(normalize)
         self.projection_dim = projection_dim
         self.efficient_heads = bool(efficient_heads)
+        self.scale_head_inputs = bool(scale_head_inputs)
         self.max_seq_length = max_seq_length
         self.is_matryoshka = True if is_matryoshka is None else bool(is_matryoshka)
         self.matryoshka_dimensions = matryoshka_dimensions

@@ -17,7 +17,7 @@ from transformers.utils import ModelOutput
 
 from .modeling_matryoshka import MatryoshkaModel, MatryoshkaPreTrainedModel
 from .modeling_matryoshka_classification import MatryoshkaLinear
-from .modeling_matryoshka_utils import head_index, scaled_size_weights
+from .modeling_matryoshka_utils import head_index, weighted_size_sum
 
 IGNORE_INDEX = -100  # label of the tokens that are not predicted (transformers' MLM collator writes it)
 
@@ -121,7 +121,7 @@ class MatryoshkaForMaskedLM(MatryoshkaPreTrainedModel):
         input_embedding = self.matryoshka.get_input_embeddings().weight
         source = next(name for name, p in self.matryoshka.named_parameters() if p is input_embedding)
         self._tied_weights_keys = {"lm_head.decoder.weight": f"matryoshka.{source}"}
-        # Training only: the factor on every smaller size's loss weight, set per step (mrl_text.training.schedule)
+        # Training only: the factor on every smaller size's loss weight, set per step by a size schedule
         self.smaller_sizes_scale = 1.0
         self.post_init()
 
@@ -170,12 +170,8 @@ class MatryoshkaForMaskedLM(MatryoshkaPreTrainedModel):
         """Weighted sum over sizes of the cross-entropy of each size's logits `(num_masked, vocab)` with `labels`."""
         if not labels.numel():  # no token was masked in this batch: nothing to learn, but keep the graph
             return sum(logits.sum() for logits in matryoshka_logits) * 0.0
-        total = 0.0
-        for weight, logits in zip(scaled_size_weights(self.config.matryoshka_weights, self.smaller_sizes_scale),
-                                  matryoshka_logits):
-            if weight:
-                total = total + weight * F.cross_entropy(logits.float(), labels)
-        return total
+        return weighted_size_sum(lambda index: F.cross_entropy(matryoshka_logits[index].float(), labels),
+                                 self.config.matryoshka_weights, self.smaller_sizes_scale)
 
     def forward(
         self,

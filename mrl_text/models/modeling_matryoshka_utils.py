@@ -110,10 +110,26 @@ def warn_once(model, kind, value, message, stacklevel):
         warnings.warn(message, stacklevel=stacklevel + 1)
 
 
-def scaled_size_weights(weights, smaller_sizes_scale=1.0):
-    """Per-size loss weights, largest size first, with every size below the full one scaled by `smaller_sizes_scale`:
-    the knob a training schedule turns per step (`smaller_sizes_warmup_fraction`, `full_size_only_fraction`)."""
-    return [float(w) if i == 0 else float(w) * smaller_sizes_scale for i, w in enumerate(weights)]
+def weighted_size_sum(loss_at, weights, smaller_sizes_scale=1.0, sizes=None):
+    """The Matryoshka loss, `sum_i w_i * loss_at(i)` over the nested sizes: one rule for the embedding losses, the
+    classification heads and the MLM heads.
+
+    Args:
+        loss_at (`Callable[[int], torch.Tensor]`): the scalar loss of the size at an index (into `weights`).
+        weights (`list[float]`): one weight per size, the full size first (index 0), smaller sizes after it.
+        smaller_sizes_scale (`float`): multiplies the weight of every size below the full one: the knob the size
+            schedule turns per step (0 trains the full size alone, 1 every size at its weight).
+        sizes (`list[int]`, *optional*): the indices to sum over (a per-step sample); default every size.
+
+    A size whose weight is 0 is skipped: `loss_at` is not called, so it costs no computation and adds nothing to the
+    graph. Returns a scalar tensor (the float 0.0 when every weight is 0).
+    """
+    total = 0.0
+    for index in range(len(weights)) if sizes is None else sizes:
+        weight = float(weights[index]) * (1.0 if index == 0 else smaller_sizes_scale)
+        if weight:
+            total = total + weight * loss_at(index)
+    return total
 
 
 def head_index(config, dim, head="head"):

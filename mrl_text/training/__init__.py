@@ -1,16 +1,17 @@
 """Training Matryoshka models with the Hugging Face `Trainer`: `MatryoshkaTrainer` and its arguments, the collator,
-the size schedule, the optimizer's parameter groups and the metrics it logs."""
+the size schedule, the optimizer's parameter groups and the metrics it logs. The losses it trains with are objects
+from `mrl_text.losses`."""
 
 from .collator import MatryoshkaDataCollator
 from .metrics import classification_compute_metrics, metrics_for_trainer
-from .schedule import MatryoshkaScheduleCallback
+from .schedule import SizeSchedule
 from .trainer import MatryoshkaTrainer, MatryoshkaTrainingArguments
 
 __all__ = [
     "MatryoshkaDataCollator",
-    "MatryoshkaScheduleCallback",
     "MatryoshkaTrainer",
     "MatryoshkaTrainingArguments",
+    "SizeSchedule",
     "classification_compute_metrics",
     "metrics_for_trainer",
 ]

@@ -1,27 +1,29 @@
 """Training Matryoshka models with the Hugging Face `Trainer`.
 
-`MatryoshkaTrainingArguments` adds the loss and its options to `TrainingArguments`; `MatryoshkaTrainer` tokenizes
-the dataset's text columns (`MatryoshkaDataCollator`), runs the model once per text column per step and hands the
-full-size embeddings and the labels to the loss, `loss(embeddings, labels)` (`mrl_text.losses.matryoshka`): by default
-`MatryoshkaLoss.from_config(model.config, base_loss)`, so the sizes and their weights come only from the model's
-config. Following transformers, a model that computes its own loss from `labels` (`MatryoshkaForSequenceClassification`
-and its Matryoshka cross-entropy) is trained on that loss, and its logits reach `compute_metrics`
-(`classification_compute_metrics`). A distillation teacher belongs to its loss (`DistillMSELoss(teacher=...)`).
-Checkpoints are full `MatryoshkaModel` folders (weights, config, modeling code, tokenizer), so `from_pretrained`
-loads any of them and `resume_from_checkpoint` continues exactly where a run stopped. `metrics_for_trainer` turns
-evaluator results into log keys.
+`MatryoshkaTrainer` takes a loss object, as sentence-transformers' trainer does:
+`MatryoshkaTrainer(model=..., args=..., train_dataset=..., loss=MatryoshkaLoss.from_config(model.config, InfoNCELoss()))`.
+It tokenizes the dataset's text columns (`MatryoshkaDataCollator`), runs the model once per text column per step and
+hands the full-size embeddings and the labels to the loss, `loss(embeddings, labels)` (`mrl_text.losses`), which
+applies itself to every nested size. Without `loss=` it builds the default from the model: InfoNCE at every size of
+the model's config for a `MatryoshkaModel`; for a model that computes its own loss from `labels`
+(`MatryoshkaForSequenceClassification`, transformers' convention) that loss, `MatryoshkaCrossEntropyLoss`, whose
+logits reach `compute_metrics` (`classification_compute_metrics`). The options of a loss live on the loss (a
+distillation teacher on `DistillMSELoss(teacher=...)`), the size schedule on `SizeSchedule`
+(`size_schedule=`), and `MatryoshkaTrainingArguments` holds only what is about training. Checkpoints are full
+`MatryoshkaModel` folders (weights, config, modeling code, tokenizer), so `from_pretrained` loads any of them and
+`resume_from_checkpoint` continues exactly where a run stopped. `metrics_for_trainer` turns evaluator results into
+log keys.
 
 Dataset layouts (column names are free except the label column, which is `label`, `labels` or `score`):
 
-| loss | text columns | label column |
+| base loss | text columns | label column |
 |---|---|---|
-| `infonce` | anchor, positive[, hard negative, ...] | none |
-| `cosent` | sentence1, sentence2 | score (any scale; only the order matters) |
-| `cross_entropy` | text | label (class id 0..num_labels-1) |
-| `distill_mse` | text | none (the `teacher` embeds the text) or the teacher's embeddings |
+| `InfoNCELoss` | anchor, positive[, hard negative, ...] | none |
+| `CoSENTLoss` | sentence1, sentence2 | score (any scale; only the order matters) |
+| `MatryoshkaCrossEntropyLoss` | text | label (class id 0..num_labels-1) |
+| `DistillMSELoss` | text | none (the loss's `teacher` embeds the text) or the teacher's embeddings |
 """
 
-import inspect
 import logging
 from dataclasses import dataclass, field
 
@@ -37,12 +39,11 @@ from .collator import (  # noqa: F401
     split_batch,
 )
 from ..evaluation import evaluate as evaluate_model
-from ..losses.matryoshka import LOSSES, MatryoshkaLoss, get_loss
-from ..losses.depth import MatryoshkaDepthLoss
+from ..losses import InfoNCELoss, MatryoshkaCrossEntropyLoss, MatryoshkaLoss
 from ..models.modeling_matryoshka import MatryoshkaModel, MatryoshkaPreTrainedModel
 from ..models.modeling_matryoshka_classification import MatryoshkaForSequenceClassification
 from .optimization import DEFAULT_HEAD_LEARNING_RATE, build_optimizer
-from .schedule import MatryoshkaScheduleCallback, check_fraction, smaller_sizes_scale  # noqa: F401
+from .schedule import SizeSchedule
 from .metrics import classification_compute_metrics, metrics_for_trainer
 
 logger = logging.getLogger(__name__)
@@ -50,58 +51,41 @@ logger = logging.getLogger(__name__)
 # Model outputs too large or too ragged to gather for compute_metrics (token states differ in length per batch).
 UNGATHERED_OUTPUTS = ("loss", "last_hidden_state", "hidden_states", "attentions")
 
+# Options that used to be training arguments, and where each lives now.
+MOVED_ARGUMENTS = {
+    "loss": "MatryoshkaTrainer(loss=MatryoshkaLoss.from_config(model.config, InfoNCELoss()))",
+    "loss_scale": "InfoNCELoss(scale=...) / CoSENTLoss(scale=...)",
+    "symmetric_loss": "InfoNCELoss(symmetric=True)",
+    "gather_across_devices": "InfoNCELoss(gather_across_devices=...)",
+    "n_dims_per_step": "MatryoshkaLoss(..., n_dims_per_step=...)",
+    "keep_full_dim": "MatryoshkaLoss(..., keep_full_dim=...)",
+    "full_size_only_fraction": "MatryoshkaTrainer(size_schedule=SizeSchedule(full_size_only_fraction=...))",
+    "smaller_sizes_warmup_fraction": "MatryoshkaTrainer(size_schedule=SizeSchedule(smaller_sizes_warmup_fraction=...))",
+    "matryoshka_depth": "MatryoshkaTrainer(loss=MatryoshkaDepthLoss.from_config(model.config, matryoshka_loss))",
+    "n_layers_per_step": "MatryoshkaDepthLoss(..., n_layers_per_step=...)",
+    "layer_weights": "MatryoshkaDepthLoss(..., layer_weights=...)",
+    "depth_alignment_weight": "MatryoshkaDepthLoss(..., alignment_weight=...)",
+    "depth_alignment": "MatryoshkaDepthLoss(..., alignment=...)",
+}
+
 
 @dataclass
 class MatryoshkaTrainingArguments(TrainingArguments):
     r"""
-    [`~transformers.TrainingArguments`] plus the Matryoshka loss and its options. The sizes and their weights are
-    not here: they come from the model's config (`matryoshka_dimensions`, `matryoshka_weights`).
+    [`~transformers.TrainingArguments`] plus what Matryoshka training adds to the run itself: the collator's token
+    limit and the heads' learning rate. The loss and its options are an object given to `MatryoshkaTrainer(loss=...)`,
+    the size schedule a `SizeSchedule`; the sizes and their weights come from the model's config.
 
     Args:
-        loss (`str`, defaults to `"infonce"`): base loss applied at every size: `"infonce"` (pairs/triplets),
-            `"cosent"` (scored pairs), `"cross_entropy"` (labelled text, nested heads) or `"distill_mse"` (a teacher).
-        loss_scale (`float`, defaults to 20.0): inverse temperature of `infonce` and `cosent`.
-        symmetric_loss (`bool`): `infonce` also scores positive -> anchor.
-        n_dims_per_step (`int`, *optional*): train a random subset of this many sizes per step (sorted).
-        keep_full_dim (`bool`, defaults to `True`): with `n_dims_per_step`, the full size is always trained.
-        full_size_only_fraction (`float`, defaults to 0.0): train only the full size for this share of the steps,
-            then every size; 0.5 kept plain training's full size in a validation study.
-        smaller_sizes_warmup_fraction (`float`, defaults to 0.0): the weights of the sizes below the full size rise
-            linearly from 0 to their values over this share of the steps; 1.0 with weight 4 on the
-            full size cost 0.4 at full size against plain training (equal weights: 2.8) in a validation study.
-        gather_across_devices (`bool`, defaults to `True`): under DDP, in-batch negatives span the global batch.
         max_seq_length (`int`, defaults to 128): the collator truncates texts to this many tokens.
-        matryoshka_depth (`bool`): 2D Matryoshka, [`MatryoshkaDepthLoss`] over the model's `config.matryoshka_layers`
-            (`n_layers_per_step`, `layer_weights`, `depth_alignment_weight`, `depth_alignment`), from the same encoder
-            pass.
+        head_learning_rate (`float`, *optional*): learning rate of the parameters outside the encoder (heads,
+            projection). Default: `DEFAULT_HEAD_LEARNING_RATE` for classification models (freshly initialised heads
+            need a far larger rate than a pretrained encoder), `learning_rate` for embedding models.
+        scale_head_learning_rate_by_size (`bool`, defaults to `True`): the nested head of size d learns at
+            `head_learning_rate * sqrt(full / d)`.
     """
 
-    loss: str = field(
-        default="infonce", metadata={"help": f"Base loss applied at every size: one of {', '.join(LOSSES)}."}
-    )
-    loss_scale: float = field(default=20.0, metadata={"help": "Inverse temperature of infonce/cosent."})
-    symmetric_loss: bool = field(default=False, metadata={"help": "infonce: add the positive->anchor term."})
-    n_dims_per_step: int | None = field(
-        default=None, metadata={"help": "Train a random (sorted) subset of this many sizes per step."}
-    )
-    keep_full_dim: bool = field(
-        default=True, metadata={"help": "With n_dims_per_step, always train the full size."}
-    )
-    full_size_only_fraction: float = field(
-        default=0.0, metadata={"help": "Share of the steps (from the start) that train only the full size."}
-    )
-    smaller_sizes_warmup_fraction: float = field(
-        default=0.0, metadata={"help": "Share of the steps over which the smaller sizes' weights rise from 0."}
-    )
-    gather_across_devices: bool = field(
-        default=True, metadata={"help": "Under DDP, gather embeddings so in-batch negatives span the global batch."}
-    )
     max_seq_length: int = field(default=128, metadata={"help": "Longest tokenized input (tokens)."})
-    matryoshka_depth: bool = field(default=False, metadata={"help": "2D Matryoshka: train earlier depths too."})
-    n_layers_per_step: int = field(default=-1, metadata={"help": "matryoshka_depth: earlier depths per step (-1: all)."})
-    layer_weights: list[float] | None = field(default=None, metadata={"help": "One weight per matryoshka_layers."})
-    depth_alignment_weight: float = field(default=1.0, metadata={"help": "Alignment to the final layer's embedding."})
-    depth_alignment: str = field(default="similarity_kl", metadata={"help": "matryoshka_depth: similarity_kl or cosine."})
     head_learning_rate: float | None = field(
         default=None,
         metadata={"help": f"Learning rate of the parameters outside the encoder (heads, projection). Default: "
@@ -120,12 +104,19 @@ class MatryoshkaTrainingArguments(TrainingArguments):
         default=False, metadata={"help": "Kept False: the collator reads the dataset's text columns."}
     )
 
+    def __new__(cls, *args, **kwargs):
+        # Before the dataclass's __init__, which would only say "unexpected keyword argument".
+        moved = [name for name in kwargs if name in MOVED_ARGUMENTS]
+        if moved:
+            raise TypeError(
+                f"MatryoshkaTrainingArguments no longer takes {', '.join(moved)}: loss options live on the loss objects "
+                "and the size schedule is its own object. Use " + "; ".join(f"{name} -> {MOVED_ARGUMENTS[name]}"
+                                                                           for name in moved) + "."
+            )
+        return super().__new__(cls)
+
     def __post_init__(self):
         super().__post_init__()
-        if self.loss not in LOSSES:
-            raise ValueError(f"Unknown loss {self.loss!r}; choose one of {', '.join(sorted(LOSSES))}.")
-        for name in ("full_size_only_fraction", "smaller_sizes_warmup_fraction"):
-            check_fraction(name, getattr(self, name))
         if self.max_seq_length <= 0:
             raise ValueError(f"max_seq_length={self.max_seq_length} must be a positive number of tokens.")
         if self.dataloader_pin_memory and self.device.type == "cpu":
@@ -142,17 +133,20 @@ class MatryoshkaTrainer(Trainer):
     Args:
         model ([`MatryoshkaModel`] or [`MatryoshkaForSequenceClassification`]): the model to train (with a tokenizer;
             `MatryoshkaModel.from_encoder` loads one).
-        args ([`MatryoshkaTrainingArguments`]): the training arguments, loss included.
+        args ([`MatryoshkaTrainingArguments`]): the training arguments.
         train_dataset (`datasets.Dataset`): rows in the layout the loss reads (see the module docstring).
         eval_dataset (`datasets.Dataset`, *optional*): same layout; evaluation reports its loss, and `compute_metrics`
             (e.g. `classification_compute_metrics(dims)`) gets the model's outputs and the labels.
+        loss (`nn.Module`, *optional*): the loss object, called as `loss(list_of_full_size_embeddings, labels)`:
+            e.g. `MatryoshkaLoss.from_config(model.config, InfoNCELoss(scale=20.0))`, `MatryoshkaLoss(CoSENTLoss(),
+            ...)`, `MatryoshkaLoss(DistillMSELoss(teacher=teacher), ...)`, a `MatryoshkaDepthLoss` around one of
+            them. Default: `MatryoshkaLoss.from_config(model.config, InfoNCELoss())` for a `MatryoshkaModel`,
+            `MatryoshkaCrossEntropyLoss(model)` for a `MatryoshkaForSequenceClassification`.
+        size_schedule ([`SizeSchedule`], *optional*): how much the smaller sizes weigh per step; the trainer hands it
+            its loss to drive (the loss's `smaller_sizes_scale`).
         evaluators (`list`, *optional*): `mrl_text.evaluation` evaluators (`STSEvaluator`, `RetrievalEvaluator`,
             `ClassificationEvaluator`, with distinct names); evaluation logs every metric at every size of the
             model's config, e.g. `eval_stsb_spearman_64`.
-        teacher (*optional*): for `loss="distill_mse"`, the teacher handed to `DistillMSELoss(teacher=...)`: a model
-            whose output has `full_embeddings` (e.g. a `MatryoshkaModel`); frozen and truncated like the student.
-        loss_fn (*optional*): a ready loss to use instead of the one `args.loss` names, called as
-            `loss_fn(list_of_full_size_embeddings, labels)` (e.g. a `MatryoshkaLoss` with a custom base loss).
         data_collator (*optional*): defaults to [`MatryoshkaDataCollator`] over the model's tokenizer.
         Other keyword arguments go to `Trainer`.
 
@@ -160,8 +154,10 @@ class MatryoshkaTrainer(Trainer):
 
     ```python
     >>> model = MatryoshkaModel.from_encoder("bert-base-uncased", matryoshka_dimensions=[768, 256, 64])
-    >>> args = MatryoshkaTrainingArguments(output_dir="out", loss="infonce", per_device_train_batch_size=64)
-    >>> MatryoshkaTrainer(model=model, args=args, train_dataset=triplets).train()
+    >>> args = MatryoshkaTrainingArguments(output_dir="out", per_device_train_batch_size=64)
+    >>> loss = MatryoshkaLoss.from_config(model.config, InfoNCELoss(scale=20.0))
+    >>> MatryoshkaTrainer(model=model, args=args, train_dataset=triplets, loss=loss,
+    ...                   size_schedule=SizeSchedule(smaller_sizes_warmup_fraction=0.5)).train()
     ```
     """
 
@@ -171,22 +167,37 @@ class MatryoshkaTrainer(Trainer):
         args=None,
         train_dataset=None,
         eval_dataset=None,
+        loss=None,
+        size_schedule=None,
         evaluators=None,
-        teacher=None,
-        loss_fn=None,
         data_collator=None,
         **kwargs,
     ):
+        for old, new in (("loss_fn", "loss=..."), ("teacher", "loss=MatryoshkaLoss(DistillMSELoss(teacher=...), ...)")):
+            if old in kwargs:
+                raise TypeError(f"MatryoshkaTrainer takes no {old}=; use {new}.")
         if args is None:
             args = MatryoshkaTrainingArguments(output_dir="outputs/matryoshka")
         elif not isinstance(args, MatryoshkaTrainingArguments):
             raise ValueError(
-                f"args is a {type(args).__name__}; use MatryoshkaTrainingArguments (it carries the loss options)."
+                f"args is a {type(args).__name__}; use MatryoshkaTrainingArguments (it carries max_seq_length and the "
+                "heads' learning rate)."
             )
         if not isinstance(model, MatryoshkaPreTrainedModel):
             raise ValueError(
                 f"MatryoshkaTrainer trains Matryoshka models; got {type(model).__name__}. Wrap the encoder first: "
                 "mrl_text.MatryoshkaModel.from_encoder(name_or_path, matryoshka_dimensions=[...])."
+            )
+        if isinstance(loss, str):
+            raise ValueError(
+                f"loss={loss!r} is a name; pass a loss object, e.g. loss=MatryoshkaLoss.from_config(model.config, "
+                "InfoNCELoss()) (mrl_text.losses; get_loss(name, ...) builds a base loss from its name)."
+            )
+        if loss is not None and not callable(loss):
+            raise ValueError(f"loss is a {type(loss).__name__}; pass a loss object called as loss(embeddings, labels).")
+        if size_schedule is not None and not isinstance(size_schedule, SizeSchedule):
+            raise ValueError(
+                f"size_schedule is a {type(size_schedule).__name__}; pass mrl_text.training.SizeSchedule(...)."
             )
         if args.remove_unused_columns:
             logger.warning("remove_unused_columns=True would drop the text columns; MatryoshkaTrainer sets it to False.")
@@ -197,22 +208,19 @@ class MatryoshkaTrainer(Trainer):
                 "The model has no tokenizer: build it with MatryoshkaModel.from_encoder(...) or set "
                 "`model.tokenizer = AutoTokenizer.from_pretrained(...)` (or pass processing_class=...)."
             )
-        if loss_fn is None:
-            loss_fn, loss_name = self.build_loss(model, args, teacher=teacher), f"loss={args.loss!r}"
-        elif teacher is not None:
-            raise ValueError("With loss_fn=..., give the teacher to its loss (DistillMSELoss(teacher=...)), not here.")
-        else:
-            loss_name = type(loss_fn).__name__
-        if not getattr(loss_fn, "sums_over_sizes", False) and not isinstance(model, MatryoshkaModel):
+        loss = self.default_loss(model) if loss is None else loss
+        wrapped = getattr(loss, "base_loss", None)
+        loss_name = type(loss).__name__ + (f"({type(wrapped).__name__})" if wrapped is not None else "")
+        if not getattr(loss, "sums_over_sizes", False) and not isinstance(model, MatryoshkaModel):
             raise ValueError(
                 f"{loss_name} trains embeddings; use a MatryoshkaModel (got {type(model).__name__}), or "
-                "loss='cross_entropy' for a classification model."
+                "MatryoshkaCrossEntropyLoss (the default) for a classification model."
             )
         self.evaluators = list(evaluators or [])
         for dataset, name in ((train_dataset, "train_dataset"), (eval_dataset, "eval_dataset")):
-            self._check_columns(dataset, name, loss_fn, loss_name)
+            self._check_columns(dataset, name, loss, loss_name)
         if data_collator is None:
-            teacher_tokenizer = getattr(loss_fn, "teacher_tokenizer", None)
+            teacher_tokenizer = getattr(loss, "teacher_tokenizer", None)
             data_collator = MatryoshkaDataCollator(
                 tokenizer,
                 max_seq_length=args.max_seq_length,
@@ -236,13 +244,25 @@ class MatryoshkaTrainer(Trainer):
             args.eval_strategy = eval_strategy
         # compute_loss returns a per-batch mean: Trainer divides it by the gradient accumulation steps.
         self.model_accepts_loss_kwargs = False
-        self.loss_fn = loss_fn
-        if isinstance(loss_fn, nn.Module) and self.place_model_on_device:
-            loss_fn.to(args.device)  # with the models a loss holds (a distillation teacher)
+        self.loss = loss
+        if isinstance(loss, nn.Module) and self.place_model_on_device:
+            loss.to(args.device)  # with the models a loss holds (a distillation teacher)
+        self.size_schedule = size_schedule
+        if size_schedule is not None:
+            # The loss carries the sizes' weights (MatryoshkaCrossEntropyLoss passes them on to the model's heads).
+            self.add_callback(size_schedule.drive(loss))
         # The model card is filled as training goes: loss, data, arguments, results at every size, versions, time.
         from ..cards.card_data import MatryoshkaModelCardCallback
 
         self.add_callback(MatryoshkaModelCardCallback(self))
+
+    @staticmethod
+    def default_loss(model):
+        """The loss without `loss=`: a classification model's own Matryoshka cross-entropy, else InfoNCE at every size
+        of the model's config."""
+        if isinstance(model, MatryoshkaForSequenceClassification):
+            return MatryoshkaCrossEntropyLoss(model)
+        return MatryoshkaLoss.from_config(model.config, InfoNCELoss())
 
     def create_optimizer(self, model=None):
         """AdamW with the encoder at `learning_rate` and the heads at `head_learning_rate` (mrl_text.training.optimization)."""
@@ -285,62 +305,30 @@ class MatryoshkaTrainer(Trainer):
                 "columns (dataset.select_columns / rename_column) or load the data with mrl_text.data loaders."
             )
 
-    def build_loss(self, model, args, teacher=None):
-        """The loss `args.loss` names, built with the options of `args` it takes (and the model or teacher it holds),
-        wrapped in `MatryoshkaLoss` with the sizes and weights of `model.config` unless it weights the sizes itself."""
-        available = {
-            "scale": args.loss_scale,
-            "symmetric": args.symmetric_loss,
-            "gather_across_devices": args.gather_across_devices,
-            "model": model,
-            "teacher": teacher,
-        }
-        accepted = inspect.signature(LOSSES[args.loss].__init__).parameters
-        if teacher is not None and "teacher" not in accepted:
-            raise ValueError(f"teacher= is for distillation (loss='distill_mse'); loss={args.loss!r} takes none.")
-        base = get_loss(args.loss, **{key: value for key, value in available.items() if key in accepted})
-        if not getattr(base, "sums_over_sizes", False):
-            base = MatryoshkaLoss.from_config(
-                model.config, base, n_dims_per_step=args.n_dims_per_step, keep_full_dim=args.keep_full_dim
-            )
-        return MatryoshkaDepthLoss.from_training_args(model.config, base, args) if args.matryoshka_depth else base
-
     def compute_loss(self, model, inputs, return_outputs=False, num_items_in_batch=None):
         """One model pass per text column, then the loss: the one the model computed from `labels` when it takes
-        them, else `self.loss_fn(full-size embeddings, labels)`. With `return_outputs`, the outputs per column."""
+        them, else `self.loss(full-size embeddings, labels)`. With `return_outputs`, the outputs per column."""
         columns, teacher_columns, labels = split_batch(inputs)
-        compute_labels = getattr(self.loss_fn, "compute_labels", None)  # targets made from the batch (a teacher's)
+        compute_labels = getattr(self.loss, "compute_labels", None)  # targets made from the batch (a teacher's)
         if compute_labels is not None:
             labels = compute_labels(teacher_columns or columns, labels)
         label_inputs = self.model_label_inputs(labels)
         # The earlier depths a depth loss trains this step come from the same pass (pooled hidden states).
-        layers = self.loss_fn.layers_for_step() if hasattr(self.loss_fn, "layers_for_step") else []
+        layers = self.loss.layers_for_step() if hasattr(self.loss, "layers_for_step") else []
         label_inputs.update({"output_layer_embeddings": layers} if layers else {})
-        self.apply_size_schedule(model)  # before the pass: a model that takes labels computes its loss in it
         # Every size is a slice of these full-size embeddings: the number of sizes adds no model pass.
         outputs = [model(**features, **label_inputs) for features in columns.values()]
         loss = outputs[0].get("loss")
         if loss is None:
             embeddings = [output.full_embeddings for output in outputs]
             embeddings += [output.layer_embeddings[k] for k in layers for output in outputs]
-            loss = self.loss_fn(embeddings, labels)
+            loss = self.loss(embeddings, labels)
         if not torch.isfinite(loss):
             raise FloatingPointError(
                 f"The loss is {loss.item()} at step {self.state.global_step + 1}; training stopped. Lower the "
                 "learning rate, use bf16 instead of fp16, or check the data of this step."
             )
         return (loss, outputs) if return_outputs else loss
-
-    def apply_size_schedule(self, model):
-        """This step's `full_size_only_fraction` / `smaller_sizes_warmup_fraction` on the loss, or on a model that
-        computes its own (`smaller_sizes_scale` of the classification heads' loss)."""
-        scale = smaller_sizes_scale(self.state.global_step, self.state.max_steps,
-                                    self.args.smaller_sizes_warmup_fraction, self.args.full_size_only_fraction)
-        if hasattr(self.loss_fn, "full_size_only"):  # MatryoshkaLoss skips the smaller sizes' work while they weigh 0
-            self.loss_fn.full_size_only, self.loss_fn.smaller_sizes_scale = scale == 0.0, scale
-        model = self.accelerator.unwrap_model(model)
-        if hasattr(model, "smaller_sizes_scale"):
-            model.smaller_sizes_scale = scale
 
     def model_label_inputs(self, labels):
         """`{"labels": labels}` for a model whose forward takes them (transformers' `label_names`), which then computes
@@ -404,6 +392,7 @@ __all__ = [
     "MatryoshkaDataCollator",
     "MatryoshkaTrainer",
     "MatryoshkaTrainingArguments",
+    "SizeSchedule",
     "classification_compute_metrics",
     "metrics_for_trainer",
     "split_batch",

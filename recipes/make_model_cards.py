@@ -143,9 +143,8 @@ def online_text_card(yaml_path, encoder_class):
     from mrl_text.cards.card_data import (
         base_model_id,
         describe_loss,
-        non_default_arguments,
+        training_hyperparameters,
     )
-    from mrl_text.training.trainer import MatryoshkaTrainer
 
     train_bert = recipe_module("train_bert")
     settings = recipe_module("recipe_config").read_recipe(yaml_path)
@@ -162,8 +161,8 @@ def online_text_card(yaml_path, encoder_class):
     evaluator = STSEvaluator if recipe.eval_layout == "scored_pairs" else RetrievalEvaluator
     general_task, _, general_card = train_bert.GENERAL_CHECK
     columns = TRAINING_LAYOUTS["triplets" if recipe.train_layout == "nli" else recipe.train_layout]
-    # The trainer's own loss builder (it reads only the model's config), so the card names the loss it would train.
-    loss = MatryoshkaTrainer.build_loss(None, SimpleNamespace(config=config), args)
+    # The recipe's own loss builder (it reads only the model's config), so the card names the loss it would train.
+    loss = train_bert.build_loss(recipe, config)
     data = MatryoshkaModelCardData(
         model_name=Path(args.output_dir).name,
         model_id=args.output_dir,
@@ -174,7 +173,7 @@ def online_text_card(yaml_path, encoder_class):
         eval_datasets={recipe.eval_name or held_out_task: held_out_card, general_task: general_card},
         task_types={recipe.eval_name or held_out_task: evaluator.task_type, general_task: STSEvaluator.task_type},
         loss=describe_loss(loss),
-        hyperparameters=non_default_arguments(args),
+        hyperparameters=training_hyperparameters(args, train_bert.build_size_schedule(recipe)),
         evaluation={"max_seq_length": args.max_seq_length} if args.max_seq_length else {},
     )
     return config, data

@@ -5,14 +5,17 @@
     accelerate launch --config_file recipes/configs/accelerate/multi_gpu.yaml recipes/train_bert.py --config ...
     python recipes/train_bert.py --max_steps 10                  # plain python works too
 
-Arguments are the fields of `RecipeArguments` below and of `mrl_text.MatryoshkaTrainingArguments` (every
-`TrainingArguments` option plus the loss). `--config file.yaml` sets them from YAML; without it the demo config is the
-base. Command-line flags override the YAML. The held-out data, and STS-B test as a general check (from the
-development data folder, when present), are evaluated at every size before and after training and printed as tables.
+Arguments are the fields of `RecipeArguments` below (the model, the data, and the loss and size schedule by name and
+options, which the recipe turns into the loss object and `SizeSchedule` it hands to `MatryoshkaTrainer`) and of
+`mrl_text.MatryoshkaTrainingArguments` (every `TrainingArguments` option plus `max_seq_length` and the heads' learning
+rate). `--config file.yaml` sets them from YAML; without it the demo config is the base. Command-line flags override
+the YAML. The held-out data, and STS-B test as a general check (from the development data folder, when present), are
+evaluated at every size before and after training and printed as tables.
 The trained model and its card are saved to `output_dir` (load it with `AutoModel.from_pretrained`); checkpoints go
 to `<output_dir>/checkpoints` and are removed once the model is saved (`--keep_checkpoints true` keeps them).
 """
 
+import inspect
 import json
 import logging
 import shutil
@@ -27,6 +30,8 @@ from mrl_text import data as mrl_data
 from mrl_text.models.configuration_matryoshka import validate_layers
 from mrl_text.evaluation import Results, RetrievalEvaluator, STSEvaluator
 from mrl_text.cards.card_data import model_card_data
+from mrl_text.losses import LOSSES, MatryoshkaDepthLoss, MatryoshkaLoss, get_loss
+from mrl_text.training.schedule import SizeSchedule
 from mrl_text.training.trainer import MatryoshkaTrainer, MatryoshkaTrainingArguments
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))  # demo_data beside this script, also when imported by path
@@ -43,9 +48,14 @@ DEMO_MODEL_ID = "sentence-transformers/all-MiniLM-L6-v2"
 GENERAL_CHECK = ("stsb", "stsb/test.tsv", {"name": "STS-B test", "id": "sentence-transformers/stsb"})
 
 
+# The base losses this recipe trains an embedding model with (the registry's names; cross_entropy is for classifiers).
+EMBEDDING_LOSSES = [name for name in LOSSES if name != "cross_entropy"]
+
+
 @dataclass
 class RecipeArguments:
-    """What to train and on which data; the training itself is configured by MatryoshkaTrainingArguments."""
+    """What to train, on which data, with which loss and size schedule; the run itself is configured by
+    MatryoshkaTrainingArguments."""
 
     model_name_or_path: str | None = field(
         default=None,
@@ -59,6 +69,34 @@ class RecipeArguments:
     matryoshka_layers: list[int] | None = field(
         default=None, metadata={"help": "Depths (layer counts) to train with --matryoshka_depth true (2D Matryoshka); "
                                 "default with it: every depth. Saved in config.json; encode(texts, layers=k)."},
+    )
+    # The loss and the size schedule, by name and options: build_loss and build_size_schedule make the objects.
+    loss: str = field(
+        default="infonce", metadata={"help": f"Base loss applied at every size: one of {', '.join(EMBEDDING_LOSSES)}."}
+    )
+    loss_scale: float = field(default=20.0, metadata={"help": "Inverse temperature of infonce/cosent."})
+    symmetric_loss: bool = field(default=False, metadata={"help": "infonce: add the positive->anchor term."})
+    gather_across_devices: bool = field(
+        default=True, metadata={"help": "infonce under DDP: in-batch negatives span the global batch."}
+    )
+    n_dims_per_step: int | None = field(
+        default=None, metadata={"help": "Train a random (sorted) subset of this many sizes per step."}
+    )
+    keep_full_dim: bool = field(default=True, metadata={"help": "With n_dims_per_step, always train the full size."})
+    full_size_only_fraction: float = field(
+        default=0.0, metadata={"help": "Share of the steps (from the start) that train only the full size."}
+    )
+    smaller_sizes_warmup_fraction: float = field(
+        default=0.0, metadata={"help": "Share of the steps over which the smaller sizes' weights rise from 0."}
+    )
+    matryoshka_depth: bool = field(
+        default=False, metadata={"help": "2D Matryoshka: train the earlier depths too (MatryoshkaDepthLoss)."}
+    )
+    n_layers_per_step: int = field(default=-1, metadata={"help": "matryoshka_depth: earlier depths per step (-1: all)."})
+    layer_weights: list[float] | None = field(default=None, metadata={"help": "One weight per matryoshka_layers."})
+    depth_alignment_weight: float = field(default=1.0, metadata={"help": "Alignment to the final layer's embedding."})
+    depth_alignment: str = field(
+        default="similarity_kl", metadata={"help": "matryoshka_depth: similarity_kl or cosine."}
     )
     pooling: str = field(default="mean", metadata={"help": "mean, cls, max or last."})
     train_data: str = field(
@@ -100,6 +138,32 @@ def parse_arguments(argv=None):
     """(RecipeArguments, MatryoshkaTrainingArguments) from `--config file.yaml` (default demo.yaml) and flags."""
     dataclass_types = (RecipeArguments, MatryoshkaTrainingArguments)
     return tuple(parse_arguments_from_config(dataclass_types, DEMO_CONFIG, argv, "recipes/train_bert.py"))
+
+
+def build_loss(recipe, config):
+    """The loss object the recipe's options name: the base loss `recipe.loss` with the options it takes, wrapped in
+    `MatryoshkaLoss` (sizes and weights from `config`) and, with `matryoshka_depth`, in `MatryoshkaDepthLoss` (depths
+    from `config.matryoshka_layers`)."""
+    if recipe.loss not in EMBEDDING_LOSSES:
+        raise ValueError(f"loss={recipe.loss!r}: this recipe trains embeddings with one of {', '.join(EMBEDDING_LOSSES)}.")
+    available = {"scale": recipe.loss_scale, "symmetric": recipe.symmetric_loss,
+                 "gather_across_devices": recipe.gather_across_devices}
+    accepted = inspect.signature(LOSSES[recipe.loss].__init__).parameters
+    base = get_loss(recipe.loss, **{key: value for key, value in available.items() if key in accepted})
+    loss = MatryoshkaLoss.from_config(config, base, n_dims_per_step=recipe.n_dims_per_step,
+                                      keep_full_dim=recipe.keep_full_dim)
+    if not recipe.matryoshka_depth:
+        return loss
+    return MatryoshkaDepthLoss.from_config(
+        config, loss, layer_weights=recipe.layer_weights, n_layers_per_step=recipe.n_layers_per_step,
+        alignment_weight=recipe.depth_alignment_weight, alignment=recipe.depth_alignment,
+    )
+
+
+def build_size_schedule(recipe):
+    """The `SizeSchedule` of the recipe's two fractions, or None when both are 0 (every size from the first step)."""
+    schedule = SizeSchedule(recipe.smaller_sizes_warmup_fraction, recipe.full_size_only_fraction)
+    return schedule if recipe.smaller_sizes_warmup_fraction or recipe.full_size_only_fraction else None
 
 
 def default_dimensions(full):
@@ -221,7 +285,9 @@ def main(argv=None):
     recipe, args = parse_arguments(argv)
     out = Path(args.output_dir)
     args.output_dir = str(out / "checkpoints")  # optimizer state stays out of the model folder
-    model, base_model = build_model(recipe, depth=args.matryoshka_depth)
+    size_schedule = build_size_schedule(recipe)  # refuses a bad fraction before the model is loaded
+    model, base_model = build_model(recipe, depth=recipe.matryoshka_depth)
+    loss = build_loss(recipe, model.config)
     logger.info("Sizes %s (weights %s), depths %s", model.config.matryoshka_dimensions,
                 model.config.matryoshka_weights, model.config.matryoshka_layers or "full only")
 
@@ -258,7 +324,8 @@ def main(argv=None):
     card.model_name, card.base_model = out.name, base_model
     card.train_datasets = [{**dataset_names(recipe.train_data, False)[1], "layout": recipe.train_layout}]
     card.eval_datasets = {evaluator.name: held_out_card, GENERAL_CHECK[0]: GENERAL_CHECK[2]}
-    trainer = MatryoshkaTrainer(model=model, args=args, train_dataset=train, evaluators=evaluators)
+    trainer = MatryoshkaTrainer(model=model, args=args, train_dataset=train, loss=loss, size_schedule=size_schedule,
+                                evaluators=evaluators)
     trainer.evaluate()  # before training: the card keeps it as the "before" curve
     trainer.train(resume_from_checkpoint=args.resume_from_checkpoint)
     trainer.evaluate()

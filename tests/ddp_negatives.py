@@ -42,12 +42,12 @@ def loss_and_gradients(model, tokenizer, rank=0, world_size=1, wrapped=None):
     """Loss of this process's rows and (after backward) the model's gradients."""
     share = len(GLOBAL_BATCH["anchor"]) // world_size
     rows = slice(rank * share, (rank + 1) * share)
-    loss_fn = MatryoshkaLoss.from_config(model.config, InfoNCELoss(symmetric=True, gather_across_devices=True))
+    matryoshka_loss = MatryoshkaLoss.from_config(model.config, InfoNCELoss(symmetric=True, gather_across_devices=True))
     embeddings = []
     for column in ("anchor", "positive", "negative"):
         inputs = tokenizer(GLOBAL_BATCH[column][rows], padding="max_length", max_length=SEQ_LEN, return_tensors="pt")
         embeddings.append((wrapped or model)(**inputs).full_embeddings)
-    loss = loss_fn(embeddings)
+    loss = matryoshka_loss(embeddings)
     loss.backward()
     return loss.detach(), {name: p.grad.clone() for name, p in model.named_parameters() if p.grad is not None}
 

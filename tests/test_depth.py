@@ -7,6 +7,7 @@ import shutil
 import subprocess
 import warnings
 from pathlib import Path
+from types import SimpleNamespace
 
 import pytest
 import torch
@@ -14,7 +15,7 @@ from datasets import Dataset
 from transformers import AutoConfig
 
 from mrl_text import MatryoshkaConfig, MatryoshkaModel
-from mrl_text.losses import InfoNCELoss, MatryoshkaLoss
+from mrl_text.losses import InfoNCELoss, MatryoshkaCrossEntropyLoss, MatryoshkaLoss
 from mrl_text.losses.depth import MatryoshkaDepthLoss, alignment_loss, similarity_kl_loss
 from mrl_text.models.modeling_matryoshka_utils import pool, truncate_embeddings
 from mrl_text.training.trainer import MatryoshkaTrainer, MatryoshkaTrainingArguments
@@ -140,15 +141,15 @@ def test_similarity_kl_alignment_ranks_the_batch_like_the_detached_final_layer()
             MatryoshkaDepthLoss(base, [4, 2], **bad)
 
 
-def test_trainer_switches_of_the_wrapped_loss_pass_through_the_depth_loss():
+def test_the_size_schedule_reaches_the_wrapped_loss_through_the_depth_loss():
     base = MatryoshkaLoss(InfoNCELoss(), [8, 4])
     depth = MatryoshkaDepthLoss(base, [4, 2], alignment_weight=0.0)
-    assert hasattr(depth, "full_size_only")
-    assert not hasattr(MatryoshkaDepthLoss(InfoNCELoss(), [4, 2]), "full_size_only")
+    assert hasattr(depth, "smaller_sizes_scale")
+    assert not hasattr(MatryoshkaDepthLoss(InfoNCELoss(), [4, 2]), "smaller_sizes_scale")
     torch.manual_seed(2)
     final, earlier = [torch.randn(4, 8) for _ in range(2)], [torch.randn(4, 8) for _ in range(2)]
-    depth.full_size_only = True  # what the trainer sets during full_size_only_fraction: full size only, every depth
-    assert base.full_size_only
+    depth.smaller_sizes_scale = 0.0  # what a SizeSchedule sets during full_size_only_fraction: full size, every depth
+    assert base.smaller_sizes_scale == 0.0
     depth.layers_for_step()
     full_only = MatryoshkaLoss(InfoNCELoss(), [8])
     torch.testing.assert_close(depth(final + earlier), full_only(final) + full_only(earlier))
@@ -182,13 +183,12 @@ def test_depth_trains_in_the_trainer_with_one_encoder_pass_and_every_parameter_u
     model = deep_model(tiny_tokenizer, layers=(4, 3, 1))
     args = MatryoshkaTrainingArguments(
         output_dir=str(tmp_path / "run"), max_steps=3, per_device_train_batch_size=4, learning_rate=1e-3,
-        report_to="none", save_strategy="no", use_cpu=True, disable_tqdm=True, seed=0, matryoshka_depth=True,
-        layer_weights=[1.0, 1.0, 0.5], depth_alignment="similarity_kl",
+        report_to="none", save_strategy="no", use_cpu=True, disable_tqdm=True, seed=0,
     )
-    trainer = MatryoshkaTrainer(model=model, args=args, train_dataset=Dataset.from_dict(PAIRS))
-    assert isinstance(trainer.loss_fn, MatryoshkaDepthLoss) and trainer.loss_fn.layer_weights == [1.0, 1.0, 0.5]
-    assert trainer.loss_fn.alignment == "similarity_kl"
-    assert trainer.loss_fn.get_config_dict()["matryoshka_layers"] == [4, 3, 1]
+    loss = MatryoshkaDepthLoss.from_config(model.config, MatryoshkaLoss.from_config(model.config, InfoNCELoss()),
+                                           layer_weights=[1.0, 1.0, 0.5], alignment="similarity_kl")
+    trainer = MatryoshkaTrainer(model=model, args=args, train_dataset=Dataset.from_dict(PAIRS), loss=loss)
+    assert trainer.loss is loss and trainer.loss.get_config_dict()["matryoshka_layers"] == [4, 3, 1]
     before = model.encode(PAIRS["anchor"], layers=1)
     calls = []
     model.encoder.register_forward_hook(lambda *_: calls.append(1))
@@ -243,6 +243,9 @@ def test_bad_layers_give_clear_errors(tiny_tokenizer, make_model):
             MatryoshkaDepthLoss(InfoNCELoss(), [4, 2], n_layers_per_step=bad)
     with pytest.raises(ValueError, match="layer_weights"):
         MatryoshkaDepthLoss(InfoNCELoss(), [4, 2], layer_weights=[1.0])
+    classifier = SimpleNamespace(matryoshka_loss=None)
+    with pytest.raises(ValueError, match="MatryoshkaCrossEntropyLoss trains a classifier's nested heads"):
+        MatryoshkaDepthLoss(MatryoshkaCrossEntropyLoss(classifier), [4, 2])
     with pytest.raises(ValueError, match="got 3 tensors for 2 depths"):
         depth = MatryoshkaDepthLoss(InfoNCELoss(), [4, 2])
         depth.layers_for_step()
@@ -283,8 +286,8 @@ def test_recipe_trains_depth_and_saves_the_depths(tmp_path):
     assert model.encode(["hello"], dim=16, layers=1).shape == (1, 16)
     saved = json.loads((out / "model_card_data.json").read_text())
     assert "matryoshka_layers" in json.dumps(saved["loss"])
-    _, args = recipe.parse_arguments(["--matryoshka_depth", "true", "--layer_weights", "1", "0.5"])
-    assert args.matryoshka_depth and args.layer_weights == [1.0, 0.5]
+    options, _ = recipe.parse_arguments(["--matryoshka_depth", "true", "--layer_weights", "1", "0.5"])
+    assert options.matryoshka_depth and options.layer_weights == [1.0, 0.5]
 
 
 @pytest.mark.skipif(shutil.which("accelerate") is None, reason="the accelerate CLI is not installed")

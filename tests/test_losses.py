@@ -278,46 +278,41 @@ def test_scaled_head_inputs_lengthen_small_prefixes_and_survive_saving(efficient
 
 
 def scheduled_loss(make_model, tmp_path, **schedule):
-    """`at(step)`: the trainer's MatryoshkaLoss after computing the loss of that step of 10 (`schedule`: the
-    MatryoshkaTrainingArguments options that change the loss per step)."""
+    """`at(step)`: the trainer's MatryoshkaLoss after its size schedule's callback ran before that step of 10
+    (`schedule`: the SizeSchedule's fractions)."""
     from datasets import Dataset
+    from transformers import TrainerControl, TrainerState
 
-    from mrl_text import MatryoshkaTrainer, MatryoshkaTrainingArguments
+    from mrl_text import MatryoshkaTrainer, MatryoshkaTrainingArguments, SizeSchedule
 
     args = MatryoshkaTrainingArguments(output_dir=str(tmp_path), max_steps=10, per_device_train_batch_size=4,
-                                       report_to="none", use_cpu=True, **schedule)
+                                       report_to="none", use_cpu=True)
     data = Dataset.from_dict({"anchor": ["a b", "c d", "e f", "g h"], "positive": ["b a", "d c", "f e", "h g"]})
-    trainer = MatryoshkaTrainer(model=make_model(), args=args, train_dataset=data)
-    batch = trainer.data_collator([data[i] for i in range(4)])
-    trainer.state.max_steps = 10
+    model = make_model()
+    trainer = MatryoshkaTrainer(model=model, args=args, train_dataset=data, size_schedule=SizeSchedule(**schedule))
+    state = TrainerState(max_steps=10)
 
     def at(step):
-        trainer.state.global_step = step
-        trainer.compute_loss(trainer.model, batch)
-        return trainer.loss_fn
+        state.global_step = step
+        trainer.size_schedule.on_step_begin(args, state, TrainerControl(), model=model)
+        return trainer.loss
 
     return at
 
 
-def test_full_size_only_trains_the_largest_size_for_the_first_steps(make_model, tmp_path):
-    from mrl_text import MatryoshkaTrainingArguments
-
+def test_smaller_sizes_scale_zero_computes_the_full_size_only(make_model, tmp_path):
     torch.manual_seed(0)
     a, p = torch.randn(4, 16), torch.randn(4, 16)
-    loss = MatryoshkaLoss(InfoNCELoss(), [16, 8, 4])
-    loss.full_size_only = True
-    assert loss.sizes_for_step() == [(16, 1.0)]
+    loss = MatryoshkaLoss(InfoNCELoss(), [16, 8, 4], n_dims_per_step=2, keep_full_dim=False)
+    loss.smaller_sizes_scale = 0.0  # what a SizeSchedule sets during full_size_only_fraction
+    assert loss.sizes_for_step() == [(16, 1.0)]  # the full size even where the sample could have left it out
     torch.testing.assert_close(loss([a, p]), InfoNCELoss()([F.normalize(a, dim=-1), F.normalize(p, dim=-1)]))
     at = scheduled_loss(make_model, tmp_path, full_size_only_fraction=0.5)
     for step, only_full in ((0, True), (4, True), (5, False), (9, False)):
-        assert at(step).full_size_only is only_full
-    with pytest.raises(ValueError, match="full_size_only_fraction=1.5 must be between 0 and 1"):
-        MatryoshkaTrainingArguments(output_dir=str(tmp_path), full_size_only_fraction=1.5)
+        assert (at(step).smaller_sizes_scale == 0) is only_full
 
 
 def test_smaller_sizes_warmup_ramps_the_smaller_weights_from_zero(make_model, tmp_path):
-    from mrl_text import MatryoshkaTrainingArguments
-
     torch.manual_seed(0)
     a, p = torch.randn(4, 16), torch.randn(4, 16)
     loss = MatryoshkaLoss(InfoNCELoss(), [16, 8, 4], [4.0, 1.0, 2.0])
@@ -327,5 +322,21 @@ def test_smaller_sizes_warmup_ramps_the_smaller_weights_from_zero(make_model, tm
     at = scheduled_loss(make_model, tmp_path, smaller_sizes_warmup_fraction=0.4)
     for step, scale in ((0, 0.25), (1, 0.5), (3, 1.0), (9, 1.0)):  # linear over the first 4 of 10 steps
         assert at(step).smaller_sizes_scale == pytest.approx(scale)
-    with pytest.raises(ValueError, match="smaller_sizes_warmup_fraction=-0.1 must be between 0 and 1"):
-        MatryoshkaTrainingArguments(output_dir=str(tmp_path), smaller_sizes_warmup_fraction=-0.1)
+
+
+def test_weighted_size_sum_scales_the_smaller_sizes_and_skips_zero_weights():
+    from mrl_text.models.modeling_matryoshka_utils import weighted_size_sum
+
+    called = []
+
+    def loss_at(index):
+        called.append(index)
+        return torch.tensor(float(10 ** index))
+
+    assert weighted_size_sum(loss_at, [2.0, 1.0, 3.0], smaller_sizes_scale=0.5).item() == 2.0 + 0.5 * 10 + 1.5 * 100
+    assert called == [0, 1, 2]
+    called.clear()
+    assert weighted_size_sum(loss_at, [2.0, 0.0, 3.0], smaller_sizes_scale=0.0).item() == 2.0
+    assert called == [0]  # a size that weighs 0 is never computed
+    called.clear()
+    assert weighted_size_sum(loss_at, [1.0, 1.0, 1.0], sizes=[0, 2]).item() == 101.0 and called == [0, 2]

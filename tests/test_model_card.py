@@ -213,7 +213,8 @@ def _train(encoder_dir, tmp_path, max_seq_length=4, **overrides):
 def test_training_fills_the_card(encoder_dir, tmp_path):
     trainer, _ = _train(encoder_dir, tmp_path, save_strategy="steps", save_steps=2)
     data = trainer.model.model_card_data
-    assert data.model_name == "run" and data.loss["name"].startswith("MatryoshkaLoss")
+    assert data.model_name == "run" and data.loss["name"] == "MatryoshkaLoss(InfoNCELoss)"  # the trainer's default
+    assert data.loss["config"]["loss_config"]["scale"] == 20.0 and data.loss["config"]["matryoshka_dimensions"] == [32, 16, 8]
     assert data.hyperparameters["learning_rate"] == 1e-3 and "output_dir" not in data.hyperparameters
     assert "dataloader_pin_memory" not in data.hyperparameters  # switched off on CPU by the arguments, not the user
     assert data.train_datasets[0]["rows"] == 8 and data.train_datasets[0]["columns"] == ["anchor", "positive"]

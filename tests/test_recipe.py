@@ -27,7 +27,7 @@ def test_configs_parse(recipe):
     demo, args = recipe.parse_arguments([])
     assert demo.train_data == "chatterbot-corpus" and demo.matryoshka_dimensions is None and demo.general_check
     assert recipe.default_dimensions(384) == [384, 256, 128, 64, 32, 16]  # all-MiniLM-L6-v2's sizes
-    assert args.loss == "infonce" and args.output_dir.startswith("outputs/")
+    assert demo.loss == "infonce" and args.output_dir.startswith("outputs/")
     bert, args = recipe.parse_arguments(["--config", str(RECIPES / "configs" / "bert_base_allnli.yaml"), "--bf16", "false"])
     assert bert.model_name_or_path == "bert-base-uncased" and bert.train_data == "sentence-transformers/all-nli"
     assert bert.matryoshka_dimensions == [768, 512, 256, 128, 64, 32, 16] and bert.eval_layout == "scored_pairs"
@@ -35,6 +35,32 @@ def test_configs_parse(recipe):
     # Flags override the YAML.
     _, args = recipe.parse_arguments(["--learning_rate", "1e-4"])
     assert args.learning_rate == 1e-4
+
+
+def test_loss_and_schedule_options_become_the_objects_the_trainer_takes(recipe):
+    from mrl_text import MatryoshkaConfig
+    from mrl_text.losses import CoSENTLoss, InfoNCELoss, MatryoshkaDepthLoss, MatryoshkaLoss
+
+    from .conftest import tiny_bert_config
+
+    config = MatryoshkaConfig(encoder=tiny_bert_config(), matryoshka_dimensions=[32, 16, 8], matryoshka_layers=[2, 1])
+    options, _ = recipe.parse_arguments(["--loss_scale", "10", "--symmetric_loss", "true", "--n_dims_per_step", "2",
+                                         "--smaller_sizes_warmup_fraction", "0.5"])
+    loss = recipe.build_loss(options, config)
+    assert isinstance(loss, MatryoshkaLoss) and isinstance(loss.base_loss, InfoNCELoss)
+    assert (loss.base_loss.scale, loss.base_loss.symmetric, loss.n_dims_per_step) == (10.0, True, 2)
+    assert loss.matryoshka_dimensions == [32, 16, 8]  # the sizes come from the model's config
+    schedule = recipe.build_size_schedule(options)
+    assert schedule.get_config_dict() == {"smaller_sizes_warmup_fraction": 0.5, "full_size_only_fraction": 0.0}
+    assert recipe.build_size_schedule(recipe.parse_arguments([])[0]) is None  # the demo trains every size throughout
+    options, _ = recipe.parse_arguments(["--loss", "cosent", "--matryoshka_depth", "true", "--depth_alignment", "cosine"])
+    depth = recipe.build_loss(options, config)
+    assert isinstance(depth, MatryoshkaDepthLoss) and isinstance(depth.loss.base_loss, CoSENTLoss)
+    assert depth.alignment == "cosine" and depth.matryoshka_layers == [2, 1]
+    with pytest.raises(ValueError, match="full_size_only_fraction=2.0 must be between 0 and 1"):
+        recipe.build_size_schedule(recipe.parse_arguments(["--full_size_only_fraction", "2"])[0])
+    with pytest.raises(ValueError, match="loss='cross_entropy': this recipe trains embeddings"):
+        recipe.build_loss(recipe.parse_arguments(["--loss", "cross_entropy"])[0], config)
 
 
 @pytest.mark.parametrize("name", ["single_process", "multi_gpu", "deepspeed_zero2", "fsdp"])

@@ -120,6 +120,13 @@ def non_default_arguments(args):
     return {name: display_name(v) if isinstance(v, str) and is_local_path(v) else v for name, v in chosen.items()}
 
 
+def training_hyperparameters(args, size_schedule=None):
+    """A card's hyperparameters: the non-default training arguments and, when training had a size schedule, its
+    non-zero fractions (how much the smaller sizes weighed over the run is part of how the model was trained)."""
+    schedule = size_schedule.get_config_dict() if size_schedule is not None else {}
+    return non_default_arguments(args) | {name: value for name, value in schedule.items() if value}
+
+
 def describe_dataset(dataset):
     """`{"name", "rows", "columns"}` of a `datasets.Dataset` (name from its Hub id or source files when known)."""
     description = {}
@@ -354,11 +361,7 @@ class MatryoshkaModelCardCallback(TrainerCallback):
         if not data.base_model and starting_point(model):  # a local folder: named in the card, never by its path
             data.base_model_name = data.base_model_name or display_name(starting_point(model))
         data.loss = describe_loss(getattr(trainer, "loss", None))
-        data.hyperparameters = non_default_arguments(args)
-        # The size schedule's non-default fractions, beside the arguments (they were arguments before it was an object)
-        schedule = getattr(trainer, "size_schedule", None)
-        data.hyperparameters.update({key: value for key, value in (schedule.get_config_dict() if schedule else {}).items()
-                                     if value})
+        data.hyperparameters = training_hyperparameters(args, getattr(trainer, "size_schedule", None))
         if trainer.train_dataset is not None and not data.train_datasets:
             data.train_datasets = [describe_dataset(trainer.train_dataset)]
         elif trainer.train_dataset is not None:  # named by the caller: add what only the data knows

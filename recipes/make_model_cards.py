@@ -31,6 +31,9 @@ from mrl_text.cards.card_data import (
     is_local_path,
 )
 
+# Sibling modules of recipes/: a script's own folder is on sys.path when it runs (tests add recipes/ themselves).
+from recipe_config import read_recipe
+
 CARDS_DIR = Path(__file__).resolve().parents[1] / "model_cards"
 CONFIGS_DIR = Path(__file__).resolve().parent / "configs"
 STORED_FILES = ("config.json", CARD_DATA_FILENAME)  # the inputs; every other file in a card folder is rendered
@@ -127,14 +130,6 @@ def online_config(recipe_name, encoder_class, model_id, **matryoshka):
     return MatryoshkaConfig(encoder=encoder, **matryoshka)
 
 
-def recipe_module(name):
-    """A recipe script beside this one, imported as a module."""
-    import importlib
-
-    sys.path.insert(0, str(Path(__file__).resolve().parent))
-    return importlib.import_module(name)
-
-
 def online_text_card(yaml_path, encoder_class):
     """(config, card data) that train_bert.py records for `yaml_path` before its first evaluation: what the card of
     the model says with the arguments and datasets of the config, and no results, versions or training lines."""
@@ -146,8 +141,9 @@ def online_text_card(yaml_path, encoder_class):
         training_hyperparameters,
     )
 
-    train_bert = recipe_module("train_bert")
-    settings = recipe_module("recipe_config").read_recipe(yaml_path)
+    import train_bert  # the recipe beside this script (imported here: it loads the trainer)
+
+    settings = read_recipe(yaml_path)
     # Where there is no GPU, bf16/fp16 are refused and pinned memory is turned off: parsed off here, then set back
     # to what the config gives on the GPU machine it is written for.
     recipe, args = train_bert.parse_arguments(["--config", str(yaml_path), "--bf16", "false", "--fp16", "false"])
@@ -186,7 +182,8 @@ def online_image_text_card(yaml_path, encoder_class):
     from mrl_text.losses import MatryoshkaLoss
     from mrl_text.cards.card_data import describe_loss, non_default_arguments
 
-    train_align = recipe_module("train_align")
+    import train_align
+
     recipe = train_align.parse_arguments(["--config", str(yaml_path)])
     config = online_config("train_align", encoder_class, recipe.model, matryoshka_dimensions=recipe.matryoshka_dimensions)
     hub_id = recipe.model if display_name(recipe.model) == recipe.model else None
@@ -211,8 +208,9 @@ def online_mlm_card(yaml_path, encoder_class):
     """(config, card data) that pretrain_mlm.py records for `yaml_path` before its first MLM evaluation."""
     from mrl_text.cards.card_data import MatryoshkaModelCardData, non_default_arguments
 
-    pretrain_mlm = recipe_module("pretrain_mlm")
-    settings = recipe_module("recipe_config").read_recipe(yaml_path)
+    import pretrain_mlm
+
+    settings = read_recipe(yaml_path)
     recipe, args = pretrain_mlm.parse_arguments(["--config", str(yaml_path), "--bf16", "false", "--fp16", "false"])
     for key, default in GPU_SETTINGS.items():
         setattr(args, key, settings.get(key, default))

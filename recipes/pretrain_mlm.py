@@ -17,7 +17,6 @@ embedding model (recipes/train_bert.py --model_name_or_path output_dir).
 import json
 import logging
 import shutil
-import sys
 from dataclasses import dataclass, field
 from pathlib import Path
 
@@ -29,10 +28,10 @@ from mrl_text import data as mrl_data
 from mrl_text.evaluation import Results
 from mrl_text.cards.card_data import MatryoshkaModelCardCallback, display_name, model_card_data
 
-sys.path.insert(0, str(Path(__file__).resolve().parent))  # sibling recipe modules, also when imported by path
-from demo_data import load_text_corpus  # noqa: E402
-from recipe_config import parse_arguments as parse_arguments_from_config  # noqa: E402
-from train_bert import default_dimensions  # noqa: E402
+# Sibling modules of recipes/: a script's own folder is on sys.path when it runs (tests add recipes/ themselves).
+from demo_data import load_text_corpus
+from recipe_config import parse_arguments as parse_arguments_from_config
+from train_bert import default_dimensions
 
 logger = logging.getLogger("pretrain_mlm")
 

@@ -17,7 +17,6 @@ demo) and command-line flags override the YAML, as in train_bert.py.
 """
 
 import math
-import sys
 import time
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -46,9 +45,9 @@ from mrl_text.cards.card_data import (
     non_default_arguments,
 )
 
-sys.path.insert(0, str(Path(__file__).resolve().parent))  # demo_data beside this script, also when imported by path
-from recipe_config import parse_arguments as parse_arguments_from_config  # noqa: E402
-from recipe_config import read_recipe  # noqa: E402, F401  (benchmarks read the default recipe with it)
+# Sibling modules of recipes/: a script's own folder is on sys.path when it runs (tests add recipes/ themselves).
+from recipe_config import parse_arguments as parse_arguments_from_config
+from recipe_config import read_recipe  # noqa: F401  (benchmarks read the default recipe with it)
 
 DEFAULT_CONFIG = Path(__file__).parent / "configs" / "align_digits.yaml"
 DIGITS_DATA = {"name": "scikit-learn digits (captions made from the labels)"}

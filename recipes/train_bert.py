@@ -19,7 +19,6 @@ import inspect
 import json
 import logging
 import shutil
-import sys
 from dataclasses import dataclass, field
 from pathlib import Path
 
@@ -34,9 +33,9 @@ from mrl_text.losses import LOSSES, MatryoshkaDepthLoss, MatryoshkaLoss, get_los
 from mrl_text.training.schedule import SizeSchedule
 from mrl_text.training.trainer import MatryoshkaTrainer, MatryoshkaTrainingArguments
 
-sys.path.insert(0, str(Path(__file__).resolve().parent))  # demo_data beside this script, also when imported by path
-from demo_data import chatterbot_pairs, shared_data_dir  # noqa: E402
-from recipe_config import parse_arguments as parse_arguments_from_config  # noqa: E402
+# Sibling modules of recipes/: a script's own folder is on sys.path when it runs (tests add recipes/ themselves).
+from demo_data import chatterbot_pairs, shared_data_dir
+from recipe_config import parse_arguments as parse_arguments_from_config
 
 logger = logging.getLogger("train_bert")
 

@@ -1,6 +1,7 @@
 """Shared fixtures: tiny random models and tokenizers built in code, offline."""
 
 import os
+import sys
 
 # Tests never reach the Hub (CI sets these too; setting them here keeps a bare `pytest` offline as well).
 for _switch in ("HF_HUB_OFFLINE", "TRANSFORMERS_OFFLINE", "HF_DATASETS_OFFLINE", "HF_EVALUATE_OFFLINE"):
@@ -13,6 +14,12 @@ import pytest  # noqa: E402
 import torch  # noqa: E402
 
 SHARED_DATA = Path(__file__).resolve().parents[1].parent / "shared" / "data"
+# The recipes import their sibling modules plainly (`from demo_data import ...`), as a script's own folder is on
+# sys.path when it runs; tests that import a recipe by its path put recipes/ there once, here. Appended: it never
+# shadows an installed package.
+RECIPES = Path(__file__).resolve().parents[1] / "recipes"
+if str(RECIPES) not in sys.path:
+    sys.path.append(str(RECIPES))
 
 WORDS = (
     "a an the man woman child dog cat is are was playing plays eating eats running runs sleeping guitar piano "

@@ -2,7 +2,6 @@
 
 import json
 import subprocess
-import sys
 from pathlib import Path
 
 import pytest
@@ -19,9 +18,10 @@ from mrl_text.data import (
 
 from .conftest import SHARED_DATA
 
+# The development data helpers live with the recipes, not in mrl_text (conftest puts recipes/ on sys.path).
+from demo_data import DIGIT_NAMES, chatterbot_pairs, load_digits_image_text
+
 ROOT = Path(__file__).resolve().parents[1]
-sys.path.insert(0, str(ROOT / "recipes"))  # the development data helpers live with the recipes, not in mrl_text
-from demo_data import DIGIT_NAMES, chatterbot_pairs, load_digits_image_text  # noqa: E402
 
 QA = {"question": ["what is ai?", "who are you?", "hello"], "answer": ["a field of study", "a bot", "hi"], "id": [1, 2, 3]}
 
@@ -123,9 +123,13 @@ def test_digits_loader_makes_captions_from_labels():
 
 
 def test_the_library_does_not_know_this_repository():
-    """Development data paths and demo corpora belong to recipes, benchmarks and tests, never to mrl_text/."""
+    """Development data paths and demo corpora belong to recipes, benchmarks and tests, never to mrl_text/; nor do
+    the library's docstrings and comments cite the recipes or the benchmark results (a default's reason is said in a
+    sentence; the study lives in benchmarks)."""
+    patterns = [arg for pattern in ("shared_data_dir", "chatterbot", "shared/data", "benchmarks/", "recipes/")
+                for arg in ("-e", pattern)]
     found = subprocess.run(
-        ["grep", "-rn", "-e", "shared_data_dir", "-e", "chatterbot", "-e", "shared/data", str(ROOT / "mrl_text")],
+        ["grep", "-rn", "--exclude-dir=__pycache__", *patterns, str(ROOT / "mrl_text")],
         capture_output=True, text=True,
     )
     assert found.stdout == "", found.stdout

@@ -141,12 +141,30 @@ def training_arguments(args, output_dir, seed, steps, **overrides):
         use_cpu=args.device == "cpu",
         bf16=args.bf16,
         dataloader_num_workers=0,
-        full_size_only_fraction=getattr(args, "full_size_only_fraction", 0.0),  # `retrieval` only
-        # `retrieval`, and `mlm`'s embedding fine-tuning (every size weighted 1 there)
-        smaller_sizes_warmup_fraction=getattr(args, "smaller_sizes_warmup_fraction", 0.0),
     )
     settings.update(overrides)
     return MatryoshkaTrainingArguments(**settings)
+
+
+def size_schedule(args):
+    """The suite's `SizeSchedule` from its options (None without one): `full_size_only_fraction` in `retrieval` only,
+    `smaller_sizes_warmup_fraction` in `retrieval` and `mlm`'s embedding fine-tuning (every size weighted 1 there)."""
+    from mrl_text import SizeSchedule
+
+    warmup, full_only = (getattr(args, name, 0.0) for name in ("smaller_sizes_warmup_fraction", "full_size_only_fraction"))
+    return SizeSchedule(warmup, full_only) if warmup or full_only else None
+
+
+def training_loss(model, name):
+    """The loss object a suite names: "infonce" (InfoNCE at every size of the model's config) or "cross_entropy" (a
+    classifier's own nested heads' loss)."""
+    from mrl_text.losses import InfoNCELoss, MatryoshkaCrossEntropyLoss, MatryoshkaLoss
+
+    if name == "cross_entropy":
+        return MatryoshkaCrossEntropyLoss(model)
+    if name == "infonce":
+        return MatryoshkaLoss.from_config(model.config, InfoNCELoss())
+    raise ValueError(f"loss {name!r}: the suites train with 'infonce' or 'cross_entropy'.")
 
 
 def in_order_trainer():
@@ -202,10 +220,11 @@ def train(model, rows, args, output_dir, seed, loss, head_lr=None, in_order=Fals
     model.to(args.device)
     steps = args.epochs * max(1, len(rows) // args.batch_size)
     overrides = {"num_train_epochs": 1} if in_order else {}
-    training_args = training_arguments(args, output_dir, seed, steps, loss=loss, **overrides)
+    training_args = training_arguments(args, output_dir, seed, steps, **overrides)
     optimizer = build_optimizer(model, args.lr, head_lr, training_args.weight_decay, scale_heads_by_size)
     trainer_class = in_order_trainer() if in_order else MatryoshkaTrainer
-    trainer = trainer_class(model=model, args=training_args, train_dataset=rows, optimizers=(optimizer, None))
+    trainer = trainer_class(model=model, args=training_args, train_dataset=rows, optimizers=(optimizer, None),
+                            loss=training_loss(model, loss), size_schedule=size_schedule(args))
     start = time.perf_counter()
     trainer.train()
     return time.perf_counter() - start

@@ -6,7 +6,7 @@ From all-MiniLM-L6-v2 (6 layers, `--model`), on the shared data folder (`--data`
 - throughput: `model.encode(texts, layers=k)` for every k, STS-B test sentences, rounds interleaved (k = 6..1 in
   each round, so every count sees the same machine load), median seconds per round, ratio to the full model.
 - quality: SNLI (dev+test) triplets, the same batches in the same order for every run: `mrl` (MatryoshkaLoss,
-  InfoNCE), `depth` (the same + `matryoshka_depth` at the library's defaults unless --n-layers-per-step, --alignment,
+  InfoNCE), `depth` (the same in a `MatryoshkaDepthLoss` at the library's defaults unless --n-layers-per-step, --alignment,
   --alignment-weight, --layer-weights, --depths say otherwise: every earlier depth each step, averaged, with a
   similarity-distribution KL to the detached final layer), `st2d` (sentence-transformers' Matryoshka2dLoss over
   MultipleNegativesRankingLoss, every size per step like ours, its other options at their defaults). Every trained
@@ -60,8 +60,8 @@ def parse_args(argv=None):
     parser.add_argument("--split", choices=("dev", "test"), default="test",
                         help="STS-B split scored: dev to choose settings, test once for the chosen one")
     parser.add_argument("--depths", default="6,5,4,3,2,1", help="`depth`: the trained depths (matryoshka_layers)")
-    parser.add_argument("--alignment-weight", type=float, default=1.0, help="`depth`: depth_alignment_weight")
-    parser.add_argument("--alignment", default="similarity_kl", help="`depth`: depth_alignment (similarity_kl, cosine)")
+    parser.add_argument("--alignment-weight", type=float, default=1.0, help="`depth`: MatryoshkaDepthLoss alignment_weight")
+    parser.add_argument("--alignment", default="similarity_kl", help="`depth`: MatryoshkaDepthLoss alignment (similarity_kl, cosine)")
     parser.add_argument("--n-layers-per-step", type=int, default=-1, help="`depth`: earlier depths per step (-1: all)")
     parser.add_argument("--layer-weights", default=None, help="`depth`: one weight per --depths (default 1 each)")
     parser.add_argument("--tasks", default="stsb,scifact,banking77",
@@ -119,12 +119,17 @@ def train_mrl_text(args, rows, order, depth, output_dir, seed):
 
     torch.manual_seed(seed)
     model = MatryoshkaModel.from_encoder(args.model, matryoshka_dimensions=args.sizes, matryoshka_layers=args.depths)
+    from mrl_text.losses import MatryoshkaDepthLoss
+
     ordered = [rows[i] for _, batch in order for i in batch]
-    training_args = common.training_arguments(
-        args, output_dir, seed, len(order), loss="infonce", num_train_epochs=1, matryoshka_depth=depth,
-        depth_alignment_weight=args.alignment_weight, depth_alignment=args.alignment,
-        n_layers_per_step=args.n_layers_per_step, layer_weights=args.layer_weights)
-    common.in_order_trainer()(model=model.to(args.device), args=training_args, train_dataset=ordered).train()
+    training_args = common.training_arguments(args, output_dir, seed, len(order), num_train_epochs=1)
+    loss = common.training_loss(model, "infonce")
+    if depth:
+        loss = MatryoshkaDepthLoss.from_config(
+            model.config, loss, layer_weights=args.layer_weights, n_layers_per_step=args.n_layers_per_step,
+            alignment_weight=args.alignment_weight, alignment=args.alignment)
+    common.in_order_trainer()(model=model.to(args.device), args=training_args, train_dataset=ordered, loss=loss,
+                              size_schedule=common.size_schedule(args)).train()
     return model.eval()
 
 

@@ -614,7 +614,7 @@ def retrieval_variant_loss(args, options):
     def loss(step, embeddings):
         if step < full_only_until or step >= full_only_from:
             return plain(embeddings)
-        mrl.smaller_sizes_scale = smaller_sizes_scale(step, args.steps, ramp_fraction)  # the trainer's schedule
+        mrl.smaller_sizes_scale = smaller_sizes_scale(step, args.steps, ramp_fraction)  # SizeSchedule's rule
         return mrl(embeddings)
 
     return loss
@@ -664,14 +664,14 @@ def retrieval_variant_job(job):
     torch.manual_seed(seed)
     random.seed(seed)  # MatryoshkaLoss's size sampling
     model = TopLayers(encoder, args.trainable_layers).train()
-    loss_fn = retrieval_variant_loss(args, RETRIEVAL_VARIANTS[name]) if name != "none" else None
+    variant_loss = retrieval_variant_loss(args, RETRIEVAL_VARIANTS[name]) if name != "none" else None
     optimizer = torch.optim.AdamW(model.parameters(), lr=args.lr)
     schedule = get_linear_schedule_with_warmup(optimizer, int(np.ceil(args.warmup_ratio * args.steps)), args.steps)
     start = time.perf_counter()
     for step, (_, rows) in enumerate(order):
         embeddings = [torch.nn.functional.normalize(model(*padded([column[i] for i in rows])), dim=-1)
                       for column in train_states]
-        loss_fn(step, embeddings).backward()
+        variant_loss(step, embeddings).backward()
         optimizer.step()
         schedule.step()
         optimizer.zero_grad()

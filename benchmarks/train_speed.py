@@ -6,7 +6,7 @@ encoder forward for each text column, loss, backward, optimizer step. The three 
 time of each and the ratios. Targets: MRL / plain <= 1.05, and MRL no slower than sentence-transformers.
 
 - `plain`: `MatryoshkaModel` with sizes [384] and `MatryoshkaLoss(InfoNCELoss)` (one size);
-- `mrl`:   `MatryoshkaModel` with sizes 384..16 and the trainer's default Matryoshka loss (`MatryoshkaTrainer.build_loss`);
+- `mrl`:   `MatryoshkaModel` with sizes 384..16 and the trainer's default Matryoshka loss (`MatryoshkaTrainer.default_loss`);
 - `st`:    `SentenceTransformer` with `MatryoshkaLoss(model, MultipleNegativesRankingLoss(model), sizes)`.
 
     python benchmarks/train_speed.py                                   # GPU if there is one, else CPU
@@ -76,17 +76,16 @@ def build_setups(model_dir, device, max_seq_length):
     from sentence_transformers.losses import MultipleNegativesRankingLoss
 
     from mrl_text import MatryoshkaModel
-    from mrl_text.training.trainer import MatryoshkaTrainer, MatryoshkaTrainingArguments
+    from mrl_text.training.trainer import MatryoshkaTrainer
 
     setups = []
-    args = MatryoshkaTrainingArguments(output_dir="outputs/train_speed", loss="infonce", report_to=[], max_seq_length=max_seq_length)
     for name, sizes in (("plain", SIZES[:1]), ("mrl", SIZES)):
         model = MatryoshkaModel.from_encoder(str(model_dir), matryoshka_dimensions=sizes).to(device).train()
-        loss_fn = MatryoshkaTrainer.build_loss(None, model, args)
+        matryoshka_loss = MatryoshkaTrainer.default_loss(model)
         tokenizer = model.tokenizer
 
-        def loss_step(features, model=model, loss_fn=loss_fn):
-            return loss_fn([model(**f).full_embeddings for f in features])
+        def loss_step(features, model=model, matryoshka_loss=matryoshka_loss):
+            return matryoshka_loss([model(**f).full_embeddings for f in features])
 
         def tokenize(texts, tokenizer=tokenizer):
             return tokenizer(texts, padding=True, truncation=True, max_length=max_seq_length, return_tensors="pt")

@@ -220,10 +220,10 @@ def test_retrieval_default_mrl_recipe_and_its_checks(quality, tiny):
     """The default MRL recipe is the one chosen on validation (quality_retrieval_validation_full.md)."""
     args = quality.parse_args(["retrieval", "--model", str(tiny[0]), "--sizes", "32,16", "--methods", "plain,mrl"])
     assert (args.mrl_full_weight, args.smaller_sizes_warmup_fraction, args.full_size_only_fraction) == (4.0, 0.5, 0.0)
-    assert quality.common.training_arguments(args, "/tmp/x", 0, 10).smaller_sizes_warmup_fraction == 0.5
+    assert quality.common.size_schedule(args).smaller_sizes_warmup_fraction == 0.5  # the SizeSchedule it trains with
     paper, method = quality.method_recipe(args, "mrl_paper")  # the paper's recipe, a row next to the default
     assert method == "mrl" and (paper.mrl_full_weight, paper.smaller_sizes_warmup_fraction) == (1.0, 0.0)
-    assert quality.common.training_arguments(paper, "/tmp/x", 0, 10).smaller_sizes_warmup_fraction == 0.0
+    assert quality.common.size_schedule(paper) is None  # every size from the first step
     assert quality.method_recipe(args, "mrl") == (args, "mrl") and args.mrl_full_weight == 4.0
     with pytest.raises(SystemExit, match="--smaller-sizes-warmup-fraction 1.5 must be a share of the steps"):
         quality.parse_args(["retrieval", "--model", str(tiny[0]), "--sizes", "32,16", "--methods", "mrl",

@@ -30,9 +30,9 @@ class ImageTextInfoNCELoss(nn.Module):
     Example:
 
     ```python
-    >>> loss_fn = MatryoshkaLoss.from_config(model.config, ImageTextInfoNCELoss(model))
+    >>> matryoshka_loss = MatryoshkaLoss.from_config(model.config, ImageTextInfoNCELoss(model))
     >>> out = model(input_ids=..., attention_mask=..., pixel_values=...)
-    >>> loss = loss_fn([out.full_image_embeds, out.full_text_embeds])
+    >>> loss = matryoshka_loss([out.full_image_embeds, out.full_text_embeds])
     ```
     """
 

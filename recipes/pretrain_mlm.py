@@ -6,27 +6,29 @@
 
 Every masked token is predicted from the first `d` coordinates of its final representation, for every size `d`
 (`mrl_text.MatryoshkaForMaskedLM`), with the weighted sum of the per-size MLM losses; the batches come from
-transformers' `DataCollatorForLanguageModeling`. Arguments are the fields of `RecipeArguments` below and of
-transformers' `TrainingArguments`; `--config file.yaml` sets them from YAML (default: the demo config), flags
-override it. MLM accuracy on held-out text (the same masked tokens before and after) is printed at every size before
-and after training, and the model is saved to `output_dir`: `AutoModelForMaskedLM.from_pretrained(output_dir)`
-after `import mrl_text`, or `AutoModel.from_pretrained(output_dir)` for the `MatryoshkaModel` to fine-tune as an
-embedding model (recipes/train_bert.py --model_name_or_path output_dir).
+transformers' `DataCollatorForLanguageModeling`, and `mrl_text.MatryoshkaTrainer` trains on the loss the model returns,
+the smaller sizes ramped in by a `SizeSchedule` (`smaller_sizes_warmup_fraction`). Arguments are the fields of
+`RecipeArguments` below and of transformers' `TrainingArguments`; `--config file.yaml` sets them from YAML (default:
+the demo config), flags override it. MLM accuracy on held-out text (the same masked tokens before and after) is
+printed at every size before and after training, and the model is saved to `output_dir`:
+`AutoModelForMaskedLM.from_pretrained(output_dir)` after `import mrl_text`, or `AutoModel.from_pretrained(output_dir)`
+for the `MatryoshkaModel` to fine-tune as an embedding model (recipes/train_bert.py --model_name_or_path output_dir).
 """
 
 import json
 import logging
 import shutil
-from dataclasses import dataclass, field
+from dataclasses import MISSING, dataclass, field, fields
 from pathlib import Path
 
 import torch
-from transformers import AutoConfig, AutoTokenizer, DataCollatorForLanguageModeling, Trainer, TrainingArguments
+from transformers import AutoConfig, AutoTokenizer, DataCollatorForLanguageModeling, TrainingArguments
 
 import mrl_text
 from mrl_text import data as mrl_data
+from mrl_text.cards.card_data import display_name, model_card_data
 from mrl_text.evaluation import Results
-from mrl_text.cards.card_data import MatryoshkaModelCardCallback, display_name, model_card_data
+from mrl_text.training import MatryoshkaTrainer, MatryoshkaTrainingArguments, SizeSchedule
 
 # Sibling modules of recipes/: a script's own folder is on sys.path when it runs (tests add recipes/ themselves).
 from demo_data import load_text_corpus
@@ -62,7 +64,7 @@ class RecipeArguments:
     matryoshka_weights: list[float] | None = field(default=None, metadata={"help": "Loss weight per size."})
     smaller_sizes_warmup_fraction: float = field(
         default=0.0, metadata={"help": "The smaller sizes' loss weights rise linearly from 0 over this share of the "
-                               "steps (mrl_text.MatryoshkaScheduleCallback); 0 trains every size fully from the start."},
+                               "steps (mrl_text.training.SizeSchedule); 0 trains every size fully from the start."},
     )
     efficient_heads: bool = field(default=False, metadata={"help": "MRL-E: one weight-tied head transform."})
     new_vocab_size: int | None = field(
@@ -96,7 +98,10 @@ class RecipeArguments:
 
 
 def parse_arguments(argv=None):
-    """(RecipeArguments, TrainingArguments) from `--config file.yaml` (default mlm_demo.yaml) and flags."""
+    """(RecipeArguments, MatryoshkaTrainingArguments) from `--config file.yaml` (default mlm_demo.yaml) and flags.
+
+    The flags and YAML keys are transformers' `TrainingArguments` and the recipe's; `max_seq_length` is the recipe's,
+    copied into the training arguments (the trainer records it in the model's config and card)."""
     recipe, args = parse_arguments_from_config((RecipeArguments, TrainingArguments), DEMO_CONFIG, argv,
                                                "recipes/pretrain_mlm.py")
     for name in ("mlm_probability", "eval_mlm_probability"):
@@ -106,7 +111,18 @@ def parse_arguments(argv=None):
     if not 0 <= recipe.smaller_sizes_warmup_fraction <= 1:
         raise SystemExit(f"--smaller_sizes_warmup_fraction {recipe.smaller_sizes_warmup_fraction} is not a share of "
                          "the steps; give a value between 0 and 1, e.g. 1.0 (over all of them) or 0 (no warmup).")
-    return recipe, args
+    return recipe, matryoshka_arguments(args, recipe.max_seq_length)
+
+
+def matryoshka_arguments(args, max_seq_length):
+    """`args` (transformers' `TrainingArguments` as parsed) as `MatryoshkaTrainingArguments`: every option set away
+    from transformers' default carries over, and `max_seq_length` is the recipe's."""
+    chosen = {}
+    for option in fields(TrainingArguments):
+        default = option.default if option.default_factory is MISSING else option.default_factory()
+        if option.init and getattr(args, option.name) != default:
+            chosen[option.name] = getattr(args, option.name)
+    return MatryoshkaTrainingArguments(**chosen, max_seq_length=max_seq_length)
 
 
 def load_tokenizer(name):
@@ -296,11 +312,12 @@ def main(argv=None):
     evaluation = masked_batches(held_out, tokenizer, recipe.eval_mlm_probability, seed=args.seed)
     before = masked_lm_accuracy(model, evaluation)
     collator = DataCollatorForLanguageModeling(tokenizer, mlm_probability=recipe.mlm_probability)
-    trainer = Trainer(model=model, args=args, train_dataset=train, data_collator=collator)
     model_card_data(model).model_name = out.name
-    trainer.add_callback(MatryoshkaModelCardCallback(trainer))  # arguments, versions, training time, hardware
-    if recipe.smaller_sizes_warmup_fraction:
-        trainer.add_callback(mrl_text.training.MatryoshkaScheduleCallback(recipe.smaller_sizes_warmup_fraction))
+    # The model computes its own loss from the collator's masked batches (no `loss=`); the schedule drives it, and
+    # the trainer's card callback records the arguments, versions, training time and hardware.
+    schedule = SizeSchedule(smaller_sizes_warmup_fraction=recipe.smaller_sizes_warmup_fraction)
+    trainer = MatryoshkaTrainer(model=model, args=args, train_dataset=train, data_collator=collator,
+                                size_schedule=schedule)
     trainer.train(resume_from_checkpoint=args.resume_from_checkpoint)
     after = masked_lm_accuracy(trainer.model, evaluation)
     record_card(trainer.model, recipe, tokenizer, held_out, before, after)

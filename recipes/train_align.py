@@ -9,33 +9,25 @@ image tower trained from scratch learn one shared space whose prefixes are embed
 accuracy, image<->text Recall@1/5/10 and image kNN accuracy at every size, before and after training, and saves
 the model (loadable with `trust_remote_code=True`) and the results under `output_dir`.
 
-One forward pass per step gives both towers' full-size embeddings; the loss slices every size from them
-(`MatryoshkaLoss(ImageTextInfoNCELoss())`), so the number of sizes does not multiply the encoder cost.
+`mrl_text.MatryoshkaTrainer` trains it: one forward pass per step gives both towers' full-size embeddings and the loss
+slices every size from them (`MatryoshkaLoss(ImageTextInfoNCELoss(model))`), so the number of sizes does not multiply
+the encoder cost; `ImageTextDataCollator` encodes each distinct caption of a batch once. The text tower and the rest
+(image tower, projections) learn at their own rates under the trainer's schedule (linear warmup, cosine decay).
 
 Arguments are the fields of `AlignArguments` below; `--config file.yaml` sets them from YAML (default: the offline
 demo) and command-line flags override the YAML, as in train_bert.py.
 """
 
-import math
 import time
 from dataclasses import dataclass, field
 from pathlib import Path
 
 import torch
-from accelerate import Accelerator
+from accelerate import PartialState
 from accelerate.utils import set_seed
+from transformers import TrainerCallback
 
-from mrl_text import MatryoshkaDualEncoder, MatryoshkaDualEncoderConfig
-from mrl_text.data import load_image_captions
-from mrl_text.evaluation import evaluate
-from mrl_text.losses import ImageTextInfoNCELoss
-from mrl_text.evaluation.image_text import (
-    ImageKNNEvaluator,
-    ImageTextRetrievalEvaluator,
-    ZeroShotClassificationEvaluator,
-    as_dual_embedder,
-)
-from mrl_text.losses import MatryoshkaLoss
+from mrl_text import MatryoshkaDualEncoder, MatryoshkaDualEncoderConfig, MatryoshkaTrainer, MatryoshkaTrainingArguments
 from mrl_text.cards.card_data import (
     describe_loss,
     display_name,
@@ -44,6 +36,16 @@ from mrl_text.cards.card_data import (
     model_card_data,
     non_default_arguments,
 )
+from mrl_text.data import load_image_captions
+from mrl_text.evaluation import evaluate
+from mrl_text.evaluation.image_text import (
+    ImageKNNEvaluator,
+    ImageTextRetrievalEvaluator,
+    ZeroShotClassificationEvaluator,
+    as_dual_embedder,
+)
+from mrl_text.losses import ImageTextInfoNCELoss, MatryoshkaLoss
+from mrl_text.training.collator import ImageTextDataCollator
 
 # Sibling modules of recipes/: a script's own folder is on sys.path when it runs (tests add recipes/ themselves).
 from recipe_config import parse_arguments as parse_arguments_from_config
@@ -56,7 +58,7 @@ DEMO_TOWERS = "all-MiniLM-L6-v2 (text tower) and a tiny ViT trained from scratch
 
 @dataclass
 class AlignArguments:
-    """What to train, on which data, and how (the recipe's own loop: one optimizer, two learning rates)."""
+    """What to train, on which data, and how (`MatryoshkaTrainer` with one optimizer at two learning rates)."""
 
     model: str | None = field(
         default=None, metadata={"help": "ALIGN/CLIP hub id or folder; default: the small offline demo dual encoder."}
@@ -175,9 +177,60 @@ def wide_table(results, title):
     return "\n".join(lines)
 
 
-def train(recipe, accelerator=None):
-    """Build the model and data of `recipe` (`AlignArguments`, or a dict of its fields), evaluate, train, evaluate
-    again, and fill the model's card data (loss, data, arguments, results before and after, versions, time).
+def optimizer_groups(model, recipe):
+    """AdamW over two learning rates: a pretrained text tower wants a small one, a tower and projections trained
+    from scratch a large one (the trainer's schedule scales both alike)."""
+    if recipe.freeze_text_embeddings:
+        # The word embeddings are half of MiniLM's weights; freezing them halves the optimizer's work on a CPU.
+        model.encoder.text_model.get_input_embeddings().requires_grad_(False)
+    text_params = {id(p) for p in model.encoder.text_model.parameters()}
+    trainable = [p for p in model.parameters() if p.requires_grad]
+    groups = [
+        {"params": [p for p in trainable if id(p) in text_params], "lr": recipe.learning_rate},
+        {"params": [p for p in trainable if id(p) not in text_params], "lr": recipe.image_tower_learning_rate},
+    ]
+    return torch.optim.AdamW(groups, weight_decay=0.01)
+
+
+def training_arguments(recipe):
+    """The recipe's fields as `MatryoshkaTrainingArguments`: epochs of full batches, a cosine schedule after a linear
+    warmup over the first tenth of the steps, a log line every 10 steps, no checkpoints (`main` saves the model)."""
+    return MatryoshkaTrainingArguments(
+        output_dir=recipe.output_dir,
+        num_train_epochs=recipe.epochs,
+        per_device_train_batch_size=recipe.batch_size,
+        dataloader_drop_last=True,
+        learning_rate=recipe.learning_rate,
+        lr_scheduler_type="cosine",
+        warmup_steps=0.1,
+        max_seq_length=recipe.max_length,
+        logging_steps=10,
+        disable_tqdm=True,
+        save_strategy="no",
+        report_to="none",
+        seed=recipe.seed,
+    )
+
+
+class ProgressLine(TrainerCallback):
+    """One line per logging step: step, training loss, the learnt logit scale and the time since training began."""
+
+    def __init__(self, model):
+        self.model, self.start = model, None
+
+    def on_train_begin(self, args, state, control, **kwargs):
+        self.start = time.time()
+
+    def on_log(self, args, state, control, logs=None, **kwargs):
+        if state.is_world_process_zero and logs and "loss" in logs:
+            print(f"step {state.global_step}/{state.max_steps}  loss {logs['loss']:.3f}  "
+                  f"logit scale {self.model.logit_scale.item():.1f}  {time.time() - self.start:.0f}s", flush=True)
+
+
+def train(recipe):
+    """Build the model and data of `recipe` (`AlignArguments`, or a dict of its fields), evaluate, train with
+    `MatryoshkaTrainer`, evaluate again, and fill the model's card data (loss, data, arguments, results before and
+    after, versions, time).
 
     Returns `(model, results_before, results_after, schedule)` where `schedule` is `{"epochs", "steps"}`.
 
@@ -186,7 +239,6 @@ def train(recipe, accelerator=None):
     scored at the same sizes as a Matryoshka one.
     """
     recipe = AlignArguments(**recipe) if isinstance(recipe, dict) else recipe
-    accelerator = accelerator or Accelerator()
     set_seed(recipe.seed)
     dims = recipe.matryoshka_dimensions
     if recipe.model:
@@ -195,84 +247,42 @@ def train(recipe, accelerator=None):
         model = demo_dual_encoder(dims, projection_dim=max(dims))
     if recipe.dataset == "digits":
         pairs, evaluators = digits_data(recipe)
-        to_pixels = torch.stack
+        to_pixels = None  # already (1, 8, 8) tensors: the collator stacks them
     else:
         pairs, evaluators, to_pixels = hub_data(recipe)
-    eval_dims = recipe.eval_dimensions
-    tokenizer, max_length = model.tokenizer, recipe.max_length
-
-    def collate(batch):
-        # Each distinct caption is encoded once per step and copied to its rows (captions made from labels repeat
-        # a lot); the loss still sees one caption row per image, as in CLIP.
-        images, captions = zip(*batch)
-        distinct = list(dict.fromkeys(captions))
-        text = tokenizer(distinct, padding=True, truncation=True, max_length=max_length, return_tensors="pt")
-        caption_index = torch.tensor([distinct.index(c) for c in captions])
-        return {**text, "pixel_values": to_pixels(list(images)), "caption_index": caption_index}
-
-    loader = torch.utils.data.DataLoader(
-        pairs, batch_size=recipe.batch_size, shuffle=True, collate_fn=collate, drop_last=True
-    )
-    if len(loader) == 0:
+    if len(pairs) < recipe.batch_size:
         raise ValueError(f"{len(pairs)} training pairs make no full batch of batch_size={recipe.batch_size}.")
-    if recipe.freeze_text_embeddings:
-        # The word embeddings are half of MiniLM's weights; freezing them halves the optimizer's work on a CPU.
-        model.encoder.text_model.get_input_embeddings().requires_grad_(False)
-    # A pretrained text tower wants a small rate; a tower and projections trained from scratch want a large one.
-    text_params = {id(p) for p in model.encoder.text_model.parameters()}
-    trainable = [p for p in model.parameters() if p.requires_grad]
-    groups = [
-        {"params": [p for p in trainable if id(p) in text_params], "lr": recipe.learning_rate},
-        {"params": [p for p in trainable if id(p) not in text_params], "lr": recipe.image_tower_learning_rate},
-    ]
-    optimizer = torch.optim.AdamW(groups, weight_decay=0.01)
-    epochs = recipe.epochs
-    total_steps = max(1, math.ceil(epochs * len(loader) / accelerator.num_processes))
-    scheduler = torch.optim.lr_scheduler.OneCycleLR(
-        optimizer, max_lr=[g["lr"] for g in groups], total_steps=total_steps, pct_start=0.1
+    # Each distinct caption is encoded once per step and copied to its rows (captions made from labels repeat a lot).
+    collator = ImageTextDataCollator(model.tokenizer, max_seq_length=recipe.max_length, image_processor=to_pixels)
+    loss = MatryoshkaLoss.from_config(model.config, ImageTextInfoNCELoss(model))  # reads model.logit_scale
+    trainer = MatryoshkaTrainer(
+        model=model, args=training_arguments(recipe), train_dataset=pairs, data_collator=collator, loss=loss,
+        optimizers=(optimizer_groups(model, recipe), None), callbacks=[ProgressLine(model)],
     )
-    loss_fn = MatryoshkaLoss.from_config(model.config, ImageTextInfoNCELoss(model))  # reads model.logit_scale
+    eval_dims = recipe.eval_dimensions
 
     def report(title):
-        if accelerator.is_main_process:
-            unwrapped = accelerator.unwrap_model(model).eval()
-            results = evaluate(as_dual_embedder(unwrapped, eval_dims, device=accelerator.device), evaluators)
-            print(wide_table(results, title), flush=True)
-            unwrapped.train()
-            return results
-        return None
+        if not trainer.is_world_process_zero():
+            return None
+        model.eval()
+        results = evaluate(as_dual_embedder(model, eval_dims, device=trainer.args.device), evaluators)
+        print(wide_table(results, title), flush=True)
+        model.train()
+        return results
 
     before = report("before training")
-    model, optimizer, loader, scheduler = accelerator.prepare(model, optimizer, loader, scheduler)
-    model.train()
-    step, start = 0, time.time()
-    while step < total_steps:
-        for batch in loader:
-            caption_index = batch.pop("caption_index")
-            out = model(**batch)
-            text_embeds = out.full_text_embeds[caption_index]
-            loss = loss_fn([out.full_image_embeds, text_embeds])
-            accelerator.backward(loss)
-            optimizer.step()
-            scheduler.step()
-            optimizer.zero_grad()
-            step += 1
-            if accelerator.is_main_process and (step % 10 == 0 or step == total_steps):
-                print(f"step {step}/{total_steps}  loss {loss.item():.3f}  "
-                      f"logit scale {out.logit_scale.item():.1f}  {time.time() - start:.0f}s", flush=True)
-            if step >= total_steps:
-                break
-    accelerator.wait_for_everyone()
+    start = time.time()
+    trainer.train()
     seconds = time.time() - start
     after = report("after training")
-    trained = accelerator.unwrap_model(model)
-    if accelerator.is_main_process:
-        card = model_card_data(trained)
+    steps = trainer.state.global_step
+    if trainer.is_world_process_zero():
+        card = model_card_data(model)
         card.model_name = Path(recipe.output_dir).name
         hub_model = recipe.model if recipe.model and display_name(recipe.model) == recipe.model else None
         card.base_model = hub_model
         card.base_model_name = display_name(recipe.model) if recipe.model else DEMO_TOWERS
-        card.loss = describe_loss(loss_fn)
+        card.loss = describe_loss(loss)
         card.hyperparameters = non_default_arguments(recipe)
         hub_data_id = recipe.dataset if recipe.model and display_name(recipe.dataset) == recipe.dataset else None
         card.train_datasets = [{"name": display_name(recipe.dataset) if recipe.model else DIGITS_DATA["name"],
@@ -281,17 +291,16 @@ def train(recipe, accelerator=None):
         card.eval_datasets = {e.name: held_out for e in evaluators}
         card.task_types.update({e.name: e.task_type for e in evaluators if getattr(e, "task_type", None)})
         card.add_results(before, before_training=True).add_results(after)
-        card.training.update({"steps": total_steps, "epochs": epochs, "training time": f"{seconds:.0f} s",
+        card.training.update({"steps": steps, "epochs": recipe.epochs, "training time": f"{seconds:.0f} s",
                               "hardware": hardware()})
         card.versions = library_versions()
-    return trained, before, after, {"epochs": epochs, "steps": total_steps}
+    return model, before, after, {"epochs": recipe.epochs, "steps": steps}
 
 
 def main(argv=None):
     recipe = parse_arguments(argv)
-    accelerator = Accelerator()
-    trained, before, after, _ = train(recipe, accelerator)
-    if accelerator.is_main_process:
+    trained, before, after, _ = train(recipe)
+    if PartialState().is_main_process:
         output_dir = Path(recipe.output_dir)
         # The save hook writes the model card (per-size results before and after, plot, training details).
         trained.save_pretrained(output_dir)

@@ -438,6 +438,65 @@ def test_recipe_trains_a_saved_model_on_an_image_caption_dataset(tmp_path, tiny_
     assert not torch.equal(model.encoder.logit_scale.detach(), torch.tensor(2.6592))  # the temperature was trained
 
 
+@pytest.mark.slow
+def test_trainer_trains_a_dual_encoder_with_the_image_text_loss(tmp_path, tiny_tokenizer):
+    """MatryoshkaTrainer without loss= or a collator: the image-text InfoNCE at every size of the config, each distinct
+    caption of a batch encoded once, a step's loss equal to the nested loss over every row's own caption, and the
+    loss falls as the towers and the temperature train."""
+    from mrl_text import MatryoshkaTrainer, MatryoshkaTrainingArguments
+    from mrl_text.training.collator import ImageTextDataCollator
+
+    torch.manual_seed(0)
+    config = MatryoshkaDualEncoderConfig(encoder=tiny_clip_config(), matryoshka_dimensions=[24, 12, 6])
+    model = MatryoshkaDualEncoder(config)
+    model.tokenizer = tiny_tokenizer
+    words, images = ["dog", "cat", "car", "sun"], torch.randn(4, 3, 16, 16)  # one image per word, rows noisy copies
+    rows = [{"pixel_values": images[i % 4] + 0.3 * torch.randn(3, 16, 16), "caption": f"a {words[i % 4]}"}
+            for i in range(32)]
+    args = MatryoshkaTrainingArguments(
+        output_dir=str(tmp_path), per_device_train_batch_size=8, max_steps=24, learning_rate=3e-3, use_cpu=True,
+        report_to="none", save_strategy="no", disable_tqdm=True, seed=0,
+    )
+    trainer = MatryoshkaTrainer(model=model, args=args, train_dataset=rows)
+    assert isinstance(trainer.loss, MatryoshkaLoss) and isinstance(trainer.loss.base_loss, ImageTextInfoNCELoss)
+    assert trainer.loss.matryoshka_dimensions == [24, 12, 6] and trainer.loss.base_loss.model is model
+    assert isinstance(trainer.data_collator, ImageTextDataCollator)
+    batch = trainer.data_collator(rows[:8])
+    assert batch["input_ids"].shape[0] == 4 and batch["caption_index"].tolist() == [0, 1, 2, 3, 0, 1, 2, 3]
+
+    def step_loss():
+        model.eval()
+        with torch.no_grad():
+            return trainer.compute_loss(model, batch)
+
+    before = step_loss()
+    every_caption = tiny_tokenizer([row["caption"] for row in rows[:8]], padding=True, return_tensors="pt")
+    with torch.no_grad():
+        out = model(**every_caption, pixel_values=batch["pixel_values"])
+        expected = MatryoshkaLoss.from_config(config, ImageTextInfoNCELoss(model))(
+            [out.full_image_embeds, out.full_text_embeds]
+        )
+    torch.testing.assert_close(before, expected)
+    scale = model.logit_scale.item()
+    trainer.train()
+    assert trainer.state.global_step == 24 and step_loss() < 0.7 * before
+    assert model.logit_scale.item() != scale  # the temperature trains with the towers
+
+
+def test_image_text_collator_says_what_a_row_lacks(tiny_tokenizer):
+    from mrl_text.training.collator import ImageTextDataCollator
+
+    collator = ImageTextDataCollator(tiny_tokenizer)
+    with pytest.raises(ValueError, match=r"not \['caption'\].*caption_column"):
+        collator([{"pixel_values": torch.zeros(3, 4, 4), "text": "a dog"}])
+    with pytest.raises(ValueError, match="image_processor"):
+        collator([("not an image", "a dog")])
+    with pytest.raises(ValueError, match="not text"):
+        collator([(torch.zeros(3, 4, 4), 3)])
+    stacked = ImageTextDataCollator(tiny_tokenizer, image_processor=lambda images: torch.ones(len(images), 1, 2, 2))
+    assert stacked([("any", "a dog"), ("image", "a dog")])["pixel_values"].shape == (2, 1, 2, 2)
+
+
 def test_saved_config_names_nested_towers_without_local_paths(tmp_path):
     """A dual encoder built from local towers (the image-text demo) must not write this machine's paths into the
     towers' configs nested in config.json: it is shared on the Hub."""

@@ -164,6 +164,50 @@ def test_trust_remote_code_without_mrl_text(make_mlm, masked_batch, tmp_path):
     run_without_mrl_text(script, tmp_path)
 
 
+@pytest.mark.slow
+def test_matryoshka_trainer_trains_on_the_loss_the_model_returns(make_mlm, tiny_tokenizer, sentences, tmp_path):
+    """MatryoshkaTrainer with transformers' MLM collator: no loss object, a step's loss is the model's own weighted sum
+    over sizes, the size schedule drives the model's `smaller_sizes_scale`, and the loss falls."""
+    from transformers import TrainerCallback
+
+    from mrl_text import MatryoshkaTrainer, MatryoshkaTrainingArguments
+    from mrl_text.training import SizeSchedule
+
+    model = make_mlm(dims=[32, 16, 8], matryoshka_weights=[4.0, 1.0, 1.0])
+    rows = [dict(tiny_tokenizer(s.lower(), return_token_type_ids=False)) for s in sentences] * 8
+    collator = DataCollatorForLanguageModeling(tiny_tokenizer, mlm_probability=0.3)
+    args = MatryoshkaTrainingArguments(
+        output_dir=str(tmp_path), per_device_train_batch_size=8, max_steps=20, learning_rate=5e-3, use_cpu=True,
+        report_to="none", save_strategy="no", disable_tqdm=True, seed=0,
+    )
+    scales = []
+
+    class RecordScale(TrainerCallback):
+        def on_step_end(self, args, state, control, **kwargs):
+            scales.append(model.smaller_sizes_scale)
+
+    schedule = SizeSchedule(smaller_sizes_warmup_fraction=1.0)
+    trainer = MatryoshkaTrainer(model=model, args=args, train_dataset=rows, data_collator=collator,
+                                size_schedule=schedule, callbacks=[RecordScale()])
+    assert trainer.loss is None
+    torch.manual_seed(2)
+    batch = collator(rows[:8])
+
+    def step_loss():
+        model.eval()
+        with torch.no_grad():
+            return trainer.compute_loss(model, batch)
+
+    before = step_loss()
+    with torch.no_grad():
+        torch.testing.assert_close(before, model(**batch).loss)
+    trainer.train()
+    assert scales == pytest.approx([(step + 1) / 20 for step in range(20)]) and model.smaller_sizes_scale == 1.0
+    assert step_loss() < 0.8 * before
+    with pytest.raises(ValueError, match="computes its own loss.*DataCollatorForLanguageModeling"):
+        MatryoshkaTrainer(model=model, args=args, train_dataset=rows)
+
+
 # recipes/pretrain_mlm.py
 
 

@@ -35,13 +35,16 @@ from .collator import (  # noqa: F401
     LABEL_COLUMNS,
     TEACHER_PREFIX,
     TOKENIZER_OUTPUTS,
+    ImageTextDataCollator,
     MatryoshkaDataCollator,
     split_batch,
 )
 from ..evaluation import evaluate as evaluate_model
-from ..losses import InfoNCELoss, MatryoshkaCrossEntropyLoss, MatryoshkaLoss
+from ..losses import ImageTextInfoNCELoss, InfoNCELoss, MatryoshkaCrossEntropyLoss, MatryoshkaLoss
 from ..models.modeling_matryoshka import MatryoshkaModel, MatryoshkaPreTrainedModel
 from ..models.modeling_matryoshka_classification import MatryoshkaForSequenceClassification
+from ..models.modeling_matryoshka_dual_encoder import MatryoshkaDualEncoder
+from ..models.modeling_matryoshka_mlm import MatryoshkaForMaskedLM
 from .optimization import DEFAULT_HEAD_LEARNING_RATE, build_optimizer
 from .schedule import SizeSchedule
 from .metrics import classification_compute_metrics, metrics_for_trainer
@@ -128,11 +131,15 @@ class MatryoshkaTrainer(Trainer):
     A [`~transformers.Trainer`] for Matryoshka models: one model pass per text column per step, the full-size
     embeddings and the labels handed to the loss, which applies itself to every nested prefix ([`MatryoshkaLoss`],
     sizes and weights from `model.config`). A model that computes its own loss from `labels` (transformers'
-    convention: [`MatryoshkaForSequenceClassification`]'s Matryoshka cross-entropy) is trained on that loss.
+    convention: [`MatryoshkaForSequenceClassification`]'s Matryoshka cross-entropy) is trained on that loss. Two
+    other batch kinds take one model pass each: a [`MatryoshkaDualEncoder`]'s images and captions
+    ([`ImageTextDataCollator`]), and the batches of a collator you give to a model that scores them itself
+    ([`MatryoshkaForMaskedLM`] with transformers' `DataCollatorForLanguageModeling`).
 
     Args:
-        model ([`MatryoshkaModel`] or [`MatryoshkaForSequenceClassification`]): the model to train (with a tokenizer;
-            `MatryoshkaModel.from_encoder` loads one).
+        model ([`MatryoshkaModel`], [`MatryoshkaForSequenceClassification`], [`MatryoshkaDualEncoder`] or
+            [`MatryoshkaForMaskedLM`]): the model to train (with a tokenizer; `MatryoshkaModel.from_encoder` loads
+            one).
         args ([`MatryoshkaTrainingArguments`]): the training arguments.
         train_dataset (`datasets.Dataset`): rows in the layout the loss reads (see the module docstring).
         eval_dataset (`datasets.Dataset`, *optional*): same layout; evaluation reports its loss, and `compute_metrics`
@@ -141,13 +148,18 @@ class MatryoshkaTrainer(Trainer):
             e.g. `MatryoshkaLoss.from_config(model.config, InfoNCELoss(scale=20.0))`, `MatryoshkaLoss(CoSENTLoss(),
             ...)`, `MatryoshkaLoss(DistillMSELoss(teacher=teacher), ...)`, a `MatryoshkaDepthLoss` around one of
             them. Default: `MatryoshkaLoss.from_config(model.config, InfoNCELoss())` for a `MatryoshkaModel`,
-            `MatryoshkaCrossEntropyLoss(model)` for a `MatryoshkaForSequenceClassification`.
+            `MatryoshkaCrossEntropyLoss(model)` for a `MatryoshkaForSequenceClassification`,
+            `MatryoshkaLoss.from_config(model.config, ImageTextInfoNCELoss(model))` for a `MatryoshkaDualEncoder`
+            (called as `loss([full_image_embeds, full_text_embeds])`), none for a `MatryoshkaForMaskedLM` (the loss
+            it returns; a size schedule then drives the model).
         size_schedule ([`SizeSchedule`], *optional*): how much the smaller sizes weigh per step; the trainer hands it
             its loss to drive (the loss's `smaller_sizes_scale`).
         evaluators (`list`, *optional*): `mrl_text.evaluation` evaluators (`STSEvaluator`, `RetrievalEvaluator`,
             `ClassificationEvaluator`, with distinct names); evaluation logs every metric at every size of the
             model's config, e.g. `eval_stsb_spearman_64`.
-        data_collator (*optional*): defaults to [`MatryoshkaDataCollator`] over the model's tokenizer.
+        data_collator (*optional*): defaults to [`MatryoshkaDataCollator`] over the model's tokenizer
+            ([`ImageTextDataCollator`] for a dual encoder: rows of `pixel_values` and `caption`); required for a
+            `MatryoshkaForMaskedLM`.
         Other keyword arguments go to `Trainer`.
 
     Example:
@@ -211,14 +223,24 @@ class MatryoshkaTrainer(Trainer):
         loss = self.default_loss(model) if loss is None else loss
         wrapped = getattr(loss, "base_loss", None)
         loss_name = type(loss).__name__ + (f"({type(wrapped).__name__})" if wrapped is not None else "")
-        if not getattr(loss, "sums_over_sizes", False) and not isinstance(model, MatryoshkaModel):
+        self.batch_kind = self.batch_kind_of(model, loss)
+        embedders = (MatryoshkaModel, MatryoshkaDualEncoder)
+        if loss is not None and not getattr(loss, "sums_over_sizes", False) and not isinstance(model, embedders):
             raise ValueError(
                 f"{loss_name} trains embeddings; use a MatryoshkaModel (got {type(model).__name__}), or "
                 "MatryoshkaCrossEntropyLoss (the default) for a classification model."
             )
         self.evaluators = list(evaluators or [])
         for dataset, name in ((train_dataset, "train_dataset"), (eval_dataset, "eval_dataset")):
-            self._check_columns(dataset, name, loss, loss_name)
+            if self.batch_kind == "columns":  # the text-column layout is MatryoshkaDataCollator's
+                self._check_columns(dataset, name, loss, loss_name)
+        if data_collator is None and self.batch_kind == "image_text":
+            data_collator = ImageTextDataCollator(tokenizer, max_seq_length=args.max_seq_length)
+        elif data_collator is None and self.batch_kind == "model_loss":
+            raise ValueError(
+                f"{type(model).__name__} computes its own loss from the batches of a collator you give: pass "
+                "data_collator=... (for masked language modelling, DataCollatorForLanguageModeling(model.tokenizer))."
+            )
         if data_collator is None:
             teacher_tokenizer = getattr(loss, "teacher_tokenizer", None)
             data_collator = MatryoshkaDataCollator(
@@ -249,8 +271,9 @@ class MatryoshkaTrainer(Trainer):
             loss.to(args.device)  # with the models a loss holds (a distillation teacher)
         self.size_schedule = size_schedule
         if size_schedule is not None:
-            # The loss carries the sizes' weights (MatryoshkaCrossEntropyLoss passes them on to the model's heads).
-            self.add_callback(size_schedule.drive(loss))
+            # The loss carries the sizes' weights (MatryoshkaCrossEntropyLoss passes them on to the model's heads); a
+            # model that computes its own loss without a loss object (MLM) is driven itself.
+            self.add_callback(size_schedule if loss is None else size_schedule.drive(loss))
         # The model card is filled as training goes: loss, data, arguments, results at every size, versions, time.
         from ..cards.card_data import MatryoshkaModelCardCallback
 
@@ -258,10 +281,15 @@ class MatryoshkaTrainer(Trainer):
 
     @staticmethod
     def default_loss(model):
-        """The loss without `loss=`: a classification model's own Matryoshka cross-entropy, else InfoNCE at every size
-        of the model's config."""
+        """The loss without `loss=`: a classification model's own Matryoshka cross-entropy, a dual encoder's image-text
+        InfoNCE at every size, none for a masked language model (it computes its own loss from `labels`), else
+        InfoNCE at every size of the model's config."""
         if isinstance(model, MatryoshkaForSequenceClassification):
             return MatryoshkaCrossEntropyLoss(model)
+        if isinstance(model, MatryoshkaDualEncoder):
+            return MatryoshkaLoss.from_config(model.config, ImageTextInfoNCELoss(model))
+        if isinstance(model, MatryoshkaForMaskedLM):
+            return None
         return MatryoshkaLoss.from_config(model.config, InfoNCELoss())
 
     def create_optimizer(self, model=None):
@@ -305,9 +333,52 @@ class MatryoshkaTrainer(Trainer):
                 "columns (dataset.select_columns / rename_column) or load the data with mrl_text.data loaders."
             )
 
+    @staticmethod
+    def batch_kind_of(model, loss):
+        """How a batch reaches the loss: `"columns"`, text columns from `MatryoshkaDataCollator` (one model pass per
+        column); `"image_text"`, a dual encoder's `ImageTextDataCollator` batch (one pass over images and captions);
+        `"model_loss"`, a batch from the caller's collator on which the model computes its own loss (no loss object:
+        `MatryoshkaForMaskedLM` with `DataCollatorForLanguageModeling`)."""
+        if isinstance(model, MatryoshkaDualEncoder):
+            return "image_text"
+        return "model_loss" if loss is None else "columns"
+
+    def image_text_loss(self, model, inputs):
+        """(loss, outputs) of a dual encoder's batch: one pass over the images and the batch's distinct captions, each
+        image paired with its caption's row (`caption_index`), then `loss([full_image_embeds, full_text_embeds])`
+        with both `(batch, embedding_size)`."""
+        inputs = dict(inputs)
+        caption_index = inputs.pop("caption_index", None)
+        outputs = model(**inputs)
+        text = outputs.full_text_embeds if caption_index is None else outputs.full_text_embeds[caption_index]
+        return self.loss([outputs.full_image_embeds, text], None), outputs
+
+    def model_loss(self, model, inputs):
+        """(loss, outputs) of a batch the model scores itself (transformers' convention: `labels` in the batch)."""
+        outputs = model(**inputs)
+        if outputs.get("loss") is None:
+            raise ValueError(
+                f"{type(self.accelerator.unwrap_model(model)).__name__} returned no loss for a batch with keys "
+                f"{sorted(inputs)}; its collator must give `labels` (e.g. DataCollatorForLanguageModeling)."
+            )
+        return outputs["loss"], outputs
+
+    def checked_loss(self, loss):
+        """`loss`, or a clear stop when it is not finite (a diverging run)."""
+        if not torch.isfinite(loss):
+            raise FloatingPointError(
+                f"The loss is {loss.item()} at step {self.state.global_step + 1}; training stopped. Lower the "
+                "learning rate, use bf16 instead of fp16, or check the data of this step."
+            )
+        return loss
+
     def compute_loss(self, model, inputs, return_outputs=False, num_items_in_batch=None):
         """One model pass per text column, then the loss: the one the model computed from `labels` when it takes
-        them, else `self.loss(full-size embeddings, labels)`. With `return_outputs`, the outputs per column."""
+        them, else `self.loss(full-size embeddings, labels)`. With `return_outputs`, the outputs per column. A dual
+        encoder's batch and a batch the model scores itself take one pass each (`image_text_loss`, `model_loss`)."""
+        if self.batch_kind != "columns":
+            loss, output = (self.image_text_loss if self.batch_kind == "image_text" else self.model_loss)(model, inputs)
+            return (self.checked_loss(loss), [output]) if return_outputs else self.checked_loss(loss)
         columns, teacher_columns, labels = split_batch(inputs)
         compute_labels = getattr(self.loss, "compute_labels", None)  # targets made from the batch (a teacher's)
         if compute_labels is not None:
@@ -323,11 +394,7 @@ class MatryoshkaTrainer(Trainer):
             embeddings = [output.full_embeddings for output in outputs]
             embeddings += [output.layer_embeddings[k] for k in layers for output in outputs]
             loss = self.loss(embeddings, labels)
-        if not torch.isfinite(loss):
-            raise FloatingPointError(
-                f"The loss is {loss.item()} at step {self.state.global_step + 1}; training stopped. Lower the "
-                "learning rate, use bf16 instead of fp16, or check the data of this step."
-            )
+        loss = self.checked_loss(loss)
         return (loss, outputs) if return_outputs else loss
 
     def model_label_inputs(self, labels):

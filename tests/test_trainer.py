@@ -181,6 +181,16 @@ def test_cosent_loss_object_trains(make_model, tmp_path):
     assert moved and after < before
 
 
+def test_classifier_trains_on_its_default_matryoshka_cross_entropy(tiny_tokenizer, tmp_path):
+    model = make_classifier(tiny_tokenizer, dims=(32, 16, 8), num_labels=2)
+    labelled = Dataset.from_dict({"text": PAIRS["anchor"], "label": [0, 1] * 4})
+    trainer = MatryoshkaTrainer(model=model, args=training_args(tmp_path, max_steps=10, per_device_train_batch_size=8),
+                                train_dataset=labelled)
+    assert isinstance(trainer.loss, MatryoshkaCrossEntropyLoss)
+    before, after, moved = trains(trainer, [labelled[i] for i in range(8)])
+    assert moved and after < before
+
+
 def test_depth_loss_object_trains_every_depth(tmp_path, tiny_tokenizer):
     from mrl_text import MatryoshkaModel
 

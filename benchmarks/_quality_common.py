@@ -24,10 +24,10 @@ REPO = BENCHMARKS.parent
 sys.path.insert(0, str(BENCHMARKS))
 sys.path.insert(0, str(REPO))
 sys.path.insert(0, str(REPO / "recipes"))  # demo_data: the development data helpers
+from mrl_text.training.optimization import build_optimizer  # noqa: E402  (the trainer's default; the suite sets its rates)
+
 from _report import command_line, header, machine  # noqa: E402
 from demo_data import shared_data_dir  # noqa: E402
-
-from mrl_text.training.optimization import build_optimizer  # noqa: E402  (the trainer's default; the suite sets its rates)
 
 SIZES = [384, 256, 128, 64, 32, 16, 8]
 
@@ -151,7 +151,8 @@ def size_schedule(args):
     `smaller_sizes_warmup_fraction` in `retrieval` and `mlm`'s embedding fine-tuning (every size weighted 1 there)."""
     from mrl_text import SizeSchedule
 
-    warmup, full_only = (getattr(args, name, 0.0) for name in ("smaller_sizes_warmup_fraction", "full_size_only_fraction"))
+    warmup = getattr(args, "smaller_sizes_warmup_fraction", 0.0)
+    full_only = getattr(args, "full_size_only_fraction", 0.0)
     return SizeSchedule(warmup, full_only) if warmup or full_only else None
 
 

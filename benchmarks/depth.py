@@ -6,9 +6,9 @@ From all-MiniLM-L6-v2 (6 layers, `--model`), on the shared data folder (`--data`
 - throughput: `model.encode(texts, layers=k)` for every k, STS-B test sentences, rounds interleaved (k = 6..1 in
   each round, so every count sees the same machine load), median seconds per round, ratio to the full model.
 - quality: SNLI (dev+test) triplets, the same batches in the same order for every run: `mrl` (MatryoshkaLoss,
-  InfoNCE), `depth` (the same in a `MatryoshkaDepthLoss` at the library's defaults unless --n-layers-per-step, --alignment,
-  --alignment-weight, --layer-weights, --depths say otherwise: every earlier depth each step, averaged, with a
-  similarity-distribution KL to the detached final layer), `st2d` (sentence-transformers' Matryoshka2dLoss over
+  InfoNCE), `depth` (the same in a `MatryoshkaDepthLoss` at the library's defaults unless --n-layers-per-step,
+  --alignment, --alignment-weight, --layer-weights, --depths say otherwise: every earlier depth each step, averaged,
+  with a similarity-distribution KL to the detached final layer), `st2d` (sentence-transformers' Matryoshka2dLoss over
   MultipleNegativesRankingLoss, every size per step like ours, its other options at their defaults). Every trained
   model is scored at every (layers, dims, precision) cell by `mrl_text.evaluation.evaluate_grid` (one encoding pass
   per layer count): on --split test, STS-B Spearman, SciFact nDCG@10 (binary and int8 codes also with float
@@ -60,8 +60,10 @@ def parse_args(argv=None):
     parser.add_argument("--split", choices=("dev", "test"), default="test",
                         help="STS-B split scored: dev to choose settings, test once for the chosen one")
     parser.add_argument("--depths", default="6,5,4,3,2,1", help="`depth`: the trained depths (matryoshka_layers)")
-    parser.add_argument("--alignment-weight", type=float, default=1.0, help="`depth`: MatryoshkaDepthLoss alignment_weight")
-    parser.add_argument("--alignment", default="similarity_kl", help="`depth`: MatryoshkaDepthLoss alignment (similarity_kl, cosine)")
+    parser.add_argument("--alignment-weight", type=float, default=1.0,
+                        help="`depth`: MatryoshkaDepthLoss alignment_weight")
+    parser.add_argument("--alignment", default="similarity_kl",
+                        help="`depth`: MatryoshkaDepthLoss alignment (similarity_kl, cosine)")
     parser.add_argument("--n-layers-per-step", type=int, default=-1, help="`depth`: earlier depths per step (-1: all)")
     parser.add_argument("--layer-weights", default=None, help="`depth`: one weight per --depths (default 1 each)")
     parser.add_argument("--tasks", default="stsb,scifact,banking77",

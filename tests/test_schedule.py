@@ -70,8 +70,9 @@ def test_trainer_drives_its_loss_through_a_whole_run(make_model, tmp_path):
     data = Dataset.from_dict({"anchor": ["a b", "c d", "e f", "g h"], "positive": ["b a", "d c", "f e", "h g"]})
     args = MatryoshkaTrainingArguments(output_dir=str(tmp_path), max_steps=5, per_device_train_batch_size=4,
                                        report_to="none", use_cpu=True, save_strategy="no", disable_tqdm=True)
+    schedule = SizeSchedule(smaller_sizes_warmup_fraction=0.8, full_size_only_fraction=0.2)
     trainer = MatryoshkaTrainer(model=make_model(), args=args, train_dataset=data, callbacks=[Record()],
-                                size_schedule=SizeSchedule(smaller_sizes_warmup_fraction=0.8, full_size_only_fraction=0.2))
+                                size_schedule=schedule)
     trainer.train()
     assert seen == pytest.approx([0.0, 0.5, 0.75, 1.0, 1.0])
     assert trainer.loss.smaller_sizes_scale == 1.0

@@ -74,7 +74,8 @@ def test_encoder_runs_once_per_text_column_whatever_the_number_of_sizes(make_mod
     teacher = make_model(seed=1) if loss == "distill_mse" else None
     teacher_calls = count_encoder_calls(teacher) if teacher is not None else []
     base = {"infonce": InfoNCELoss(), "cosent": CoSENTLoss(), "distill_mse": DistillMSELoss(teacher=teacher)}.get(loss)
-    loss_object = None if base is None else MatryoshkaLoss.from_config(model.config, base)  # None: the classifier's own
+    # None: the classifier's own loss, its default
+    loss_object = None if base is None else MatryoshkaLoss.from_config(model.config, base)
     args = training_args(tmp_path, max_steps=2)
     MatryoshkaTrainer(model=model, args=args, train_dataset=Dataset.from_dict(rows), loss=loss_object).train()
     assert len(calls) == 2 * text_columns  # 2 steps x the text columns, independent of len(dims)
@@ -146,7 +147,8 @@ def trains(trainer, batch_rows):
     trainer.train()
     with torch.no_grad():
         after = trainer.compute_loss(model.eval(), batch).item()
-    moved = any(not torch.equal(a, b) for a, b in zip(before_weights, (p for p in model.parameters() if p.requires_grad)))
+    after_weights = [p for p in model.parameters() if p.requires_grad]
+    moved = any(not torch.equal(a, b) for a, b in zip(before_weights, after_weights))
     return before, after, moved
 
 
@@ -176,7 +178,8 @@ def test_cosent_loss_object_trains(make_model, tmp_path):
                                 "score": [5.0, 4.0, 3.0, 1.0, 2.5, 4.5, 3.5, 0.5]})
     model = make_model(matryoshka_dimensions=(32, 8))
     trainer = MatryoshkaTrainer(model=model, args=training_args(tmp_path, max_steps=10, per_device_train_batch_size=8),
-                                train_dataset=scored, loss=MatryoshkaLoss.from_config(model.config, CoSENTLoss(scale=20.0)))
+                                train_dataset=scored,
+                                loss=MatryoshkaLoss.from_config(model.config, CoSENTLoss(scale=20.0)))
     before, after, moved = trains(trainer, [scored[i] for i in range(8)])
     assert moved and after < before
 
@@ -199,7 +202,8 @@ def test_depth_loss_object_trains_every_depth(tmp_path, tiny_tokenizer):
                               matryoshka_layers=[2, 1])
     model = MatryoshkaModel(config)
     model.tokenizer = tiny_tokenizer
-    loss = MatryoshkaDepthLoss.from_config(config, MatryoshkaLoss.from_config(config, InfoNCELoss()), alignment="cosine")
+    every_size = MatryoshkaLoss.from_config(config, InfoNCELoss())
+    loss = MatryoshkaDepthLoss.from_config(config, every_size, alignment="cosine")
     trainer = MatryoshkaTrainer(model=model, args=training_args(tmp_path, max_steps=10, per_device_train_batch_size=8),
                                 train_dataset=Dataset.from_dict(PAIRS), loss=loss)
     before, after, moved = trains(trainer, [{"anchor": a, "positive": p} for a, p in zip(*PAIRS.values())])
@@ -259,9 +263,9 @@ def test_distill_mse_moves_student_towards_teacher(make_model, tmp_path):
         return ((student.encode(texts["text"], dim=8) - teacher.encode(texts["text"], dim=8)) ** 2).sum().item()
 
     before = distance()
-    loss = MatryoshkaLoss.from_config(student.config, DistillMSELoss(teacher=teacher))  # the teacher belongs to the loss
+    loss = MatryoshkaLoss.from_config(student.config, DistillMSELoss(teacher=teacher))  # the teacher is the loss's
     trainer = MatryoshkaTrainer(model=student, args=args, train_dataset=texts, loss=loss)
-    assert trainer.data_collator.teacher_tokenizer is teacher.tokenizer  # the teacher's own tokenization, from the loss
+    assert trainer.data_collator.teacher_tokenizer is teacher.tokenizer  # the teacher's own tokenizer, via the loss
     trainer.train()
     assert distance() < before
 
@@ -278,8 +282,8 @@ def test_distill_mse_reads_precomputed_teacher_embeddings_from_the_label_column(
         expected = MatryoshkaLoss.from_config(student.config, DistillMSELoss())([student_full], batch["labels"].float())
         torch.testing.assert_close(trainer.compute_loss(student, batch), expected)
     with pytest.raises(ValueError, match="label column"):
-        MatryoshkaTrainer(model=student, args=training_args(tmp_path), train_dataset=Dataset.from_dict({"text": texts}),
-                          loss=distill)
+        MatryoshkaTrainer(model=student, args=training_args(tmp_path),
+                          train_dataset=Dataset.from_dict({"text": texts}), loss=distill)
     with pytest.raises(TypeError, match=r"no teacher=; use loss=MatryoshkaLoss\(DistillMSELoss\(teacher="):
         MatryoshkaTrainer(model=student, args=training_args(tmp_path), train_dataset=Dataset.from_dict(PAIRS),
                           teacher=teacher)

@@ -1,4 +1,5 @@
-"""What every loss here shares: the call `loss(embeddings: list[Tensor], labels: Tensor | None)` and the paper's reference.
+"""What every loss here shares: the call `loss(embeddings: list[Tensor], labels: Tensor | None)` and the paper's
+reference.
 
 `embeddings` holds one full-size tensor per text column (anchor, positive, ...), computed once per step; `labels` the
 batch's targets (scores, class ids, a teacher's embeddings) or None. `MatryoshkaLoss` (matryoshka.py) applies a loss
@@ -20,7 +21,7 @@ MATRYOSHKA_CITATION = """@inproceedings{kusupati2022matryoshka,
   booktitle = {Advances in Neural Information Processing Systems},
   year      = {2022},
   url       = {https://arxiv.org/abs/2205.13147}
-}"""
+}"""  # noqa: E501 (BibTeX: one author list per line, as the reference gives it)
 
 
 def unpack(embeddings, names, loss):

@@ -103,8 +103,9 @@ class MatryoshkaDepthLoss(nn.Module):
         super().__init__()
         if getattr(loss, "sums_over_sizes", False):
             raise ValueError(
-                f"MatryoshkaDepthLoss trains embeddings at earlier depths; {type(loss).__name__} trains a classifier's "
-                "nested heads. Wrap an embedding loss, e.g. MatryoshkaLoss.from_config(config, InfoNCELoss())."
+                f"MatryoshkaDepthLoss trains embeddings at earlier depths; {type(loss).__name__} trains a "
+                "classifier's nested heads. Wrap an embedding loss, e.g. MatryoshkaLoss.from_config(config, "
+                "InfoNCELoss())."
             )
         layers = [int(k) for k in matryoshka_layers or ()]
         if len(layers) < 2:

@@ -49,7 +49,7 @@ class ImageTextInfoNCELoss(nn.Module):
   booktitle = {Proceedings of the 38th International Conference on Machine Learning},
   year      = {2021},
   url       = {https://arxiv.org/abs/2102.05918}
-}"""
+}"""  # noqa: E501 (BibTeX: one author list per line, as the references give them)
 
     def __init__(self, model, gather_across_devices=True):
         super().__init__()

@@ -108,8 +108,9 @@ class MatryoshkaLoss(nn.Module):
     def sizes_for_step(self):
         """The (size, weight) pairs a step trains, largest first, weights scaled by `smaller_sizes_scale` (draws a
         fresh sample with `n_dims_per_step`)."""
-        return [(self.matryoshka_dimensions[i], self.matryoshka_weights[i] * (1.0 if i == 0 else self.smaller_sizes_scale))
-                for i in self.indices_for_step()]
+        scale = [1.0] + [self.smaller_sizes_scale] * (len(self.matryoshka_dimensions) - 1)
+        dims, weights = self.matryoshka_dimensions, self.matryoshka_weights
+        return [(dims[i], weights[i] * scale[i]) for i in self.indices_for_step()]
 
     def forward(self, embeddings, labels=None):
         """`embeddings`: a list of full-size tensors (e.g. anchor, positive[, negative]); returns a scalar."""

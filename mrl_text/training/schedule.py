@@ -84,8 +84,9 @@ class SizeSchedule(TrainerCallback):
         if not hasattr(target, "smaller_sizes_scale"):
             raise ValueError(
                 f"SizeSchedule sets `smaller_sizes_scale`; {type(target).__name__} has none. With a plain Trainer the "
-                "model must compute its own Matryoshka loss (MatryoshkaForMaskedLM, MatryoshkaForSequenceClassification); "
-                "for an embedding model give the schedule to MatryoshkaTrainer(size_schedule=...), which drives its loss."
+                "model must compute its own Matryoshka loss (MatryoshkaForMaskedLM, "
+                "MatryoshkaForSequenceClassification); for an embedding model give the schedule to "
+                "MatryoshkaTrainer(size_schedule=...), which drives its loss."
             )
 
     def _driven(self, model):

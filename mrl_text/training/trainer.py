@@ -1,7 +1,7 @@
 """Training Matryoshka models with the Hugging Face `Trainer`.
 
-`MatryoshkaTrainer` takes a loss object, as sentence-transformers' trainer does:
-`MatryoshkaTrainer(model=..., args=..., train_dataset=..., loss=MatryoshkaLoss.from_config(model.config, InfoNCELoss()))`.
+`MatryoshkaTrainer` takes a loss object, as sentence-transformers' trainer does: `MatryoshkaTrainer(model=...,
+args=..., train_dataset=..., loss=MatryoshkaLoss.from_config(model.config, InfoNCELoss()))`.
 It tokenizes the dataset's text columns (`MatryoshkaDataCollator`), runs the model once per text column per step and
 hands the full-size embeddings and the labels to the loss, `loss(embeddings, labels)` (`mrl_text.losses`), which
 applies itself to every nested size. Without `loss=` it builds the default from the model: InfoNCE at every size of
@@ -31,6 +31,12 @@ import torch
 from torch import nn
 from transformers import Trainer, TrainingArguments
 
+from ..evaluation import evaluate as evaluate_model
+from ..losses import ImageTextInfoNCELoss, InfoNCELoss, MatryoshkaCrossEntropyLoss, MatryoshkaLoss
+from ..models.modeling_matryoshka import MatryoshkaModel, MatryoshkaPreTrainedModel
+from ..models.modeling_matryoshka_classification import MatryoshkaForSequenceClassification
+from ..models.modeling_matryoshka_dual_encoder import MatryoshkaDualEncoder
+from ..models.modeling_matryoshka_mlm import MatryoshkaForMaskedLM
 from .collator import (  # noqa: F401
     LABEL_COLUMNS,
     TEACHER_PREFIX,
@@ -39,15 +45,9 @@ from .collator import (  # noqa: F401
     MatryoshkaDataCollator,
     split_batch,
 )
-from ..evaluation import evaluate as evaluate_model
-from ..losses import ImageTextInfoNCELoss, InfoNCELoss, MatryoshkaCrossEntropyLoss, MatryoshkaLoss
-from ..models.modeling_matryoshka import MatryoshkaModel, MatryoshkaPreTrainedModel
-from ..models.modeling_matryoshka_classification import MatryoshkaForSequenceClassification
-from ..models.modeling_matryoshka_dual_encoder import MatryoshkaDualEncoder
-from ..models.modeling_matryoshka_mlm import MatryoshkaForMaskedLM
+from .metrics import classification_compute_metrics, metrics_for_trainer
 from .optimization import DEFAULT_HEAD_LEARNING_RATE, build_optimizer
 from .schedule import SizeSchedule
-from .metrics import classification_compute_metrics, metrics_for_trainer
 
 logger = logging.getLogger(__name__)
 
@@ -63,7 +63,9 @@ MOVED_ARGUMENTS = {
     "n_dims_per_step": "MatryoshkaLoss(..., n_dims_per_step=...)",
     "keep_full_dim": "MatryoshkaLoss(..., keep_full_dim=...)",
     "full_size_only_fraction": "MatryoshkaTrainer(size_schedule=SizeSchedule(full_size_only_fraction=...))",
-    "smaller_sizes_warmup_fraction": "MatryoshkaTrainer(size_schedule=SizeSchedule(smaller_sizes_warmup_fraction=...))",
+    "smaller_sizes_warmup_fraction": (
+        "MatryoshkaTrainer(size_schedule=SizeSchedule(smaller_sizes_warmup_fraction=...))"
+    ),
     "matryoshka_depth": "MatryoshkaTrainer(loss=MatryoshkaDepthLoss.from_config(model.config, matryoshka_loss))",
     "n_layers_per_step": "MatryoshkaDepthLoss(..., n_layers_per_step=...)",
     "layer_weights": "MatryoshkaDepthLoss(..., layer_weights=...)",
@@ -112,9 +114,9 @@ class MatryoshkaTrainingArguments(TrainingArguments):
         moved = [name for name in kwargs if name in MOVED_ARGUMENTS]
         if moved:
             raise TypeError(
-                f"MatryoshkaTrainingArguments no longer takes {', '.join(moved)}: loss options live on the loss objects "
-                "and the size schedule is its own object. Use " + "; ".join(f"{name} -> {MOVED_ARGUMENTS[name]}"
-                                                                           for name in moved) + "."
+                f"MatryoshkaTrainingArguments no longer takes {', '.join(moved)}: loss options live on the loss "
+                "objects and the size schedule is its own object. Use "
+                + "; ".join(f"{name} -> {MOVED_ARGUMENTS[name]}" for name in moved) + "."
             )
         return super().__new__(cls)
 
@@ -123,7 +125,8 @@ class MatryoshkaTrainingArguments(TrainingArguments):
         if self.max_seq_length <= 0:
             raise ValueError(f"max_seq_length={self.max_seq_length} must be a positive number of tokens.")
         if self.dataloader_pin_memory and self.device.type == "cpu":
-            self.dataloader_pin_memory = False  # pinned memory only speeds copies to an accelerator; torch warns on CPU
+            # Pinned memory only speeds copies to an accelerator; torch warns about it on CPU.
+            self.dataloader_pin_memory = False
 
 
 class MatryoshkaTrainer(Trainer):
@@ -185,7 +188,8 @@ class MatryoshkaTrainer(Trainer):
         data_collator=None,
         **kwargs,
     ):
-        for old, new in (("loss_fn", "loss=..."), ("teacher", "loss=MatryoshkaLoss(DistillMSELoss(teacher=...), ...)")):
+        moved = {"loss_fn": "loss=...", "teacher": "loss=MatryoshkaLoss(DistillMSELoss(teacher=...), ...)"}
+        for old, new in moved.items():
             if old in kwargs:
                 raise TypeError(f"MatryoshkaTrainer takes no {old}=; use {new}.")
         if args is None:
@@ -206,13 +210,15 @@ class MatryoshkaTrainer(Trainer):
                 "InfoNCELoss()) (mrl_text.losses; get_loss(name, ...) builds a base loss from its name)."
             )
         if loss is not None and not callable(loss):
-            raise ValueError(f"loss is a {type(loss).__name__}; pass a loss object called as loss(embeddings, labels).")
+            raise ValueError(
+                f"loss is a {type(loss).__name__}; pass a loss object called as loss(embeddings, labels)."
+            )
         if size_schedule is not None and not isinstance(size_schedule, SizeSchedule):
             raise ValueError(
                 f"size_schedule is a {type(size_schedule).__name__}; pass mrl_text.training.SizeSchedule(...)."
             )
         if args.remove_unused_columns:
-            logger.warning("remove_unused_columns=True would drop the text columns; MatryoshkaTrainer sets it to False.")
+            logger.warning("remove_unused_columns=True would drop the text columns; MatryoshkaTrainer sets it False.")
             args.remove_unused_columns = False
         tokenizer = kwargs.pop("processing_class", None) or model.tokenizer
         if tokenizer is None:
@@ -293,7 +299,7 @@ class MatryoshkaTrainer(Trainer):
         return MatryoshkaLoss.from_config(model.config, InfoNCELoss())
 
     def create_optimizer(self, model=None):
-        """AdamW with the encoder at `learning_rate` and the heads at `head_learning_rate` (mrl_text.training.optimization)."""
+        """AdamW with the encoder at `learning_rate` and the heads at `head_learning_rate` (`build_optimizer`)."""
         model = self.model if model is None else model
         head_lr = self.args.head_learning_rate
         if head_lr is None and isinstance(model, MatryoshkaForSequenceClassification):
@@ -377,7 +383,8 @@ class MatryoshkaTrainer(Trainer):
         them, else `self.loss(full-size embeddings, labels)`. With `return_outputs`, the outputs per column. A dual
         encoder's batch and a batch the model scores itself take one pass each (`image_text_loss`, `model_loss`)."""
         if self.batch_kind != "columns":
-            loss, output = (self.image_text_loss if self.batch_kind == "image_text" else self.model_loss)(model, inputs)
+            own_loss = self.image_text_loss if self.batch_kind == "image_text" else self.model_loss
+            loss, output = own_loss(model, inputs)
             return (self.checked_loss(loss), [output]) if return_outputs else self.checked_loss(loss)
         columns, teacher_columns, labels = split_batch(inputs)
         compute_labels = getattr(self.loss, "compute_labels", None)  # targets made from the batch (a teacher's)

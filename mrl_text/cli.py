@@ -5,13 +5,14 @@ import shlex
 import sys
 from pathlib import Path
 
-from .evaluation.embedders import DEFAULT_BATCH_SIZE, DEFAULT_MAX_LENGTH
 from .deploy.export import EXPORT_FORMATS
+from .evaluation.embedders import DEFAULT_BATCH_SIZE, DEFAULT_MAX_LENGTH
 
 EXAMPLES = """\
 examples:
   # a Matryoshka model at all its sizes, against a baseline, on STS, retrieval (BEIR folder) and classification
-  mrl-text evaluate out/ --sts stsb/test.tsv --retrieval scifact/ --classification banking77/train.tsv banking77/test.tsv \\
+  mrl-text evaluate out/ --sts stsb/test.tsv --retrieval scifact/ \\
+      --classification banking77/train.tsv banking77/test.tsv \\
       --baseline sentence-transformers/all-MiniLM-L6-v2 --out report/
 
   # any plain encoder (mean pooling) or sentence-transformers model, truncated to the sizes you name
@@ -68,7 +69,9 @@ def build_evaluators(args):
         test = load_classification(test_path, args.text_column, args.label_column)
         evaluators.append(ClassificationEvaluator(*train, *test, name=_task_name(test_path, taken), knn=args.knn))
     if not evaluators:
-        raise ValueError("Nothing to evaluate: pass at least one of --sts FILE, --retrieval DIR, --classification TRAIN TEST.")
+        raise ValueError(
+            "Nothing to evaluate: pass at least one of --sts FILE, --retrieval DIR, --classification TRAIN TEST."
+        )
     return evaluators
 
 
@@ -85,9 +88,9 @@ def precision_list(value):
 def grid_model(args, options):
     """The model under test for a grid run: its embedder, holding the loaded MatryoshkaModel as `matryoshka` (what
     `evaluate_grid` runs at fewer layers and reads calibrated int8 ranges from), named as for a plain run."""
-    from .models.configuration_matryoshka import portable_name
     from .evaluation import as_embedder
     from .evaluation.embedders import load_model, local_folder
+    from .models.configuration_matryoshka import portable_name
     from .models.modeling_matryoshka import MatryoshkaModel
 
     loaded = load_model(args.model, args.device)
@@ -96,8 +99,10 @@ def grid_model(args, options):
     if isinstance(loaded, MatryoshkaModel):
         embedder.matryoshka = loaded
     elif args.layers:
-        raise ValueError(f"--layers needs a Matryoshka model folder (its encode runs the first layers only); "
-                         f"{args.model} is a {type(loaded).__name__}. Drop --layers to score its sizes and precisions.")
+        raise ValueError(
+            f"--layers needs a Matryoshka model folder (its encode runs the first layers only); "
+            f"{args.model} is a {type(loaded).__name__}. Drop --layers to score its sizes and precisions."
+        )
     return embedder
 
 
@@ -151,14 +156,17 @@ def run_evaluate(args):
 
 
 def run_card(args):
-    """Write the card from the folder's card data (the training details saved with the model), merged with `--results`."""
-    from .evaluation import Results
+    """Write the card from the folder's card data (the training details saved with the model), merged with
+    `--results`."""
     from .cards.card import CARD_FILENAME, write_card
     from .cards.card_data import CARD_DATA_FILENAME, MatryoshkaModelCardData, own_model_name
+    from .evaluation import Results
 
     directory = Path(args.model)
     if not (directory / "config.json").is_file():
-        raise FileNotFoundError(f"{directory}: not a saved model folder (no config.json); pass the folder save_pretrained wrote.")
+        raise FileNotFoundError(
+            f"{directory}: not a saved model folder (no config.json); pass the folder save_pretrained wrote."
+        )
     from transformers import AutoConfig
 
     config = AutoConfig.from_pretrained(directory)
@@ -224,7 +232,9 @@ def run_adapt(args):
     for dim, scores in adaptor.config.fit_summary["validation"].items():
         used = "adaptor" if scores["adapted"] else "plain truncation"
         print(f"{dim:>6}: truncation {scores['truncation']:.4f}  adaptor {scores['adaptor']:.4f}  -> {used}")
-    print(f"mrl-text: wrote {out} (adaptor used at sizes {adaptor.config.adapted_dimensions or 'none'})", file=sys.stderr)
+    print(
+        f"mrl-text: wrote {out} (adaptor used at sizes {adaptor.config.adapted_dimensions or 'none'})", file=sys.stderr
+    )
     return out
 
 
@@ -240,8 +250,12 @@ def add_adapt_command(commands):
         "(column --column)\n  --pairs   .tsv with query<TAB>document per line",
         formatter_class=argparse.RawDescriptionHelpFormatter,
     )
-    adapt.add_argument("model", help="Matryoshka model folder, plain transformers encoder, or sentence-transformers model")
-    adapt.add_argument("--corpus", required=True, metavar="FILE", help="texts to fit on (e.g. the documents you index)")
+    adapt.add_argument(
+        "model", help="Matryoshka model folder, plain transformers encoder, or sentence-transformers model"
+    )
+    adapt.add_argument(
+        "--corpus", required=True, metavar="FILE", help="texts to fit on (e.g. the documents you index)"
+    )
     adapt.add_argument("--column", default="text", help="text column of a table --corpus (default: %(default)s)")
     adapt.add_argument("--pairs", metavar="FILE", help="query<TAB>document pairs for the supervised objective")
     adapt.add_argument("--out", required=True, metavar="DIR", help="output model folder")
@@ -279,8 +293,12 @@ def build_parser():
         epilog=EXAMPLES,
         formatter_class=argparse.RawDescriptionHelpFormatter,
     )
-    ev.add_argument("model", help="Matryoshka model folder/hub id, plain transformers encoder, or sentence-transformers model")
-    ev.add_argument("--sts", action="append", metavar="FILE", help="STS table (sentence1, sentence2, score); repeatable")
+    ev.add_argument(
+        "model", help="Matryoshka model folder/hub id, plain transformers encoder, or sentence-transformers model"
+    )
+    ev.add_argument(
+        "--sts", action="append", metavar="FILE", help="STS table (sentence1, sentence2, score); repeatable"
+    )
     ev.add_argument("--retrieval", action="append", metavar="DIR", help="BEIR folder; repeatable")
     ev.add_argument("--classification", action="append", nargs=2, metavar=("TRAIN", "TEST"),
                     help="train and test tables (text, label); repeatable")
@@ -291,7 +309,9 @@ def build_parser():
     ev.add_argument("--knn", action="store_true", help="also report k-nearest-neighbour accuracy for classification")
     ev.add_argument("--text-column", default="text")
     ev.add_argument("--label-column", default="label")
-    ev.add_argument("--batch-size", type=int, default=DEFAULT_BATCH_SIZE, help="texts per forward pass (default: %(default)s)")
+    ev.add_argument(
+        "--batch-size", type=int, default=DEFAULT_BATCH_SIZE, help="texts per forward pass (default: %(default)s)"
+    )
     ev.add_argument(
         "--max-length", type=int, default=DEFAULT_MAX_LENGTH, metavar="TOKENS",
         help=f"longest tokenized input, the same for the model and every baseline (default: {DEFAULT_MAX_LENGTH}: "

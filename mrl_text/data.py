@@ -6,7 +6,14 @@ means the same columns everywhere.
 
 from pathlib import Path
 
-TABLE_SUFFIXES = {".csv": "csv", ".tsv": "csv", ".txt": "csv", ".jsonl": "json", ".json": "json", ".parquet": "parquet"}
+TABLE_SUFFIXES = {
+    ".csv": "csv",
+    ".tsv": "csv",
+    ".txt": "csv",
+    ".jsonl": "json",
+    ".json": "json",
+    ".parquet": "parquet",
+}
 
 
 
@@ -33,7 +40,9 @@ def read_table(path, columns=None):
     if columns:
         missing = [c for c in columns if c not in dataset.column_names]
         if missing:
-            raise ValueError(f"{path}: missing column(s) {missing}; expected {list(columns)}, found {dataset.column_names}.")
+            raise ValueError(
+                f"{path}: missing column(s) {missing}; expected {list(columns)}, found {dataset.column_names}."
+            )
     return dataset
 
 
@@ -82,7 +91,9 @@ def _read_qrels(path):
             try:
                 relevance = int(float(row["score"]))
             except (TypeError, ValueError):
-                raise ValueError(f"{path}, line {line}: score {row['score']!r} is not a number; expected {columns}.") from None
+                raise ValueError(
+                    f"{path}, line {line}: score {row['score']!r} is not a number; expected {columns}."
+                ) from None
             qrels.setdefault(row["query-id"], {})[row["corpus-id"]] = relevance
     return qrels
 
@@ -99,7 +110,8 @@ def load_beir(directory, split="test"):
     directory = Path(directory)
     if not directory.is_dir():
         raise FileNotFoundError(
-            f"{directory}: no such folder (expected a BEIR folder with corpus.jsonl, queries.jsonl, qrels/{split}.tsv)."
+            f"{directory}: no such folder (expected a BEIR folder with corpus.jsonl, queries.jsonl, "
+            f"qrels/{split}.tsv)."
         )
     corpus = _read_jsonl_texts(directory / "corpus.jsonl", with_title=True)
     all_queries = _read_jsonl_texts(directory / "queries.jsonl", with_title=False)
@@ -107,7 +119,10 @@ def load_beir(directory, split="test"):
     qrels = _read_qrels(qrels_path)
     unknown_queries = sorted(q for q in qrels if q not in all_queries)
     unknown_docs = sorted({d for docs in qrels.values() for d in docs if d not in corpus})
-    for kind, ids, source in (("queries", unknown_queries, "queries.jsonl"), ("documents", unknown_docs, "corpus.jsonl")):
+    for kind, ids, source in (
+        ("queries", unknown_queries, "queries.jsonl"),
+        ("documents", unknown_docs, "corpus.jsonl"),
+    ):
         if ids:
             raise ValueError(
                 f"{qrels_path}: qrels name {len(ids)} {kind} missing from {directory / source}: {ids[:10]}"
@@ -256,7 +271,9 @@ def nli_triplets(dataset, premise="premise", hypothesis="hypothesis", label="lab
         dataset = load_source(dataset)
     missing = [c for c in (premise, hypothesis, label) if c not in dataset.column_names]
     if missing:
-        raise ValueError(f"NLI data lacks column(s) {missing}; found {dataset.column_names}. Pass premise=/hypothesis=/label=.")
+        raise ValueError(
+            f"NLI data lacks column(s) {missing}; found {dataset.column_names}. Pass premise=/hypothesis=/label=."
+        )
     by_premise = {}  # premise -> ([entailed], [contradicting]), in first-seen order
     for p, h, y in zip(dataset[premise], dataset[hypothesis], dataset[label]):
         y = _nli_label(y)

@@ -133,13 +133,13 @@ def online_config(recipe_name, encoder_class, model_id, **matryoshka):
 def online_text_card(yaml_path, encoder_class):
     """(config, card data) that train_bert.py records for `yaml_path` before its first evaluation: what the card of
     the model says with the arguments and datasets of the config, and no results, versions or training lines."""
-    from mrl_text.data import TRAINING_LAYOUTS
-    from mrl_text.evaluation import RetrievalEvaluator, STSEvaluator
     from mrl_text.cards.card_data import (
         base_model_id,
         describe_loss,
         training_hyperparameters,
     )
+    from mrl_text.data import TRAINING_LAYOUTS
+    from mrl_text.evaluation import RetrievalEvaluator, STSEvaluator
 
     import train_bert  # the recipe beside this script (imported here: it loads the trainer)
 
@@ -153,7 +153,9 @@ def online_text_card(yaml_path, encoder_class):
         "train_bert", encoder_class, recipe.model_name_or_path, matryoshka_dimensions=recipe.matryoshka_dimensions,
         matryoshka_weights=recipe.matryoshka_weights, pooling=recipe.pooling, max_seq_length=args.max_seq_length,
     )
-    held_out_task, held_out_card = train_bert.dataset_names(recipe.eval_data or recipe.train_data, recipe.eval_data is None)
+    held_out_task, held_out_card = train_bert.dataset_names(
+        recipe.eval_data or recipe.train_data, recipe.eval_data is None
+    )
     evaluator = STSEvaluator if recipe.eval_layout == "scored_pairs" else RetrievalEvaluator
     general_task, _, general_card = train_bert.GENERAL_CHECK
     columns = TRAINING_LAYOUTS["triplets" if recipe.train_layout == "nli" else recipe.train_layout]
@@ -177,15 +179,16 @@ def online_text_card(yaml_path, encoder_class):
 
 def online_image_text_card(yaml_path, encoder_class):
     """(config, card data) that train_align.py records for `yaml_path`, without results, versions or training lines."""
-    from mrl_text.losses import ImageTextInfoNCELoss
-    from mrl_text.evaluation.image_text import ImageTextRetrievalEvaluator
-    from mrl_text.losses import MatryoshkaLoss
     from mrl_text.cards.card_data import describe_loss, non_default_arguments
+    from mrl_text.evaluation.image_text import ImageTextRetrievalEvaluator
+    from mrl_text.losses import ImageTextInfoNCELoss, MatryoshkaLoss
 
     import train_align
 
     recipe = train_align.parse_arguments(["--config", str(yaml_path)])
-    config = online_config("train_align", encoder_class, recipe.model, matryoshka_dimensions=recipe.matryoshka_dimensions)
+    config = online_config(
+        "train_align", encoder_class, recipe.model, matryoshka_dimensions=recipe.matryoshka_dimensions
+    )
     hub_id = recipe.model if display_name(recipe.model) == recipe.model else None
     # The loss reads the model's temperature only when called: a stand-in model is enough to describe it.
     loss = MatryoshkaLoss.from_config(config, ImageTextInfoNCELoss(SimpleNamespace(logit_scale=None)))
@@ -215,10 +218,17 @@ def online_mlm_card(yaml_path, encoder_class):
     for key, default in GPU_SETTINGS.items():
         setattr(args, key, settings.get(key, default))
     # pretrain_mlm.build_model's config; BertConfig's default vocabulary is bert-base-uncased's tokenizer's
-    config = online_config("pretrain_mlm", encoder_class, recipe.encoder_config, max_seq_length=recipe.max_seq_length,
-                           matryoshka_dimensions=recipe.matryoshka_dimensions, matryoshka_weights=recipe.matryoshka_weights,
-                           efficient_heads=recipe.efficient_heads)
-    config.architectures = ["MatryoshkaForMaskedLM"]  # as save_pretrained records it: the card tells an MLM model by it
+    config = online_config(
+        "pretrain_mlm",
+        encoder_class,
+        recipe.encoder_config,
+        max_seq_length=recipe.max_seq_length,
+        matryoshka_dimensions=recipe.matryoshka_dimensions,
+        matryoshka_weights=recipe.matryoshka_weights,
+        efficient_heads=recipe.efficient_heads,
+    )
+    # as save_pretrained records it: the card tells an MLM model by it
+    config.architectures = ["MatryoshkaForMaskedLM"]
     data = MatryoshkaModelCardData(model_name=Path(args.output_dir).name, model_id=args.output_dir,
                                    hyperparameters=non_default_arguments(args))
     pretrain_mlm.describe_pretraining(data, recipe, config.encoder, config.encoder.vocab_size)

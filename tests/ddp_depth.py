@@ -29,7 +29,9 @@ def main(out_path):
     encoder = BertConfig(vocab_size=len(tokenizer), hidden_size=16, num_hidden_layers=3, num_attention_heads=2,
                          intermediate_size=32, max_position_embeddings=64)
     torch.manual_seed(0)
-    model = MatryoshkaModel(MatryoshkaConfig(encoder=encoder, matryoshka_dimensions=[16, 8], matryoshka_layers=[3, 2, 1]))
+    model = MatryoshkaModel(
+        MatryoshkaConfig(encoder=encoder, matryoshka_dimensions=[16, 8], matryoshka_layers=[3, 2, 1])
+    )
     model.tokenizer = tokenizer
     rows = {"anchor": [" ".join(WORDS[i : i + 3]) for i in range(32)],
             "positive": [" ".join(WORDS[i + 1 : i + 4]) for i in range(32)]}

@@ -33,7 +33,9 @@ SEQ_LEN = 12  # fixed padding: each process pads like the 1-process run
 def build_model(tokenizer_dir):
     tokenizer = build_tokenizer(tokenizer_dir)
     torch.manual_seed(0)
-    config = MatryoshkaConfig(encoder=tiny_bert_config(vocab_size=len(tokenizer)), matryoshka_dimensions=[32, 16, 8, 4])
+    config = MatryoshkaConfig(
+        encoder=tiny_bert_config(vocab_size=len(tokenizer)), matryoshka_dimensions=[32, 16, 8, 4]
+    )
     model = MatryoshkaModel(config).eval()  # no dropout: both runs must compute the same function
     return model, tokenizer
 

@@ -6,8 +6,8 @@ import pytest
 import torch
 from torch.nn import functional as F
 
-from mrl_text.adaptor import fitting as adaptor_lib
 from mrl_text.adaptor import fit, pca_rotation
+from mrl_text.adaptor import fitting as adaptor_lib
 from mrl_text.adaptor.metrics import closest_pairs, similarity_correlation
 from mrl_text.models.modeling_matryoshka import truncate_embeddings
 from mrl_text.models.modeling_matryoshka_adaptor import (

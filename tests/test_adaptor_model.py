@@ -10,7 +10,7 @@ import torch
 from transformers import AutoModel
 
 import mrl_text
-from mrl_text import MatryoshkaConfig, MatryoshkaModel, truncate_embeddings
+from mrl_text import MatryoshkaConfig, MatryoshkaModel
 from mrl_text.cli import main
 from mrl_text.models.modeling_matryoshka_adaptor import MatryoshkaAdaptor, MatryoshkaAdaptorConfig
 
@@ -72,7 +72,10 @@ def test_saved_with_the_weights_gate_included(make_model, sentences, tmp_path):
     saved = json.loads((tmp_path / "adapted" / "config.json").read_text())
     assert saved["adaptor"]["adapted_dimensions"] == [16, 4]
     assert (tmp_path / "adapted" / "modeling_matryoshka_adaptor.py").is_file()
-    for loaded in (MatryoshkaModel.from_pretrained(tmp_path / "adapted"), AutoModel.from_pretrained(tmp_path / "adapted")):
+    for loaded in (
+        MatryoshkaModel.from_pretrained(tmp_path / "adapted"),
+        AutoModel.from_pretrained(tmp_path / "adapted"),
+    ):
         assert loaded.adaptor.config.adapted_dimensions == [16, 4]
         for dim in DIMS:
             assert torch.allclose(loaded.encode(sentences, dim=dim), want[dim], atol=ATOL)
@@ -101,7 +104,8 @@ def test_sentence_transformers_folder_and_remote_code_apply_it(make_model, sente
         st = SentenceTransformer({str(folder)!r}, device="cpu", trust_remote_code=True)
         for dim in {DIMS!r}:
             assert torch.allclose(model.encode({sentences!r}, dim=dim), want[dim], atol={ATOL}), dim
-            assert torch.allclose(st.encode({sentences!r}, dim=dim, convert_to_tensor=True), want[dim], atol={ATOL}), dim
+            got = st.encode({sentences!r}, dim=dim, convert_to_tensor=True)
+            assert torch.allclose(got, want[dim], atol={ATOL}), dim
         print("REMOTE-OK")
         """
     run_without_mrl_text(script, tmp_path)
@@ -166,7 +170,8 @@ def test_failed_fit_or_bad_adaptor_leaves_the_model_unchanged(make_model, senten
 def test_config_field_is_validated():
     encoder = tiny_bert_config()
     good = gated_adaptor().config.to_dict()
-    assert MatryoshkaConfig(encoder=encoder, matryoshka_dimensions=DIMS, adaptor=good).adaptor["adapted_dimensions"] == [16, 4]
+    config = MatryoshkaConfig(encoder=encoder, matryoshka_dimensions=DIMS, adaptor=good)
+    assert config.adaptor["adapted_dimensions"] == [16, 4]
     with pytest.raises(ValueError, match="adaptor config dict"):
         MatryoshkaConfig(encoder=encoder, matryoshka_dimensions=DIMS, adaptor="adaptor.safetensors")
     with pytest.raises(ValueError, match=r"sizes \[4\] that are not among"):
@@ -190,7 +195,9 @@ def test_cli_adapt(make_model, sentences, tmp_path, capsys):
     corpus = tmp_path / "corpus.txt"
     corpus.write_text("\n".join(random_texts(200)) + "\n\n")
     pairs = tmp_path / "pairs.tsv"
-    pairs.write_text("query\tdocument\n" + "".join(f"{q}\t{d}\n" for q, d in zip(random_texts(30, 3), random_texts(30, 4))))
+    pairs.write_text(
+        "query\tdocument\n" + "".join(f"{q}\t{d}\n" for q, d in zip(random_texts(30, 3), random_texts(30, 4)))
+    )
     out = tmp_path / "adapted"
     args = ["adapt", str(tmp_path / "model"), "--corpus", str(corpus), "--pairs", str(pairs), "--out", str(out),
             "--epochs", "2", "--supervised-epochs", "2", "--device", "cpu"]
@@ -219,8 +226,16 @@ def test_cli_adapt_bad_files(tmp_path, capsys, bad, message):
     corpus, pairs = tmp_path / "corpus.txt", tmp_path / "pairs.tsv"
     corpus.write_text(bad.get("corpus", "a text\nanother text\n"))
     pairs.write_text(bad.get("pairs", "q\td\n"))
-    args = ["adapt", str(tmp_path / "no-model"), "--corpus", str(tmp_path / "absent.txt" if "missing" in bad else corpus),
-            "--pairs", str(pairs), "--out", str(tmp_path / "out")]
+    args = [
+        "adapt",
+        str(tmp_path / "no-model"),
+        "--corpus",
+        str(tmp_path / "absent.txt" if "missing" in bad else corpus),
+        "--pairs",
+        str(pairs),
+        "--out",
+        str(tmp_path / "out"),
+    ]
     with pytest.raises(SystemExit) as exit_info:
         main(args)
     assert exit_info.value.code == 2
@@ -234,7 +249,9 @@ def test_cli_adapt_wraps_a_plain_encoder(tiny_tokenizer, tmp_path):
     BertModel(tiny_bert_config(hidden_size=64, vocab_size=len(tiny_tokenizer))).save_pretrained(tmp_path / "plain")
     tiny_tokenizer.save_pretrained(tmp_path / "plain")
     corpus = tmp_path / "corpus.jsonl"
-    corpus.write_text("".join(json.dumps({"_id": str(i), "title": "", "text": t}) + "\n" for i, t in enumerate(random_texts(200))))
+    corpus.write_text(
+        "".join(json.dumps({"_id": str(i), "title": "", "text": t}) + "\n" for i, t in enumerate(random_texts(200)))
+    )
     assert main(["adapt", str(tmp_path / "plain"), "--corpus", str(corpus), "--out", str(tmp_path / "adapted"),
                  "--epochs", "2", "--device", "cpu"]) == 0
     loaded = AutoModel.from_pretrained(tmp_path / "adapted")

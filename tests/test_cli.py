@@ -1,12 +1,12 @@
 import json
-import tomllib
 from pathlib import Path
 
 import pytest
+import tomllib
 from huggingface_hub import ModelCard
 
-from mrl_text.cli import build_parser, main
 from mrl_text.cards.card import PLOT_FILENAME
+from mrl_text.cli import build_parser, main
 
 from .conftest import build_tokenizer, tiny_bert_config
 
@@ -26,13 +26,20 @@ def data(tmp_path):
     beir = root / "scifact"
     (beir / "qrels").mkdir(parents=True)
     docs = ["the dog runs in the park", "a woman is eating bread", "music with a guitar", "the sun is lovely"]
-    (beir / "corpus.jsonl").write_text("".join(json.dumps({"_id": f"d{i}", "title": "", "text": t}) + "\n" for i, t in enumerate(docs)))
+    (beir / "corpus.jsonl").write_text(
+        "".join(json.dumps({"_id": f"d{i}", "title": "", "text": t}) + "\n" for i, t in enumerate(docs))
+    )
     (beir / "queries.jsonl").write_text('{"_id": "q1", "text": "dog park"}\n{"_id": "q2", "text": "guitar music"}\n')
     (beir / "qrels" / "test.tsv").write_text("query-id\tcorpus-id\tscore\nq1\td0\t1\nq2\td2\t1\n")
     (root / "intent").mkdir()
-    rows = [("hello there", "greet"), ("hello world", "greet"), ("thanks a lot", "thank"), ("thanks please", "thank")] * 3
+    rows = [
+        ("hello there", "greet"),
+        ("hello world", "greet"),
+        ("thanks a lot", "thank"),
+        ("thanks please", "thank"),
+    ] * 3
     for split in ("train", "test"):
-        (root / "intent" / f"{split}.tsv").write_text("text\tlabel\n" + "".join(f"{t}\t{l}\n" for t, l in rows))
+        (root / "intent" / f"{split}.tsv").write_text("text\tlabel\n" + "".join(f"{t}\t{y}\n" for t, y in rows))
     return root
 
 
@@ -43,7 +50,9 @@ def saved_models(make_model, tmp_path):
     from transformers import BertModel
 
     tokenizer = build_tokenizer(plain_dir)
-    BertModel(tiny_bert_config(vocab_size=len(tokenizer), hidden_size=16), add_pooling_layer=False).save_pretrained(plain_dir)
+    BertModel(tiny_bert_config(vocab_size=len(tokenizer), hidden_size=16), add_pooling_layer=False).save_pretrained(
+        plain_dir
+    )
     tokenizer.save_pretrained(plain_dir)
     return model_dir, plain_dir
 
@@ -90,8 +99,18 @@ def test_two_folders_of_one_name_get_their_own_rows_and_cards(data, make_model, 
     make_model(seed=1, max_seq_length=32).save_pretrained(first)
     make_model(seed=2, max_seq_length=32).save_pretrained(second)
     out = tmp_path / "report"
-    argv = ["evaluate", str(first), "--baseline", str(second), "--sts", str(data / "stsb" / "test.tsv"), "--max-length", "32",
-            "--out", str(out)]
+    argv = [
+        "evaluate",
+        str(first),
+        "--baseline",
+        str(second),
+        "--sts",
+        str(data / "stsb" / "test.tsv"),
+        "--max-length",
+        "32",
+        "--out",
+        str(out),
+    ]
     assert main(argv) == 0
     results = json.loads((out / "results.json").read_text())
     assert {r["model"] for r in results["rows"]} == {"run1/model", "run2/model"}
@@ -101,7 +120,11 @@ def test_two_folders_of_one_name_get_their_own_rows_and_cards(data, make_model, 
         assert main(["card", str(folder), "--results", str(out / "results.json")]) == 0
         own = folder.parent.name + "/model"
         expected = {r["value"] for r in results["rows"] if r["model"] == own and r["metric"] == "spearman"}
-        found = {r.metric_value for r in ModelCard.load(folder / "README.md").data.eval_results if r.metric_type == "spearman"}
+        found = {
+            r.metric_value
+            for r in ModelCard.load(folder / "README.md").data.eval_results
+            if r.metric_type == "spearman"
+        }
         assert found == {round(v, 6) for v in expected}
 
 
@@ -120,9 +143,28 @@ def test_evaluate_the_grid_of_sizes_precisions_and_layers(data, make_model, save
     model.calibrate_quantization([*sentences1, *sentences2, "the sun is lovely", "music with a guitar"])
     model_dir, out = tmp_path / "grid_model", tmp_path / "report"
     model.save_pretrained(model_dir)
-    argv = ["evaluate", str(model_dir), "--sts", sts, "--retrieval", str(data / "scifact"), "--baseline", str(plain_dir),
-            "--precisions", "float32,int8", "--precisions", "binary", "--layers", "1", "--rescore", "2",
-            "--max-length", "32", "--out", str(out)]
+    argv = [
+        "evaluate",
+        str(model_dir),
+        "--sts",
+        sts,
+        "--retrieval",
+        str(data / "scifact"),
+        "--baseline",
+        str(plain_dir),
+        "--precisions",
+        "float32,int8",
+        "--precisions",
+        "binary",
+        "--layers",
+        "1",
+        "--rescore",
+        "2",
+        "--max-length",
+        "32",
+        "--out",
+        str(out),
+    ]
     assert main(argv) == 0
     assert sorted(p.name for p in out.iterdir()) == ["results.json", "results.md", "results.png", "results_budget.png"]
     saved = json.loads((out / "results.json").read_text())
@@ -165,12 +207,20 @@ def test_errors_name_the_file_and_write_no_report(data, saved_models, tmp_path, 
     assert "bad.tsv" in err and "sentence1" in err and "expected" in err
     err = _error(["evaluate", str(model_dir), "--sts", str(tmp_path / "missing.tsv"), "--out", str(out)], capsys)
     assert "missing.tsv" in err
-    err = _error(["evaluate", str(model_dir), "--sts", str(data / "stsb" / "test.tsv"), "--dims", "64", "--out", str(out)], capsys)
+    err = _error(
+        ["evaluate", str(model_dir), "--sts", str(data / "stsb" / "test.tsv"), "--dims", "64", "--out", str(out)],
+        capsys,
+    )
     assert "size=64" in err
-    err = _error(["evaluate", str(tmp_path / "no-model"), "--sts", str(data / "stsb" / "test.tsv"), "--out", str(out)], capsys)
+    err = _error(
+        ["evaluate", str(tmp_path / "no-model"), "--sts", str(data / "stsb" / "test.tsv"), "--out", str(out)], capsys
+    )
     assert "no-model" in err
     assert "Nothing to evaluate" in _error(["evaluate", str(model_dir), "--out", str(out)], capsys)
-    err = _error(["evaluate", str(model_dir), "--sts", str(data / "stsb" / "test.tsv"), "--max-length", "0", "--out", str(out)], capsys)
+    err = _error(
+        ["evaluate", str(model_dir), "--sts", str(data / "stsb" / "test.tsv"), "--max-length", "0", "--out", str(out)],
+        capsys,
+    )
     assert "max_length=0 must be a positive number of tokens" in err
     assert not out.exists()
     assert "results.json" in _error(["card", str(model_dir), "--results", str(tmp_path / "results.json")], capsys)

@@ -1,4 +1,5 @@
-"""Training-data loaders: local tables into the trainer's layouts, NLI triplets; the demo data of recipes/demo_data.py."""
+"""Training-data loaders: local tables into the trainer's layouts, NLI triplets; the demo data of
+recipes/demo_data.py."""
 
 import json
 import subprocess
@@ -23,7 +24,11 @@ from demo_data import DIGIT_NAMES, chatterbot_pairs, load_digits_image_text
 
 ROOT = Path(__file__).resolve().parents[1]
 
-QA = {"question": ["what is ai?", "who are you?", "hello"], "answer": ["a field of study", "a bot", "hi"], "id": [1, 2, 3]}
+QA = {
+    "question": ["what is ai?", "who are you?", "hello"],
+    "answer": ["a field of study", "a bot", "hi"],
+    "id": [1, 2, 3],
+}
 
 
 def write(tmp_path, name, table):
@@ -48,7 +53,9 @@ def test_pairs_from_every_file_type_with_column_mapping(tmp_path, name):
 
 
 def test_triplets_scored_pairs_and_labelled_text(tmp_path):
-    triplets = load_triplets(Dataset.from_dict({"q": ["a"], "p": ["b"], "n": ["c"]}), anchor="q", positive="p", negative="n")
+    triplets = load_triplets(
+        Dataset.from_dict({"q": ["a"], "p": ["b"], "n": ["c"]}), anchor="q", positive="p", negative="n"
+    )
     assert triplets[0] == {"anchor": "a", "positive": "b", "negative": "c"}
     scored = load_scored_pairs(write(tmp_path, "s.tsv", {"s1": ["a", "b"], "s2": ["c", "d"], "sim": [4, 1]}),
                                sentence1="s1", sentence2="s2", score="sim")
@@ -72,7 +79,9 @@ def test_missing_columns_empty_data_and_bad_layout(tmp_path):
         load_scored_pairs(Dataset.from_dict({"sentence1": ["a"], "sentence2": ["b"], "score": ["high"]}))
 
 
-@pytest.mark.parametrize("labels", [["entailment", "contradiction", "neutral", "Entailment", "contradiction"], [0, 2, 1, 0, 2]])
+@pytest.mark.parametrize(
+    "labels", [["entailment", "contradiction", "neutral", "Entailment", "contradiction"], [0, 2, 1, 0, 2]]
+)
 def test_nli_triplets(labels):
     rows = Dataset.from_dict({
         "premise": ["p1", "p1", "p1", "p2", "p2"],
@@ -99,7 +108,10 @@ def test_nli_triplets_on_snli_dev():
 
     triplets = nli_triplets(load_source(SHARED_DATA / "snli" / "dev.tsv"))
     assert len(triplets) > 3000
-    assert all(a != p and p != n for a, p, n in zip(triplets["anchor"][:100], triplets["positive"][:100], triplets["negative"][:100]))
+    assert all(
+        a != p and p != n
+        for a, p, n in zip(triplets["anchor"][:100], triplets["positive"][:100], triplets["negative"][:100])
+    )
 
 
 def test_chatterbot_pairs_are_unique_question_answer_pairs():

@@ -127,7 +127,10 @@ def test_retrieval_perfect_ranking_and_chunking_agree():
 def test_classification_probe_on_separable_embeddings():
     texts = [f"text {i}" for i in range(40)]
     labels = ["pos" if i % 2 else "neg" for i in range(40)]
-    vectors = {t: torch.tensor([1.0 if l == "pos" else -1.0] + [0.1 * (i % 3)] * 7) for i, (t, l) in enumerate(zip(texts, labels))}
+    vectors = {
+        t: torch.tensor([1.0 if y == "pos" else -1.0] + [0.1 * (i % 3)] * 7)
+        for i, (t, y) in enumerate(zip(texts, labels))
+    }
     embedder = CountingEmbedder(full_dim=8, dims=(8, 2), vectors=vectors)
     evaluator = ClassificationEvaluator(texts[:30], labels[:30], texts[30:], labels[30:], knn=True, knn_k=3)
     rows = evaluator.evaluate(embedder)
@@ -144,7 +147,9 @@ def test_matryoshka_model_prefix_equals_encode_at_that_size(make_model, sentence
     full = embedder.encode(sentences)
     assert full.shape == (len(sentences), 32)
     for dim in (16, 4):
-        torch.testing.assert_close(embedder.truncate(full, dim), model.encode(sentences, dim=dim), atol=1e-5, rtol=1e-5)
+        torch.testing.assert_close(
+            embedder.truncate(full, dim), model.encode(sentences, dim=dim), atol=1e-5, rtol=1e-5
+        )
 
 
 def test_sizes_larger_than_the_model_are_rejected(make_model):
@@ -178,7 +183,9 @@ def test_evaluate_loads_plain_encoder_and_sentence_transformers_folders(tmp_path
     BertModel(tiny_bert_config(vocab_size=len(tokenizer)), add_pooling_layer=False).save_pretrained(tmp_path / "plain")
     tokenizer.save_pretrained(tmp_path / "plain")
     plain = as_embedder(tmp_path / "plain", dims=[32, 8], max_length=32)
-    assert plain.dims == [32, 8] and plain.normalize and plain.name == "plain" and plain.source == str(tmp_path / "plain")
+    assert (
+        plain.dims == [32, 8] and plain.normalize and plain.name == "plain" and plain.source == str(tmp_path / "plain")
+    )
     plain_full = plain.encode(sentences)
     torch.testing.assert_close(plain_full.norm(dim=-1), torch.ones(len(sentences)))
 
@@ -201,7 +208,9 @@ def test_batches_group_texts_by_tokens_not_characters(make_model):
     batches = [[texts[i] for i in rows] for rows in embedder.batches(texts)]
     assert batches == [[many_letters, letters], [few_long_words, short]]  # by characters: 10+3 with 8+2
     model = make_model()
-    torch.testing.assert_close(embedder.encode(texts), model.encode(texts, batch_size=1, max_length=32), atol=1e-5, rtol=1e-4)
+    torch.testing.assert_close(
+        embedder.encode(texts), model.encode(texts, batch_size=1, max_length=32), atol=1e-5, rtol=1e-4
+    )
 
 
 # --- results -----------------------------------------------------------------------------------------------------
@@ -254,7 +263,9 @@ def _write_beir(directory, qrels_rows):
     (directory / "corpus.jsonl").write_text(
         '{"_id": "007", "title": "Bond", "text": "a spy"}\n{"_id": "d2", "title": "", "text": "plain text"}\n'
     )
-    (directory / "queries.jsonl").write_text('{"_id": "q1", "text": "who is the spy"}\n{"_id": "q2", "text": "unused"}\n')
+    (directory / "queries.jsonl").write_text(
+        '{"_id": "q1", "text": "who is the spy"}\n{"_id": "q2", "text": "unused"}\n'
+    )
     (directory / "qrels" / "test.tsv").write_text("query-id\tcorpus-id\tscore\n" + "".join(qrels_rows))
 
 
@@ -296,7 +307,10 @@ def test_real_data_smoke(make_model):
     docs = {d: corpus[d] for rel in keep.values() for d in rel} | dict(list(corpus.items())[:40])
     results = evaluate(
         model,
-        [STSEvaluator(s1[:40], s2[:40], scores[:40], name="stsb"), RetrievalEvaluator(docs, queries, keep, name="scifact")],
+        [
+            STSEvaluator(s1[:40], s2[:40], scores[:40], name="stsb"),
+            RetrievalEvaluator(docs, queries, keep, name="scifact"),
+        ],
         dims=[32, 8],
     )
     assert {(r["task"], r["dim"]) for r in results.rows} >= {("stsb", 32), ("scifact", 8)}
@@ -311,7 +325,9 @@ def test_shipped_evaluate_modules_load_offline_and_match(monkeypatch):
     retrieval = metrics.load_metric("retrieval").compute(
         predictions=[["d2", "d1"], ["d3"]], references=[["d1"], ["d3", "d4"]], relevance=[[1], [2, 1]]
     )
-    assert retrieval == pytest.approx(metrics.retrieval_scores([["d2", "d1"], ["d3"]], [{"d1": 1}, {"d3": 2, "d4": 1}]))
+    assert retrieval == pytest.approx(
+        metrics.retrieval_scores([["d2", "d1"], ["d3"]], [{"d1": 1}, {"d3": 2, "d4": 1}])
+    )
     assert metrics.load_metric("accuracy").compute(predictions=["a", "b"], references=["a", "c"]) == {"accuracy": 0.5}
     with pytest.raises(ValueError, match="Unknown metric module"):
         metrics.metric_path("bleu")
@@ -433,7 +449,9 @@ def _plain_and_sentence_transformer(tmp_path, st_max_seq_length):
     BertModel(tiny_bert_config(vocab_size=len(tokenizer)), add_pooling_layer=False).save_pretrained(tmp_path / "plain")
     tokenizer.save_pretrained(tmp_path / "plain")
     transformer = models.Transformer(str(tmp_path / "plain"), max_seq_length=st_max_seq_length)
-    SentenceTransformer(modules=[transformer, models.Pooling(32, "mean"), models.Normalize()]).save(str(tmp_path / "st"))
+    SentenceTransformer(modules=[transformer, models.Pooling(32, "mean"), models.Normalize()]).save(
+        str(tmp_path / "st")
+    )
     return tmp_path / "plain", tmp_path / "st"
 
 

@@ -104,7 +104,9 @@ def test_quantized_cells_at_a_depth_use_that_depths_ranges(make_model, tasks):
     sts = tasks[0]
     results = evaluate_grid(model, [sts], precisions=["int8"], dims=[16], layers=[None, 1])
     for layers, ranges in ((None, measured[16]), (1, measured[1, 16])):
-        codes = [quantize(model.encode(s, dim=16, layers=layers), "int8", ranges) for s in (sts.sentences1, sts.sentences2)]
+        codes = [
+            quantize(model.encode(s, dim=16, layers=layers), "int8", ranges) for s in (sts.sentences1, sts.sentences2)
+        ]
         a, b = (torch.nn.functional.normalize(dequantize(c, "int8", ranges), dim=-1) for c in codes)
         expected = metrics.spearman((a * b).sum(-1).tolist(), sts.scores)
         got = [c["value"] for c in results.cells("sts") if c["layers"] == layers]

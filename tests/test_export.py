@@ -7,7 +7,6 @@ import torch
 import torch.nn.functional as F
 
 import mrl_text
-from mrl_text import MatryoshkaModel
 from mrl_text.cli import main
 from mrl_text.deploy.export import export_model
 
@@ -25,7 +24,9 @@ def st_prefixes(folder, texts, dims, **kwargs):
     return st, {d: F.normalize(full[:, :d], dim=-1) for d in dims}
 
 
-@pytest.mark.parametrize("config", [{}, {"projection_dim": 24, "truncate_dim": 12}, {"pooling": "cls", "truncate_dim": 8}])
+@pytest.mark.parametrize(
+    "config", [{}, {"projection_dim": 24, "truncate_dim": 12}, {"pooling": "cls", "truncate_dim": 8}]
+)
 def test_sentence_transformer_equals_encode_at_every_size(make_model, sentences, tmp_path, config):
     dims = (24, 12, 6) if "projection_dim" in config else (32, 16, 8, 4)
     model = make_model(matryoshka_dimensions=dims, **config)
@@ -104,9 +105,17 @@ def test_refuses_dual_encoders_naming_the_format_they_support(tmp_path):
     from mrl_text import MatryoshkaDualEncoder, MatryoshkaDualEncoderConfig
 
     clip = CLIPConfig(
-        text_config=dict(hidden_size=32, intermediate_size=64, num_hidden_layers=1, num_attention_heads=2, vocab_size=64),
-        vision_config=dict(hidden_size=32, intermediate_size=64, num_hidden_layers=1, num_attention_heads=2,
-                           image_size=16, patch_size=8),
+        text_config=dict(
+            hidden_size=32, intermediate_size=64, num_hidden_layers=1, num_attention_heads=2, vocab_size=64
+        ),
+        vision_config=dict(
+            hidden_size=32,
+            intermediate_size=64,
+            num_hidden_layers=1,
+            num_attention_heads=2,
+            image_size=16,
+            patch_size=8,
+        ),
         projection_dim=24,
     )
     model = MatryoshkaDualEncoder(MatryoshkaDualEncoderConfig(encoder=clip, matryoshka_dimensions=[24, 12]))
@@ -200,7 +209,9 @@ def test_quantization_ranges_travel_with_export(make_model, sentences, tmp_path)
     back = mrl_text.from_sentence_transformer(str(folder))  # and back: the ranges come home
     assert back.config.quantization_ranges == model.config.quantization_ranges
     assert "quantization_ranges" not in back.config.encoder.to_dict()
-    assert torch.equal(back.encode(sentences, dim=12, precision="uint8"), model.encode(sentences, dim=12, precision="uint8"))
+    assert torch.equal(
+        back.encode(sentences, dim=12, precision="uint8"), model.encode(sentences, dim=12, precision="uint8")
+    )
 
 
 def test_onnx_export_gives_the_models_int8_codes(make_model, sentences, tmp_path):

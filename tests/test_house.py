@@ -328,3 +328,13 @@ def test_no_class_is_patched_from_outside(name):
     methods wherever that module was not imported (e.g. loaded with trust_remote_code)."""
     patches = _patches(name)
     assert not patches, f"{name} assigns attributes on a class it imported:\n" + "\n".join(patches)
+
+
+def test_readme_test_command_is_what_ci_runs():
+    """A developer who runs README's test command runs what CI runs (the lint included)."""
+    root = PACKAGE_DIR.parent
+    ci = (root / ".ci" / "run").read_text(encoding="utf-8").splitlines()
+    command = next(line for line in ci if line.startswith("pip install") and "[cpu,demo,test]" in line)
+    assert "ruff check ." in command and "python -m pytest" in command, command
+    assert command in (root / "README.md").read_text(encoding="utf-8"), (
+        f"README.md does not show CI's test command {command!r}; keep the two the same.")

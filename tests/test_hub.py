@@ -18,8 +18,8 @@ from transformers import AutoModel
 
 import mrl_text
 from mrl_text import MatryoshkaModel
-from mrl_text.evaluation import Results
 from mrl_text.cards.card import PLOT_FILENAME
+from mrl_text.evaluation import Results
 
 from .conftest import run_without_mrl_text
 
@@ -70,12 +70,21 @@ def test_push_to_hub_sends_everything_in_one_commit(make_model, captured_commit,
     assert len(captured_commit["commits"]) == 1
     files = captured_commit["commits"][0]["files"]
     assert {
-        "model.safetensors", "config.json", "modeling_matryoshka.py", "modeling_matryoshka_utils.py", "configuration_matryoshka.py",
-        "tokenizer.json", "tokenizer_config.json", "README.md", PLOT_FILENAME,
+        "model.safetensors",
+        "config.json",
+        "modeling_matryoshka.py",
+        "modeling_matryoshka_utils.py",
+        "configuration_matryoshka.py",
+        "tokenizer.json",
+        "tokenizer_config.json",
+        "README.md",
+        PLOT_FILENAME,
     } <= set(files)
     # exactly what save_pretrained writes, byte for byte (the card differs only in the id its snippets name)
     model.save_pretrained(tmp_path / "saved")
-    saved = {str(p.relative_to(tmp_path / "saved")): p.read_bytes() for p in (tmp_path / "saved").rglob("*") if p.is_file()}
+    saved = {
+        str(p.relative_to(tmp_path / "saved")): p.read_bytes() for p in (tmp_path / "saved").rglob("*") if p.is_file()
+    }
     assert set(files) == set(saved)
     assert all(files[name] == saved[name] for name in saved if name != "README.md")
     config = json.loads(files["config.json"])
@@ -192,11 +201,14 @@ def test_pushed_and_pulled_folder_loads_without_mrl_text(make_model, captured_co
         print("REMOTE-OK")
         """
     home = tmp_path / "home"
-    run_without_mrl_text(script, tmp_path, env={"HF_HOME": str(home), "HF_HUB_CACHE": str(home / "hub"), "HF_HUB_OFFLINE": "1"})
+    run_without_mrl_text(
+        script, tmp_path, env={"HF_HOME": str(home), "HF_HUB_CACHE": str(home / "hub"), "HF_HUB_OFFLINE": "1"}
+    )
 
 
 def test_push_to_hub_in_the_exported_format_sends_a_standard_folder(make_model, captured_commit, tmp_path):
-    """`push_exported_to_hub(model, repo_id, "sentence-transformers")` uploads what `export_model` writes: the encoder's own model type
+    """`push_exported_to_hub(model, repo_id, "sentence-transformers")` uploads what `export_model` writes: the
+    encoder's own model type
     with the nesting in config.json and no mrl-text code."""
     model = make_model(truncate_dim=16)
     mrl_text.push_exported_to_hub(model, "org/exported", format="sentence-transformers")

@@ -134,7 +134,11 @@ def test_a_depth_never_borrows_the_full_depths_ranges(make_model, sentences):
     model = make_model(matryoshka_dimensions=(32, 16), matryoshka_layers=[2, 1])
     model.calibrate_quantization(sentences, layers=[2])  # full depth only: the per-size format of before
     assert sorted(model.config.quantization_ranges) == ["16", "32"]
-    with pytest.raises(ValueError, match=r"dim=16 at layers=1 needs calibrated ranges, and this model has none at layers=1.*calibrate_quantization\(texts, layers=\[1\]\)"):
+    with pytest.raises(
+        ValueError,
+        match=r"dim=16 at layers=1 needs calibrated ranges, and this model has none at layers=1.*"
+        r"calibrate_quantization\(texts, layers=\[1\]\)",
+    ):
         model.encode(sentences, dim=16, layers=1, precision="int8")
     with pytest.raises(ValueError, match="layers=3 is out of range"):
         model.calibrate_quantization(sentences, layers=[1, 3])
@@ -175,4 +179,6 @@ def test_sentence_transformers_folder_uses_the_calibrated_ranges(make_model, sen
     floats = st.encode(sentences, dim=16)
     np.testing.assert_array_equal(module.quantize(floats, "int8"), expected)
     np.testing.assert_array_equal(quantize_embeddings(floats, "int8", ranges=module.quantization_ranges(16)), expected)
-    np.testing.assert_array_equal(module.quantize(floats, "ubinary"), st.encode(sentences, dim=16, precision="ubinary"))
+    np.testing.assert_array_equal(
+        module.quantize(floats, "ubinary"), st.encode(sentences, dim=16, precision="ubinary")
+    )

@@ -3,8 +3,8 @@
 import numpy as np
 import pytest
 
-from mrl_text.models.modeling_matryoshka import truncate_embeddings
 from mrl_text.deploy.funnel import FunnelIndex, default_stages, exact_search
+from mrl_text.models.modeling_matryoshka import truncate_embeddings
 
 
 def matryoshka_like(n, dim=64, n_queries=50, seed=0, clusters=100):
@@ -90,7 +90,9 @@ def test_empty_index_then_add():
     assert index.search(queries, k=5)[1].shape == (len(queries), 5)
 
 
-@pytest.mark.parametrize("shortlist, quantization", [("flat", None), ("hnsw", "int8"), ("ivf", None), ("flat", "binary")])
+@pytest.mark.parametrize(
+    "shortlist, quantization", [("flat", None), ("hnsw", "int8"), ("ivf", None), ("flat", "binary")]
+)
 def test_save_and_load_round_trip(tmp_path, shortlist, quantization):
     docs, queries = matryoshka_like(1000)
     index = FunnelIndex(docs, stages=[(16, 100), (64, 10)], shortlist=shortlist, quantization=quantization,

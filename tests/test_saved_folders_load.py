@@ -17,7 +17,10 @@ TEXTS = EXPECTED["texts"]
 
 @pytest.mark.parametrize("kind", ["text", "adaptor"])
 def test_embedding_folders_give_the_same_embeddings(kind):
-    for model in (mrl_text.MatryoshkaModel.from_pretrained(FIXTURES / kind), AutoModel.from_pretrained(FIXTURES / kind)):
+    for model in (
+        mrl_text.MatryoshkaModel.from_pretrained(FIXTURES / kind),
+        AutoModel.from_pretrained(FIXTURES / kind),
+    ):
         assert type(model) is mrl_text.MatryoshkaModel
         for dim, rows in EXPECTED[kind].items():
             torch.testing.assert_close(model.encode(TEXTS, dim=int(dim)), torch.tensor(rows), atol=1e-5, rtol=0)

@@ -1,13 +1,15 @@
 """One folder, two libraries: MatryoshkaModel.save_pretrained folders load in sentence-transformers and agree."""
 
 import json
-import sys
 import pickle
+import sys
 
 import pytest
 import torch
 
-pytest.importorskip("sentence_transformers", reason="the sentence-transformers integration needs sentence-transformers")
+pytest.importorskip(
+    "sentence_transformers", reason="the sentence-transformers integration needs sentence-transformers"
+)
 
 from sentence_transformers import SentenceTransformer  # noqa: E402
 from sentence_transformers.base.modules import Dense, Normalize, Transformer  # noqa: E402
@@ -71,7 +73,12 @@ def test_st_encode_equals_matryoshka_encode_at_every_size(exported, sentences, c
 def test_saved_folder_layout(exported):
     _, folder = exported(truncate_dim=8)
     modules = json.loads((folder / "modules.json").read_text())
-    assert [m["type"].rsplit(".", 1)[-1] for m in modules] == ["Transformer", "Pooling", "MatryoshkaTruncation", "Normalize"]
+    assert [m["type"].rsplit(".", 1)[-1] for m in modules] == [
+        "Transformer",
+        "Pooling",
+        "MatryoshkaTruncation",
+        "Normalize",
+    ]
     assert modules[2]["type"] == "sentence_transformers_matryoshka.MatryoshkaTruncation"
     assert (folder / "sentence_transformers_matryoshka.py").is_file()
     assert json.loads((folder / "1_Pooling" / "config.json").read_text())["pooling_mode"] == "mean"
@@ -111,7 +118,9 @@ def test_sentence_transformers_truncate_dim_and_dim_smaller_wins(exported, sente
     assert clone._sentence_transformer is None and st.get_embedding_dimension() == 8
     st.truncate_dim = None
     with st.truncate_embeddings(16):
-        torch.testing.assert_close(st_encode(st, sentences, dim=32), model.encode(sentences, dim=16), atol=ATOL, rtol=0)
+        torch.testing.assert_close(
+            st_encode(st, sentences, dim=32), model.encode(sentences, dim=16), atol=ATOL, rtol=0
+        )
     assert st_encode(st, sentences).shape == (len(sentences), 32)
     # a per-call truncate_dim is sentence-transformers' own slice after Normalize (see README): re-normalize it
     sliced = st_encode(st, sentences, truncate_dim=8, normalize_embeddings=True)
@@ -264,7 +273,10 @@ def test_sentence_transformer_trainer_with_matryoshka_loss(exported, sentences, 
             st_encode(st, sentences, dim=dim), trained.encode(sentences, dim=dim), atol=ATOL, rtol=0
         )
     torch.testing.assert_close(
-        st_encode(load_st(tmp_path / "trained"), sentences, dim=16), trained.encode(sentences, dim=16), atol=ATOL, rtol=0
+        st_encode(load_st(tmp_path / "trained"), sentences, dim=16),
+        trained.encode(sentences, dim=16),
+        atol=ATOL,
+        rtol=0,
     )
 
 
@@ -293,7 +305,10 @@ def test_from_sentence_transformer(plain_sentence_transformer, sentences, tmp_pa
     assert not any("pooler" in name for name, _ in model.named_parameters())
     torch.testing.assert_close(model.encode(sentences), st_encode(st, sentences), atol=ATOL, rtol=0)
     # no shared tensors: training the new model leaves the sentence-transformers model alone
-    assert model.encoder.embeddings.word_embeddings.weight.data_ptr() != st[0].model.embeddings.word_embeddings.weight.data_ptr()
+    assert (
+        model.encoder.embeddings.word_embeddings.weight.data_ptr()
+        != st[0].model.embeddings.word_embeddings.weight.data_ptr()
+    )
     # and it exports back, prompts included
     model.save_pretrained(tmp_path / "mrl")
     exported_st = load_st(tmp_path / "mrl")
@@ -327,4 +342,6 @@ def test_all_minilm_l6_v2(tmp_path):
     model.save_pretrained(tmp_path)
     exported_st = load_st(tmp_path)
     for dim in [384, 64]:
-        torch.testing.assert_close(st_encode(exported_st, texts, dim=dim), model.encode(texts, dim=dim), atol=ATOL, rtol=0)
+        torch.testing.assert_close(
+            st_encode(exported_st, texts, dim=dim), model.encode(texts, dim=dim), atol=ATOL, rtol=0
+        )

@@ -11,9 +11,9 @@ import csv
 import json
 from pathlib import Path
 
-from .fitting import fit
 from ..models.configuration_matryoshka import validate_nesting
 from ..models.modeling_matryoshka_adaptor import MatryoshkaAdaptor
+from .fitting import fit
 
 # Sizes for a model that has only its full size (a plain encoder): the usual nesting below it.
 DEFAULT_NESTING = (1024, 768, 512, 256, 128, 64, 32, 16)
@@ -43,7 +43,9 @@ def check_pairs(pairs):
     if not pairs:
         raise ValueError("pairs is empty; give (query, relevant document) text pairs, or pairs=None.")
     for i, pair in enumerate(pairs):
-        if not (isinstance(pair, (tuple, list)) and len(pair) == 2 and all(isinstance(t, str) and t.strip() for t in pair)):
+        if not (
+            isinstance(pair, (tuple, list)) and len(pair) == 2 and all(isinstance(t, str) and t.strip() for t in pair)
+        ):
             raise ValueError(f"pairs[{i}] is {pair!r}; each pair must be (query text, document text).")
     return [tuple(pair) for pair in pairs]
 
@@ -53,8 +55,8 @@ def add_adaptor(model, corpus=None, pairs=None, *, adaptor=None, matryoshka_dime
     """Fit a Matryoshka adaptor on `corpus` (and `pairs`) with this model's own embeddings, and attach it.
 
     The encoder stays frozen: every distinct text is encoded once (at full size, without any adaptor already
-    attached) and `mrl_text.adaptor.fitting.fit` trains on those embeddings, with its validation gate (a size keeps plain
-    truncation unless the adaptor beats it on held-out data). A failed fit leaves the model as it was.
+    attached) and `mrl_text.adaptor.fitting.fit` trains on those embeddings, with its validation gate (a size keeps
+    plain truncation unless the adaptor beats it on held-out data). A failed fit leaves the model as it was.
 
     Args:
         corpus (`list[str]`, *optional*): texts like the ones the model will embed (e.g. the documents you index).
@@ -88,7 +90,11 @@ def add_adaptor(model, corpus=None, pairs=None, *, adaptor=None, matryoshka_dime
         pairs = check_pairs(pairs) if pairs is not None else None
         dims = matryoshka_dimensions or (adaptor.config.matryoshka_dimensions if adaptor is not None else None)
         if dims is None:
-            dims = config.matryoshka_dimensions if len(config.matryoshka_dimensions) > 1 else default_dimensions(config.embedding_size)
+            dims = (
+                config.matryoshka_dimensions
+                if len(config.matryoshka_dimensions) > 1
+                else default_dimensions(config.embedding_size)
+            )
     # The model's sizes with the adaptor's added; checked now, changed only once the adaptor is ready.
     weights = dict(zip(config.matryoshka_dimensions, config.matryoshka_weights))
     sizes = sorted(set(config.matryoshka_dimensions) | set(dims), reverse=True)
@@ -108,7 +114,9 @@ def add_adaptor(model, corpus=None, pairs=None, *, adaptor=None, matryoshka_dime
     return model.adaptor
 
 
-def fit_on_texts(model, corpus, pairs, dims, adaptor, batch_size, max_length, show_progress_bar, description, fit_kwargs):
+def fit_on_texts(
+    model, corpus, pairs, dims, adaptor, batch_size, max_length, show_progress_bar, description, fit_kwargs
+):
     """Encode the distinct texts once with the model (no adaptor) and fit; returns the fitted adaptor.
 
     The pairs' documents join the corpus (once each), so a relevant document is never also an irrelevant copy of
@@ -147,7 +155,10 @@ def read_corpus(path, column="text"):
     else:
         table = read_table(path, [column])
         titles = table["title"] if "title" in table.column_names and column == "text" else [None] * len(table)
-        texts = [f"{title} {text}".strip() if title else str(text or "").strip() for title, text in zip(titles, table[column])]
+        texts = [
+            f"{title} {text}".strip() if title else str(text or "").strip()
+            for title, text in zip(titles, table[column])
+        ]
         texts = [t for t in texts if t]
     if not texts:
         raise ValueError(f"{path}: no texts found (blank file or empty column {column!r}).")

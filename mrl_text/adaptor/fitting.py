@@ -32,6 +32,9 @@ import numpy as np
 import torch
 from torch.nn import functional as F
 
+from ..losses import InfoNCELoss, MatryoshkaLoss
+from ..models.modeling_matryoshka import truncate_embeddings
+from ..models.modeling_matryoshka_adaptor import MatryoshkaAdaptor, MatryoshkaAdaptorConfig
 from .metrics import (
     VALIDATION_K,
     closest_pairs,
@@ -41,9 +44,6 @@ from .metrics import (
     retrieval_ndcg,
     similarity_correlation,
 )
-from ..losses import InfoNCELoss, MatryoshkaLoss
-from ..models.modeling_matryoshka import truncate_embeddings
-from ..models.modeling_matryoshka_adaptor import MatryoshkaAdaptor, MatryoshkaAdaptorConfig
 
 OBJECTIVES = ("unsupervised", "supervised", "both")
 
@@ -82,9 +82,10 @@ class _Data:
         n = corpus.shape[0]
         n_val = _held_out(n, validation_fraction)
         if n - n_val < 2 * VALIDATION_K or (n_val and n_val <= VALIDATION_K):
+            enough = int(4 * VALIDATION_K / max(validation_fraction, 0.02))
             raise ValueError(
                 f"The corpus holds {n} embeddings: too few to fit and hold out validation_fraction="
-                f"{validation_fraction} of them; give at least {int(4 * VALIDATION_K / max(validation_fraction, 0.02))}."
+                f"{validation_fraction} of them; give at least {enough}."
             )
         order = torch.randperm(n, generator=generator)
         self.corpus, self.val_rows, self.train_rows = corpus, order[:n_val], order[n_val:]
@@ -221,7 +222,7 @@ class _Fitter:
         ranking_loss = MatryoshkaLoss(InfoNCELoss(scale=o["scale"], gather_across_devices=False), self.dims)
         best = (self.validation_scores(supervised), -math.inf, copy.deepcopy(adaptor.state_dict()))
         best = (best[0], self.mean_gain(best[0]), best[2])
-        for epoch in range(epochs):
+        for _ in range(epochs):
             adaptor.train()
             if supervised:
                 order = torch.randperm(len(self.data.train_pairs), generator=self.generator).tolist()
@@ -291,7 +292,9 @@ def _pairs_as_rows(pairs, query_embeddings, query_ids, corpus_ids, corpus):
     query_row = {str(q): i for i, q in enumerate(query_ids)}
     doc_row = {str(d): i for i, d in enumerate(corpus_ids)}
     if len(query_row) != len(queries) or len(doc_row) != len(corpus):
-        raise ValueError(f"query_ids ({len(query_ids)}) and corpus_ids ({len(corpus_ids)}) need one distinct id per row.")
+        raise ValueError(
+            f"query_ids ({len(query_ids)}) and corpus_ids ({len(corpus_ids)}) need one distinct id per row."
+        )
     relevant = {}
     for query, doc in pairs:
         if str(query) not in query_row:
@@ -381,7 +384,9 @@ def fit(
             f"matryoshka_dimensions {list(matryoshka_dimensions)} differ from the adaptor's "
             f"{adaptor.config.matryoshka_dimensions}; omit them to keep the adaptor's."
         )
-    supervision = None if objective == "unsupervised" else _pairs_as_rows(pairs, query_embeddings, query_ids, corpus_ids, corpus)
+    supervision = (
+        None if objective == "unsupervised" else _pairs_as_rows(pairs, query_embeddings, query_ids, corpus_ids, corpus)
+    )
 
     generator = torch.Generator().manual_seed(seed)
     stages = {"unsupervised": [False], "supervised": [True], "both": [False, True]}[objective]
@@ -389,7 +394,9 @@ def fit(
     # "auto" fits both candidates on the same split and keeps the one whose gated validation gain is larger. The PCA
     # candidate is the rotation alone: an MLP trained on top of the rotation did not raise validation recall and, on
     # STS-B, passed the gate while costing test Spearman at the smallest sizes (32 and 16 dims).
-    candidates = [(None, num_layers), ("pca", 0)] if adaptor is None and rotation == "auto" else [(rotation, num_layers)]
+    candidates = (
+        [(None, num_layers), ("pca", 0)] if adaptor is None and rotation == "auto" else [(rotation, num_layers)]
+    )
     from tqdm.auto import tqdm
 
     fits = []
@@ -424,13 +431,22 @@ def fit(
         "validation_rows": int(len(data.val_rows)),
         "queries": None if supervision is None else int(len(data.queries)),
         "validation_metric": "; ".join(metrics[m] for m in scores[config.matryoshka_dimensions[0]]),
-        "validation": {str(d): {"adaptor": round(next(iter(m.values()))[0], 4),
-                                "truncation": round(next(iter(m.values()))[1], 4),
-                                **{f"{name}_{side}": round(pair[i], 4) for name, pair in list(m.items())[1:]
-                                   for i, side in enumerate(("adaptor", "truncation"))},
-                                "adapted": d in config.adapted_dimensions}
-                       for d, m in scores.items()},
-        "rotation_candidates": {str(c): round(g, 4) for (g, _, _, _), (c, _) in zip(fits, candidates)} if len(fits) > 1 else None,
+        "validation": {
+            str(d): {
+                "adaptor": round(next(iter(m.values()))[0], 4),
+                "truncation": round(next(iter(m.values()))[1], 4),
+                **{
+                    f"{name}_{side}": round(pair[i], 4)
+                    for name, pair in list(m.items())[1:]
+                    for i, side in enumerate(("adaptor", "truncation"))
+                },
+                "adapted": d in config.adapted_dimensions,
+            }
+            for d, m in scores.items()
+        },
+        "rotation_candidates": {str(c): round(g, 4) for (g, _, _, _), (c, _) in zip(fits, candidates)}
+        if len(fits) > 1
+        else None,
         "options": options,
         "seed": seed,
     }

@@ -1,5 +1,5 @@
-"""Validation metrics of `mrl_text.adaptor.fitting.fit`'s gate, on embeddings alone: how well a size of candidate embeddings
-keeps the full-size originals' neighbours and order of similarities, and a queries' nDCG@10."""
+"""Validation metrics of `mrl_text.adaptor.fitting.fit`'s gate, on embeddings alone: how well a size of candidate
+embeddings keeps the full-size originals' neighbours and order of similarities, and a queries' nDCG@10."""
 
 import math
 

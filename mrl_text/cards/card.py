@@ -2,7 +2,8 @@
 the sizes, usage, per-size results, the Matryoshka curve plot, training details and the citations.
 
 The card is rendered from `model.model_card_data` (a `MatryoshkaModelCardData`, filled during training; see
-`mrl_text.cards.card_data`). The template ships inside the package (`mrl_text/cards/templates/`) so installed wheels have it.
+`mrl_text.cards.card_data`). The template ships inside the package (`mrl_text/cards/templates/`) so installed wheels
+have it.
 
 ```python
 >>> model.save_pretrained("out/")      # with model.model_card_data set: README.md, matryoshka_results.png, card data
@@ -47,7 +48,11 @@ TEXT_TASK_TYPES = {
 # A dual encoder's accuracy is zero-shot image classification, its kNN accuracy is over image embeddings.
 DUAL_ENCODER_TASK_TYPES = {"accuracy": "zero-shot-image-classification", "knn_accuracy": "image-classification"}
 DUAL_ENCODER_TASK_TYPES.update(
-    {f"{direction}_recall@{k}": "image-text-retrieval" for direction in ("image_to_text", "text_to_image") for k in (1, 5, 10)}
+    {
+        f"{direction}_recall@{k}": "image-text-retrieval"
+        for direction in ("image_to_text", "text_to_image")
+        for k in (1, 5, 10)
+    }
 )
 TASK_NAMES = {
     "sentence-similarity": "Semantic Similarity",
@@ -79,7 +84,9 @@ MASKED_LM_CARD = {
 def config_of(model_or_config):
     config = getattr(model_or_config, "config", model_or_config)
     if not hasattr(config, "matryoshka_dimensions"):
-        raise ValueError(f"{type(model_or_config).__name__} is not a Matryoshka model or config (no matryoshka_dimensions).")
+        raise ValueError(
+            f"{type(model_or_config).__name__} is not a Matryoshka model or config (no matryoshka_dimensions)."
+        )
     return config
 
 
@@ -170,7 +177,9 @@ def _training_details(data):
         facts = [fact for fact in facts if fact]
         lines.append(("Training data", name + (f" ({'; '.join(facts)})" if facts else "")))
     if data.hyperparameters:
-        lines.append(("Hyperparameters (non-default)", ", ".join(f"`{k}`: {v}" for k, v in data.hyperparameters.items())))
+        lines.append(
+            ("Hyperparameters (non-default)", ", ".join(f"`{k}`: {v}" for k, v in data.hyperparameters.items()))
+        )
     for key, value in data.training.items():
         lines.append((key[:1].upper() + key[1:], value))
     if data.evaluation.get("max_seq_length"):
@@ -191,13 +200,21 @@ def adaptor_section(config):
     summary = adaptor.get("fit_summary") or {}
     options = summary.get("options") or {}
     objective = summary.get("objective")
-    epochs = [f"{options[key]} {stage} epochs" for key, stage in (("epochs", "unsupervised"), ("supervised_epochs", "supervised"))
-              if key in options and objective in (stage, "both")]
-    facts = [f"{summary['corpus_texts']:,} corpus texts" if summary.get("corpus_texts") is not None else
-             (f"{summary['corpus_embeddings']:,} corpus embeddings" if summary.get("corpus_embeddings") else None),
-             f"{summary['pairs']:,} (query, document) pairs" if summary.get("pairs") else None,
-             f"{summary['queries']:,} queries" if summary.get("queries") and not summary.get("pairs") else None,
-             f"{summary['validation_rows']:,} corpus rows held out for validation" if summary.get("validation_rows") else None]
+    epochs = [
+        f"{options[key]} {stage} epochs"
+        for key, stage in (("epochs", "unsupervised"), ("supervised_epochs", "supervised"))
+        if key in options and objective in (stage, "both")
+    ]
+    facts = [
+        f"{summary['corpus_texts']:,} corpus texts"
+        if summary.get("corpus_texts") is not None
+        else (f"{summary['corpus_embeddings']:,} corpus embeddings" if summary.get("corpus_embeddings") else None),
+        f"{summary['pairs']:,} (query, document) pairs" if summary.get("pairs") else None,
+        f"{summary['queries']:,} queries" if summary.get("queries") and not summary.get("pairs") else None,
+        f"{summary['validation_rows']:,} corpus rows held out for validation"
+        if summary.get("validation_rows")
+        else None,
+    ]
     rows = [{"dim": dim, "truncation": f"{100 * v['truncation']:.2f}", "adaptor": f"{100 * v['adaptor']:.2f}",
              "used": "adaptor" if v.get("adapted") else "plain truncation"}
             for dim, v in sorted((summary.get("validation") or {}).items(), key=lambda item: -int(item[0]))]
@@ -245,7 +262,8 @@ def build_card(model, results=None, model_id=None, base_model=None, datasets=Non
         model: a `MatryoshkaModel` / `MatryoshkaDualEncoder` or its config.
         results (`Results` or path to results.json, *optional*): more results; this model's rows (named by
             `results_model`, else by its name or Hub id) go to the `model-index`, every model's rows to the body.
-        model_id (`str`, *optional*): Hub id used in the usage snippets; defaults to the card data's, else the model's name.
+        model_id (`str`, *optional*): Hub id used in the usage snippets; defaults to the card data's, else the
+            model's name.
         base_model, datasets, license, language: Hub metadata overriding the card data's.
         training (`dict`, *optional*): more training lines for the card (the card data's `details`).
         plot_filename (`str`, *optional*): the plot image next to the card (None: no image).
@@ -361,4 +379,12 @@ def save_with_card(model, directory, results=None, **card_kwargs):
     return write_card(directory, model, results, **card_kwargs)
 
 
-__all__ = ["PLOT_FILENAME", "TEMPLATE_PATH", "build_card", "eval_results", "save_with_card", "write_card", "write_card_on_save"]
+__all__ = [
+    "PLOT_FILENAME",
+    "TEMPLATE_PATH",
+    "build_card",
+    "eval_results",
+    "save_with_card",
+    "write_card",
+    "write_card_on_save",
+]

@@ -26,16 +26,26 @@ from pathlib import Path
 
 from transformers import TrainerCallback
 
-from ..models.configuration_matryoshka import portable_name
 from ..evaluation import Results
 from ..file_utils import write_atomic
+from ..models.configuration_matryoshka import portable_name
 
 CARD_DATA_FILENAME = "model_card_data.json"
 BEFORE_TRAINING = "before training"
 # Training arguments that are paths, secrets or bookkeeping: never part of a card.
 PRIVATE_ARGUMENTS = {
-    "output_dir", "logging_dir", "run_name", "hub_token", "push_to_hub_token", "hub_model_id", "resume_from_checkpoint",
-    "overwrite_output_dir", "deepspeed", "fsdp_config", "accelerator_config", "report_to",
+    "output_dir",
+    "logging_dir",
+    "run_name",
+    "hub_token",
+    "push_to_hub_token",
+    "hub_model_id",
+    "resume_from_checkpoint",
+    "overwrite_output_dir",
+    "deepspeed",
+    "fsdp_config",
+    "accelerator_config",
+    "report_to",
 }
 # Folder names that say nothing about a model: a display name adds the folder above them.
 GENERIC_FOLDER_NAMES = {"model", "models", "snapshot", "final", "checkpoints", "output", "outputs"}
@@ -136,7 +146,9 @@ def describe_dataset(dataset):
         description["name"] = name
     else:
         files = [Path(f["filename"]) for f in getattr(dataset, "cache_files", None) or []]
-        hub = next((p.parts[i] for p in files for i, part in enumerate(p.parts) if part.startswith("datasets--")), None)
+        hub = next(
+            (p.parts[i] for p in files for i, part in enumerate(p.parts) if part.startswith("datasets--")), None
+        )
         if hub:
             description["name"] = hub.removeprefix("datasets--").replace("--", "/")
     if hasattr(dataset, "__len__"):
@@ -228,11 +240,17 @@ class MatryoshkaModelCardData:
         own = self.before_name if before_training else self.model_name
         rows = [{**row, "model": own if row["model"] == model else display_name(row["model"])} for row in results.rows]
         keys = {(r["model"], r["task"], r["metric"], r["dim"]) for r in rows}
-        kept = [r for r in (self.results.rows if self.results else []) if (r["model"], r["task"], r["metric"], r["dim"]) not in keys]
+        kept = [
+            r
+            for r in (self.results.rows if self.results else [])
+            if (r["model"], r["task"], r["metric"], r["dim"]) not in keys
+        ]
         primary = {**(self.results.primary_metrics if self.results else {}), **results.primary_metrics}
         grid = [{**c, "model": own if c["model"] == model else display_name(c["model"])} for c in results.grid]
         renamed = {(c["model"], c["task"]) for c in grid}  # a new grid of a model and task replaces the old one
-        grid = [c for c in (self.results.grid if self.results else []) if (c["model"], c["task"]) not in renamed] + grid
+        grid = [
+            c for c in (self.results.grid if self.results else []) if (c["model"], c["task"]) not in renamed
+        ] + grid
         self.results = Results(kept + rows, primary, grid=grid)
         return self
 
@@ -287,8 +305,12 @@ def model_card_data(model, create=True):
         data = MatryoshkaModelCardData()
         model.model_card_data = data
     for old, value in deprecated.items():
-        new = "model.model_card_data.add_results(results)" if old == "eval_results" else "model.model_card_data.details"
-        warnings.warn(f"model.{old} is deprecated; use model.model_card_data ({new}).", DeprecationWarning, stacklevel=2)
+        new = (
+            "model.model_card_data.add_results(results)" if old == "eval_results" else "model.model_card_data.details"
+        )
+        warnings.warn(
+            f"model.{old} is deprecated; use model.model_card_data ({new}).", DeprecationWarning, stacklevel=2
+        )
         if old == "eval_results":
             results = Results.from_json(value) if isinstance(value, (str, Path)) else value
             data.add_results(results, own_model_name(results, model_names(model, data)))
@@ -296,7 +318,9 @@ def model_card_data(model, create=True):
             details = dict(value)
             data.base_model = data.base_model or details.pop("base_model", None)
             known = {d.get("id") for d in data.train_datasets}
-            data.train_datasets += [{"name": d, "id": d} for d in details.pop("datasets", None) or [] if d not in known]
+            data.train_datasets += [
+                {"name": d, "id": d} for d in details.pop("datasets", None) or [] if d not in known
+            ]
             data.details.update(details)
     return data
 

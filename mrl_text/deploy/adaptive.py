@@ -172,9 +172,13 @@ class AdaptiveClassifier:
     def _features(self, inputs):
         """What the heads read: full-size embeddings (given, or computed by the model from texts)."""
         if _is_embeddings(inputs):
-            return torch.as_tensor(np.asarray(inputs, dtype=np.float32) if isinstance(inputs, np.ndarray) else inputs).float()
+            return torch.as_tensor(
+                np.asarray(inputs, dtype=np.float32) if isinstance(inputs, np.ndarray) else inputs
+            ).float()
         if self.model is None:
-            raise ValueError("This classifier was fitted on embeddings; pass full-size embeddings (n, dim), not texts.")
+            raise ValueError(
+                "This classifier was fitted on embeddings; pass full-size embeddings (n, dim), not texts."
+            )
         texts = [inputs] if isinstance(inputs, str) else list(inputs)
         if isinstance(self.model, MatryoshkaModel):
             return self.model.encode(texts, dim=self.model.config.embedding_size, **self.encode_kwargs)

@@ -12,8 +12,8 @@ readers of the older layout, so they are not written here.
 
 Calibrated int8/uint8 ranges (`model.calibrate_quantization`) are kept in config.json as `quantization_ranges`
 (`{"64": [[minima], [maxima]], ...}`); `exported_ranges(folder, dim)` reads them back, and quantizing the folder's
-re-normalized prefix with them (mrl_text.models.quantization.quantize, or sentence-transformers' `quantize_embeddings(...,
-ranges=)`) gives the codes of `model.encode(texts, dim=dim, precision="int8")`.
+re-normalized prefix with them (mrl_text.models.quantization.quantize, or sentence-transformers'
+`quantize_embeddings(..., ranges=)`) gives the codes of `model.encode(texts, dim=dim, precision="int8")`.
 
 `format="onnx"` adds `onnx/model.onnx` (the encoder's token states), the file sentence-transformers'
 `backend="onnx"` and optimum's `ORTModelForFeatureExtraction` load from such a folder.
@@ -62,13 +62,17 @@ def check_exportable(model, format="sentence-transformers"):
     if getattr(config, "model_type", None) == "matryoshka_dual_encoder":
         raise ValueError(
             f"{kind} is an image-text dual encoder: sentence-transformers has no built-in module for its two towers, "
-            f"so it cannot be exported as {format!r}. It supports the mrl-text format only: model.save_pretrained(path) "
-            "(loads with `import mrl_text`, or with trust_remote_code=True)."
+            f"so it cannot be exported as {format!r}. It supports the mrl-text format only: "
+            "model.save_pretrained(path) (loads with `import mrl_text`, or with trust_remote_code=True)."
         )
     if not (hasattr(model, "encoder") and hasattr(config, "matryoshka_dimensions") and hasattr(config, "pooling")):
         inner = getattr(model, "matryoshka", None)
-        hint = " Export its embedding model instead: export_model(model.matryoshka, path)." if inner is not None else ""
-        raise ValueError(f"{kind} is not a MatryoshkaModel; only embedding models can be exported as {format!r}.{hint}")
+        hint = (
+            " Export its embedding model instead: export_model(model.matryoshka, path)." if inner is not None else ""
+        )
+        raise ValueError(
+            f"{kind} is not a MatryoshkaModel; only embedding models can be exported as {format!r}.{hint}"
+        )
     if getattr(model, "adaptor", None) is not None:
         raise ValueError(
             f"This model has an adaptor ({type(model.adaptor).__name__}) after its encoder; sentence-transformers' "
@@ -173,7 +177,9 @@ def write_folder(model, directory, format="sentence-transformers", repo_id=None)
     if model.projection is not None:
         from safetensors.torch import save_file
 
-        state = {f"linear.{k}": v.detach().float().cpu().contiguous() for k, v in model.projection.state_dict().items()}
+        state = {
+            f"linear.{k}": v.detach().float().cpu().contiguous() for k, v in model.projection.state_dict().items()
+        }
         save_file(state, str(directory / "2_Dense" / DENSE_WEIGHTS_FILE), metadata={"format": "pt"})
     if format == "onnx":
         export_onnx(model.encoder, model.tokenizer, directory / ONNX_FILE)
@@ -199,9 +205,12 @@ def sentence_transformers_files(model):
         modules.append(("Dense", "2_Dense", dense))
     if config.normalize:
         modules.append(("Normalize", f"{len(modules)}_Normalize", {}))
-    files = {"modules.json": [
-        {"idx": i, "name": str(i), "path": path, "type": MODULE_TYPES[kind]} for i, (kind, path, _) in enumerate(modules)
-    ]}
+    files = {
+        "modules.json": [
+            {"idx": i, "name": str(i), "path": path, "type": MODULE_TYPES[kind]}
+            for i, (kind, path, _) in enumerate(modules)
+        ]
+    }
     for _, path, module_config in modules[1:]:
         files[f"{path}/config.json"] = module_config
     max_length = config.max_seq_length or tokenizer_limit(model.tokenizer, model.encoder.config)
@@ -220,7 +229,9 @@ def sentence_transformers_files(model):
 def full_depth_ranges(config):
     """The calibrated ranges of the full depth (keys `"64"`): an exported model runs every layer, so the ranges of
     shallower depths (`"64/layers=3"`) do not travel."""
-    return {key: value for key, value in (getattr(config, "quantization_ranges", None) or {}).items() if "/" not in key}
+    return {
+        key: value for key, value in (getattr(config, "quantization_ranges", None) or {}).items() if "/" not in key
+    }
 
 
 def exported_ranges(folder, dim, precision="int8"):
@@ -249,7 +260,9 @@ def onnx_inputs(encoder, tokenizer):
     """Names and example tensors of the encoder's token inputs (optimum's names: input_ids, attention_mask, ...)."""
     import inspect
 
-    batch = tokenizer(["an example sentence", "a longer example sentence to export"], padding=True, return_tensors="pt")
+    batch = tokenizer(
+        ["an example sentence", "a longer example sentence to export"], padding=True, return_tensors="pt"
+    )
     accepted = inspect.signature(encoder.forward).parameters
     names = [n for n in ("input_ids", "attention_mask", "token_type_ids") if n in batch and n in accepted]
     return names, tuple(batch[n] for n in names)
@@ -397,4 +410,11 @@ def push_exported_to_hub(model, repo_id, format="sentence-transformers", *, priv
         )
 
 
-__all__ = ["EXPORT_FORMATS", "check_exportable", "export_model", "export_onnx", "exported_ranges", "push_exported_to_hub"]
+__all__ = [
+    "EXPORT_FORMATS",
+    "check_exportable",
+    "export_model",
+    "export_onnx",
+    "exported_ranges",
+    "push_exported_to_hub",
+]

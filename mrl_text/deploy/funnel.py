@@ -23,8 +23,8 @@ from tqdm.auto import tqdm
 
 from ..file_utils import parked_folder, staged_folder
 from ..models.modeling_matryoshka import truncate_embeddings
-from ..progress import progress_enabled
 from ..models.quantization import calibration_ranges, check_ranges, dequantize, quantize, step_sizes
+from ..progress import progress_enabled
 
 SHORTLISTS = ("flat", "hnsw", "ivf")
 QUANTIZATIONS = (None, "int8", "binary")
@@ -122,7 +122,8 @@ class FunnelIndex:
         quantization (`str`, *optional*): codes of the first stage: `None` (float32), `"int8"` (one byte per
             coordinate, `mrl_text.models.quantization`'s codes, searched with float queries) or `"binary"` (sign bits,
             Hamming distance; the first size must be a multiple of 8).
-        quantization_ranges (*optional*): int8 ranges `(2, first size)`; default: measured on the first documents added.
+        quantization_ranges (*optional*): int8 ranges `(2, first size)`; default: measured on the first documents
+            added.
         normalize (`bool`): re-normalize every prefix (of documents and queries) to unit length, as the model does.
             Set False only for a model trained without normalization (raw dot products).
         dims (`list[int]`, *optional*): the sizes the model was trained with; every stage size must be one of them.
@@ -172,16 +173,22 @@ class FunnelIndex:
         try:
             stages = [(int(d), int(n)) for d, n in stages]
         except (TypeError, ValueError):
-            raise ValueError(f"stages={stages!r} must be a list of (size, keep) pairs, e.g. [(32, 400), (384, 10)].")
+            raise ValueError(
+                f"stages={stages!r} must be a list of (size, keep) pairs, e.g. [(32, 400), (384, 10)]."
+            ) from None
         if not stages:
             raise ValueError("stages is empty; give at least one (size, keep) pair, e.g. [(32, 400), (384, 10)].")
         sizes, counts = [d for d, _ in stages], [n for _, n in stages]
         if any(d <= 0 for d in sizes) or any(n <= 0 for n in counts):
             raise ValueError(f"stages={stages}: sizes and counts must be positive integers.")
         if any(b <= a for a, b in zip(sizes, sizes[1:])):
-            raise ValueError(f"stage sizes {sizes} must be strictly increasing: each stage reranks on a larger prefix.")
+            raise ValueError(
+                f"stage sizes {sizes} must be strictly increasing: each stage reranks on a larger prefix."
+            )
         if any(b > a for a, b in zip(counts, counts[1:])):
-            raise ValueError(f"stage counts {counts} must not increase: a stage can only keep what the one before kept.")
+            raise ValueError(
+                f"stage counts {counts} must not increase: a stage can only keep what the one before kept."
+            )
         if sizes[-1] > self.full_dim:
             raise ValueError(f"stage size {sizes[-1]} is larger than the embeddings' size {self.full_dim}.")
         if self.dims is not None:
@@ -253,7 +260,9 @@ class FunnelIndex:
             index = faiss.index_binary_factory(dim, kind)
         else:
             rows = {None: "Flat", "int8": "SQ8"}[self.quantization]  # how FAISS stores each prefix
-            kind = {"flat": rows, "hnsw": f"HNSW{self.hnsw_m},{rows}", "ivf": f"IVF{self.nlist},{rows}"}[self.shortlist]
+            kind = {"flat": rows, "hnsw": f"HNSW{self.hnsw_m},{rows}", "ivf": f"IVF{self.nlist},{rows}"}[
+                self.shortlist
+            ]
             index = faiss.index_factory(dim, kind, faiss.METRIC_INNER_PRODUCT)
         if self.shortlist == "ivf" and self.quantization == "int8":
             faiss.extract_index_ivf(index).by_residual = False  # our codes of the vectors, not of their residuals
@@ -283,7 +292,8 @@ class FunnelIndex:
         """Append documents (full-size embeddings); their ids continue from `len(self)`. Returns the new ids.
 
         Rows holding NaN / inf, or whose first-stage prefix is all zeros (no direction to search by), are refused.
-        `show_progress_bar`: a bar over the FAISS insertion (default: where someone watches, see `progress_enabled`)."""
+        `show_progress_bar`: a bar over the FAISS insertion (default: where someone watches, see
+        `progress_enabled`)."""
         new = _as_matrix(doc_embeddings, "doc_embeddings")
         if new.shape[1] != self.full_dim:
             raise ValueError(f"added embeddings have size {new.shape[1]}, the index holds size {self.full_dim}; "

@@ -2,9 +2,10 @@
 
 `write_sentence_transformers_files` is a save hook (registered in mrl_text/__init__.py): after `save_pretrained`,
 `SentenceTransformer(folder, trust_remote_code=True)` runs Transformer (the MatryoshkaModel; `encode(texts, layers=3)`
-runs only its first 3 layers) -> Pooling -> MatryoshkaTruncation (`encode(texts, dim=64)`) -> Normalize and gives the embeddings of `MatryoshkaModel.encode`.
-Plain JSON here keeps saving free of the sentence-transformers import; the truncation module's code is
-mrl_text/models/sentence_transformers_matryoshka.py, copied into the folder under the same name.
+runs only its first 3 layers) -> Pooling -> MatryoshkaTruncation (`encode(texts, dim=64)`) -> Normalize and gives the
+embeddings of `MatryoshkaModel.encode`. Plain JSON here keeps saving free of the sentence-transformers import; the
+truncation module's code is mrl_text/models/sentence_transformers_matryoshka.py, copied into the folder under the same
+name.
 """
 
 import json

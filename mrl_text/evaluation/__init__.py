@@ -23,8 +23,6 @@ from ..metrics import fit_linear_probe
 from .base import Evaluator
 from .embedders import DEFAULT_BATCH_SIZE, DEFAULT_MAX_LENGTH, Embedder, as_embedder
 from .grid import evaluate_grid
-from .results import Results
-from .runner import evaluate
 from .image_text import (
     DualEmbedder,
     ImageKNNEvaluator,
@@ -33,6 +31,8 @@ from .image_text import (
     ZeroShotClassificationEvaluator,
     as_dual_embedder,
 )
+from .results import Results
+from .runner import evaluate
 from .text import ClassificationEvaluator, RetrievalEvaluator, STSEvaluator
 
 __all__ = [

@@ -245,7 +245,7 @@ def _sentence_transformer_embedder(model, dims, batch_size, max_length, device, 
     )
     nested = next(
         (
-            getattr(module, "config").matryoshka_dimensions
+            module.config.matryoshka_dimensions
             for module in model.modules()
             if hasattr(getattr(module, "config", None), "matryoshka_dimensions")
         ),
@@ -253,8 +253,8 @@ def _sentence_transformer_embedder(model, dims, batch_size, max_length, device, 
     )
     with model.truncate_embeddings(None):
         full_dim = max(nested) if nested else model.get_embedding_dimension()
-    # A Matryoshka module inside the pipeline (mrl_text.models.sentence_transformers_matryoshka) takes `dim=` and may otherwise apply
-    # the config's truncate_dim: ask it for the full size explicitly.
+    # A Matryoshka module inside the pipeline (mrl_text.models.sentence_transformers_matryoshka) takes `dim=` and may
+    # otherwise apply the config's truncate_dim: ask it for the full size explicitly.
     size_kwargs = {"dim": full_dim} if "dim" in (model.get_model_kwargs() or []) else {}
 
     def encode(texts):
@@ -272,7 +272,9 @@ def _sentence_transformer_embedder(model, dims, batch_size, max_length, device, 
     )
 
 
-def as_embedder(model, dims=None, batch_size=DEFAULT_BATCH_SIZE, max_length=None, device=None, show_progress_bar=False):
+def as_embedder(
+    model, dims=None, batch_size=DEFAULT_BATCH_SIZE, max_length=None, device=None, show_progress_bar=False
+):
     """Wrap any supported model as an [`Embedder`] (full-size `encode`, the sizes to score, `normalize`, `name`).
 
     Args:
@@ -285,8 +287,8 @@ def as_embedder(model, dims=None, batch_size=DEFAULT_BATCH_SIZE, max_length=None
         max_length (`int`, *optional*): longest tokenized input, for every kind of model alike (a
             sentence-transformers model's `max_seq_length` is set to it); default: a `MatryoshkaModel`'s saved
             `config.max_seq_length` when it has one (so a loaded folder reproduces its card), else
-            [`DEFAULT_MAX_LENGTH`] (256) for every other model, whatever its own setting. A model that reads fewer tokens is evaluated at its own limit (with a warning
-            when you chose `max_length`).
+            [`DEFAULT_MAX_LENGTH`] (256) for every other model, whatever its own setting. A model that reads fewer
+            tokens is evaluated at its own limit (with a warning when you chose `max_length`).
         device (`str`, *optional*): where to encode; default CUDA when available.
         show_progress_bar (`bool`): a progress bar per evaluated task.
     """

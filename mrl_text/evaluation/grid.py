@@ -25,8 +25,8 @@ import torch
 import torch.nn.functional as F
 
 from .. import metrics
-from ..models.configuration_matryoshka import ranges_key
 from ..metrics import fit_linear_probe
+from ..models.configuration_matryoshka import ranges_key
 from ..models.modeling_matryoshka import MatryoshkaModel
 from ..models.modeling_matryoshka_depth import check_layers
 from ..models.quantization import BIT_PRECISIONS, calibration_ranges, check_precision, dequantize, quantize
@@ -74,8 +74,10 @@ def evaluate_grid(model, evaluators, dims=None, precisions=DEFAULT_PRECISIONS, l
     bits = [p for p in precisions if p in BIT_PRECISIONS]
     odd = [d for d in base.dims if d % 8]
     if bits and odd:
-        raise ValueError(f"precision {bits[0]!r} packs 8 coordinates per byte, but sizes {odd} are not multiples of 8; "
-                         "pass dims without them or leave out the bit precisions.")
+        raise ValueError(
+            f"precision {bits[0]!r} packs 8 coordinates per byte, but sizes {odd} are not multiples of 8; "
+            "pass dims without them or leave out the bit precisions."
+        )
     matryoshka = getattr(model, "matryoshka", model)
     # Checked before anything is encoded; the full depth, however named, is one pass.
     layer_counts = list(dict.fromkeys(None if k is None else resolve_layers(matryoshka, k) for k in layer_counts))

@@ -11,9 +11,9 @@ import os
 import torch
 
 from .. import metrics
+from ..models.modeling_matryoshka import truncate_embeddings
 from .base import Evaluator, require_examples
 from .embedders import DEFAULT_BATCH_SIZE, Embedder, check_max_length, encode_once
-from ..models.modeling_matryoshka import truncate_embeddings
 
 
 class DualEmbedder(Embedder):
@@ -166,7 +166,9 @@ class ImageTextRetrievalEvaluator(ImageTextEvaluator):
         for image, captions in enumerate(relevant):
             for caption in captions:
                 if not 0 <= caption < len(self.texts):
-                    raise ValueError(f"{name}: image {image} names caption {caption}, but there are {len(self.texts)}.")
+                    raise ValueError(
+                        f"{name}: image {image} names caption {caption}, but there are {len(self.texts)}."
+                    )
                 self.relevance[image, caption] = True
 
     def _embed(self, embedder):

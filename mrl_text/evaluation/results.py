@@ -118,13 +118,19 @@ class Results:
     def value(self, task, metric, dim, model=None):
         """The one value of `task`/`metric` at size `dim` (of `model`, needed when several models are present)."""
         found = [
-            r for r in self.rows
-            if r["task"] == task and r["metric"] == metric and r["dim"] == dim and (model is None or r["model"] == model)
+            r
+            for r in self.rows
+            if r["task"] == task
+            and r["metric"] == metric
+            and r["dim"] == dim
+            and (model is None or r["model"] == model)
         ]
         if not found:
             raise KeyError(f"No result for task={task!r}, metric={metric!r}, dim={dim}, model={model!r}.")
         if len({r["model"] for r in found}) > 1:
-            raise KeyError(f"Several models have task={task!r}, metric={metric!r}, dim={dim}: pass model= one of {self.models}.")
+            raise KeyError(
+                f"Several models have task={task!r}, metric={metric!r}, dim={dim}: pass model= one of {self.models}."
+            )
         return found[0]["value"]
 
     @classmethod
@@ -150,7 +156,9 @@ class Results:
     def from_json(cls, path):
         path = Path(path)
         if not path.is_file():
-            raise FileNotFoundError(f"{path}: no such results file (write one with `mrl-text evaluate ... --out DIR`).")
+            raise FileNotFoundError(
+                f"{path}: no such results file (write one with `mrl-text evaluate ... --out DIR`)."
+            )
         try:
             data = json.loads(path.read_text())
         except json.JSONDecodeError as error:

@@ -10,7 +10,8 @@ from .embedders import encode_once
 
 
 class STSEvaluator(Evaluator):
-    """Semantic textual similarity: Spearman (primary) and Pearson correlation of cosine similarity with gold scores."""
+    """Semantic textual similarity: Spearman (primary) and Pearson correlation of cosine similarity with gold
+    scores."""
 
     task_type = "sentence-similarity"
     primary_metric = "spearman"
@@ -132,7 +133,10 @@ class ClassificationEvaluator(Evaluator):
         self.train_texts, self.train_labels = list(train_texts), list(train_labels)
         self.test_texts, self.test_labels = list(test_texts), list(test_labels)
         require_examples(name, train_texts=self.train_texts, test_texts=self.test_texts)
-        for split, texts, labels in (("train", self.train_texts, self.train_labels), ("test", self.test_texts, self.test_labels)):
+        for split, texts, labels in (
+            ("train", self.train_texts, self.train_labels),
+            ("test", self.test_texts, self.test_labels),
+        ):
             if len(texts) != len(labels):
                 raise ValueError(f"{name}: {split} has {len(texts)} texts but {len(labels)} labels.")
         if len(set(self.train_labels)) < 2:

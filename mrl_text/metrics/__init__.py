@@ -33,7 +33,9 @@ def accuracy(predictions, references):
     """Fraction of predictions equal to the reference label."""
     predictions, references = list(predictions), list(references)
     if len(predictions) != len(references) or not references:
-        raise ValueError(f"accuracy needs equally long, non-empty lists; got {len(predictions)} and {len(references)}.")
+        raise ValueError(
+            f"accuracy needs equally long, non-empty lists; got {len(predictions)} and {len(references)}."
+        )
     return sum(p == r for p, r in zip(predictions, references)) / len(references)
 
 

@@ -19,7 +19,8 @@ POOLING_MODES = ("mean", "cls", "max", "last")
 # The same modes as sentence-transformers' Pooling names them (the same computations on right-padded batches).
 SENTENCE_TRANSFORMERS_POOLING = {"mean": "mean", "cls": "cls", "max": "max", "last": "lasttoken"}
 # Where a saved folder keeps the code of its sentence-transformers MatryoshkaTruncation module (the
-# mrl_text/models/ file of that name; sentence-transformers reserves class paths that start with `sentence_transformers.`).
+# mrl_text/models/ file of that name; sentence-transformers reserves class paths that start with
+# `sentence_transformers.`).
 SENTENCE_TRANSFORMERS_MODULE_FILE = "sentence_transformers_matryoshka.py"
 
 
@@ -178,7 +179,9 @@ class MatryoshkaConfig(WrappingConfig):
         if self.pooling not in POOLING_MODES:
             raise ValueError(f"Unknown pooling {self.pooling!r}; choose one of {', '.join(POOLING_MODES)}.")
         if self.projection_dim is not None and (
-            isinstance(self.projection_dim, bool) or not isinstance(self.projection_dim, int) or self.projection_dim <= 0
+            isinstance(self.projection_dim, bool)
+            or not isinstance(self.projection_dim, int)
+            or self.projection_dim <= 0
         ):
             raise ValueError(f"`projection_dim` must be a positive integer or None, got {self.projection_dim!r}.")
         if self.max_seq_length is not None and (not isinstance(self.max_seq_length, int) or self.max_seq_length <= 0):
@@ -202,10 +205,14 @@ class MatryoshkaConfig(WrappingConfig):
         try:
             adaptor = MatryoshkaAdaptorConfig.from_dict(adaptor)
         except TypeError as error:  # a missing required field
-            raise ValueError(f"`adaptor` config is incomplete ({error}); save it from MatryoshkaAdaptorConfig.to_dict().") from None
+            raise ValueError(
+                f"`adaptor` config is incomplete ({error}); save it from MatryoshkaAdaptorConfig.to_dict()."
+            ) from None
         if adaptor.embedding_size != self.embedding_size:
-            raise ValueError(f"The adaptor maps embeddings of size {adaptor.embedding_size}, but this model's embedding "
-                             f"size is {self.embedding_size}; fit the adaptor on this model's embeddings.")
+            raise ValueError(
+                f"The adaptor maps embeddings of size {adaptor.embedding_size}, but this model's embedding "
+                f"size is {self.embedding_size}; fit the adaptor on this model's embeddings."
+            )
         sizes = self.matryoshka_dimensions if matryoshka_dimensions is None else matryoshka_dimensions
         extra = [d for d in adaptor.matryoshka_dimensions if d not in sizes]
         if extra:

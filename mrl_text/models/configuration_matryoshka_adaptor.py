@@ -64,7 +64,9 @@ class MatryoshkaAdaptorConfig:
         adapted = self.matryoshka_dimensions if self.adapted_dimensions is None else list(self.adapted_dimensions)
         unknown = [d for d in adapted if d not in self.matryoshka_dimensions]
         if unknown:
-            raise ValueError(f"adapted_dimensions {unknown} are not among matryoshka_dimensions {self.matryoshka_dimensions}.")
+            raise ValueError(
+                f"adapted_dimensions {unknown} are not among matryoshka_dimensions {self.matryoshka_dimensions}."
+            )
         self.adapted_dimensions = sorted(set(adapted), reverse=True)
 
     def to_dict(self):
@@ -84,5 +86,7 @@ class MatryoshkaAdaptorConfig:
     def load(cls, directory):
         path = Path(directory) / CONFIG_NAME
         if not path.is_file():
-            raise FileNotFoundError(f"{path}: no adaptor config (a saved MatryoshkaAdaptor folder holds {CONFIG_NAME}).")
+            raise FileNotFoundError(
+                f"{path}: no adaptor config (a saved MatryoshkaAdaptor folder holds {CONFIG_NAME})."
+            )
         return cls.from_dict(json.loads(path.read_text(encoding="utf-8")))

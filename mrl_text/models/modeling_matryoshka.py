@@ -81,8 +81,14 @@ class MatryoshkaPreTrainedModel(PreTrainedModel):
         trained = self.config.matryoshka_dimensions
         dim = check_dim(dim, self.config.embedding_size, trained)
         if dim is not None and dim not in trained:
-            warn_once(self, "dims", dim, f"dim={dim} is not one of the trained sizes {trained}; its prefix works but was "
-                      "not trained as an embedding. Prefer a trained size.", stacklevel=3)
+            warn_once(
+                self,
+                "dims",
+                dim,
+                f"dim={dim} is not one of the trained sizes {trained}; its prefix works but was "
+                "not trained as an embedding. Prefer a trained size.",
+                stacklevel=3,
+            )
         return dim
 
     # The tokenizer travels with the model: saved by save_pretrained, found again (lazily) from the folder or hub
@@ -415,7 +421,8 @@ class MatryoshkaModel(MatryoshkaPreTrainedModel):
         """Measure the int8/uint8 ranges of every trained size (or `dims`) on `texts`, at every trained depth
         (`config.matryoshka_layers`, or `layers`), and keep them in the config (`quantization_ranges`, saved in
         config.json), so `encode(..., precision="int8", layers=k)` and every copy of the saved model make the same
-        codes. One encoding pass per depth (see `mrl_text.models.quantization.calibrate`); `encode_kwargs` go to `encode`.
+        codes. One encoding pass per depth (see `mrl_text.models.quantization.calibrate`); `encode_kwargs` go to
+        `encode`.
         Returns the ranges by size (`(layers, size)` for shallower depths)."""
         return calibrate(self, texts, dims, layers, **encode_kwargs)
 

@@ -81,8 +81,8 @@ class MatryoshkaAdaptor(nn.Module):
     def check_dim(self, dim):
         if dim is not None and dim not in self.config.matryoshka_dimensions:
             raise ValueError(
-                f"dim={dim!r} is not one of this adaptor's sizes {self.config.matryoshka_dimensions}; pick one of them "
-                "(or None for the full size)."
+                f"dim={dim!r} is not one of this adaptor's sizes {self.config.matryoshka_dimensions}; pick one of "
+                "them (or None for the full size)."
             )
 
     def adapt(self, embeddings):
@@ -153,12 +153,19 @@ class MatryoshkaAdaptor(nn.Module):
             f"{c.adapted_dimensions or 'no size'}; every other size is plain truncation.", "",
         ]
         if summary:
-            lines += [f"Fit on: {summary.get('description') or 'unnamed embeddings'} ({summary.get('objective')}, "
-                      f"{summary.get('corpus_embeddings')} corpus embeddings, {summary.get('queries') or 0} queries).", "",
-                      f"Validation ({summary.get('validation_metric')}):", "",
-                      "| size | adaptor | truncation | used |", "|---:|---:|---:|---|"]
+            lines += [
+                f"Fit on: {summary.get('description') or 'unnamed embeddings'} ({summary.get('objective')}, "
+                f"{summary.get('corpus_embeddings')} corpus embeddings, {summary.get('queries') or 0} queries).",
+                "",
+                f"Validation ({summary.get('validation_metric')}):",
+                "",
+                "| size | adaptor | truncation | used |",
+                "|---:|---:|---:|---|",
+            ]
             for dim, v in summary.get("validation", {}).items():
-                lines.append(f"| {dim} | {v['adaptor']:.4f} | {v['truncation']:.4f} | {'yes' if v['adapted'] else 'no'} |")
+                lines.append(
+                    f"| {dim} | {v['adaptor']:.4f} | {v['truncation']:.4f} | {'yes' if v['adapted'] else 'no'} |"
+                )
         return "\n".join(lines) + "\n"
 
     @classmethod
@@ -170,7 +177,9 @@ class MatryoshkaAdaptor(nn.Module):
         if not directory.is_dir():
             from huggingface_hub import snapshot_download
 
-            directory = Path(snapshot_download(str(name_or_path), allow_patterns=[CONFIG_NAME, WEIGHTS_NAME], **hub_kwargs))
+            directory = Path(
+                snapshot_download(str(name_or_path), allow_patterns=[CONFIG_NAME, WEIGHTS_NAME], **hub_kwargs)
+            )
         adaptor = cls(MatryoshkaAdaptorConfig.load(directory))
         weights = directory / WEIGHTS_NAME
         if not weights.is_file():

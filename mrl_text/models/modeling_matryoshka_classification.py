@@ -148,8 +148,8 @@ class MatryoshkaForSequenceClassification(MatryoshkaPreTrainedModel):
                 bad = low if low < 0 else high
                 raise ValueError(
                     f"Label {bad} is out of range for num_labels={self.num_labels}; labels must be 0.."
-                    f"{self.num_labels - 1} (set num_labels/id2label in the config; class ids with gaps: renumber them "
-                    "0..n-1, e.g. dataset.class_encode_column)."
+                    f"{self.num_labels - 1} (set num_labels/id2label in the config; class ids with gaps: renumber "
+                    "them 0..n-1, e.g. dataset.class_encode_column)."
                 )
 
         def loss_at(index):

@@ -93,7 +93,9 @@ def first_layers(encoder, layers):
 
 def pool_layers(hidden_states, attention_mask, pooling, projection, layers):
     """Full-size (not normalized) embeddings after each depth in `layers`, from one pass's `hidden_states`
-    (`hidden_states[k]` is the output of layer `k`; index 0 is the embedding layer). Returns `{depth: (batch, dim)}`."""
+    (`hidden_states[k]` is the output of layer `k`; index 0 is the embedding layer).
+
+    Returns `{depth: (batch, dim)}`."""
     if hidden_states is None:
         raise ValueError("Layer embeddings need the encoder's hidden states; it returned none.")
     embeddings = {}

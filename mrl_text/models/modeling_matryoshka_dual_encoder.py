@@ -10,7 +10,6 @@ machine without mrl-text.
 """
 
 import inspect
-
 from dataclasses import dataclass
 from typing import Optional
 
@@ -233,7 +232,9 @@ class MatryoshkaDualEncoder(MatryoshkaDualEncoderPreTrainedModel):
         device = device or self.device
         pixel_values = torch.as_tensor(pixel_values)
         chunks = [
-            self.get_image_features(pixel_values=pixel_values[start : start + batch_size].to(device, self.dtype), dim=dim)
+            self.get_image_features(
+                pixel_values=pixel_values[start : start + batch_size].to(device, self.dtype), dim=dim
+            )
             .float()
             .cpu()
             for start in range(0, len(pixel_values), batch_size)

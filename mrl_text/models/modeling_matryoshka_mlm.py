@@ -105,8 +105,8 @@ class MatryoshkaForMaskedLM(MatryoshkaPreTrainedModel):
         if config.projection_dim is not None:
             raise ValueError(
                 f"MatryoshkaForMaskedLM predicts tokens from the encoder's token states (hidden size "
-                f"{config.encoder.hidden_size}); projection_dim={config.projection_dim} does not apply to them. Remove "
-                "projection_dim (set it when fine-tuning the embedding model instead)."
+                f"{config.encoder.hidden_size}); projection_dim={config.projection_dim} does not apply to them. "
+                "Remove projection_dim (set it when fine-tuning the embedding model instead)."
             )
         self.matryoshka = MatryoshkaModel(config, encoder=encoder)
         encoder_config = self.matryoshka.encoder.config

@@ -133,8 +133,8 @@ def weighted_size_sum(loss_at, weights, smaller_sizes_scale=1.0, sizes=None):
 
 
 def head_index(config, dim, head="head"):
-    """Which per-size head answers at `dim` (default the config's `truncate_dim`; None: the full size's, index 0), as an
-    index into `config.matryoshka_dimensions`. A size without a head is refused by name (task models predict only at
+    """Which per-size head answers at `dim` (default the config's `truncate_dim`; None: the full size's, index 0), as
+    an index into `config.matryoshka_dimensions`. A size without a head is refused by name (task models predict only at
     the sizes they have heads for, unlike embeddings, whose every prefix is usable)."""
     dims = config.matryoshka_dimensions
     dim = check_dim(config.truncate_dim if dim is None else dim, config.embedding_size, dims)

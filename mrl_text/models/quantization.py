@@ -75,7 +75,9 @@ def check_ranges(ranges, dim):
     """`ranges` as a float32 `(2, dim)` tensor with finite values and minima <= maxima; else a clear ValueError."""
     ranges = torch.as_tensor(ranges, dtype=torch.float32)
     if tuple(ranges.shape) != (2, dim):
-        raise ValueError(f"Quantization ranges must have shape (2, {dim}) (minima, maxima); got {tuple(ranges.shape)}.")
+        raise ValueError(
+            f"Quantization ranges must have shape (2, {dim}) (minima, maxima); got {tuple(ranges.shape)}."
+        )
     if not torch.isfinite(ranges).all() or (ranges[0] > ranges[1]).any():
         raise ValueError("Quantization ranges must be finite with minima <= maxima; calibrate again.")
     return ranges

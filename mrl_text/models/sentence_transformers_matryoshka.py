@@ -23,7 +23,6 @@ import shutil
 import weakref
 
 import torch
-
 from sentence_transformers import SentenceTransformer
 from sentence_transformers.base.modules import Module, Normalize, Transformer
 from sentence_transformers.sentence_transformer.modules import Pooling
@@ -176,9 +175,9 @@ class MatryoshkaTruncation(Module):
 
     def save(self, output_path, *args, safe_serialization=True, **kwargs):
         self.save_config(output_path)
-        # modules.json names this class `sentence_transformers_matryoshka.MatryoshkaTruncation`, loaded from the model's
-        # root folder (one above this module's): put this file there, from wherever it was imported (mrl_text, or a
-        # folder loaded with trust_remote_code), so a re-saved model loads where mrl-text is not installed.
+        # modules.json names this class `sentence_transformers_matryoshka.MatryoshkaTruncation`, loaded from the
+        # model's root folder (one above this module's): put this file there, from wherever it was imported (mrl_text,
+        # or a folder loaded with trust_remote_code), so a re-saved model loads where mrl-text is not installed.
         root = os.path.dirname(os.path.abspath(output_path))
         target = os.path.join(root, SENTENCE_TRANSFORMERS_MODULE_FILE)
         if os.path.abspath(__file__) != target:
@@ -186,10 +185,15 @@ class MatryoshkaTruncation(Module):
 
 
 def _exported_fields(st_model):
-    """What `mrl_text.deploy.export.export_model` adds to a plain pipeline: the sizes (and calibrated int8 ranges) in the
-    transformer's config.json, `truncate_dim`, and one linear Dense module right after Pooling (it stands for `projection_dim`)."""
+    """What `mrl_text.deploy.export.export_model` adds to a plain pipeline: the sizes (and calibrated int8 ranges) in
+    the transformer's config.json, `truncate_dim`, and one linear Dense module right after Pooling (it stands for
+    `projection_dim`)."""
     encoder_config = copy.deepcopy(st_model[0].model.config)
-    dims = getattr(encoder_config, "matryoshka_dimensions", None) if getattr(encoder_config, "is_matryoshka", False) else None
+    dims = (
+        getattr(encoder_config, "matryoshka_dimensions", None)
+        if getattr(encoder_config, "is_matryoshka", False)
+        else None
+    )
     ranges = getattr(encoder_config, "quantization_ranges", None) if dims is not None else None
     for field in ("is_matryoshka", "matryoshka_dimensions", "quantization_ranges"):
         if hasattr(encoder_config, field):
@@ -242,14 +246,17 @@ def from_sentence_transformer(
     modules = list(st_model)
     names = [type(m).__name__ for m in modules]
     if not modules or not isinstance(modules[0], Transformer):
-        raise ValueError(f"{source!r} does not start with a sentence-transformers Transformer module (modules: {names}).")
+        raise ValueError(
+            f"{source!r} does not start with a sentence-transformers Transformer module (modules: {names})."
+        )
     encoder = modules[0].model
     if _matryoshka_config_of(st_model) is not None:
         raise ValueError(
             f"{source!r} is already a Matryoshka model; load its folder with MatryoshkaModel.from_pretrained "
             "(save a loaded SentenceTransformer with .save(folder) first)."
         )
-    exported = _exported_fields(st_model)  # a folder written by mrl_text.deploy.export: sizes, truncate_dim, Dense projection
+    # a folder written by mrl_text.deploy.export: sizes, truncate_dim, Dense projection
+    exported = _exported_fields(st_model)
     projection = exported["projection"]
     unsupported = [n for m, n in zip(modules[1:], names[1:])
                    if not isinstance(m, (Pooling, Normalize)) and getattr(m, "linear", None) is not projection]

@@ -30,8 +30,9 @@ def classification_compute_metrics(dims, task="classification"):
     Example:
 
     ```python
+    >>> compute_metrics = classification_compute_metrics(classifier.config.matryoshka_dimensions)
     >>> trainer = MatryoshkaTrainer(model=classifier, args=args, train_dataset=train, eval_dataset=test,
-    ...                             compute_metrics=classification_compute_metrics(classifier.config.matryoshka_dimensions))
+    ...                             compute_metrics=compute_metrics)
     >>> trainer.evaluate()["eval_classification_accuracy_64"]
     ```
     """

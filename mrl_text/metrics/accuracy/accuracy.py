@@ -17,7 +17,9 @@ class Accuracy(evaluate.Metric):
             description="Fraction of predictions equal to the reference label.",
             citation="",
             inputs_description="predictions: predicted label per example; references: gold label (as strings).",
-            features=datasets.Features({"predictions": datasets.Value("string"), "references": datasets.Value("string")}),
+            features=datasets.Features(
+                {"predictions": datasets.Value("string"), "references": datasets.Value("string")}
+            ),
         )
 
     def _compute(self, predictions, references):

@@ -19,7 +19,9 @@ class Correlation(evaluate.Metric):
             description="Spearman (rank) and Pearson correlation between predicted similarities and gold scores.",
             citation="Cer et al., SemEval-2017 Task 1: Semantic Textual Similarity (STS Benchmark).",
             inputs_description="predictions: similarity per pair (float); references: gold score per pair (float).",
-            features=datasets.Features({"predictions": datasets.Value("float64"), "references": datasets.Value("float64")}),
+            features=datasets.Features(
+                {"predictions": datasets.Value("float64"), "references": datasets.Value("float64")}
+            ),
         )
 
     def _compute(self, predictions, references):

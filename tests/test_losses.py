@@ -48,7 +48,8 @@ def test_infonce_symmetric_and_temperature():
 
 def test_matryoshka_loss_is_weighted_sum_of_per_size_losses():
     torch.manual_seed(0)
-    config = MatryoshkaConfig(encoder=tiny_bert_config(), matryoshka_dimensions=[32, 16, 8], matryoshka_weights=[1, 2, 0.5])
+    config = MatryoshkaConfig(encoder=tiny_bert_config(), matryoshka_dimensions=[32, 16, 8],
+                              matryoshka_weights=[1, 2, 0.5])
     anchor, positive = torch.randn(5, 32), torch.randn(5, 32)  # full size, not normalized (as the model returns)
     base = InfoNCELoss(scale=20.0)
     loss = MatryoshkaLoss.from_config(config, base)([anchor, positive])
@@ -178,14 +179,16 @@ def test_distill_mse_owns_a_frozen_teacher_that_embeds_the_batch(make_model, tin
 
 
 def test_a_wrong_number_of_embeddings_is_refused_with_the_call():
-    with pytest.raises(ValueError, match=r"CoSENTLoss is called as loss\(\[embeddings1, embeddings2\], labels\).*got 3"):
+    with pytest.raises(ValueError,
+                       match=r"CoSENTLoss is called as loss\(\[embeddings1, embeddings2\], labels\).*got 3"):
         CoSENTLoss()([torch.randn(2, 4)] * 3, torch.rand(2))
     with pytest.raises(ValueError, match="got one tensor"):
         InfoNCELoss()(torch.randn(2, 4))
 
 
 def test_config_dict_and_citation_say_what_trained_the_model():
-    config = MatryoshkaConfig(encoder=tiny_bert_config(), matryoshka_dimensions=[32, 16, 8], matryoshka_weights=[1, 2, 3])
+    config = MatryoshkaConfig(encoder=tiny_bert_config(), matryoshka_dimensions=[32, 16, 8],
+                              matryoshka_weights=[1, 2, 3])
     loss = MatryoshkaLoss.from_config(config, InfoNCELoss(scale=10.0, symmetric=True), n_dims_per_step=2)
     assert loss.get_config_dict() == {
         "loss": "InfoNCELoss",
@@ -197,7 +200,8 @@ def test_config_dict_and_citation_say_what_trained_the_model():
         "normalize": True,
         "prefix_targets": "labels",
     }
-    assert loss.citation.startswith("@inproceedings{kusupati2022matryoshka,") and "Matryoshka Representation" in loss.citation
+    assert loss.citation.startswith("@inproceedings{kusupati2022matryoshka,")
+    assert "Matryoshka Representation" in loss.citation
     assert "oord2018representation" in loss.base_loss.citation
     assert "su2022cosent" in CoSENTLoss().citation and "reimers2020" in DistillMSELoss().citation
     assert MatryoshkaLoss(DistillMSELoss(), [8]).get_config_dict()["loss_config"] == {"teacher": None}
@@ -217,7 +221,8 @@ def test_image_text_loss_is_the_symmetric_infonce_at_the_models_temperature():
     image, text, scale = unit(torch.randn(3, 8)), unit(torch.randn(3, 8)), torch.tensor(7.0)
     loss = ImageTextInfoNCELoss(SimpleNamespace(logit_scale=scale))([image, text])
     targets = torch.arange(3)
-    expected = (F.cross_entropy(scale * image @ text.T, targets) + F.cross_entropy(scale * text @ image.T, targets)) / 2
+    image_to_text = F.cross_entropy(scale * image @ text.T, targets)
+    expected = (image_to_text + F.cross_entropy(scale * text @ image.T, targets)) / 2
     torch.testing.assert_close(loss, expected)
     with pytest.raises(ValueError, match="logit_scale"):
         ImageTextInfoNCELoss(torch.nn.Linear(2, 2))

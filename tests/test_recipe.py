@@ -28,7 +28,8 @@ def test_configs_parse(recipe):
     assert demo.train_data == "chatterbot-corpus" and demo.matryoshka_dimensions is None and demo.general_check
     assert recipe.default_dimensions(384) == [384, 256, 128, 64, 32, 16]  # all-MiniLM-L6-v2's sizes
     assert demo.loss == "infonce" and args.output_dir.startswith("outputs/")
-    bert, args = recipe.parse_arguments(["--config", str(RECIPES / "configs" / "bert_base_allnli.yaml"), "--bf16", "false"])
+    allnli = str(RECIPES / "configs" / "bert_base_allnli.yaml")
+    bert, args = recipe.parse_arguments(["--config", allnli, "--bf16", "false"])
     assert bert.model_name_or_path == "bert-base-uncased" and bert.train_data == "sentence-transformers/all-nli"
     assert bert.matryoshka_dimensions == [768, 512, 256, 128, 64, 32, 16] and bert.eval_layout == "scored_pairs"
     assert args.per_device_train_batch_size == 128 and args.eval_strategy == "steps"
@@ -69,8 +70,8 @@ def test_accelerate_configs_load(name):
     from accelerate.commands.config.config_args import ClusterConfig
 
     config = ClusterConfig.from_yaml_file(str(RECIPES / "configs" / "accelerate" / f"{name}.yaml"))
-    assert config.distributed_type.name == {"single_process": "NO", "multi_gpu": "MULTI_GPU", "deepspeed_zero2": "DEEPSPEED",
-                                         "fsdp": "FSDP"}[name]
+    kinds = {"single_process": "NO", "multi_gpu": "MULTI_GPU", "deepspeed_zero2": "DEEPSPEED", "fsdp": "FSDP"}
+    assert config.distributed_type.name == kinds[name]
     assert config.num_machines == 1 and not config.use_cpu
 
 
@@ -96,6 +97,7 @@ def tiny_encoder_and_sts_data(tmp_path, monkeypatch):
     return encoder_dir
 
 
+@pytest.mark.slow
 def test_held_out_task_may_not_take_the_general_checks_name(recipe, tmp_path, monkeypatch):
     encoder_dir = tiny_encoder_and_sts_data(tmp_path, monkeypatch)
     with pytest.raises(ValueError, match=r"eval_name 'stsb' is the general check's task name.*general_check: false"):
@@ -103,6 +105,7 @@ def test_held_out_task_may_not_take_the_general_checks_name(recipe, tmp_path, mo
                      "--eval_name", "stsb", "--max_steps", "1", "--use_cpu", "true"])
 
 
+@pytest.mark.slow
 def test_demo_recipe_smoke_on_a_tiny_encoder(recipe, tmp_path, capsys, monkeypatch):
     encoder_dir = tiny_encoder_and_sts_data(tmp_path, monkeypatch)
     out = tmp_path / "out"
@@ -165,6 +168,7 @@ def test_align_arguments_parse_like_train_bert(align_recipe, tmp_path):
         align_recipe.parse_arguments(["--config", str(tmp_path / "bad.yaml")])
 
 
+@pytest.mark.slow
 def test_align_recipe_card_from_training(align_recipe, tmp_path, tiny_tokenizer):
     """An image-text model trained by the recipe gets a card with image task types and before/after results."""
     import numpy as np

@@ -64,13 +64,15 @@ LAYOUTS = {  # base loss -> (rows, text columns)
 }
 
 
+@pytest.mark.slow
 @pytest.mark.parametrize("loss", list(LAYOUTS))
 @pytest.mark.parametrize("dims", [(32,), (32, 16, 8, 4, 2)])
 def test_encoder_runs_once_per_text_column_whatever_the_number_of_sizes(make_model, tiny_tokenizer, tmp_path, loss,
                                                                        dims):
     rows, text_columns = LAYOUTS[loss]
-    model = make_classifier(tiny_tokenizer, dims) if loss == "cross_entropy" else make_model(matryoshka_dimensions=dims)
-    calls = count_encoder_calls(model.matryoshka if loss == "cross_entropy" else model)
+    classifier = loss == "cross_entropy"
+    model = make_classifier(tiny_tokenizer, dims) if classifier else make_model(matryoshka_dimensions=dims)
+    calls = count_encoder_calls(model.matryoshka if classifier else model)
     teacher = make_model(seed=1) if loss == "distill_mse" else None
     teacher_calls = count_encoder_calls(teacher) if teacher is not None else []
     base = {"infonce": InfoNCELoss(), "cosent": CoSENTLoss(), "distill_mse": DistillMSELoss(teacher=teacher)}.get(loss)
@@ -96,6 +98,7 @@ def test_trainer_loss_matches_matryoshka_loss_on_the_batch(make_model, tmp_path)
     torch.testing.assert_close(loss, expected)
 
 
+@pytest.mark.slow
 def test_training_lowers_the_loss_and_checkpoints_load(make_model, tmp_path):
     model = make_model(matryoshka_dimensions=(32, 16, 8))
     data = Dataset.from_dict(PAIRS)
@@ -113,6 +116,7 @@ def test_training_lowers_the_loss_and_checkpoints_load(make_model, tmp_path):
     torch.testing.assert_close(loaded.encode(PAIRS["anchor"], dim=8), model.encode(PAIRS["anchor"], dim=8))
 
 
+@pytest.mark.slow
 def test_resume_from_checkpoint_reaches_the_same_weights(make_model, tmp_path):
     data = Dataset.from_dict(PAIRS)
     # Dropout is on and sizes are sampled per step: the RNG state must be restored too.
@@ -163,6 +167,7 @@ def test_default_loss_is_infonce_at_every_size_of_the_config(make_model, tmp_pat
     assert isinstance(own, MatryoshkaCrossEntropyLoss) and own.model is classifier
 
 
+@pytest.mark.slow
 def test_infonce_loss_object_with_its_options_trains(make_model, tmp_path):
     model = make_model(matryoshka_dimensions=(32, 16, 8))
     loss = MatryoshkaLoss.from_config(model.config, InfoNCELoss(scale=10.0, symmetric=True), n_dims_per_step=2)
@@ -173,6 +178,7 @@ def test_infonce_loss_object_with_its_options_trains(make_model, tmp_path):
     assert moved and after < before
 
 
+@pytest.mark.slow
 def test_cosent_loss_object_trains(make_model, tmp_path):
     scored = Dataset.from_dict({"sentence1": PAIRS["anchor"], "sentence2": PAIRS["positive"],
                                 "score": [5.0, 4.0, 3.0, 1.0, 2.5, 4.5, 3.5, 0.5]})
@@ -194,6 +200,7 @@ def test_classifier_trains_on_its_default_matryoshka_cross_entropy(tiny_tokenize
     assert moved and after < before
 
 
+@pytest.mark.slow
 def test_depth_loss_object_trains_every_depth(tmp_path, tiny_tokenizer):
     from mrl_text import MatryoshkaModel
 
@@ -210,6 +217,7 @@ def test_depth_loss_object_trains_every_depth(tmp_path, tiny_tokenizer):
     assert moved and after < before
 
 
+@pytest.mark.slow
 def test_cross_entropy_trains_nested_heads_and_checks_labels(tiny_tokenizer, tmp_path):
     model = make_classifier(tiny_tokenizer, efficient_heads=True)
     labelled = Dataset.from_dict({"text": PAIRS["anchor"], "label": [0, 1] * 4})
@@ -218,7 +226,8 @@ def test_cross_entropy_trains_nested_heads_and_checks_labels(tiny_tokenizer, tmp
     # The model computes its own Matryoshka cross-entropy from the labels; the trainer's loss is that one.
     batch = trainer.data_collator([labelled[i] for i in range(8)])
     with torch.no_grad():
-        own = model.eval()(**{k.split(".")[1]: v for k, v in batch.items() if k.startswith("text.")}, labels=batch["labels"])
+        text = {k.split(".")[1]: v for k, v in batch.items() if k.startswith("text.")}
+        own = model.eval()(**text, labels=batch["labels"])
         torch.testing.assert_close(trainer.compute_loss(model, batch), own.loss)
     assert trainer.train().training_loss > 0
     as_floats = Dataset.from_dict({"text": PAIRS["anchor"], "label": [0.0, 1.0] * 4})  # class ids read from a csv
@@ -231,6 +240,7 @@ def test_cross_entropy_trains_nested_heads_and_checks_labels(tiny_tokenizer, tmp
                           loss=InfoNCELoss())
 
 
+@pytest.mark.slow
 def test_compute_metrics_reports_accuracy_at_every_size(tiny_tokenizer, tmp_path):
     model = make_classifier(tiny_tokenizer, dims=(32, 16, 8))
     labelled = Dataset.from_dict({"text": PAIRS["anchor"] + PAIRS["positive"], "label": [0, 1] * 8})
@@ -252,6 +262,7 @@ def test_compute_metrics_reports_accuracy_at_every_size(tiny_tokenizer, tmp_path
         assert metrics[f"eval_classification_accuracy_{dim}"] == pytest.approx(expected)
 
 
+@pytest.mark.slow
 def test_distill_mse_moves_student_towards_teacher(make_model, tmp_path):
     teacher = make_model(seed=1)
     teacher.tokenizer = build_tokenizer(tmp_path / "teacher-tokenizer")  # its own tokenizer: inputs tokenized twice
@@ -278,8 +289,10 @@ def test_distill_mse_reads_precomputed_teacher_embeddings_from_the_label_column(
     trainer = MatryoshkaTrainer(model=student, args=training_args(tmp_path), train_dataset=rows, loss=distill)
     batch = trainer.data_collator([rows[i] for i in range(4)])
     with torch.no_grad():
-        student_full = student(**{k.split(".")[1]: v for k, v in batch.items() if k.startswith("text.")}).full_embeddings
-        expected = MatryoshkaLoss.from_config(student.config, DistillMSELoss())([student_full], batch["labels"].float())
+        text = {k.split(".")[1]: v for k, v in batch.items() if k.startswith("text.")}
+        student_full = student(**text).full_embeddings
+        fresh = MatryoshkaLoss.from_config(student.config, DistillMSELoss())  # not the trainer's own object
+        expected = fresh([student_full], batch["labels"].float())
         torch.testing.assert_close(trainer.compute_loss(student, batch), expected)
     with pytest.raises(ValueError, match="label column"):
         MatryoshkaTrainer(model=student, args=training_args(tmp_path),
@@ -320,16 +333,19 @@ def test_bad_inputs_give_clear_errors(make_model, tiny_tokenizer, tmp_path):
     with pytest.raises(ValueError, match=r"MatryoshkaLoss\(CoSENTLoss\) needs a label column"):
         MatryoshkaTrainer(model=make_model(), args=args, train_dataset=data, loss=MatryoshkaLoss(CoSENTLoss(), [32]))
     with pytest.raises(ValueError, match="no rows"):
-        MatryoshkaTrainer(model=make_model(), args=args, train_dataset=Dataset.from_dict({"anchor": [], "positive": []}))
+        empty = Dataset.from_dict({"anchor": [], "positive": []})
+        MatryoshkaTrainer(model=make_model(), args=args, train_dataset=empty)
     with pytest.raises(ValueError, match="MatryoshkaTrainingArguments"):
         from transformers import TrainingArguments
 
         MatryoshkaTrainer(model=make_model(), args=TrainingArguments(output_dir=str(tmp_path)), train_dataset=data)
 
 
+@pytest.mark.slow
 def test_nan_loss_stops_with_the_step_number(make_model, tmp_path):
     model = make_model()
-    trainer = MatryoshkaTrainer(model=model, args=training_args(tmp_path, max_steps=3), train_dataset=Dataset.from_dict(PAIRS))
+    args = training_args(tmp_path, max_steps=3)
+    trainer = MatryoshkaTrainer(model=model, args=args, train_dataset=Dataset.from_dict(PAIRS))
     original = trainer.compute_loss
     state = {"calls": 0}
 
@@ -345,6 +361,7 @@ def test_nan_loss_stops_with_the_step_number(make_model, tmp_path):
         trainer.train()
 
 
+@pytest.mark.slow
 def test_evaluation_during_training_logs_every_size(make_model, tmp_path):
     from mrl_text.evaluation import STSEvaluator
 

@@ -32,7 +32,8 @@ def build_optimizer(model, learning_rate, head_learning_rate=None, weight_decay=
     size_factor = {}
     for module in model.modules():
         # Tied heads share one weight; heads that scale their inputs already get the same effect (MatryoshkaLinear).
-        if scale_heads_by_size and isinstance(module, MatryoshkaLinear) and not (module.efficient or module.scale_inputs):
+        sized = isinstance(module, MatryoshkaLinear) and not (module.efficient or module.scale_inputs)
+        if scale_heads_by_size and sized:
             for dim, head in zip(module.dims, module.heads):
                 size_factor.update({id(p): math.sqrt(module.in_features / dim) for p in head.parameters()})
     groups = {}

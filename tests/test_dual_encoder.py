@@ -361,8 +361,8 @@ def _gathered_loss_worker(rank, world_size, init_file, image, text, out_dir):
         image_rows = image[rows].clone().requires_grad_(True)
         text_rows = text[rows].clone().requires_grad_(True)
         log_scale = torch.tensor(2.0, requires_grad=True)
-        loss_fn = MatryoshkaLoss(ImageTextInfoNCELoss(SimpleNamespace(logit_scale=log_scale.exp())), [16, 8, 4], [1.0, 0.5, 2.0])
-        loss = loss_fn([image_rows, text_rows])
+        image_text = ImageTextInfoNCELoss(SimpleNamespace(logit_scale=log_scale.exp()))
+        loss = MatryoshkaLoss(image_text, [16, 8, 4], [1.0, 0.5, 2.0])([image_rows, text_rows])
         loss.backward()
         torch.save(
             {"loss": loss.detach(), "image": image_rows.grad, "text": text_rows.grad, "scale": log_scale.grad},

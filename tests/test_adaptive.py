@@ -32,6 +32,7 @@ def fitted(splits):
     return AdaptiveClassifier.fit(None, train, val, dims=DIMS, tolerance=0.01, max_iter=200)
 
 
+@pytest.mark.slow
 def test_cascade_keeps_accuracy_with_fewer_dimensions(fitted, splits):
     report = fitted.report
     assert report["accuracy"] >= report["full_size_accuracy"] - 0.01
@@ -77,6 +78,7 @@ def test_target_accuracy_above_full_size_falls_back_to_full_size(fitted, splits)
     assert report["expected_dims"] == max(DIMS)
 
 
+@pytest.mark.slow
 def test_fit_from_a_model_encodes_texts(make_model, sentences):
     model = make_model(matryoshka_dimensions=(32, 16, 8))
     texts = sentences * 4
@@ -88,6 +90,7 @@ def test_fit_from_a_model_encodes_texts(make_model, sentences):
         AdaptiveClassifier.fit(model, (texts, labels), (texts, labels), dims=[12, 32])
 
 
+@pytest.mark.slow
 def test_fit_wraps_the_heads_of_a_sequence_classification_model(tiny_tokenizer, sentences):
     from tests.conftest import tiny_bert_config
 
@@ -106,6 +109,7 @@ def test_fit_wraps_the_heads_of_a_sequence_classification_model(tiny_tokenizer, 
     np.testing.assert_array_equal(labels_out[used == 32], expected[used == 32])
 
 
+@pytest.mark.slow
 def test_clear_errors(splits):
     train, val, _ = splits
     with pytest.raises(ValueError, match="Pass dims"):
@@ -120,6 +124,7 @@ def test_clear_errors(splits):
         AdaptiveClassifier.fit(None, train, val, dims=DIMS, tolerance=5, max_iter=50)
 
 
+@pytest.mark.slow
 def test_fit_reports_progress_per_size_and_the_bar_can_be_turned_off(make_model, sentences, capsys):
     model = make_model(matryoshka_dimensions=(32, 16, 8))
     texts = sentences * 4

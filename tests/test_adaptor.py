@@ -49,6 +49,7 @@ def test_orthogonal_part_keeps_every_full_size_similarity():
     assert torch.allclose(out @ out.T, x @ x.T, atol=1e-5)  # ...and kept every full-size cosine
 
 
+@pytest.mark.slow
 def test_fit_gate_never_worse_than_truncation_on_validation():
     x, _ = clustered()
     adaptor = fit(x, DIMS, **FAST)
@@ -68,6 +69,7 @@ def test_fit_gate_never_worse_than_truncation_on_validation():
     assert summary["4"]["adaptor"] > summary["4"]["truncation"]
 
 
+@pytest.mark.slow
 def test_gate_refuses_a_size_whose_similarity_order_drops(monkeypatch):
     # Neighbour recall alone let a PCA rotation through that cost STS-B 5.9 points at 16 dims: a size must also keep
     # the order of held-out pairs' similarities. Here every adapted size scrambles that order (as scored), so even the
@@ -102,6 +104,7 @@ def low_rank(n=400, size=32, rank=4, seed=0):
     return F.normalize(torch.randn(n, rank, generator=g) @ basis + 0.02 * torch.randn(n, size, generator=g), dim=-1)
 
 
+@pytest.mark.slow
 def test_auto_rotation_keeps_the_candidate_with_the_larger_validation_gain():
     x = low_rank()
     adaptor = fit(x, DIMS, rotation="auto", **QUICK)
@@ -115,6 +118,7 @@ def test_auto_rotation_keeps_the_candidate_with_the_larger_validation_gain():
     assert plain.config.rotation is None and plain.config.fit_summary["rotation_candidates"] is None
 
 
+@pytest.mark.slow
 def test_listwise_term_alone_teaches_the_small_sizes():
     x, _ = clustered()
     adaptor = fit(x, DIMS, pair_weight=0.0, topk_weight=0.0, listwise_weight=1.0, **FAST)
@@ -124,12 +128,14 @@ def test_listwise_term_alone_teaches_the_small_sizes():
     assert untrained.config.adapted_dimensions == []  # reconstruction alone keeps the identity: nothing to gain
 
 
+@pytest.mark.slow
 def test_gate_off_adapts_every_size():
     x, _ = clustered()
     adaptor = fit(x, DIMS, gate=False, **FAST)
     assert adaptor.config.adapted_dimensions == DIMS
 
 
+@pytest.mark.slow
 def test_supervised_fit_from_qrels_then_from_arrays(tmp_path):
     x, labels = clustered(n=300)
     queries = F.normalize(x[:60] + 0.3 * torch.randn(60, 32, generator=torch.Generator().manual_seed(1)), dim=-1)
@@ -142,6 +148,7 @@ def test_supervised_fit_from_qrels_then_from_arrays(tmp_path):
     assert again is adaptor
 
 
+@pytest.mark.slow
 def test_save_load_round_trip(tmp_path):
     x, _ = clustered()
     adaptor = fit(x, DIMS, rotation="learned", **QUICK)
@@ -181,6 +188,7 @@ def test_bad_input_names_the_value():
         fit(x, DIMS, epoch=3)
 
 
+@pytest.mark.slow
 def test_failed_fit_leaves_the_adaptor_as_it_was(monkeypatch):
     x, _ = clustered()
     adaptor = fit(x, DIMS, **FAST)

@@ -40,6 +40,7 @@ def expected(model, adaptor, texts, dim):
     return adaptor.transform(full, dim=dim)
 
 
+@pytest.mark.slow
 @pytest.mark.parametrize("config", [{}, {"projection_dim": 24, "matryoshka_dimensions": [24, 12, 6]}])
 def test_adaptor_runs_before_truncation_everywhere(make_model, sentences, config):
     model = make_model(**config)
@@ -64,6 +65,7 @@ def test_adaptor_runs_before_truncation_everywhere(make_model, sentences, config
     assert model.config.adaptor is None and torch.allclose(model.encode(sentences, dim=dims[1]), plain[dims[1]])
 
 
+@pytest.mark.slow
 def test_saved_with_the_weights_gate_included(make_model, sentences, tmp_path):
     model = make_model()
     model.set_adaptor(gated_adaptor())
@@ -81,6 +83,7 @@ def test_saved_with_the_weights_gate_included(make_model, sentences, tmp_path):
             assert torch.allclose(loaded.encode(sentences, dim=dim), want[dim], atol=ATOL)
 
 
+@pytest.mark.slow
 def test_sentence_transformers_folder_and_remote_code_apply_it(make_model, sentences, tmp_path):
     from sentence_transformers import SentenceTransformer
 
@@ -111,6 +114,7 @@ def test_sentence_transformers_folder_and_remote_code_apply_it(make_model, sente
     run_without_mrl_text(script, tmp_path)
 
 
+@pytest.mark.slow
 def test_add_adaptor_fits_on_texts_and_attaches(make_model, tmp_path):
     model = make_model()
     corpus, sample = random_texts(240), random_texts(6, seed=1)
@@ -134,6 +138,7 @@ def test_add_adaptor_fits_on_texts_and_attaches(make_model, tmp_path):
         assert f"| {dim} | {100 * scores['truncation']:.2f} | {100 * scores['adaptor']:.2f} | {used} |" in card
 
 
+@pytest.mark.slow
 def test_plain_encoder_gets_the_usual_sizes(tiny_tokenizer):
     torch.manual_seed(0)
     model = MatryoshkaModel(MatryoshkaConfig(encoder=tiny_bert_config(hidden_size=64, vocab_size=len(tiny_tokenizer))))
@@ -143,6 +148,7 @@ def test_plain_encoder_gets_the_usual_sizes(tiny_tokenizer):
     assert model.adaptor.config.matryoshka_dimensions == [64, 32, 16]
 
 
+@pytest.mark.slow
 def test_failed_fit_or_bad_adaptor_leaves_the_model_unchanged(make_model, sentences, monkeypatch):
     from mrl_text.adaptor import attach as adaptor_model
 
@@ -189,6 +195,7 @@ def test_export_refuses_an_adapted_model(make_model, tmp_path):
         mrl_text.export_model(model, tmp_path / "exported")
 
 
+@pytest.mark.slow
 def test_cli_adapt(make_model, sentences, tmp_path, capsys):
     model = make_model()
     model.save_pretrained(tmp_path / "model")
@@ -242,6 +249,7 @@ def test_cli_adapt_bad_files(tmp_path, capsys, bad, message):
     assert message in capsys.readouterr().err
 
 
+@pytest.mark.slow
 def test_cli_adapt_wraps_a_plain_encoder(tiny_tokenizer, tmp_path):
     from transformers import BertModel
 
@@ -259,6 +267,7 @@ def test_cli_adapt_wraps_a_plain_encoder(tiny_tokenizer, tmp_path):
     assert loaded.adaptor.config.fit_summary["objective"] == "unsupervised"
 
 
+@pytest.mark.slow
 def test_attached_adaptor_is_frozen_and_refits_from_a_copy(make_model):
     model = make_model()
     corpus = random_texts(200)
@@ -272,6 +281,7 @@ def test_attached_adaptor_is_frozen_and_refits_from_a_copy(make_model):
     assert all(torch.equal(before[k], v) for k, v in first.state_dict().items())  # the original is untouched
 
 
+@pytest.mark.slow
 def test_evaluators_and_calibration_see_the_adapted_sizes(make_model, sentences):
     """Encode once, score every size: with an adaptor a size is not a prefix of the full size, so the evaluators
     and the int8 calibration must read each size as `encode(dim=)` returns it, not truncate the full one."""

@@ -57,6 +57,7 @@ def saved_models(make_model, tmp_path):
     return model_dir, plain_dir
 
 
+@pytest.mark.slow
 def test_evaluate_writes_the_report(data, saved_models, tmp_path, capsys):
     model_dir, plain_dir = saved_models
     out = tmp_path / "report"
@@ -93,6 +94,7 @@ def test_evaluate_writes_the_report(data, saved_models, tmp_path, capsys):
     assert 'from_pretrained("org/tiny")' in card.text and (model_dir / PLOT_FILENAME).is_file()
 
 
+@pytest.mark.slow
 def test_two_folders_of_one_name_get_their_own_rows_and_cards(data, make_model, tmp_path, capsys):
     """Two different local folders named alike must not share a row name; each card still finds its own rows."""
     first, second = tmp_path / "run1" / "model", tmp_path / "run2" / "model"
@@ -128,6 +130,7 @@ def test_two_folders_of_one_name_get_their_own_rows_and_cards(data, make_model, 
         assert found == {round(v, 6) for v in expected}
 
 
+@pytest.mark.slow
 def test_evaluate_the_grid_of_sizes_precisions_and_layers(data, make_model, saved_models, tmp_path, capsys):
     from mrl_text import MatryoshkaModel
     from mrl_text.evaluation import evaluate_grid

@@ -102,6 +102,7 @@ def test_nli_triplets_errors():
         nli_triplets(Dataset.from_dict({"premise": ["p", "p"], "hypothesis": ["a", "b"], "label": [0, 1]}))
 
 
+@pytest.mark.slow
 @pytest.mark.skipif(not (SHARED_DATA / "snli").is_dir(), reason="../shared/data/snli is absent")
 def test_nli_triplets_on_snli_dev():
     from mrl_text.data import load_source
@@ -114,6 +115,7 @@ def test_nli_triplets_on_snli_dev():
     )
 
 
+@pytest.mark.slow
 def test_chatterbot_pairs_are_unique_question_answer_pairs():
     pairs = chatterbot_pairs()
     assert len(pairs) > 500

@@ -10,6 +10,8 @@ import torch
 
 from .ddp_negatives import build_model, loss_and_gradients
 
+pytestmark = pytest.mark.ddp
+
 SCRIPT = Path(__file__).with_name("ddp_negatives.py")
 
 

@@ -56,6 +56,7 @@ def layer_calls(model):
     return counts
 
 
+@pytest.mark.slow
 @pytest.mark.parametrize("model_type", ["bert", "roberta", "mpnet", "distilbert"])
 @pytest.mark.parametrize("pooling", ["mean", "cls"])
 def test_layers_k_equals_the_full_pass_layer_k_and_skips_the_rest(tiny_tokenizer, model_type, pooling):

@@ -68,6 +68,7 @@ def batch(tiny_tokenizer):
     return tiny_tokenizer(texts, padding=True, return_tensors="pt"), torch.randn(4, 3, 16, 16), texts
 
 
+@pytest.mark.slow
 def test_shapes_at_every_size(dual, batch):
     text, pixels, _ = batch
     full = dual.config.embedding_size
@@ -80,6 +81,7 @@ def test_shapes_at_every_size(dual, batch):
     assert out.logit_scale.requires_grad and out.logit_scale.ndim == 0
 
 
+@pytest.mark.slow
 def test_each_prefix_is_normalized_on_its_own(dual, batch):
     text, pixels, _ = batch
     out = dual(**text, pixel_values=pixels)
@@ -106,6 +108,7 @@ def test_logit_scale_is_the_wrapped_models_temperature(dual):
         torch.testing.assert_close(dual.logit_scale, dual.encoder.logit_scale.detach().exp())
 
 
+@pytest.mark.slow
 def test_loss_is_the_weighted_sum_of_per_size_losses(dual, batch):
     text, pixels, _ = batch
     dual.config.matryoshka_weights = [float(i + 1) for i in range(len(dual.config.matryoshka_dimensions))]
@@ -128,6 +131,7 @@ def test_loss_is_the_weighted_sum_of_per_size_losses(dual, batch):
     assert learned.grad is not None and learned.grad.abs() > 0
 
 
+@pytest.mark.slow
 def test_every_parameter_gets_a_gradient(dual, batch):
     """DDP needs every parameter in the loss: ALIGN's unused text pooler is dropped."""
     text, pixels, _ = batch
@@ -139,6 +143,7 @@ def test_every_parameter_gets_a_gradient(dual, batch):
     assert [name for name, p in dual.named_parameters() if p.grad is None] == []
 
 
+@pytest.mark.slow
 def test_save_load_bit_exact(dual, batch, tmp_path):
     text, pixels, _ = batch
     dual.config.truncate_dim = dual.config.matryoshka_dimensions[1]
@@ -193,6 +198,7 @@ def _toy_images(labels, seed=0):
     return pixels
 
 
+@pytest.mark.slow
 def test_image_text_evaluators_score_every_size_from_one_encoding(dual):
     labels = [0, 1, 2, 3] * 3
     pixels = _toy_images(labels)
@@ -261,6 +267,7 @@ def test_evaluator_inputs_are_checked():
         ZeroShotClassificationEvaluator(torch.zeros(1, 1, 2, 2), [0], ["a"]).evaluate(torch.nn.Linear(2, 2))
 
 
+@pytest.mark.slow
 def test_trust_remote_code_without_mrl_text(tmp_path, tiny_tokenizer):
     torch.manual_seed(0)
     model = MatryoshkaDualEncoder(
@@ -289,6 +296,7 @@ def test_trust_remote_code_without_mrl_text(tmp_path, tiny_tokenizer):
     run_without_mrl_text(script, tmp_path)
 
 
+@pytest.mark.slow
 def test_push_to_hub_carries_weights_config_code_and_card(captured_commit, tiny_tokenizer, tmp_path, monkeypatch):
     import huggingface_hub
     from huggingface_hub import ModelCard
@@ -372,6 +380,7 @@ def _gathered_loss_worker(rank, world_size, init_file, image, text, out_dir):
         dist.destroy_process_group()
 
 
+@pytest.mark.ddp
 def test_negatives_are_gathered_across_processes(tmp_path):
     """2 processes (gloo), each with half the pairs, give the loss and gradients of 1 process on all pairs."""
     import torch.multiprocessing as mp
@@ -401,6 +410,7 @@ def test_negatives_are_gathered_across_processes(tmp_path):
     assert not torch.allclose(local, ranks[0]["loss"])
 
 
+@pytest.mark.slow
 def test_recipe_trains_a_saved_model_on_an_image_caption_dataset(tmp_path, tiny_tokenizer):
     """The recipe's Hub path (model + processor + image-caption dataset), served from local folders."""
     import importlib.util

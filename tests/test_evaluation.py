@@ -140,6 +140,7 @@ def test_classification_probe_on_separable_embeddings():
     assert len(embedder.calls) == 1
 
 
+@pytest.mark.slow
 def test_matryoshka_model_prefix_equals_encode_at_that_size(make_model, sentences):
     model = make_model(truncate_dim=8)  # truncate_dim must not shrink what the evaluators encode
     embedder = as_embedder(model)
@@ -174,6 +175,7 @@ def test_evaluator_input_errors():
         evaluate(CountingEmbedder(), [STSEvaluator(["a"], ["b"], [1.0]), STSEvaluator(["a"], ["b"], [1.0])])
 
 
+@pytest.mark.slow
 def test_evaluate_loads_plain_encoder_and_sentence_transformers_folders(tmp_path, sentences):
     from sentence_transformers import SentenceTransformer, models
     from transformers import BertModel
@@ -199,6 +201,7 @@ def test_evaluate_loads_plain_encoder_and_sentence_transformers_folders(tmp_path
     torch.testing.assert_close(st_embedder.encode(sentences), plain_full, atol=1e-5, rtol=1e-4)
 
 
+@pytest.mark.slow
 def test_batches_group_texts_by_tokens_not_characters(make_model):
     """Padding costs as much as text: batches are formed by token counts, so a batch pads almost nothing."""
     few_long_words, many_letters = "sleeping playing eating", "b c d e f g h i j k"  # 3 tokens / 23 chars; 10 / 19
@@ -222,6 +225,7 @@ def _results():
     return evaluate(embedder, [STSEvaluator(s1, s2, list(range(8)), name="stsb")])
 
 
+@pytest.mark.slow
 def test_results_round_trip_markdown_and_trainer_keys(tmp_path):
     results = _results()
     value = results.value("stsb", "spearman", 4)
@@ -298,6 +302,7 @@ def test_load_sts_and_classification_errors_name_file_and_columns(tmp_path):
     assert load_classification(bad, text_column="text_a", label_column="score") == (["x"], [1])
 
 
+@pytest.mark.slow
 @pytest.mark.skipif(not (SHARED_DATA / "stsb").is_dir(), reason="shared dev data absent (../shared/data)")
 def test_real_data_smoke(make_model):
     model = make_model(max_seq_length=48)
@@ -333,6 +338,7 @@ def test_shipped_evaluate_modules_load_offline_and_match(monkeypatch):
         metrics.metric_path("bleu")
 
 
+@pytest.mark.slow
 def test_trainer_compute_metrics_reports_every_head(tiny_tokenizer, tmp_path):
     from datasets import Dataset
     from transformers import Trainer, TrainingArguments
@@ -455,6 +461,7 @@ def _plain_and_sentence_transformer(tmp_path, st_max_seq_length):
     return tmp_path / "plain", tmp_path / "st"
 
 
+@pytest.mark.slow
 def test_every_model_in_one_evaluation_reads_the_same_max_length(tmp_path):
     """A sentence-transformers model used to keep its own max_seq_length (here 8) while the Matryoshka route read
     up to its limit: the same weights then gave different embeddings for long texts."""

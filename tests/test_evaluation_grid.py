@@ -51,6 +51,7 @@ def counting(model):
     return seen
 
 
+@pytest.mark.slow
 def test_one_encoding_pass_per_layer_count(make_model, tasks):
     model = make_model(matryoshka_dimensions=(32, 16, 8))
     seen = counting(model)
@@ -68,6 +69,7 @@ def test_one_encoding_pass_per_layer_count(make_model, tasks):
     assert len(results.cells("sts")) == 2 * 3 * 3  # layers x precisions x sizes
 
 
+@pytest.mark.slow
 def test_float_cells_equal_the_plain_evaluators_and_rows_stay_the_same(make_model, tasks):
     model = make_model(matryoshka_dimensions=(32, 16, 8))
     grid = evaluate_grid(model, tasks, rescore=None)
@@ -78,6 +80,7 @@ def test_float_cells_equal_the_plain_evaluators_and_rows_stay_the_same(make_mode
     assert not any(c["precision"].endswith("+rescore") for c in grid.grid)
 
 
+@pytest.mark.slow
 def test_quantized_cells_use_the_models_calibrated_ranges(make_model, tasks):
     from mrl_text import metrics
 
@@ -95,6 +98,7 @@ def test_quantized_cells_use_the_models_calibrated_ranges(make_model, tasks):
     assert got == [pytest.approx(expected, abs=1e-6)]
 
 
+@pytest.mark.slow
 def test_quantized_cells_at_a_depth_use_that_depths_ranges(make_model, tasks):
     from mrl_text import metrics
     from mrl_text.models.quantization import dequantize
@@ -113,6 +117,7 @@ def test_quantized_cells_at_a_depth_use_that_depths_ranges(make_model, tasks):
         assert got == [pytest.approx(expected, abs=1e-6)], layers
 
 
+@pytest.mark.slow
 def test_rescoring_everything_gives_the_float_ranking(make_model, tasks):
     model = make_model(matryoshka_dimensions=(32, 16, 8))
     results = evaluate_grid(model, [tasks[1]], precisions=["float32", "binary"], rescore=30)  # the whole corpus
@@ -122,6 +127,7 @@ def test_rescoring_everything_gives_the_float_ranking(make_model, tasks):
             assert by[dim, "binary+rescore"] == pytest.approx(by[dim, "float32"])
 
 
+@pytest.mark.slow
 def test_grid_results_round_trip_and_front(make_model, tasks, tmp_path):
     results = evaluate_grid(make_model(matryoshka_dimensions=(32, 16, 8)), tasks[:1])
     results.to_json(tmp_path / "results.json")
@@ -161,6 +167,7 @@ def test_grid_bad_input(make_model, tasks):
     assert list(seen) == [None]
 
 
+@pytest.mark.slow
 def test_card_plots_quality_against_bytes(make_model, tasks, tmp_path):
     from mrl_text.cards.card import BUDGET_PLOT_FILENAME, save_with_card
 
@@ -176,6 +183,7 @@ def png_height(png):
     return int.from_bytes(png[20:24], "big")  # the IHDR chunk: width at 16..20, height at 20..24
 
 
+@pytest.mark.slow
 def test_encode_time_per_layer_count_and_its_budget(make_model, tasks, tmp_path):
     model = make_model(matryoshka_dimensions=(32, 16, 8), matryoshka_layers=[2, 1])
     results = evaluate_grid(model, tasks[:2], precisions=["float32", "binary"], layers=[None, 1], rescore=None)
@@ -203,6 +211,7 @@ def test_encode_time_per_layer_count_and_its_budget(make_model, tasks, tmp_path)
     assert png_height(again.plot_budget()) > 1.5 * png_height(untimed.plot_budget())
 
 
+@pytest.mark.slow
 def test_depth_cells_of_a_model_with_an_adaptor_are_its_encode_at_that_depth(make_model, tasks):
     from mrl_text import metrics
     from mrl_text.models.modeling_matryoshka_adaptor import MatryoshkaAdaptor, MatryoshkaAdaptorConfig

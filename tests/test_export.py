@@ -24,6 +24,7 @@ def st_prefixes(folder, texts, dims, **kwargs):
     return st, {d: F.normalize(full[:, :d], dim=-1) for d in dims}
 
 
+@pytest.mark.slow
 @pytest.mark.parametrize(
     "config", [{}, {"projection_dim": 24, "truncate_dim": 12}, {"pooling": "cls", "truncate_dim": 8}]
 )
@@ -55,6 +56,7 @@ def test_folder_is_a_standard_encoder_with_the_nesting_in_config(make_model, tmp
     assert "dimensions=" in card and "truncate_dim=" in card and "vllm serve" in card and "infinity_emb" in card
 
 
+@pytest.mark.slow
 def test_loads_without_mrl_text_and_round_trips(make_model, sentences, tmp_path):
     """The folder needs neither mrl-text nor trust_remote_code; mrl-text reads its sizes back from config.json."""
     model = make_model(projection_dim=24, matryoshka_dimensions=(24, 12, 6), truncate_dim=12)
@@ -185,6 +187,7 @@ def assert_same_codes(prefix, codes, expected, ranges):
     assert differ.float().mean() < 0.02  # an occasional edge, not a different rule
 
 
+@pytest.mark.slow
 def test_quantization_ranges_travel_with_export(make_model, sentences, tmp_path):
     from sentence_transformers.util.quantization import quantize_embeddings
 

@@ -60,6 +60,7 @@ def captured_commit(monkeypatch):
     return calls
 
 
+@pytest.mark.slow
 def test_push_to_hub_sends_everything_in_one_commit(make_model, captured_commit, tmp_path):
     model = make_model(truncate_dim=16)
     model.eval_results = _results()
@@ -129,6 +130,7 @@ def _lay_out_hub_cache(model_dir, hub_cache, repo_id="org/name"):
     return repo
 
 
+@pytest.mark.slow
 def test_from_pretrained_hub_id_from_the_cache(make_model, tmp_path, monkeypatch, sentences):
     model = make_model(truncate_dim=8)
     model.eval_results = _results()
@@ -143,6 +145,7 @@ def test_from_pretrained_hub_id_from_the_cache(make_model, tmp_path, monkeypatch
     assert loaded.encode(sentences).shape == (len(sentences), 8)
 
 
+@pytest.mark.slow
 def test_trust_remote_code_from_the_hub_cache_without_mrl_text(make_model, tmp_path, sentences):
     model = make_model(truncate_dim=8)
     model.save_pretrained(tmp_path / "saved")
@@ -173,6 +176,7 @@ def test_trust_remote_code_from_the_hub_cache_without_mrl_text(make_model, tmp_p
     assert "ok (5, 8)" in result.stdout
 
 
+@pytest.mark.slow
 def test_pushed_and_pulled_folder_loads_without_mrl_text(make_model, captured_commit, tmp_path, sentences):
     """What push_to_hub uploads, downloaded into a Hub cache, loads with trust_remote_code where mrl-text is not
     installed, with no question asked (no terminal): as a transformers model and as a sentence-transformers one."""

@@ -36,6 +36,7 @@ def masked_batch(tiny_tokenizer, sentences):
     return batch
 
 
+@pytest.mark.slow
 def test_loss_is_the_weighted_sum_of_per_size_mlm_losses(make_mlm, masked_batch):
     weights = [1.0, 0.5, 2.0, 0.0]
     model = make_mlm(matryoshka_weights=weights)
@@ -59,6 +60,7 @@ def test_each_size_learns_from_its_prefix_only(make_mlm, masked_batch):
     assert grad[..., :8].abs().sum() > 0 and grad[..., 8:].abs().sum() == 0
 
 
+@pytest.mark.slow
 def test_inference_logits_at_dim(make_mlm, masked_batch):
     model = make_mlm(truncate_dim=16)
     inputs = {k: v for k, v in masked_batch.items() if k != "labels"}
@@ -147,6 +149,7 @@ def test_card_of_a_masked_lm_says_fill_mask_and_how_to_use_it(make_mlm, tmp_path
     assert embedding_card.data.pipeline_tag == "sentence-similarity" and "SentenceTransformer(" in embedding_card.text
 
 
+@pytest.mark.slow
 def test_trust_remote_code_without_mrl_text(make_mlm, masked_batch, tmp_path):
     model = make_mlm()
     model.save_pretrained(tmp_path / "mlm")
@@ -247,6 +250,7 @@ def test_mlm_configs_parse(recipe):
     assert base.matryoshka_weights is None and base.smaller_sizes_warmup_fraction == 0.0  # the paper's equal weights
 
 
+@pytest.mark.slow
 def test_pretrain_recipe_smoke(recipe, tiny_tokenizer, corpus, tmp_path, capsys):
     tiny_tokenizer.save_pretrained(tmp_path / "tokenizer")
     out = tmp_path / "out"
@@ -306,6 +310,8 @@ def test_new_vocabulary_keeps_the_special_tokens(recipe, tiny_tokenizer, sentenc
     assert small("the dog runs")["input_ids"][0] == small.cls_token_id
 
 
+@pytest.mark.ddp
+@pytest.mark.slow
 def test_quality_mlm_regime_end_to_end(tiny_tokenizer, tmp_path):
     """`python benchmarks/quality.py mlm` on a tiny data folder, so a long run cannot fail on a bug."""
     import json

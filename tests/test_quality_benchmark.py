@@ -10,6 +10,8 @@ import torch
 
 from .conftest import WORDS, build_tokenizer, load_module, tiny_bert_config
 
+pytestmark = pytest.mark.slow
+
 BENCHMARKS = Path(__file__).resolve().parents[1] / "benchmarks"
 
 

@@ -56,6 +56,7 @@ def test_bad_precision_inputs_are_named():
         quantize(torch.zeros(3, 8, dtype=torch.int8), "binary")
 
 
+@pytest.mark.slow
 def test_encode_precision_calibrated_and_saved(make_model, sentences, tmp_path):
     model = make_model(matryoshka_dimensions=(32, 16, 8, 4))
     # int8 on an uncalibrated model: a clear error that says to calibrate, before any encoding

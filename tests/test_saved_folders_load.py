@@ -15,6 +15,7 @@ EXPECTED = json.loads((FIXTURES / "expected.json").read_text())
 TEXTS = EXPECTED["texts"]
 
 
+@pytest.mark.slow
 @pytest.mark.parametrize("kind", ["text", "adaptor"])
 def test_embedding_folders_give_the_same_embeddings(kind):
     for model in (

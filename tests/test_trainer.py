@@ -190,6 +190,7 @@ def test_cosent_loss_object_trains(make_model, tmp_path):
     assert moved and after < before
 
 
+@pytest.mark.slow
 def test_classifier_trains_on_its_default_matryoshka_cross_entropy(tiny_tokenizer, tmp_path):
     model = make_classifier(tiny_tokenizer, dims=(32, 16, 8), num_labels=2)
     labelled = Dataset.from_dict({"text": PAIRS["anchor"], "label": [0, 1] * 4})

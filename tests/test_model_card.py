@@ -7,9 +7,9 @@ from datasets import Dataset
 from huggingface_hub import ModelCard
 
 import mrl_text
-from mrl_text.evaluation import Results, STSEvaluator, evaluate
 from mrl_text.cards.card import PLOT_FILENAME, TEMPLATE_PATH, build_card, save_with_card
 from mrl_text.cards.card_data import CARD_DATA_FILENAME, MatryoshkaModelCardData, display_name, parse_trainer_metrics
+from mrl_text.evaluation import Results, STSEvaluator, evaluate
 
 from .conftest import tiny_bert_config
 
@@ -31,7 +31,8 @@ def _card_data(**fields):
 def test_card_metadata_and_model_index(make_model):
     model = make_model(matryoshka_weights=[1.0, 1.0, 0.5, 0.5])
     model.model_card_data = _card_data(
-        loss={"name": "MatryoshkaLoss(InfoNCELoss)"}, train_datasets=[{"name": "all-nli", "id": "sentence-transformers/all-nli"}]
+        loss={"name": "MatryoshkaLoss(InfoNCELoss)"},
+        train_datasets=[{"name": "all-nli", "id": "sentence-transformers/all-nli"}],
     )
     card = build_card(model, model_id="org/tiny", base_model="bert-base-uncased")
     parsed = ModelCard(str(card))  # the YAML header is what the Hub reads
@@ -81,7 +82,8 @@ def test_save_pretrained_writes_card_when_results_are_known(make_model, tmp_path
     card = ModelCard.load(tmp_path / "with" / "README.md")
     assert len(card.data.eval_results) == 12
     assert (tmp_path / "with" / PLOT_FILENAME).read_bytes()[:4] == b"\x89PNG"
-    assert MatryoshkaModelCardData.load(tmp_path / "with").own_results().rows == model.model_card_data.own_results().rows
+    loaded = MatryoshkaModelCardData.load(tmp_path / "with")
+    assert loaded.own_results().rows == model.model_card_data.own_results().rows
     loaded = mrl_text.MatryoshkaModel.from_pretrained(tmp_path / "with")
     torch.testing.assert_close(loaded.encode(sentences), model.encode(sentences))
 
@@ -103,7 +105,8 @@ def test_a_card_carries_only_its_own_models_results(make_model, tmp_path):
 def test_old_attributes_still_work_with_a_deprecation_warning(make_model, tmp_path):
     model = make_model()
     model.eval_results = _results(model_name="MatryoshkaModel")  # the name evaluate() gives an unsaved model
-    model.card_data = {"loss": "MatryoshkaLoss(InfoNCELoss)", "datasets": ["sentence-transformers/all-nli"], "epochs": 1}
+    model.card_data = {"loss": "MatryoshkaLoss(InfoNCELoss)", "datasets": ["sentence-transformers/all-nli"],
+                       "epochs": 1}
     with pytest.warns(DeprecationWarning, match="model_card_data"):
         model.save_pretrained(tmp_path)
     card = ModelCard.load(tmp_path / "README.md")
@@ -134,10 +137,12 @@ def test_task_types_of_text_and_image_text_cards(make_model):
         return Results(
             [{"model": model, "task": "zero-shot", "metric": "accuracy", "dim": d, "value": 0.5} for d in dims]
             + [{"model": model, "task": "knn", "metric": "knn_accuracy", "dim": d, "value": 0.5} for d in dims]
-            + [{"model": model, "task": "retrieval", "metric": "text_to_image_recall@1", "dim": d, "value": 0.4} for d in dims]
+            + [{"model": model, "task": "retrieval", "metric": "text_to_image_recall@1", "dim": d, "value": 0.4}
+               for d in dims]
         )
 
-    dual = MatryoshkaDualEncoder(MatryoshkaDualEncoderConfig(encoder=tiny_clip_config(), matryoshka_dimensions=[24, 12]))
+    config = MatryoshkaDualEncoderConfig(encoder=tiny_clip_config(), matryoshka_dimensions=[24, 12])
+    dual = MatryoshkaDualEncoder(config)
     card = ModelCard(str(build_card(dual, rows("org/dual", [24, 12]), model_id="org/dual")))
     types = {(r.dataset_name, r.task_type) for r in card.data.eval_results}
     # a dual encoder's zero-shot and kNN accuracy are image tasks, never text-classification
@@ -163,14 +168,15 @@ def test_display_names_hide_local_paths(tmp_path):
 def test_trainer_metrics_parse_back_to_results():
     metrics = {"eval_stsb_spearman_64": 0.8, "eval_sci_fact_ndcg_at_10_16": 0.5, "eval_loss": 1.0, "epoch": 1.0}
     results = parse_trainer_metrics(metrics, ["stsb", "sci_fact"])
-    assert {(r["task"], r["metric"], r["dim"]) for r in results.rows} == {("stsb", "spearman", 64), ("sci_fact", "ndcg@10", 16)}
+    expected = {("stsb", "spearman", 64), ("sci_fact", "ndcg@10", 16)}
+    assert {(r["task"], r["metric"], r["dim"]) for r in results.rows} == expected
 
 
 # --- cards filled by training (MatryoshkaModelCardCallback) --------------------------------------------------------
 
 STS = (
-    ["a man is playing a guitar with a song", "the dog runs in the park on a sunny day", "what is my bank account balance",
-     "a woman is eating bread", "the weather is lovely today in the park"],
+    ["a man is playing a guitar with a song", "the dog runs in the park on a sunny day",
+     "what is my bank account balance", "a woman is eating bread", "the weather is lovely today in the park"],
     ["a man plays music on the guitar today", "a cat is sleeping in the house", "help with my account balance please",
      "a child is eating food", "rain and bad weather tomorrow"],
     [4.5, 0.5, 3.5, 2.5, 1.0],
@@ -217,7 +223,8 @@ def test_training_fills_the_card(encoder_dir, tmp_path):
     trainer, _ = _train(encoder_dir, tmp_path, save_strategy="steps", save_steps=2)
     data = trainer.model.model_card_data
     assert data.model_name == "run" and data.loss["name"] == "MatryoshkaLoss(InfoNCELoss)"  # the trainer's default
-    assert data.loss["config"]["loss_config"]["scale"] == 20.0 and data.loss["config"]["matryoshka_dimensions"] == [32, 16, 8]
+    assert data.loss["config"]["loss_config"]["scale"] == 20.0
+    assert data.loss["config"]["matryoshka_dimensions"] == [32, 16, 8]
     assert data.hyperparameters["learning_rate"] == 1e-3 and "output_dir" not in data.hyperparameters
     assert "dataloader_pin_memory" not in data.hyperparameters  # switched off on CPU by the arguments, not the user
     assert data.train_datasets[0]["rows"] == 8 and data.train_datasets[0]["columns"] == ["anchor", "positive"]
@@ -318,6 +325,7 @@ def test_card_command_takes_only_this_models_rows(make_model, tmp_path, capsys):
     _results(model_name="some-other-model").to_json(tmp_path / "results.json")
     err = _cli_error(["card", str(tmp_path / "m"), "--results", str(tmp_path / "results.json")], capsys)
     assert "some-other-model" in err and "--results-model" in err and not (tmp_path / "m" / "README.md").exists()
-    argv = ["card", str(tmp_path / "m"), "--results", str(tmp_path / "results.json"), "--results-model", "some-other-model"]
+    argv = ["card", str(tmp_path / "m"), "--results", str(tmp_path / "results.json"),
+            "--results-model", "some-other-model"]
     assert main(argv) == 0
     assert len(ModelCard.load(tmp_path / "m" / "README.md").data.eval_results) == 12

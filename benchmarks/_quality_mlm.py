@@ -32,17 +32,14 @@ import math
 import random
 import re
 import statistics
-import sys
 import tempfile
 import time
 from pathlib import Path
 
 import torch
 
-import _quality_common as common
-
-sys.path.insert(0, str(common.REPO / "recipes"))
-import pretrain_mlm as recipe  # noqa: E402
+import _quality_common as common  # before pretrain_mlm: its _report puts recipes/ on sys.path
+import pretrain_mlm as recipe
 
 CORPUS_SOURCES = ["snli", "flickr8k_captions", "mrpc", "emotion", "banking77", "trec"]  # STS-B, SciFact unseen
 SIZES = [96, 48, 24, 12]  # the paper's BERT nesting (12 ... 768), the first four
@@ -65,8 +62,12 @@ def add_parser(commands):
     sub.add_argument("--layers", type=int, default=2)
     sub.add_argument("--heads", type=int, default=3, help="attention heads")
     sub.add_argument("--steps", type=int, default=800, help="pretraining steps (batches of --batch-size)")
-    sub.add_argument("--vocab-size", type=int, default=4096,
-                     help="learn a WordPiece vocabulary of this size from all-MiniLM-L6-v2's tokenizer (0: keep its 30,522)")
+    sub.add_argument(
+        "--vocab-size",
+        type=int,
+        default=4096,
+        help="learn a WordPiece vocabulary of this size from all-MiniLM-L6-v2's tokenizer (0: keep its 30,522)",
+    )
     # 2e-3 with 40% masking: 13.0% held-out MLM accuracy after 300 steps against 9.8% with 1e-3 and 15% (plain
     # model, one seed; more masked tokens per step are more to learn from in a CPU budget)
     sub.add_argument("--mlm-lr", type=float, default=2e-3)
@@ -112,7 +113,11 @@ def corpus_sentences(args, tokenizer):
     rng = random.Random(0)
     rng.shuffle(texts)
     # test, then validation, then training sentences: a recipe chosen on val never saw the test sentences
-    test, val, train = texts[: args.limit_eval], texts[args.limit_eval : 2 * args.limit_eval], texts[2 * args.limit_eval :]
+    test, val, train = (
+        texts[: args.limit_eval],
+        texts[args.limit_eval : 2 * args.limit_eval],
+        texts[2 * args.limit_eval :],
+    )
     held_out = val if args.eval_split == "val" else test
     train = train[: args.limit_train or args.steps * args.batch_size]  # default: every step a new batch
     if args.vocab_size:
@@ -134,10 +139,14 @@ def corpus_batches(args, tokenizer, seed=0):
     if seed:
         random.Random(seed).shuffle(batches)
     batches = [batches[i % len(batches)] for i in range(args.steps)]
-    description = (f"{len(train)} training sentences (of {len(texts)}: {', '.join(CORPUS_SOURCES)}), "
-                   f"{len(held_out)} held out ({args.eval_split}); {args.steps} steps of {args.batch_size} x <= {args.max_seq_length} "
-                   f"tokens, {args.mlm_probability:.0%} masked (held out: 15%)")
-    description += f"; a {len(tokenizer)}-token WordPiece vocabulary learnt on the training sentences" if args.vocab_size else ""
+    description = (
+        f"{len(train)} training sentences (of {len(texts)}: {', '.join(CORPUS_SOURCES)}), {len(held_out)} held out "
+        f"({args.eval_split}); {args.steps} steps of {args.batch_size} x <= {args.max_seq_length} tokens, "
+        f"{args.mlm_probability:.0%} masked (held out: 15%)"
+    )
+    description += (
+        f"; a {len(tokenizer)}-token WordPiece vocabulary learnt on the training sentences" if args.vocab_size else ""
+    )
     held_out_batches = recipe.masked_batches(tokens["held_out"], tokenizer, 0.15, 128, seed=2)
     description += f"; most-frequent-token baseline {unigram_accuracy(batches, held_out_batches):.2f}% MLM accuracy"
     return tokenizer, batches, held_out_batches, description
@@ -295,7 +304,11 @@ def pretrained(args, method, settings, tokenizer, batches, smaller_sizes_warmup,
                     sorted(tokenizer.get_vocab().items()), args.layers, args.heads, args.mlm_lr, args.mlm_probability,
                     args.limit_train, args.limit_eval, args.device, args.model]
     settings_key += [seed] if seed else []  # seed 0's key predates --seeds: its kept encoders stay valid
-    kept = Path(args.out) / "pretrained" / f"{method}-{hashlib.sha1(json.dumps(settings_key).encode()).hexdigest()[:12]}.pt"
+    kept = (
+        Path(args.out)
+        / "pretrained"
+        / f"{method}-{hashlib.sha1(json.dumps(settings_key).encode()).hexdigest()[:12]}.pt"
+    )
     torch.manual_seed(seed)  # the same initial encoder for every method of a seed (built before the heads)
     model = recipe.build_model(settings, tokenizer).to(args.device)
     if kept.is_file():
@@ -314,10 +327,14 @@ def pretrained(args, method, settings, tokenizer, batches, smaller_sizes_warmup,
 def check_methods(methods, args):
     sizes = args.sizes
     for method in methods:
-        known = method == "plain" or (method.startswith("ff") and method[2:].isdigit() and int(method[2:]) in sizes[1:])
+        known = method == "plain" or (
+            method.startswith("ff") and method[2:].isdigit() and int(method[2:]) in sizes[1:]
+        )
         if not known and mrl_recipe(method, args) is None:
-            raise SystemExit(f"--methods names {method!r}; use mrl, mrl_paper, mrl_w<W>[_ramp<P>], plain or ff<d> with "
-                             f"d one of {sizes[1:]}.")
+            raise SystemExit(
+                f"--methods names {method!r}; use mrl, mrl_paper, mrl_w<W>[_ramp<P>], plain or ff<d> with "
+                f"d one of {sizes[1:]}."
+            )
 
 
 def seed_job(job):
@@ -373,7 +390,9 @@ def run(args, argv):
                                                                        r["timings"].items()}}, description + partial)
 
     reports = []
-    common.run_jobs(seed_job, jobs, args.workers, args.device, on_result=lambda results: reports.append(write(results)))
+    common.run_jobs(
+        seed_job, jobs, args.workers, args.device, on_result=lambda results: reports.append(write(results))
+    )
     return reports[-1]
 
 
@@ -411,13 +430,17 @@ def learning_rate_table(runs, tasks, sizes, lrs):
         return " / ".join(f"{statistics.fmean(after(method, task, lr, d)):.2f}" for d in sizes)
 
     def gaps(task, lr):
-        return " / ".join(f"{difference(after('mrl', task, lr, d), after('plain', task, lr, d))[0]:+.2f}" for d in sizes)
+        return " / ".join(
+            f"{difference(after('mrl', task, lr, d), after('plain', task, lr, d))[0]:+.2f}" for d in sizes
+        )
 
     sizes_named = " / ".join(map(str, sizes))
     lines = ["", f"Fine-tuning learning rates side by side (after fine-tuning, at {sizes_named}):"]
     for task in tasks:
         lines += ["", f"{task}:", "", "| lr | MRL-pretrained | plain-pretrained | MRL - plain |", "|---|---|---|---|"]
-        lines += [f"| {lr:g} | {cells('mrl', task, lr)} | {cells('plain', task, lr)} | {gaps(task, lr)} |" for lr in lrs]
+        lines += [
+            f"| {lr:g} | {cells('mrl', task, lr)} | {cells('plain', task, lr)} | {gaps(task, lr)} |" for lr in lrs
+        ]
     return lines
 
 
@@ -441,15 +464,24 @@ def report(args, argv, sizes, methods, runs, timings, description):
              "side by side, not for absolute MLM accuracy.")
     variants = [m for m in methods if m != "mrl" and mrl_recipe(m, args)]  # the study's other MRL recipes
     full, warmup = args.mrl_full_weight, args.smaller_sizes_warmup_fraction
-    body = [f"MLM accuracy (%) on the held-out ({args.eval_split}) sentences' masked tokens, every size. MRL (weight "
-            f"{full:g} on the full size, 1 on the others" + (f", those rising from 0 over the first {warmup:.0%} of the "
-            "steps" if warmup else "") + ") and FF-d: the heads trained with the encoder (FF at the full size is plain); "
-            f"plain prefix: heads fit on the frozen plain encoder ({args.refit_steps} head-only steps); last column: "
-            "MRL's heads refit the same way (same protocol as the plain prefixes)"
-            + (f"; other MRL recipes: {', '.join(variants)} (weight W on the full size, the smaller sizes' weights "
-               "rising from 0 over the first P% of the steps; mrl_paper: every weight 1)" if variants else "") + ":", "",
-            "| size | MRL | " + "".join(f"{m} | " for m in variants) + "FF-d | plain prefix | MRL, heads refit |",
-            "|---|---|" + "---|" * len(variants) + "---|---|---|"]
+    body = [
+        f"MLM accuracy (%) on the held-out ({args.eval_split}) sentences' masked tokens, every size. MRL (weight "
+        f"{full:g} on the full size, 1 on the others"
+        + (f", those rising from 0 over the first {warmup:.0%} of the steps" if warmup else "")
+        + ") and FF-d: the heads trained with the encoder (FF at the full size is plain); "
+        f"plain prefix: heads fit on the frozen plain encoder ({args.refit_steps} head-only steps); last column: "
+        "MRL's heads refit the same way (same protocol as the plain prefixes)"
+        + (
+            f"; other MRL recipes: {', '.join(variants)} (weight W on the full size, the smaller sizes' weights "
+            "rising from 0 over the first P% of the steps; mrl_paper: every weight 1)"
+            if variants
+            else ""
+        )
+        + ":",
+        "",
+        "| size | MRL | " + "".join(f"{m} | " for m in variants) + "FF-d | plain prefix | MRL, heads refit |",
+        "|---|---|" + "---|" * len(variants) + "---|---|---|",
+    ]
     for d in sizes:
         values = [mlm("mrl", d)] + [mlm(m, d) for m in variants] + [mlm("ff", d), mlm("plain", d),
                                                                   per_seed(runs, "mrl", "refit", d)]
@@ -469,13 +501,20 @@ def report(args, argv, sizes, methods, runs, timings, description):
                   f"{args.probe_train} texts of train, scored on test)" if args.eval_split == "test" else
                   f"STS-B dev Spearman, Banking77 probe accuracy (trained on up to {args.probe_train} texts of "
                   f"train, scored on up to {args.limit_eval} other texts of train)")
-        body += ["", "The pretrained encoders as embedding models (mean pooling), before and after embedding fine-tuning "
-                 "(InfoNCE + MatryoshkaLoss at every size, weight 1 each"
-                 + (f", the smaller sizes' weights rising from 0 over the first {args.finetune_warmup_fraction:.0%} of the "
-                    "steps" if args.finetune_warmup_fraction else ", from the first step")
-                 + f", {per_seed(runs, 'mrl', 'finetuned', 'rows')[0]} SNLI triplets, {args.epochs} epoch(s) of batch "
-                 f"{args.batch_size}, lr {reported_lr(args):g}), scored at {args.max_seq_length} tokens (the pretraining "
-                 f"length) x100: {scored}:"]
+        body += [
+            "",
+            "The pretrained encoders as embedding models (mean pooling), before and after embedding fine-tuning "
+            "(InfoNCE + MatryoshkaLoss at every size, weight 1 each"
+            + (
+                f", the smaller sizes' weights rising from 0 over the first {args.finetune_warmup_fraction:.0%} of "
+                "the steps"
+                if args.finetune_warmup_fraction
+                else ", from the first step"
+            )
+            + f", {per_seed(runs, 'mrl', 'finetuned', 'rows')[0]} SNLI triplets, {args.epochs} epoch(s) of batch "
+            f"{args.batch_size}, lr {reported_lr(args):g}), scored at {args.max_seq_length} tokens (the pretraining "
+            f"length) x100: {scored}:",
+        ]
         for task in tasks:
             def tuned(method, when, d, task=task):
                 return per_seed(runs, method, "finetuned", task, when, d)
@@ -487,7 +526,9 @@ def report(args, argv, sizes, methods, runs, timings, description):
             for d in sizes:
                 gap, text = difference(tuned("mrl", "after", d), tuned("plain", "after", d))
                 if d == sizes[0]:
-                    checks.append((f"{task} after fine-tuning: MRL >= plain - 0.3 at {d} ({text})", gap + 0.3, gap >= -0.3))
+                    checks.append(
+                        (f"{task} after fine-tuning: MRL >= plain - 0.3 at {d} ({text})", gap + 0.3, gap >= -0.3)
+                    )
                 elif d <= 64:
                     checks.append((f"{task} after fine-tuning: MRL > plain at {d} ({text})", gap, gap > 0))
         if len(lrs) > 1:
@@ -495,6 +536,11 @@ def report(args, argv, sizes, methods, runs, timings, description):
     report = {**common.report_head(argv, setup), "timings": timings, "runs": runs, "targets": checks}
     body += common.targets_lines(checks)
     body += ["", "Wall time per phase: " + ", ".join(f"{k} {v:.0f}s" for k, v in timings.items())]
-    common.write_report(args, args.report_name, report, "Quality: MLM pretraining with nested dimensions (the paper's BERT "
-                        "setting, small scale)", body)
+    common.write_report(
+        args,
+        args.report_name,
+        report,
+        "Quality: MLM pretraining with nested dimensions (the paper's BERT setting, small scale)",
+        body,
+    )
     return report

@@ -1,4 +1,9 @@
-"""What every training benchmark's result file starts with: the command that produced it and the machine."""
+"""What every training benchmark's result file starts with: the command that produced it and the machine.
+
+Every benchmark imports this module before its other sibling modules: it puts recipes/ on `sys.path` (the development
+data helpers in `demo_data`, and the recipes some suites train with), once, for all of them. A script's own folder,
+benchmarks/, is on `sys.path` when it runs; mrl_text comes from the install (or `PYTHONPATH=.`).
+"""
 
 import os
 import platform
@@ -7,6 +12,10 @@ import sys
 from pathlib import Path
 
 import torch
+
+RECIPES = Path(__file__).resolve().parents[1] / "recipes"
+if str(RECIPES) not in sys.path:
+    sys.path.append(str(RECIPES))  # appended: it never shadows an installed package
 
 
 def command_line(argv=None):
@@ -25,4 +34,13 @@ def machine():
 
 def header(title, report):
     """Markdown lines: title, command, machine, setup sentence."""
-    return [f"# {title}", "", f"Command: `{report['command']}`", "", f"Machine: {report['machine']}", "", report["setup"], ""]
+    return [
+        f"# {title}",
+        "",
+        f"Command: `{report['command']}`",
+        "",
+        f"Machine: {report['machine']}",
+        "",
+        report["setup"],
+        "",
+    ]

@@ -16,12 +16,21 @@ import os
 os.environ.setdefault("OMP_NUM_THREADS", "1")
 
 import numpy as np  # noqa: E402
-from embedding_cache import REPO, cached_embeddings, command_line, demo_model_path, load_model, machine, model_label  # noqa: E402
 
 from mrl_text import AdaptiveClassifier  # noqa: E402
-from demo_data import shared_data_dir  # noqa: E402
-
 from mrl_text.data import load_classification  # noqa: E402
+
+import _report  # noqa: E402, F401  (before the other siblings: puts recipes/ on sys.path)
+from demo_data import shared_data_dir  # noqa: E402
+from embedding_cache import (  # noqa: E402
+    REPO,
+    cached_embeddings,
+    command_line,
+    demo_model_path,
+    load_model,
+    machine,
+    model_label,
+)
 
 
 def main():
@@ -74,18 +83,24 @@ def main():
 def markdown(results, full):
     data = results["data"]
     lines = [
-        "# Adaptive classification: Banking77", "",
+        "# Adaptive classification: Banking77",
+        "",
         f"Command: `{results['command']}`  ",
         f"Machine: {results['machine']}.  ",
         f"Model: {results['model']}. Logistic-regression probe per size on frozen embeddings (prefix, re-normalized); "
         f"{data['train']} train / {data['val']} validation (thresholds) / {data['test']} test texts, "
-        f"{data['classes']} intents.", "",
-        "## Fixed sizes (test accuracy)", "",
+        f"{data['classes']} intents.",
+        "",
+        "## Fixed sizes (test accuracy)",
+        "",
         "| size | " + " | ".join(str(d) for d in results["fixed_size_test_accuracy"]) + " |",
         "|---|" + "---|" * len(results["fixed_size_test_accuracy"]),
-        "| accuracy | " + " | ".join(f"{a:.4f}" for a in results["fixed_size_test_accuracy"].values()) + " |", "",
-        "## Cascade (thresholds calibrated on validation to stay within `tolerance` of full-size accuracy)", "",
-        "| tolerance | test accuracy | full-size test accuracy | expected dims | dims saved vs full | answered at each size (test) |",
+        "| accuracy | " + " | ".join(f"{a:.4f}" for a in results["fixed_size_test_accuracy"].values()) + " |",
+        "",
+        "## Cascade (thresholds calibrated on validation to stay within `tolerance` of full-size accuracy)",
+        "",
+        "| tolerance | test accuracy | full-size test accuracy | expected dims | dims saved vs full | answered at "
+        "each size (test) |",
         "|---|---|---|---|---|---|",
     ]
     for row in results["cascades"]:

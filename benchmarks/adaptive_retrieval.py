@@ -24,11 +24,21 @@ os.environ.setdefault("OMP_NUM_THREADS", "1")
 
 import numpy as np  # noqa: E402
 import torch  # noqa: E402
-from embedding_cache import REPO, cached_embeddings, command_line, demo_model_path, load_model, machine, model_label  # noqa: E402
 
-from demo_data import load_text_corpus  # noqa: E402
-from mrl_text.models.modeling_matryoshka import truncate_embeddings  # noqa: E402
 from mrl_text.deploy.funnel import FunnelIndex, build_exact_index, exact_search  # noqa: E402
+from mrl_text.models.modeling_matryoshka import truncate_embeddings  # noqa: E402
+
+import _report  # noqa: E402, F401  (before the other siblings: puts recipes/ on sys.path)
+from demo_data import load_text_corpus  # noqa: E402
+from embedding_cache import (  # noqa: E402
+    REPO,
+    cached_embeddings,
+    command_line,
+    demo_model_path,
+    load_model,
+    machine,
+    model_label,
+)
 
 # Every sentence-like source up to 100k+ texts: SNLI, Flickr8k captions, emotion, Banking77, MRPC (107,924 unique).
 SENTENCE_SOURCES = ["snli", "flickr8k_captions", "emotion", "banking77", "mrpc"]
@@ -225,7 +235,10 @@ def scaled_benchmark(args, docs, queries, dims, full):
             began = time.perf_counter()
             search(unit_batch if name.startswith("sentence") else batch)
             info[name]["batch_seconds"].append(time.perf_counter() - began)
-        print(f"  repeat {repeat + 1}/{args.repeats}: " + ", ".join(f"{n}: {v[-1] * 1e3:.2f} ms" for n, v in latency.items()))
+        print(
+            f"  repeat {repeat + 1}/{args.repeats}: "
+            + ", ".join(f"{n}: {v[-1] * 1e3:.2f} ms" for n, v in latency.items())
+        )
 
     exact_name = "exact flat 384 (FAISS)"
     exact_latency = statistics.median(latency[exact_name])
@@ -256,7 +269,7 @@ def markdown(results):
         f"Command: `{results['command']}`  ",
         f"Machine: {results['machine']}; FAISS and torch on {results['threads']} thread(s).  ",
         f"Model: {results['model']}; trained sizes {results['trained_sizes']}.", "",
-        f"## (a) Recall on the real corpus", "",
+        "## (a) Recall on the real corpus", "",
         f"{results['corpus']['texts']} unique texts ({results['corpus']['dedup']}) from "
         + ", ".join(f"{k} {v}" for k, v in results["corpus"]["sources"].items())
         + f"; {results['corpus']['queries']} random texts held out as queries, {results['corpus']['documents']} "
@@ -268,22 +281,28 @@ def markdown(results):
     scaled = results["scaled"]
     if scaled:
         lines += [
-            "", f"## (b) Latency and throughput at {scaled['vectors']:,} vectors", "",
+            "",
+            f"## (b) Latency and throughput at {scaled['vectors']:,} vectors",
+            "",
             f"The set: {scaled['how']}. Latency: median over {scaled['repeats']} repeats of the mean time of "
-            f"{scaled['queries_latency']} single-query searches; throughput: {scaled['queries_batch']} queries in one "
-            "batch (recall@10 here: of those queries, against exact flat search on the same 1M vectors). Speed-ups are "
-            "against FAISS exact flat search at full size measured in the same run; the FLOPs "
-            "ratio counts multiply-adds per query (exact: n x 384; int8 codes counted like floats; binary codes have "
-            "none in their first stage, which reads 32 bytes per document for 256 bits instead of 1,536 for exact).", "",
-            "| method | recall@10 | latency ms | latency speed-up | throughput q/s | throughput speed-up | FLOPs ratio | build s |",
+            f"{scaled['queries_latency']} single-query searches; throughput: {scaled['queries_batch']} queries in "
+            "one batch (recall@10 here: of those queries, against exact flat search on the same 1M vectors). "
+            "Speed-ups are against FAISS exact flat search at full size measured in the same run; the FLOPs ratio "
+            "counts multiply-adds per query (exact: n x 384; int8 codes counted like floats; binary codes have none "
+            "in their first stage, which reads 32 bytes per document for 256 bits instead of 1,536 for exact).",
+            "",
+            "| method | recall@10 | latency ms | latency speed-up | throughput q/s | throughput speed-up | FLOPs "
+            "ratio | build s |",
             "|---|---|---|---|---|---|---|---|",
         ]
         for row in scaled["rows"]:
             flops = f"{row['flops_ratio']:.1f}x" if row["flops_ratio"] else "-"
             build = f"{row['build_seconds']:.0f}" if row["build_seconds"] is not None else "-"
             lines.append(
-                f"| {row['method']} | {row['recall@10']:.4f} | {row['latency_ms']:.2f} | {row['speedup_latency']:.1f}x | "
-                f"{row['throughput_qps']:.0f} | {row['speedup_throughput']:.1f}x | {flops} | {build} |")
+                f"| {row['method']} | {row['recall@10']:.4f} | {row['latency_ms']:.2f} | "
+                f"{row['speedup_latency']:.1f}x | {row['throughput_qps']:.0f} | {row['speedup_throughput']:.1f}x | "
+                f"{flops} | {build} |"
+            )
     return "\n".join(lines) + "\n"
 
 

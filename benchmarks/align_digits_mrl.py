@@ -11,17 +11,15 @@ The captions are made from the digit labels (see README), so this measures the n
 """
 
 import platform
-import sys
 import time
 from pathlib import Path
 
 import torch
 
-sys.path.insert(0, str(Path(__file__).resolve().parents[1] / "recipes"))
+from mrl_text.evaluation import Results
 
-from train_align import DEFAULT_CONFIG, read_recipe, train  # noqa: E402
-
-from mrl_text.evaluation import Results  # noqa: E402
+import _report  # noqa: F401  (before the other siblings: puts recipes/ on sys.path)
+from train_align import DEFAULT_CONFIG, read_recipe, train
 
 OUT = Path(__file__).parent / "results" / "align_digits_mrl"
 COMMAND = "OMP_NUM_THREADS=1 PYTHONPATH=. python benchmarks/align_digits_mrl.py"
@@ -45,7 +43,7 @@ def main():
     results = Results(rows)
     results.to_json(OUT.with_suffix(".json"))
     lines = [
-        f"# Matryoshka vs. plain image-text training, digits demo (captions made from labels)",
+        "# Matryoshka vs. plain image-text training, digits demo (captions made from labels)",
         "",
         f"Command: `{COMMAND}`  ",
         f"Machine: {platform.machine()}, {torch.get_num_threads()} torch thread(s), torch {torch.__version__}, "

@@ -35,10 +35,9 @@ from pathlib import Path
 
 import torch
 
-sys.path.insert(0, str(Path(__file__).resolve().parent))
-import _quality_common as common  # noqa: E402
-from _report import header  # noqa: E402
-from quality import batch_order, finished_evaluation  # noqa: E402  (the quality suite's batches and test tasks)
+import _quality_common as common
+from _report import header
+from quality import batch_order, finished_evaluation  # the quality suite's batches and test tasks
 
 METHODS = ("depth", "st2d", "mrl")
 
@@ -316,15 +315,17 @@ def write_report(args, report):
         weights = ",".join(f"{w:g}" for w in args.layer_weights) if args.layer_weights else "1 each"
         per_step = ("every earlier depth" if args.n_layers_per_step == -1
                     else f"{args.n_layers_per_step} sampled depth(s)")
-        setup += (f"Quality: {q['triplets']} SNLI (dev+test) triplets, {q['steps']} steps of batch {args.batch_size} "
-                  f"(the same batches for every method; seeds 0..{q['seeds'] - 1} draw the batch order and the sampled "
-                  f"depths; tables show the mean ± half the spread), lr {args.lr}, {args.max_seq_length} training "
-                  f"tokens; `depth`: trained depths {','.join(map(str, args.depths))}, layer weights {weights}, "
-                  f"{per_step} per step (averaged), {args.alignment} alignment weight "
-                  f"{args.alignment_weight}; scored on {q['tasks']} (x100) at {', '.join(args.precisions)} "
-                  f"(int8 ranges from each task's own vectors; retrieval's bit codes also with float rescoring of the "
-                  f"top {args.rescore}), one encoding pass per layer count (`evaluate_grid`). "
-                  + common.subsampling_note(args))
+        setup += (
+            f"Quality: {q['triplets']} SNLI (dev+test) triplets, {q['steps']} steps of batch {args.batch_size} "
+            f"(the same batches for every method; seeds 0..{q['seeds'] - 1} draw the batch order and the sampled "
+            f"depths; tables show the mean ± half the spread), lr {args.lr}, {args.max_seq_length} training "
+            f"tokens; `depth`: trained depths {','.join(map(str, args.depths))}, layer weights {weights}, "
+            f"{per_step} per step (averaged), {args.alignment} alignment weight "
+            f"{args.alignment_weight}; scored on {q['tasks']} (x100) at {', '.join(args.precisions)} "
+            f"(int8 ranges from each task's own vectors; retrieval's bit codes also with float rescoring of the "
+            f"top {args.rescore}), one encoding pass per layer count (`evaluate_grid`). "
+            + common.subsampling_note(args)
+        )
     report["setup"] = setup
     body = []
     if report["throughput"]["rows"]:

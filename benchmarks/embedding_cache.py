@@ -15,8 +15,6 @@ from pathlib import Path
 import numpy as np
 
 REPO = Path(__file__).resolve().parents[1]
-sys.path.insert(0, str(REPO))
-sys.path.insert(0, str(REPO / "recipes"))  # demo_data: the development data helpers
 
 # Nested sizes declared for a plain encoder (the demo model): the common MRL nesting for a 384-d encoder.
 DEMO_DIMENSIONS = [384, 256, 128, 64, 32, 16]
@@ -98,7 +96,9 @@ def machine():
                 break
     except OSError:
         pass
-    return f"{cpu}, {os.cpu_count()} logical CPUs (shared), Python {platform.python_version()}, torch {torch.__version__}"
+    return (
+        f"{cpu}, {os.cpu_count()} logical CPUs (shared), Python {platform.python_version()}, torch {torch.__version__}"
+    )
 
 
 def command_line():

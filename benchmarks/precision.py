@@ -15,24 +15,21 @@ within 1.0 nDCG@10 of float 256 on SciFact. Default model: all-MiniLM-L6-v2 as i
 import argparse
 import json
 import random
-import sys
 import time
 from pathlib import Path
 from types import SimpleNamespace
 
 import torch
 
-BENCHMARKS = Path(__file__).resolve().parent
-sys.path.insert(0, str(BENCHMARKS))
-sys.path.insert(0, str(BENCHMARKS.parent))
-sys.path.insert(0, str(BENCHMARKS.parent / "recipes"))
-from _report import command_line, header, machine  # noqa: E402
-from demo_data import shared_data_dir  # noqa: E402
-from embedding_cache import cached_embeddings, load_model, model_label  # noqa: E402
+from mrl_text.data import load_beir, load_sts
+from mrl_text.evaluation import RetrievalEvaluator, STSEvaluator, evaluate_grid
+from mrl_text.file_utils import write_atomic
 
-from mrl_text.data import load_beir, load_sts  # noqa: E402
-from mrl_text.evaluation import RetrievalEvaluator, STSEvaluator, evaluate_grid  # noqa: E402
-from mrl_text.file_utils import write_atomic  # noqa: E402
+from _report import command_line, header, machine  # before the other siblings: puts recipes/ on sys.path
+from demo_data import shared_data_dir
+from embedding_cache import cached_embeddings, load_model, model_label
+
+BENCHMARKS = Path(__file__).resolve().parent
 
 
 def scifact_subset(data, limit, query_limit=None, seed=0):
@@ -87,7 +84,9 @@ def main(argv=None):
     parser.add_argument("--corpus-limit", type=int, default=None, help="SciFact abstracts kept (default: all 5,183)")
     parser.add_argument("--query-limit", type=int, default=None, help="SciFact test queries kept (default: all 300)")
     parser.add_argument("--sts-limit", type=int, default=None, help="STS-B test pairs kept (default: all 1,379)")
-    parser.add_argument("--calibration-texts", type=int, default=1000, help="held-out texts for calibrate_quantization")
+    parser.add_argument(
+        "--calibration-texts", type=int, default=1000, help="held-out texts for calibrate_quantization"
+    )
     parser.add_argument("--max-length", type=int, default=256)
     parser.add_argument("--batch-size", type=int, default=32)
     parser.add_argument("--threads", type=int, default=1)
@@ -124,13 +123,15 @@ def main(argv=None):
         gap = by["binary+rescore"] - by["float32"]
         checks.append((f"binary 256 + rescore top {share} of {len(corpus)} (the share top 100 is of 5,183): "
                        f"{gap:+.2f} vs float32 256 (>= -1.0)", gap >= -1.0))
-    setup = (f"{model_label(args.model)}; STS-B test ({len(stsb.scores)} of 1,379 pairs); SciFact test "
-             f"({len(scifact.query_ids)} of 300 queries, {len(corpus)} of 5,183 abstracts: every relevant one plus a seeded random sample"
-             f"{'' if args.corpus_limit is None else ', subsampled for CPU time'}); max_length {args.max_length}; "
-             f"int8 calibration on {len(calibration)} held-out texts ({half} STS-B train sentences, "
-             f"{len(calibration) - half} SciFact abstracts outside the evaluated corpus). Bytes per vector: float32 "
-             "4 x size, int8 1 x size, binary size / 8 (`+rescore` keeps binary/int8 codes in memory and reads the "
-             f"float vectors of the top 100 from disk). {time.time() - began:.0f} s in all.")
+    setup = (
+        f"{model_label(args.model)}; STS-B test ({len(stsb.scores)} of 1,379 pairs); SciFact test "
+        f"({len(scifact.query_ids)} of 300 queries, {len(corpus)} of 5,183 abstracts: every relevant one plus a "
+        f"seeded random sample{'' if args.corpus_limit is None else ', subsampled for CPU time'}); max_length "
+        f"{args.max_length}; int8 calibration on {len(calibration)} held-out texts ({half} STS-B train sentences, "
+        f"{len(calibration) - half} SciFact abstracts outside the evaluated corpus). Bytes per vector: float32 4 x "
+        "size, int8 1 x size, binary size / 8 (`+rescore` keeps binary/int8 codes in memory and reads the float "
+        f"vectors of the top 100 from disk). {time.time() - began:.0f} s in all."
+    )
     report = {"command": command_line(argv), "machine": machine(), "setup": setup,
               "calibrated": calibrated.to_dict(), "per_task": per_task.to_dict(),
               "targets": [{"check": text, "met": met} for text, met in checks]}

@@ -20,10 +20,10 @@ From all-MiniLM-L6-v2 (`--model`), on the shared data folder (`--data`):
   train, and MRL loss variants (size weights, a full-size-only phase, a ramp of the smaller sizes, sampled sizes,
   distilled prefixes) against plain, over seeds (finished runs are kept under --out and reused).
 
-Every run uses the library's trainer with `mrl_text.training.optimization.build_optimizer` (heads and projections at `--head-lr`), seeds
-0..N-1 (`--seeds`), mean and spread over seeds. Results: `<--results>/quality_<regime>.json` and `.md`, headed by
-the command and the machine; any subsampling is stated there. Model choices were made on a validation split held
-out from the training set (`--eval-split val`), never on test.
+Every run uses the library's trainer with `mrl_text.training.optimization.build_optimizer` (heads and projections at
+`--head-lr`), seeds 0..N-1 (`--seeds`), mean and spread over seeds. Results: `<--results>/quality_<regime>.json` and
+`.md`, headed by the command and the machine; any subsampling is stated there. Model choices were made on a validation
+split held out from the training set (`--eval-split val`), never on test.
 
     python benchmarks/quality.py classification --limit-train 2000 --limit-eval 500      # CPU, subsampled
     python benchmarks/quality.py retrieval --device cuda --bf16 --seeds 3 --workers 6    # a GPU
@@ -43,7 +43,6 @@ from pathlib import Path
 import numpy as np
 import torch
 
-sys.path.insert(0, str(Path(__file__).resolve().parent))
 import _quality_common as common
 import _quality_mlm
 
@@ -127,7 +126,13 @@ def classification_job(job):
     with common.phase(f"{label} features", timings):
         train_x = common.pooled_features(model, train_texts, args.eval_max_seq_length)
         eval_x = common.pooled_features(model, eval_texts, args.eval_max_seq_length)
-    result = {"dataset": name, "method": method, "size": size, "seed": seed, "head": head_accuracies(model, eval_x, eval_y)}
+    result = {
+        "dataset": name,
+        "method": method,
+        "size": size,
+        "seed": seed,
+        "head": head_accuracies(model, eval_x, eval_y),
+    }
     with common.phase(f"{label} probes", timings):
         dims = [size] if method == "ff" else args.sizes
         result["probe"] = {d: common.probe_accuracy(train_x, train_y, eval_x, eval_y, d) for d in dims}
@@ -138,8 +143,9 @@ def classification_job(job):
             }
         if job.get("adaptive") and method == "mrl" and args.eval_split == "test":
             val_texts, val_y = task["val"]
-            result["adaptive"] = adaptive_cascades(model, common.pooled_features(model, val_texts, args.eval_max_seq_length),
-                                                   val_y, eval_x, eval_y)
+            result["adaptive"] = adaptive_cascades(
+                model, common.pooled_features(model, val_texts, args.eval_max_seq_length), val_y, eval_x, eval_y
+            )
     result["timings"] = timings
     return result
 
@@ -210,7 +216,9 @@ def classification_table(rows, sizes, datasets):
     lines = ["| run | " + " | ".join(map(str, sizes)) + " |", "|---|" + "---|" * len(sizes)]
     for name in ROW_ORDER:
         if name in rows:
-            lines.append(f"| {name} | " + " | ".join(common.cell(averaged(rows[name], d, datasets)) for d in sizes) + " |")
+            lines.append(
+                f"| {name} | " + " | ".join(common.cell(averaged(rows[name], d, datasets)) for d in sizes) + " |"
+            )
     return lines
 
 
@@ -233,7 +241,9 @@ def classification_targets(rows, sizes, datasets):
         check(f"MRL head >= best of (d), (e) {'+ 1.0' if margin else ''} at {d}", mean("MRL head", d) - best + margin)
     for d in sizes:
         check(f"MRL-E head within 1.0 of MRL head at {d}", 1.0 - abs(mean("MRL-E head", d) - mean("MRL head", d)))
-    check(f"MRL head >= plain head - 0.3 at {sizes[0]}", mean("MRL head", sizes[0]) - mean("plain head", sizes[0]) + 0.3)
+    check(
+        f"MRL head >= plain head - 0.3 at {sizes[0]}", mean("MRL head", sizes[0]) - mean("plain head", sizes[0]) + 0.3
+    )
     return checks
 
 
@@ -242,17 +252,21 @@ def run_classification(args, argv):
     methods = args.methods.split(",")
     unknown = sorted(set(methods) - set(CLASSIFICATION_METHODS)) + sorted(set(datasets) - set(CLASSIFICATION_DATASETS))
     if unknown:
-        raise SystemExit(f"unknown method/dataset {unknown}; methods {CLASSIFICATION_METHODS}, datasets {CLASSIFICATION_DATASETS}")
+        raise SystemExit(
+            f"unknown method/dataset {unknown}; methods {CLASSIFICATION_METHODS}, datasets {CLASSIFICATION_DATASETS}"
+        )
     timings = {}
     with common.phase("classification runs", timings):
-        results = common.run_jobs(classification_job, classification_jobs(args, methods, datasets), args.workers, args.device)
+        results = common.run_jobs(
+            classification_job, classification_jobs(args, methods, datasets), args.workers, args.device
+        )
     rows = classification_rows(results, args.sizes)
     setup = (
-        f"From {common.model_name(args)}; {', '.join(datasets)}; {args.epochs} epoch(s), batch {args.batch_size}, lr {args.lr} "
-        f"(heads: {args.head_lr or args.lr}, {args.head_lr_rule} by size; MRL-E heads read {args.tied_head_inputs} "
-        f"prefixes), warmup {args.warmup_ratio}, "
-        f"{args.max_seq_length} tokens; {args.seeds} seed(s) (mean ± sd over seeds of the dataset average); validation = "
-        f"{args.val_fraction:.0%} of train held out (seeded); scored on the {args.eval_split} split. "
+        f"From {common.model_name(args)}; {', '.join(datasets)}; {args.epochs} epoch(s), batch {args.batch_size}, lr "
+        f"{args.lr} (heads: {args.head_lr or args.lr}, {args.head_lr_rule} by size; MRL-E heads read "
+        f"{args.tied_head_inputs} prefixes), warmup {args.warmup_ratio}, {args.max_seq_length} tokens; {args.seeds} "
+        f"seed(s) (mean ± sd over seeds of the dataset average); validation = {args.val_fraction:.0%} of train held "
+        f"out (seeded); scored on the {args.eval_split} split. "
         + common.subsampling_note(args)
     )
     report = {**common.report_head(argv, setup), "timings": timings, "runs": results,
@@ -276,7 +290,8 @@ def run_adaptive(args, argv):
     setup = (
         f"MRL classifier (nested heads) trained on Banking77 from {args.model} as in `classification` ({args.epochs} "
         f"epoch(s), lr {args.lr}, heads {args.head_lr or args.lr} {args.head_lr_rule} by size); its own heads form "
-        f"the cascade, thresholds calibrated on the validation split held out from train ({args.val_fraction:.0%}), accuracy on test; "
+        f"the cascade, thresholds calibrated on the validation split held out from train ({args.val_fraction:.0%}), "
+        "accuracy on test; "
         f"{args.seeds} seed(s). " + common.subsampling_note(args)
     )
     report = {**common.report_head(argv, setup), "timings": timings, "runs": results}
@@ -302,7 +317,9 @@ def run_adaptive(args, argv):
                           bool(dims_at_target <= 48))]
     body += ["", f"Fewest expected dimensions with test accuracy within 0.5 of full size: {dims_at_target:.1f}."]
     body += common.targets_lines(report["targets"])
-    common.write_report(args, "adaptive", report, "Quality: adaptive classification on the trained MRL classifier", body)
+    common.write_report(
+        args, "adaptive", report, "Quality: adaptive classification on the trained MRL classifier", body
+    )
     return report
 
 
@@ -481,15 +498,17 @@ def write_retrieval_report(args, argv, methods, results, timings, partial=None):
     """quality_<report name>.json/.md from the runs so far (`partial`: the total number of runs, while some are still
     to come)."""
     setup = (
-        f"From {common.model_name(args)}; {results[0]['data']}; {results[0]['steps']} steps of batch {args.batch_size} ({args.epochs} epoch(s), the same batches in the same "
-        f"order for every run), InfoNCE (scale 20), lr {args.lr} (projections {args.head_lr or args.lr}), warmup "
-        f"{args.warmup_ratio}, {args.max_seq_length} training tokens; evaluated at {args.eval_max_seq_length} tokens; {args.seeds} seed(s), mean ± sd. "
-        f"plain: InfoNCE at full size only; mrl: at every size (weight {args.mrl_full_weight:g} on the full size, 1 on "
-        f"the others, those rising linearly from 0 over the first {args.smaller_sizes_warmup_fraction:.0%} of the steps; "
-        f"the full size alone for the first {args.full_size_only_fraction:.0%}); "
-        "mrl_paper: MRL with the paper's recipe (every size weighted 1 from the first step); "
-        "st: sentence-transformers' "
-        "MatryoshkaLoss(MultipleNegativesRankingLoss); ffN: projection to N trained alone. " + common.subsampling_note(args)
+        f"From {common.model_name(args)}; {results[0]['data']}; {results[0]['steps']} steps of batch "
+        f"{args.batch_size} ({args.epochs} epoch(s), the same batches in the same order for every run), InfoNCE "
+        f"(scale 20), lr {args.lr} (projections {args.head_lr or args.lr}), warmup {args.warmup_ratio}, "
+        f"{args.max_seq_length} training tokens; evaluated at {args.eval_max_seq_length} tokens; {args.seeds} "
+        f"seed(s), mean ± sd. plain: InfoNCE at full size only; mrl: at every size (weight {args.mrl_full_weight:g} "
+        "on the full size, 1 on the others, those rising linearly from 0 over the first "
+        f"{args.smaller_sizes_warmup_fraction:.0%} of the steps; the full size alone for the first "
+        f"{args.full_size_only_fraction:.0%}); mrl_paper: MRL with the paper's recipe (every size weighted 1 from the "
+        "first step); st: sentence-transformers' MatryoshkaLoss(MultipleNegativesRankingLoss); ffN: projection to N "
+        "trained alone. "
+        + common.subsampling_note(args)
         + (f" PARTIAL: {len(results)} of {partial} runs." if partial else "")
     )
     report = {**common.report_head(argv, setup), "timings": timings, "runs": results,
@@ -629,12 +648,23 @@ def retrieval_validation_setup(args):
     encoder = base.encoder.eval()
     frozen = encoder.config.num_hidden_layers - args.trainable_layers
     if not 0 <= frozen < encoder.config.num_hidden_layers:
-        raise SystemExit(f"--trainable-layers {args.trainable_layers}: the encoder has {encoder.config.num_hidden_layers} "
-                         "layers; train 1 to all of them.")
+        raise SystemExit(
+            f"--trainable-layers {args.trainable_layers}: the encoder has {encoder.config.num_hidden_layers} "
+            "layers; train 1 to all of them."
+        )
     anchors, positives = (list(column) for column in zip(*data["pairs"]))
     n, n_val = len(anchors), len(data["val_queries"])
-    states = cached_states(args, encoder, base.tokenizer, anchors + positives + data["val_queries"] + data["docs"], frozen)
-    return data, encoder, (states[:n], states[n : 2 * n]), states[2 * n : 2 * n + n_val], states[2 * n + n_val :], frozen
+    states = cached_states(
+        args, encoder, base.tokenizer, anchors + positives + data["val_queries"] + data["docs"], frozen
+    )
+    return (
+        data,
+        encoder,
+        (states[:n], states[n : 2 * n]),
+        states[2 * n : 2 * n + n_val],
+        states[2 * n + n_val :],
+        frozen,
+    )
 
 
 def retrieval_run_file(args, name, seed):
@@ -715,20 +745,22 @@ def retrieval_validation_report(args, argv, data, n, frozen, runs, timings):
         f"Validation only (no SciFact test data read): SciFact's {data['n_train_queries'] + len(data['val_queries'])} "
         f"training queries split (seeded) into {data['n_train_queries']} for training ({n} query-abstract pairs) and "
         f"{len(data['val_queries'])} held out; those are scored (nDCG@10) against a sub-corpus of their "
-        f"{len(data['docs']) - args.val_corpus} relevant abstracts plus {args.val_corpus} random others. From {common.model_name(args)}: "
-        f"the bottom {frozen} layers frozen (their states cached), the top {args.trainable_layers} trained, mean pooling; "
-        f"{args.max_seq_length} tokens for training and evaluation; {args.steps} steps of batch {args.batch_size} "
-        f"({args.epochs} epochs), every variant of a seed on the same batches in the same order (seed s: batch order, "
-        f"dropout and size sampling drawn with s; the split and the starting weights are the same for all); "
-        f"{args.seeds} seed(s), mean ± sd over seeds; differences from plain are paired by seed. InfoNCE (scale 20), "
-        f"AdamW lr {args.lr}, warmup {args.warmup_ratio}, linear decay. Variants: mrl_w4 weight 4 on the full size; "
-        "mrl_n3 full size plus 2 sampled smaller sizes per step (n_dims_per_step=3); mrl_sched plain InfoNCE for the "
-        "first half of the steps, then every size (mrl_sched25: the first quarter; mrl_w4_sched25: that and weight 4 on "
-        "the full size); mrl_w4_ramp50 weight 4 on the full size, the others' weights rising linearly from 0 to 1 over "
-        "the first half (mrl_w4_ramp100: over all the steps; mrl_ramp50: weight 1 on the full size); mrl_w2 weight 2 on the full size (mrl_w2_ramp50: and the "
+        f"{len(data['docs']) - args.val_corpus} relevant abstracts plus {args.val_corpus} random others. From "
+        f"{common.model_name(args)}: the bottom {frozen} layers frozen (their states cached), the top "
+        f"{args.trainable_layers} trained, mean pooling; {args.max_seq_length} tokens for training and evaluation; "
+        f"{args.steps} steps of batch {args.batch_size} ({args.epochs} epochs), every variant of a seed on the same "
+        "batches in the same order (seed s: batch order, dropout and size sampling drawn with s; the split and the "
+        f"starting weights are the same for all); {args.seeds} seed(s), mean ± sd over seeds; differences from plain "
+        f"are paired by seed. InfoNCE (scale 20), AdamW lr {args.lr}, warmup {args.warmup_ratio}, linear decay. "
+        "Variants: mrl_w4 weight 4 on the full size; mrl_n3 full size plus 2 sampled smaller sizes per step "
+        "(n_dims_per_step=3); mrl_sched plain InfoNCE for the first half of the steps, then every size (mrl_sched25: "
+        "the first quarter; mrl_w4_sched25: that and weight 4 on the full size); mrl_w4_ramp50 weight 4 on the full "
+        "size, the others' weights rising linearly from 0 to 1 over the first half (mrl_w4_ramp100: over all the "
+        "steps; mrl_ramp50: weight 1 on the full size); mrl_w2 weight 2 on the full size (mrl_w2_ramp50: and the "
         "half-length ramp); mrl_w4_tail25 weight 4, every size, then the full size alone for the last quarter; "
-        "mrl_distill full size on the labels, every smaller prefix "
-        "distilled from the detached full-size similarities (prefix_targets='full_size'). " + common.subsampling_note(args)
+        "mrl_distill full size on the labels, every smaller prefix distilled from the detached full-size "
+        "similarities (prefix_targets='full_size'). "
+        + common.subsampling_note(args)
     )
     report = {**common.report_head(argv, setup), "runs": runs, "timings": timings}
     variants = list(dict.fromkeys(r["variant"] for r in runs))
@@ -739,8 +771,13 @@ def retrieval_validation_report(args, argv, data, n, frozen, runs, timings):
         body.append(f"| {v} | " + " | ".join(
             common.cell([r["values"][d] for r in runs if r["variant"] == v]) for d in args.sizes) + " |")
     if "plain" in variants:
-        body += ["", "Difference from plain (x100" + (", mean ± sd of the per-seed differences" if args.seeds > 1 else "")
-                 + "):", ""] + heading
+        body += [
+            "",
+            "Difference from plain (x100"
+            + (", mean ± sd of the per-seed differences" if args.seeds > 1 else "")
+            + "):",
+            "",
+        ] + heading
         for v in variants:
             if v not in ("plain", "none"):
                 seeds = [s for (name, s) in by_seed if name == v and ("plain", s) in by_seed]
@@ -767,7 +804,8 @@ def signed_cell(values):
 FINISHED_TASKS = {"stsb": "spearman", "scifact": "ndcg@10", "banking77": "accuracy"}
 TRAINED_METHODS = ("plain", "mrl", "st")
 # Post-hoc rows: the frozen starting model's cached embeddings, then only a map (issue 14): plain truncation, a PCA
-# rotation, the Matryoshka adaptor fit without labels on each task's own texts, and (SciFact) fit on the training qrels.
+# rotation, the Matryoshka adaptor fit without labels on each task's own texts, and (SciFact) fit on the training
+# qrels.
 POSTHOC_METHODS = ("truncation", "pca", "adaptor", "adaptor_supervised")
 ADAPTOR_TARGETS = {  # issue 14, x100
     ("scifact", "adaptor"): {384: 64.3, 64: 53.5, 16: 27.0},
@@ -793,7 +831,9 @@ def finished_evaluation(args):
         kept = common.subsample(sorted(qrels), max(1, args.limit_eval // 10))
         qrels, queries = {q: qrels[q] for q in kept}, {q: queries[q] for q in kept}
         relevant = {d for q in kept for d in qrels[q]}
-        corpus = {d: corpus[d] for d in sorted(relevant) + common.subsample(sorted(set(corpus) - relevant), args.limit_eval)}
+        corpus = {
+            d: corpus[d] for d in sorted(relevant) + common.subsample(sorted(set(corpus) - relevant), args.limit_eval)
+        }
     evaluators = [
         STSEvaluator(*zip(*sts), name="stsb"),
         RetrievalEvaluator(corpus, queries, qrels, name="scifact"),
@@ -829,7 +869,9 @@ def posthoc_fit_data(args, raw):
     from mrl_text.data import load_beir, load_sts
 
     _, train_queries, train_qrels = load_beir(Path(args.data) / "scifact", "train")
-    train_qrels = {q: {d: r for d, r in docs.items() if d in raw["corpus"] and r > 0} for q, docs in train_qrels.items()}
+    train_qrels = {
+        q: {d: r for d, r in docs.items() if d in raw["corpus"] and r > 0} for q, docs in train_qrels.items()
+    }
     train_qrels = {q: docs for q, docs in train_qrels.items() if docs}
     s1, s2, _ = load_sts(Path(args.data) / "stsb" / "train.tsv")
     return {
@@ -861,16 +903,25 @@ def posthoc_job(job):
     for evaluator in evaluators:
         task = evaluator.name
         corpus = table(fit_data[task]["texts"])
+        # (each maker is called in this iteration; the defaults bind this task's data all the same)
         makers = {"truncation": lambda: None,
-                  "pca": lambda: fit(corpus, args.sizes, rotation="pca", num_layers=0, gate=False, seed=seed,
-                                     show_progress_bar=False),
-                  "adaptor": lambda: fit(corpus, args.sizes, description=f"{task} (no labels)", **options)}
+                  "pca": lambda corpus=corpus: fit(corpus, args.sizes, rotation="pca", num_layers=0, gate=False,
+                                                   seed=seed, show_progress_bar=False),
+                  "adaptor": lambda corpus=corpus, task=task: fit(corpus, args.sizes,
+                                                                  description=f"{task} (no labels)", **options)}
         if task == "scifact":
             queries = fit_data[task]["queries"]
-            makers["adaptor_supervised"] = lambda: fit(
-                corpus, args.sizes, fit_data[task]["qrels"], objective="both", query_embeddings=table(list(queries.values())),
-                query_ids=list(queries), corpus_ids=fit_data[task]["corpus_ids"], description="SciFact training qrels",
-                **options)
+            makers["adaptor_supervised"] = lambda corpus=corpus, task=task, queries=queries: fit(
+                corpus,
+                args.sizes,
+                fit_data[task]["qrels"],
+                objective="both",
+                query_embeddings=table(list(queries.values())),
+                query_ids=list(queries),
+                corpus_ids=fit_data[task]["corpus_ids"],
+                description="SciFact training qrels",
+                **options,
+            )
         for method in methods:
             runs[method]["values"][task] = {}
             if method not in makers:
@@ -881,8 +932,11 @@ def posthoc_job(job):
             runs[method]["values"][task] = common.posthoc_scores(evaluator, table, adaptor, args.sizes, method)
             if adaptor is not None and method.startswith("adaptor"):
                 runs[method]["fit_summary"][task] = adaptor.config.fit_summary
-            print(f"{method}/{task}/seed{seed}: " + " ".join(f"{100 * v:.2f}" for v in runs[method]["values"][task].values()),
-                  flush=True)
+            print(
+                f"{method}/{task}/seed{seed}: "
+                + " ".join(f"{100 * v:.2f}" for v in runs[method]["values"][task].values()),
+                flush=True,
+            )
     return list(runs.values())
 
 
@@ -903,7 +957,11 @@ def run_finished(args, argv):
     timings, results, training_setup, training_machine = {}, [], None, common.machine()
     if trained:
         with common.phase("finished runs", timings):
-            jobs = [{"args": args, "method": m, "seed": s, "data": finished_data} for s in range(args.seeds) for m in trained]
+            jobs = [
+                {"args": args, "method": m, "seed": s, "data": finished_data}
+                for s in range(args.seeds)
+                for m in trained
+            ]
             results = common.run_jobs(embedding_job, jobs, args.workers, args.device)
         training_setup = (
             f"Trained rows from {args.model}; {results[0]['data']}; {results[0]['steps']} steps of batch "
@@ -925,18 +983,31 @@ def run_finished(args, argv):
         else:
             r["values"]["avg"] = {}
     setup = (
-        "Finished model all-MiniLM-L6-v2. " + (f"{training_setup} " if training_setup else "")
-        + (f"Trained rows (plain, mrl, st) reused from {args.reuse_runs}, measured on {training_machine}. "
-           if args.reuse_runs and not [m for m in methods if m in TRAINED_METHODS] else "")
-        + (f"Post-hoc rows ({', '.join(posthoc)}): the frozen model's embeddings at {args.eval_max_seq_length} tokens, "
-           f"cached; truncation: none; pca: a PCA rotation fit on the task's texts; adaptor: mrl_text.adaptor.fit "
-           f"without labels on the task's texts (SciFact corpus, STS-B train sentences, Banking77 train texts), "
-           f"epochs {args.adaptor_epochs or 'default'}, rotation {args.adaptor_rotation}; adaptor_supervised: then the SciFact "
-           f"training queries' qrels; {args.seeds} seed(s). " if posthoc else "")
+        "Finished model all-MiniLM-L6-v2. "
+        + (f"{training_setup} " if training_setup else "")
+        + (
+            f"Trained rows (plain, mrl, st) reused from {args.reuse_runs}, measured on {training_machine}. "
+            if args.reuse_runs and not [m for m in methods if m in TRAINED_METHODS]
+            else ""
+        )
+        + (
+            f"Post-hoc rows ({', '.join(posthoc)}): the frozen model's embeddings at {args.eval_max_seq_length} "
+            "tokens, cached; truncation: none; pca: a PCA rotation fit on the task's texts; adaptor: "
+            "mrl_text.adaptor.fit without labels on the task's texts (SciFact corpus, STS-B train sentences, "
+            f"Banking77 train texts), epochs {args.adaptor_epochs or 'default'}, rotation {args.adaptor_rotation}; "
+            f"adaptor_supervised: then the SciFact training queries' qrels; {args.seeds} seed(s). "
+            if posthoc
+            else ""
+        )
         + common.subsampling_note(args)
     )
-    report = {**common.report_head(argv, setup), "training_setup": training_setup, "training_machine": training_machine,
-              "timings": timings, "runs": results}
+    report = {
+        **common.report_head(argv, setup),
+        "training_setup": training_setup,
+        "training_machine": training_machine,
+        "timings": timings,
+        "runs": results,
+    }
     body = ["3-task average (STS-B Spearman, SciFact nDCG@10, Banking77 probe accuracy), x100:", ""]
     body += embedding_table(results, [m for m in shown if m != "adaptor_supervised"], "avg", args.sizes)
     for task, metric in [(t, m) for t, m in FINISHED_TASKS.items() if t in args.tasks.split(",")]:
@@ -982,7 +1053,9 @@ def write_adaptor_report(args, argv, setup, results, posthoc, checks):
               "targets": [c for c in checks if not c[0].startswith("MRL")]}
     body = []
     for task, metric in [(t, m) for t, m in FINISHED_TASKS.items() if t in args.tasks.split(",")]:
-        seconds = {r["method"]: r["fit_seconds"].get(task) for r in runs if r["seed"] == 0 and r["fit_seconds"].get(task)}
+        seconds = {
+            r["method"]: r["fit_seconds"].get(task) for r in runs if r["seed"] == 0 and r["fit_seconds"].get(task)
+        }
         body += [f"{task} ({metric}), x100; fit seconds (seed 0): {seconds}", ""]
         body += embedding_table(runs, posthoc, task, args.sizes) + [""]
     body += common.targets_lines(report["targets"])
@@ -993,7 +1066,9 @@ def write_adaptor_report(args, argv, setup, results, posthoc, checks):
                 kept = [d for d, v in summary["validation"].items() if v["adapted"]]
                 body.append(f"- {task}/{r['method']}: {kept or 'no size'} (rotation candidates "
                             f"{summary.get('rotation_candidates')}; {summary['validation_metric']})")
-    common.write_report(args, "adaptor", report, "Quality: Matryoshka adaptor on all-MiniLM-L6-v2 (finished model)", body)
+    common.write_report(
+        args, "adaptor", report, "Quality: Matryoshka adaptor on all-MiniLM-L6-v2 (finished model)", body
+    )
 
 
 # ---------------------------------------------------------------------------------------------------------------
@@ -1058,13 +1133,20 @@ def run_heads(args, argv):
                     accuracy = {d: float((logits(val_x, d).argmax(-1).numpy() == val_y).mean()) for d in args.sizes}
                 runs.append({"method": method, "feed": feed, "lr_rule": rule, "steps": steps, "head_lr": head_lr,
                              "head": accuracy})
-                print(setting, steps, head_lr, {d: round(100 * (a - probes[d]), 1) for d, a in accuracy.items()}, flush=True)
+                print(
+                    setting,
+                    steps,
+                    head_lr,
+                    {d: round(100 * (a - probes[d]), 1) for d, a in accuracy.items()},
+                    flush=True,
+                )
     setup = (
         f"Banking77, {len(train_y)} training / {len(val_y)} validation rows (validation held out from train; no test "
         f"data used), frozen pooled features of {args.model} at {args.max_seq_length} tokens; heads initialised as "
         f"MatryoshkaForSequenceClassification initialises them, AdamW, {args.warmup_ratio:.0%} warm-up then linear "
         f"decay, batch {args.batch_size}, Matryoshka cross-entropy over all sizes. `normalized`: each head reads its "
-        f"re-normalized prefix times {args.feature_scale}; `sized`: the library's `scale_head_inputs` (each head reads its "
+        f"re-normalized prefix times {args.feature_scale}; `sized`: the library's `scale_head_inputs` (each head "
+        "reads its "
         "raw prefix times sqrt(full / d)). " + common.subsampling_note(args)
     )
     report = {**common.report_head(argv, setup), "probe": probes, "runs": runs, "timings": timings}
@@ -1097,8 +1179,12 @@ def parse_args(argv=None):
         sub.add_argument("--epochs", type=int, default=1)
         sub.add_argument("--eval-max-seq-length", type=int, default=64)
         sub.add_argument("--val-fraction", type=float, default=0.1, help="share of train held out as validation")
-        sub.add_argument("--tied-head-inputs", choices=("scaled", "raw"), default="scaled",
-                         help="MRL-E: scaled, each tied head reads its prefix times sqrt(full / d) (scale_head_inputs)")
+        sub.add_argument(
+            "--tied-head-inputs",
+            choices=("scaled", "raw"),
+            default="scaled",
+            help="MRL-E: scaled, each tied head reads its prefix times sqrt(full / d) (scale_head_inputs)",
+        )
         if regime == "classification":
             sub.add_argument("--datasets", default=",".join(CLASSIFICATION_DATASETS))
             sub.add_argument("--methods", default=",".join(CLASSIFICATION_METHODS))
@@ -1133,14 +1219,19 @@ def parse_args(argv=None):
             sub.add_argument("--full-size-only-fraction", type=float, default=0.0,
                              help="MRL trains only the full size for this share of the steps, then every size")
         if regime == "finished":
-            sub.add_argument("--reuse-runs", default=None,
-                             help="take the trained rows (plain, mrl, st) from this quality_finished.json when --methods "
-                                  "names none of them (retraining is too slow on CPU)")
+            sub.add_argument(
+                "--reuse-runs",
+                default=None,
+                help="take the trained rows (plain, mrl, st) from this quality_finished.json when --methods "
+                "names none of them (retraining is too slow on CPU)",
+            )
             sub.add_argument("--tasks", default=",".join(FINISHED_TASKS), help="evaluation tasks (comma-separated)")
             sub.add_argument("--cache-dir", default=str(common.REPO / "outputs" / "embedding_cache"),
                              help="the frozen model's cached embeddings (post-hoc rows)")
             sub.add_argument("--adaptor-epochs", type=int, default=None, help="adaptor fit epochs (default: fit's)")
-            sub.add_argument("--adaptor-rotation", default="default", help="adaptor rotation: pca, learned, auto, none")
+            sub.add_argument(
+                "--adaptor-rotation", default="default", help="adaptor rotation: pca, learned, auto, none"
+            )
     sub = commands.add_parser("retrieval-val", help="recipe study for `retrieval` on a validation split of train")
     common.add_common_arguments(sub, "retrieval_validation", report_name="retrieval_validation")
     sub.set_defaults(sizes=",".join(map(str, common.SIZES)))

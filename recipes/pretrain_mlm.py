@@ -68,9 +68,9 @@ class RecipeArguments:
     )
     efficient_heads: bool = field(default=False, metadata={"help": "MRL-E: one weight-tied head transform."})
     new_vocab_size: int | None = field(
-        default=None, metadata={"help": "Train a new WordPiece vocabulary of this size on the training texts, with the "
-                                "tokenizer's normalisation and special tokens: a small model from scratch learns a "
-                                "small vocabulary much faster (and its output layer costs less)."},
+        default=None, metadata={"help": "Train a new WordPiece vocabulary of this size on the training texts, with "
+                                "the tokenizer's normalisation and special tokens: a small model from scratch learns "
+                                "a small vocabulary much faster (and its output layer costs less)."},
     )
     train_data: str = field(
         default=DEMO_DATA, metadata={"help": f"Hub id, local csv/tsv/jsonl/parquet, or {DEMO_DATA!r}."}
@@ -258,8 +258,10 @@ def describe_pretraining(card, recipe, encoder, vocabulary_size, held_out_rows=N
                  "config": {"mlm_probability": recipe.mlm_probability, "efficient_heads": recipe.efficient_heads}
                  | ({"smaller_sizes_warmup_fraction": recipe.smaller_sizes_warmup_fraction}
                     if recipe.smaller_sizes_warmup_fraction else {})}
-    sources = f" ({', '.join(recipe.corpus_sources)})" if recipe.train_data == DEMO_DATA and recipe.corpus_sources else \
-        (f" ({recipe.train_subset}, {recipe.train_split})" if recipe.train_subset else "")
+    if recipe.train_data == DEMO_DATA and recipe.corpus_sources:
+        sources = f" ({', '.join(recipe.corpus_sources)})"
+    else:
+        sources = f" ({recipe.train_subset}, {recipe.train_split})" if recipe.train_subset else ""
     name = display_name(recipe.train_data)  # a local file by its name, never its path
     dataset = {"name": name + sources} | ({"id": name} if name == recipe.train_data != DEMO_DATA else {})
     card.train_datasets = [{**(card.train_datasets or [{}])[0], **dataset}]
@@ -271,10 +273,12 @@ def describe_pretraining(card, recipe, encoder, vocabulary_size, held_out_rows=N
     card.details.update({
         "Pretraining": f"masked language modelling from scratch ({encoder.model_type}, {encoder.num_hidden_layers} "
                        f"layers, hidden {encoder.hidden_size}); not fine-tuned as an embedding model yet: fine-tune "
-                       "this folder with recipes/train_bert.py --model_name_or_path <folder> before using its embeddings",
-        "Tokenizer": f"{vocabulary_size:,}-token vocabulary" + (" learnt on the training texts" if recipe.new_vocab_size else ""),
-        "MLM evaluation": f"{recipe.eval_mlm_probability:.0%} of the held-out tokens masked once (the same tokens before and "
-                          f"after), up to {recipe.max_seq_length} tokens per text",
+                       "this folder with recipes/train_bert.py --model_name_or_path <folder> before using its "
+                       "embeddings",
+        "Tokenizer": f"{vocabulary_size:,}-token vocabulary"
+                     + (" learnt on the training texts" if recipe.new_vocab_size else ""),
+        "MLM evaluation": f"{recipe.eval_mlm_probability:.0%} of the held-out tokens masked once (the same tokens "
+                          f"before and after), up to {recipe.max_seq_length} tokens per text",
     })
     return card
 
@@ -326,8 +330,8 @@ def main(argv=None):
         return None
     if not recipe.keep_checkpoints:
         shutil.rmtree(args.output_dir, ignore_errors=True)
-    table = (f"MLM accuracy on {len(held_out)} held-out sequences ({recipe.eval_mlm_probability:.0%} of tokens masked), "
-             f"every size, before and after pretraining\n\n{accuracy_table(before, after)}")
+    table = (f"MLM accuracy on {len(held_out)} held-out sequences ({recipe.eval_mlm_probability:.0%} of tokens "
+             f"masked), every size, before and after pretraining\n\n{accuracy_table(before, after)}")
     print(f"\n{table}\n")
     (out / "mlm_accuracy.md").write_text(table + "\n")
     (out / "mlm_accuracy.json").write_text(json.dumps({"before": before, "after": after}, indent=2) + "\n")

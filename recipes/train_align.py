@@ -46,7 +46,7 @@ from mrl_text.evaluation.image_text import (
     as_dual_embedder,
 )
 from mrl_text.losses import ImageTextInfoNCELoss, MatryoshkaLoss
-from mrl_text.training.collator import ImageTextDataCollator
+from mrl_text.training import ImageTextDataCollator
 
 # Sibling modules of recipes/: a script's own folder is on sys.path when it runs (tests add recipes/ themselves).
 from recipe_config import parse_arguments as parse_arguments_from_config

@@ -2,12 +2,13 @@
 the size schedule, the optimizer's parameter groups and the metrics it logs. The losses it trains with are objects
 from `mrl_text.losses`."""
 
-from .collator import MatryoshkaDataCollator
+from .collator import ImageTextDataCollator, MatryoshkaDataCollator
 from .metrics import classification_compute_metrics, metrics_for_trainer
 from .schedule import SizeSchedule
 from .trainer import MatryoshkaTrainer, MatryoshkaTrainingArguments
 
 __all__ = [
+    "ImageTextDataCollator",
     "MatryoshkaDataCollator",
     "MatryoshkaTrainer",
     "MatryoshkaTrainingArguments",

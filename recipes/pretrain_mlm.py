@@ -91,8 +91,9 @@ class RecipeArguments:
     )
     mlm_probability: float = field(default=0.15, metadata={"help": "Fraction of tokens masked in training."})
     eval_mlm_probability: float = field(
-        default=0.15, metadata={"help": "Fraction of held-out tokens masked for the MLM accuracy (BERT's 15%, so runs "
-                                "trained with a different masking rate stay comparable)."},
+        default=0.15,
+        metadata={"help": "Fraction of held-out tokens masked for the MLM accuracy (BERT's 15%%, so runs trained "
+                          "with a different masking rate stay comparable)."},
     )
     keep_checkpoints: bool = field(default=False, metadata={"help": "Keep <output_dir>/checkpoints after saving."})
 

@@ -9,7 +9,9 @@ for _switch in ("HF_HUB_OFFLINE", "TRANSFORMERS_OFFLINE", "HF_DATASETS_OFFLINE",
 os.environ.setdefault("TOKENIZERS_PARALLELISM", "false")
 
 from pathlib import Path  # noqa: E402
+from types import SimpleNamespace  # noqa: E402
 
+import huggingface_hub  # noqa: E402
 import pytest  # noqa: E402
 import torch  # noqa: E402
 
@@ -132,3 +134,33 @@ def run_without_mrl_text(script, cwd, env=None):
     assert "REMOTE-OK" in result.stdout
     # transformers prints its trust_remote_code question even when no one can answer it
     assert "Do you wish to run the custom code" not in result.stdout + result.stderr
+
+
+# The revision every intercepted upload reports (and the hub cache the tests lay out uses).
+REVISION = "0123456789abcdef0123456789abcdef01234567"
+
+
+@pytest.fixture
+def captured_commit(monkeypatch):
+    """The Hub, intercepted at `HfApi.create_repo` and `HfApi.upload_folder`: each upload is recorded as one commit."""
+    calls = {}
+
+    def create_repo(self, repo_id, **kwargs):
+        calls["create_repo"] = repo_id
+        return SimpleNamespace(repo_id=repo_id)
+
+    def upload_folder(self, *, repo_id, folder_path, commit_message=None, **kwargs):
+        folder = Path(folder_path)
+        calls.setdefault("commits", []).append(
+            {
+                "repo_id": repo_id,
+                "message": commit_message,
+                # read now: push_to_hub uploads from a temporary folder that is gone after it returns
+                "files": {str(p.relative_to(folder)): p.read_bytes() for p in folder.rglob("*") if p.is_file()},
+            }
+        )
+        return SimpleNamespace(commit_url=f"https://huggingface.co/{repo_id}/commit/{REVISION}", oid=REVISION)
+
+    monkeypatch.setattr(huggingface_hub.HfApi, "create_repo", create_repo)
+    monkeypatch.setattr(huggingface_hub.HfApi, "upload_folder", upload_folder)
+    return calls

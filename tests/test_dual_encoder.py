@@ -1,4 +1,5 @@
-"""MatryoshkaDualEncoder: tiny random ALIGN / CLIP models built in code, the nested loss and the image-text evaluators."""
+"""MatryoshkaDualEncoder: tiny random ALIGN / CLIP models built in code, the nested loss and the image-text
+evaluators."""
 
 import json
 from pathlib import Path
@@ -18,11 +19,11 @@ from mrl_text.evaluation import (
     as_dual_embedder,
     evaluate,
 )
-from mrl_text.losses.image_text import ImageTextInfoNCELoss
 from mrl_text.losses import MatryoshkaLoss
+from mrl_text.losses.image_text import ImageTextInfoNCELoss
 
 from .conftest import WORDS, run_without_mrl_text
-from .test_hub import _lay_out_hub_cache, captured_commit  # noqa: F401 (a fixture: upload intercepted at upload_folder)
+from .test_hub import _lay_out_hub_cache
 
 TEXT_TOWER = dict(
     vocab_size=160, hidden_size=32, num_hidden_layers=1, num_attention_heads=2, intermediate_size=64,
@@ -325,8 +326,10 @@ def test_push_to_hub_carries_weights_config_code_and_card(captured_commit, tiny_
         "model_card_data.json",
     }
     # the two dual-encoder files and the text files they import (whatever those import in turn), as in the package
-    assert {"modeling_matryoshka_dual_encoder.py", "configuration_matryoshka_dual_encoder.py", "modeling_matryoshka.py",
-            "configuration_matryoshka.py"} <= code
+    assert {
+        "modeling_matryoshka_dual_encoder.py", "configuration_matryoshka_dual_encoder.py", "modeling_matryoshka.py",
+        "configuration_matryoshka.py",
+    } <= code
     package = Path(mrl_text.__file__).parent / "models"
     for name in code:
         source = package / name
@@ -354,7 +357,8 @@ def test_push_to_hub_carries_weights_config_code_and_card(captured_commit, tiny_
     assert torch.equal(loaded.encode_images(pixels), model.encode_images(pixels))
     # equal weights (bit for bit, as the images show); CLIP's text attention mask differs by one rounding between a
     # model built in code (config dtype None) and a loaded one (float32): 4e-8
-    torch.testing.assert_close(loaded.encode_texts(["the dog runs"]), model.encode_texts(["the dog runs"]), atol=1e-6, rtol=0)
+    texts = ["the dog runs"]
+    torch.testing.assert_close(loaded.encode_texts(texts), model.encode_texts(texts), atol=1e-6, rtol=0)
 
 
 def _gathered_loss_worker(rank, world_size, init_file, image, text, out_dir):
@@ -396,7 +400,9 @@ def test_negatives_are_gathered_across_processes(tmp_path):
 
     image, text = image.clone().requires_grad_(True), text.clone().requires_grad_(True)
     log_scale = torch.tensor(2.0, requires_grad=True)
-    loss = MatryoshkaLoss(ImageTextInfoNCELoss(SimpleNamespace(logit_scale=log_scale.exp())), [16, 8, 4], [1.0, 0.5, 2.0])([image, text])
+    image_text_loss = ImageTextInfoNCELoss(SimpleNamespace(logit_scale=log_scale.exp()))
+    loss_of = MatryoshkaLoss(image_text_loss, [16, 8, 4], [1.0, 0.5, 2.0])
+    loss = loss_of([image, text])
     loss.backward()
     torch.testing.assert_close((ranks[0]["loss"] + ranks[1]["loss"]) / 2, loss.detach())
     # each process receives every process's loss gradient for its rows: the sum, i.e. world size x the mean's
@@ -404,9 +410,7 @@ def test_negatives_are_gathered_across_processes(tmp_path):
     torch.testing.assert_close(torch.cat([r["text"] for r in ranks]) / 2, text.grad)
     torch.testing.assert_close((ranks[0]["scale"] + ranks[1]["scale"]) / 2, log_scale.grad)  # as DDP averages
     # without gathering a process would see only its own negatives: a different loss
-    local = MatryoshkaLoss(ImageTextInfoNCELoss(SimpleNamespace(logit_scale=log_scale.exp())), [16, 8, 4], [1.0, 0.5, 2.0])(
-        [image[:4], text[:4]]
-    )
+    local = loss_of([image[:4], text[:4]])
     assert not torch.allclose(local, ranks[0]["loss"])
 
 

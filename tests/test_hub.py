@@ -8,12 +8,11 @@ import subprocess
 import sys
 import textwrap
 from pathlib import Path
-from types import SimpleNamespace
 
 import huggingface_hub
 import pytest
 import torch
-from huggingface_hub import HfApi, ModelCard
+from huggingface_hub import ModelCard
 from transformers import AutoModel
 
 import mrl_text
@@ -21,9 +20,7 @@ from mrl_text import MatryoshkaModel
 from mrl_text.cards.card import PLOT_FILENAME
 from mrl_text.evaluation import Results
 
-from .conftest import run_without_mrl_text
-
-REVISION = "0123456789abcdef0123456789abcdef01234567"
+from .conftest import REVISION, run_without_mrl_text
 
 
 def _results():
@@ -32,32 +29,6 @@ def _results():
         for d in (32, 16, 8, 4)
     ]
     return Results(rows, {"stsb": "spearman"})
-
-
-@pytest.fixture
-def captured_commit(monkeypatch):
-    """The Hub, intercepted at `HfApi.create_repo` and `HfApi.upload_folder`: each upload is recorded as one commit."""
-    calls = {}
-
-    def create_repo(self, repo_id, **kwargs):
-        calls["create_repo"] = repo_id
-        return SimpleNamespace(repo_id=repo_id)
-
-    def upload_folder(self, *, repo_id, folder_path, commit_message=None, **kwargs):
-        folder = Path(folder_path)
-        calls.setdefault("commits", []).append(
-            {
-                "repo_id": repo_id,
-                "message": commit_message,
-                # read now: push_to_hub uploads from a temporary folder that is gone after it returns
-                "files": {str(p.relative_to(folder)): p.read_bytes() for p in folder.rglob("*") if p.is_file()},
-            }
-        )
-        return SimpleNamespace(commit_url=f"https://huggingface.co/{repo_id}/commit/{REVISION}", oid=REVISION)
-
-    monkeypatch.setattr(HfApi, "create_repo", create_repo)
-    monkeypatch.setattr(HfApi, "upload_folder", upload_folder)
-    return calls
 
 
 @pytest.mark.slow

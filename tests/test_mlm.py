@@ -84,7 +84,9 @@ def test_decoder_tied_to_the_input_embedding_where_the_encoder_ties(make_mlm, ti
     assert untied.get_output_embeddings().weight is not untied.get_input_embeddings().weight
     # MRL-E: one transform whose first d columns serve size d; no more parameters than a single head
     efficient = make_mlm(efficient_heads=True)
-    efficient_count, per_size_count = (sum(p.numel() for p in m.lm_head.transform.parameters()) for m in (efficient, tied))
+    efficient_count, per_size_count = (
+        sum(p.numel() for p in m.lm_head.transform.parameters()) for m in (efficient, tied)
+    )
     assert efficient_count == 32 * 32 + 32 < per_size_count == (32 + 16 + 8 + 4) * 32 + 4 * 32
 
 
@@ -125,7 +127,8 @@ def test_to_embedding_model_carries_the_encoder_exactly(make_mlm, sentences):
     # a copy: fine-tuning the embedder leaves the pretrained model as it was
     with torch.no_grad():
         embedder.encoder.embeddings.word_embeddings.weight.add_(1.0)
-    assert torch.equal(model.matryoshka.encoder.embeddings.word_embeddings.weight, mlm_state["embeddings.word_embeddings.weight"])
+    word_embeddings = model.matryoshka.encoder.embeddings.word_embeddings.weight
+    assert torch.equal(word_embeddings, mlm_state["embeddings.word_embeddings.weight"])
     with pytest.raises(ValueError, match="Unknown pooling 'avg'"):
         model.to_embedding_model(pooling="avg")
 
@@ -244,7 +247,8 @@ def test_mlm_configs_parse(recipe):
     assert demo.train_data == "shared-corpus" and demo.hidden_size == 128 and demo.tokenizer_name_or_path is None
     assert "stsb" not in demo.corpus_sources and args.max_steps > 0 and args.save_strategy == "no"
     assert demo.matryoshka_weights == [4, 1, 1, 1] and demo.smaller_sizes_warmup_fraction == 1.0  # the chosen recipe
-    base, args = recipe.parse_arguments(["--config", str(RECIPES / "configs" / "mlm_bert_base.yaml"), "--bf16", "false"])
+    online_config = str(RECIPES / "configs" / "mlm_bert_base.yaml")
+    base, args = recipe.parse_arguments(["--config", online_config, "--bf16", "false"])
     assert base.encoder_config == "bert-base-uncased" and base.train_data == "wikimedia/wikipedia" and base.group_texts
     assert base.matryoshka_dimensions == [768, 384, 192, 96, 48, 24, 12] and args.per_device_train_batch_size == 128
     assert base.matryoshka_weights is None and base.smaller_sizes_warmup_fraction == 0.0  # the paper's equal weights
@@ -272,7 +276,8 @@ def test_pretrain_recipe_smoke(recipe, tiny_tokenizer, corpus, tmp_path, capsys)
     model = AutoModelForMaskedLM.from_pretrained(out)
     assert isinstance(model, MatryoshkaForMaskedLM) and model.config.matryoshka_dimensions == [32, 16, 8]
     # the demo config learns a new vocabulary on the training texts; the model is sized to it and saved with it
-    assert model.tokenizer is not None and model.config.encoder.vocab_size == len(model.tokenizer) < len(tiny_tokenizer)
+    assert model.tokenizer is not None
+    assert model.config.encoder.vocab_size == len(model.tokenizer) < len(tiny_tokenizer)
     held_out = recipe.tokenize(recipe.load_texts(recipe.parse_arguments(["--train_data", str(corpus)])[0])[0],
                                "text", model.tokenizer, 16)
     batches = recipe.masked_batches(held_out, model.tokenizer, 0.15, seed=3)
@@ -294,7 +299,8 @@ def test_pretrain_recipe_bad_input(recipe, tiny_tokenizer, corpus, tmp_path):
     arguments = tiny_recipe_arguments(tmp_path / "tokenizer", corpus, tmp_path / "out")
     no_text = tmp_path / "pairs.tsv"
     no_text.write_text("sentence1\tsentence2\na dog\ta cat\n")
-    with pytest.raises(ValueError, match=r"no text column 'text' \(columns: \['sentence1', 'sentence2'\]\).*--text_column"):
+    missing = r"no text column 'text' \(columns: \['sentence1', 'sentence2'\]\).*--text_column"
+    with pytest.raises(ValueError, match=missing):
         recipe.main(arguments + ["--train_data", str(no_text)])
     with pytest.raises(ValueError, match=r"size=64 is larger than the embedding size 32"):
         recipe.main(arguments + ["--matryoshka_dimensions", "64", "32"])
@@ -331,7 +337,8 @@ def test_quality_mlm_regime_end_to_end(tiny_tokenizer, tmp_path):
 
     data = tmp_path / "data"
     files = {"snli": (("dev", "test"), ["premise", "hypothesis", "label"]),
-             "flickr8k_captions": (("train", "dev", "test"), ["caption"]), "emotion": (("train", "validation", "test"), ["text"]),
+             "flickr8k_captions": (("train", "dev", "test"), ["caption"]),
+             "emotion": (("train", "validation", "test"), ["text"]),
              "banking77": (("train", "test"), ["text", "label"]), "trec": (("train", "test"), ["text"]),
              "mrpc": (("train", "test"), ["sentence1", "sentence2"])}
     for folder, (splits, columns) in files.items():
@@ -340,17 +347,19 @@ def test_quality_mlm_regime_end_to_end(tiny_tokenizer, tmp_path):
             if folder == "banking77":
                 rows = [[r[0], f"intent{i % 3}"] for i, r in enumerate(rows)]
             if folder == "snli":
-                rows = [[r[0], h, label] for r in rows for h, label in ((r[1], "entailment"), (sentence(), "contradiction"))]
+                pairs = (("entailment", lambda r: r[1]), ("contradiction", lambda r: sentence()))
+                rows = [[r[0], hypothesis(r), label] for r in rows for label, hypothesis in pairs]
             write(data / folder / f"{split}.tsv", columns, rows)
     for split in ("dev", "test"):
         write(data / "stsb" / f"{split}.tsv", ["sentence1", "sentence2", "score"],
               [(sentence(), sentence(), i % 5) for i in range(30)])
     (data / "scifact").mkdir()
-    (data / "scifact" / "corpus.jsonl").write_text("".join(json.dumps({"_id": f"d{i}", "title": "", "text": sentence()}) + "\n"
-                                                           for i in range(20)))
+    documents = [json.dumps({"_id": f"d{i}", "title": "", "text": sentence()}) + "\n" for i in range(20)]
+    (data / "scifact" / "corpus.jsonl").write_text("".join(documents))
     (data / "scifact" / "queries.jsonl").write_text("".join(json.dumps({"_id": f"q{i}", "text": sentence()}) + "\n"
                                                             for i in range(5)))
-    write(data / "scifact" / "qrels" / "test.tsv", ["query-id", "corpus-id", "score"], [(f"q{i}", f"d{i}", 1) for i in range(5)])
+    qrels = [(f"q{i}", f"d{i}", 1) for i in range(5)]
+    write(data / "scifact" / "qrels" / "test.tsv", ["query-id", "corpus-id", "score"], qrels)
     tiny_tokenizer.save_pretrained(tmp_path / "tokenizer")
     benchmarks = Path(__file__).resolve().parents[1] / "benchmarks"
     sys.path.insert(0, str(benchmarks))

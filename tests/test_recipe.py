@@ -182,12 +182,12 @@ def test_align_recipe_card_from_training(align_recipe, tmp_path, tiny_tokenizer)
     torch.manual_seed(0)
     CLIPModel(tiny_clip_config()).save_pretrained(tmp_path / "clip")
     tiny_tokenizer.save_pretrained(tmp_path / "clip")
-    CLIPImageProcessor(size={"shortest_edge": 16}, crop_size={"height": 16, "width": 16}).save_pretrained(tmp_path / "clip")
+    processor = CLIPImageProcessor(size={"shortest_edge": 16}, crop_size={"height": 16, "width": 16})
+    processor.save_pretrained(tmp_path / "clip")
     rng = np.random.default_rng(0)
     images = [Image.fromarray(rng.integers(0, 255, (20, 20, 3), dtype=np.uint8)) for _ in range(12)]
-    DatasetDict({"train": Dataset.from_dict({"image": images, "caption": [f"a photo {i}" for i in range(12)]})}).save_to_disk(
-        tmp_path / "data"
-    )
+    captions = [f"a photo {i}" for i in range(12)]
+    DatasetDict({"train": Dataset.from_dict({"image": images, "caption": captions})}).save_to_disk(tmp_path / "data")
     out = tmp_path / "align-out"
     model, _, _, _ = align_recipe.train({
         "model": str(tmp_path / "clip"), "matryoshka_dimensions": [24, 12, 6], "dataset": str(tmp_path / "data"),

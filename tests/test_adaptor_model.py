@@ -297,7 +297,8 @@ def test_evaluators_and_calibration_see_the_adapted_sizes(make_model, sentences)
     for dim in DIMS:
         a, b = model.encode(firsts, dim=dim), model.encode(seconds, dim=dim)
         cosine = torch.nn.functional.cosine_similarity(a, b).tolist()
-        assert results.value("sts", "spearman", dim) == pytest.approx(spearman(cosine, scores), abs=1e-6), dim
+        # encoded in other batches than `evaluate`'s: float32 sums in another order (thread count), ~1e-7 per cosine
+        assert results.value("sts", "spearman", dim) == pytest.approx(spearman(cosine, scores), abs=1e-5), dim
     corpus = {f"d{i}": text for i, text in enumerate(sentences)}
     queries = {"q0": sentences[0], "q1": sentences[3]}
     retrieval = RetrievalEvaluator(corpus, queries, {"q0": {"d0": 1}, "q1": {"d3": 1}}, name="ir")

@@ -94,6 +94,26 @@ def test_save_pretrained_writes_card_when_results_are_known(make_model, tmp_path
     assert 'AutoModel.from_pretrained("explicit")' in card.text and str(tmp_path) not in card.text
 
 
+def test_a_loaded_model_keeps_its_card_when_saved_again(make_model, tmp_path):
+    """from_pretrained then save_pretrained elsewhere writes the card from the card data saved with the model; saving
+    in place after a change re-renders it (no stale README)."""
+    model = make_model()
+    model.model_card_data = MatryoshkaModelCardData(details={"note": "trained by me"}).add_results(
+        _results(), "org/tiny")
+    model.save_pretrained(tmp_path / "trained")
+    loaded = mrl_text.MatryoshkaModel.from_pretrained(tmp_path / "trained")
+    loaded.save_pretrained(tmp_path / "again")
+    for name in ("README.md", CARD_DATA_FILENAME, PLOT_FILENAME):
+        assert (tmp_path / "again" / name).is_file(), name
+    card = (tmp_path / "again" / "README.md").read_text()
+    assert "trained by me" in card and len(ModelCard.load(tmp_path / "again" / "README.md").data.eval_results) == 12
+    assert 'AutoModel.from_pretrained("again")' in card  # the snippets load the new folder
+
+    loaded.config.truncate_dim = 8  # a change, saved in place: the card says what the folder now does
+    loaded.save_pretrained(tmp_path / "trained")
+    assert "default returned size: 8" in (tmp_path / "trained" / "README.md").read_text()
+
+
 def test_a_card_carries_only_its_own_models_results(make_model, tmp_path):
     # neither "org/tiny" nor "baseline" is this model: no fallback to the first model of the table
     with pytest.raises(ValueError, match=r"None of the models.*'org/tiny', 'baseline'.*results-model"):

@@ -17,6 +17,7 @@ running the same evaluator gives the card's numbers.
 """
 
 import json
+import os
 import platform
 import re
 import time
@@ -299,6 +300,12 @@ def model_card_data(model, create=True):
     data = getattr(model, "model_card_data", None)
     deprecated = {old: getattr(model, old, None) for old in ("eval_results", "card_data")}
     deprecated = {old: value for old, value in deprecated.items() if value is not None}
+    if data is None and not create and not deprecated:
+        # A model loaded from a folder keeps the card saved there: saving it again (elsewhere, or in place after a
+        # change) re-renders that card instead of dropping it or leaving a stale README.
+        data = saved_card_data(model)
+        if data is not None:
+            model.model_card_data = data
     if data is None and not (create or deprecated):
         return None
     if data is None:
@@ -323,6 +330,19 @@ def model_card_data(model, create=True):
             ]
             data.details.update(details)
     return data
+
+
+def saved_card_data(model):
+    """The card data saved in the local folder `model` was loaded from (None when it has none). An unreadable file
+    is left alone with a warning: saving the model must not fail over its old card."""
+    folder = getattr(model, "name_or_path", None)
+    if not folder or not os.path.isdir(folder):
+        return None
+    try:
+        return MatryoshkaModelCardData.load(folder)
+    except ValueError as error:
+        warnings.warn(f"The model's card is not carried over: {error}", stacklevel=3)
+        return None
 
 
 def model_names(model, data=None, model_id=None):

@@ -1,5 +1,6 @@
 """MatryoshkaForMaskedLM: MLM from every prefix, tied decoder, save/load (Auto classes, remote code), conversion."""
 
+import json
 from pathlib import Path
 
 import pytest
@@ -168,6 +169,29 @@ def test_trust_remote_code_without_mrl_text(make_mlm, masked_batch, tmp_path):
         print("REMOTE-OK")
     """
     run_without_mrl_text(script, tmp_path)
+
+
+@pytest.mark.slow
+def test_auto_model_loads_the_embedding_model_of_an_mlm_folder_without_mrl_text(make_mlm, sentences, tmp_path):
+    """`AutoModel` of an MLM folder is the embedding model its encoder gives, with or without mrl-text installed."""
+    model = make_mlm()
+    model.save_pretrained(tmp_path / "mlm")
+    expected = model.to_embedding_model().encode(sentences, dim=8)
+    torch.save({"texts": sentences, "embeddings": expected}, tmp_path / "expected.pt")
+    script = f"""
+        import torch
+        from transformers import AutoModel
+        model = AutoModel.from_pretrained({str(tmp_path / "mlm")!r}, trust_remote_code=True).eval()
+        expected = torch.load({str(tmp_path / "expected.pt")!r})
+        assert type(model).__name__ == "MatryoshkaModel", type(model).__name__
+        torch.testing.assert_close(model.encode(expected["texts"], dim=8), expected["embeddings"])
+        print("REMOTE-OK")
+    """
+    run_without_mrl_text(script, tmp_path)
+    # the embedding model made from it saves as an embedding model (no masked-LM entry pointing at absent code)
+    model.to_embedding_model().save_pretrained(tmp_path / "embedder")
+    auto_map = json.loads((tmp_path / "embedder" / "config.json").read_text())["auto_map"]
+    assert "AutoModelForMaskedLM" not in auto_map and auto_map["AutoModel"].endswith(".MatryoshkaModel")
 
 
 @pytest.mark.slow

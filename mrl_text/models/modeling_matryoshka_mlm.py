@@ -152,11 +152,21 @@ class MatryoshkaForMaskedLM(MatryoshkaPreTrainedModel):
     def tokenizer(self, value):
         self.matryoshka.tokenizer = value
 
+    def save_pretrained(self, save_directory, *args, **kwargs):
+        """The MatryoshkaPreTrainedModel save, with `auto_map` also mapping `AutoModel` to [`MatryoshkaModel`]: the
+        embedding model this encoder gives (what a user embeds with), so that `AutoModel.from_pretrained(folder,
+        trust_remote_code=True)` loads it where mrl-text is not installed, as it does where it is."""
+        if type(self)._auto_class is not None:  # the code is copied next to the weights (modeling_matryoshka.py too)
+            module = MatryoshkaModel.__module__.rsplit(".", 1)[-1]
+            auto_map = getattr(self.config, "auto_map", None) or {}
+            self.config.auto_map = {**auto_map, "AutoModel": f"{module}.MatryoshkaModel"}
+        super().save_pretrained(save_directory, *args, **kwargs)
+
     def to_embedding_model(self, pooling=None, normalize=None):
         """A [`MatryoshkaModel`] for embedding fine-tuning: a copy of this encoder (weights exactly as they are), the
         same sizes and weights, the tokenizer; `pooling` / `normalize` override the config's when given."""
         config = copy.deepcopy(self.config)
-        config.architectures = None
+        config.architectures = config.auto_map = None  # the embedding model's own save writes its own
         if pooling is not None:
             config.pooling = pooling
         if normalize is not None:

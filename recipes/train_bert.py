@@ -15,14 +15,18 @@ The trained model and its card are saved to `output_dir` (load it with `AutoMode
 to `<output_dir>/checkpoints` and are removed once the model is saved (`--keep_checkpoints true` keeps them).
 """
 
+import argparse
 import inspect
 import json
 import logging
 import shutil
+import sys
 from dataclasses import dataclass, field
 from pathlib import Path
 
 from transformers import AutoConfig
+from transformers.hf_argparser import string_to_bool
+from transformers.utils import is_torch_bf16_gpu_available, is_torch_xla_available
 
 import mrl_text
 from mrl_text import data as mrl_data
@@ -36,6 +40,7 @@ from mrl_text.training.trainer import MatryoshkaTrainer, MatryoshkaTrainingArgum
 # Sibling modules of recipes/: a script's own folder is on sys.path when it runs (tests add recipes/ themselves).
 from demo_data import chatterbot_pairs, shared_data_dir
 from recipe_config import parse_arguments as parse_arguments_from_config
+from recipe_config import read_recipe
 
 logger = logging.getLogger("train_bert")
 
@@ -139,8 +144,31 @@ class RecipeArguments:
 
 def parse_arguments(argv=None):
     """(RecipeArguments, MatryoshkaTrainingArguments) from `--config file.yaml` (default demo.yaml) and flags."""
+    argv = list(sys.argv[1:] if argv is None else argv)
+    check_bf16(argv)
     dataclass_types = (RecipeArguments, MatryoshkaTrainingArguments)
     return tuple(parse_arguments_from_config(dataclass_types, DEMO_CONFIG, argv, "recipes/train_bert.py"))
+
+
+def check_bf16(argv):
+    """Refuse bf16 (from the YAML or a flag) where transformers cannot train in it, naming the config and the flag
+    that trains in float32 instead, before anything is loaded. The recipe stops rather than falling back: a run in
+    another precision than its config says gives other numbers, and the user should choose that."""
+    config = Path(argv[argv.index("--config") + 1]) if "--config" in argv[:-1] else DEMO_CONFIG
+    values = read_recipe(config)
+    flags = argparse.ArgumentParser(add_help=False)
+    for name in ("bf16", "bf16_full_eval", "use_cpu"):
+        flags.add_argument(f"--{name}", type=string_to_bool, nargs="?", const=True, default=values.get(name, False))
+    options, _ = flags.parse_known_args(argv)
+    wanted = [name for name in ("bf16", "bf16_full_eval") if getattr(options, name)]
+    if wanted and not options.use_cpu and not is_torch_bf16_gpu_available() and not is_torch_xla_available():
+        flagged = any(arg.split("=")[0] == f"--{wanted[0]}" for arg in argv)
+        raise ValueError(
+            f"{wanted[0]} is true ({'a flag' if flagged else f'set in {config}'}), but this machine has no GPU that "
+            "trains in bfloat16 (an NVIDIA Ampere or newer GPU does). Add "
+            + " ".join(f"--{name} false" for name in wanted)
+            + " to train in float32 here (slowly: the config is sized for a GPU), or run it on such a GPU."
+        )
 
 
 def build_loss(recipe, config):

@@ -38,6 +38,21 @@ def test_configs_parse(recipe):
     assert args.learning_rate == 1e-4
 
 
+def test_bf16_config_without_a_bf16_gpu_says_so_before_loading_anything(recipe, monkeypatch):
+    """The online BERT config sets bf16: where no GPU trains in it, the recipe names the config and the flag that
+    trains in float32 (transformers' own "doesn't support bf16/gpu" told neither)."""
+    monkeypatch.setattr(recipe, "is_torch_bf16_gpu_available", lambda: False)
+    monkeypatch.setattr(recipe, "is_torch_xla_available", lambda: False)
+    allnli = str(RECIPES / "configs" / "bert_base_allnli.yaml")
+    with pytest.raises(ValueError, match=r"bf16 is true \(set in .*bert_base_allnli.yaml\).*--bf16 false"):
+        recipe.parse_arguments(["--config", allnli])
+    with pytest.raises(ValueError, match=r"bf16 is true \(a flag\)"):
+        recipe.parse_arguments(["--bf16"])  # the demo config with the flag
+    for off in (["--bf16", "false"], ["--bf16=False"], ["--use_cpu", "true"]):
+        _, args = recipe.parse_arguments(["--config", allnli, *off])
+        assert args.bf16 == (off[0] == "--use_cpu")
+
+
 def test_loss_and_schedule_options_become_the_objects_the_trainer_takes(recipe):
     from mrl_text import MatryoshkaConfig
     from mrl_text.losses import CoSENTLoss, InfoNCELoss, MatryoshkaDepthLoss, MatryoshkaLoss

@@ -111,6 +111,7 @@ def run_evaluate(args):
     from .evaluation.embedders import name_apart
     from .file_utils import write_atomic
 
+    check_report_folder(Path(args.out), args.overwrite)  # before any file is read or text encoded
     evaluators = build_evaluators(args)
     options = dict(batch_size=args.batch_size, max_length=args.max_length, device=args.device, show_progress_bar=True)
     grid = args.precisions is not None or args.layers is not None
@@ -155,6 +156,18 @@ def run_evaluate(args):
     return results
 
 
+def check_report_folder(out, overwrite):
+    """Refuse an `--out` that is a file, or a non-empty folder without `--overwrite` (the report would replace or mix
+    with what is there): checked before any work."""
+    if out.exists() and not out.is_dir():
+        raise FileExistsError(f"--out {out} is a file; pass a folder path for the report.")
+    if out.is_dir() and any(out.iterdir()) and not overwrite:
+        raise FileExistsError(
+            f"--out {out} exists and is not empty; pass --overwrite to write the report into it (its "
+            f"{', '.join(REPORT_FILES)} are replaced), or choose another folder."
+        )
+
+
 def run_card(args):
     """Write the card from the folder's card data (the training details saved with the model), merged with
     `--results`."""
@@ -195,8 +208,20 @@ def run_card(args):
 def run_export(args):
     from transformers import AutoModel
 
-    from .deploy.export import export_model
+    from .deploy.export import check_apart, check_format, export_model
 
+    # The cheap checks first: nothing is loaded or written for a format whose packages are missing, or for an output
+    # folder that is (or holds, or lies in) the model folder.
+    try:
+        check_format(args.format)
+    except ImportError as error:
+        raise ValueError(str(error)) from None  # a usage error: one line, exit status 2
+    check_apart(args.model, args.out)
+    out = Path(args.out)
+    if out.exists() and not out.is_dir():
+        raise FileExistsError(f"{out} is a file; pass a folder path to export into.")
+    if out.is_dir() and any(out.iterdir()) and not args.overwrite:
+        raise FileExistsError(f"{out} exists and is not empty; pass --overwrite to replace it, or choose another one.")
     # AutoModel resolves the saved class (importing mrl_text registered ours), a dual encoder too: export then says
     # which formats it supports.
     model = AutoModel.from_pretrained(args.model)
@@ -208,13 +233,16 @@ def run_export(args):
 def run_adapt(args):
     """Fit a Matryoshka adaptor on a corpus (and pairs) with the model's own embeddings; save the adapted model."""
     from .adaptor.attach import add_adaptor, read_corpus, read_pairs
+    from .deploy.export import check_apart, folder_id
     from .evaluation.embedders import load_model
+    from .file_utils import staged_folder
     from .models.modeling_matryoshka import MatryoshkaModel
     from .models.sentence_transformers_matryoshka import from_sentence_transformer
 
     out = Path(args.out)
     if out.is_file() or (out.is_dir() and any(out.iterdir()) and not args.overwrite):
         raise FileExistsError(f"{out}: exists and is not an empty folder; pick another --out or pass --overwrite.")
+    check_apart(args.model, out)
     # The files first: a bad file fails before any model is loaded.
     corpus = read_corpus(args.corpus, args.column)
     pairs = read_pairs(args.pairs) if args.pairs else None
@@ -228,7 +256,12 @@ def run_adapt(args):
         model, corpus, pairs, matryoshka_dimensions=args.dims, batch_size=args.batch_size, max_length=args.max_length,
         seed=args.seed, description=args.description or Path(args.corpus).name, **options,
     )
-    model.save_pretrained(out)
+    # Written beside --out and renamed into place: a killed run leaves --out as it was (a staging folder it leaves is
+    # removed by the next run), and the save hooks run again so the card names --out, not the staging folder.
+    with staged_folder(out, kind="adapt") as staging:
+        model.save_pretrained(staging)
+        for hook in model.save_hooks:
+            hook(model, staging, repo_id=folder_id(out))
     for dim, scores in adaptor.config.fit_summary["validation"].items():
         used = "adaptor" if scores["adapted"] else "plain truncation"
         print(f"{dim:>6}: truncation {scores['truncation']:.4f}  adaptor {scores['adaptor']:.4f}  -> {used}")
@@ -273,7 +306,7 @@ def add_adapt_command(commands):
     adapt.add_argument("--batch-size", type=int, default=DEFAULT_BATCH_SIZE, help="texts per forward pass")
     adapt.add_argument("--max-length", type=int, default=DEFAULT_MAX_LENGTH, metavar="TOKENS", help="longest input")
     adapt.add_argument("--device", help="where to encode (default: cuda when available)")
-    adapt.add_argument("--overwrite", action="store_true", help="write into a non-empty --out folder")
+    adapt.add_argument("--overwrite", action="store_true", help="replace a non-empty --out folder")
     adapt.set_defaults(func=run_adapt)
 
 
@@ -329,6 +362,8 @@ def build_parser():
     ev.add_argument("--rescore", type=int, default=100, metavar="K",
                     help="retrieval grid: also re-rank the top K of each quantized search in float (0: off; default "
                     "%(default)s)")
+    ev.add_argument("--overwrite", action="store_true",
+                    help="write the report into a non-empty --out folder (its results.* files are replaced)")
     ev.set_defaults(func=run_evaluate)
 
     card = commands.add_parser(

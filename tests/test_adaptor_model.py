@@ -4,6 +4,7 @@ sentence-transformers folder and by trust_remote_code without mrl-text; add_adap
 
 import json
 import random
+from pathlib import Path
 
 import pytest
 import torch
@@ -306,3 +307,35 @@ def test_evaluators_and_calibration_see_the_adapted_sizes(make_model, sentences)
     measured = model.calibrate_quantization(texts)
     for dim in (16, 4):  # adapted sizes: ranges of the adapted embedding
         assert torch.allclose(measured[dim], calibration_ranges(model.encode(texts, dim=dim)), atol=1e-5)
+
+
+def test_cli_adapt_writes_beside_and_renames_and_cleans_what_a_crash_left(make_model, tmp_path, capsys, monkeypatch):
+    """A run killed while saving leaves --out as it was (absent here) and a staging folder that the next run removes;
+    the rerun writes the whole model, whose card names --out."""
+    model = make_model()
+    model.save_pretrained(tmp_path / "model")
+    corpus = tmp_path / "corpus.txt"
+    corpus.write_text("\n".join(random_texts(120)) + "\n")
+    out = tmp_path / "adapted"
+    args = ["adapt", str(tmp_path / "model"), "--corpus", str(corpus), "--out", str(out), "--epochs", "1",
+            "--device", "cpu", "--rotation", "none"]
+    save_pretrained = MatryoshkaModel.save_pretrained
+
+    def killed_midway(self, directory, *a, **kw):
+        (Path(directory) / "config.json").write_text("{}")  # config written, weights not yet
+        raise KeyboardInterrupt("killed")
+
+    monkeypatch.setattr(MatryoshkaModel, "save_pretrained", killed_midway)
+    with pytest.raises(KeyboardInterrupt):
+        main(args)
+    assert not out.exists() and not list(tmp_path.glob(".adapted.*"))
+    stale = tmp_path / ".adapted.adapt-999999999-deadbeef"  # what kill -9 leaves: its process is gone
+    stale.mkdir()
+    (stale / "config.json").write_text("{}")
+    monkeypatch.setattr(MatryoshkaModel, "save_pretrained", save_pretrained)
+    assert main(args) == 0
+    assert not stale.exists() and sorted(p.name for p in tmp_path.iterdir()) == ["adapted", "corpus.txt", "model"]
+    loaded = MatryoshkaModel.from_pretrained(out)
+    assert loaded.adaptor is not None and (out / "model.safetensors").is_file()
+    card = (out / "README.md").read_text()
+    assert ".adapted." not in card and "adapt-" not in card

@@ -240,3 +240,33 @@ def test_help_shows_examples_and_the_console_script_is_declared(capsys):
     assert build_parser().parse_args(["evaluate", "m", "--out", "o"]).max_length == 256
     scripts = tomllib.loads((ROOT / "pyproject.toml").read_text())["project"]["scripts"]
     assert scripts["mrl-text"] == "mrl_text.cli:main"
+
+
+def test_evaluate_checks_its_output_before_any_work(data, saved_models, tmp_path, capsys, monkeypatch):
+    """An --out that is a file, or a non-empty folder (a model folder too), is refused before any data file is read
+    or any text encoded; --overwrite writes the report into a non-empty folder."""
+    import mrl_text.cli as cli
+
+    model_dir, _ = saved_models
+    sts = ["--sts", str(data / "stsb" / "test.tsv")]
+    report_file = tmp_path / "report.txt"
+    report_file.write_text("mine")
+    build_evaluators = cli.build_evaluators
+
+    def no_work(args):
+        raise AssertionError("the data were read before --out was checked")
+
+    monkeypatch.setattr(cli, "build_evaluators", no_work)
+    err = _error(["evaluate", str(model_dir), *sts, "--out", str(report_file)], capsys)
+    assert "report.txt is a file" in err
+    assert report_file.read_text() == "mine"
+    files = sorted(p.name for p in model_dir.iterdir())
+    err = _error(["evaluate", str(model_dir), *sts, "--out", str(model_dir)], capsys)
+    assert "is not empty" in err and "--overwrite" in err
+    assert sorted(p.name for p in model_dir.iterdir()) == files
+    monkeypatch.setattr(cli, "build_evaluators", build_evaluators)
+    (tmp_path / "report").mkdir()
+    (tmp_path / "report" / "notes.txt").write_text("mine")
+    assert main(["evaluate", str(model_dir), *sts, "--out", str(tmp_path / "report"), "--overwrite"]) == 0
+    report = tmp_path / "report"
+    assert (report / "results.json").is_file() and (report / "notes.txt").read_text() == "mine"

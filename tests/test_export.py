@@ -1,6 +1,7 @@
 """Export to a standard folder: loads with no remote code and no mrl-text, equals encode at every size."""
 
 import json
+from pathlib import Path
 
 import pytest
 import torch
@@ -236,3 +237,140 @@ def test_onnx_export_gives_the_models_int8_codes(make_model, sentences, tmp_path
         ranges = exported_ranges(folder, d)
         codes = quantize(prefix, "int8", ranges)
         assert_same_codes(prefix, codes, model.encode(sentences, dim=d, precision="int8"), ranges)
+
+
+def card_snippet(card, heading):
+    """The first ```python block after `heading` in a card."""
+    section = card.split(heading, 1)[1]
+    return section.split("```python\n", 1)[1].split("```", 1)[0]
+
+
+def test_card_names_the_final_folder_and_its_unit_length_claim_holds(make_model, tmp_path, monkeypatch):
+    """The card is rendered in the staging folder but names the folder asked for; what its sentence-transformers
+    snippet says about the embeddings (shape, unit length) is what the snippet gives."""
+    monkeypatch.chdir(tmp_path)
+    model = make_model()
+    export_model(model, "exp_st")
+    card = (tmp_path / "exp_st" / "README.md").read_text()
+    assert "# exp_st\n" in card and ".export-" not in card and ".exp_st" not in card
+    assert 'SentenceTransformer("exp_st"' in card and "--model-id exp_st " in card and "vllm serve exp_st " in card
+    snippet = card_snippet(card, "## sentence-transformers")
+    assert "unit length" in snippet
+    scope = {}
+    exec(snippet, scope)  # runs from tmp_path: "exp_st" is the folder
+    embeddings = torch.as_tensor(scope["embeddings"])
+    assert tuple(embeddings.shape) == (2, 8)  # the middle size of (32, 16, 8, 4)
+    torch.testing.assert_close(embeddings.norm(dim=-1), torch.ones(2), atol=1e-5, rtol=0)
+    torch.testing.assert_close(embeddings, model.encode(["a sentence", "another one"], dim=8), atol=ATOL, rtol=0)
+    plain = scope["model"].encode(["a sentence", "another one"])  # without normalize_embeddings: a cut unit vector
+    assert (torch.as_tensor(plain).norm(dim=-1) < 0.999).all()
+
+    export_model(make_model(normalize=False), "raw")  # a model that does not normalize claims no unit length
+    raw_snippet = card_snippet((tmp_path / "raw" / "README.md").read_text(), "## sentence-transformers")
+    assert "unit length" not in raw_snippet and "not normalized" in raw_snippet
+
+
+def test_folder_has_standard_permissions_and_loads_without_a_load_report(make_model, tmp_path):
+    import logging
+    import os
+
+    from sentence_transformers import SentenceTransformer
+    from transformers import AutoModel
+    from transformers.utils import logging as hf_logging
+
+    old_umask = os.umask(0o022)
+    try:
+        folder = export_model(make_model(), tmp_path / "export")
+    finally:
+        os.umask(old_umask)
+    assert folder.stat().st_mode & 0o777 == 0o755
+    assert (folder / "model.safetensors").stat().st_mode & 0o777 == 0o644
+    records = []
+    handler = logging.Handler()
+    handler.emit = records.append
+    verbosity = hf_logging.get_verbosity()
+    hf_logging.set_verbosity_warning()
+    hf_logging.get_logger().addHandler(handler)  # transformers' root logger: where its load report goes
+    try:
+        encoder = AutoModel.from_pretrained(folder)
+        SentenceTransformer(str(folder), device="cpu")
+    finally:
+        hf_logging.get_logger().removeHandler(handler)
+        hf_logging.set_verbosity(verbosity)
+    logged = "\n".join(record.getMessage() for record in records)
+    assert "LOAD REPORT" not in logged and "MISSING" not in logged and "newly initialized" not in logged, logged
+    assert torch.count_nonzero(encoder.pooler.dense.weight) == 0  # the pooler nobody trained is saved as zeros
+
+
+def test_stale_staging_folders_are_removed_and_a_failed_export_keeps_the_old_folder(make_model, tmp_path,
+                                                                                    monkeypatch):
+    import os
+
+    import mrl_text.deploy.export as export
+
+    out = tmp_path / "out"
+    export_model(make_model(), out)
+    before = (out / "model.safetensors").read_bytes()
+    # What kill -9 leaves: a staging folder of a process that no longer runs (and one of an older release, named by
+    # tempfile.mkdtemp); a folder of a process that still runs is another export at work and stays.
+    dead = tmp_path / ".out.export-999999999-deadbeef"
+    legacy = tmp_path / ".out.export-ab_c1234"
+    running = tmp_path / f".out.export-{os.getppid()}-cafecafe"
+    for folder in (dead, legacy, running):
+        folder.mkdir()
+        (folder / "model.safetensors").write_bytes(b"half")
+
+    def crash(model, directory, *args, **kwargs):
+        (Path(directory) / "config.json").write_text("{}")
+        raise RuntimeError("killed midway")
+
+    monkeypatch.setattr(export, "write_folder", crash)
+    with pytest.raises(RuntimeError, match="killed midway"):
+        export_model(make_model(seed=1), out, overwrite=True)
+    assert (out / "model.safetensors").read_bytes() == before  # the old folder as it was
+    assert not dead.exists() and not legacy.exists() and running.exists()
+    assert sorted(p.name for p in tmp_path.iterdir()) == sorted(["out", running.name])
+    monkeypatch.undo()
+    export_model(make_model(seed=1), out, overwrite=True)
+    assert (out / "model.safetensors").read_bytes() != before
+
+
+def test_cli_refuses_to_export_into_the_model_folder(make_model, tmp_path, capsys):
+    saved = tmp_path / "saved"
+    make_model().save_pretrained(saved)
+    files = sorted(p.name for p in saved.iterdir())
+    for out, relation in ((saved, " is the model folder"), (saved / "inside", " is inside the model folder"),
+                          (tmp_path, " contains the model folder")):
+        with pytest.raises(SystemExit) as exit_info:
+            main(["export", str(saved), str(out), "--overwrite"])
+        err = capsys.readouterr().err
+        assert exit_info.value.code == 2 and relation in err and "outside it" in err, err
+    assert sorted(p.name for p in saved.iterdir()) == files
+    assert json.loads((saved / "config.json").read_text())["model_type"] == "matryoshka"
+    loaded = mrl_text.MatryoshkaModel.from_pretrained(saved)
+    with pytest.raises(ValueError, match="is the model folder"):
+        export_model(loaded, saved, overwrite=True)
+
+
+def test_onnx_without_the_export_extra_says_what_to_install_before_any_work(make_model, tmp_path, capsys,
+                                                                           monkeypatch):
+    import importlib.util
+
+    import transformers
+
+    saved = tmp_path / "saved"
+    make_model().save_pretrained(saved)
+    find_spec = importlib.util.find_spec
+    monkeypatch.setattr(importlib.util, "find_spec", lambda name, *a: None if name == "onnx" else find_spec(name, *a))
+
+    def no_loading(*args, **kwargs):
+        raise AssertionError("the model was loaded before the format was checked")
+
+    monkeypatch.setattr(transformers.AutoModel, "from_pretrained", no_loading)
+    with pytest.raises(SystemExit) as exit_info:
+        main(["export", str(saved), str(tmp_path / "out"), "--format", "onnx"])
+    err = capsys.readouterr().err
+    assert exit_info.value.code == 2 and "needs onnx" in err and "pip install 'mrl-text[export]'" in err, err
+    with pytest.raises(ImportError, match=r"mrl-text\[export\]"):
+        export_model(make_model(), tmp_path / "out", format="onnx")
+    assert sorted(p.name for p in tmp_path.iterdir()) == ["saved"]

@@ -20,9 +20,9 @@ re-normalized prefix with them (mrl_text.models.quantization.quantize, or senten
 """
 
 import copy
+import importlib.util
 import json
 import os
-import shutil
 import tempfile
 import warnings
 from pathlib import Path
@@ -32,6 +32,7 @@ import torch
 from transformers.models.auto.configuration_auto import CONFIG_MAPPING_NAMES
 from transformers.models.auto.modeling_auto import MODEL_MAPPING_NAMES
 
+from ..file_utils import staged_folder
 from ..models.quantization import model_ranges
 
 EXPORT_FORMATS = ("sentence-transformers", "onnx")
@@ -53,10 +54,41 @@ DENSE_WEIGHTS_FILE = "model.safetensors"
 ONNX_FILE = os.path.join("onnx", "model.onnx")
 
 
-def check_exportable(model, format="sentence-transformers"):
-    """Raise ValueError naming the reason when `model` cannot be written as `format` with built-in modules only."""
+ONNX_PACKAGES = ("onnx", "onnxruntime")  # the `export` extra: the exporter needs onnx, checking the graph onnxruntime
+
+
+def check_format(format):
+    """Raise ValueError for an unknown format, ImportError naming the extra when `format` needs packages that are not
+    installed: cheap checks, made before any model is loaded or any file written."""
     if format not in EXPORT_FORMATS:
         raise ValueError(f"Unknown export format {format!r}; choose one of {', '.join(EXPORT_FORMATS)}.")
+    if format == "onnx":
+        missing = [name for name in ONNX_PACKAGES if importlib.util.find_spec(name) is None]
+        if missing:
+            raise ImportError(
+                f"format='onnx' needs {' and '.join(missing)}, which {'is' if len(missing) == 1 else 'are'} not "
+                "installed: pip install 'mrl-text[export]' (from a clone: pip install -e '.[export]')."
+            )
+
+
+def check_apart(source, target):
+    """Raise ValueError when the export folder `target` is the model folder `source`, lies inside it or holds it:
+    writing there would replace the model being exported (or nest the export in it)."""
+    if source is None or not Path(source).is_dir():
+        return  # a Hub id or an in-memory model: nothing on disk to protect
+    source, target = Path(source).resolve(), Path(target).resolve()
+    if source == target or source in target.parents or target in source.parents:
+        relation = "is" if source == target else "is inside" if source in target.parents else "contains"
+        raise ValueError(
+            f"The output folder {target} {relation} the model folder {source}; exporting there would replace the "
+            "model being exported. Choose an output folder outside it (e.g. a sibling folder)."
+        )
+
+
+def check_exportable(model, format="sentence-transformers"):
+    """Raise ValueError naming the reason when `model` cannot be written as `format` with built-in modules only
+    (ImportError when the format's packages are missing)."""
+    check_format(format)
     config = getattr(model, "config", None)
     kind = type(model).__name__
     if getattr(config, "model_type", None) == "matryoshka_dual_encoder":
@@ -119,9 +151,11 @@ def export_model(model, path, format="sentence-transformers", overwrite=False):
         ValueError: for models built-in sentence-transformers modules cannot express (dual encoders, adaptors,
             encoder types without a standard Transformer module), unknown formats.
         FileExistsError: when `path` holds files and `overwrite` is False.
+        ImportError: `format="onnx"` without onnx / onnxruntime (the `export` extra).
     """
     check_exportable(model, format)
     target = Path(path)
+    check_apart(getattr(model, "name_or_path", None) or None, target)
     if target.exists() and not target.is_dir():
         raise FileExistsError(f"{target} is a file; pass a folder path to export into.")
     if target.is_dir() and any(target.iterdir()) and not overwrite:
@@ -129,39 +163,43 @@ def export_model(model, path, format="sentence-transformers", overwrite=False):
             f"{target} exists and is not empty; pass overwrite=True (CLI: --overwrite) to replace it, or choose "
             "another folder."
         )
-    target.parent.mkdir(parents=True, exist_ok=True)
-    staging = Path(tempfile.mkdtemp(dir=target.parent, prefix=f".{target.name}.export-"))
-    try:
-        write_folder(model, staging, format)
-        swap_in(staging, target)
-    except BaseException:
-        shutil.rmtree(staging, ignore_errors=True)
-        raise
+    # Written beside the target and renamed into place (a staging folder a killed export left is removed here); the
+    # card names the folder the user asked for, not the staging folder.
+    with staged_folder(target, kind="export") as staging:
+        write_folder(model, staging, format, repo_id=folder_id(target))
     return target
 
 
-def swap_in(staging, target):
-    """Replace `target` by `staging` with renames: the old folder is removed only once the new one is in place."""
-    previous = None
-    if target.exists():
-        previous = Path(tempfile.mkdtemp(dir=target.parent, prefix=f".{target.name}.previous-"))
-        os.rmdir(previous)
-        os.rename(target, previous)
-    try:
-        os.rename(staging, target)
-    except BaseException:
-        if previous is not None:
-            os.rename(previous, target)
-        raise
-    if previous is not None:
-        shutil.rmtree(previous, ignore_errors=True)
+def folder_id(path):
+    """How a card names a local folder: the path as given when relative, else the folder's name only (a card does
+    not record this machine's absolute paths)."""
+    path = Path(path)
+    return path.name if path.is_absolute() else path.as_posix()
+
+
+def standard_state_dict(encoder):
+    """The encoder's weights plus zeros for the modules that `AutoModel` builds for its config and the encoder does
+    not have (BERT's pooler, dropped by `add_pooling_layer=False`): the saved folder is then exactly what `AutoModel`
+    loads, with no "LOAD REPORT ... MISSING ... newly initialized" warning. The pooler is not used by mean/CLS pooling
+    in sentence-transformers or by serving engines; zeros say plainly that it was never trained."""
+    from transformers import AutoModel
+
+    own = encoder.state_dict()
+    with torch.device("meta"):
+        standard = AutoModel.from_config(encoder.config)
+    missing = {k: v for k, v in standard.state_dict().items() if k not in own}
+    if not missing:
+        return None
+    reference = next(iter(own.values()))
+    return {**own, **{k: torch.zeros(v.shape, dtype=reference.dtype, device=reference.device) for k, v in
+                      missing.items()}}
 
 
 def write_folder(model, directory, format="sentence-transformers", repo_id=None):
     """Write every file of the export into the existing folder `directory` (no checks; see `export_model`)."""
     directory = Path(directory)
     config = model.config
-    model.encoder.save_pretrained(directory, safe_serialization=True)
+    model.encoder.save_pretrained(directory, safe_serialization=True, state_dict=standard_state_dict(model.encoder))
     encoder_config = json.loads((directory / "config.json").read_text(encoding="utf-8"))
     encoder_config["is_matryoshka"] = True
     encoder_config["matryoshka_dimensions"] = list(config.matryoshka_dimensions)
@@ -333,7 +371,7 @@ it loads without `trust_remote_code` and without mrl-text. `config.json` carries
 from sentence_transformers import SentenceTransformer
 
 model = SentenceTransformer("{model_id}", truncate_dim={small})  # or slice: model.encode(texts)[:, :{small}]
-embeddings = model.encode(["a sentence", "another one"])  # shape (2, {small}), unit length
+{st_encode_lines(config, small)}
 ```
 
 ## Infinity (OpenAI-compatible server)
@@ -360,6 +398,22 @@ response = client.embeddings.create(model="{model_id}", input=["a sentence"], di
 Infinity returns the first `{small}` coordinates of the unit-length full embedding without re-normalizing them, and
 accepts any size from 1 to {config.embedding_size}; vLLM accepts only the sizes in `matryoshka_dimensions`.
 {quantized_codes_section(config)}"""
+
+
+def st_encode_lines(config, small):
+    """The card's sentence-transformers `encode` line, true to what it returns: `truncate_dim` slices after the
+    model's Normalize module, so a prefix is unit length only when `encode` re-normalizes it."""
+    if config.normalize:
+        return (
+            "# truncate_dim cuts the unit-length embedding, so a prefix is shorter than 1;\n"
+            f"# normalize_embeddings=True re-normalizes it (what mrl-text's encode(texts, dim={small}) gives)\n"
+            'embeddings = model.encode(["a sentence", "another one"], normalize_embeddings=True)'
+            f"  # shape (2, {small}), unit length"
+        )
+    return (
+        f'embeddings = model.encode(["a sentence", "another one"])  # shape (2, {small}), not normalized '
+        "(this model does not normalize)"
+    )
 
 
 def quantized_codes_section(config):

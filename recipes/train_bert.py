@@ -33,7 +33,7 @@ from mrl_text import data as mrl_data
 from mrl_text.cards.card_data import model_card_data
 from mrl_text.evaluation import Results, RetrievalEvaluator, STSEvaluator
 from mrl_text.losses import LOSSES, MatryoshkaDepthLoss, MatryoshkaLoss, get_loss
-from mrl_text.models.configuration_matryoshka import validate_layers
+from mrl_text.models.configuration_matryoshka import default_dimensions, validate_layers
 from mrl_text.training.schedule import SizeSchedule
 from mrl_text.training.trainer import MatryoshkaTrainer, MatryoshkaTrainingArguments
 
@@ -197,15 +197,6 @@ def build_size_schedule(recipe):
     """The `SizeSchedule` of the recipe's two fractions, or None when both are 0 (every size from the first step)."""
     schedule = SizeSchedule(recipe.smaller_sizes_warmup_fraction, recipe.full_size_only_fraction)
     return schedule if recipe.smaller_sizes_warmup_fraction or recipe.full_size_only_fraction else None
-
-
-def default_dimensions(full):
-    """The full size, then every power of two below it down to 16 (384 -> 384, 256, ..., 16)."""
-    dims, size = [full], 1 << ((full - 1).bit_length() - 1)  # the largest power of two below full
-    while size >= 16:
-        dims.append(size)
-        size //= 2
-    return dims
 
 
 def build_model(recipe, depth=False):

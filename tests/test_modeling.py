@@ -390,6 +390,68 @@ def test_from_encoder_is_quiet_and_writes_no_local_path(tiny_tokenizer, tmp_path
     assert saved["encoder"]["_name_or_path"] == "sentence-transformers/all-MiniLM-L6-v2"
 
 
+def test_one_default_nesting_everywhere(tiny_tokenizer, tmp_path):
+    """Without `matryoshka_dimensions` a new model (config, `from_encoder`, dual encoder) trains the recipes' halving
+    list, the full size and each power of two below it down to 16; the recipe and the adaptor use the same function."""
+    from transformers import BertModel
+
+    from mrl_text.adaptor import attach
+    from mrl_text.models.configuration_matryoshka import default_dimensions
+
+    from .conftest import load_module
+
+    assert default_dimensions(384) == [384, 256, 128, 64, 32, 16]
+    assert default_dimensions(1024) == [1024, 512, 256, 128, 64, 32, 16] and default_dimensions(16) == [16]
+    assert MatryoshkaConfig(encoder=tiny_bert_config(hidden_size=64)).matryoshka_dimensions == [64, 32, 16]
+    folder = tmp_path / "encoder"
+    BertModel(tiny_bert_config(hidden_size=64, vocab_size=len(tiny_tokenizer))).save_pretrained(folder)
+    tiny_tokenizer.save_pretrained(folder)
+    assert MatryoshkaModel.from_encoder(str(folder)).config.matryoshka_dimensions == [64, 32, 16]
+    recipe = load_module(os.path.join(os.path.dirname(__file__), "..", "recipes", "train_bert.py"))
+    assert recipe.default_dimensions is attach.default_dimensions is default_dimensions
+
+
+@pytest.mark.slow
+def test_readme_depth_snippet_trains_the_size_it_encodes_at(tiny_tokenizer, tmp_path, monkeypatch):
+    """README's depth snippet, run as written on a tiny 6-layer encoder in place of all-MiniLM-L6-v2: its
+    `encode(texts, dim=64, layers=3)` uses a trained size and depth (no "not one of the trained sizes" warning)."""
+    import re
+    from pathlib import Path
+
+    from datasets import Dataset
+    from transformers import BertConfig, BertModel
+
+    readme = (Path(__file__).resolve().parents[1] / "README.md").read_text()
+    block = next(b for b in re.findall(r"```python\n(.*?)```", readme, re.S) if "matryoshka_layers=[6, 4, 3, 2]" in b)
+    lines = block.splitlines()
+    code = "\n".join(lines[: next(i for i, line in enumerate(lines) if "model.encode(" in line) + 1])
+
+    folder = tmp_path / "encoder"
+    encoder = BertConfig(vocab_size=len(tiny_tokenizer), hidden_size=128, num_hidden_layers=6, num_attention_heads=2,
+                         intermediate_size=128, max_position_embeddings=64)
+    BertModel(encoder).save_pretrained(folder)
+    tiny_tokenizer.save_pretrained(folder)
+
+    class TinyModel(MatryoshkaModel):  # the snippet's hub id stands for this folder
+        @classmethod
+        def from_encoder(cls, name, **kwargs):
+            return MatryoshkaModel.from_encoder(str(folder), **kwargs)
+
+    texts = ["a man is playing a guitar", "the dog runs in the park", "what is my account balance"]
+    triplets = Dataset.from_dict({"anchor": texts, "positive": texts[1:] + texts[:1],
+                                  "negative": texts[2:] + texts[:2]})
+    monkeypatch.chdir(tmp_path)
+    namespace = {"MatryoshkaModel": TinyModel, "MatryoshkaTrainer": mrl_text.MatryoshkaTrainer, "texts": texts,
+                 "MatryoshkaTrainingArguments": lambda **kwargs: mrl_text.MatryoshkaTrainingArguments(
+                     **kwargs, max_steps=1, per_device_train_batch_size=3, report_to="none", use_cpu=True),
+                 "triplets": triplets}
+    with warnings.catch_warnings():
+        warnings.filterwarnings("error", message=".*(not one of the trained|was not trained|never trained).*")
+        exec(code, namespace)
+    model = namespace["model"]
+    assert 64 in model.config.matryoshka_dimensions and model.config.matryoshka_layers == [6, 4, 3, 2]
+
+
 def test_portable_name_of_a_hub_cache_snapshot(tmp_path):
     from mrl_text.models.configuration_matryoshka import portable_name
 

@@ -11,17 +11,9 @@ import csv
 import json
 from pathlib import Path
 
-from ..models.configuration_matryoshka import validate_nesting
+from ..models.configuration_matryoshka import default_dimensions, validate_nesting
 from ..models.modeling_matryoshka_adaptor import MatryoshkaAdaptor
 from .fitting import fit
-
-# Sizes for a model that has only its full size (a plain encoder): the usual nesting below it.
-DEFAULT_NESTING = (1024, 768, 512, 256, 128, 64, 32, 16)
-
-
-def default_dimensions(full):
-    """`[full, 512, 256, ..., 16]`-style sizes for an encoder with one size: its full size and the usual ones below."""
-    return [full] + [d for d in DEFAULT_NESTING if d < full]
 
 
 def check_texts(texts, what):
@@ -65,8 +57,8 @@ def add_adaptor(model, corpus=None, pairs=None, *, adaptor=None, matryoshka_dime
         adaptor (`MatryoshkaAdaptor`, *optional*): attach this one; with a corpus, continue fitting a copy of it
             (e.g. `model.adaptor`, supervised after an unsupervised fit).
         matryoshka_dimensions (`list[int]`, *optional*): sizes to fit for; default the model's, or, for a model with
-            its full size only (a plain encoder), the full size and 512, 256, ..., 16 below it. Sizes the model
-            lacks are added to its `matryoshka_dimensions` (weight 1.0).
+            its full size only, the default nesting (`default_dimensions`: the full size and every power of two below
+            it down to 16). Sizes the model lacks are added to its `matryoshka_dimensions` (weight 1.0).
         batch_size, max_length: for `encode`.
         show_progress_bar (`bool`): bars for encoding and for the fit's epochs.
         description (`str`, *optional*): what the corpus is, for the model card.

@@ -73,7 +73,8 @@ class MatryoshkaConfig(WrappingConfig):
             Config of the wrapped encoder (a dict needs its `model_type`). Defaults to a BERT-base config.
         matryoshka_dimensions (`list[int]`, *optional*):
             The nested sizes, e.g. `[768, 512, 256, 128, 64, 32, 16]`. Stored largest first. The full embedding
-            size is always included (added with a warning when missing). Defaults to the full size alone.
+            size is always included (added with a warning when missing). Defaults to [`default_dimensions`]: the
+            full size and every power of two below it down to 16 (384 -> `[384, 256, 128, 64, 32, 16]`).
         matryoshka_weights (`list[float]`, *optional*):
             Loss weight of each size, in the order of `matryoshka_dimensions`. Defaults to 1.0 for every size.
         truncate_dim (`int`, *optional*):
@@ -300,13 +301,29 @@ def portable_name(name_or_path):
     return os.path.basename(path.rstrip("/\\"))
 
 
+# The smallest default size: below 16 coordinates a text embedding keeps little of its meaning.
+SMALLEST_DEFAULT_DIM = 16
+
+
+def default_dimensions(full):
+    """The nested sizes of a new model when none are given: the full size, then every power of two below it down to
+    16 (384 -> [384, 256, 128, 64, 32, 16]; 768 -> [768, 512, ..., 16]). Halving keeps the sizes evenly spread on
+    the log scale that cost and quality follow; a config, `from_encoder`, the recipes and the adaptor all use it."""
+    dims, size = [int(full)], SMALLEST_DEFAULT_DIM
+    while size < full:
+        dims.insert(1, size)
+        size *= 2
+    return dims
+
+
 def validate_nesting(matryoshka_dimensions, matryoshka_weights, truncate_dim, full):
     """Check the nesting fields of a Matryoshka config against its full embedding size `full`.
 
     Shared by every Matryoshka config (text models, dual encoders) so that they accept and refuse the same values
-    with the same messages. Returns `(dimensions, weights)`, largest size first, the full size always included.
+    with the same messages. Returns `(dimensions, weights)`, largest size first, the full size always included;
+    `matryoshka_dimensions=None` (a new model) gives [`default_dimensions`] (saved configs always list their sizes).
     """
-    dims = [full] if matryoshka_dimensions is None else list(matryoshka_dimensions)
+    dims = default_dimensions(full) if matryoshka_dimensions is None else list(matryoshka_dimensions)
     if not dims:
         raise ValueError("`matryoshka_dimensions` is empty; give at least one size, e.g. [768, 256, 64].")
     dims = [check_dim(d, full, owner="`matryoshka_dimensions` size") for d in dims]
@@ -409,6 +426,7 @@ __all__ = [
     "SENTENCE_TRANSFORMERS_POOLING",
     "check_dim",
     "check_quantization_ranges",
+    "default_dimensions",
     "encoder_config_from",
     "portable_name",
     "ranges_key",

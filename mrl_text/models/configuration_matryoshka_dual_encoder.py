@@ -46,7 +46,8 @@ class MatryoshkaDualEncoderConfig(WrappingConfig):
             needs its `model_type`). Defaults to an ALIGN-base config.
         matryoshka_dimensions (`list[int]`, *optional*):
             The nested sizes, e.g. `[640, 512, 256, 128, 64, 32, 16]`. Stored largest first; the full embedding size
-            is always included (added with a warning when missing). Defaults to the full size alone.
+            is always included (added with a warning when missing). Defaults to `default_dimensions` (the full size
+            and every power of two below it down to 16).
         matryoshka_weights (`list[float]`, *optional*):
             Loss weight of each size, in the order of `matryoshka_dimensions`. Defaults to 1.0 for every size.
         truncate_dim (`int`, *optional*):

@@ -18,7 +18,8 @@ examples:
   # any plain encoder (mean pooling) or sentence-transformers model, truncated to the sizes you name
   mrl-text evaluate any-plain-encoder/ --sts stsb/test.tsv --dims 384 256 128 64 32 16 --out report/
 
-  # every model reads at most --max-length tokens (default 256), baselines too: results compare on equal terms
+  # every model reads at most --max-length tokens (default: the folder's saved max_seq_length, else 256), baselines
+  # too: results compare on equal terms
 
   # the size x precision x depth grid: one encoding pass per layer count; int8 uses the model's calibrated ranges
   mrl-text evaluate out/ --sts stsb/test.tsv --retrieval scifact/ --precisions float32,int8,binary --layers 6 3 \
@@ -120,6 +121,8 @@ def run_evaluate(args):
         grid_options = dict(precisions=precisions, rescore=args.rescore or None)
     model = grid_model(args, options) if grid else as_embedder(args.model, args.dims, **options)
     embedders = [model]
+    if args.max_length is None:  # the model's length (its saved max_seq_length, else the default) for every baseline
+        options["max_length"] = model.max_length
     for baseline in args.baseline or []:
         embedder = as_embedder(baseline, **options)
         # Baselines are scored at the sizes of the model under test that they have, plus their own full size.
@@ -346,8 +349,9 @@ def build_parser():
         "--batch-size", type=int, default=DEFAULT_BATCH_SIZE, help="texts per forward pass (default: %(default)s)"
     )
     ev.add_argument(
-        "--max-length", type=int, default=DEFAULT_MAX_LENGTH, metavar="TOKENS",
-        help=f"longest tokenized input, the same for the model and every baseline (default: {DEFAULT_MAX_LENGTH}: "
+        "--max-length", type=int, metavar="TOKENS",
+        help="longest tokenized input, the same for the model and every baseline (default: the model folder's saved "
+        f"max_seq_length, the length its card's numbers were computed at; else {DEFAULT_MAX_LENGTH}: "
         "sentence-transformers' own limit for most of its models, longer than any STS pair or intent, and most "
         "of a BEIR abstract at a quarter of the attention cost of 512)",
     )

@@ -194,6 +194,46 @@ def test_evaluate_the_grid_of_sizes_precisions_and_layers(data, make_model, save
     assert not (tmp_path / "bad").exists()
 
 
+def test_evaluate_reads_at_the_folders_saved_length_and_the_card_refuses_mixed_lengths(
+    data, saved_models, tmp_path, capsys
+):
+    """One rule for the evaluation length: the CLI, like Python's evaluate(), reads at the folder's saved
+    max_seq_length (baselines too), records it in the results, and the card will not set rows of different lengths
+    side by side."""
+    from mrl_text.cards.card_data import MatryoshkaModelCardData
+    from mrl_text.data import load_sts
+    from mrl_text.evaluation import Results, STSEvaluator, evaluate
+    from mrl_text.models.modeling_matryoshka import MatryoshkaModel
+
+    model_dir, plain_dir = saved_models  # saved with max_seq_length=32
+    sts = ["--sts", str(data / "stsb" / "test.tsv")]
+    assert main(["evaluate", str(model_dir), *sts, "--baseline", str(plain_dir), "--out", str(tmp_path / "r")]) == 0
+    err = capsys.readouterr().err
+    assert "evaluating model at sizes [32, 16, 8, 4], 32 tokens" in err and "evaluating plain at sizes" in err
+    assert "[16, 8, 4], 32 tokens" in err
+    rows = Results.from_json(tmp_path / "r" / "results.json").rows
+    assert {r["max_length"] for r in rows} == {32}
+    loaded = MatryoshkaModel.from_pretrained(model_dir)
+    python_rows = evaluate(loaded, [STSEvaluator(*load_sts(data / "stsb" / "test.tsv"), name="stsb")]).rows
+    assert {r["max_length"] for r in python_rows} == {32}
+    assert [r["value"] for r in python_rows] == [r["value"] for r in rows if r["model"] == "model"]
+
+    # before-training rows at 32 tokens (from the trainer) and rows evaluated at 64 (the tiny model's limit): refused,
+    # naming both lengths and the fix
+    data_ = MatryoshkaModelCardData(model_name="model", evaluation={"max_seq_length": 32})
+    data_.add_results(Results([{**r, "max_length": None} for r in rows if r["model"] == "model"]), "model",
+                      before_training=True)
+    data_.save(model_dir)
+    assert main(["evaluate", str(model_dir), *sts, "--max-length", "64", "--out", str(tmp_path / "r64")]) == 0
+    capsys.readouterr()
+    card_before = (model_dir / "model_card_data.json").read_text()
+    err = _error(["card", str(model_dir), "--results", str(tmp_path / "r64" / "results.json")], capsys)
+    assert "32 tokens" in err and "64 tokens" in err and "--max-length 32" in err
+    assert (model_dir / "model_card_data.json").read_text() == card_before and not (model_dir / "README.md").exists()
+    # at the same length the card is written
+    assert main(["card", str(model_dir), "--results", str(tmp_path / "r" / "results.json")]) == 0
+
+
 def _error(argv, capsys):
     with pytest.raises(SystemExit) as exit_info:
         main(argv)
@@ -237,7 +277,7 @@ def test_help_shows_examples_and_the_console_script_is_declared(capsys):
     with pytest.raises(SystemExit):
         main(["evaluate", "--help"])
     assert "--max-length TOKENS" in capsys.readouterr().out.replace("\n", " ")
-    assert build_parser().parse_args(["evaluate", "m", "--out", "o"]).max_length == 256
+    assert build_parser().parse_args(["evaluate", "m", "--out", "o"]).max_length is None  # the folder's, else 256
     scripts = tomllib.loads((ROOT / "pyproject.toml").read_text())["project"]["scripts"]
     assert scripts["mrl-text"] == "mrl_text.cli:main"
 

@@ -252,8 +252,31 @@ class MatryoshkaModelCardData:
         grid = [
             c for c in (self.results.grid if self.results else []) if (c["model"], c["task"]) not in renamed
         ] + grid
-        self.results = Results(kept + rows, primary, grid=grid)
+        merged = Results(kept + rows, primary, grid=grid)
+        self.check_lengths(merged)  # before anything changes: a refused merge leaves the card data as it was
+        self.results = merged
         return self
+
+    def check_lengths(self, results):
+        """Refuse results whose rows were computed at different input lengths (`max_length`, tokens): side by side,
+        a before/after or baseline row would compare the lengths, not the models. Rows before training without a
+        recorded length were computed at the training's `evaluation["max_seq_length"]`."""
+        models_at = {}
+        for row in results.rows + results.grid:
+            length = row.get("max_length")
+            if length is None and row["model"] == self.before_name:
+                length = self.evaluation.get("max_seq_length")
+            if length is not None:
+                models_at.setdefault(int(length), {})[row["model"]] = None
+        if len(models_at) > 1:
+            found = "; ".join(f"{', '.join(names)} at {n} tokens" for n, names in sorted(models_at.items()))
+            before = [length for length, models in models_at.items() if self.before_name in models]
+            length = before[0] if before else min(models_at)
+            raise ValueError(
+                f"The card's rows were computed at different input lengths ({found}): side by side they would "
+                f"compare the lengths, not the models. Evaluate every model at one length, e.g. `mrl-text evaluate "
+                f"MODEL ... --max-length {length}` (or evaluate(..., max_length={length})), then write the card again."
+            )
 
     def own_results(self):
         """This model's rows only (what the model-index may carry)."""
@@ -429,6 +452,9 @@ class MatryoshkaModelCardCallback(TrainerCallback):
             return
         primary = {e.name: e.primary_metric for e in self.evaluators}
         results = parse_trainer_metrics(metrics, list(primary), primary)
+        length = getattr(args, "max_seq_length", None)  # what the trainer's evaluators read (evaluator_metrics)
+        if length:
+            results = Results([{**row, "max_length": length} for row in results.rows], results.primary_metrics)
         if results.rows:
             data = model_card_data(self.trainer.model)
             data.add_results(results, before_training=state.global_step == 0)

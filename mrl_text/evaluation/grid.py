@@ -103,6 +103,7 @@ def evaluate_grid(model, evaluators, dims=None, precisions=DEFAULT_PRECISIONS, l
                     rows.extend({"model": base.name, "task": evaluator.name, "metric": metric, "dim": dim,
                                  "value": value, "layers": count, "precision": precision,
                                  "seconds_per_text": seconds_per_text}
+                                | ({} if base.max_length is None else {"max_length": base.max_length})
                                 for metric, value in values.items())
     return Results.from_evaluators(rows, evaluators)
 

@@ -1,7 +1,9 @@
 """`Results`: the tidy table every evaluation returns, with what each task measured, as JSON, markdown and a plot.
 
-Rows are `{"model", "task", "metric", "dim", "value"}` (values are fractions). Per task the table also records the
-evaluator's `task_type` (Hub model-index task type) and `primary_metric`, so a model card reads them from here.
+Rows are `{"model", "task", "metric", "dim", "value"}` (values are fractions), plus the `max_length` (tokens) the
+texts were read at when known (`evaluate` records it; it survives JSON and `concat`). Per task the table also
+records the evaluator's `task_type` (Hub model-index task type) and `primary_metric`, so a model card reads them
+from here.
 A grid evaluation (`mrl_text.evaluation.grid`) adds `grid`: the same rows with `layers` (None: all) and `precision`
 (and `seconds_per_text`, the encode time of that layer count), for every cell; `rows` keep the full-depth float32
 cells, so everything that reads `rows` is unchanged.

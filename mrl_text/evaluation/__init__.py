@@ -2,10 +2,10 @@
 
 Every evaluator encodes each of its texts once, at full size, and scores every size from the prefixes with
 `truncate_embeddings` (slice, then re-normalize): evaluating seven sizes costs one encoding pass, not seven.
-The same evaluators take a `MatryoshkaModel`, a plain transformers encoder, or a sentence-transformers model, read
-at one `max_length` (default 256 tokens), so baselines are measured on equal terms. Results come back as one tidy
-table of rows `{"model", "task", "metric", "dim", "value"}` (values are fractions), with each task's type and
-primary metric, written as JSON, markdown and a plot.
+The same evaluators take a `MatryoshkaModel`, a plain transformers encoder, or a sentence-transformers model, read at
+one `max_length` (default: a Matryoshka model's saved `max_seq_length`, else 256 tokens), so baselines are measured on
+equal terms. Results come back as one tidy table of rows `{"model", "task", "metric", "dim", "value"}` (values are
+fractions), with each task's type and primary metric, written as JSON, markdown and a plot.
 
 ```python
 >>> from mrl_text.data import load_sts

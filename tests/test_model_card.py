@@ -185,6 +185,30 @@ def test_display_names_hide_local_paths(tmp_path):
     assert display_name("sentence-transformers/all-MiniLM-L6-v2") == "sentence-transformers/all-MiniLM-L6-v2"
 
 
+def test_a_folder_whose_card_loads_it_by_a_local_path_is_named_as_a_local_folder(make_model, tmp_path, monkeypatch):
+    """The recipe's card loads its folder as `from_pretrained("outputs/<name>")`: that is a local path, not a Hub id,
+    so tables and plots name the folder by its name; a card copied from the Hub still gives the Hub id."""
+    from mrl_text.evaluation import as_embedder
+    from mrl_text.models.configuration_matryoshka import portable_name
+
+    monkeypatch.chdir(tmp_path)
+    model = make_model()
+    model.model_card_data = _card_data()
+    model.save_pretrained("outputs/tiny-matryoshka")
+    assert 'from_pretrained("outputs/tiny-matryoshka")' in (tmp_path / "outputs/tiny-matryoshka/README.md").read_text()
+    assert portable_name("outputs/tiny-matryoshka") == "tiny-matryoshka"
+    assert as_embedder("outputs/tiny-matryoshka").name == "tiny-matryoshka"
+    moved = tmp_path / "elsewhere" / "outputs" / "tiny-matryoshka"  # by its absolute path, from another directory
+    moved.parent.mkdir(parents=True)
+    (tmp_path / "outputs" / "tiny-matryoshka").rename(moved)
+    monkeypatch.chdir(tmp_path / "elsewhere" / "outputs")
+    assert portable_name(str(moved)) == "tiny-matryoshka" and portable_name("tiny-matryoshka") == "tiny-matryoshka"
+    hub = tmp_path / "all-MiniLM-L6-v2"
+    hub.mkdir()
+    (hub / "README.md").write_text('model = SentenceTransformer("sentence-transformers/all-MiniLM-L6-v2")\n')
+    assert portable_name(str(hub)) == "sentence-transformers/all-MiniLM-L6-v2"
+
+
 def test_trainer_metrics_parse_back_to_results():
     metrics = {"eval_stsb_spearman_64": 0.8, "eval_sci_fact_ndcg_at_10_16": 0.5, "eval_loss": 1.0, "epoch": 1.0}
     results = parse_trainer_metrics(metrics, ["stsb", "sci_fact"])

@@ -282,7 +282,8 @@ def portable_name(name_or_path):
 
     Hub ids stay as they are. A local folder is named by the Hub id it came from when that is known (a Hub cache
     snapshot `models--org--name/snapshots/...`, or the repository its model card loads in its usage snippets, as
-    cards copied from the Hub do), else by the folder's own name.
+    cards copied from the Hub do), else by the folder's own name. A snippet that loads a local folder (this one by a
+    relative path such as `outputs/my-model`, or any folder that exists here) names no Hub repository.
     """
     name_or_path = str(name_or_path or "")
     if not os.path.isdir(name_or_path):  # a Hub id (or a folder gone since: keep its name, not its path)
@@ -296,9 +297,17 @@ def portable_name(name_or_path):
         with open(card, encoding="utf-8", errors="replace") as f:
             text = f.read()
         snippet = re.search(r"(?:from_pretrained|SentenceTransformer)\(\s*['\"]([\w.-]+/[\w.-]+)['\"]", text)
-        if snippet:
+        if snippet and not _is_local_path_of(snippet.group(1), path):
             return snippet.group(1)
     return os.path.basename(path.rstrip("/\\"))
+
+
+def _is_local_path_of(name, path):
+    """Whether `name` (as a card's snippet loads it) is a local folder rather than a Hub id: `path`'s own ending (the
+    folder by the relative path it was saved under) or a folder that exists here (which transformers would load
+    instead of the Hub repository)."""
+    parts = [part for part in re.split(r"[/\\]", name) if part]
+    return os.path.normpath(path).split(os.sep)[-len(parts):] == parts or os.path.isdir(name)
 
 
 # The smallest default size: below 16 coordinates a text embedding keeps little of its meaning.

@@ -142,7 +142,7 @@ def run_evaluate(args):
             results.append(evaluate_grid(embedder, evaluators, layers=layers, **grid_options))
     results = Results.concat(results)
     # Everything is computed before anything is written: a failed run leaves no report that looks complete.
-    command = "mrl-text " + " ".join(shlex.quote(a) for a in args.argv)
+    command = "mrl-text " + " ".join(shlex.quote(portable_argument(a)) for a in args.argv)
     markdown = f"# Evaluation at every size\n\nCommand: `{command}`\n\nValues x100.\n\n{results.to_markdown()}"
     plot = results.plot()
     budget_plot = results.plot_budget(model=model.name) if grid else None
@@ -157,6 +157,22 @@ def run_evaluate(args):
     print(results.to_markdown())
     print(f"mrl-text: wrote {', '.join(str(out / name) for name in files)}", file=sys.stderr)
     return results
+
+
+def portable_argument(argument):
+    """A command-line argument as a report may record it: an absolute path of this machine becomes relative to the
+    working directory when it lies inside it, else the model's or file's name (`portable_name`), in `--opt=PATH`
+    too."""
+    import os
+
+    from .models.configuration_matryoshka import portable_name
+
+    option, equals, value = argument.partition("=") if argument.startswith("--") else ("", "", argument)
+    if not os.path.isabs(value):
+        return argument
+    relative = os.path.relpath(value)
+    value = relative if not relative.startswith(os.pardir) else portable_name(value)
+    return option + equals + value
 
 
 def check_report_folder(out, overwrite):

@@ -234,6 +234,25 @@ def test_evaluate_reads_at_the_folders_saved_length_and_the_card_refuses_mixed_l
     assert main(["card", str(model_dir), "--results", str(tmp_path / "r" / "results.json")]) == 0
 
 
+def test_the_report_records_no_absolute_path_of_this_machine(data, saved_models, tmp_path, monkeypatch):
+    """results.md's Command: line names paths relative to the working directory, or by their name when they lie
+    outside it."""
+    model_dir, plain_dir = saved_models
+    monkeypatch.chdir(tmp_path)
+    outside = tmp_path.parent / f"{tmp_path.name}-outside.tsv"  # a file outside the working directory
+    outside.write_text((data / "stsb" / "test.tsv").read_text())
+    try:
+        argv = ["evaluate", str(model_dir), "--sts", str(data / "stsb" / "test.tsv"), f"--sts={outside}",
+                "--out", str(tmp_path / "report")]
+        assert main(argv) == 0
+    finally:
+        outside.unlink()
+    command = next(line for line in (tmp_path / "report" / "results.md").read_text().splitlines()
+                   if line.startswith("Command:"))
+    assert command == (f"Command: `mrl-text evaluate model --sts data/stsb/test.tsv --sts={outside.name} "
+                       "--out report`")
+
+
 def _error(argv, capsys):
     with pytest.raises(SystemExit) as exit_info:
         main(argv)

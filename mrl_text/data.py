@@ -4,6 +4,7 @@ Every entry point (training scripts, the CLI, evaluations) reads data through th
 means the same columns everywhere.
 """
 
+import math
 from pathlib import Path
 
 TABLE_SUFFIXES = {
@@ -34,7 +35,13 @@ def read_table(path, columns=None):
     if kind is None:
         raise ValueError(f"{path}: unsupported file type {path.suffix!r}; use one of {', '.join(TABLE_SUFFIXES)}.")
     kwargs = {"delimiter": "\t"} if path.suffix.lower() in (".tsv", ".txt") else {}
-    dataset = load_dataset(kind, data_files=str(path), split="train", **kwargs)
+    try:
+        dataset = load_dataset(kind, data_files=str(path), split="train", **kwargs)
+    except Exception:  # datasets wraps a decoding error in its own, which names neither the file nor the line
+        not_utf8 = utf8_error(path) if kind != "parquet" else None
+        if not_utf8 is not None:
+            raise not_utf8 from None
+        raise
     if len(dataset) == 0:
         raise ValueError(f"{path}: the file has no rows.")
     if columns:
@@ -46,16 +53,49 @@ def read_table(path, columns=None):
     return dataset
 
 
+def utf8_error(path):
+    """A `ValueError` naming the first line of the text file `path` that is not UTF-8, and how to re-encode it; None
+    when every line decodes."""
+    path = Path(path)
+    with open(path, "rb") as handle:
+        for number, line in enumerate(handle, start=1):
+            try:
+                line.decode("utf-8")
+            except UnicodeDecodeError as error:
+                return ValueError(
+                    f"{path}, line {number}: not UTF-8 text (byte {line[error.start]:#04x} at byte {error.start + 1} "
+                    "of the line; Latin-1 or Windows-1252?); re-encode the file as UTF-8, e.g. "
+                    f"`iconv -f latin1 -t utf-8 {path.name} > {path.stem}.utf8{path.suffix}`."
+                )
+    return None
+
+
+def row_place(path, row):
+    """Where data row `row` (0-based) of a table file is, as a user finds it: its line in a text file (after the
+    header of a csv/tsv), else its row number."""
+    suffix = Path(path).suffix.lower()
+    if suffix in (".csv", ".tsv", ".txt"):
+        return f"line {row + 2}"
+    return f"line {row + 1}" if suffix == ".jsonl" else f"row {row + 1}"
+
+
 # evaluation data
 
 
 def load_sts(path):
     """Read an STS table (columns `sentence1`, `sentence2`, `score`) -> `(sentences1, sentences2, scores)`."""
     table = read_table(path, ["sentence1", "sentence2", "score"])
-    try:
-        scores = [float(s) for s in table["score"]]
-    except (TypeError, ValueError) as error:
-        raise ValueError(f"{path}: column 'score' must hold numbers (gold similarity); {error}.") from None
+    scores = []
+    for row, value in enumerate(table["score"]):
+        try:
+            score = float(value)
+        except (TypeError, ValueError):
+            score = math.nan
+        if math.isnan(score):
+            shown = "empty or not a number ('n/a' and 'NA' read as missing)" if value is None else f"{value!r}"
+            raise ValueError(f"{path}, {row_place(path, row)}: score is {shown}; every pair needs a numeric gold "
+                             "similarity (e.g. 0-5): fill it in or drop the row.")
+        scores.append(score)
     return [str(s) for s in table["sentence1"]], [str(s) for s in table["sentence2"]], scores
 
 

@@ -109,6 +109,13 @@ def test_fit_wraps_the_heads_of_a_sequence_classification_model(tiny_tokenizer, 
     np.testing.assert_array_equal(labels_out[used == 32], expected[used == 32])
 
 
+def test_fit_with_one_class_says_what_and_why_before_encoding(make_model, sentences, monkeypatch):
+    model = make_model(matryoshka_dimensions=(32, 16, 8))
+    monkeypatch.setattr(model, "encode", lambda *a, **k: pytest.fail("encoded before refusing one class"))
+    with pytest.raises(ValueError, match=r"train has one class only \('spam' in all 5 labels\).*at least two"):
+        AdaptiveClassifier.fit(model, (sentences, ["spam"] * 5), (sentences, ["spam"] * 5))
+
+
 @pytest.mark.slow
 def test_clear_errors(splits):
     train, val, _ = splits

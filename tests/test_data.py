@@ -2,6 +2,7 @@
 recipes/demo_data.py."""
 
 import json
+import re
 import subprocess
 from pathlib import Path
 
@@ -93,6 +94,34 @@ def test_nli_triplets(labels):
         {"anchor": "p1", "positive": "yes1", "negative": "no1"},
         {"anchor": "p2", "positive": "yes2", "negative": "no2"},
     ]
+
+
+def test_a_file_that_is_not_utf8_names_its_line_and_how_to_re_encode(tmp_path):
+    from mrl_text.adaptor import read_corpus, read_pairs
+    from mrl_text.data import read_table
+
+    for name, text in (("corpus.txt", "hello\ncafé au lait\n"), ("corpus.tsv", "text\nhello\ncafé au lait\n"),
+                       ("pairs.tsv", "hello\tworld\ncafé\tau lait\n")):
+        (tmp_path / name).write_bytes(text.encode("latin-1"))
+        line = 3 if name == "corpus.tsv" else 2
+        expected = rf"{name}, line {line}: not UTF-8 text \(byte 0xe9.*re-encode the file as UTF-8"
+        with pytest.raises(ValueError, match=expected):
+            read_pairs(tmp_path / name) if name == "pairs.tsv" else read_corpus(tmp_path / name)
+    with pytest.raises(ValueError, match=r"corpus.tsv, line 3: not UTF-8"):
+        read_table(tmp_path / "corpus.tsv")
+
+
+def test_an_sts_score_that_is_not_a_number_names_its_file_and_line(tmp_path):
+    from mrl_text.data import load_sts
+
+    rows = "sentence1\tsentence2\tscore\na man\ta woman\t3.0\nthe dog\tthe cat\t{}\n"
+    for value, shown in (("n/a", "empty or not a number"), ("high", "'high'")):
+        (tmp_path / "sts.tsv").write_text(rows.format(value))
+        with pytest.raises(ValueError, match=rf"sts.tsv, line 3: score is {re.escape(shown)}.*fill it in or drop"):
+            load_sts(tmp_path / "sts.tsv")
+    (tmp_path / "sts.jsonl").write_text('{"sentence1": "a", "sentence2": "b", "score": null}\n')
+    with pytest.raises(ValueError, match=r"sts.jsonl, line 1: score is empty"):
+        load_sts(tmp_path / "sts.jsonl")
 
 
 def test_nli_triplets_errors():

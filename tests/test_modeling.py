@@ -452,6 +452,37 @@ def test_readme_depth_snippet_trains_the_size_it_encodes_at(tiny_tokenizer, tmp_
     assert 64 in model.config.matryoshka_dimensions and model.config.matryoshka_layers == [6, 4, 3, 2]
 
 
+def test_from_pretrained_errors_name_the_folder_and_the_fix(make_model, tiny_tokenizer, tmp_path, monkeypatch):
+    """A missing folder, a damaged config.json, missing weights, an exported or plain encoder folder: each error names
+    the path and what to do (transformers said "Repo id must use alphanumeric chars", or gave a raw traceback)."""
+    import shutil
+
+    from transformers import BertModel
+
+    from mrl_text.evaluation import as_embedder
+
+    monkeypatch.chdir(tmp_path)
+    with pytest.raises(FileNotFoundError, match=r"\./nosuchdir: no such folder"):
+        MatryoshkaModel.from_pretrained("./nosuchdir")
+    make_model().save_pretrained(tmp_path / "saved")
+    shutil.copytree(tmp_path / "saved", tmp_path / "damaged")
+    (tmp_path / "damaged" / "config.json").write_text("{not json")
+    for load in (MatryoshkaModel.from_pretrained, as_embedder):  # mrl-text evaluate reads config.json first
+        with pytest.raises(ValueError, match=r"damaged.config\.json: not (valid JSON|a valid config).*save the model"):
+            load(str(tmp_path / "damaged"))
+    shutil.copytree(tmp_path / "saved", tmp_path / "no_weights")
+    (tmp_path / "no_weights" / "model.safetensors").unlink()
+    with pytest.raises(FileNotFoundError, match=r"no_weights: no model weights \(model\.safetensors\)"):
+        MatryoshkaModel.from_pretrained(tmp_path / "no_weights")
+    mrl_text.export_model(make_model(), tmp_path / "exported")
+    with pytest.raises(ValueError, match=r"sentence-transformers folder.*mrl_text\.from_sentence_transformer\("):
+        MatryoshkaModel.from_pretrained(tmp_path / "exported")
+    BertModel(tiny_bert_config(vocab_size=len(tiny_tokenizer))).save_pretrained(tmp_path / "plain")
+    with pytest.raises(ValueError, match=r"holds a 'bert' model.*MatryoshkaModel\.from_encoder\("):
+        MatryoshkaModel.from_pretrained(tmp_path / "plain")
+    assert MatryoshkaModel.from_pretrained("saved").config.matryoshka_dimensions == [32, 16, 8, 4]  # relative: fine
+
+
 def test_portable_name_of_a_hub_cache_snapshot(tmp_path):
     from mrl_text.models.configuration_matryoshka import portable_name
 

@@ -137,13 +137,17 @@ def fit_on_texts(
 def read_corpus(path, column="text"):
     """Texts from a file: `.txt` one per line (blank lines skipped); `.jsonl`/`.json`/`.tsv`/`.csv`/`.parquet` the
     `column` of a table (a BEIR corpus.jsonl's title is prefixed to its text, as the retrieval evaluator does)."""
-    from ..data import read_table
+    from ..data import read_table, utf8_error
 
     path = Path(path)
     if path.suffix.lower() == ".txt":
         if not path.is_file():
             raise FileNotFoundError(f"{path}: no such file (expected texts, one per line).")
-        texts = [line.strip() for line in path.read_text(encoding="utf-8").splitlines() if line.strip()]
+        try:
+            text = path.read_text(encoding="utf-8")
+        except UnicodeDecodeError:
+            raise utf8_error(path) from None
+        texts = [line.strip() for line in text.splitlines() if line.strip()]
     else:
         table = read_table(path, [column])
         titles = table["title"] if "title" in table.column_names and column == "text" else [None] * len(table)
@@ -163,6 +167,11 @@ def read_pairs(path):
     path = Path(path)
     if not path.is_file():
         raise FileNotFoundError(f"{path}: no such file (expected query<TAB>document lines).")
+    from ..data import utf8_error
+
+    not_utf8 = utf8_error(path)
+    if not_utf8 is not None:
+        raise not_utf8
     pairs = []
     with open(path, encoding="utf-8", newline="") as f:
         for number, fields in enumerate(csv.reader(f, delimiter="\t"), start=1):  # standard quoting, as data.py

@@ -182,7 +182,11 @@ def load_model(name_or_path, device=None):
             f"{name_or_path}: not a model folder (no config.json or modules.json) and not found on the Hub or in "
             "its cache; pass a MatryoshkaModel folder, a transformers encoder, or a sentence-transformers model."
         )
-    model_type = json.loads(config_file.read_text()).get("model_type") if config_file else None
+    try:
+        model_type = json.loads(config_file.read_text(encoding="utf-8")).get("model_type") if config_file else None
+    except (ValueError, AttributeError) as error:  # not JSON, not UTF-8, or not a JSON object
+        raise ValueError(f"{config_file}: not a valid config ({error}); the file is damaged: copy it again from where "
+                         "the model came from, or save the model again.") from None
     if model_type == "matryoshka":
         model = MatryoshkaModel.from_pretrained(name_or_path)
     elif modules_file is not None:
@@ -192,6 +196,8 @@ def load_model(name_or_path, device=None):
     else:
         # A plain encoder: mean pooling and unit length, the usual sentence-embedding recipe, via the one model class.
         model = MatryoshkaModel.from_encoder(str(name_or_path), pooling="mean", normalize=True)
+        # scored at its full size unless sizes are asked for: it was not trained at smaller ones
+        model.config.matryoshka_dimensions, model.config.matryoshka_weights = [model.config.embedding_size], [1.0]
     return model.to(device or ("cuda" if torch.cuda.is_available() else "cpu")).eval()
 
 

@@ -23,6 +23,7 @@ from .modeling_matryoshka_adaptor import MatryoshkaAdaptor, MatryoshkaAdaptorCon
 from .modeling_matryoshka_depth import check_layers, first_layers, pool_layers
 from .modeling_matryoshka_utils import (
     build_encoder,
+    check_model_folder,
     config_to_wrap,
     hub_kwargs,
     pool,
@@ -90,6 +91,18 @@ class MatryoshkaPreTrainedModel(PreTrainedModel):
                 stacklevel=3,
             )
         return dim
+
+    @classmethod
+    def from_pretrained(cls, pretrained_model_name_or_path, *args, **kwargs):
+        """transformers' `from_pretrained`, after a local folder is checked (`check_model_folder`): a missing folder,
+        a damaged config.json, an exported or plain encoder folder and missing weights get errors naming the path
+        and the fix."""
+        if not any(key in kwargs for key in ("gguf_file", "state_dict")):
+            folder = pretrained_model_name_or_path
+            if kwargs.get("subfolder") and folder is not None:
+                folder = os.path.join(folder, kwargs["subfolder"])
+            check_model_folder(folder, cls.config_class.model_type, check_type="config" not in kwargs)
+        return super().from_pretrained(pretrained_model_name_or_path, *args, **kwargs)
 
     # The tokenizer travels with the model: saved by save_pretrained, found again (lazily) from the folder or hub
     # id the model was loaded from.

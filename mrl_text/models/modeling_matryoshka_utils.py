@@ -5,6 +5,8 @@ sibling configuration file (relative import), so `trust_remote_code=True` loads 
 """
 
 import inspect
+import json
+import os
 import warnings
 
 import torch
@@ -90,6 +92,57 @@ def config_to_wrap(name_or_path, config_kwargs):
             "AutoModel.from_pretrained) instead of wrapping it again."
         )
     return config
+
+
+# Files holding a saved model's weights, one of which a loadable folder has.
+WEIGHTS_FILES = (
+    "model.safetensors", "model.safetensors.index.json", "pytorch_model.bin", "pytorch_model.bin.index.json"
+)
+
+
+def check_model_folder(name_or_path, model_type, check_type=True):
+    """Before `from_pretrained` loads anything: a missing folder, a config.json that is not JSON, a folder of another
+    kind of model (`check_type`) and missing weights each raise an error naming the path and the fix (transformers'
+    own say "Repo id must use alphanumeric chars", or print a traceback). A Hub id passes unchecked."""
+    from huggingface_hub.utils import HFValidationError, validate_repo_id
+
+    if name_or_path is None:
+        return
+    path = os.fspath(name_or_path)
+    if not os.path.isdir(path):
+        try:
+            local = isinstance(name_or_path, os.PathLike) or os.path.exists(path) or path.startswith(("~", "."))
+            validate_repo_id(path)
+        except HFValidationError:
+            local = True
+        if local:
+            what = "a file, not a folder" if os.path.exists(path) else "no such folder"
+            raise FileNotFoundError(f"{path}: {what}; pass the folder save_pretrained wrote (or a Hub repository id "
+                                    "such as 'org/name').")
+        return
+    config_file = os.path.join(path, "config.json")
+    if not os.path.isfile(config_file):
+        raise FileNotFoundError(f"{path}: no config.json, so not a saved model folder; pass the folder "
+                                "save_pretrained wrote.")
+    try:
+        with open(config_file, encoding="utf-8") as f:
+            config = json.load(f)
+    except ValueError as error:  # JSONDecodeError and UnicodeDecodeError
+        raise ValueError(f"{config_file}: not valid JSON ({error}); the file is damaged: copy it again from where the "
+                         "model came from, or save the model again.") from None
+    found = config.get("model_type") if isinstance(config, dict) else None
+    if check_type and found != model_type:
+        if os.path.isfile(os.path.join(path, "modules.json")):
+            raise ValueError(
+                f"{path} is a sentence-transformers folder of a {found!r} model (an export), not a Matryoshka model "
+                f"folder: load it with SentenceTransformer({path!r}), or get a MatryoshkaModel back with "
+                f"mrl_text.from_sentence_transformer({path!r})."
+            )
+        raise ValueError(f"{path} holds a {found!r} model, not a Matryoshka model (model_type {model_type!r}): wrap a "
+                         f"pretrained encoder in a new one with MatryoshkaModel.from_encoder({path!r}).")
+    if not any(os.path.isfile(os.path.join(path, name)) for name in WEIGHTS_FILES):
+        raise FileNotFoundError(f"{path}: no model weights (model.safetensors); the save did not finish or the file "
+                                f"was not copied: save the model again, or copy model.safetensors into {path}.")
 
 
 def resolve_tokenizer(tokenizer, name_or_path, config_kwargs):

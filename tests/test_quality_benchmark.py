@@ -309,7 +309,8 @@ def test_finished_posthoc_rows_fit_on_cached_embeddings(quality, tiny, tmp_path,
     assert set(values["adaptor"]["scifact"]) == set(values["adaptor_supervised"]["scifact"]) == {32, 16, 8}
     assert values["adaptor_supervised"]["stsb"] == {}  # supervised only where there are qrels
     for task in ("stsb", "scifact", "banking77"):  # full size: every map keeps it (PCA is orthogonal, gates hold 32)
-        assert values["pca"][task][32] == pytest.approx(values["truncation"][task][32], abs=1e-6)
+        # the rotation's float32 matmul sums in an order that depends on the thread count: ~1e-7 per coordinate
+        assert values["pca"][task][32] == pytest.approx(values["truncation"][task][32], abs=1e-5)
     finished = (tmp_path / "quality_finished.md").read_text()
     assert "reused from" in finished and "| plain | 50.00 |" in finished and "| adaptor_supervised |" in finished
     adaptor_md = (tmp_path / "quality_adaptor.md").read_text()

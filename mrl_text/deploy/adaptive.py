@@ -134,8 +134,9 @@ class AdaptiveClassifier:
             classes = np.unique(train_labels)
             if len(classes) < 2:  # checked before encoding; sklearn's own message names neither the split nor a fix
                 raise ValueError(
-                    f"train has one class only ({classes[0].item()!r} in all {len(train_labels)} labels): a classifier "
-                    "learns to tell classes apart, so it needs examples of at least two; add examples of the others."
+                    f"train has one class only ({classes[0].item()!r} in all {len(train_labels)} labels): a "
+                    "classifier learns to tell classes apart, so it needs examples of at least two; add examples of "
+                    "the others."
                 )
             train_features = clf._features(train_inputs)
             sizes = tqdm(dims, desc="Fitting probes", unit="size", disable=not show)

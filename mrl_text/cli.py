@@ -281,13 +281,28 @@ def run_adapt(args):
         model.save_pretrained(staging)
         for hook in model.save_hooks:
             hook(model, staging, repo_id=folder_id(out))
-    for dim, scores in adaptor.config.fit_summary["validation"].items():
-        used = "adaptor" if scores["adapted"] else "plain truncation"
-        print(f"{dim:>6}: truncation {scores['truncation']:.4f}  adaptor {scores['adaptor']:.4f}  -> {used}")
+    print(adapt_table(adaptor.config.fit_summary))
     print(
         f"mrl-text: wrote {out} (adaptor used at sizes {adaptor.config.adapted_dimensions or 'none'})", file=sys.stderr
     )
     return out
+
+
+def adapt_table(fit_summary):
+    """The gate's held-out metrics per size, truncation beside adaptor, under a header naming them."""
+    validation = fit_summary["validation"]
+    # The first metric's name opens its description ("recall@10 of ...", "nDCG@10 of ..."); the others are keys.
+    first = fit_summary["validation_metric"].split(" of ")[0]
+    others = [key[: -len("_adaptor")] for key in next(iter(validation.values())) if key.endswith("_adaptor")]
+    lines = [f"held-out validation (the gate keeps the adaptor where it wins): {fit_summary['validation_metric']}"]
+    header = f"{'size':>6}  " + "  ".join(f"{m + ' trunc.':>18}  {m + ' adaptor':>18}" for m in [first, *others])
+    lines.append(f"{header}  used")
+    for dim, scores in validation.items():
+        cells = [(scores["truncation"], scores["adaptor"])]
+        cells += [(scores[f"{m}_truncation"], scores[f"{m}_adaptor"]) for m in others]
+        used = "adaptor" if scores["adapted"] else "plain truncation"
+        lines.append(f"{dim:>6}  " + "  ".join(f"{t:>18.4f}  {a:>18.4f}" for t, a in cells) + f"  {used}")
+    return "\n".join(lines)
 
 
 def add_adapt_command(commands):

@@ -204,3 +204,36 @@ def test_failed_fit_leaves_the_adaptor_as_it_was(monkeypatch):
         fit(x, pairs=(x[:50], x[50:100]), adaptor=adaptor, objective="both", **FAST)
     assert all(torch.equal(before[k], v) for k, v in adaptor.state_dict().items())
     assert adaptor.config.to_dict() == config_before
+
+
+def test_fitting_bar_total_counts_the_epochs_that_run(monkeypatch):
+    """"auto" fits the MLP (epochs run) and the PCA rotation alone (nothing to train): the bar ends full."""
+    from tqdm import auto as tqdm_auto
+
+    bars = []
+
+    class Recording(tqdm_auto.tqdm):
+        def close(self):
+            bars.append((self.n, self.total))
+            super().close()
+
+    monkeypatch.setattr(tqdm_auto, "tqdm", Recording)
+    x, _ = clustered()
+    fit(x, DIMS, rotation="auto", **{**QUICK, "show_progress_bar": True})
+    assert bars and all(n == total for n, total in bars), bars
+
+
+def test_adapt_table_names_and_prints_both_gate_metrics():
+    """An unsupervised fit's gate reads recall and the similarity correlation: `mrl-text adapt` prints both."""
+    from mrl_text.cli import adapt_table
+
+    x, _ = clustered()
+    summary = fit(x, DIMS, **FAST).config.fit_summary
+    printed = adapt_table(summary)
+    assert "recall@10 trunc." in printed and "correlation adaptor" in printed
+    assert summary["validation_metric"] in printed
+    for dim in DIMS:
+        row = next(line.split() for line in printed.splitlines() if line.split()[:1] == [str(dim)])
+        scores = summary["validation"][str(dim)]
+        numbers = [scores[k] for k in ("truncation", "adaptor", "correlation_truncation", "correlation_adaptor")]
+        assert [float(v) for v in row[1:5]] == pytest.approx(numbers, abs=1e-4)

@@ -215,7 +215,12 @@ def test_cli_adapt(make_model, sentences, tmp_path, capsys):
     assert summary["corpus_texts"] == 200 and summary["pairs"] == 30 and summary["description"] == "corpus.txt"
     assert "## Adaptor" in (out / "README.md").read_text()
     printed = capsys.readouterr().out
-    assert all(f"{dim:>6}: truncation" in printed for dim in DIMS)
+    # A header names the gate's metrics; every size prints both of them, truncation beside adaptor.
+    assert "nDCG@10 trunc." in printed and summary["validation_metric"] in printed
+    for dim in DIMS:
+        row = next(line.split() for line in printed.splitlines() if line.split()[:1] == [str(dim)])
+        scores = summary["validation"][str(dim)]
+        assert [float(x) for x in row[1:3]] == pytest.approx([scores["truncation"], scores["adaptor"]], abs=1e-4)
     with pytest.raises(SystemExit):  # the folder is not empty now
         main(args)
     assert "--overwrite" in capsys.readouterr().err

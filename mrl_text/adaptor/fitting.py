@@ -216,7 +216,9 @@ class _Fitter:
         parameters = [p for p in adaptor.parameters() if p.requires_grad]
         if self.skew is not None:
             parameters.append(self.skew)
-        if not parameters:
+        if not parameters:  # nothing to train (a fixed rotation): the bar counts only the epochs that run
+            progress.total -= epochs
+            progress.refresh()
             return self.validation_scores(supervised)
         optimizer = torch.optim.AdamW(parameters, lr=o["learning_rate"], weight_decay=o["weight_decay"])
         ranking_loss = MatryoshkaLoss(InfoNCELoss(scale=o["scale"], gather_across_devices=False), self.dims)

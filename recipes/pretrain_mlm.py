@@ -1,7 +1,9 @@
 """Pretrain a BERT-family encoder with Matryoshka masked language modelling (the paper's BERT setting).
 
-    accelerate launch recipes/pretrain_mlm.py                    # offline demo (recipes/configs/mlm_demo.yaml)
-    accelerate launch recipes/pretrain_mlm.py --config recipes/configs/mlm_bert_base.yaml
+    accelerate launch --config_file recipes/configs/accelerate/single_process.yaml recipes/pretrain_mlm.py
+        # offline demo (recipes/configs/mlm_demo.yaml)
+    accelerate launch --config_file recipes/configs/accelerate/single_process.yaml recipes/pretrain_mlm.py \
+        --config recipes/configs/mlm_bert_base.yaml
     python recipes/pretrain_mlm.py --max_steps 10                # plain python works too
 
 Every masked token is predicted from the first `d` coordinates of its final representation, for every size `d`

@@ -1,7 +1,9 @@
 """Train an image-text dual encoder with Matryoshka nesting on both towers (the paper's ALIGN experiment).
 
-    accelerate launch recipes/train_align.py                                          # offline demo, minutes on a CPU
-    accelerate launch recipes/train_align.py --config recipes/configs/align_base.yaml # kakaobrain/align-base, online
+    accelerate launch --config_file recipes/configs/accelerate/single_process.yaml recipes/train_align.py
+        # offline demo, minutes on a CPU
+    accelerate launch --config_file recipes/configs/accelerate/single_process.yaml recipes/train_align.py \
+        --config recipes/configs/align_base.yaml   # kakaobrain/align-base, online
 
 The offline default (recipes/configs/align_digits.yaml) uses real images, scikit-learn's bundled 8x8 handwritten
 digits, with captions MADE FROM THE LABELS ("a handwritten three."): a text tower from all-MiniLM-L6-v2 and a tiny

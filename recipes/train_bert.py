@@ -1,7 +1,9 @@
 """Train a BERT-family encoder as a Matryoshka embedding model (Kusupati et al., 2022).
 
-    accelerate launch recipes/train_bert.py                      # offline demo (recipes/configs/demo.yaml)
-    accelerate launch recipes/train_bert.py --config recipes/configs/bert_base_allnli.yaml
+    accelerate launch --config_file recipes/configs/accelerate/single_process.yaml recipes/train_bert.py
+        # offline demo (recipes/configs/demo.yaml)
+    accelerate launch --config_file recipes/configs/accelerate/single_process.yaml recipes/train_bert.py \
+        --config recipes/configs/bert_base_allnli.yaml
     accelerate launch --config_file recipes/configs/accelerate/multi_gpu.yaml recipes/train_bert.py --config ...
     python recipes/train_bert.py --max_steps 10                  # plain python works too
 

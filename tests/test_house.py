@@ -338,3 +338,18 @@ def test_readme_test_command_is_what_ci_runs():
     assert "ruff check ." in command and "python -m pytest" in command, command
     assert command in (root / "README.md").read_text(encoding="utf-8"), (
         f"README.md does not show CI's test command {command!r}; keep the two the same.")
+
+
+def test_every_accelerate_command_names_its_config():
+    """`accelerate launch` without `--config_file` (and no saved default config) prints a warning listing the
+    defaults it guessed: every command README and the recipes show names one of recipes/configs/accelerate."""
+    root = PACKAGE_DIR.parent
+    files = [root / "README.md", *sorted((root / "recipes").glob("*.py"))]
+    bare = [
+        f"{path.name}: {line.strip()}"
+        for path in files
+        for line in path.read_text(encoding="utf-8").splitlines()
+        if (line.strip().startswith("accelerate launch") or "&& accelerate launch" in line)
+        and "accelerate launch --config_file recipes/configs/accelerate/" not in line
+    ]
+    assert not bare, "commands without --config_file:\n" + "\n".join(bare)

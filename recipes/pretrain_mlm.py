@@ -147,7 +147,10 @@ def retrain_tokenizer(tokenizer, texts, vocab_size):
     """`tokenizer`'s pipeline with a new vocabulary of `vocab_size` learnt from `texts` (fast tokenizers only)."""
     if not getattr(tokenizer, "is_fast", False):
         raise ValueError(f"new_vocab_size needs a fast tokenizer; {type(tokenizer).__name__} is not one.")
-    return tokenizer.train_new_from_iterator((texts[i : i + 1000] for i in range(0, len(texts), 1000)), vocab_size)
+    logger.info("Learning a %d-token vocabulary on %d training texts", vocab_size, len(texts))
+    # show_progress=False: off a terminal, the tokenizers library's progress prints only blank lines
+    return tokenizer.train_new_from_iterator((texts[i : i + 1000] for i in range(0, len(texts), 1000)), vocab_size,
+                                             show_progress=False)
 
 
 def build_model(recipe, tokenizer):

@@ -208,7 +208,7 @@ def test_matryoshka_trainer_trains_on_the_loss_the_model_returns(make_mlm, tiny_
     collator = DataCollatorForLanguageModeling(tiny_tokenizer, mlm_probability=0.3)
     args = MatryoshkaTrainingArguments(
         output_dir=str(tmp_path), per_device_train_batch_size=8, max_steps=20, learning_rate=5e-3, use_cpu=True,
-        report_to="none", save_strategy="no", disable_tqdm=True, seed=0,
+        report_to="none", save_strategy="no", disable_tqdm=True, seed=0, logging_steps=5,
     )
     scales = []
 
@@ -234,6 +234,14 @@ def test_matryoshka_trainer_trains_on_the_loss_the_model_returns(make_mlm, tiny_
     trainer.train()
     assert scales == pytest.approx([(step + 1) / 20 for step in range(20)]) and model.smaller_sizes_scale == 1.0
     assert step_loss() < 0.8 * before
+    # beside the weighted sum (which rises as the smaller sizes ramp in), the log shows the full size's own loss
+    logged = [log for log in trainer.state.log_history if "loss" in log]
+    assert len(logged) == 4 and all(list(log)[:2] == ["loss", "full_size_loss"] for log in logged), logged
+    assert logged[-1]["full_size_loss"] < logged[0]["full_size_loss"]
+    with torch.no_grad():
+        out = model(**batch)
+    full = F.cross_entropy(out.matryoshka_logits[0], batch["labels"][batch["labels"] != -100])
+    torch.testing.assert_close(out.full_size_loss, full)
     with pytest.raises(ValueError, match="computes its own loss.*DataCollatorForLanguageModeling"):
         MatryoshkaTrainer(model=model, args=args, train_dataset=rows)
 
@@ -334,8 +342,9 @@ def test_pretrain_recipe_bad_input(recipe, tiny_tokenizer, corpus, tmp_path):
         recipe.main(arguments + ["--tokenizer_name_or_path", str(tmp_path / "no-mask")])
 
 
-def test_new_vocabulary_keeps_the_special_tokens(recipe, tiny_tokenizer, sentences):
+def test_new_vocabulary_keeps_the_special_tokens(recipe, tiny_tokenizer, sentences, capfd):
     small = recipe.retrain_tokenizer(tiny_tokenizer, [s.lower() for s in sentences] * 20, 80)
+    assert capfd.readouterr() == ("", "")  # the tokenizers library's progress, off a terminal, is blank lines
     assert len(small) <= 80 and small.mask_token == "[MASK]" and small.pad_token_id is not None
     assert small("the dog runs")["input_ids"][0] == small.cls_token_id
 

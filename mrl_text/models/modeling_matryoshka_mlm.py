@@ -36,6 +36,9 @@ class MatryoshkaMaskedLMOutput(ModelOutput):
         matryoshka_logits (`tuple(torch.FloatTensor)`, *optional*): with `labels`, the masked tokens' logits of every
             size, `(num_masked, vocab_size)` each, in `matryoshka_dimensions` order.
         last_hidden_state (`torch.FloatTensor` of shape `(batch_size, sequence_length, hidden_size)`): token states.
+        full_size_loss (`torch.FloatTensor` of shape `()`, *optional*): with `labels`, the full size's MLM loss alone
+            (unweighted): what a trainer logs beside `loss`, which rises while a size schedule ramps the smaller
+            sizes' weights in.
     """
 
     loss: Optional[torch.FloatTensor] = None
@@ -44,6 +47,7 @@ class MatryoshkaMaskedLMOutput(ModelOutput):
     last_hidden_state: Optional[torch.FloatTensor] = None
     hidden_states: Optional[tuple] = None
     attentions: Optional[tuple] = None
+    full_size_loss: Optional[torch.FloatTensor] = None
 
 
 class MatryoshkaLMHead(nn.Module):
@@ -218,7 +222,7 @@ class MatryoshkaForMaskedLM(MatryoshkaPreTrainedModel):
             **kwargs,
         )
         token_states = outputs.last_hidden_state
-        loss = matryoshka_logits = None
+        loss = matryoshka_logits = full_size_loss = None
         if labels is None:
             logits = self.lm_head(token_states, index)
         else:
@@ -232,6 +236,9 @@ class MatryoshkaForMaskedLM(MatryoshkaPreTrainedModel):
             matryoshka_logits = tuple(self.lm_head(masked_states, i) for i in range(len(dims)))
             logits = matryoshka_logits[index]
             loss = self.matryoshka_loss(matryoshka_logits, masked_labels)
+            if masked_labels.numel():
+                full = matryoshka_logits[dims.index(max(dims))]
+                full_size_loss = F.cross_entropy(full.detach().float(), masked_labels)
         result = MatryoshkaMaskedLMOutput(
             loss=loss,
             logits=logits,
@@ -239,6 +246,7 @@ class MatryoshkaForMaskedLM(MatryoshkaPreTrainedModel):
             last_hidden_state=token_states,
             hidden_states=outputs.hidden_states,
             attentions=outputs.attentions,
+            full_size_loss=full_size_loss,
         )
         return_dict = return_dict if return_dict is not None else self.config.return_dict
         return result if return_dict else result.to_tuple()

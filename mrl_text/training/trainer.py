@@ -52,7 +52,7 @@ from .schedule import SizeSchedule
 logger = logging.getLogger(__name__)
 
 # Model outputs too large or too ragged to gather for compute_metrics (token states differ in length per batch).
-UNGATHERED_OUTPUTS = ("loss", "last_hidden_state", "hidden_states", "attentions")
+UNGATHERED_OUTPUTS = ("loss", "full_size_loss", "last_hidden_state", "hidden_states", "attentions")
 
 # Options that used to be training arguments, and where each lives now.
 MOVED_ARGUMENTS = {
@@ -272,6 +272,7 @@ class MatryoshkaTrainer(Trainer):
             args.eval_strategy = eval_strategy
         # compute_loss returns a per-batch mean: Trainer divides it by the gradient accumulation steps.
         self.model_accepts_loss_kwargs = False
+        self._full_size_losses = []  # a model's own unweighted full-size loss per training step, until the next log
         self.loss = loss
         if isinstance(loss, nn.Module) and self.place_model_on_device:
             loss.to(args.device)  # with the models a loss holds (a distillation teacher)
@@ -367,7 +368,21 @@ class MatryoshkaTrainer(Trainer):
                 f"{type(self.accelerator.unwrap_model(model)).__name__} returned no loss for a batch with keys "
                 f"{sorted(inputs)}; its collator must give `labels` (e.g. DataCollatorForLanguageModeling)."
             )
+        if model.training and outputs.get("full_size_loss") is not None:
+            self._full_size_losses.append(outputs["full_size_loss"].detach())
         return outputs["loss"], outputs
+
+    def log(self, logs, *args, **kwargs):
+        """Trainer's log, with `full_size_loss` beside `loss` where the model returns it (MLM): the mean of the full
+        size's unweighted loss since the last log. `loss` is the weighted sum over sizes and rises while a size
+        schedule ramps the smaller sizes' weights in; the full-size loss shows whether training is going well."""
+        if "loss" in logs and self._full_size_losses:
+            items = list(logs.items())
+            at = list(logs).index("loss") + 1
+            full = round(torch.stack(self._full_size_losses).mean().item(), 4)
+            logs = dict(items[:at] + [("full_size_loss", full)] + items[at:])
+            self._full_size_losses = []
+        return super().log(logs, *args, **kwargs)
 
     def checked_loss(self, loss):
         """`loss`, or a clear stop when it is not finite (a diverging run)."""

@@ -9,8 +9,10 @@
 Every masked token is predicted from the first `d` coordinates of its final representation, for every size `d`
 (`mrl_text.MatryoshkaForMaskedLM`), with the weighted sum of the per-size MLM losses; the batches come from
 transformers' `DataCollatorForLanguageModeling`, and `mrl_text.MatryoshkaTrainer` trains on the loss the model returns,
-the smaller sizes ramped in by a `SizeSchedule` (`smaller_sizes_warmup_fraction`). Arguments are the fields of
-`RecipeArguments` below and of transformers' `TrainingArguments`; `--config file.yaml` sets them from YAML (default:
+the smaller sizes ramped in by a `SizeSchedule` (`smaller_sizes_warmup_fraction`): the logged `loss` (the weighted
+sum) rises while they ramp in, and `full_size_loss` beside it (the full size's own loss) shows the progress. Arguments
+are the fields of `RecipeArguments` below and of transformers' `TrainingArguments`; `--config file.yaml` sets them
+from YAML (default:
 the demo config), flags override it. MLM accuracy on held-out text (the same masked tokens before and after) is
 printed at every size before and after training, and the model is saved to `output_dir`:
 `AutoModelForMaskedLM.from_pretrained(output_dir)` after `import mrl_text`, or `AutoModel.from_pretrained(output_dir)`

@@ -12,9 +12,8 @@ transformers' `DataCollatorForLanguageModeling`, and `mrl_text.MatryoshkaTrainer
 the smaller sizes ramped in by a `SizeSchedule` (`smaller_sizes_warmup_fraction`): the logged `loss` (the weighted
 sum) rises while they ramp in, and `full_size_loss` beside it (the full size's own loss) shows the progress. Arguments
 are the fields of `RecipeArguments` below and of transformers' `TrainingArguments`; `--config file.yaml` sets them
-from YAML (default:
-the demo config), flags override it. MLM accuracy on held-out text (the same masked tokens before and after) is
-printed at every size before and after training, and the model is saved to `output_dir`:
+from YAML (default: the demo config), flags override it. MLM accuracy on held-out text (the same masked tokens
+before and after) is printed at every size before and after training, and the model is saved to `output_dir`:
 `AutoModelForMaskedLM.from_pretrained(output_dir)` after `import mrl_text`, or `AutoModel.from_pretrained(output_dir)`
 for the `MatryoshkaModel` to fine-tune as an embedding model (recipes/train_bert.py --model_name_or_path output_dir).
 """

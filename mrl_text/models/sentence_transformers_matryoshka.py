@@ -231,8 +231,8 @@ def from_sentence_transformer(
 
     Raises:
         ValueError: for pipelines a MatryoshkaModel cannot reproduce (modules other than Transformer, Pooling and
-        Normalize, pooling modes other than mean/cls/max/lasttoken, `include_prompt=False`), and for models that
-        already are Matryoshka models.
+            Normalize, pooling modes other than mean/cls/max/lasttoken, `include_prompt=False`), and for models that
+            already are Matryoshka models.
     """
     model_class = model_class or MatryoshkaModel
     if isinstance(model_name_or_path_or_model, SentenceTransformer):

@@ -140,9 +140,9 @@ class MatryoshkaTrainer(Trainer):
     ([`MatryoshkaForMaskedLM`] with transformers' `DataCollatorForLanguageModeling`).
 
     Args:
-        model ([`MatryoshkaModel`], [`MatryoshkaForSequenceClassification`], [`MatryoshkaDualEncoder`] or
-            [`MatryoshkaForMaskedLM`]): the model to train (with a tokenizer; `MatryoshkaModel.from_encoder` loads
-            one).
+        model ([`MatryoshkaPreTrainedModel`]): the model to train, a [`MatryoshkaModel`],
+            [`MatryoshkaForSequenceClassification`], [`MatryoshkaDualEncoder`] or [`MatryoshkaForMaskedLM`] (with a
+            tokenizer; `MatryoshkaModel.from_encoder` loads one).
         args ([`MatryoshkaTrainingArguments`]): the training arguments.
         train_dataset (`datasets.Dataset`): rows in the layout the loss reads (see the module docstring).
         eval_dataset (`datasets.Dataset`, *optional*): same layout; evaluation reports its loss, and `compute_metrics`
@@ -163,7 +163,7 @@ class MatryoshkaTrainer(Trainer):
         data_collator (*optional*): defaults to [`MatryoshkaDataCollator`] over the model's tokenizer
             ([`ImageTextDataCollator`] for a dual encoder: rows of `pixel_values` and `caption`); required for a
             `MatryoshkaForMaskedLM`.
-        Other keyword arguments go to `Trainer`.
+        **kwargs: other keyword arguments go to `Trainer`.
 
     Example:
 

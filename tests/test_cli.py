@@ -298,7 +298,7 @@ def test_help_shows_examples_and_the_console_script_is_declared(capsys):
     assert "--max-length TOKENS" in capsys.readouterr().out.replace("\n", " ")
     assert build_parser().parse_args(["evaluate", "m", "--out", "o"]).max_length is None  # the folder's, else 256
     scripts = tomllib.loads((ROOT / "pyproject.toml").read_text())["project"]["scripts"]
-    assert scripts["mrl-text"] == "mrl_text.cli:main"
+    assert scripts["mrl-text"] == "mrl_text_cli:main"
 
 
 def test_evaluate_checks_its_output_before_any_work(data, saved_models, tmp_path, capsys, monkeypatch):
@@ -329,3 +329,32 @@ def test_evaluate_checks_its_output_before_any_work(data, saved_models, tmp_path
     assert main(["evaluate", str(model_dir), *sts, "--out", str(tmp_path / "report"), "--overwrite"]) == 0
     report = tmp_path / "report"
     assert (report / "results.json").is_file() and (report / "notes.txt").read_text() == "mine"
+
+
+def test_help_and_argument_errors_come_before_torch_is_imported():
+    """`mrl-text --help` answers from the light `mrl_text_cli` module: nothing imports torch or mrl_text for it."""
+    import subprocess
+    import sys
+
+    script = (
+        "import sys, mrl_text_cli\n"
+        "for argv in (['--help'], ['evaluate', '--help'], ['evaluate']):\n"
+        "    try:\n"
+        "        mrl_text_cli.main(argv)\n"
+        "    except SystemExit:\n"
+        "        pass\n"
+        "print(sorted(m for m in ('torch', 'transformers', 'mrl_text') if m in sys.modules))\n"
+    )
+    finished = subprocess.run([sys.executable, "-c", script], capture_output=True, text=True, timeout=120)
+    assert finished.stdout.strip().splitlines()[-1] == "[]", finished.stdout + finished.stderr
+    assert "the following arguments are required: model, --out" in finished.stderr
+
+
+def test_the_help_shows_the_library_defaults():
+    import mrl_text_cli
+    from mrl_text.deploy.export import EXPORT_FORMATS
+    from mrl_text.evaluation.embedders import DEFAULT_BATCH_SIZE, DEFAULT_MAX_LENGTH
+
+    assert mrl_text_cli.EXPORT_FORMATS == EXPORT_FORMATS
+    assert mrl_text_cli.DEFAULT_BATCH_SIZE == DEFAULT_BATCH_SIZE
+    assert mrl_text_cli.DEFAULT_MAX_LENGTH == DEFAULT_MAX_LENGTH

@@ -20,7 +20,7 @@ from transformers.utils import ModelOutput
 
 from .configuration_matryoshka import MatryoshkaConfig, check_dim
 from .modeling_matryoshka_adaptor import MatryoshkaAdaptor, MatryoshkaAdaptorConfig
-from .modeling_matryoshka_depth import check_layers, first_layers, pool_layers
+from .modeling_matryoshka_depth import check_layers, first_layers, layer_stack, pool_layers
 from .modeling_matryoshka_utils import (
     build_encoder,
     check_model_folder,
@@ -249,6 +249,45 @@ class MatryoshkaModel(MatryoshkaPreTrainedModel):
         model = cls(config, encoder=encoder)
         model.tokenizer = resolve_tokenizer(tokenizer, encoder_name_or_path, config_kwargs)
         return model
+
+    def freeze_layers(self, num_layers):
+        """Freeze the encoder's embedding layer and its first `num_layers` transformer layers; returns the model.
+
+        Only the layers above (and the projection) then train: a step back-propagates through fewer layers, and a
+        small dataset moves fewer weights. The frozen part gets no gradient (`requires_grad=False`, so the trainer's
+        optimizer leaves it out) and runs in eval mode even while the model trains (no dropout), so it computes
+        exactly what it computed before training. `freeze_layers(0)` unfreezes everything. Supported for the encoder
+        types that `layers=` supports (`LAYER_STACKS`: the BERT family).
+
+        Example:
+
+        ```python
+        >>> model = MatryoshkaModel.from_encoder("bert-base-uncased", matryoshka_dimensions=[768, 64])
+        >>> model = model.freeze_layers(10)  # the top two of BERT-base's 12 layers train
+        ```
+        """
+        owner, name = layer_stack(self.encoder)
+        stack = getattr(owner, name)
+        if isinstance(num_layers, bool) or not isinstance(num_layers, int) or not 0 <= num_layers <= len(stack):
+            raise ValueError(
+                f"freeze_layers({num_layers!r}): the encoder has {len(stack)} layers; freeze an integer number of "
+                f"them from 0 (none) to {len(stack)} (all: only a projection trains)."
+            )
+        embeddings = getattr(self.encoder, "embeddings", None)
+        if embeddings is None:
+            raise ValueError(f"freeze_layers: {type(self.encoder).__name__} has no `embeddings` module to freeze.")
+        self.requires_grad_(True)
+        self._frozen_modules = [embeddings, *stack[:num_layers]] if num_layers else []
+        for module in self._frozen_modules:
+            module.requires_grad_(False)
+        return self.train(self.training)
+
+    def train(self, mode=True):
+        """`nn.Module.train`, except that the layers frozen by `freeze_layers` stay in eval mode."""
+        super().train(mode)
+        for module in getattr(self, "_frozen_modules", []):
+            module.eval()
+        return self
 
     def get_input_embeddings(self):
         return self.encoder.get_input_embeddings()

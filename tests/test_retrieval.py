@@ -335,3 +335,27 @@ def test_int8_index_from_a_calibrated_model_uses_its_ranges(make_model, sentence
     model.calibrate_quantization(sentences * 3)
     index = FunnelIndex.from_model(model, sentences[:3], stages=[(16, 3), (32, 2)], quantization="int8")
     assert index.quantization_ranges.tolist() == model.config.quantization_ranges["16"]
+
+
+@pytest.mark.parametrize("quantization", [None, "binary"])
+def test_rerank_scores_equal_truncate_and_dot_on_the_first_stage_candidates(tmp_path, quantization):
+    """The rerank divides raw prefix dot products by stored prefix norms: the same ids and scores (1e-6) as
+    re-normalizing each candidate's prefix with `truncate_embeddings`, for a built, a loaded and a mapped index."""
+    docs, queries = matryoshka_like(500)
+    docs[:250] *= 3.0  # unequal norms, so a missing normalization would reorder
+    stages = [(16, 80), (32, 30), (64, 10)]
+    index = FunnelIndex(docs, stages=stages, quantization=quantization)
+    _, candidates = index.shortlist_index.search(index._codes(queries, queries=True), 80)
+    expected_scores, expected_ids = [], []
+    for query, found in zip(queries, candidates):
+        for dim, keep in stages[1:]:
+            scores = truncate_embeddings(docs[found], dim) @ truncate_embeddings(query, dim)
+            order = np.argsort(-scores, kind="stable")[:keep]
+            found, scores = found[order], scores[order]
+        expected_scores.append(scores)
+        expected_ids.append(found)
+    index.save(tmp_path / "index")
+    for candidate in (index, FunnelIndex.load(tmp_path / "index"), FunnelIndex.load(tmp_path / "index", mmap=True)):
+        scores, ids = candidate.search(queries, k=10)
+        np.testing.assert_array_equal(ids, np.array(expected_ids))
+        np.testing.assert_allclose(scores, np.array(expected_scores), atol=1e-6)

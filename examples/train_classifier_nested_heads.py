@@ -65,8 +65,7 @@ def load_data(args):
         unknown = sorted(set(test_names) - set(names))
         if unknown:
             raise SystemExit(f"--test-data has labels the training data lacks: {unknown}.")
-        test = test.map(lambda row: {"label": names.index(test_names[row["label"]])})
-        test = test.cast_column("label", data.features["label"])
+        test = test.map(lambda row: {"label": names.index(test_names[row["label"]])}, features=data.features)
     return data, test
 
 

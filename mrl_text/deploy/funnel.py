@@ -207,7 +207,8 @@ class FunnelIndex:
             stage's count; default twice it). nlist / nprobe (`int`, *optional*): IVF lists (default ~4 sqrt(n)) and
             lists visited per query (default: enough lists to hold 4x the first stage's count, and at least
             nlist / 8; on small corpora that is every list, as exact as `"flat"`).
-        query_chunk_size (`int`): queries reranked together (bounds the memory of the gathered candidates).
+        query_chunk_size (`int`): queries whose first-stage candidate lists are held at once (each query is then
+            reranked on its own).
         show_progress_bar (`bool`, *optional*): a bar while indexing; default where someone watches (see progress).
     """
 

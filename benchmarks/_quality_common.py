@@ -1,8 +1,9 @@
-"""Shared pieces of the quality suite (benchmarks/quality.py): arguments, the optimizer, training, features,
-probes, parallel jobs over seeds, and the report files.
+"""Shared pieces of the quality suite (benchmarks/quality.py and its regime modules quality_*.py): arguments,
+training, features, probes, parallel jobs over seeds, and the report files.
 
-Everything here uses the library's public API (`MatryoshkaModel.from_encoder`, `MatryoshkaForSequenceClassification`,
-`MatryoshkaTrainer`, `MatryoshkaTrainingArguments`, `mrl_text.evaluation`, `mrl_text.data`).
+Everything here uses the library's public API: every model trains with `MatryoshkaTrainer` (its optimizer gives the
+heads `head_learning_rate`), features come from `MatryoshkaModel.encode`, evaluations from `mrl_text.evaluation`,
+data from `mrl_text.data`, the PCA rotation from `mrl_text.adaptor`; the command and machine lines from `_report`.
 """
 
 import json
@@ -17,8 +18,6 @@ from contextlib import contextmanager
 from pathlib import Path
 
 import torch
-
-from mrl_text.training.optimization import build_optimizer  # the trainer's default; the suite sets its rates
 
 from _report import command_line, header, machine  # before the other siblings: puts recipes/ on sys.path
 from demo_data import shared_data_dir
@@ -128,13 +127,6 @@ def subsample(items, limit, seed=0):
 
 
 # ---------------------------------------------------------------------------------------------------------------
-# The optimizer: new modules (heads, projection) learn at their own rate.
-#
-# Kept as one function with no benchmark state so it can move as is into MatryoshkaTrainer.create_optimizer, with
-# `head_learning_rate` a MatryoshkaTrainingArguments field.
-
-
-# ---------------------------------------------------------------------------------------------------------------
 # Training
 
 
@@ -173,9 +165,11 @@ def size_schedule(args):
 
 def training_loss(model, name):
     """The loss object a suite names: "infonce" (InfoNCE at every size of the model's config) or "cross_entropy" (a
-    classifier's own nested heads' loss)."""
+    classifier's own nested heads' loss); a loss object is returned as it is."""
     from mrl_text.losses import InfoNCELoss, MatryoshkaCrossEntropyLoss, MatryoshkaLoss
 
+    if not isinstance(name, str):
+        return name
     if name == "cross_entropy":
         return MatryoshkaCrossEntropyLoss(model)
     if name == "infonce":
@@ -224,43 +218,39 @@ def peer_trainer(args, model, loss, train_dataset, output_dir, seed, steps, **ov
     return SentenceTransformerTrainer(model=model, args=training_args, train_dataset=train_dataset, loss=loss)
 
 
-def train(model, rows, args, output_dir, seed, loss, head_lr=None, in_order=False, scale_heads_by_size=False):
-    """Train `model` on `rows` (a list of dicts in the loss's layout) with the shared recipe; returns seconds.
+def train(model, rows, args, output_dir, seed, loss, head_lr=None, in_order=False, scale_heads_by_size=False,
+          schedule=None, **overrides):
+    """Train `model` on `rows` (a list of dicts in the loss's layout) with `MatryoshkaTrainer` and the shared recipe;
+    returns seconds.
 
-    `in_order`: the rows are already in the shared batch order (one epoch); otherwise the trainer shuffles with
-    `seed`, which gives every model of one seed the same batches.
+    `loss`: a loss object or a name of `training_loss`. `head_lr`: the trainer's `head_learning_rate` (heads and
+    projections; with `scale_heads_by_size` the head of size d at head_lr * sqrt(full / d)). `schedule`: a
+    `SizeSchedule` (default: the one the arguments name, `size_schedule`). `in_order`: the rows are already in the
+    shared batch order (one epoch); otherwise the trainer shuffles with `seed`, which gives every model of one seed
+    the same batches. `overrides`: other `MatryoshkaTrainingArguments`.
     """
     from mrl_text import MatryoshkaTrainer
 
     torch.manual_seed(seed)
     model.to(args.device)
-    steps = args.epochs * max(1, len(rows) // args.batch_size)
-    overrides = {"num_train_epochs": 1} if in_order else {}
-    training_args = training_arguments(args, output_dir, seed, steps, **overrides)
-    optimizer = build_optimizer(model, args.lr, head_lr, training_args.weight_decay, scale_heads_by_size)
+    # In order, `rows` already hold every epoch's batches: one pass over them.
+    steps = (1 if in_order else args.epochs) * max(1, len(rows) // args.batch_size)
+    overrides = {**({"num_train_epochs": 1} if in_order else {}), **overrides}
+    training_args = training_arguments(args, output_dir, seed, steps, head_learning_rate=head_lr,
+                                       scale_head_learning_rate_by_size=scale_heads_by_size, **overrides)
     trainer_class = in_order_trainer() if in_order else MatryoshkaTrainer
-    trainer = trainer_class(model=model, args=training_args, train_dataset=rows, optimizers=(optimizer, None),
-                            loss=training_loss(model, loss), size_schedule=size_schedule(args))
+    trainer = trainer_class(model=model, args=training_args, train_dataset=rows, loss=training_loss(model, loss),
+                            size_schedule=schedule or size_schedule(args))
     start = time.perf_counter()
     trainer.train()
     return time.perf_counter() - start
 
 
-@torch.inference_mode()
-def pooled_features(model, texts, max_length, batch_size=128):
-    """Full pooled embeddings (not normalized: what the heads read) of a MatryoshkaModel or task model, float32."""
+def full_features(model, texts, max_length, batch_size=128):
+    """Full-size pooled embeddings (not normalized: what the heads read) of a MatryoshkaModel or a task model that
+    holds one (`.matryoshka`), from `encode(..., output_value="full_embeddings")`; float32 on the CPU."""
     inner = getattr(model, "matryoshka", model)
-    inner.eval()
-    order = sorted(range(len(texts)), key=lambda i: -len(texts[i]))  # similar lengths together: less padding
-    chunks = []
-    for start in range(0, len(texts), batch_size):
-        batch = [texts[i] for i in order[start : start + batch_size]]
-        inputs = inner.tokenizer(batch, padding=True, truncation=True, max_length=max_length, return_tensors="pt")
-        chunks.append(inner(**inputs.to(inner.device)).full_embeddings.float().cpu())
-    features = torch.empty(len(texts), inner.config.embedding_size)
-    if chunks:
-        features[torch.tensor(order)] = torch.cat(chunks)
-    return features
+    return inner.encode(texts, batch_size=batch_size, max_length=max_length, output_value="full_embeddings")
 
 
 # ---------------------------------------------------------------------------------------------------------------
@@ -277,15 +267,18 @@ def probe_accuracy(train_x, train_y, test_x, test_y, dim, normalize=True):
     return float((probe.predict(test_d) == test_y).mean())
 
 
-def svd_rotation(train_x):
+def pca_baseline(train_x):
     """`transform(x)`: unit-length features, centred by the training mean, rotated onto the training set's principal
-    axes (largest first), so the first d coordinates are the best rank-d linear summary (the paper's SVD baseline)."""
+    axes (`mrl_text.adaptor.pca_rotation`, largest first), so the first d coordinates are the best rank-d linear
+    summary: the paper's SVD baseline."""
+    from mrl_text.adaptor import pca_rotation
+
     unit = torch.nn.functional.normalize(train_x, dim=-1)
     mean = unit.mean(0, keepdim=True)
-    _, _, vh = torch.linalg.svd(unit - mean, full_matrices=True)  # all axes, even with fewer rows than dims
+    rotation = pca_rotation(unit)
 
     def transform(x):
-        return (torch.nn.functional.normalize(x, dim=-1) - mean) @ vh.T
+        return (torch.nn.functional.normalize(x, dim=-1) - mean) @ rotation.T
 
     return transform
 

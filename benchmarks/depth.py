@@ -37,7 +37,8 @@ import torch
 
 import _quality_common as common
 from _report import header
-from quality import batch_order, finished_evaluation  # the quality suite's batches and test tasks
+from quality_finished import finished_evaluation  # the quality suite's test tasks
+from quality_retrieval import batch_order  # and its shared batches
 
 METHODS = ("depth", "st2d", "mrl")
 

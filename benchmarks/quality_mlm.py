@@ -43,9 +43,10 @@ import pretrain_mlm as recipe
 
 CORPUS_SOURCES = ["snli", "flickr8k_captions", "mrpc", "emotion", "banking77", "trec"]  # STS-B, SciFact unseen
 SIZES = [96, 48, 24, 12]  # the paper's BERT nesting (12 ... 768), the first four
+REGIMES = ("mlm",)
 
 
-def add_parser(commands):
+def add_parsers(commands):
     sub = commands.add_parser("mlm", help="MLM pretraining from scratch: MRL vs FF-d vs plain prefixes")
     common.add_common_arguments(sub, "mlm", report_name="mlm")
     sub.set_defaults(sizes=",".join(map(str, SIZES)), max_seq_length=32, batch_size=32, limit_train=None,
@@ -161,28 +162,25 @@ def unigram_accuracy(train_batches, held_out):
     return 100.0 * (held_labels == frequent).float().mean().item()
 
 
-def fit(model, parameters, batches, lr, smaller_sizes_warmup=0.0):
-    """AdamW, linear warmup (10%) and decay, gradient clipping at 1: the same loop for every method. The smaller
-    sizes' MLM loss weights rise from 0 over the first `smaller_sizes_warmup` of the steps (the trainer's schedule)."""
-    from transformers import get_linear_schedule_with_warmup
+def fit(model, batches, lr, args, seed, smaller_sizes_warmup=0.0):
+    """Train `model` on its own MLM loss over the pre-masked `batches`, in order, with `MatryoshkaTrainer`: AdamW
+    (weight decay 0.01), linear warmup (10%) and decay, gradient clipping at 1 (the trainer's default); the smaller
+    sizes' MLM loss weights rise from 0 over the first `smaller_sizes_warmup` of the steps (`SizeSchedule`). Only
+    parameters that require gradients train (`refit_heads` freezes the encoder)."""
+    from mrl_text import MatryoshkaTrainingArguments, SizeSchedule
 
-    from mrl_text.training.schedule import smaller_sizes_scale
-
-    parameters = [p for p in parameters if p.requires_grad]
-    optimizer = torch.optim.AdamW(parameters, lr=lr, weight_decay=0.01)
-    schedule = get_linear_schedule_with_warmup(optimizer, max(1, len(batches) // 10), len(batches))
-    model.train()
-    for step, batch in enumerate(batches):
-        model.smaller_sizes_scale = smaller_sizes_scale(step, len(batches), smaller_sizes_warmup)
-        loss = model(**{k: v.to(model.device) for k, v in batch.items()}).loss
-        loss.backward()
-        torch.nn.utils.clip_grad_norm_(parameters, 1.0)
-        optimizer.step()
-        schedule.step()
-        optimizer.zero_grad()
-        if step % max(1, len(batches) // 5) == 0:
-            print(f"   step {step}: loss {loss.item():.3f}", flush=True)
-    model.smaller_sizes_scale = 1.0
+    with tempfile.TemporaryDirectory() as scratch:
+        training_args = MatryoshkaTrainingArguments(
+            output_dir=scratch, per_device_train_batch_size=1, max_steps=len(batches), learning_rate=lr,
+            weight_decay=0.01, warmup_steps=max(1, len(batches) // 10), seed=seed, save_strategy="no", report_to=[],
+            logging_steps=max(1, len(batches) // 5), disable_tqdm=True, use_cpu=args.device == "cpu",
+            dataloader_num_workers=0,
+        )
+        schedule = SizeSchedule(smaller_sizes_warmup) if smaller_sizes_warmup else None
+        # One dataset row per pre-masked batch: the collator hands it on as it is.
+        trainer = common.in_order_trainer()(model=model, args=training_args, train_dataset=batches,
+                                            data_collator=lambda rows: rows[0], size_schedule=schedule)
+        trainer.train()
     return model.eval()
 
 
@@ -225,11 +223,11 @@ def with_all_heads(model, sizes):
     return wide.to(model.device)
 
 
-def refit_heads(model, batches, args):
+def refit_heads(model, batches, args, seed):
     """Train only the heads (transforms, LayerNorms, decoder bias) with the encoder and the tied decoder frozen."""
     for p in model.matryoshka.parameters():
         p.requires_grad_(False)
-    fit(model, model.lm_head.parameters(), batches, args.refit_lr)
+    fit(model, batches, args.refit_lr, args, seed)
     for p in model.matryoshka.parameters():
         p.requires_grad_(True)
     return model
@@ -303,7 +301,8 @@ def pretrained(args, method, settings, tokenizer, batches, smaller_sizes_warmup,
     settings_key = [method_nesting(method, args.sizes, args), args.steps, args.batch_size, args.max_seq_length,
                     sorted(tokenizer.get_vocab().items()), args.layers, args.heads, args.mlm_lr, args.mlm_probability,
                     args.limit_train, args.limit_eval, args.device, args.model]
-    settings_key += [seed] if seed else []  # seed 0's key predates --seeds: its kept encoders stay valid
+    settings_key += [seed] if seed else []  # seed 0's key predates --seeds
+    settings_key += ["MatryoshkaTrainer"]  # encoders of the earlier hand-written loop are not reused
     kept = (
         Path(args.out)
         / "pretrained"
@@ -317,7 +316,7 @@ def pretrained(args, method, settings, tokenizer, batches, smaller_sizes_warmup,
         print(f"{method}: pretrained encoder reused from {kept}", flush=True)
         return model.eval(), state["seconds"]
     start = time.perf_counter()
-    fit(model, model.parameters(), batches, args.mlm_lr, smaller_sizes_warmup)
+    fit(model, batches, args.mlm_lr, args, seed, smaller_sizes_warmup)
     seconds = round(time.perf_counter() - start, 1)
     kept.parent.mkdir(parents=True, exist_ok=True)
     torch.save({"weights": model.state_dict(), "seconds": seconds}, kept)
@@ -354,7 +353,7 @@ def seed_job(job):
             own = recipe.masked_lm_accuracy(model, held_out)
         with common.phase(f"seed {seed} {method} refit heads", timings):
             torch.manual_seed(seed)
-            model = refit_heads(with_all_heads(model, sizes), batches[: args.refit_steps], args)
+            model = refit_heads(with_all_heads(model, sizes), batches[: args.refit_steps], args, seed)
             refit = recipe.masked_lm_accuracy(model, held_out)
         runs[method] = {"own_heads": own, "refit": refit, "pretrain_s": seconds}
         print(f"seed {seed} {method}: own heads {own}; refit {refit}", flush=True)

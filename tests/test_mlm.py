@@ -457,7 +457,7 @@ def test_quality_mlm_recipes_and_their_nesting():
 
     benchmarks = Path(__file__).resolve().parents[1] / "benchmarks"
     sys.path.insert(0, str(benchmarks))
-    mlm = load_module(benchmarks / "_quality_mlm.py")
+    mlm = load_module(benchmarks / "quality_mlm.py")
     args = argparse.Namespace(mrl_full_weight=2.0, smaller_sizes_warmup_fraction=0.5)
     assert mlm.mrl_recipe("mrl", args) == (2.0, 0.5) and mlm.mrl_recipe("mrl_paper", args) == (1.0, 0.0)
     assert mlm.mrl_recipe("mrl_w4_ramp50", args) == (4.0, 0.5) and mlm.mrl_recipe("plain", args) is None
@@ -489,7 +489,7 @@ def test_quality_mlm_keeps_the_learnt_tokenizer_for_reused_encoders(tiny_tokeniz
 
     benchmarks = Path(__file__).resolve().parents[1] / "benchmarks"
     sys.path.insert(0, str(benchmarks))
-    mlm = load_module(benchmarks / "_quality_mlm.py")
+    mlm = load_module(benchmarks / "quality_mlm.py")
     args = argparse.Namespace(out=str(tmp_path), vocab_size=80)
     texts = [s.lower() for s in sentences] * 20
     first = mlm.learnt_tokenizer(args, tiny_tokenizer, texts)

@@ -1,5 +1,5 @@
-"""The quality suite (benchmarks/quality.py): its helpers, and every regime end to end on a tiny random model and a
-tiny data folder built here, so a long GPU run cannot fail on a bug."""
+"""The quality suite (benchmarks/quality.py and its regime modules quality_*.py): its helpers, and every regime end to
+end on a tiny random model and a tiny data folder built here, so a long GPU run cannot fail on a bug."""
 
 import json
 import sys
@@ -123,7 +123,7 @@ def test_classification_runs_every_method_and_reports_heads_and_probes(quality, 
 def test_adaptive_uses_the_mrl_heads(quality, tiny, tmp_path):
     report, markdown = run(quality, tiny, tmp_path, "adaptive")
     (cascades,) = [r["adaptive"] for r in report["runs"]]
-    assert [c["tolerance"] for c in cascades] == list(quality.TOLERANCES)
+    assert [c["tolerance"] for c in cascades] == list(quality.quality_classification.TOLERANCES)
     assert all(8 <= c["expected_dims"] <= 32 for c in cascades)
     assert "expected dims" in markdown
 
@@ -140,28 +140,8 @@ def test_retrieval_and_finished_train_every_method(quality, tiny, tmp_path):
     assert "3-task average" in markdown and "stsb (spearman)" in markdown
 
 
-def test_build_optimizer_gives_new_modules_their_own_rate(common, make_model):
-    from mrl_text import MatryoshkaConfig, MatryoshkaForSequenceClassification
-
-    config = MatryoshkaConfig(
-        encoder=tiny_bert_config(), matryoshka_dimensions=[32, 8], num_labels=3, projection_dim=32
-    )
-    model = MatryoshkaForSequenceClassification(config)
-    optimizer = common.build_optimizer(model, 1e-4, head_learning_rate=1e-2, weight_decay=0.1)
-    rate = {id(p): group["lr"] for group in optimizer.param_groups for p in group["params"]}
-    decay = {id(p): group["weight_decay"] for group in optimizer.param_groups for p in group["params"]}
-    assert len(rate) == len(list(model.parameters()))
-    assert all(rate[id(p)] == 1e-4 for p in model.matryoshka.encoder.parameters())
-    for module in (model.classifier, model.matryoshka.projection):
-        assert all(rate[id(p)] == 1e-2 for p in module.parameters())
-    assert decay[id(model.classifier.heads[0].weight)] == 0.1 and decay[id(model.classifier.heads[0].bias)] == 0.0
-    plain = make_model()  # an embedding model without projection: one rate for all
-    assert {g["lr"] for g in common.build_optimizer(plain, 1e-4, head_learning_rate=1e-2).param_groups} == {1e-4}
-    assert {g["lr"] for g in common.build_optimizer(model, 1e-4).param_groups} == {1e-4}
-
-
 def test_batch_order_is_homogeneous_complete_and_seeded(quality):
-    order = quality.batch_order([70, 33], batch_size=8, seed=3, epochs=2)
+    order = quality.quality_retrieval.batch_order([70, 33], batch_size=8, seed=3, epochs=2)
     assert len(order) == 2 * (70 // 8 + 33 // 8)  # full batches only
     for source, rows in order:
         assert len(rows) == 8 and all(0 <= i < (70, 33)[source] for i in rows)
@@ -169,8 +149,8 @@ def test_batch_order_is_homogeneous_complete_and_seeded(quality):
     for source, size in ((0, 70), (1, 33)):
         seen = [i for s, rows in first_epoch if s == source for i in rows]
         assert len(seen) == len(set(seen)) == (size // 8) * 8  # no row twice within an epoch
-    assert order == quality.batch_order([70, 33], batch_size=8, seed=3, epochs=2)
-    assert order != quality.batch_order([70, 33], batch_size=8, seed=4, epochs=2)
+    assert order == quality.quality_retrieval.batch_order([70, 33], batch_size=8, seed=3, epochs=2)
+    assert order != quality.quality_retrieval.batch_order([70, 33], batch_size=8, seed=4, epochs=2)
 
 
 def test_sizes_must_decrease(quality, tiny):
@@ -178,12 +158,16 @@ def test_sizes_must_decrease(quality, tiny):
         quality.parse_args(["classification", "--model", str(tiny[0]), "--sizes", "8,16,32"])
 
 
-def test_svd_rotation_orders_axes_by_variance(common):
+def test_pca_baseline_centres_and_orders_axes_by_variance(common):
     generator = torch.Generator().manual_seed(0)
     x = torch.randn(200, 6, generator=generator) * torch.tensor([0.1, 0.1, 3.0, 0.1, 1.0, 0.1]) + 5.0
-    rotated = common.svd_rotation(x)(x)
+    rotated = common.pca_baseline(x)(x)
     variances = rotated.var(0)
     assert rotated.shape == (200, 6) and torch.all(variances[:-1] >= variances[1:] - 1e-6)
+    assert rotated.mean(0).abs().max() < 1e-5  # centred by the training mean
+    unit = torch.nn.functional.normalize(x, dim=-1)
+    centred = unit - unit.mean(0)  # an orthogonal map of the centred unit vectors: their inner products are kept
+    assert torch.allclose(rotated @ rotated.T, centred @ centred.T, atol=1e-5)
 
 
 def test_retrieval_validation_compares_variants_on_held_out_queries(quality, tiny, tmp_path):
@@ -209,28 +193,27 @@ def test_retrieval_validation_compares_variants_on_held_out_queries(quality, tin
         run(quality, tiny, tmp_path / "bad", "retrieval-val", "--variants", "plain,mrl_x", name="retrieval_validation")
 
 
-def test_retrieval_variant_schedules_switch_sizes_by_step(quality):
-    """The study's loss schedules: the full size alone first (sched) or last (tail); the others ramped in linearly."""
+def test_retrieval_variants_are_library_losses_and_size_schedules(quality):
+    """The study's variants: MatryoshkaLoss options, and SizeSchedules that give the full size alone first (sched) or
+    last (tail) and ramp the others in linearly."""
     from types import SimpleNamespace
 
-    from mrl_text.losses import InfoNCELoss, MatryoshkaLoss
+    from mrl_text import SizeSchedule
+    from mrl_text.losses import MatryoshkaLoss
 
-    args = SimpleNamespace(sizes=[32, 16, 8], steps=8)
-    pair = list(
-        torch.nn.functional.normalize(torch.randn(2, 4, 32, generator=torch.Generator().manual_seed(0)), dim=-1)
-    )
-
-    def weighted(weights):
-        return MatryoshkaLoss(InfoNCELoss(scale=20.0), args.sizes, weights)(pair)
-
-    ramp = quality.retrieval_variant_loss(args, {"full_weight": 4.0, "ramp_fraction": 0.5})  # 4 ramp steps
-    assert torch.allclose(ramp(0, pair), weighted([4.0, 0.25, 0.25]))
-    assert torch.allclose(ramp(2, pair), weighted([4.0, 0.75, 0.75]))
-    assert torch.allclose(ramp(5, pair), weighted([4.0, 1.0, 1.0]))
-    tail = quality.retrieval_variant_loss(args, {"full_only_tail": 0.25})  # the full size alone from step 6
-    assert torch.allclose(tail(5, pair), weighted([1.0, 1.0, 1.0]))
-    assert torch.allclose(tail(6, pair), weighted([1.0, 0.0, 0.0]))
-    assert torch.allclose(quality.retrieval_variant_loss(args, None)(6, pair), weighted([1.0, 0.0, 0.0]))
+    study = quality.quality_retrieval_validation
+    args = SimpleNamespace(sizes=[32, 16, 8])
+    loss, schedule = study.variant_training(args, {"full_weight": 4.0, "ramp_fraction": 0.5})
+    assert isinstance(loss, MatryoshkaLoss) and list(loss.matryoshka_weights) == [4.0, 1.0, 1.0]
+    assert isinstance(schedule, SizeSchedule) and [schedule.scale_at(s, 8) for s in (0, 2, 5)] == [0.25, 0.75, 1.0]
+    _, tail = study.variant_training(args, {"full_only_tail": 0.25})  # the full size alone from step 6 of 8
+    assert [tail.scale_at(s, 8) for s in (0, 5, 6, 7)] == [1.0, 1.0, 0.0, 0.0]
+    _, sched = study.variant_training(args, {"full_only_fraction": 0.5})
+    assert [sched.scale_at(s, 8) for s in (3, 4)] == [0.0, 1.0]
+    plain, none = study.variant_training(args, None)
+    assert plain.matryoshka_dimensions == [32] and none is None
+    loss, schedule = study.variant_training(args, {"n_dims_per_step": 3})
+    assert loss.n_dims_per_step == 3 and schedule is None
 
 
 @pytest.mark.parametrize("sizes, message", [
@@ -255,10 +238,11 @@ def test_retrieval_default_mrl_recipe_and_its_checks(quality, tiny):
     args = quality.parse_args(["retrieval", "--model", str(tiny[0]), "--sizes", "32,16", "--methods", "plain,mrl"])
     assert (args.mrl_full_weight, args.smaller_sizes_warmup_fraction, args.full_size_only_fraction) == (4.0, 0.5, 0.0)
     assert quality.common.size_schedule(args).smaller_sizes_warmup_fraction == 0.5  # the SizeSchedule it trains with
-    paper, method = quality.method_recipe(args, "mrl_paper")  # the paper's recipe, a row next to the default
+    # the paper's recipe, a row next to the default
+    paper, method = quality.quality_retrieval.method_recipe(args, "mrl_paper")
     assert method == "mrl" and (paper.mrl_full_weight, paper.smaller_sizes_warmup_fraction) == (1.0, 0.0)
     assert quality.common.size_schedule(paper) is None  # every size from the first step
-    assert quality.method_recipe(args, "mrl") == (args, "mrl") and args.mrl_full_weight == 4.0
+    assert quality.quality_retrieval.method_recipe(args, "mrl") == (args, "mrl") and args.mrl_full_weight == 4.0
     with pytest.raises(SystemExit, match="--smaller-sizes-warmup-fraction 1.5 must be a share of the steps"):
         quality.parse_args(["retrieval", "--model", str(tiny[0]), "--sizes", "32,16", "--methods", "mrl",
                            "--smaller-sizes-warmup-fraction", "1.5"])
@@ -269,12 +253,12 @@ def test_classification_labels_ids_with_gaps_and_unknown_test_labels(quality, ti
     write_tsv(data / "gaps" / "train.tsv", ["text", "label"], [(f"t{i}", (0, 3, 10)[i % 3]) for i in range(30)])
     write_tsv(data / "gaps" / "test.tsv", ["text", "label"], [(f"s{i}", (0, 3, 10)[i % 3]) for i in range(6)])
     args = quality.parse_args(["classification", "--model", str(tiny[0]), "--data", str(data), "--sizes", "32,8"])
-    task = quality.load_task(args, "gaps")
+    task = quality.quality_classification.load_task(args, "gaps")
     assert task["classes"] == [0, 3, 10] and set(task["train"][1]) == {0, 1, 2}  # renumbered in order
     assert list(task["test"][1][:3]) == [0, 1, 2]
     write_tsv(data / "gaps" / "test.tsv", ["text", "label"], [("s", 0), ("s", 7)])
     with pytest.raises(ValueError, match=r"labels \[7\] never occur in train.tsv"):
-        quality.load_task(args, "gaps")
+        quality.quality_classification.load_task(args, "gaps")
 
 
 def test_finished_posthoc_rows_fit_on_cached_embeddings(quality, tiny, tmp_path, monkeypatch):

@@ -1,0 +1,257 @@
+"""The quality suite's `retrieval` regime (`python benchmarks/quality.py retrieval`), and the embedding training it
+shares with `finished` (quality_finished.py): the same batches, in the same order, for every method.
+
+SciFact's training queries -> SciFact test nDCG@10: plain InfoNCE, MRL (the recipe chosen on validation by
+`retrieval-val`: weight 4 on the full size, the smaller sizes ramped in over training), MRL with the paper's recipe
+(`mrl_paper`), sentence-transformers' MatryoshkaLoss (the peer), FF-64 and FF-32; same batches and steps for all.
+Ours train with `MatryoshkaTrainer`, the peer with `SentenceTransformerTrainer`; every model is scored by
+`mrl_text.evaluation.evaluate` with a `RetrievalEvaluator`.
+"""
+
+import argparse
+import random
+import tempfile
+from pathlib import Path
+
+import numpy as np
+import torch
+
+import _quality_common as common
+
+REGIMES = ("retrieval",)
+
+
+
+def batch_order(sizes, batch_size, seed, epochs):
+    """Homogeneous batches over several datasets: `[(dataset index, [row indices])]`, shuffled per epoch.
+
+    Each epoch shuffles every dataset's rows, cuts them into full batches (the remainder is dropped, as in-batch
+    negatives want full batches) and shuffles the batches of all datasets together.
+    """
+    rng = random.Random(seed)
+    order = []
+    for _ in range(epochs):
+        epoch = []
+        for source, size in enumerate(sizes):
+            rows = list(range(size))
+            rng.shuffle(rows)
+            epoch += [(source, rows[i : i + batch_size]) for i in range(0, size - batch_size + 1, batch_size)]
+        rng.shuffle(epoch)
+        order += epoch
+    return order
+
+
+def method_recipe(args, method):
+    """(arguments, method) a run trains with: `mrl_paper` is `mrl` with every size weighted 1 from the first step."""
+    if method != "mrl_paper":
+        return args, method
+    paper = {"mrl_full_weight": 1.0, "smaller_sizes_warmup_fraction": 0.0, "full_size_only_fraction": 0.0}
+    return argparse.Namespace(**{**vars(args), **paper}), "mrl"
+
+
+def train_embedding_model(args, method, datasets_, order, seed, output_dir):
+    """plain / mrl / mrl_paper / ffN with MatryoshkaTrainer (InfoNCE), or `st` (the peer); the model, ready to
+    evaluate. `mrl_paper` is MRL with the paper's recipe (every size weighted 1 from the first step)."""
+    if method == "st":
+        return train_sentence_transformers(args, datasets_, order, seed, output_dir)
+    from mrl_text import MatryoshkaModel
+
+    args, method = method_recipe(args, method)
+    size = int(method[2:]) if method.startswith("ff") else None
+    dims = {"plain": args.sizes[:1], "mrl": args.sizes}.get(method, [size])
+    torch.manual_seed(seed)
+    full_weight = getattr(args, "mrl_full_weight", 1.0) if method == "mrl" else 1.0
+    model = MatryoshkaModel.from_encoder(args.model, matryoshka_dimensions=dims, projection_dim=size,
+                                         matryoshka_weights=[full_weight] + [1.0] * (len(dims) - 1))
+    rows = [datasets_[source][i] for source, batch in order for i in batch]  # already in the shared batch order
+    common.train(model, rows, args, output_dir, seed, "infonce", head_lr=args.head_lr, in_order=True)
+    return model.eval()
+
+
+def train_sentence_transformers(args, datasets_, order, seed, output_dir):
+    """sentence-transformers' MatryoshkaLoss(MultipleNegativesRankingLoss) on the same batches in the same order."""
+    from datasets import Dataset, DatasetDict
+    from sentence_transformers.losses import MatryoshkaLoss, MultipleNegativesRankingLoss
+
+    model = common.peer_model(args, seed)
+    offsets = [sum(len(d) for d in datasets_[:i]) for i in range(len(datasets_))]
+    fixed = [[offsets[source] + i for i in batch] for source, batch in order]
+
+    class FixedBatches:
+        """The shared batch order as indices into sentence-transformers' concatenation of the datasets."""
+
+        def __init__(self, *unused, **unused_kw):
+            pass
+
+        def __iter__(self):
+            return iter(fixed)
+
+        def __len__(self):
+            return len(fixed)
+
+    steps = len(order)
+    loss = MatryoshkaLoss(model, MultipleNegativesRankingLoss(model), matryoshka_dims=args.sizes)
+    train = DatasetDict({f"d{i}": Dataset.from_list(d) for i, d in enumerate(datasets_)})
+    common.peer_trainer(args, model, loss, train, output_dir, seed, steps, logging_steps=max(1, steps // 5),
+                        multi_dataset_batch_sampler=FixedBatches).train()
+    model.max_seq_length = args.eval_max_seq_length  # sentence-transformers encodes at the model's own limit
+    return model.eval()
+
+
+def embedding_job(job):
+    """Train one embedding model (method, seed) on the regime's data and score it with the regime's evaluators."""
+    from mrl_text.evaluation import evaluate
+
+    args, method, seed = job["args"], job["method"], job["seed"]
+    timings = {}
+    datasets_, evaluators, description = job["data"](args)
+    order = batch_order([len(d) for d in datasets_], args.batch_size, seed, args.epochs)
+    label = f"{args.regime}/{method}/seed{seed}"
+    with tempfile.TemporaryDirectory() as scratch, common.phase(f"{label} train", timings):
+        model = train_embedding_model(args, method, datasets_, order, seed, scratch)
+    dims = [int(method[2:])] if method.startswith("ff") else args.sizes
+    with common.phase(f"{label} evaluate", timings):
+        results = evaluate(model, evaluators, dims=dims, max_length=args.eval_max_seq_length, batch_size=128)
+    values = {e.name: {r["dim"]: r["value"] for r in results.rows if r["metric"] == e.primary_metric}
+              for e in evaluators}
+    return {"method": method, "seed": seed, "steps": len(order), "data": description, "values": values,
+            "timings": timings}
+
+
+def retrieval_data(args):
+    """SciFact's training queries as (anchor=query, positive=relevant abstract) pairs; the test-split evaluator."""
+    from mrl_text.data import load_beir
+    from mrl_text.evaluation import RetrievalEvaluator
+
+    folder = Path(args.data) / "scifact"
+    corpus, queries, qrels = load_beir(folder, "train")
+    pairs = [{"anchor": queries[q], "positive": corpus[d]}
+             for q in sorted(qrels) for d in sorted(qrels[q]) if qrels[q][d] > 0]
+    pairs = common.subsample(pairs, args.limit_train)
+    corpus, queries, qrels = load_beir(folder, "test")
+    if args.limit_eval:  # the kept queries against their relevant abstracts plus a sample of the others
+        kept = common.subsample(sorted(qrels), args.limit_eval)
+        qrels, queries = {q: qrels[q] for q in kept}, {q: queries[q] for q in kept}
+        relevant = {d for q in kept for d in qrels[q]}
+        others = common.subsample(sorted(set(corpus) - relevant), 4 * args.limit_eval)
+        corpus = {d: corpus[d] for d in sorted(relevant) + others}
+    description = (f"{len(pairs)} (query, relevant abstract) pairs of SciFact's training queries; SciFact test "
+                   f"({len(queries)} queries, {len(corpus)} abstracts)")
+    return [pairs], [RetrievalEvaluator(corpus, queries, qrels, name="scifact")], description
+
+
+def embedding_table(results, methods, task, sizes):
+    lines = ["| run | " + " | ".join(map(str, sizes)) + " |", "|---|" + "---|" * len(sizes)]
+    for method in methods:
+        runs = [r for r in results if r["method"] == method]
+        lines.append(f"| {method} | " + " | ".join(
+            common.cell([r["values"][task][d] for r in runs if d in r["values"].get(task, {})]) for d in sizes) + " |")
+    return lines
+
+
+def mean_value(results, method, task, dim):
+    return common.mean_of([r["values"][task][dim] for r in results
+                           if r["method"] == method and dim in r["values"].get(task, {})])
+
+
+def retrieval_targets(results, sizes):
+    checks = []
+
+    def check(text, difference):
+        if not np.isnan(difference):
+            checks.append((text, difference, difference >= 0))
+
+    def v(method, dim):
+        return mean_value(results, method, "scifact", dim)
+
+    for d in (32, 16):
+        check(f"MRL >= plain + 1.0 at {d}", v("mrl", d) - v("plain", d) - 1.0)
+    check("MRL >= plain at 64", v("mrl", 64) - v("plain", 64))
+    check(f"MRL >= plain - 0.3 at {sizes[0]}", v("mrl", sizes[0]) - v("plain", sizes[0]) + 0.3)
+    for d in sizes:
+        check(f"MRL >= peer (st) at {d}", v("mrl", d) - v("st", d))
+    for d in (64, 32):
+        check(f"MRL within 0.5 of FF-{d}", v("mrl", d) - v(f"ff{d}", d) + 0.5)
+    return checks
+
+
+def run_retrieval(args, argv):
+    methods = args.methods.split(",")
+    timings = {}
+    jobs = [{"args": args, "method": m, "seed": s, "data": retrieval_data} for s in range(args.seeds) for m in methods]
+
+    def partial_report(done):
+        if len(done) < len(jobs):
+            write_retrieval_report(args, argv, methods, done, timings, partial=len(jobs))
+
+    with common.phase("retrieval runs", timings):
+        results = common.run_jobs(embedding_job, jobs, args.workers, args.device, on_result=partial_report)
+    return write_retrieval_report(args, argv, methods, results, timings)
+
+
+def write_retrieval_report(args, argv, methods, results, timings, partial=None):
+    """quality_<report name>.json/.md from the runs so far (`partial`: the total number of runs, while some are still
+    to come)."""
+    setup = (
+        f"From {common.model_name(args)}; {results[0]['data']}; {results[0]['steps']} steps of batch "
+        f"{args.batch_size} ({args.epochs} epoch(s), the same batches in the same order for every run), InfoNCE "
+        f"(scale 20), lr {args.lr} (projections {args.head_lr or args.lr}), warmup {args.warmup_ratio}, "
+        f"{args.max_seq_length} training tokens; evaluated at {args.eval_max_seq_length} tokens; {args.seeds} "
+        f"seed(s), mean ± sd. plain: InfoNCE at full size only; mrl: at every size (weight {args.mrl_full_weight:g} "
+        "on the full size, 1 on the others, those rising linearly from 0 over the first "
+        f"{args.smaller_sizes_warmup_fraction:.0%} of the steps; the full size alone for the first "
+        f"{args.full_size_only_fraction:.0%}); mrl_paper: MRL with the paper's recipe (every size weighted 1 from the "
+        "first step); st: sentence-transformers' MatryoshkaLoss(MultipleNegativesRankingLoss); ffN: projection to N "
+        "trained alone. "
+        + common.subsampling_note(args)
+        + (f" PARTIAL: {len(results)} of {partial} runs." if partial else "")
+    )
+    report = {**common.report_head(argv, setup), "timings": timings, "runs": results,
+              "targets": retrieval_targets(results, args.sizes)}
+    body = ["SciFact test nDCG@10 x100:", ""] + embedding_table(results, methods, "scifact", args.sizes)
+    body += common.targets_lines(report["targets"])
+    body += ["", "Wall time per phase: " + ", ".join(f"{k} {v:.0f}s" for k, v in timings.items())]
+    common.write_report(args, args.report_name, report, "Quality: retrieval adaptation (SciFact)", body)
+    return report
+
+
+def add_embedding_arguments(sub, methods, lr, epochs, tokens, sizes):
+    """The options of a regime that trains embedding models on shared batches (`retrieval`, `finished`)."""
+    sub.set_defaults(max_seq_length=tokens, sizes=",".join(map(str, sizes)))
+    sub.add_argument("--methods", default=methods)
+    sub.add_argument("--lr", type=float, default=lr, help="encoder learning rate")
+    sub.add_argument("--head-lr", type=float, default=None, help="projections' learning rate (default: --lr)")
+    sub.add_argument("--epochs", type=int, default=epochs)
+    sub.add_argument("--eval-max-seq-length", type=int, default=256)
+
+
+def check_methods(args, named):
+    """Every --methods entry is one of `named` or ffN with N no larger than the encoder's size."""
+    for method in args.methods.split(","):
+        size = method[2:] if method.startswith("ff") else None
+        if method not in named and not (size and size.isdigit() and 0 < int(size) <= args.encoder_size):
+            raise SystemExit(f"--methods names {method!r}; use " + ", ".join(named)
+                             + f" or ffN with N in 1..{args.encoder_size} (a projection no larger than the "
+                             "encoder's embedding size).")
+
+
+def add_parsers(commands):
+    sub = commands.add_parser("retrieval")
+    common.add_common_arguments(sub, "retrieval", report_name="retrieval")
+    add_embedding_arguments(sub, "plain,mrl,mrl_paper,st,ff64,ff32", 2e-5, 3, 128, common.SIZES)
+    # The default MRL recipe was chosen on a validation split of SciFact train with the whole encoder trained
+    # (3 seeds, quality_retrieval_validation_full.md: weight 4, the smaller sizes ramped in over the first
+    # half); `--mrl-full-weight 1 --smaller-sizes-warmup-fraction 0` is the paper's.
+    sub.add_argument("--mrl-full-weight", type=float, default=4.0, help="MRL's weight on the full size (the others 1)")
+    sub.add_argument("--smaller-sizes-warmup-fraction", type=float, default=0.5,
+                     help="MRL's smaller sizes' weights rise linearly from 0 over this share of the steps")
+    sub.add_argument("--full-size-only-fraction", type=float, default=0.0,
+                     help="MRL trains only the full size for this share of the steps, then every size")
+
+
+def check_arguments(args):
+    check_methods(args, ("plain", "mrl", "st", "mrl_paper"))
+
+
+def run(args, argv):
+    return run_retrieval(args, argv)

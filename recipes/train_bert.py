@@ -90,6 +90,10 @@ class RecipeArguments:
         default=None, metadata={"help": "Train a random (sorted) subset of this many sizes per step."}
     )
     keep_full_dim: bool = field(default=True, metadata={"help": "With n_dims_per_step, always train the full size."})
+    mini_batch_size: int | None = field(
+        default=None, metadata={"help": "Cached (GradCache) training: embed each batch this many rows at a time, for "
+                                "batches larger than memory allows with the full batch's gradients (e.g. 32)."},
+    )
     full_size_only_fraction: float = field(
         default=0.0, metadata={"help": "Share of the steps (from the start) that train only the full size."}
     )
@@ -186,7 +190,7 @@ def build_loss(recipe, config):
     accepted = inspect.signature(LOSSES[recipe.loss].__init__).parameters
     base = get_loss(recipe.loss, **{key: value for key, value in available.items() if key in accepted})
     loss = MatryoshkaLoss.from_config(config, base, n_dims_per_step=recipe.n_dims_per_step,
-                                      keep_full_dim=recipe.keep_full_dim)
+                                      keep_full_dim=recipe.keep_full_dim, mini_batch_size=recipe.mini_batch_size)
     if not recipe.matryoshka_depth:
         return loss
     return MatryoshkaDepthLoss.from_config(

@@ -2,7 +2,8 @@
 
 One file per family: `contrastive` (InfoNCE), `cosent`, `distillation`, `classification` (the nested heads'
 cross-entropy), `image_text` (CLIP/ALIGN InfoNCE), `matryoshka` (the wrapper that applies a loss to every nested
-prefix), `depth` (2D Matryoshka: every depth from one pass); `base` holds the call they share, `registry` their
+prefix), `depth` (2D Matryoshka: every depth from one pass), `cached` (GradCache: large batches in mini-batches,
+`MatryoshkaLoss(..., mini_batch_size=32)`); `base` holds the call they share, `registry` their
 names for configuration files. Loss objects are handed to `MatryoshkaTrainer(loss=...)`; their options live on them:
 
     loss = MatryoshkaLoss.from_config(model.config, InfoNCELoss(scale=20.0, symmetric=True), n_dims_per_step=4)
@@ -10,6 +11,7 @@ names for configuration files. Loss objects are handed to `MatryoshkaTrainer(los
 """
 
 from .base import MATRYOSHKA_CITATION, unpack
+from .cached import GRADCACHE_CITATION, cached_loss
 from .classification import MatryoshkaCrossEntropyLoss
 from .contrastive import InfoNCELoss
 from .cosent import CoSENTLoss
@@ -17,6 +19,7 @@ from .depth import MatryoshkaDepthLoss
 from .distillation import DistillMSELoss
 from .image_text import ImageTextInfoNCELoss
 from .matryoshka import MatryoshkaLoss
+from .quantization_aware import QuantizationAwareLoss
 from .registry import LOSSES, get_loss
 
 __all__ = [
@@ -24,11 +27,14 @@ __all__ = [
     "MATRYOSHKA_CITATION",
     "CoSENTLoss",
     "DistillMSELoss",
+    "GRADCACHE_CITATION",
     "ImageTextInfoNCELoss",
     "InfoNCELoss",
     "MatryoshkaCrossEntropyLoss",
     "MatryoshkaDepthLoss",
     "MatryoshkaLoss",
+    "QuantizationAwareLoss",
+    "cached_loss",
     "get_loss",
     "unpack",
 ]

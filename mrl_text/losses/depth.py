@@ -151,6 +151,8 @@ class MatryoshkaDepthLoss(nn.Module):
     max_text_columns = property(lambda self: getattr(self.loss, "max_text_columns", None))
     needs_labels = property(lambda self: getattr(self.loss, "needs_labels", None))
     teacher_tokenizer = property(lambda self: getattr(self.loss, "teacher_tokenizer", None))
+    # Cached (GradCache) training is the wrapped MatryoshkaLoss's option; the earlier depths come from the same passes.
+    mini_batch_size = property(lambda self: getattr(self.loss, "mini_batch_size", None))
 
     # A size schedule's knob reaches the wrapped MatryoshkaLoss through the wrapper, at every depth; absent when the
     # wrapped loss has none (a single-size loss has no smaller sizes to schedule).

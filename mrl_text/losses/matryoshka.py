@@ -12,6 +12,7 @@ from torch import nn
 
 from ..models.modeling_matryoshka_utils import truncate_embeddings, weighted_size_sum
 from .base import MATRYOSHKA_CITATION
+from .cached import GRADCACHE_CITATION
 
 
 class MatryoshkaLoss(nn.Module):
@@ -33,6 +34,15 @@ class MatryoshkaLoss(nn.Module):
         prefix_targets (`str`): `"labels"` (the paper): every size learns the task's targets; `"full_size"`: the
             largest size learns them and every smaller prefix matches the largest size's detached score
             distribution (KL divergence over the base loss's `logits`, e.g. `InfoNCELoss`'s in-batch scores).
+        mini_batch_size (`int`, *optional*): train large batches in the memory of this many rows (GradCache,
+            `mrl_text.losses.cached`): `MatryoshkaTrainer` embeds the batch in mini-batches without graphs, computes
+            this loss at every size on the whole batch, then re-embeds each mini-batch with its graph (same dropout)
+            to back-propagate the cached embedding gradients. Same gradients as the full batch, one extra forward
+            pass; the sizes still share one pass per mini-batch. The option lives here, on the loss that sums the
+            sizes, rather than on a `Cached...` twin of each base loss: the cache must enclose the whole sum over
+            sizes (else each size would re-run the encoder), and any base loss that reads only the batch's
+            embeddings (InfoNCE with DDP gathering, CoSENT, distillation) is then cached without a change. Called by
+            hand on embeddings, the loss ignores it.
 
     `smaller_sizes_scale` (1.0 unless a `SizeSchedule` drives this loss) multiplies every smaller size's weight; at 0
     only the full size is computed. The weighted sum is `weighted_size_sum`, the rule the classification and MLM
@@ -49,10 +59,13 @@ class MatryoshkaLoss(nn.Module):
     ```
     """
 
-    citation = MATRYOSHKA_CITATION
+    @property
+    def citation(self):
+        """BibTeX of what trains the model: the paper, and GradCache's when training in mini-batches."""
+        return MATRYOSHKA_CITATION + (f"\n\n{GRADCACHE_CITATION}" if self.mini_batch_size else "")
 
     def __init__(self, base_loss, matryoshka_dimensions, matryoshka_weights=None, n_dims_per_step=None,
-                 keep_full_dim=True, normalize=True, prefix_targets="labels"):
+                 keep_full_dim=True, normalize=True, prefix_targets="labels", mini_batch_size=None):
         super().__init__()
         if prefix_targets not in ("labels", "full_size"):
             raise ValueError(f"prefix_targets={prefix_targets!r}; choose 'labels' or 'full_size'.")
@@ -66,6 +79,8 @@ class MatryoshkaLoss(nn.Module):
             raise ValueError(f"{len(weights)} weights for {len(dims)} sizes {dims}; give one weight per size.")
         if n_dims_per_step is not None and not 1 <= n_dims_per_step <= len(dims):
             raise ValueError(f"n_dims_per_step={n_dims_per_step} must be between 1 and the {len(dims)} sizes.")
+        if mini_batch_size is not None and not (isinstance(mini_batch_size, int) and mini_batch_size > 0):
+            raise ValueError(f"mini_batch_size={mini_batch_size!r} must be a positive row count (e.g. 32) or None.")
         order = sorted(range(len(dims)), key=lambda i: -dims[i])
         self.base_loss = base_loss
         self.matryoshka_dimensions = [dims[i] for i in order]
@@ -74,6 +89,7 @@ class MatryoshkaLoss(nn.Module):
         self.keep_full_dim = keep_full_dim
         self.normalize = normalize
         self.prefix_targets = prefix_targets
+        self.mini_batch_size = mini_batch_size
         self.smaller_sizes_scale = 1.0
 
     @classmethod
@@ -146,6 +162,7 @@ class MatryoshkaLoss(nn.Module):
             "keep_full_dim": self.keep_full_dim,
             "normalize": self.normalize,
             "prefix_targets": self.prefix_targets,
+            **({"mini_batch_size": self.mini_batch_size} if self.mini_batch_size else {}),
         }
 
 

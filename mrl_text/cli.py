@@ -121,6 +121,26 @@ def run_evaluate(args):
     return results
 
 
+def run_mteb(args):
+    """MTEB tasks at every size: MTEB's JSON per task and size under OUT/mteb/, and the table, JSON and plot."""
+    check_report_folder(Path(args.out), args.overwrite)  # before any task is loaded or text encoded
+    from .evaluation.mteb import evaluate_mteb, resolve_tasks
+    from .file_utils import write_atomic
+
+    tasks = resolve_tasks(args.tasks)  # unknown names and unsupported task types fail before the model loads
+    out = Path(args.out)
+    report = evaluate_mteb(args.model, tasks, dims=args.dims, output_folder=out / "mteb", batch_size=args.batch_size,
+                           max_length=args.max_length, device=args.device, show_progress_bar=True)
+    command = "mrl-text " + " ".join(shlex.quote(portable_argument(a)) for a in args.argv)
+    report.save(out)
+    write_atomic(out / "results.md", f"# MTEB at every size\n\nCommand: `{command}`\n\nMain scores x100.\n\n"
+                                     f"{report.to_markdown()}")
+    print(report.to_markdown())
+    written = ", ".join(str(out / name) for name in REPORT_FILES)
+    print(f"mrl-text: wrote {written} and MTEB's JSON under {out / 'mteb'}", file=sys.stderr)
+    return report
+
+
 def portable_argument(argument):
     """A command-line argument as a report may record it: an absolute path of this machine becomes relative to the
     working directory when it lies inside it, else the model's or file's name (`portable_name`), in `--opt=PATH`

@@ -132,3 +132,25 @@ def test_registered_tasks_from_local_files(make_model):
     assert report.results.primary_metric("SciFact") == "ndcg_at_10"
     assert report.eval_datasets["SciFact"]["id"] is None  # local data: not MTEB's Hub dataset
     assert report.task_results[8][1].dataset_revision.startswith("local-")
+
+
+def test_command_line(make_model, tmp_path, capsys):
+    import mrl_text_cli
+
+    make_model().save_pretrained(tmp_path / "model")
+    (tmp_path / "sts.tsv").write_text("sentence1\tsentence2\tscore\n" + "".join(
+        f"{a}\t{b}\t{s}\n" for a, b, s in zip(*STS)))
+    out = tmp_path / "report"
+    argv = ["mteb", str(tmp_path / "model"), "--tasks", f"STSBenchmark={tmp_path / 'sts.tsv'}", "--dims", "32", "8",
+            "--out", str(out)]
+    assert mrl_text_cli.main(argv) == 0
+    assert "| STSBenchmark | cosine_spearman |" in capsys.readouterr().out
+    assert {p.parent.name for p in (out / "mteb").rglob("STSBenchmark.json")} == {"embed_dim_32", "embed_dim_8"}
+    assert "Command: `mrl-text mteb" in (out / "results.md").read_text()
+    assert (out / "results.png").is_file() and json.loads((out / "results.json").read_text())["rows"]
+    with pytest.raises(SystemExit):  # a non-empty --out without --overwrite
+        mrl_text_cli.main(argv)
+    assert "exists and is not empty" in capsys.readouterr().err
+    with pytest.raises(SystemExit):
+        mrl_text_cli.main(["mteb", str(tmp_path / "model"), "--tasks", "SciFactt", "--out", str(tmp_path / "r2")])
+    assert "Unknown MTEB task 'SciFactt'" in capsys.readouterr().err

@@ -371,7 +371,8 @@ def local_task(name, data, split="test"):
                 f"{kind} task: pick another name for a new task, or data of that type."
             )
         task_class = type(base)
-        metadata = base.metadata.model_copy(update={"dataset": dataset, "eval_splits": [split]})
+        # MTEB's "superseded" notice is about its Hub copy of the data, not these files
+        metadata = base.metadata.model_copy(update={"dataset": dataset, "eval_splits": [split], "superseded_by": None})
     else:
         task_class = AbsTaskSTS if kind == "STS" else AbsTaskRetrieval
         metadata = mteb.TaskMetadata(

@@ -271,18 +271,21 @@ def run_adapt(args):
 
 
 def adapt_table(fit_summary):
-    """The gate's held-out metrics per size, truncation beside adaptor, under a header naming them."""
+    """The gate's held-out metrics per size, truncation beside adaptor, under a header naming them, and the candidate
+    map kept at each size (where none passed, the figures are the closest candidate's and the size keeps plain
+    truncation)."""
     validation = fit_summary["validation"]
     # The first metric's name opens its description ("recall@10 of ...", "nDCG@10 of ..."); the others are keys.
     first = fit_summary["validation_metric"].split(" of ")[0]
     others = [key[: -len("_adaptor")] for key in next(iter(validation.values())) if key.endswith("_adaptor")]
     lines = [f"held-out validation (the gate keeps the adaptor where it wins): {fit_summary['validation_metric']}"]
     header = f"{'size':>6}  " + "  ".join(f"{m + ' trunc.':>18}  {m + ' adaptor':>18}" for m in [first, *others])
-    lines.append(f"{header}  used")
+    lines.append(f"{header}  kept")
     for dim, scores in validation.items():
         cells = [(scores["truncation"], scores["adaptor"])]
         cells += [(scores[f"{m}_truncation"], scores[f"{m}_adaptor"]) for m in others]
-        used = "adaptor" if scores["adapted"] else "plain truncation"
+        kept = scores.get("candidate") or "adaptor"  # adaptors fit before the per-size choice name no candidate
+        used = f"{kept} adaptor" if scores["adapted"] else "plain truncation"
         lines.append(f"{dim:>6}  " + "  ".join(f"{t:>18.4f}  {a:>18.4f}" for t, a in cells) + f"  {used}")
     return "\n".join(lines)
 

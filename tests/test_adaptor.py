@@ -104,18 +104,63 @@ def low_rank(n=400, size=32, rank=4, seed=0):
     return F.normalize(torch.randn(n, rank, generator=g) @ basis + 0.02 * torch.randn(n, size, generator=g), dim=-1)
 
 
+def passes_gate(row):
+    return row["adaptor"] > row["truncation"] and row["correlation_adaptor"] >= row["correlation_truncation"]
+
+
 @pytest.mark.slow
-def test_auto_rotation_keeps_the_candidate_with_the_larger_validation_gain():
-    x = low_rank()
+def test_auto_keeps_per_size_the_candidate_that_validates_best():
+    x, _ = clustered()
+    adaptor = fit(x, DIMS, **QUICK)  # rotation="auto" is the default
+    summary = adaptor.config.fit_summary
+    candidates = summary["candidates"]
+    assert set(candidates) == {"mlp", "pca", "learned"}
+    for dim in DIMS:
+        rows = {name: c["validation"][str(dim)] for name, c in candidates.items()}
+        gains = {name: r["adaptor"] - r["truncation"] + r["correlation_adaptor"] - r["correlation_truncation"]
+                 for name, r in rows.items() if passes_gate(r)}
+        kept = summary["validation"][str(dim)]["candidate"]
+        assert (kept is None) == (not gains) and (not gains or gains[kept] >= max(gains.values()) - 0.002)
+        assert (dim in adaptor.config.adapted_dimensions) == bool(gains)
+    # Here the PCA rotation wins at 16 and the MLP at 8 and 4: one adaptor holds both maps...
+    assert adaptor.config.chosen == {"16": "pca", "8": "mlp", "4": "mlp"}
+    # ...and each size returns exactly what that candidate fit alone (same split, same seed) returns there.
+    alone = {"pca": fit(x, DIMS, rotation="pca", num_layers=0, **QUICK), "mlp": fit(x, DIMS, **FAST)}
+    for dim, name in adaptor.config.chosen.items():
+        assert torch.allclose(adaptor.transform(x, dim=int(dim)), alone[name].transform(x, dim=int(dim)), atol=1e-6)
+    assert torch.allclose(adaptor.transform(x, dim=32), truncate_embeddings(x, 32), atol=1e-6)
+    assert FAST["rotation"] is None and alone["mlp"].config.fit_summary["candidates"] is None  # one candidate
+
+
+@pytest.mark.slow
+def test_one_winning_candidate_saves_a_single_map():
+    x = low_rank()  # the structure lives in a few of the last axes: a rotation wins every small size
     adaptor = fit(x, DIMS, rotation="auto", **QUICK)
-    candidates = adaptor.config.fit_summary["rotation_candidates"]
-    assert set(candidates) == {"None", "pca"}
-    best = max(candidates, key=candidates.get)
-    assert str(adaptor.config.rotation) == best == "pca"  # the structure lives in the last axes: PCA finds it
-    assert adaptor.config.num_layers == 0 and adaptor.mlp is None  # the PCA candidate is the rotation alone
-    assert fit(x, DIMS, **QUICK).config.fit_summary["rotation_candidates"] == candidates  # "auto" is the default
-    plain = fit(x, DIMS, **FAST)  # rotation=None
-    assert plain.config.rotation is None and plain.config.fit_summary["rotation_candidates"] is None
+    assert adaptor.config.candidates is None and adaptor.config.rotation in ("pca", "learned")
+    assert adaptor.config.num_layers == 0 and adaptor.mlp is None  # a rotation candidate is the rotation alone
+    assert adaptor.config.adapted_dimensions == [16, 8, 4]
+
+
+def test_per_size_config_is_checked_and_old_configs_load(tmp_path):
+    legacy = {"embedding_size": 32, "matryoshka_dimensions": DIMS, "hidden_size": 16, "num_layers": 1,
+              "rotation": None, "adapted_dimensions": [16], "fit_summary": {}, "model_type": "matryoshka_adaptor"}
+    config = MatryoshkaAdaptorConfig.from_dict(legacy)  # written before the per-size choice existed
+    assert config.candidates is None and MatryoshkaAdaptor(config).map_at(16).mlp is not None
+    spec = {"rotation": "pca", "hidden_size": 16, "num_layers": 0}
+    with pytest.raises(ValueError, match=r"adapted_dimensions are \[16, 4\]"):
+        MatryoshkaAdaptorConfig(32, DIMS, adapted_dimensions=[16, 4], candidates={"pca": spec}, chosen={"16": "pca"})
+    with pytest.raises(ValueError, match="'mlp'"):
+        MatryoshkaAdaptorConfig(32, DIMS, adapted_dimensions=[16], candidates={"pca": spec}, chosen={"16": "mlp"})
+    with pytest.raises(ValueError, match="needs `candidates`"):
+        MatryoshkaAdaptorConfig(32, DIMS, chosen={"16": "pca"})
+    adaptor = MatryoshkaAdaptor(MatryoshkaAdaptorConfig(32, DIMS, adapted_dimensions=[8], candidates={"pca": spec},
+                                                        chosen={8: "pca"}))
+    adaptor.save_pretrained(tmp_path)
+    loaded = MatryoshkaAdaptor.from_pretrained(tmp_path)
+    assert loaded.config.chosen == {"8": "pca"} and loaded.map_at(8) is loaded.candidates["pca"]
+    assert loaded.map_at(16) is None  # not adapted: plain truncation
+    with pytest.raises(ValueError, match="per size"):
+        loaded.adapt(torch.zeros(2, 32))
 
 
 @pytest.mark.slow
@@ -237,3 +282,5 @@ def test_adapt_table_names_and_prints_both_gate_metrics():
         scores = summary["validation"][str(dim)]
         numbers = [scores[k] for k in ("truncation", "adaptor", "correlation_truncation", "correlation_adaptor")]
         assert [float(v) for v in row[1:5]] == pytest.approx(numbers, abs=1e-4)
+        assert row[5:] == ([scores["candidate"], "adaptor"] if scores["adapted"] else ["plain", "truncation"])
+    assert printed.splitlines()[1].split()[-1] == "kept"  # the column naming the candidate map kept per size

@@ -35,6 +35,22 @@ def gated_adaptor(size=32, adapted=(16, 4), seed=0):
     return adaptor.eval()
 
 
+def per_size_adaptor(size=32, seed=0):
+    """An adaptor choosing its map per size: a random-output MLP at 16, a random rotation at 4 (plain truncation
+    at 32 and 8)."""
+    torch.manual_seed(seed)
+    candidates = {"mlp": {"rotation": None, "hidden_size": 16, "num_layers": 1},
+                  "pca": {"rotation": "pca", "hidden_size": 16, "num_layers": 0}}
+    adaptor = MatryoshkaAdaptor(MatryoshkaAdaptorConfig(size, DIMS, num_layers=0, adapted_dimensions=[16, 4],
+                                                        candidates=candidates, chosen={"16": "mlp", "4": "pca"}))
+    torch.nn.init.normal_(adaptor.candidates["mlp"].mlp[-1].weight, std=0.5)
+    adaptor.candidates["pca"].rotation.copy_(torch.linalg.qr(torch.randn(size, size))[0])
+    return adaptor.eval()
+
+
+ADAPTORS = pytest.mark.parametrize("build", [gated_adaptor, per_size_adaptor], ids=["one-map", "per-size"])
+
+
 def expected(model, adaptor, texts, dim):
     """What the adapted model must return at `dim`: the adaptor's transform of the plain model's unit embeddings."""
     full = model.encode(texts, dim=model.config.embedding_size)
@@ -67,10 +83,14 @@ def test_adaptor_runs_before_truncation_everywhere(make_model, sentences, config
 
 
 @pytest.mark.slow
-def test_saved_with_the_weights_gate_included(make_model, sentences, tmp_path):
+@ADAPTORS
+def test_saved_with_the_weights_gate_included(make_model, sentences, tmp_path, build):
     model = make_model()
-    model.set_adaptor(gated_adaptor())
+    adaptor = build()
+    mapped = {dim: expected(model, adaptor, sentences, dim) for dim in DIMS}  # each size through its own map
+    model.set_adaptor(adaptor)
     want = {dim: model.encode(sentences, dim=dim) for dim in DIMS}
+    assert all(torch.allclose(want[dim], mapped[dim], atol=ATOL) for dim in DIMS)
     model.save_pretrained(tmp_path / "adapted")
     saved = json.loads((tmp_path / "adapted" / "config.json").read_text())
     assert saved["adaptor"]["adapted_dimensions"] == [16, 4]
@@ -80,16 +100,18 @@ def test_saved_with_the_weights_gate_included(make_model, sentences, tmp_path):
         AutoModel.from_pretrained(tmp_path / "adapted"),
     ):
         assert loaded.adaptor.config.adapted_dimensions == [16, 4]
+        assert loaded.adaptor.config.chosen == model.adaptor.config.chosen
         for dim in DIMS:
             assert torch.allclose(loaded.encode(sentences, dim=dim), want[dim], atol=ATOL)
 
 
 @pytest.mark.slow
-def test_sentence_transformers_folder_and_remote_code_apply_it(make_model, sentences, tmp_path):
+@ADAPTORS
+def test_sentence_transformers_folder_and_remote_code_apply_it(make_model, sentences, tmp_path, build):
     from sentence_transformers import SentenceTransformer
 
     model = make_model()
-    model.set_adaptor(gated_adaptor())
+    model.set_adaptor(build())
     want = {dim: model.encode(sentences, dim=dim) for dim in DIMS}
     folder = tmp_path / "adapted"
     model.save_pretrained(folder)
@@ -134,8 +156,8 @@ def test_add_adaptor_fits_on_texts_and_attaches(make_model, tmp_path):
     assert "## Adaptor" in card and "240 corpus texts" in card and "40 (query, document) pairs" in card
     assert "| size | plain truncation | adaptor | used |" in card
     for dim in DIMS:
-        used = "adaptor" if dim in adaptor.config.adapted_dimensions else "plain truncation"
         scores = summary["validation"][str(dim)]
+        used = f"adaptor ({scores['candidate']})" if dim in adaptor.config.adapted_dimensions else "plain truncation"
         assert f"| {dim} | {100 * scores['truncation']:.2f} | {100 * scores['adaptor']:.2f} | {used} |" in card
 
 
@@ -221,6 +243,7 @@ def test_cli_adapt(make_model, sentences, tmp_path, capsys):
         row = next(line.split() for line in printed.splitlines() if line.split()[:1] == [str(dim)])
         scores = summary["validation"][str(dim)]
         assert [float(x) for x in row[1:3]] == pytest.approx([scores["truncation"], scores["adaptor"]], abs=1e-4)
+        assert row[3:] == ([scores["candidate"], "adaptor"] if scores["adapted"] else ["plain", "truncation"])
     with pytest.raises(SystemExit):  # the folder is not empty now
         main(args)
     assert "--overwrite" in capsys.readouterr().err
@@ -288,7 +311,8 @@ def test_attached_adaptor_is_frozen_and_refits_from_a_copy(make_model):
 
 
 @pytest.mark.slow
-def test_evaluators_and_calibration_see_the_adapted_sizes(make_model, sentences):
+@ADAPTORS
+def test_evaluators_and_calibration_see_the_adapted_sizes(make_model, sentences, build):
     """Encode once, score every size: with an adaptor a size is not a prefix of the full size, so the evaluators
     and the int8 calibration must read each size as `encode(dim=)` returns it, not truncate the full one."""
     from mrl_text.evaluation import RetrievalEvaluator, STSEvaluator, evaluate
@@ -296,7 +320,7 @@ def test_evaluators_and_calibration_see_the_adapted_sizes(make_model, sentences)
     from mrl_text.models.quantization import calibration_ranges
 
     model = make_model()
-    model.set_adaptor(gated_adaptor())
+    model.set_adaptor(build())
     texts = random_texts(12, seed=3)
     firsts, seconds, scores = texts[:6], texts[6:], [0.5, 4.0, 2.5, 1.0, 3.0, 5.0]
     results = evaluate(model, [STSEvaluator(firsts, seconds, scores, name="sts")])

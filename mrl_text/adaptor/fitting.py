@@ -13,6 +13,10 @@ truncation rule, `truncate_embeddings`):
   regularizer.
 `objective="both"` runs the unsupervised fit, then the supervised one from where it ended.
 
+Several candidate maps (`rotation="auto"`: the MLP, a PCA rotation, a learned rotation) are fit on one split, and
+at each size the one that validates best is kept (`config.chosen`): a 64-d prefix may come from a rotation while the
+256-d one comes from the MLP.
+
 The validation gate (why a size can never get worse than plain truncation on validation data): a slice of the
 corpus (and of the pairs) is held out. After every epoch the adaptor is scored on it at every size, next to plain
 truncation of the original embeddings; the epoch with the best gated gain is kept, and then a size stays adapted
@@ -344,9 +348,10 @@ def fit(
             default `"both"` with pairs, else `"unsupervised"`.
         adaptor (`MatryoshkaAdaptor`, *optional*): continue fitting this one (e.g. supervised after an earlier
             unsupervised fit); it is changed only when the fit succeeds.
-        rotation (`str`, *optional*): for a new adaptor, `"auto"` (default: fit the MLP alone and a PCA rotation
-            alone on the same split, keep the larger gated validation gain; PCA can cost STS-style scores, which the
-            gate catches), `"pca"`, `"learned"` (starts from PCA, then trained) or `None` (the MLP alone).
+        rotation (`str`, *optional*): for a new adaptor, `"auto"` (default: fit the MLP alone, a PCA rotation alone
+            and a learned rotation alone on the same split and keep, at each size, the one with the largest gated
+            validation gain, or plain truncation where none passes: `config.chosen`; see `candidate_shapes`),
+            `"pca"`, `"learned"` (starts from PCA, then trained) or `None` (the MLP alone).
         hidden_size, num_layers: the residual MLP's shape, for a new adaptor (`num_layers=0`: rotation only).
         validation_fraction (`float`): share of the corpus (and of the queries) held out for the validation gate.
         gate (`bool`): keep the identity at every size where the adaptor does not beat plain truncation on the
@@ -390,73 +395,170 @@ def fit(
         None if objective == "unsupervised" else _pairs_as_rows(pairs, query_embeddings, query_ids, corpus_ids, corpus)
     )
 
-    generator = torch.Generator().manual_seed(seed)
-    stages = {"unsupervised": [False], "supervised": [True], "both": [False, True]}[objective]
-    epochs = {False: options["epochs"], True: options["supervised_epochs"]}
-    # "auto" fits both candidates on the same split and keeps the one whose gated validation gain is larger. The PCA
-    # candidate is the rotation alone: an MLP trained on top of the rotation did not raise validation recall and, on
-    # STS-B, passed the gate while costing test Spearman at the smallest sizes (32 and 16 dims).
-    candidates = (
-        [(None, num_layers), ("pca", 0)] if adaptor is None and rotation == "auto" else [(rotation, num_layers)]
-    )
-    from tqdm.auto import tqdm
-
-    fits = []
-    with torch.random.fork_rng(), tqdm(total=len(candidates) * sum(epochs[s] for s in stages), desc="Fitting adaptor",
-                                       unit="epoch", disable=not show_progress_bar) as progress:
-        torch.manual_seed(seed)
-        data = _Data(corpus, validation_fraction, generator, supervision)
-        for candidate, layers in candidates:
-            torch.manual_seed(seed)
-            if adaptor is None:
-                working = MatryoshkaAdaptor(MatryoshkaAdaptorConfig(
-                    corpus.shape[1], list(matryoshka_dimensions), hidden_size, layers, candidate))
-                if candidate in ("pca", "learned"):  # a learned rotation starts from PCA's
-                    working.rotation.copy_(pca_rotation(corpus[data.train_rows]))
-            else:
-                working = copy.deepcopy(adaptor)  # a failed fit must leave `adaptor` as it was
-            fitter = _Fitter(working, data, options, torch.Generator().manual_seed(seed + 1))
-            for supervised in stages:
-                scores = fitter.run(supervised, epochs[supervised], progress)
-            fits.append((fitter.mean_gain(scores), len(fits), working, scores))
-    _, _, working, scores = max(fits, key=lambda fit_: (fit_[0], -fit_[1]))
+    fits, data = fit_candidates(corpus, matryoshka_dimensions, supervision, objective, adaptor, rotation, hidden_size,
+                                num_layers, validation_fraction, seed, show_progress_bar, options)
+    chosen = choose_per_size(fits, gate)
+    working = combine(fits, chosen, hidden_size)
     working.eval()
     config = working.config
-    config.adapted_dimensions = [d for d in config.matryoshka_dimensions if not gate or beats_truncation(scores[d])]
+    scores_at = {d: (fits[chosen[d]] if d in chosen else best_failing(fits, d))["scores"][d]
+                 for d in config.matryoshka_dimensions}
     metrics = {"ndcg": "nDCG@10 of held-out queries",
                "recall": f"recall@{VALIDATION_K} of full-size neighbours among held-out rows",
                "correlation": "Spearman of held-out rows' closest pairs' cosines against full size (must not drop)"}
+    first = next(iter(scores_at.values()))
     config.fit_summary = {
         "description": description,
         "objective": objective,
         "corpus_embeddings": int(corpus.shape[0]),
         "validation_rows": int(len(data.val_rows)),
         "queries": None if supervision is None else int(len(data.queries)),
-        "validation_metric": "; ".join(metrics[m] for m in scores[config.matryoshka_dimensions[0]]),
+        "validation_metric": "; ".join(metrics[m] for m in first),
+        # Per size: the kept candidate's figures (where none passed the gate, the closest one's, for reference).
         "validation": {
-            str(d): {
-                "adaptor": round(next(iter(m.values()))[0], 4),
-                "truncation": round(next(iter(m.values()))[1], 4),
-                **{
-                    f"{name}_{side}": round(pair[i], 4)
-                    for name, pair in list(m.items())[1:]
-                    for i, side in enumerate(("adaptor", "truncation"))
-                },
-                "adapted": d in config.adapted_dimensions,
-            }
-            for d, m in scores.items()
+            str(d): {**validation_row(m), "adapted": d in chosen, "candidate": chosen.get(d)}
+            for d, m in scores_at.items()
         },
-        "rotation_candidates": {str(c): round(g, 4) for (g, _, _, _), (c, _) in zip(fits, candidates)}
-        if len(fits) > 1
-        else None,
+        "candidates": {
+            name: {"mean_gain": round(f["mean_gain"], 4),
+                   "validation": {str(d): validation_row(m) for d, m in f["scores"].items()}}
+            for name, f in fits.items()
+        } if len(fits) > 1 else None,
         "options": options,
         "seed": seed,
     }
     if adaptor is None:
         return working
-    adaptor.config = config
-    adaptor.load_state_dict(working.state_dict())
-    return adaptor
+    # In place (the caller's object becomes the fitted adaptor), whatever maps the choice kept.
+    state = working.state_dict()
+    MatryoshkaAdaptor.__init__(adaptor, config)
+    adaptor.load_state_dict(state)
+    return adaptor.eval()
+
+
+def candidate_name(rotation, num_layers):
+    """"mlp", "pca", "learned", "pca+mlp", ...: what a candidate map is made of."""
+    parts = [rotation] if rotation else []
+    return "+".join(parts + (["mlp"] if num_layers else [])) or "identity"
+
+
+def candidate_shapes(rotation, num_layers):
+    """`[(rotation, num_layers)]` of the candidates `fit(rotation=...)` tries for a new adaptor.
+
+    "auto": the MLP alone, a PCA rotation alone and a learned rotation alone; `fit` keeps, at each size, the one
+    that validates best. An MLP on top of the PCA rotation is not among them: it did not raise validation recall
+    over the rotation alone and, on STS-B, passed the gate while costing test Spearman at 32 and 16 dims."""
+    if rotation == "auto":
+        return [(None, num_layers), ("pca", 0), ("learned", 0)] if num_layers else [("pca", 0), ("learned", 0)]
+    return [(rotation, num_layers)]
+
+
+def fit_candidates(corpus, dims, supervision, objective, adaptor, rotation, hidden_size, num_layers,
+                   validation_fraction, seed, show_progress_bar, options):
+    """Fit every candidate on one split; `({name: {"adaptor", "scores", "mean_gain"}}, the split)`.
+
+    Each candidate is a single-map adaptor fit on its own (its best epoch by mean gated gain); `scores` are its
+    validation scores `{dim: {metric: (adapted, truncation)}}`. Continuing a fitted `adaptor` refits its map (or,
+    for a per-size choice, each of its candidates' maps)."""
+    options = {**DEFAULTS, **options}
+    generator = torch.Generator().manual_seed(seed)
+    stages = {"unsupervised": [False], "supervised": [True], "both": [False, True]}[objective]
+    epochs = {False: options["epochs"], True: options["supervised_epochs"]}
+    if adaptor is None:
+        shapes = candidate_shapes(rotation, num_layers)
+        names = [candidate_name(*shape) for shape in shapes]
+    elif adaptor.config.candidates:
+        names = list(adaptor.config.candidates)
+    else:
+        names = [candidate_name(adaptor.config.rotation, adaptor.config.num_layers)]
+    from tqdm.auto import tqdm
+
+    fits = {}
+    with torch.random.fork_rng(), tqdm(total=len(names) * sum(epochs[s] for s in stages), desc="Fitting adaptor",
+                                       unit="epoch", disable=not show_progress_bar) as progress:
+        torch.manual_seed(seed)
+        data = _Data(corpus, validation_fraction, generator, supervision)
+        for i, name in enumerate(names):
+            torch.manual_seed(seed)
+            if adaptor is None:
+                candidate, layers = shapes[i]
+                working = MatryoshkaAdaptor(MatryoshkaAdaptorConfig(corpus.shape[1], list(dims), hidden_size, layers,
+                                                                    candidate))
+                if candidate in ("pca", "learned"):  # a learned rotation starts from PCA's
+                    working.rotation.copy_(pca_rotation(corpus[data.train_rows]))
+            else:  # a copy: a failed fit must leave `adaptor` as it was
+                working = copy.deepcopy(adaptor.candidates[name] if adaptor.config.candidates else adaptor)
+                working = working.float().requires_grad_(True)
+            fitter = _Fitter(working, data, options, torch.Generator().manual_seed(seed + 1))
+            for supervised in stages:
+                scores = fitter.run(supervised, epochs[supervised], progress)
+            working.eval()
+            fits[name] = {"adaptor": working, "scores": scores, "mean_gain": fitter.mean_gain(scores)}
+    return fits, data
+
+
+# A validation gain within this of the best is a tie: the fit then keeps the candidate with the best mean gain over
+# the sizes (one map rather than two chosen on noise). Held-out recall@10 over ~1,000 rows moves by about this much.
+CHOICE_TOLERANCE = 0.002
+
+
+def choose_per_size(fits, gate=True, tolerance=CHOICE_TOLERANCE):
+    """`{dim: candidate name}` for the sizes to adapt: at each size the candidate with the largest gated validation
+    gain among those passing the gate (with `gate=False`, the largest summed gain, passing or not), where the one
+    with the best mean gain wins every tie within `tolerance`; a size no candidate passes is left out (plain
+    truncation)."""
+    chosen = {}
+    overall = max(fits, key=lambda name: fits[name]["mean_gain"])
+    dims = next(iter(fits.values()))["scores"]
+    for dim in dims:
+        gains = {name: gated_gain(f["scores"][dim]) if gate else raw_gain(f["scores"][dim])
+                 for name, f in fits.items() if not gate or beats_truncation(f["scores"][dim])}
+        if not gains:
+            continue
+        best = max(gains, key=gains.get)
+        chosen[dim] = overall if overall in gains and gains[overall] >= gains[best] - tolerance else best
+    return chosen
+
+
+def best_failing(fits, dim):
+    """The candidate closest to passing at `dim` (largest summed gain), for the record of a size none passed."""
+    return max(fits.values(), key=lambda f: raw_gain(f["scores"][dim]))
+
+
+def combine(fits, chosen, hidden_size):
+    """One adaptor applying `chosen` per size: the lone candidate used (or, when none is used, the one with the
+    largest mean gain) as a plain single-map adaptor; else a per-size choice holding each used candidate's map."""
+    used = list(dict.fromkeys(chosen.values()))
+    if len(used) <= 1:
+        name = used[0] if used else max(fits, key=lambda n: fits[n]["mean_gain"])
+        single = fits[name]["adaptor"]
+        single.config.adapted_dimensions = sorted(chosen, reverse=True)
+        single.config.candidates = single.config.chosen = None
+        return single
+    first = fits[used[0]]["adaptor"].config
+    specs = {name: {"rotation": fits[name]["adaptor"].config.rotation,
+                    "hidden_size": fits[name]["adaptor"].config.hidden_size,
+                    "num_layers": fits[name]["adaptor"].config.num_layers} for name in used}
+    config = MatryoshkaAdaptorConfig(first.embedding_size, first.matryoshka_dimensions, hidden_size, 0, None,
+                                     sorted(chosen, reverse=True), candidates=specs,
+                                     chosen={str(d): n for d, n in chosen.items()})
+    combined = MatryoshkaAdaptor(config)
+    for name in used:
+        combined.candidates[name].load_state_dict(fits[name]["adaptor"].state_dict())
+    return combined.eval()
+
+
+def raw_gain(metrics):
+    return sum(a - t for a, t in metrics.values())
+
+
+def validation_row(metrics):
+    """`{"adaptor", "truncation", "<metric>_adaptor", "<metric>_truncation", ...}` of one size, rounded: the first
+    metric under the plain keys (the gate's main one), the others prefixed by their names."""
+    (a, t), rest = next(iter(metrics.values())), list(metrics.items())[1:]
+    return {"adaptor": round(a, 4), "truncation": round(t, 4),
+            **{f"{name}_{side}": round(pair[i], 4) for name, pair in rest for i, side in enumerate(("adaptor",
+                                                                                                   "truncation"))}}
 
 
 def transform(adaptor, embeddings, dim=None, normalize=True):

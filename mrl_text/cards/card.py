@@ -216,10 +216,13 @@ def adaptor_section(config):
         else None,
     ]
     rows = [{"dim": dim, "truncation": f"{100 * v['truncation']:.2f}", "adaptor": f"{100 * v['adaptor']:.2f}",
-             "used": "adaptor" if v.get("adapted") else "plain truncation"}
+             "used": (f"adaptor ({v['candidate']})" if v.get("candidate") else "adaptor") if v.get("adapted")
+             else "plain truncation"}
             for dim, v in sorted((summary.get("validation") or {}).items(), key=lambda item: -int(item[0]))]
     return {
-        "rotation": adaptor.get("rotation") or "none", "hidden_size": adaptor.get("hidden_size"),
+        # A per-size choice names its maps in the table's "used" column; its top-level fields describe no map.
+        "rotation": "chosen per size" if adaptor.get("candidates") else adaptor.get("rotation") or "none",
+        "hidden_size": adaptor.get("hidden_size"),
         "num_layers": adaptor.get("num_layers"), "adapted": adaptor.get("adapted_dimensions") or [],
         "description": summary.get("description"), "objective": objective, "epochs": ", ".join(epochs),
         "facts": "; ".join(fact for fact in facts if fact), "rows": rows,

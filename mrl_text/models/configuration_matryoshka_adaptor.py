@@ -29,6 +29,12 @@ class MatryoshkaAdaptorConfig:
             returned unchanged, so that size is exactly plain truncation: the fit keeps a size here only when the
             adaptor beat plain truncation at it on held-out validation data.
         fit_summary (`dict`): what the adaptor was fit on and its validation figures at every size (for cards).
+        candidates (`dict`, *optional*): a per-size choice among several maps, `{name: {"rotation", "hidden_size",
+            "num_layers"}}`: the fit tried these on one split and kept, at each size, the one that validated best.
+            The top-level rotation / hidden_size / num_layers then describe no map (`None` / 0 layers). `None`
+            (default, and every adaptor saved before the per-size choice): one map, the top-level fields, at every
+            adapted size.
+        chosen (`dict`, *optional*): with `candidates`, `{str(size): name}` for every adapted size.
     """
 
     embedding_size: int
@@ -39,6 +45,8 @@ class MatryoshkaAdaptorConfig:
     adapted_dimensions: list = None
     fit_summary: dict = field(default_factory=dict)
     model_type: str = "matryoshka_adaptor"
+    candidates: dict = None
+    chosen: dict = None
 
     def __post_init__(self):
         def positive_int(name, value):
@@ -68,6 +76,35 @@ class MatryoshkaAdaptorConfig:
                 f"adapted_dimensions {unknown} are not among matryoshka_dimensions {self.matryoshka_dimensions}."
             )
         self.adapted_dimensions = sorted(set(adapted), reverse=True)
+        self.check_choice()
+
+    def check_choice(self):
+        """`candidates` and `chosen` agree with each other and with `adapted_dimensions`, or a clear error."""
+        if self.candidates is None:
+            if self.chosen:
+                raise ValueError(f"chosen={self.chosen!r} needs `candidates` (the maps it names).")
+            return
+        if not isinstance(self.candidates, dict) or not self.candidates:
+            raise ValueError(f"candidates={self.candidates!r} must be a non-empty dict {{name: map settings}}.")
+        for name, spec in self.candidates.items():
+            if not isinstance(spec, dict) or set(spec) != {"rotation", "hidden_size", "num_layers"}:
+                raise ValueError(f"candidates[{name!r}]={spec!r} must hold exactly rotation, hidden_size, num_layers.")
+        chosen = {str(k): v for k, v in (self.chosen or {}).items()}
+        unknown = sorted(set(chosen.values()) - set(self.candidates))
+        if unknown:
+            raise ValueError(f"chosen names {unknown}, which are not among candidates {sorted(self.candidates)}.")
+        adapted = {str(d) for d in self.adapted_dimensions}
+        if set(chosen) != adapted:
+            raise ValueError(f"chosen covers sizes {sorted(chosen, key=int)} but adapted_dimensions are "
+                             f"{self.adapted_dimensions}; name one candidate for every adapted size.")
+        self.chosen = dict(sorted(chosen.items(), key=lambda item: -int(item[0])))
+
+    def candidate_config(self, name):
+        """The config of candidate `name` alone: one map, adapted at the sizes chosen for it."""
+        spec = self.candidates[name]
+        return MatryoshkaAdaptorConfig(self.embedding_size, self.matryoshka_dimensions, spec["hidden_size"],
+                                       spec["num_layers"], spec["rotation"],
+                                       [int(d) for d, n in self.chosen.items() if n == name])
 
     def to_dict(self):
         return asdict(self)

@@ -38,14 +38,22 @@ class MatryoshkaAdaptor(nn.Module):
         super().__init__()
         self.config = config
         size = config.embedding_size
+        # A per-size choice (`config.candidates`): one map per candidate, each a single-map adaptor of its own; this
+        # one then holds no map itself. Without it (every adaptor saved before the choice existed) the map lives
+        # here, under the same weight names as ever.
+        self.candidates = nn.ModuleDict(
+            {name: MatryoshkaAdaptor(config.candidate_config(name)) for name in config.candidates or {}}
+        )
+        single = not config.candidates
         # A buffer, not a parameter: PCA rotations are fit in closed form; a learned rotation is trained through a
         # skew-symmetric parametrization in `mrl_text.adaptor.fitting` and written back here, so it stays orthogonal.
-        self.register_buffer("rotation", torch.eye(size) if config.rotation else torch.empty(0), persistent=True)
+        self.register_buffer("rotation", torch.eye(size) if single and config.rotation else torch.empty(0),
+                             persistent=True)
         layers, width = [], size
-        for _ in range(config.num_layers):
+        for _ in range(config.num_layers if single else 0):
             layers += [nn.Linear(width, config.hidden_size), nn.GELU()]
             width = config.hidden_size
-        self.mlp = nn.Sequential(*layers, nn.Linear(width, size)) if config.num_layers else None
+        self.mlp = nn.Sequential(*layers, nn.Linear(width, size)) if single and config.num_layers else None
         self.reset_parameters()
 
     def reset_parameters(self):
@@ -85,8 +93,18 @@ class MatryoshkaAdaptor(nn.Module):
                 "them (or None for the full size)."
             )
 
+    def map_at(self, dim=None):
+        """The single-map adaptor used at size `dim` (this one, or the candidate chosen there); None: plain
+        truncation at that size."""
+        size = self.config.embedding_size if dim is None else dim
+        if size not in self.config.adapted_dimensions:
+            return None
+        return self.candidates[self.config.chosen[str(size)]] if self.config.candidates else self
+
     def adapt(self, embeddings):
-        """The full map `R e + f(R e)` at every size (no gating)."""
+        """The full map `R e + f(R e)` at every size (no gating); for one map only (a per-size choice: `map_at`)."""
+        if self.config.candidates:
+            raise ValueError("This adaptor chooses its map per size; call at_size(embeddings, dim) or map_at(dim).")
         rotated = embeddings @ self.rotation.T.to(embeddings.dtype) if self.rotation.numel() else embeddings
         if self.mlp is None:
             return rotated
@@ -104,12 +122,12 @@ class MatryoshkaAdaptor(nn.Module):
         `normalize_input`: the adaptor is fit on what `encode` returns; inside a model that normalizes, the pooled
         embedding is made unit length first so the adaptor sees the same input it was fit on.
         """
-        size = self.config.embedding_size if dim is None else dim
-        if size not in self.config.adapted_dimensions:
+        chosen = self.map_at(dim)
+        if chosen is None:
             return embeddings
         if normalize_input:
             embeddings = torch.nn.functional.normalize(embeddings, p=2, dim=-1)
-        return self.adapt(embeddings)
+        return chosen.adapt(embeddings)
 
     @torch.no_grad()
     def transform(self, embeddings, dim=None, normalize=True):
@@ -148,8 +166,7 @@ class MatryoshkaAdaptor(nn.Module):
         lines = [
             "---", "tags: [matryoshka, matryoshka-adaptor, embeddings]", "---", "", "# Matryoshka adaptor", "",
             f"Maps {c.embedding_size}-d embeddings so that their prefixes of {c.matryoshka_dimensions} keep the full "
-            "embedding's structure (Yoon et al., EMNLP 2024). Rotation: "
-            f"{c.rotation or 'none'}; residual MLP {c.hidden_size} x {c.num_layers}. Used at "
+            f"embedding's structure (Yoon et al., EMNLP 2024). {self.describe()}. Used at "
             f"{c.adapted_dimensions or 'no size'}; every other size is plain truncation.", "",
         ]
         if summary:
@@ -164,7 +181,8 @@ class MatryoshkaAdaptor(nn.Module):
             ]
             for dim, v in summary.get("validation", {}).items():
                 lines.append(
-                    f"| {dim} | {v['adaptor']:.4f} | {v['truncation']:.4f} | {'yes' if v['adapted'] else 'no'} |"
+                    f"| {dim} | {v['adaptor']:.4f} | {v['truncation']:.4f} | "
+                    f"{(v.get('candidate') or 'yes') if v['adapted'] else 'no'} |"
                 )
         return "\n".join(lines) + "\n"
 
@@ -199,8 +217,17 @@ class MatryoshkaAdaptor(nn.Module):
             self.save_pretrained(folder)
             return api.upload_folder(repo_id=repo.repo_id, folder_path=folder, commit_message=commit_message)
 
+    def describe(self):
+        """The map(s) in words: the rotation and MLP, or which candidate serves which size."""
+        c = self.config
+        if c.candidates:
+            return "Per size: " + ", ".join(f"{dim} {name}" for dim, name in c.chosen.items())
+        return f"Rotation: {c.rotation or 'none'}; residual MLP {c.hidden_size} x {c.num_layers}"
+
     def extra_repr(self):
         c = self.config
+        if c.candidates:
+            return f"embedding_size={c.embedding_size}, chosen={c.chosen}"
         return (
             f"embedding_size={c.embedding_size}, rotation={c.rotation}, hidden_size={c.hidden_size}, "
             f"num_layers={c.num_layers}, adapted_dimensions={c.adapted_dimensions}"

@@ -112,6 +112,8 @@ def faiss_part(args, vectors, queries, folder):
                      **single_query_ms(index.search, queries[: args.single_queries])})
         print(rows[-1], flush=True)
         del index
+    if not args.hnsw:
+        return _ratios(rows, queries)
     # HNSW on the full floats: the first efSearch whose recall reaches the best funnel's
     target = max(r["recall@10"] for r in rows[1:])
     faiss.omp_set_num_threads(args.build_threads)
@@ -132,12 +134,16 @@ def faiss_part(args, vectors, queries, folder):
     rows.append({"method": f"FAISS HNSW32 full 384 (efSearch {ef})", "recall@10": recall, "batch_s": seconds,
                  "ram_mb": len(faiss.serialize_index(hnsw)) / 2**20, "build_s": build,
                  **single_query_ms(lambda q: hnsw.search(q[None], 10), unit[: args.single_queries])})
-    exact_row = rows[0]
+    return _ratios(rows, queries)
+
+
+def _ratios(rows, queries):
+    hnsw = rows[-1] if rows[-1]["method"].startswith("FAISS HNSW") else None
     for row in rows:
         row["throughput_qps"] = len(queries) / row["batch_s"]
-        row["throughput_x_exact"] = exact_row["batch_s"] / row["batch_s"]
-        row["latency_x_exact"] = exact_row["p50_ms"] / row["p50_ms"]
-        row["ram_x_less_than_hnsw"] = rows[-1]["ram_mb"] / row["ram_mb"]
+        row["throughput_x_exact"] = rows[0]["batch_s"] / row["batch_s"]
+        row["latency_x_exact"] = rows[0]["p50_ms"] / row["p50_ms"]
+        row["ram_x_less_than_hnsw"] = hnsw["ram_mb"] / row["ram_mb"] if hnsw else None
     return rows
 
 
@@ -193,7 +199,10 @@ def markdown(report):
     for r in report["faiss"]:
         lines.append(f"| {r['method']} | {r['recall@10']:.4f} | {r['batch_s']:.2f} | {r['throughput_qps']:.0f} | "
                      f"{r['throughput_x_exact']:.1f}x | {r['p50_ms']:.2f} | {r['p99_ms']:.2f} | "
-                     f"{r['latency_x_exact']:.1f}x | {r['ram_mb']:.0f} | {r['ram_x_less_than_hnsw']:.1f}x |")
+                     f"{r['latency_x_exact']:.1f}x | {r['ram_mb']:.0f} | "
+                     + (f"{r['ram_x_less_than_hnsw']:.1f}x |" if r["ram_x_less_than_hnsw"] else "- |"))
+    if not report["milvus"]:
+        return "\n".join(lines) + "\n"
     lines += ["", f"(b) Milvus Lite {report['milvus_version']} at {report['milvus_scale']:,} vectors, "
               f"{report['milvus_queries']} queries.", "",
               "| method | recall@10 | p50 ms | p99 ms | x one-stage (p50) | ingest docs/s | RSS growth MB |",
@@ -212,14 +221,16 @@ def markdown(report):
 def main():
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument("--scale", type=int, default=1_000_000, help="vectors in the FAISS part")
-    parser.add_argument("--milvus-scale", type=int, default=20_000, help="vectors in the Milvus Lite part")
+    parser.add_argument("--milvus-scale", type=int, default=20_000, help="vectors in the Milvus Lite part (0: skip)")
     parser.add_argument("--queries", type=int, default=500)
+    parser.add_argument("--no-hnsw", dest="hnsw", action="store_false", help="skip FAISS HNSW (slow to build at 1M)")
     parser.add_argument("--milvus-queries", type=int, default=100, help="queries in the Milvus Lite part")
     parser.add_argument("--single-queries", type=int, default=100, help="one-by-one searches for p50 / p99")
     parser.add_argument("--build-threads", type=int, default=2)
     parser.add_argument("--noise", type=float, default=0.3)
     parser.add_argument("--base", choices=["synthetic", "scifact"], default="synthetic",
                         help="what the scaled set copies: synthetic vectors, or SciFact embedded (slow to encode)")
+    parser.add_argument("--base-size", type=int, default=100_000, help="synthetic vectors (copied up to --scale)")
     parser.add_argument("--scifact", action="store_true", help="(c): nDCG@10 on SciFact (encodes it if not cached)")
     parser.add_argument("--out", default=str(REPO / "benchmarks" / "results" / "milvus_funnel"))
     args = parser.parse_args()
@@ -236,9 +247,9 @@ def main():
         base = (f"SciFact's {len(docs)} abstracts embedded by all-MiniLM-L6-v2 (384-d); queries: SciFact claims "
                 "(repeated to fill)")
     else:
-        docs, query_vectors = synthetic_base(n_queries=args.queries)
-        base = (f"{len(docs)} synthetic Matryoshka-like 384-d unit vectors (20,000 clusters, coordinate i scaled by "
-                "1/sqrt(i); `synthetic_base`); queries: noisy copies of random ones")
+        docs, query_vectors = synthetic_base(n=args.base_size, clusters=args.base_size // 5, n_queries=args.queries)
+        base = (f"{len(docs)} synthetic Matryoshka-like 384-d unit vectors ({len(docs) // 5} clusters, coordinate i "
+                "scaled by 1/sqrt(i); `synthetic_base`); queries: noisy copies of random ones")
     folder = Path(tempfile.mkdtemp(prefix="milvus_funnel_", dir=os.environ.get("TMPDIR")))
     try:
         report = {"command": _report.command_line(), "machine": _report.machine(load=True), "scale": args.scale,
@@ -251,7 +262,7 @@ def main():
         vectors = make_scaled(docs, args.scale, args.noise)
         report["faiss"] = faiss_part(args, vectors, query_vectors, folder)
         report["milvus"] = milvus_part(args, np.ascontiguousarray(vectors[: args.milvus_scale]),
-                                       query_vectors[: args.milvus_queries], folder)
+                                       query_vectors[: args.milvus_queries], folder) if args.milvus_scale else []
         report["scifact"] = scifact_part(args, folder) if args.scifact else None
     finally:
         shutil.rmtree(folder, ignore_errors=True)

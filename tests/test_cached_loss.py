@@ -291,3 +291,18 @@ def test_recipe_option_reaches_the_loss():
                               config)
     assert isinstance(depth, MatryoshkaDepthLoss) and depth.mini_batch_size == 8
     assert recipe.build_loss(recipe.parse_arguments([])[0], config).mini_batch_size is None
+
+
+def test_trainer_refuses_a_cached_loss_for_image_text_batches(tiny_tokenizer, tmp_path):
+    from mrl_text import MatryoshkaDualEncoder, MatryoshkaDualEncoderConfig
+    from mrl_text.losses import ImageTextInfoNCELoss
+
+    from .test_dual_encoder import tiny_clip_config
+
+    config = MatryoshkaDualEncoderConfig(encoder=tiny_clip_config(), matryoshka_dimensions=[24, 12])
+    model = MatryoshkaDualEncoder(config)
+    model.tokenizer = tiny_tokenizer
+    loss = MatryoshkaLoss.from_config(model.config, ImageTextInfoNCELoss(model), mini_batch_size=2)
+    args = MatryoshkaTrainingArguments(output_dir=str(tmp_path), report_to="none", use_cpu=True)
+    with pytest.raises(ValueError, match="mini_batch_size=2, which caches text-column batches"):
+        MatryoshkaTrainer(model=model, args=args, loss=loss)

@@ -85,7 +85,7 @@ def test_page_code_runs(page, reader_folder):
     for language, code, _, line in runnable:
         where = f"{page_id(page)}:{line}"
         if RUN[language] == "python":
-            exec(compile(code, where, "exec"), namespace)  # noqa: S102: the page's own code, as a reader runs it
+            exec(compile(code, where, "exec"), namespace)  # the page's own code, as a reader runs it
         else:
             finished = subprocess.run(
                 ["bash", "-euo", "pipefail", "-c", code], cwd=reader_folder, env=environment, capture_output=True,

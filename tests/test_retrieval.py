@@ -359,3 +359,22 @@ def test_rerank_scores_equal_truncate_and_dot_on_the_first_stage_candidates(tmp_
         scores, ids = candidate.search(queries, k=10)
         np.testing.assert_array_equal(ids, np.array(expected_ids))
         np.testing.assert_allclose(scores, np.array(expected_scores), atol=1e-6)
+
+
+def test_exact_search_over_a_read_only_index_warns_nothing():
+    """A memory-mapped (read-only) corpus is only read: no "NumPy array is not writable" warning reaches users."""
+    import warnings
+
+    import numpy as np
+
+    from mrl_text.deploy.funnel import exact_search
+    from mrl_text.models import truncate_embeddings
+
+    docs = np.random.default_rng(0).standard_normal((20, 16)).astype(np.float32)
+    docs.setflags(write=False)
+    with warnings.catch_warnings():
+        warnings.simplefilter("error")
+        scores, ids = exact_search(docs, docs[:3], k=1)
+        prefix = truncate_embeddings(docs, 8, normalize=False)
+    assert ids[:, 0].tolist() == [0, 1, 2]
+    assert not prefix.flags.writeable and np.shares_memory(prefix, docs)

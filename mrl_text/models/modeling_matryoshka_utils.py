@@ -33,7 +33,13 @@ def truncate_embeddings(embeddings, dim=None, normalize=True):
     full = embeddings.shape[-1]
     dim = check_dim(dim, full)
     if not isinstance(embeddings, torch.Tensor):  # numpy (or anything torch can view without a copy)
-        return truncate_embeddings(torch.as_tensor(embeddings), dim, normalize).numpy()
+        if not normalize and hasattr(embeddings, "shape"):  # a view, read-only where the input is (a memory map)
+            return embeddings if dim is None else embeddings[..., :dim]
+        with warnings.catch_warnings():
+            # A read-only array is only read here: the normalized result is a new array.
+            warnings.filterwarnings("ignore", message="The given NumPy array is not writable")
+            tensor = torch.as_tensor(embeddings)
+        return truncate_embeddings(tensor, dim, normalize).numpy()
     if dim is not None and dim < full:
         embeddings = embeddings[..., :dim]
     if normalize:

@@ -187,3 +187,36 @@ def test_recipe_precisions_option_builds_the_quantization_aware_loss():
     options, _ = recipe.parse_arguments(["--precisions", "float32", "int4"])
     with pytest.raises(ValueError, match="int4"):
         recipe.build_loss(options, config)
+
+
+def test_benchmark_targets_and_report_from_runs(tmp_path):
+    import json
+    import sys
+    from argparse import Namespace
+    from pathlib import Path
+
+    from .conftest import load_module
+
+    benchmarks = Path(__file__).resolve().parents[1] / "benchmarks"
+    sys.path.insert(0, str(benchmarks))
+    qat_bench = load_module(benchmarks / "quality_qat.py")
+    sizes = [384, 128, 64]
+
+    def run(method, float_value, binary_value):
+        values = {f"{cell}@{d}": (binary_value if cell.startswith("binary") else float_value) - d / 10_000
+                  for cell in qat_bench.CELLS for d in sizes}
+        return {"method": method, "seed": 0, "steps": 3, "data": "toy", "values": values, "int8_ranges": "-"}
+
+    runs = [run("mrl", 0.60, 0.50), run("qat", 0.60, 0.58)]
+    checks = {name: ok for name, _, ok in qat_bench.targets(runs, sizes)}
+    assert checks["QAT recovers >= half the post-training binary loss at 384 (gain - loss/2)"]
+    assert not checks["moonshot: QAT binary 384 within 1 of QAT float 384"]  # 2 points below
+    args = Namespace(methods="mrl,qat", sizes=sizes, model="all-MiniLM-L6-v2", batch_size=16, epochs=1, lr=5e-5,
+                     warmup_ratio=0.1, max_seq_length=32, eval_max_seq_length=64, precisions=["float32", "binary"],
+                     rescore=100, limit_train=None, limit_eval=None, results=str(tmp_path), report_name="qat")
+    qat_bench.write(args, ["--limit-eval", "1"], runs, {})
+    report = json.loads((tmp_path / "quality_qat.json").read_text())
+    assert report["command"].endswith("--limit-eval 1") and len(report["runs"]) == 2
+    text = (tmp_path / "quality_qat.md").read_text()
+    assert "| qat | binary | 54.16 [48] | 56.72 [16] | 57.36 [8] |" in text  # x100, bytes per vector in brackets
+    assert "| qat | 8: binary 64 (57.36); 64: int8 64 (59.36) |" in text  # the best cell per byte budget

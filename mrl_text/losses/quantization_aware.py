@@ -57,7 +57,7 @@ def int8_straight_through(prefix, ranges):
 class QuantizationAwareLoss(nn.Module):
     """A base loss scored on each prefix as every precision stores it: float32, int8/uint8, binary/ubinary codes.
 
-    Goes inside [`MatryoshkaLoss`] (module docstring), which hands it every size's prefix of the same embeddings; the
+    Goes inside `MatryoshkaLoss` (module docstring), which hands it every size's prefix of the same embeddings; the
     encoder runs once per step whatever the sizes and precisions. Per size, the loss is
     `sum_p weight_p * base_loss(prefixes as precision p stores them, labels)`, with:
     - `binary`/`ubinary`: the +-1 bits of `mrl_text.models.quantization.quantize` scaled to unit length (dot
@@ -67,8 +67,8 @@ class QuantizationAwareLoss(nn.Module):
       `calibrate_quantization` measures them (per-coordinate minimum and maximum of the size's re-normalized
       prefix, here of the batch's every text column), smoothed over steps by an exponential moving average, and
       written to `config.quantization_ranges` at the end of training (and before each checkpoint save) by the
-      callback `MatryoshkaTrainer` adds ([`trainer_callback`]), so `encode(precision="int8")`, `FunnelIndex` and
-      the export use the trained ranges. Call [`save_ranges`] yourself when training with your own loop.
+      callback `MatryoshkaTrainer` adds (`trainer_callback`), so `encode(precision="int8")`, `FunnelIndex` and
+      the export use the trained ranges. Call `save_ranges` yourself when training with your own loop.
     Every column is quantized (queries too: binary search compares codes with codes; int8 search compares float
     queries with int8 documents, so quantizing queries too is the stricter case, and STS compares codes with codes).
     Labels that are embeddings (a teacher's) stay float.
@@ -235,7 +235,7 @@ class QuantizationAwareLoss(nn.Module):
 
 
 class QuantizationRangesCallback(TrainerCallback):
-    """Writes a [`QuantizationAwareLoss`]'s tracked int8 ranges into `model.config` before each checkpoint save
+    """Writes a `QuantizationAwareLoss`'s tracked int8 ranges into `model.config` before each checkpoint save
     (`on_step_end` runs before the trainer saves) and at the end of training."""
 
     def __init__(self, loss, model):

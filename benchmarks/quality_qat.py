@@ -1,0 +1,195 @@
+"""Quantization-aware Matryoshka training against post-training quantization, on SciFact (train -> test nDCG@10).
+
+Side by side, from all-MiniLM-L6-v2 on the same batches in the same order and the same seeds (the retrieval regime's
+data and batch order, quality_retrieval.py):
+- `mrl`: `MatryoshkaLoss(InfoNCELoss())` at every size (weight 1 each), quantized after training (int8 ranges
+  calibrated on the test corpus itself, the most favourable post-training calibration);
+- `qat`: `MatryoshkaLoss(QuantizationAwareLoss(InfoNCELoss(), precisions))`, the int8 ranges tracked in training and
+  read from the model's config;
+- `st` (the peer): sentence-transformers' `MatryoshkaLoss(MultipleNegativesRankingLoss)`, codes made by the rule of
+  its `quantize_embeddings` (`mrl_text.models.quantization` makes identical codes; int8 ranges calibrated on the
+  corpus, as `quantize_embeddings(calibration_embeddings=)` would).
+Each model is scored by `mrl_text.evaluation.evaluate_grid`: every size x {float32, int8, binary, binary + float
+re-ranking of the top 100} (int8: float queries against int8 documents; binary: codes against codes, Hamming).
+
+    nice python benchmarks/quality_qat.py --limit-eval 300 --epochs 1        # CPU (about 25 minutes on 2 busy cores)
+    python benchmarks/quality_qat.py --device cuda --bf16 --seeds 3          # a GPU, the full test corpus
+"""
+
+import argparse
+import json
+import sys
+import tempfile
+from pathlib import Path
+
+import torch
+
+import _quality_common as common
+import quality_retrieval
+
+METHODS = ("mrl", "qat", "st")
+PRECISIONS = ["float32", "int8", "binary"]
+CELLS = ["float32", "int8", "binary", "binary+rescore"]
+
+
+def parse_arguments(argv):
+    parser = argparse.ArgumentParser(description=__doc__.split("\n")[0])
+    common.add_common_arguments(parser, "qat", report_name="qat")
+    quality_retrieval.add_embedding_arguments(parser, ",".join(METHODS), 2e-5, 1, 64, [384, 256, 128, 64, 32])
+    parser.set_defaults(eval_max_seq_length=64)
+    parser.add_argument("--precisions", default=",".join(PRECISIONS), help="the precisions QAT trains")
+    parser.add_argument("--rescore", type=int, default=100, help="binary + float re-ranking of the top N")
+    parser.add_argument("--reuse-runs", nargs="*", default=[],
+                        help="quality_qat JSON files of earlier runs with the same settings (e.g. methods run in "
+                        "parallel processes): their (method, seed) runs are taken, not trained again")
+    args = parser.parse_args(argv)
+    args.regime = "retrieval"
+    args = common.finish_arguments(args)
+    args.precisions = [p for p in args.precisions.split(",") if p]
+    unknown = sorted(set(args.methods.split(",")) - set(METHODS))
+    if unknown:
+        raise SystemExit(f"--methods names {unknown}; choose from {', '.join(METHODS)}.")
+    return args
+
+
+def train_model(args, method, datasets_, order, seed, output_dir):
+    """The trained model of `method` on the shared batch order (`st`: a SentenceTransformer)."""
+    if method == "st":
+        return quality_retrieval.train_sentence_transformers(args, datasets_, order, seed, output_dir)
+    from mrl_text import MatryoshkaModel
+    from mrl_text.losses import InfoNCELoss, MatryoshkaLoss
+    from mrl_text.losses.quantization_aware import QuantizationAwareLoss
+
+    torch.manual_seed(seed)
+    model = MatryoshkaModel.from_encoder(args.model, matryoshka_dimensions=args.sizes)
+    base = InfoNCELoss()
+    if method == "qat":
+        base = QuantizationAwareLoss.from_config(model.config, base, precisions=args.precisions)
+    loss = MatryoshkaLoss.from_config(model.config, base)
+    rows = [datasets_[source][i] for source, batch in order for i in batch]
+    common.train(model, rows, args, output_dir, seed, loss, in_order=True)
+    return model.eval()
+
+
+def run_one(args, method, seed):
+    from mrl_text.evaluation import evaluate_grid
+
+    timings = {}
+    datasets_, evaluators, description = quality_retrieval.retrieval_data(args)
+    order = quality_retrieval.batch_order([len(d) for d in datasets_], args.batch_size, seed, args.epochs)
+    with tempfile.TemporaryDirectory() as scratch, common.phase(f"{method}/seed{seed} train", timings):
+        model = train_model(args, method, datasets_, order, seed, scratch)
+    with common.phase(f"{method}/seed{seed} evaluate", timings):
+        results = evaluate_grid(model, evaluators, dims=args.sizes, precisions=PRECISIONS, rescore=args.rescore,
+                                max_length=args.eval_max_seq_length, batch_size=128, device=args.device)
+    metric = evaluators[0].primary_metric
+    values = {f"{c['precision']}@{c['dim']}": c["value"] for c in results.grid if c["metric"] == metric}
+    trained_ranges = sorted(int(k) for k in getattr(getattr(model, "config", None), "quantization_ranges", None) or {})
+    return {"method": method, "seed": seed, "steps": len(order), "data": description, "values": values,
+            "int8_ranges": "trained (config)" if trained_ranges else "calibrated on the test corpus",
+            "timings": timings}
+
+
+def mean(runs, method, cell, dim):
+    return common.mean_of([r["values"][f"{cell}@{dim}"] for r in runs if r["method"] == method])
+
+
+def targets(runs, sizes):
+    """The issue's targets, from the mean over seeds (x100)."""
+    methods = {r["method"] for r in runs}
+    if not {"mrl", "qat"} <= methods:
+        return []
+    checks = []
+    for dim in [d for d in (384, 256, 128) if d in sizes]:
+        lost = mean(runs, "mrl", "float32", dim) - mean(runs, "mrl", "binary", dim)
+        gained = mean(runs, "qat", "binary", dim) - mean(runs, "mrl", "binary", dim)
+        checks.append((f"QAT recovers >= half the post-training binary loss at {dim} (gain - loss/2)",
+                       gained - lost / 2, gained >= lost / 2))
+    for dim in sizes:
+        gap = mean(runs, "qat", "int8", dim) - mean(runs, "qat", "float32", dim)
+        checks.append((f"QAT int8 within 0.3 of float at {dim}", gap, gap >= -0.3))
+    for dim in sizes:
+        gap = mean(runs, "qat", "float32", dim) - mean(runs, "mrl", "float32", dim)
+        checks.append((f"QAT float within 0.3 of MRL float at {dim}", gap, gap >= -0.3))
+    full = sizes[0]
+    for dim, slack in ((full, 1.0), (256, 2.0)):
+        if dim in sizes:
+            gap = mean(runs, "qat", "binary", dim) - mean(runs, "qat", "float32", full)
+            checks.append((f"moonshot: QAT binary {dim} within {slack:g} of QAT float {full}", gap, gap >= -slack))
+    if 128 in sizes and 64 in sizes:
+        gap = mean(runs, "qat", "binary", 128) - mean(runs, "mrl", "float32", 64)
+        checks.append(("moonshot: QAT binary 128 >= MRL float 64", gap, gap >= 0))
+    if "st" in methods:
+        for cell in ("int8", "binary"):
+            for dim in sizes:
+                gap = mean(runs, "qat", cell, dim) - mean(runs, "st", cell, dim)
+                checks.append((f"QAT ahead of the peer at {cell} {dim}", gap, gap > 0))
+    return checks
+
+
+def write(args, argv, runs, timings, partial=None):
+    from mrl_text.models.quantization import bytes_per_vector
+
+    methods = [m for m in args.methods.split(",") if any(r["method"] == m for r in runs)]
+    setup = (
+        f"From {common.model_name(args)}; {runs[0]['data']}; {runs[0]['steps']} steps of batch {args.batch_size} "
+        f"({args.epochs} epoch(s); the same batches in the same order for every method), InfoNCE (scale 20) at "
+        f"sizes {args.sizes} (weight 1 each), lr {args.lr}, warmup {args.warmup_ratio}, {args.max_seq_length} "
+        f"training tokens, {args.eval_max_seq_length} evaluation tokens; seeds {sorted({r['seed'] for r in runs})} "
+        f"(mean ± sd). qat trains precisions {args.precisions} (weight 1 each, every step; binary: +-1 codes "
+        "scaled to unit length with a clipped straight-through gradient; int8: fake quantization with moving-average "
+        "ranges saved to config.quantization_ranges). mrl and st: int8 ranges calibrated on the test corpus "
+        f"(post-training). binary+rescore: the binary search's top {args.rescore} re-ranked by float cosine. "
+        + common.subsampling_note(args) + (f" PARTIAL: {len(runs)} of {partial} runs." if partial else "")
+    )
+    report = {**common.report_head(argv, setup), "timings": timings, "runs": runs,
+              "targets": targets(runs, args.sizes)}
+    body = ["SciFact test nDCG@10 x100 (bytes per vector in brackets):", "",
+            "| method | precision | " + " | ".join(map(str, args.sizes)) + " |",
+            "|---|---|" + "---|" * len(args.sizes)]
+    for method in methods:
+        for cell in CELLS:
+            values = [common.cell([r["values"][f"{cell}@{d}"] for r in runs if r["method"] == method])
+                      + f" [{bytes_per_vector(d, cell.split('+')[0])}]" for d in args.sizes]
+            body.append(f"| {method} | {cell} | " + " | ".join(values) + " |")
+    body += ["", "Best cell per byte budget (no rescoring; a cell no cheaper-or-equal cell beats):", "",
+             "| method | bytes: best cell (nDCG@10) |", "|---|---|"]
+    for method in methods:
+        cells = sorted(((bytes_per_vector(d, c), -mean(runs, method, c, d), f"{c} {d}") for c in PRECISIONS
+                        for d in args.sizes))
+        front, best = [], float("-inf")
+        for size, negative, name in cells:
+            if -negative > best:
+                best = -negative
+                front.append(f"{size}: {name} ({best:.2f})")
+        body.append(f"| {method} | " + "; ".join(front) + " |")
+    body += common.targets_lines(report["targets"])
+    body += ["", "Wall time per phase: " + ", ".join(f"{k} {v:.0f}s" for k, v in timings.items())]
+    common.write_report(args, args.report_name, report, "Quality: quantization-aware Matryoshka training (SciFact)",
+                        body)
+    return report
+
+
+def main(argv=None):
+    argv = sys.argv[1:] if argv is None else argv
+    args = parse_arguments(argv)
+    methods = args.methods.split(",")
+    jobs = [(m, s) for s in range(args.seeds) for m in methods]
+    runs, timings, reused = [], {}, {}
+    for path in args.reuse_runs:
+        report = json.loads(Path(path).read_text())
+        timings.update(report["timings"])
+        reused.update({(run["method"], run["seed"]): run for run in report["runs"]})
+    for method, seed in jobs:
+        run = reused.get((method, seed)) or run_one(args, method, seed)
+        timings.update(run.pop("timings", {}))
+        runs.append(run)
+        if {(r["data"], r["steps"]) for r in runs} != {(runs[0]["data"], runs[0]["steps"])}:
+            raise SystemExit(f"--reuse-runs: the runs differ in data or steps ({sorted({r['steps'] for r in runs})} "
+                             "steps); reuse only runs made with the same settings.")
+        write(args, argv, runs, timings, partial=len(jobs) if len(runs) < len(jobs) else None)
+    return runs
+
+
+if __name__ == "__main__":
+    main()

@@ -12,8 +12,9 @@ time of each and the ratios. Targets: MRL / plain <= 1.05, and MRL no slower tha
     python benchmarks/train_speed.py                                   # GPU if there is one, else CPU
     python benchmarks/train_speed.py --batch-size 16 --steps 8 --output outputs/train_speed   # a quick CPU look
 
-`--cached-sweep`: peak memory and step time against the batch size for cached (GradCache) training, each
-(setup, batch size) in a fresh process: `plain` (`MatryoshkaLoss(InfoNCELoss)`, one pass over the batch), `cached`
+`--cached-sweep`: peak memory and step time against the batch size for cached (GradCache) training (memory: each
+(setup, batch size) alone in a fresh process; time: the setups taking turns in one process per batch size):
+`plain` (`MatryoshkaLoss(InfoNCELoss)`, one pass over the batch), `cached`
 (`MatryoshkaLoss(..., mini_batch_size=32)` through `cached_loss`, as `MatryoshkaTrainer` runs it) and `st_cached`
 (sentence-transformers' `MatryoshkaLoss(CachedMultipleNegativesRankingLoss(mini_batch_size=32))`), on the same
 (anchor, positive) SNLI batches. Peak memory: on a GPU `torch.cuda.max_memory_allocated` over the steps; on the CPU
@@ -259,8 +260,29 @@ def resident_bytes():
     return int(Path("/proc/self/statm").read_text().split()[1]) * os.sysconf("SC_PAGE_SIZE")
 
 
+def sweep_batches(triplets, tokenize, batch_size, count, device):
+    """`count` (anchor, positive) batches, the same rows for every setup (cycled when the file is short)."""
+    rows, batches = len(triplets), []
+    for step in range(count):
+        picked = triplets.select([(step * batch_size + i) % rows for i in range(batch_size)])
+        batches.append([{k: v.to(device) if torch.is_tensor(v) else v for k, v in tokenize(list(picked[c])).items()}
+                        for c in ("anchor", "positive")])
+    return batches
+
+
+def timed_step(loss_step, optimizer, features, device):
+    synchronize(device)
+    start = time.perf_counter()
+    loss_step(features).backward()
+    optimizer.step()
+    optimizer.zero_grad(set_to_none=True)
+    synchronize(device)
+    return time.perf_counter() - start
+
+
 def cached_sweep_child(args):
-    """One (setup, batch size) in this fresh process: prints a JSON line with its peak memory and step times."""
+    """In this fresh process, `--one SETUP BATCH`: that setup's peak memory over its steps; `--one round_robin BATCH`:
+    every setup's step time, the setups taking turns step by step (machine noise falls on all alike). Prints JSON."""
     import resource
 
     from mrl_text.data import nli_triplets, read_table
@@ -273,36 +295,35 @@ def cached_sweep_child(args):
     torch.manual_seed(args.seed)
     data_dir = Path(args.data) if args.data else shared_data_dir()
     triplets = nli_triplets(read_table(data_dir / "snli" / "dev.tsv")).shuffle(seed=args.seed)
-    model, tokenize, loss_step = cached_setup(name, args.model, device, args.max_seq_length, args.mini_batch_size)
-    optimizer = torch.optim.AdamW(model.parameters(), lr=2e-5)
-    rows = len(triplets)
-    batches = []
-    for step in range(args.warmup + args.steps):  # the same rows for every setup (cycled when the file is short)
-        index = [(step * batch_size + i) % rows for i in range(batch_size)]
-        picked = triplets.select(index)
-        batches.append([{k: v.to(device) if torch.is_tensor(v) else v for k, v in tokenize(list(picked[c])).items()}
-                        for c in ("anchor", "positive")])
+    names = [n for n in CACHED_SETUPS if n == "plain" or batch_size > args.mini_batch_size]
+    runs = []
+    for setup in names if name == "round_robin" else [name]:
+        model, tokenize, loss_step = cached_setup(setup, args.model, device, args.max_seq_length,
+                                                  args.mini_batch_size)
+        optimizer = torch.optim.AdamW(model.parameters(), lr=2e-5)
+        runs.append((setup, loss_step, optimizer,
+                     sweep_batches(triplets, tokenize, batch_size, args.warmup + args.steps, device), []))
     synchronize(device)
     before = resident_bytes()
     if device.type == "cuda":
         torch.cuda.reset_peak_memory_stats(device)
         before = torch.cuda.memory_allocated(device)
-    times = []
-    for step, features in enumerate(batches):
-        synchronize(device)
-        start = time.perf_counter()
-        loss_step(features).backward()
-        optimizer.step()
-        optimizer.zero_grad(set_to_none=True)
-        synchronize(device)
-        if step >= args.warmup:
-            times.append(time.perf_counter() - start)
+    for step in range(args.warmup + args.steps):
+        for _, loss_step, optimizer, batches, times in runs[step % len(runs):] + runs[: step % len(runs)]:
+            seconds = timed_step(loss_step, optimizer, batches[step], device)
+            if step >= args.warmup:
+                times.append(seconds)
+    if name == "round_robin":
+        for setup, *_, times in runs:
+            median = statistics.median(times)
+            print(json.dumps({"setup": setup, "batch_size": batch_size, "median_step_seconds": median,
+                              "step_seconds": times}))
+        return
     if device.type == "cuda":
         peak = torch.cuda.max_memory_allocated(device) - before
     else:
         peak = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss * 1024 - before  # Linux: kilobytes
-    print(json.dumps({"setup": name, "batch_size": batch_size, "peak_mib": max(peak, 0) / 2**20,
-                      "median_step_seconds": statistics.median(times), "step_seconds": times}))
+    print(json.dumps({"setup": name, "batch_size": batch_size, "peak_mib": max(peak, 0) / 2**20}))
 
 
 def cached_sweep(args, argv):
@@ -321,8 +342,8 @@ def cached_sweep(args, argv):
         model_name = "a random 2-layer 128-wide BERT with all-MiniLM-L6-v2's tokenizer"
     results = []
     for batch_size in args.batch_sizes:
-        for name in CACHED_SETUPS:
-            if name != "plain" and batch_size <= args.mini_batch_size:
+        for name in CACHED_SETUPS + ("round_robin",):
+            if name not in ("plain", "round_robin") and batch_size <= args.mini_batch_size:
                 continue  # one mini-batch: nothing to cache
             child = [sys.executable, __file__, "--one", name, str(batch_size), "--model", args.model,
                      "--max-seq-length", str(args.max_seq_length), "--steps", str(args.steps),
@@ -332,9 +353,13 @@ def cached_sweep(args, argv):
             run = subprocess.run(child, capture_output=True, text=True)
             if run.returncode != 0:
                 raise RuntimeError(f"{name} at batch {batch_size} failed:\n{run.stderr[-3000:]}")
-            results.append(json.loads(run.stdout.strip().splitlines()[-1]))
-            print(results[-1], flush=True)
-    table = {(r["setup"], r["batch_size"]): r for r in results}
+            for line in run.stdout.strip().splitlines():
+                if line.startswith("{"):
+                    results.append(json.loads(line))
+                    print(results[-1], flush=True)
+    table = {}  # (setup, batch) -> peak_mib from its own process, median_step_seconds from the round-robin process
+    for r in results:
+        table.setdefault((r["setup"], r["batch_size"]), {}).update(r)
     peak_32 = table.get(("plain", 32), {}).get("peak_mib")
     largest = max(args.batch_sizes)
     ratios = {}
@@ -355,9 +380,10 @@ def cached_sweep(args, argv):
         "machine": machine(load=True),
         "setup": (
             f"{model_name}; (anchor, positive) batches of SNLI triplets, max_seq_length {args.max_seq_length}; "
-            f"4 sizes (full, /2, /4, /8); mini-batch {args.mini_batch_size}; each setup and batch size in a fresh "
-            f"process: {args.warmup} warm-up + {args.steps} timed steps (forward, loss, backward, AdamW step). "
-            f"Peak memory: {memory} over the steps (activations, gradients, optimizer state)."
+            f"4 sizes (full, /2, /4, /8); mini-batch {args.mini_batch_size}; {args.warmup} warm-up + {args.steps} "
+            "timed steps (forward, loss, backward, AdamW step). Peak memory: each setup and batch size alone in a "
+            f"fresh process, {memory} over its steps (activations, gradients, optimizer state). Step time: the "
+            "median of one process per batch size in which the setups take turns step by step."
         ),
         "results": results,
         "ratios": ratios,

@@ -12,7 +12,9 @@ data and batch order, quality_retrieval.py):
 Each model is scored by `mrl_text.evaluation.evaluate_grid`: every size x {float32, int8, binary, binary + float
 re-ranking of the top 100} (int8: float queries against int8 documents; binary: codes against codes, Hamming).
 
-    nice python benchmarks/quality_qat.py --limit-eval 300 --epochs 1        # CPU (about 25 minutes on 2 busy cores)
+    nice python benchmarks/quality_qat.py --limit-train 480 --batch-size 16 --max-seq-length 32 --lr 5e-5 \
+        --limit-eval 100 --methods qat   # CPU: about 20 minutes per method on 2 busy cores; a process per method,
+    python benchmarks/quality_qat.py ... --reuse-runs mrl.json qat.json st.json   # then joined (same options)
     python benchmarks/quality_qat.py --device cuda --bf16 --seeds 3          # a GPU, the full test corpus
 """
 

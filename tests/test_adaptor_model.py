@@ -95,6 +95,8 @@ def test_saved_with_the_weights_gate_included(make_model, sentences, tmp_path, b
     saved = json.loads((tmp_path / "adapted" / "config.json").read_text())
     assert saved["adaptor"]["adapted_dimensions"] == [16, 4]
     assert (tmp_path / "adapted" / "modeling_matryoshka_adaptor.py").is_file()
+    card = (tmp_path / "adapted" / "README.md").read_text()
+    assert ("one map per size: 16 mlp, 4 pca" in card) == (build is per_size_adaptor)  # the card names the maps
     for loaded in (
         MatryoshkaModel.from_pretrained(tmp_path / "adapted"),
         AutoModel.from_pretrained(tmp_path / "adapted"),

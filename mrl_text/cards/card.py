@@ -220,9 +220,10 @@ def adaptor_section(config):
              else "plain truncation"}
             for dim, v in sorted((summary.get("validation") or {}).items(), key=lambda item: -int(item[0]))]
     return {
-        # A per-size choice names its maps in the table's "used" column; its top-level fields describe no map.
-        "rotation": "chosen per size" if adaptor.get("candidates") else adaptor.get("rotation") or "none",
-        "hidden_size": adaptor.get("hidden_size"),
+        "rotation": adaptor.get("rotation") or "none", "hidden_size": adaptor.get("hidden_size"),
+        # A per-size choice: which map serves which size (its top-level rotation and MLP fields describe no map).
+        "per_size": ", ".join(f"{dim} {name}" for dim, name in (adaptor.get("chosen") or {}).items())
+        if adaptor.get("candidates") else None,
         "num_layers": adaptor.get("num_layers"), "adapted": adaptor.get("adapted_dimensions") or [],
         "description": summary.get("description"), "objective": objective, "epochs": ", ".join(epochs),
         "facts": "; ".join(fact for fact in facts if fact), "rows": rows,

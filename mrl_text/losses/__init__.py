@@ -3,7 +3,8 @@
 One file per family: `contrastive` (InfoNCE), `cosent`, `distillation`, `classification` (the nested heads'
 cross-entropy), `image_text` (CLIP/ALIGN InfoNCE), `matryoshka` (the wrapper that applies a loss to every nested
 prefix), `depth` (2D Matryoshka: every depth from one pass), `cached` (GradCache: large batches in mini-batches,
-`MatryoshkaLoss(..., mini_batch_size=32)`); `base` holds the call they share, `registry` their
+`MatryoshkaLoss(..., mini_batch_size=32)`), `quantization_aware` (int8/binary codes trained in the loop, inside
+`MatryoshkaLoss`); `base` holds the call they share, `registry` their
 names for configuration files. Loss objects are handed to `MatryoshkaTrainer(loss=...)`; their options live on them:
 
     loss = MatryoshkaLoss.from_config(model.config, InfoNCELoss(scale=20.0, symmetric=True), n_dims_per_step=4)

@@ -15,6 +15,7 @@ import os
 import re
 import subprocess
 import sys
+import warnings
 from pathlib import Path
 
 import pytest
@@ -26,6 +27,7 @@ SHOWN = {"yaml", "yml", "json", "text", "txt", "toml", "markdown", "md", "ini", 
 FENCE = re.compile(r"^(?P<indent> *)(?P<fence>```+|~~~+)(?P<lang>[\w+-]*)[^\n]*$")
 NOT_RUN = re.compile(r"<!--\s*not-run:\s*(?P<reason>.*?)\s*-->")
 LINKED = ("recipes", "examples", "benchmarks")
+UNTRAINED = ".*(not one of the trained|was not trained|never trained).*"
 
 
 def code_blocks(text):
@@ -85,7 +87,10 @@ def test_page_code_runs(page, reader_folder):
     for language, code, _, line in runnable:
         where = f"{page_id(page)}:{line}"
         if RUN[language] == "python":
-            exec(compile(code, where, "exec"), namespace)  # the page's own code, as a reader runs it
+            with warnings.catch_warnings():
+                # A page that encodes at a size or depth its model never trained teaches the wrong thing.
+                warnings.filterwarnings("error", message=UNTRAINED)
+                exec(compile(code, where, "exec"), namespace)  # the page's own code, as a reader runs it
         else:
             finished = subprocess.run(
                 ["bash", "-euo", "pipefail", "-c", code], cwd=reader_folder, env=environment, capture_output=True,

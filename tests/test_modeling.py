@@ -412,46 +412,6 @@ def test_one_default_nesting_everywhere(tiny_tokenizer, tmp_path):
 
 
 @pytest.mark.slow
-def test_readme_depth_snippet_trains_the_size_it_encodes_at(tiny_tokenizer, tmp_path, monkeypatch):
-    """README's depth snippet, run as written on a tiny 6-layer encoder in place of all-MiniLM-L6-v2: its
-    `encode(texts, dim=64, layers=3)` uses a trained size and depth (no "not one of the trained sizes" warning)."""
-    import re
-    from pathlib import Path
-
-    from datasets import Dataset
-    from transformers import BertConfig, BertModel
-
-    readme = (Path(__file__).resolve().parents[1] / "README.md").read_text()
-    block = next(b for b in re.findall(r"```python\n(.*?)```", readme, re.S) if "matryoshka_layers=[6, 4, 3, 2]" in b)
-    lines = block.splitlines()
-    code = "\n".join(lines[: next(i for i, line in enumerate(lines) if "model.encode(" in line) + 1])
-
-    folder = tmp_path / "encoder"
-    encoder = BertConfig(vocab_size=len(tiny_tokenizer), hidden_size=128, num_hidden_layers=6, num_attention_heads=2,
-                         intermediate_size=128, max_position_embeddings=64)
-    BertModel(encoder).save_pretrained(folder)
-    tiny_tokenizer.save_pretrained(folder)
-
-    class TinyModel(MatryoshkaModel):  # the snippet's hub id stands for this folder
-        @classmethod
-        def from_encoder(cls, name, **kwargs):
-            return MatryoshkaModel.from_encoder(str(folder), **kwargs)
-
-    texts = ["a man is playing a guitar", "the dog runs in the park", "what is my account balance"]
-    triplets = Dataset.from_dict({"anchor": texts, "positive": texts[1:] + texts[:1],
-                                  "negative": texts[2:] + texts[:2]})
-    monkeypatch.chdir(tmp_path)
-    namespace = {"MatryoshkaModel": TinyModel, "MatryoshkaTrainer": mrl_text.MatryoshkaTrainer, "texts": texts,
-                 "MatryoshkaTrainingArguments": lambda **kwargs: mrl_text.MatryoshkaTrainingArguments(
-                     **kwargs, max_steps=1, per_device_train_batch_size=3, report_to="none", use_cpu=True),
-                 "triplets": triplets}
-    with warnings.catch_warnings():
-        warnings.filterwarnings("error", message=".*(not one of the trained|was not trained|never trained).*")
-        exec(code, namespace)
-    model = namespace["model"]
-    assert 64 in model.config.matryoshka_dimensions and model.config.matryoshka_layers == [6, 4, 3, 2]
-
-
 def test_from_pretrained_errors_name_the_folder_and_the_fix(make_model, tiny_tokenizer, tmp_path, monkeypatch):
     """A missing folder, a damaged config.json, missing weights, an exported or plain encoder folder: each error names
     the path and what to do (transformers said "Repo id must use alphanumeric chars", or gave a raw traceback)."""

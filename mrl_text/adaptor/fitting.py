@@ -424,8 +424,8 @@ def fit(
                    "validation": {str(d): validation_row(m) for d, m in f["scores"].items()}}
             for name, f in fits.items()
         } if len(fits) > 1 else None,
-        # Each candidate's mean gated gain, under the key adaptors fit before the per-size choice used (readers of
-        # fit summaries, e.g. benchmarks/quality_finished.py, print it).
+        # Each candidate's mean gated gain, under the key adaptors fit before the per-size choice used: readers of
+        # older fit summaries keep working.
         "rotation_candidates": {name: round(f["mean_gain"], 4) for name, f in fits.items()} if len(fits) > 1 else None,
         "options": options,
         "seed": seed,

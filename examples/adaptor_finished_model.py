@@ -15,8 +15,8 @@ Your corpus: a .txt file with one text per line, or a .jsonl/.tsv/.csv/.parquet 
 
 import argparse
 
-from offline_defaults import chatterbot_pairs, default_model  # examples/offline_defaults.py
-from transformers import AutoConfig, AutoModel
+from offline_defaults import chatterbot_pairs, load_matryoshka_model  # examples/offline_defaults.py
+from transformers import AutoModel
 
 import mrl_text
 from mrl_text.adaptor import read_corpus, read_pairs
@@ -41,14 +41,6 @@ def parse_args(argv=None):
     return parser.parse_args(argv)
 
 
-def load_finished_model(name):
-    """A MatryoshkaModel to attach the adaptor to: a Matryoshka folder as it is, anything else through
-    sentence-transformers (which reads a plain encoder with mean pooling)."""
-    if AutoConfig.from_pretrained(name).model_type == mrl_text.MatryoshkaConfig.model_type:
-        return mrl_text.MatryoshkaModel.from_pretrained(name)
-    return mrl_text.from_sentence_transformer(name)
-
-
 def main(argv=None):
     args = parse_args(argv)
 
@@ -63,7 +55,7 @@ def main(argv=None):
     print(f"{len(corpus)} texts{f' and {len(pairs)} pairs' if pairs else ''} to fit on")
 
     # 2. The finished model, as a MatryoshkaModel (same weights, same embeddings).
-    model = load_finished_model(args.model or default_model()[0])
+    model = load_matryoshka_model(args.model)
 
     # 3. Fit and attach the adaptor: one encoding pass over the corpus, then a fit on the frozen embeddings.
     epochs = {"epochs": args.epochs, "supervised_epochs": args.supervised_epochs}

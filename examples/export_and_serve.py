@@ -19,9 +19,9 @@ import importlib.util
 from pathlib import Path
 
 import numpy as np
-from offline_defaults import default_model  # examples/offline_defaults.py
+from offline_defaults import load_matryoshka_model  # examples/offline_defaults.py
 from sentence_transformers import SentenceTransformer
-from transformers import AutoConfig, AutoTokenizer
+from transformers import AutoTokenizer
 
 import mrl_text
 
@@ -39,15 +39,6 @@ def parse_args(argv=None):
     parser.add_argument("--overwrite", action="store_true", help="replace a non-empty --output-dir")
     parser.add_argument("--texts", nargs="+", default=TEXTS, help="texts to encode with the exported folder")
     return parser.parse_args(argv)
-
-
-def load_model(name):
-    """A MatryoshkaModel: a Matryoshka folder as it is, a sentence-transformers model wrapped (default sizes)."""
-    if name is None:
-        return mrl_text.from_sentence_transformer(default_model()[0])
-    if AutoConfig.from_pretrained(name).model_type == mrl_text.MatryoshkaConfig.model_type:
-        return mrl_text.MatryoshkaModel.from_pretrained(name)
-    return mrl_text.from_sentence_transformer(name)
 
 
 def unit_rows(matrix):
@@ -73,7 +64,7 @@ def main(argv=None):
     export_format = ("onnx" if onnx_installed else "sentence-transformers") if args.format == "auto" else args.format
 
     # 1. The model, and the size the exported folder returns by default.
-    model = load_model(args.model)
+    model = load_matryoshka_model(args.model)
     dims = model.config.matryoshka_dimensions
     if args.dim not in dims:
         raise SystemExit(f"--dim {args.dim} is not a size the model was trained at; choose one of {dims}.")

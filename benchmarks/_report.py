@@ -5,6 +5,7 @@ data helpers in `demo_data`, and the recipes some suites train with), once, for 
 benchmarks/, is on `sys.path` when it runs; mrl_text comes from the install (or `PYTHONPATH=.`).
 """
 
+import json
 import os
 import platform
 import shlex
@@ -12,6 +13,8 @@ import sys
 from pathlib import Path
 
 import torch
+
+from mrl_text.file_utils import write_atomic
 
 RECIPES = Path(__file__).resolve().parents[1] / "recipes"
 if str(RECIPES) not in sys.path:
@@ -60,3 +63,34 @@ def header(title, report):
         report["setup"],
         "",
     ]
+
+
+def _json_value(value):
+    """numpy scalars and arrays (and anything else with `.tolist()`) as plain Python values for `json.dumps`."""
+    if hasattr(value, "tolist"):
+        return value.tolist()
+    raise TypeError(f"{type(value).__name__} {value!r} is not JSON serializable: put a number, string, list or dict "
+                    f"in the report instead")
+
+
+def results_paths(stem):
+    """`(stem.json, stem.md)`: `stem` names the pair without a suffix (a given `.json` or `.md` suffix is dropped)."""
+    stem = Path(stem)
+    if stem.suffix in (".json", ".md"):
+        stem = stem.with_suffix("")
+    return stem.with_name(stem.name + ".json"), stem.with_name(stem.name + ".md")
+
+
+def write_results(stem, report, markdown_lines):
+    """Write a benchmark's pair of result files, the one way every benchmark writes them: `<stem>.json` (`report`,
+    indented by 2, ending in a newline) and `<stem>.md` (`markdown_lines` joined by newlines, ending in one).
+
+    Both texts are made before either file is touched and each file is replaced through a temp file and a rename, so
+    a report that cannot be serialized or a crash mid-write leaves the previous pair as it was. Returns the markdown.
+    """
+    json_path, markdown_path = results_paths(stem)
+    json_text = json.dumps(report, indent=2, default=_json_value) + "\n"
+    markdown = "\n".join(markdown_lines).rstrip("\n") + "\n"
+    write_atomic(json_path, json_text)
+    write_atomic(markdown_path, markdown)
+    return markdown

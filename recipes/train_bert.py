@@ -37,6 +37,7 @@ from mrl_text.evaluation import Results, RetrievalEvaluator, STSEvaluator
 from mrl_text.losses import LOSSES, MatryoshkaDepthLoss, MatryoshkaLoss, QuantizationAwareLoss, get_loss
 from mrl_text.models.configuration_matryoshka import default_dimensions, validate_layers
 from mrl_text.training.schedule import SizeSchedule
+from mrl_text.training.sharding import fully_shard_model
 from mrl_text.training.trainer import MatryoshkaTrainer, MatryoshkaTrainingArguments
 
 # Sibling modules of recipes/: a script's own folder is on sys.path when it runs (tests add recipes/ themselves).
@@ -146,6 +147,12 @@ class RecipeArguments:
     max_eval_samples: int | None = field(default=None, metadata={"help": "Keep the first N evaluation rows."})
     general_check: bool = field(
         default=True, metadata={"help": "Also evaluate STS-B test (from the development data folder, when present)."}
+    )
+    fully_shard: bool = field(
+        default=False,
+        metadata={"help": "Shard the model's parameters, gradients and optimizer state across the launched processes "
+                  "with torch's FSDP2 (one unit per encoder layer), where accelerate gives no FSDP: CPU processes "
+                  "(gloo). Needs --save_only_model true. On GPUs use recipes/configs/accelerate/fsdp.yaml instead."},
     )
     keep_checkpoints: bool = field(
         default=False, metadata={"help": "Keep <output_dir>/checkpoints after the model is saved (they hold optimizer "
@@ -365,6 +372,8 @@ def main(argv=None):
     card.model_name, card.base_model = out.name, base_model
     card.train_datasets = [{**dataset_names(recipe.train_data, False)[1], "layout": recipe.train_layout}]
     card.eval_datasets = {evaluator.name: held_out_card, GENERAL_CHECK[0]: GENERAL_CHECK[2]}
+    if recipe.fully_shard:
+        fully_shard_model(model)  # each process keeps 1/N of every parameter (the trainer then skips the DDP wrap)
     trainer = MatryoshkaTrainer(model=model, args=args, train_dataset=train, loss=loss, size_schedule=size_schedule,
                                 evaluators=evaluators)
     trainer.evaluate()  # before training: the card keeps it as the "before" curve

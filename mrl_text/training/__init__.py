@@ -5,6 +5,7 @@ from `mrl_text.losses`."""
 from .collator import ImageTextDataCollator, MatryoshkaDataCollator
 from .metrics import classification_compute_metrics, metrics_for_trainer
 from .schedule import SizeSchedule
+from .sharding import fully_shard_model
 from .trainer import MatryoshkaTrainer, MatryoshkaTrainingArguments
 
 __all__ = [
@@ -14,5 +15,6 @@ __all__ = [
     "MatryoshkaTrainingArguments",
     "SizeSchedule",
     "classification_compute_metrics",
+    "fully_shard_model",
     "metrics_for_trainer",
 ]

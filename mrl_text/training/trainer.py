@@ -24,6 +24,7 @@ Dataset layouts (column names are free except the label column, which is `label`
 | `DistillMSELoss` | text | none (the loss's `teacher` embeds the text) or the teacher's embeddings |
 """
 
+import contextlib
 import logging
 from dataclasses import dataclass, field
 
@@ -49,6 +50,7 @@ from .collator import (  # noqa: F401
 from .metrics import classification_compute_metrics, metrics_for_trainer
 from .optimization import DEFAULT_HEAD_LEARNING_RATE, build_optimizer
 from .schedule import SizeSchedule
+from .sharding import full_state_dict, is_fully_sharded, own_class
 
 logger = logging.getLogger(__name__)
 
@@ -276,6 +278,8 @@ class MatryoshkaTrainer(Trainer):
             )
         finally:
             args.eval_strategy = eval_strategy
+        if is_fully_sharded(model) and not self.is_fsdp_enabled:
+            self.own_sharding(args)
         # compute_loss returns a per-batch mean: Trainer divides it by the gradient accumulation steps.
         self.model_accepts_loss_kwargs = False
         self._full_size_losses = []  # a model's own unweighted full-size loss per training step, until the next log
@@ -298,6 +302,42 @@ class MatryoshkaTrainer(Trainer):
             if hasattr(part, "trainer_callback"):
                 self.add_callback(part.trainer_callback(model))
             part = getattr(part, "base_loss", None)
+
+    def own_sharding(self, args):
+        """Train a model sharded before the trainer (`fully_shard_model`, torch's FSDP2) as it is. Such a model reduces
+        its own gradients (reduce-scatter of the shards), so accelerate must not wrap it in DDP, which it does on CPU
+        processes; transformers' Trainer skips the wrap for a model that owns its placement and gradient reduction
+        (its flag for models sharded at load time). Saving gathers the full weights (`_save`)."""
+        if args.save_strategy != "no" and not args.save_only_model:
+            raise ValueError(
+                "The model is fully sharded (fully_shard_model): its checkpoints can hold the weights but not the "
+                "sharded optimizer state. Set save_only_model=True (--save_only_model true) or save_strategy='no'."
+            )
+        self.is_distributed_loading_by_transformers = True
+
+    @contextlib.contextmanager
+    def _defer_fsdp_gradient_reduction(self):
+        # Trainer's no_sync for a model sharded before training, while micro-batches accumulate. Its own version reads
+        # the `config.distributed_config` of a model sharded at load time, which fully_shard_model's model has none of.
+        if getattr(self.model.config, "distributed_config", None) is not None:
+            with super()._defer_fsdp_gradient_reduction():
+                yield
+            return
+        self.model.set_requires_gradient_sync(False)
+        try:
+            yield
+        finally:
+            self.model.set_requires_gradient_sync(True)
+
+    def _save(self, output_dir=None, state_dict=None):
+        # A sharded model's weights are gathered by every process (a collective) and written by the main one.
+        if state_dict is None and is_fully_sharded(self.model) and not self.is_fsdp_enabled:
+            state_dict = full_state_dict(self.model)
+            if not self.args.should_save:
+                return
+            with own_class(self.model):  # saved as mrl-text's class (its modeling file, auto_map), not FSDP2's
+                return super()._save(output_dir, state_dict=state_dict)
+        super()._save(output_dir, state_dict=state_dict)
 
     @staticmethod
     def default_loss(model):

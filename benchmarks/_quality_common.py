@@ -6,7 +6,6 @@ heads `head_learning_rate`), features come from `MatryoshkaModel.encode`, evalua
 data from `mrl_text.data`, the PCA rotation from `mrl_text.adaptor`; the command and machine lines from `_report`.
 """
 
-import json
 import math
 import multiprocessing
 import os
@@ -19,7 +18,7 @@ from pathlib import Path
 
 import torch
 
-from _report import command_line, header, machine  # before the other siblings: puts recipes/ on sys.path
+from _report import command_line, header, machine, write_results  # first sibling: puts recipes/ on sys.path
 from demo_data import shared_data_dir
 
 BENCHMARKS = Path(__file__).resolve().parent
@@ -341,11 +340,7 @@ def report_head(argv, setup):
 
 def write_report(args, regime, report, title, body_lines):
     """`quality_<regime>.json` (everything) and `.md` (headed by the command and the machine) under --results."""
-    results = Path(args.results)
-    results.mkdir(parents=True, exist_ok=True)
-    (results / f"quality_{regime}.json").write_text(json.dumps(report, indent=1, default=float) + "\n")
-    text = "\n".join(header(title, report) + body_lines) + "\n"
-    (results / f"quality_{regime}.md").write_text(text)
+    text = write_results(Path(args.results) / f"quality_{regime}", report, header(title, report) + body_lines)
     print(text, flush=True)
     return text
 

@@ -10,7 +10,6 @@ accuracy measured on the official test split.
 """
 
 import argparse
-import json
 import os
 
 os.environ.setdefault("OMP_NUM_THREADS", "1")
@@ -20,7 +19,7 @@ import numpy as np  # noqa: E402
 from mrl_text import AdaptiveClassifier  # noqa: E402
 from mrl_text.data import load_classification  # noqa: E402
 
-from _report import command_line, machine  # noqa: E402  (before the other siblings: puts recipes/ on sys.path)
+from _report import command_line, machine, write_results  # noqa: E402  (before the other siblings: puts recipes/ on sys.path)
 from demo_data import shared_data_dir  # noqa: E402
 from embedding_cache import (  # noqa: E402
     REPO,
@@ -70,11 +69,7 @@ def main():
         "data": {"train": len(fit_rows), "val": len(val_rows), "test": len(test_x), "classes": len(set(train_labels))},
         "fixed_size_test_accuracy": fixed, "cascades": cascades,
     }
-    os.makedirs(os.path.dirname(args.out), exist_ok=True)
-    with open(args.out + ".json", "w") as f:
-        json.dump(results, f, indent=2, default=float)
-    with open(args.out + ".md", "w") as f:
-        f.write(markdown(results, max(clf.dims)))
+    write_results(args.out, results, markdown(results, max(clf.dims)))
     print(f"wrote {args.out}.json and .md")
 
 
@@ -106,7 +101,7 @@ def markdown(results, full):
         exits = ", ".join(f"{d}: {f:.0%}" for d, f in test["exit_fractions"].items())
         lines.append(f"| {row['tolerance']:.3f} | {test['accuracy']:.4f} | {test['full_size_accuracy']:.4f} | "
                      f"{test['expected_dims']:.1f} | {full / test['expected_dims']:.1f}x | {exits} |")
-    return "\n".join(lines) + "\n"
+    return lines
 
 
 if __name__ == "__main__":

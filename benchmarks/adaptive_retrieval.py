@@ -15,7 +15,6 @@
 """
 
 import argparse
-import json
 import os
 import statistics
 import time
@@ -28,7 +27,7 @@ import torch  # noqa: E402
 from mrl_text.deploy.funnel import FunnelIndex, build_exact_index, exact_search  # noqa: E402
 from mrl_text.models.modeling_matryoshka import truncate_embeddings  # noqa: E402
 
-from _report import command_line, machine  # noqa: E402  (before the other siblings: puts recipes/ on sys.path)
+from _report import command_line, machine, write_results  # noqa: E402  (before the other siblings: puts recipes/ on sys.path)
 from demo_data import load_text_corpus  # noqa: E402
 from embedding_cache import (  # noqa: E402
     REPO,
@@ -154,11 +153,7 @@ def main():
     if args.scale:
         results["scaled"] = scaled_benchmark(args, docs, queries, model.config.matryoshka_dimensions, full)
 
-    os.makedirs(os.path.dirname(args.out), exist_ok=True)
-    with open(args.out + ".json", "w") as f:
-        json.dump(results, f, indent=2)
-    with open(args.out + ".md", "w") as f:
-        f.write(markdown(results))
+    write_results(args.out, results, markdown(results))
     print(f"wrote {args.out}.json and .md")
 
 
@@ -301,7 +296,7 @@ def markdown(results):
                 f"{row['speedup_latency']:.1f}x | {row['throughput_qps']:.0f} | {row['speedup_throughput']:.1f}x | "
                 f"{flops} | {build} |"
             )
-    return "\n".join(lines) + "\n"
+    return lines
 
 
 if __name__ == "__main__":

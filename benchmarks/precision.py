@@ -13,7 +13,6 @@ within 1.0 nDCG@10 of float 256 on SciFact. Default model: all-MiniLM-L6-v2 as i
 """
 
 import argparse
-import json
 import random
 import time
 from pathlib import Path
@@ -23,9 +22,8 @@ import torch
 
 from mrl_text.data import load_beir, load_sts
 from mrl_text.evaluation import RetrievalEvaluator, STSEvaluator, evaluate_grid
-from mrl_text.file_utils import write_atomic
 
-from _report import command_line, header, machine  # before the other siblings: puts recipes/ on sys.path
+from _report import command_line, header, machine, write_results  # first sibling: puts recipes/ on sys.path
 from demo_data import shared_data_dir
 from embedding_cache import cached_embeddings, load_model, model_label
 
@@ -136,14 +134,13 @@ def main(argv=None):
               "calibrated": calibrated.to_dict(), "per_task": per_task.to_dict(),
               "targets": [{"check": text, "met": met} for text, met in checks]}
     args.out.parent.mkdir(parents=True, exist_ok=True)
-    write_atomic(args.out.with_suffix(".json"), json.dumps(report, indent=2) + "\n")
     calibrated.plot_budget(args.out.with_suffix(".png"))
     lines = header("Size x precision: quality against bytes per vector", report)
     lines += ["## Targets", ""] + [f"- {'met' if met else 'MISSED'}: {text}" for text, met in checks] + [""]
     lines += ["## int8 ranges from calibrate_quantization (held-out texts)", "", calibrated.grid_markdown()]
     lines += ["## int8 ranges measured on each task's own texts", "", per_task.grid_markdown()]
     lines += [f"![quality against bytes per vector]({args.out.with_suffix('.png').name})", ""]
-    write_atomic(args.out.with_suffix(".md"), "\n".join(lines))
+    write_results(args.out, report, lines)
     print("\n".join(f"{'met' if met else 'MISSED'}: {text}" for text, met in checks))
 
 

@@ -31,7 +31,7 @@ import mrl_text
 from mrl_text.data import load_sts
 from mrl_text.deploy.export import export_model
 
-from _report import command_line, header, machine  # before the other siblings: puts recipes/ on sys.path
+from _report import command_line, header, machine, write_results  # first sibling: puts recipes/ on sys.path
 from demo_data import shared_data_dir
 
 ROOT = Path(__file__).resolve().parents[1]
@@ -287,7 +287,7 @@ def markdown(report):
                   f"{load['sizes']}), {load['concurrency']} in flight: {load['ok']} ok, {load['errors']} errors "
                   f"{load['error_kinds'] or ''}, {load['requests_per_s']:.1f} requests/s = {load['texts_per_s']:.1f} "
                   f"texts/s, latency p50 {load['latency_p50_s']:.2f}s, p95 {load['latency_p95_s']:.2f}s.", ""]
-    return "\n".join(lines)
+    return lines
 
 
 def main(argv=None):
@@ -308,12 +308,7 @@ def main(argv=None):
     }
     if not args.skip_infinity:
         report["infinity"] = run_infinity(model, folder, texts, args)
-    out = Path(args.out)
-    out.parent.mkdir(parents=True, exist_ok=True)
-    out.with_suffix(".json").write_text(json.dumps(report, indent=2) + "\n")
-    text = markdown(report)
-    out.with_suffix(".md").write_text(text + "\n")
-    print(text)
+    print(write_results(args.out, report, markdown(report)), end="")
 
 
 if __name__ == "__main__":

@@ -378,3 +378,31 @@ def test_exact_search_over_a_read_only_index_warns_nothing():
         prefix = truncate_embeddings(docs, 8, normalize=False)
     assert ids[:, 0].tolist() == [0, 1, 2]
     assert not prefix.flags.writeable and np.shares_memory(prefix, docs)
+
+
+@pytest.mark.parametrize("stored_norms", [True, False])
+def test_rerank_of_padded_candidates_equals_truncate_and_dot(stored_norms):
+    """`rerank` on its own: a middle stage at a prefix (rows gathered) and the last at the full size (rows read in
+    place by FAISS) give the scores and order of re-normalizing each candidate with `truncate_embeddings`, with
+    stored prefix norms or without; FAISS's -1 padding stays missing (-inf / -1), and equal scores keep the
+    candidates' order."""
+    from mrl_text.deploy.funnel import prefix_norms, rerank
+
+    docs, queries = matryoshka_like(200, dim=32, n_queries=3)
+    docs[:100] *= 2.0
+    docs[7] = docs[5]  # an exact tie, and the third query points at both
+    queries[2] = docs[5]
+    candidates = np.array([[3, 5, 7, 9, 11, 13], [20, -1, 22, -1, -1, -1], [7, 5, 40, 41, 42, 43]])
+    norms = {d: prefix_norms(docs, d) for d in (16, 32)} if stored_norms else None
+    scores, ids = rerank(queries, candidates, [(16, 4), (32, 3)], docs, norms=norms)
+    for query, found, got_scores, got_ids in zip(queries, candidates, scores, ids):
+        found = found[found >= 0]
+        for dim, keep in [(16, 4), (32, 3)]:
+            exact = truncate_embeddings(docs[found], dim) @ truncate_embeddings(query, dim)
+            order = np.argsort(-exact, kind="stable")[:keep]
+            found, exact = found[order], exact[order]
+        np.testing.assert_array_equal(got_ids[: len(found)], found)
+        np.testing.assert_allclose(got_scores[: len(found)], exact, atol=1e-6)
+        assert (got_ids[len(found) :] == -1).all() and np.isneginf(got_scores[len(found) :]).all()
+    assert sorted(ids[1, :2].tolist()) == [20, 22] and ids[1, 2] == -1  # two real candidates, then the padding
+    assert ids[2, :2].tolist() == [7, 5] and scores[2, 0] == scores[2, 1]  # the tie, in candidate order

@@ -125,31 +125,54 @@ def prefix_norms(embeddings, dim, chunk=65_536):
 def rerank(queries, candidates, reranks, embeddings, normalize=True, norms=None):
     """Rescore candidate rows `(q, c)` of `embeddings` stage by stage on larger prefixes: `reranks` lists
     `(size, keep)`; candidates < 0 (FAISS's padding) are missing. Returns `(scores, ids)` numpy arrays `(q, keep)`,
-    padded with -inf / -1 where fewer candidates exist.
+    padded with -inf / -1 where fewer candidates exist; equal scores keep the candidates' order.
 
     A score is the dot product of the re-normalized prefixes (`truncate_embeddings`' rule), computed as the raw
     prefix dot product divided by the document prefix's norm: `norms` maps a size to the norms of every row
-    (`prefix_norms`, stored once), else they are computed from the gathered rows. Queries are reranked one at a
-    time: one query's candidate rows (1,000 x 384 floats are 1.5 MB) stay in the CPU cache between the gather and
-    the dot products, where a batch's gathered rows (hundreds of MB) go through memory twice.
+    (`prefix_norms`, stored once), else they are computed from the candidate rows.
     """
     queries = np.asarray(queries, dtype=np.float32)
-    query_prefixes = {dim: truncate_embeddings(queries, dim, normalize) for dim, _ in reranks}
-    out_scores = np.full((len(queries), reranks[-1][1]), -np.inf, dtype=np.float32)
-    out_ids = np.full((len(queries), reranks[-1][1]), -1, dtype=np.int64)
-    for row, found in enumerate(np.asarray(candidates)):
-        found = found[found >= 0]
-        for dim, keep in reranks:
-            docs = embeddings[found, :dim]
-            scores = docs @ query_prefixes[dim][row]
-            if normalize:
-                scale = norms[dim][found] if norms else np.sqrt(np.einsum("ij,ij->i", docs, docs))
-                scores /= np.maximum(scale, _NORM_EPS)
-            best = np.argpartition(-scores, keep - 1)[:keep] if keep < len(found) else np.arange(len(found))
-            best = best[np.argsort(-scores[best], kind="stable")]
-            found, scores = found[best], scores[best]
-        out_scores[row, : len(found)], out_ids[row, : len(found)] = scores, found
-    return out_scores, out_ids
+    ids = np.array(candidates, dtype=np.int64, ndmin=2)
+    scores = np.full(ids.shape, -np.inf, dtype=np.float32)
+    for dim, keep in reranks:
+        scores = _candidate_scores(queries, ids, dim, embeddings, normalize, norms)
+        if keep < ids.shape[1]:  # each row's best `keep`, back in candidate order so that ties keep it below
+            best = np.sort(np.argpartition(-scores, keep - 1, axis=1)[:, :keep], axis=1)
+            ids, scores = np.take_along_axis(ids, best, 1), np.take_along_axis(scores, best, 1)
+        order = np.argsort(-scores, axis=1, kind="stable")
+        ids, scores = np.take_along_axis(ids, order, 1), np.take_along_axis(scores, order, 1)
+    return scores, ids
+
+
+def _candidate_scores(queries, ids, dim, embeddings, normalize, norms):
+    """Dot products `(q, c)` of each query's re-normalized `dim`-prefix with its candidate rows' `dim`-prefixes,
+    divided by the rows' prefix norms when `normalize`; -inf where an id is < 0.
+
+    At the full size FAISS reads each candidate row where it lies (one C call for all queries): gathering the rows
+    into a copy first cost as much as the dot products, the rows being scattered over memory (or a mapped file). A
+    smaller prefix is gathered one query at a time (FAISS's call reads whole rows only), its copy still in cache for
+    the dot products."""
+    import faiss
+
+    missing = ids < 0
+    rows = np.where(missing, 0, ids)
+    prefixes = np.ascontiguousarray(truncate_embeddings(queries, dim, normalize), dtype=np.float32)
+    scores = np.empty(ids.shape, dtype=np.float32)
+    if dim == embeddings.shape[1] and embeddings.dtype == np.float32 and embeddings.flags.c_contiguous:
+        faiss.fvec_inner_products_by_idx(faiss.swig_ptr(scores), faiss.swig_ptr(prefixes),
+                                         faiss.swig_ptr(embeddings), faiss.swig_ptr(rows), dim, *ids.shape)
+    else:
+        for row, (query, found) in enumerate(zip(prefixes, rows)):
+            scores[row] = embeddings[found, :dim] @ query
+    if normalize:
+        if norms:
+            row_norms = norms[dim][rows]
+        else:  # each distinct candidate row once
+            distinct, where = np.unique(rows, return_inverse=True)
+            row_norms = prefix_norms(embeddings[distinct], dim)[where].reshape(rows.shape)
+        scores /= np.maximum(row_norms, _NORM_EPS)
+    scores[missing] = -np.inf
+    return scores
 
 
 def build_exact_index(doc_embeddings, dim=None, normalize=True):
@@ -207,8 +230,7 @@ class FunnelIndex:
             stage's count; default twice it). nlist / nprobe (`int`, *optional*): IVF lists (default ~4 sqrt(n)) and
             lists visited per query (default: enough lists to hold 4x the first stage's count, and at least
             nlist / 8; on small corpora that is every list, as exact as `"flat"`).
-        query_chunk_size (`int`): queries whose first-stage candidate lists are held at once (each query is then
-            reranked on its own).
+        query_chunk_size (`int`): queries reranked together (their candidates' scores are held at once).
         show_progress_bar (`bool`, *optional*): a bar while indexing; default where someone watches (see progress).
     """
 

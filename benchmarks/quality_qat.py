@@ -1,4 +1,5 @@
-"""Quantization-aware Matryoshka training against post-training quantization, on SciFact (train -> test nDCG@10).
+"""Quantization-aware Matryoshka training against post-training quantization, on SciFact (train -> test nDCG@10) and
+STS-B (`--task stsb`: train pairs scored >= 4 as positives -> test Spearman).
 
 Side by side, from all-MiniLM-L6-v2 on the same batches in the same order and the same seeds (the retrieval regime's
 data and batch order, quality_retrieval.py):
@@ -8,14 +9,19 @@ data and batch order, quality_retrieval.py):
   read from the model's config;
 - `st` (the peer): sentence-transformers' `MatryoshkaLoss(MultipleNegativesRankingLoss)`, codes made by the rule of
   its `quantize_embeddings` (`mrl_text.models.quantization` makes identical codes; int8 ranges calibrated on the
-  corpus, as `quantize_embeddings(calibration_embeddings=)` would).
+  corpus, as `quantize_embeddings(calibration_embeddings=)` would);
+- `plain`: `InfoNCELoss` at the full size only (no Matryoshka sizes, no QAT), quantized after training as `mrl`.
 Each model is scored by `mrl_text.evaluation.evaluate_grid`: every size x {float32, int8, binary, binary + float
 re-ranking of the top 100} (int8: float queries against int8 documents; binary: codes against codes, Hamming).
+Deployment (the issue's item 4): each model's `FunnelIndex(quantization="binary")` with stages
+[(--funnel-size, keep), (full, 10)] against exact float search at full size of the same model: recall@10 at every
+keep of --funnel-keeps (how short a binary shortlist may be for the same recall).
 
     nice python benchmarks/quality_qat.py --limit-train 480 --batch-size 16 --max-seq-length 32 --lr 5e-5 \
         --limit-eval 100 --methods qat   # CPU: about 20 minutes per method on 2 busy cores; a process per method,
     python benchmarks/quality_qat.py ... --reuse-runs mrl.json qat.json st.json   # then joined (same options)
     python benchmarks/quality_qat.py --device cuda --bf16 --seeds 3          # a GPU, the full test corpus
+    python benchmarks/quality_qat.py --task stsb --report-name qat_stsb ...  # the STS-B regime
 """
 
 import argparse
@@ -29,18 +35,25 @@ import torch
 import _quality_common as common
 import quality_retrieval
 
-METHODS = ("mrl", "qat", "st")
+METHODS = ("mrl", "qat", "st", "plain")
 PRECISIONS = ["float32", "int8", "binary"]
 CELLS = ["float32", "int8", "binary", "binary+rescore"]
+TASKS = {"scifact": "SciFact test nDCG@10", "stsb": "STS-B test Spearman"}
+STS_POSITIVE = 4.0  # STS-B train pairs scored at least this (of 5) are the InfoNCE positives
 
 
 def parse_arguments(argv):
     parser = argparse.ArgumentParser(description=__doc__.split("\n")[0])
     common.add_common_arguments(parser, "qat", report_name="qat")
-    quality_retrieval.add_embedding_arguments(parser, ",".join(METHODS), 2e-5, 1, 64, [384, 256, 128, 64, 32])
+    quality_retrieval.add_embedding_arguments(parser, "mrl,qat,st,plain", 2e-5, 1, 64, [384, 256, 128, 64, 32])
     parser.set_defaults(eval_max_seq_length=64)
+    parser.add_argument("--task", choices=TASKS, default="scifact",
+                        help="scifact: SciFact train -> test nDCG@10; stsb: STS-B train pairs scored >= 4 (InfoNCE "
+                        "positives) -> STS-B test Spearman")
     parser.add_argument("--precisions", default=",".join(PRECISIONS), help="the precisions QAT trains")
     parser.add_argument("--rescore", type=int, default=100, help="binary + float re-ranking of the top N")
+    parser.add_argument("--funnel-size", type=int, default=128, help="the binary first stage's size")
+    parser.add_argument("--funnel-keeps", default="20,50,100,200", help="binary shortlist lengths to measure")
     parser.add_argument("--reuse-runs", nargs="*", default=[],
                         help="quality_qat JSON files of earlier runs with the same settings (e.g. methods run in "
                         "parallel processes): their (method, seed) runs are taken, not trained again")
@@ -48,6 +61,7 @@ def parse_arguments(argv):
     args.regime = "retrieval"
     args = common.finish_arguments(args)
     args.precisions = [p for p in args.precisions.split(",") if p]
+    args.funnel_keeps = [int(k) for k in str(args.funnel_keeps).split(",") if k.strip()]
     unknown = sorted(set(args.methods.split(",")) - set(METHODS))
     if unknown:
         raise SystemExit(f"--methods names {unknown}; choose from {', '.join(METHODS)}.")
@@ -63,7 +77,8 @@ def train_model(args, method, datasets_, order, seed, output_dir):
     from mrl_text.losses.quantization_aware import QuantizationAwareLoss
 
     torch.manual_seed(seed)
-    model = MatryoshkaModel.from_encoder(args.model, matryoshka_dimensions=args.sizes)
+    model = MatryoshkaModel.from_encoder(args.model, matryoshka_dimensions=args.sizes[:1] if method == "plain"
+                                         else args.sizes)
     base = InfoNCELoss()
     if method == "qat":
         base = QuantizationAwareLoss.from_config(model.config, base, precisions=args.precisions)
@@ -73,11 +88,48 @@ def train_model(args, method, datasets_, order, seed, output_dir):
     return model.eval()
 
 
+def stsb_data(args):
+    """STS-B train pairs scored >= STS_POSITIVE as (anchor, positive) pairs; the test-split STS evaluator."""
+    from mrl_text.data import load_sts
+    from mrl_text.evaluation import STSEvaluator
+
+    first, second, scores = load_sts(Path(args.data) / "stsb" / "train.tsv")
+    pairs = [{"anchor": a, "positive": b} for a, b, score in zip(first, second, scores) if score >= STS_POSITIVE]
+    pairs = common.subsample(pairs, args.limit_train)
+    test = common.subsample(list(zip(*load_sts(Path(args.data) / "stsb" / "test.tsv"))), args.limit_eval)
+    description = (f"{len(pairs)} STS-B train pairs scored >= {STS_POSITIVE:g} (InfoNCE positives); STS-B test "
+                   f"({len(test)} pairs)")
+    return [pairs], [STSEvaluator(*zip(*test), name="stsb")], description
+
+
+def task_data(args):
+    return quality_retrieval.retrieval_data(args) if args.task == "scifact" else stsb_data(args)
+
+
+def funnel_recall(args, model, evaluators):
+    """`{keep: recall@10}` of the binary funnel [(funnel_size, keep), (full, 10)] against exact float search at full
+    size, over the first retrieval evaluator's queries and documents (keeps larger than the corpus are skipped)."""
+    from adaptive_retrieval import relative_recall
+
+    from mrl_text.deploy.funnel import FunnelIndex, exact_search
+    from mrl_text.evaluation import as_embedder
+
+    task = evaluators[0]
+    embedder = as_embedder(model, batch_size=128, max_length=args.eval_max_seq_length, device=args.device)
+    docs, queries = embedder.encode(task.doc_texts).numpy(), embedder.encode(task.query_texts).numpy()
+    _, reference = exact_search(docs, queries, 10)
+    recall = {}
+    for keep in [k for k in args.funnel_keeps if 10 <= k <= len(docs)]:
+        index = FunnelIndex(docs, stages=[(args.funnel_size, keep), (embedder.full_dim, 10)], quantization="binary")
+        recall[str(keep)] = relative_recall(index.search(queries)[1], reference)
+    return recall
+
+
 def run_one(args, method, seed):
     from mrl_text.evaluation import evaluate_grid
 
     timings = {}
-    datasets_, evaluators, description = quality_retrieval.retrieval_data(args)
+    datasets_, evaluators, description = task_data(args)
     order = quality_retrieval.batch_order([len(d) for d in datasets_], args.batch_size, seed, args.epochs)
     with tempfile.TemporaryDirectory() as scratch, common.phase(f"{method}/seed{seed} train", timings):
         model = train_model(args, method, datasets_, order, seed, scratch)
@@ -86,8 +138,13 @@ def run_one(args, method, seed):
                                 max_length=args.eval_max_seq_length, batch_size=128, device=args.device)
     metric = evaluators[0].primary_metric
     values = {f"{c['precision']}@{c['dim']}": c["value"] for c in results.grid if c["metric"] == metric}
+    recall = {}
+    if args.task == "scifact":  # the funnel searches a corpus
+        with common.phase(f"{method}/seed{seed} funnel", timings):
+            recall = funnel_recall(args, model, evaluators)
     trained_ranges = sorted(int(k) for k in getattr(getattr(model, "config", None), "quantization_ranges", None) or {})
     return {"method": method, "seed": seed, "steps": len(order), "data": description, "values": values,
+            "funnel_recall": recall,
             "int8_ranges": "trained (config)" if trained_ranges else "calibrated on the test corpus",
             "timings": timings}
 
@@ -140,22 +197,24 @@ def write(args, argv, runs, timings, partial=None):
         f"training tokens, {args.eval_max_seq_length} evaluation tokens; seeds {sorted({r['seed'] for r in runs})} "
         f"(mean ± sd). qat trains precisions {args.precisions} (weight 1 each, every step; binary: +-1 codes "
         "scaled to unit length with a clipped straight-through gradient; int8: fake quantization with moving-average "
-        "ranges saved to config.quantization_ranges). mrl and st: int8 ranges calibrated on the test corpus "
-        f"(post-training). binary+rescore: the binary search's top {args.rescore} re-ranked by float cosine. "
+        "ranges saved to config.quantization_ranges). plain: InfoNCE at the full size only. mrl, st and plain: "
+        "int8 ranges calibrated on the test corpus "
+        f"(post-training). binary+rescore (retrieval): the binary search's top {args.rescore} re-ranked by float "
+        "cosine. "
         + common.subsampling_note(args) + (f" PARTIAL: {len(runs)} of {partial} runs." if partial else "")
     )
     report = {**common.report_head(argv, setup), "timings": timings, "runs": runs,
               "targets": targets(runs, args.sizes)}
-    body = ["SciFact test nDCG@10 x100 (bytes per vector in brackets):", "",
+    body = [f"{TASKS[args.task]} x100 (bytes per vector in brackets):", "",
             "| method | precision | " + " | ".join(map(str, args.sizes)) + " |",
             "|---|---|" + "---|" * len(args.sizes)]
     for method in methods:
-        for cell in CELLS:
+        for cell in [c for c in CELLS if all(f"{c}@{d}" in r["values"] for r in runs for d in args.sizes)]:
             values = [common.cell([r["values"][f"{cell}@{d}"] for r in runs if r["method"] == method])
                       + f" [{bytes_per_vector(d, cell.split('+')[0])}]" for d in args.sizes]
             body.append(f"| {method} | {cell} | " + " | ".join(values) + " |")
     body += ["", "Best cell per byte budget (no rescoring; a cell no cheaper-or-equal cell beats):", "",
-             "| method | bytes: best cell (nDCG@10) |", "|---|---|"]
+             f"| method | bytes: best cell ({TASKS[args.task].split()[-1]}) |", "|---|---|"]
     for method in methods:
         cells = sorted(((bytes_per_vector(d, c), -mean(runs, method, c, d), f"{c} {d}") for c in PRECISIONS
                         for d in args.sizes))
@@ -165,10 +224,18 @@ def write(args, argv, runs, timings, partial=None):
                 best = -negative
                 front.append(f"{size}: {name} ({best:.2f})")
         body.append(f"| {method} | " + "; ".join(front) + " |")
+    keeps = sorted({int(k) for r in runs for k in r.get("funnel_recall", {})})
+    if keeps:
+        body += ["", f"Binary funnel [({args.funnel_size}, keep), ({args.sizes[0]}, 10)]: recall@10 of exact float "
+                 f"search at {args.sizes[0]} of the same model (x100), over the test queries and abstracts above:", "",
+                 "| method | " + " | ".join(f"keep {k}" for k in keeps) + " |", "|---|" + "---|" * len(keeps)]
+        for method in methods:
+            recalls = [[r["funnel_recall"][str(k)] for r in runs if r["method"] == method] for k in keeps]
+            body.append(f"| {method} | " + " | ".join(map(common.cell, recalls)) + " |")
     body += common.targets_lines(report["targets"])
     body += ["", "Wall time per phase: " + ", ".join(f"{k} {v:.0f}s" for k, v in timings.items())]
-    common.write_report(args, args.report_name, report, "Quality: quantization-aware Matryoshka training (SciFact)",
-                        body)
+    title = f"Quality: quantization-aware Matryoshka training ({TASKS[args.task].split(' test')[0]})"
+    common.write_report(args, args.report_name, report, title, body)
     return report
 
 

@@ -13,6 +13,12 @@
 # throughput from 8 concurrent processes; probes ~4 s each on 2 cores): classification ~24k steps + 306 probes
 # ~5.5 min; retrieval 18 x 84 steps + 18 SciFact encodings ~1.2 min; adaptive ~0.7 min; finished 9 x 304 steps + 9
 # evaluations ~1.2 min. Per-phase wall times are printed as they finish.
+#
+# Then quantization-aware training (benchmarks/quality_qat.py, issue 28), full SciFact train pairs for 2 epochs and
+# the full test corpus (300 queries, 5,183 abstracts), mrl/qat/st/plain x SEEDS run one after another (~25 s each:
+# ~230 steps, one grid evaluation and one funnel measurement), then its STS-B regime (~10 s each).
+# ONLY="qat qat_stsb" runs just those (e.g. a session for that issue); DEVICE=cpu with QAT_ARGS="--limit-train 32
+# --limit-eval 20 --max-seq-length 16" tries the script on a CPU with a tiny setting.
 set -uo pipefail
 
 : "${MODEL_DIR:?set MODEL_DIR to the all-MiniLM-L6-v2 folder}"
@@ -20,17 +26,22 @@ set -uo pipefail
 OUT="${OUT:-outputs/quality_device}"
 BUDGET_S="${BUDGET_S:-480}"
 SEEDS="${SEEDS:-3}"
+ONLY="${ONLY:-}"
+DEVICE="${DEVICE:-cuda}"
+read -r -a QAT_EXTRA <<< "${QAT_ARGS:-}"
 mkdir -p "$OUT/results" "$OUT/logs"
 
 export PYTHONPATH=.${PYTHONPATH:+:$PYTHONPATH} HF_HUB_OFFLINE=1 TRANSFORMERS_OFFLINE=1 HF_DATASETS_OFFLINE=1 TOKENIZERS_PARALLELISM=false
 export OMP_NUM_THREADS=2 MKL_NUM_THREADS=2  # per process; the suite's workers share 16 cores
 PYTHON="${PYTHON:-python3}"
-COMMON=(--model "$MODEL_DIR" --data "$DATA_DIR" --results "$OUT/results" --device cuda --bf16 --seeds "$SEEDS")
+COMMON=(--model "$MODEL_DIR" --data "$DATA_DIR" --results "$OUT/results" --device "$DEVICE" --seeds "$SEEDS")
+if [[ $DEVICE == cuda ]]; then COMMON+=(--bf16); fi
 START=$(date +%s)
 
-run() {  # run NAME ESTIMATE_S ARGS...: skip when the estimate no longer fits the budget
-    local name=$1 estimate=$2
+run() {  # [SCRIPT=benchmarks/x.py] run NAME ESTIMATE_S ARGS...: skip when the estimate no longer fits the budget
+    local name=$1 estimate=$2 script=${SCRIPT:-benchmarks/quality.py}
     shift 2
+    if [[ -n $ONLY && " $ONLY " != *" $name "* ]]; then return; fi
     local elapsed=$(( $(date +%s) - START ))
     if (( elapsed + estimate > BUDGET_S )); then
         echo "## SKIPPED $name: ${elapsed}s elapsed + ~${estimate}s estimated > BUDGET_S=${BUDGET_S}s"
@@ -38,7 +49,7 @@ run() {  # run NAME ESTIMATE_S ARGS...: skip when the estimate no longer fits th
     fi
     local began=$(date +%s)
     echo "## $name (estimate ~${estimate}s, ${elapsed}s elapsed)"
-    "$PYTHON" benchmarks/quality.py "$@" "${COMMON[@]}" --out "$OUT/scratch/$name" > "$OUT/logs/$name.log" 2>&1
+    "$PYTHON" "$script" "$@" "${COMMON[@]}" --out "$OUT/scratch/$name" > "$OUT/logs/$name.log" 2>&1
     local rc=$?
     grep -E "^== .*: [0-9]+s$" "$OUT/logs/$name.log" | tail -n 3
     echo "## $name: rc=$rc, $(( $(date +%s) - began ))s"
@@ -50,6 +61,9 @@ run classification 330 classification --workers 8
 run retrieval 60 retrieval --workers 6
 run adaptive 45 adaptive --workers 3
 run finished 75 finished --workers 6
+QAT=(--batch-size 16 --max-seq-length 64 --lr 5e-5 --epochs 2 --methods mrl,qat,st,plain "${QAT_EXTRA[@]}")
+SCRIPT=benchmarks/quality_qat.py run qat $(( 100 * SEEDS )) "${QAT[@]}"
+SCRIPT=benchmarks/quality_qat.py run qat_stsb $(( 40 * SEEDS )) --task stsb --report-name qat_stsb "${QAT[@]}"
 
 echo "## total $(( $(date +%s) - START ))s"
 for file in "$OUT"/results/quality_*.md; do

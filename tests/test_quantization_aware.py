@@ -208,15 +208,18 @@ def test_benchmark_targets_and_report_from_runs(tmp_path):
         return {"method": method, "seed": 0, "steps": 3, "data": "toy", "values": values, "int8_ranges": "-"}
 
     runs = [run("mrl", 0.60, 0.50), run("qat", 0.60, 0.58)]
+    runs[0]["funnel_recall"], runs[1]["funnel_recall"] = {"20": 0.5, "50": 0.8}, {"20": 0.7, "50": 0.9}
     checks = {name: ok for name, _, ok in qat_bench.targets(runs, sizes)}
     assert checks["QAT recovers >= half the post-training binary loss at 384 (gain - loss/2)"]
     assert not checks["moonshot: QAT binary 384 within 1 of QAT float 384"]  # 2 points below
     args = Namespace(methods="mrl,qat", sizes=sizes, model="all-MiniLM-L6-v2", batch_size=16, epochs=1, lr=5e-5,
                      warmup_ratio=0.1, max_seq_length=32, eval_max_seq_length=64, precisions=["float32", "binary"],
-                     rescore=100, limit_train=None, limit_eval=None, results=str(tmp_path), report_name="qat")
+                     rescore=100, limit_train=None, limit_eval=None, results=str(tmp_path), report_name="qat",
+                     task="scifact", funnel_size=128)
     qat_bench.write(args, ["--limit-eval", "1"], runs, {})
     report = json.loads((tmp_path / "quality_qat.json").read_text())
     assert report["command"].endswith("--limit-eval 1") and len(report["runs"]) == 2
     text = (tmp_path / "quality_qat.md").read_text()
     assert "| qat | binary | 54.16 [48] | 56.72 [16] | 57.36 [8] |" in text  # x100, bytes per vector in brackets
     assert "| qat | 8: binary 64 (57.36); 64: int8 64 (59.36) |" in text  # the best cell per byte budget
+    assert "| method | keep 20 | keep 50 |" in text and "| qat | 70.00 | 90.00 |" in text  # binary funnel recall

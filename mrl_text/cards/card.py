@@ -27,6 +27,7 @@ from .card_data import (
     model_names,
     own_model_name,
     starting_point,
+    trained_precisions,
 )
 
 TEMPLATE_PATH = Path(__file__).parent / "templates" / "matryoshka_card.md"
@@ -164,12 +165,28 @@ def _size_rows(config, results):
     return rows, task, metric
 
 
-def _training_details(data):
+def _precisions_line(data, config):
+    """The card line naming the precisions a quantization-aware model was trained for (None without them)."""
+    precisions = trained_precisions(data.loss)
+    if not precisions:
+        return None
+    ranged = sorted((int(k) for k in (getattr(config, "quantization_ranges", None) or {}) if "/" not in k),
+                    reverse=True)
+    scalar = [p for p in precisions if p in ("int8", "uint8")]
+    ranges = (f"; the {'/'.join(scalar)} ranges tracked in training are in config.json (`quantization_ranges`, sizes "
+              f"{', '.join(map(str, ranged))}), so `encode(precision=...)` makes the trained codes"
+              if scalar and ranged else "")
+    return (f"{', '.join(precisions)} at every size (quantization in the loop: the loss scored each size's prefix "
+            f"as each of these precisions stores it){ranges}.")
+
+
+def _training_details(data, config=None):
     """(label, text) lines of the card's training section."""
     lines = []
     if data.loss:
-        config = data.loss.get("config")
-        lines.append(("Loss", f"`{data.loss['name']}`" + (f" with `{config}`" if config else "")))
+        config_dict = data.loss.get("config")
+        lines.append(("Loss", f"`{data.loss['name']}`" + (f" with `{config_dict}`" if config_dict else "")))
+    lines.append(("Precisions trained", _precisions_line(data, config)))
     for dataset in data.train_datasets:
         name = dataset.get("name") or dataset.get("id") or "(unnamed)"
         facts = [f"{dataset['rows']:,} rows" if dataset.get("rows") is not None else None,
@@ -331,7 +348,7 @@ def build_card(model, results=None, model_id=None, base_model=None, datasets=Non
         plot_filename=plot_filename if all_results else None,
         budget_plot_filename=BUDGET_PLOT_FILENAME if all_results and all_results.grid and plot_filename else None,
         size_weights=list(zip(config.matryoshka_dimensions, weights)),
-        training_details=_training_details(data),
+        training_details=_training_details(data, config),
         loss_citation=(data.loss or {}).get("citation"),
         adaptor=None if dual else adaptor_section(config),
     )

@@ -4,7 +4,9 @@ training by `MatryoshkaModelCardCallback` (registered by `MatryoshkaTrainer`) an
 The callback records the loss (its config and citation), the non-default training arguments and size schedule, the
 datasets (names and row counts), every evaluator's results at every size (an evaluation before training, e.g.
 `trainer.evaluate()` before `trainer.train()`, is kept as the "before training" curve), the library versions, the
-training time and the hardware.
+training time and the hardware. A model trained with quantization in the loop (`QuantizationAwareLoss`) also gets,
+at every evaluation after training started, the size x precision grid of the trained precisions
+(`mrl_text.evaluation.evaluate_grid`, int8 with the ranges trained so far): the card's precision axis.
 It also saves the evaluation settings with the model (`config.max_seq_length`), so that loading the saved folder and
 running the same evaluator gives the card's numbers.
 
@@ -157,6 +159,17 @@ def describe_dataset(dataset):
     if getattr(dataset, "column_names", None):
         description["columns"] = list(dataset.column_names)
     return description
+
+
+def trained_precisions(loss_description):
+    """The precisions a model was trained for, from its card's loss description (`describe_loss`): the
+    `precisions` of a `QuantizationAwareLoss` config at any depth of the nested loss configs; [] without one."""
+    config = (loss_description or {}).get("config")
+    while isinstance(config, dict):
+        if config.get("precisions"):
+            return list(config["precisions"])
+        config = config.get("loss_config")
+    return []
 
 
 def describe_loss(loss, fallback_name=None):
@@ -458,6 +471,32 @@ class MatryoshkaModelCardCallback(TrainerCallback):
         if results.rows:
             data = model_card_data(self.trainer.model)
             data.add_results(results, before_training=state.global_step == 0)
+            precisions = trained_precisions(data.loss)
+            if state.global_step > 0 and precisions and state.is_world_process_zero:
+                grid = self.precision_grid(precisions, length)
+                if grid is not None:
+                    data.add_results(grid)
+
+    def precision_grid(self, precisions, max_length):
+        """The size x precision grid of the trained precisions (float32 too) on the evaluators the grid scores (None
+        when none of them does)."""
+        from ..evaluation import evaluate_grid
+        from ..evaluation.grid import SCORERS
+
+        model = self.trainer.model
+        evaluators = [e for e in self.evaluators if type(e) in SCORERS]
+        if not evaluators:
+            return None
+        was_training = model.training
+        try:
+            grid = evaluate_grid(model, evaluators, precisions=list(dict.fromkeys(["float32", *precisions])),
+                                 max_length=max_length, device=str(self.trainer.args.device))
+        finally:
+            model.train(was_training)
+        if max_length:  # recorded as the trainer's own rows are (the length asked for), so the card can merge them
+            grid = Results([{**r, "max_length": max_length} for r in grid.rows], grid.primary_metrics,
+                           grid=[{**c, "max_length": max_length} for c in grid.grid])
+        return grid
 
     def on_train_end(self, args, state, control, **kwargs):
         data = model_card_data(self.trainer.model)
@@ -477,4 +516,5 @@ __all__ = [
     "base_model_id",
     "display_name",
     "model_card_data",
+    "trained_precisions",
 ]

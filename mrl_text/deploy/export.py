@@ -33,7 +33,7 @@ from transformers.models.auto.configuration_auto import CONFIG_MAPPING_NAMES
 from transformers.models.auto.modeling_auto import MODEL_MAPPING_NAMES
 
 from ..file_utils import staged_folder
-from ..models.quantization import model_ranges
+from ..models.quantization import check_precision, model_ranges
 
 EXPORT_FORMATS = ("sentence-transformers", "onnx")
 # Our pooling modes -> the boolean keys of a sentence-transformers Pooling config.
@@ -133,7 +133,7 @@ def check_exportable(model, format="sentence-transformers"):
         )
 
 
-def export_model(model, path, format="sentence-transformers", overwrite=False):
+def export_model(model, path, format="sentence-transformers", overwrite=False, precisions=None):
     """Write `model` to `path` as a standard model of its encoder's type, loadable without remote code.
 
     Args:
@@ -143,17 +143,23 @@ def export_model(model, path, format="sentence-transformers", overwrite=False):
             model card) or `"onnx"` (the same plus `onnx/model.onnx`).
         overwrite (`bool`): replace a non-empty folder. The new folder is written beside it and swapped in by
             renames, so a failed export leaves the old folder as it was.
+        precisions (`list[str]`, *optional*): the precisions the folder must serve. int8/uint8 need the model's
+            ranges at every size (trained by `QuantizationAwareLoss` or measured by `calibrate_quantization`): an
+            export without them fails before anything is written, instead of a folder whose users would quantize
+            with ranges of their own.
 
     Returns:
         `pathlib.Path` of the folder.
 
     Raises:
         ValueError: for models built-in sentence-transformers modules cannot express (dual encoders, adaptors,
-            encoder types without a standard Transformer module), unknown formats.
+            encoder types without a standard Transformer module), unknown formats, unknown precisions, int8/uint8
+            requested of a model without ranges.
         FileExistsError: when `path` holds files and `overwrite` is False.
         ImportError: `format="onnx"` without onnx / onnxruntime (the `export` extra).
     """
     check_exportable(model, format)
+    check_served_precisions(model.config, precisions)
     target = Path(path)
     check_apart(getattr(model, "name_or_path", None) or None, target)
     if target.exists() and not target.is_dir():
@@ -193,6 +199,22 @@ def standard_state_dict(encoder):
     reference = next(iter(own.values()))
     return {**own, **{k: torch.zeros(v.shape, dtype=reference.dtype, device=reference.device) for k, v in
                       missing.items()}}
+
+
+def check_served_precisions(config, precisions):
+    """Refuse `precisions` (an export's promise) that the model's config cannot keep: unknown names, and int8/uint8
+    at a size without full-depth ranges (the exported folder runs every layer, so it carries those only)."""
+    for precision in [precisions] if isinstance(precisions, str) else precisions or ():
+        check_precision(precision)
+        for dim in config.matryoshka_dimensions:
+            try:
+                model_ranges(config, dim, precision)
+            except ValueError as error:
+                raise ValueError(
+                    f"export precisions={precision!r}: {error} Or train it with quantization in the loop "
+                    f"(`QuantizationAwareLoss(..., precisions=[..., {precision!r}])`: the ranges are saved at the end "
+                    f"of training). Or leave {precision!r} out of precisions."
+                ) from None
 
 
 def write_folder(model, directory, format="sentence-transformers", repo_id=None):

@@ -19,6 +19,8 @@ import random
 import torch
 from torch import nn
 
+from .quantization_aware import find_quantization_aware
+
 DEPTH_CITATION = """@article{li2024twod,
   title   = {2D Matryoshka Sentence Embeddings},
   author  = {Li, Xianming and Li, Zongxi and Li, Jing and Xie, Haoran and Li, Qing},
@@ -106,6 +108,13 @@ class MatryoshkaDepthLoss(nn.Module):
                 f"MatryoshkaDepthLoss trains embeddings at earlier depths; {type(loss).__name__} trains a "
                 "classifier's nested heads. Wrap an embedding loss, e.g. MatryoshkaLoss.from_config(config, "
                 "InfoNCELoss())."
+            )
+        if find_quantization_aware(loss) is not None:
+            # Its int8 ranges are tracked per size, not per depth: every depth's values would fold into one range.
+            raise ValueError(
+                "MatryoshkaDepthLoss cannot wrap a QuantizationAwareLoss: the int8 ranges it tracks are per size, "
+                "and each depth's embeddings have ranges of their own. Train depths and precisions apart, or train "
+                "depths with float32 only and call `model.calibrate_quantization(texts, layers=[...])` afterwards."
             )
         layers = [int(k) for k in matryoshka_layers or ()]
         if len(layers) < 2:

@@ -234,20 +234,34 @@ class QuantizationAwareLoss(nn.Module):
         return f"precisions={self.precisions}, precision_weights={self.precision_weights}"
 
 
+def find_quantization_aware(loss):
+    """The `QuantizationAwareLoss` inside `loss` (itself, or reached through the wrappers' `base_loss` / `loss`
+    attributes: `MatryoshkaLoss`, `MatryoshkaDepthLoss`), or None."""
+    seen = set()
+    while loss is not None and id(loss) not in seen:
+        if isinstance(loss, QuantizationAwareLoss):
+            return loss
+        seen.add(id(loss))
+        loss = getattr(loss, "base_loss", None) or getattr(loss, "loss", None)
+    return None
+
+
 class QuantizationRangesCallback(TrainerCallback):
-    """Writes a `QuantizationAwareLoss`'s tracked int8 ranges into `model.config` before each checkpoint save
-    (`on_step_end` runs before the trainer saves) and at the end of training."""
+    """Writes a `QuantizationAwareLoss`'s tracked int8 ranges into `model.config` before each checkpoint save and
+    each evaluation (`on_step_end` runs before the trainer saves or evaluates) and at the end of training."""
 
     def __init__(self, loss, model):
         self.loss = loss
         self.model = model
 
     def on_step_end(self, args, state, control, **kwargs):
-        if control.should_save:
+        # Before an evaluation too: it scores int8 with the ranges trained so far (the card's precision grid).
+        if control.should_save or control.should_evaluate:
             self.loss.save_ranges(self.model.config)
 
     def on_train_end(self, args, state, control, **kwargs):
         self.loss.save_ranges(self.model.config)
 
 
-__all__ = ["QuantizationAwareLoss", "QuantizationRangesCallback", "binary_straight_through", "int8_straight_through"]
+__all__ = ["QuantizationAwareLoss", "QuantizationRangesCallback", "binary_straight_through", "find_quantization_aware",
+           "int8_straight_through"]

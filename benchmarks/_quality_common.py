@@ -66,6 +66,37 @@ def add_common_arguments(parser, out_name, report_name=None):
         parser.add_argument("--report-name", default=report_name, help="results file: quality_<name>.json/.md")
 
 
+SCIFACT_SPLITS = {"beir": None, "disjoint": "train", "disjoint-test": "test"}
+
+
+def add_scifact_split_argument(parser):
+    """`--scifact-split`, for the regimes that train or fit on SciFact's training qrels and score its test split."""
+    parser.add_argument(
+        "--scifact-split", choices=tuple(SCIFACT_SPLITS), default="beir",
+        help="beir: SciFact's own train/test qrels (they share relevant abstracts); disjoint: without the training "
+        "queries whose relevant abstract is relevant to a test query; disjoint-test: without such test queries "
+        "(mrl_text.data.disjoint_qrels)",
+    )
+
+
+def load_scifact(args):
+    """SciFact under `args.scifact_split`: `(corpus, train_queries, train_qrels, test_queries, test_qrels, note)`,
+    the note a clause for the report (queries kept and dropped), without a full stop."""
+    from mrl_text.data import disjoint_qrels, load_beir
+
+    folder = Path(args.data) / "scifact"
+    corpus, train_queries, train_qrels = load_beir(folder, "train")
+    _, test_queries, test_qrels = load_beir(folder, "test")
+    split = getattr(args, "scifact_split", "beir")
+    if SCIFACT_SPLITS[split] is None:
+        return corpus, train_queries, train_qrels, test_queries, test_qrels, "SciFact's own train/test split"
+    kept_train, kept_test = disjoint_qrels(train_qrels, test_qrels, drop=SCIFACT_SPLITS[split])
+    note = (f"Split {split}: no test query's relevant abstract is relevant to a training query ({len(kept_train)} of "
+            f"{len(train_qrels)} training queries, {len(kept_test)} of {len(test_qrels)} test queries kept)")
+    return (corpus, {q: train_queries[q] for q in kept_train}, kept_train, {q: test_queries[q] for q in kept_test},
+            kept_test, note)
+
+
 def finish_arguments(args):
     """Defaults that need imports (the model path) and parsed lists; checks the sizes."""
     if args.model is None:

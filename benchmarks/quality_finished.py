@@ -37,13 +37,13 @@ NO_WORSE_THAN_TRUNCATION = 0.2  # STS-B and Banking77: no size more than 0.2 poi
 
 def finished_evaluation(args):
     """STS-B test, SciFact test and Banking77-probe evaluators; the raw task data (the post-hoc fits read it)."""
-    from mrl_text.data import load_beir, load_classification, load_sts
+    from mrl_text.data import load_classification, load_sts
     from mrl_text.evaluation import ClassificationEvaluator, RetrievalEvaluator, STSEvaluator
 
     data = Path(args.data)
     s1, s2, scores = load_sts(data / "stsb" / "test.tsv")
     sts = list(zip(s1, s2, scores))
-    corpus, queries, qrels = load_beir(data / "scifact", "test")
+    corpus, _, _, queries, qrels, _ = common.load_scifact(args)
     train = list(zip(*load_classification(data / "banking77" / "train.tsv")))
     test = list(zip(*load_classification(data / "banking77" / "test.tsv")))
     if args.limit_eval:
@@ -87,9 +87,9 @@ def finished_data(args):
 def posthoc_fit_data(args, raw):
     """What each task's post-hoc maps are fit on, as texts: SciFact's corpus (as a user fits on the corpus they
     index) and its training queries' qrels, the STS-B train sentences, the Banking77 probe's training texts."""
-    from mrl_text.data import load_beir, load_sts
+    from mrl_text.data import load_sts
 
-    _, train_queries, train_qrels = load_beir(Path(args.data) / "scifact", "train")
+    _, train_queries, train_qrels, _, _, _ = common.load_scifact(args)
     train_qrels = {
         q: {d: r for d, r in docs.items() if d in raw["corpus"] and r > 0} for q, docs in train_qrels.items()
     }
@@ -217,6 +217,7 @@ def run_finished(args, argv):
             "mrl_text.adaptor.fit without labels on the task's texts (SciFact corpus, STS-B train sentences, "
             f"Banking77 train texts), epochs {args.adaptor_epochs or 'default'}, rotation {args.adaptor_rotation}; "
             f"adaptor_supervised: then the SciFact training queries' qrels; {args.seeds} seed(s). "
+            f"{common.load_scifact(args)[-1]}. "
             if posthoc
             else ""
         )
@@ -304,6 +305,7 @@ def add_parsers(commands):
         "names none of them (retraining is too slow on CPU)",
     )
     sub.add_argument("--tasks", default=",".join(FINISHED_TASKS), help="evaluation tasks (comma-separated)")
+    common.add_scifact_split_argument(sub)
     sub.add_argument("--cache-dir", default=str(common.REPO / "outputs" / "embedding_cache"),
                      help="the frozen model's cached embeddings (post-hoc rows)")
     sub.add_argument("--adaptor-epochs", type=int, default=None, help="adaptor fit epochs (default: fit's)")

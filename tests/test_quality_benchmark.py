@@ -140,6 +140,36 @@ def test_retrieval_and_finished_train_every_method(quality, tiny, tmp_path):
     assert "3-task average" in markdown and "stsb (spearman)" in markdown
 
 
+def test_plain_adaptor_trains_plain_once_and_fits_the_adaptor_on_a_disjoint_split(quality, tiny, tmp_path):
+    """A SciFact folder of 450 abstracts (the adaptor holds out a tenth of its corpus) where training query q0 shares
+    its relevant abstract with test query q60: the disjoint split drops q0, plain trains once for both rows."""
+    import random
+    import shutil
+
+    model, data = tiny
+    shutil.copytree(data, tmp_path / "data")
+    scifact, rng = tmp_path / "data" / "scifact", random.Random(1)
+    docs = [{"_id": f"d{i}", "title": "", "text": sentence(rng, 12)} for i in range(450)]
+    (scifact / "corpus.jsonl").write_text("".join(json.dumps(d) + "\n" for d in docs))
+    (scifact / "queries.jsonl").write_text(
+        "".join(json.dumps({"_id": f"q{i}", "text": sentence(rng)}) + "\n" for i in range(70)))
+    header = ["query-id", "corpus-id", "score"]
+    write_tsv(scifact / "qrels" / "train.tsv", header, [("q0", "d60", 1)] + [(f"q{i}", f"d{i}", 1) for i in range(60)])
+    write_tsv(scifact / "qrels" / "test.tsv", header, [(f"q{i}", f"d{i}", 1) for i in range(60, 70)])
+    argv = ["retrieval", "--model", str(model), "--data", str(tmp_path / "data"), "--results", str(tmp_path),
+            "--out", str(tmp_path / "out"), "--sizes", "32,16,8", "--batch-size", "8", "--epochs", "1",
+            "--methods", "plain,plain_adaptor", "--scifact-split", "disjoint", "--adaptor-epochs", "2"]
+    report = quality.main(argv)
+    markdown = (tmp_path / "quality_retrieval.md").read_text()
+    (plain,), (adapted,) = ([r for r in report["runs"] if r["method"] == m] for m in ("plain", "plain_adaptor"))
+    assert plain["from"] == "plain_adaptor" and plain["values"] == adapted["encoder_values"]  # one training
+    assert plain["steps"] == 59 // 8  # q0's two pairs dropped: 59 pairs
+    assert set(adapted["values"]["scifact"]) == {32, 16, 8} and set(adapted["fit_summary"]["validation"]) == {
+        "32", "16", "8"}
+    assert "| plain_adaptor |" in markdown and "59 of 60 training queries, 10 of 10 test queries kept" in markdown
+    assert "plain + adaptor >= plain at 32" in {name for name, _, _ in report["targets"]}
+
+
 def test_batch_order_is_homogeneous_complete_and_seeded(quality):
     order = quality.quality_retrieval.batch_order([70, 33], batch_size=8, seed=3, epochs=2)
     assert len(order) == 2 * (70 // 8 + 33 // 8)  # full batches only

@@ -178,6 +178,12 @@ def targets(runs, sizes):
     if 128 in sizes and 64 in sizes:
         gap = mean(runs, "qat", "binary", 128) - mean(runs, "mrl", "float32", 64)
         checks.append(("moonshot: QAT binary 128 >= MRL float 64", gap, gap >= 0))
+    keeps = sorted({int(k) for r in runs if r["method"] in ("mrl", "qat") for k in r.get("funnel_recall", {})})
+    for keep in keeps:  # item 4: the same recall from a shorter binary shortlist shows as higher recall at each keep
+        recall = {m: common.mean_of([r["funnel_recall"][str(keep)] for r in runs if r["method"] == m])
+                  for m in ("mrl", "qat")}
+        gap = recall["qat"] - recall["mrl"]
+        checks.append((f"binary funnel recall@10 at keep {keep}: QAT >= MRL (x100)", gap, gap >= 0))
     if "st" in methods:
         for cell in ("int8", "binary"):
             for dim in sizes:

@@ -212,6 +212,7 @@ def test_benchmark_targets_and_report_from_runs(tmp_path):
     checks = {name: ok for name, _, ok in qat_bench.targets(runs, sizes)}
     assert checks["QAT recovers >= half the post-training binary loss at 384 (gain - loss/2)"]
     assert not checks["moonshot: QAT binary 384 within 1 of QAT float 384"]  # 2 points below
+    assert checks["binary funnel recall@10 at keep 20: QAT >= MRL (x100)"]
     args = Namespace(methods="mrl,qat", sizes=sizes, model="all-MiniLM-L6-v2", batch_size=16, epochs=1, lr=5e-5,
                      warmup_ratio=0.1, max_seq_length=32, eval_max_seq_length=64, precisions=["float32", "binary"],
                      rescore=100, limit_train=None, limit_eval=None, results=str(tmp_path), report_name="qat",

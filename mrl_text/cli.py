@@ -279,8 +279,6 @@ def adapt_table(fit_summary):
     first = fit_summary["validation_metric"].split(" of ")[0]
     others = [key[: -len("_adaptor")] for key in next(iter(validation.values())) if key.endswith("_adaptor")]
     lines = [f"held-out validation (the gate keeps the adaptor where it wins): {fit_summary['validation_metric']}"]
-    if fit_summary.get("candidates") and fit_summary.get("choice_metric"):  # fits before the rule name none
-        lines.append(f"kept per size: the passing candidate with the largest gain in {fit_summary['choice_metric']}")
     header = f"{'size':>6}  " + "  ".join(f"{m + ' trunc.':>18}  {m + ' adaptor':>18}" for m in [first, *others])
     lines.append(f"{header}  kept")
     for dim, scores in validation.items():

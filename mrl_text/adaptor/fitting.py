@@ -14,9 +14,8 @@ truncation rule, `truncate_embeddings`):
 `objective="both"` runs the unsupervised fit, then the supervised one from where it ended.
 
 Several candidate maps (`rotation="auto"`: the MLP, a PCA rotation, a learned rotation) are fit on one split, and
-at each size, among those passing the gate below, the one with the largest gain in the closest pairs' order is kept
-(`config.chosen`, see `choose_per_size`): a 64-d prefix may come from a rotation while the 256-d one comes from the
-MLP.
+at each size the one that validates best is kept (`config.chosen`): a 64-d prefix may come from a rotation while the
+256-d one comes from the MLP.
 
 The validation gate (why a size can never get worse than plain truncation on validation data): a slice of the
 corpus (and of the pairs) is held out. After every epoch the adaptor is scored on it at every size, next to plain
@@ -350,9 +349,8 @@ def fit(
         adaptor (`MatryoshkaAdaptor`, *optional*): continue fitting this one (e.g. supervised after an earlier
             unsupervised fit); it is changed only when the fit succeeds.
         rotation (`str`, *optional*): for a new adaptor, `"auto"` (default: fit the MLP alone, a PCA rotation alone
-            and a learned rotation alone on the same split and keep, at each size, the one passing the gate with
-            the largest gain in the held-out closest pairs' Spearman, or plain truncation where none passes:
-            `config.chosen`; see `candidate_shapes` and `choose_per_size`),
+            and a learned rotation alone on the same split and keep, at each size, the one with the largest gated
+            validation gain, or plain truncation where none passes: `config.chosen`; see `candidate_shapes`),
             `"pca"`, `"learned"` (starts from PCA, then trained) or `None` (the MLP alone).
         hidden_size, num_layers: the residual MLP's shape, for a new adaptor (`num_layers=0`: rotation only).
         validation_fraction (`float`): share of the corpus (and of the queries) held out for the validation gate.
@@ -416,8 +414,6 @@ def fit(
         "validation_rows": int(len(data.val_rows)),
         "queries": None if supervision is None else int(len(data.queries)),
         "validation_metric": "; ".join(metrics[m] for m in first),
-        # What the per-size choice ranked the passing candidates by (`choice_gain`).
-        "choice_metric": metrics[CHOICE_METRIC if CHOICE_METRIC in first else next(iter(first))],
         # Per size: the kept candidate's figures (where none passed the gate, the closest one's, for reference).
         "validation": {
             str(d): {**validation_row(m), "adapted": d in chosen, "candidate": chosen.get(d)}
@@ -505,43 +501,25 @@ def fit_candidates(corpus, dims, supervision, objective, adaptor, rotation, hidd
 
 
 # A validation gain within this of the best is a tie: the fit then keeps the candidate with the best mean gain over
-# the sizes (one map rather than two chosen on noise). Held-out metrics over ~1,000 rows move by about this much.
+# the sizes (one map rather than two chosen on noise). Held-out recall@10 over ~1,000 rows moves by about this much.
 CHOICE_TOLERANCE = 0.002
-
-# The metric the per-size choice ranks the passing candidates by, where the validation has it. Recall@10 of the fit
-# corpus's own neighbours rewards most the map that packs *that corpus's* variance into the prefix (a PCA rotation),
-# and that gain stays with the corpus: fit on one corpus and scored on another, choosing by the summed gains kept a
-# PCA rotation that lost up to 1.7 STS-B Spearman points where the MLP gained. The closest pairs' order is the
-# metric whose gain carried over to text the fit never saw (the module docstring says why those pairs).
-CHOICE_METRIC = "correlation"
-
-
-def choice_gain(metrics, gate=True):
-    """What `choose_per_size` ranks a candidate by at one size: its gain over truncation on `CHOICE_METRIC` (the
-    lone metric's gain where the validation has only one, e.g. a supervised fit's nDCG); 0 where `gate` is on and
-    the candidate does not pass it."""
-    if gate and not beats_truncation(metrics):
-        return 0.0
-    adapted, truncated = metrics.get(CHOICE_METRIC, next(iter(metrics.values())))
-    return adapted - truncated
 
 
 def choose_per_size(fits, gate=True, tolerance=CHOICE_TOLERANCE):
-    """`{dim: candidate name}` for the sizes to adapt: at each size, among the candidates passing the gate (all of
-    them with `gate=False`), the one with the largest `choice_gain`, where the candidate with the best mean
-    `choice_gain` over the sizes wins every tie within `tolerance`; a size no candidate passes is left out (plain
+    """`{dim: candidate name}` for the sizes to adapt: at each size the candidate with the largest gated validation
+    gain among those passing the gate (with `gate=False`, the largest summed gain, passing or not), where the one
+    with the best mean gain wins every tie within `tolerance`; a size no candidate passes is left out (plain
     truncation)."""
-    dims = list(next(iter(fits.values()))["scores"])
-    gain = {name: {dim: choice_gain(f["scores"][dim], gate) for dim in dims} for name, f in fits.items()}
-    overall = max(fits, key=lambda name: np.mean(list(gain[name].values())))
     chosen = {}
+    overall = max(fits, key=lambda name: fits[name]["mean_gain"])
+    dims = next(iter(fits.values()))["scores"]
     for dim in dims:
-        eligible = {name: gain[name][dim] for name, fit in fits.items()
-                    if not gate or beats_truncation(fit["scores"][dim])}
-        if not eligible:
+        gains = {name: gated_gain(f["scores"][dim]) if gate else raw_gain(f["scores"][dim])
+                 for name, f in fits.items() if not gate or beats_truncation(f["scores"][dim])}
+        if not gains:
             continue
-        best = max(eligible, key=eligible.get)
-        chosen[dim] = overall if overall in eligible and eligible[overall] >= eligible[best] - tolerance else best
+        best = max(gains, key=gains.get)
+        chosen[dim] = overall if overall in gains and gains[overall] >= gains[best] - tolerance else best
     return chosen
 
 

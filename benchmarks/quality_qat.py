@@ -51,6 +51,8 @@ def parse_arguments(argv):
                         help="scifact: SciFact train -> test nDCG@10; stsb: STS-B train pairs scored >= 4 (InfoNCE "
                         "positives) -> STS-B test Spearman")
     parser.add_argument("--precisions", default=",".join(PRECISIONS), help="the precisions QAT trains")
+    parser.add_argument("--precision-weights", default=None,
+                        help="QAT's loss weight per precision, comma-separated, in --precisions' order (default 1)")
     parser.add_argument("--rescore", type=int, default=100, help="binary + float re-ranking of the top N")
     parser.add_argument("--funnel-size", type=int, default=128, help="the binary first stage's size")
     parser.add_argument("--funnel-keeps", default="20,50,100,200", help="binary shortlist lengths to measure")
@@ -61,6 +63,7 @@ def parse_arguments(argv):
     args.regime = "retrieval"
     args = common.finish_arguments(args)
     args.precisions = [p for p in args.precisions.split(",") if p]
+    args.precision_weights = [float(w) for w in args.precision_weights.split(",")] if args.precision_weights else None
     args.funnel_keeps = [int(k) for k in str(args.funnel_keeps).split(",") if k.strip()]
     unknown = sorted(set(args.methods.split(",")) - set(METHODS))
     if unknown:
@@ -81,7 +84,8 @@ def train_model(args, method, datasets_, order, seed, output_dir):
                                          else args.sizes)
     base = InfoNCELoss()
     if method == "qat":
-        base = QuantizationAwareLoss.from_config(model.config, base, precisions=args.precisions)
+        base = QuantizationAwareLoss.from_config(model.config, base, precisions=args.precisions,
+                                                 precision_weights=args.precision_weights)
     loss = MatryoshkaLoss.from_config(model.config, base)
     rows = [datasets_[source][i] for source, batch in order for i in batch]
     common.train(model, rows, args, output_dir, seed, loss, in_order=True)
@@ -201,7 +205,8 @@ def write(args, argv, runs, timings, partial=None):
         f"({args.epochs} epoch(s); the same batches in the same order for every method), InfoNCE (scale 20) at "
         f"sizes {args.sizes} (weight 1 each), lr {args.lr}, warmup {args.warmup_ratio}, {args.max_seq_length} "
         f"training tokens, {args.eval_max_seq_length} evaluation tokens; seeds {sorted({r['seed'] for r in runs})} "
-        f"(mean ± sd). qat trains precisions {args.precisions} (weight 1 each, every step; binary: +-1 codes "
+        f"(mean ± sd). qat trains precisions {args.precisions} (weights {args.precision_weights or 'all 1'}, every "
+        "step; binary: +-1 codes "
         "scaled to unit length with a clipped straight-through gradient; int8: fake quantization with moving-average "
         "ranges saved to config.quantization_ranges). plain: InfoNCE at the full size only. mrl, st and plain: "
         "int8 ranges calibrated on the test corpus "

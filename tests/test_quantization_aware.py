@@ -216,7 +216,7 @@ def test_benchmark_targets_and_report_from_runs(tmp_path):
     args = Namespace(methods="mrl,qat", sizes=sizes, model="all-MiniLM-L6-v2", batch_size=16, epochs=1, lr=5e-5,
                      warmup_ratio=0.1, max_seq_length=32, eval_max_seq_length=64, precisions=["float32", "binary"],
                      rescore=100, limit_train=None, limit_eval=None, results=str(tmp_path), report_name="qat",
-                     task="scifact", funnel_size=128)
+                     task="scifact", funnel_size=128, precision_weights=None)
     qat_bench.write(args, ["--limit-eval", "1"], runs, {})
     report = json.loads((tmp_path / "quality_qat.json").read_text())
     assert report["command"].endswith("--limit-eval 1") and len(report["runs"]) == 2

@@ -6,6 +6,8 @@
         --config recipes/configs/bert_base_allnli.yaml
     accelerate launch --config_file recipes/configs/accelerate/multi_gpu.yaml recipes/train_bert.py --config ...
     python recipes/train_bert.py --max_steps 10                  # plain python works too
+    ACCELERATE_USE_CPU=true accelerate launch --multi_gpu --num_processes 2 recipes/train_bert.py \
+        --fully_shard true --save_only_model true                # FSDP2 on CPU processes (gloo)
 
 Arguments are the fields of `RecipeArguments` below (the model, the data, and the loss and size schedule by name and
 options, which the recipe turns into the loss object and `SizeSchedule` it hands to `MatryoshkaTrainer`) and of

@@ -320,3 +320,24 @@ def test_adapt_table_names_and_prints_both_gate_metrics():
         assert [float(v) for v in row[1:5]] == pytest.approx(numbers, abs=1e-4)
         assert row[5:] == ([scores["candidate"], "adaptor"] if scores["adapted"] else ["plain", "truncation"])
     assert printed.splitlines()[1].split()[-1] == "kept"  # the column naming the candidate map kept per size
+
+
+def test_transfer_benchmark_rebuilds_its_committed_targets_and_page():
+    """benchmarks/adaptor_transfer.py's targets and results page, recomputed from its committed JSON."""
+    import json
+    import sys
+    from pathlib import Path
+
+    benchmarks = Path(__file__).resolve().parents[1] / "benchmarks"
+    sys.path.insert(0, str(benchmarks))
+    try:
+        import adaptor_transfer
+    finally:
+        sys.path.remove(str(benchmarks))
+    stem = benchmarks / "results" / "adaptor_transfer"
+    report = json.loads(stem.with_suffix(".json").read_text())
+    for result in report["results"]:
+        assert adaptor_transfer.targets(result) == result["targets"]
+        assert not any(task.startswith(adaptor_transfer.IN_DOMAIN) for task in result["targets"])  # held-out only
+    page = "\n".join(adaptor_transfer.markdown(report)).rstrip("\n") + "\n"  # as _report.write_results writes it
+    assert page == stem.with_suffix(".md").read_text()

@@ -186,6 +186,8 @@ class MilvusFunnelIndex:
             self.client.create_collection(self.collection, schema=schema, index_params=index_params,
                                           properties={_SETTINGS_KEY: json.dumps(self._settings())})
         except pymilvus.MilvusException as error:
+            if self.client.has_collection(self.collection):  # some servers keep the collection, refusing its index
+                self.client.drop_collection(self.collection)
             hint = (" Milvus Lite supports float vectors with FLAT, IVF_FLAT, IVF_SQ8 and HNSW; use one of those, or "
                     "a Milvus server (uri='http://host:19530')." if self.is_lite else "")
             raise ValueError(f"Milvus refused the funnel collection {self.collection!r} (first stage "

@@ -142,13 +142,16 @@ def evaluate_values(args, model, evaluators, dims):
 def fit_adaptor(args, model, datasets_, evaluators, seed):
     """Attach a supervised Matryoshka adaptor to the trained `model`: fit on the abstracts the test retrieves from
     (unlabelled, as a user fits on the corpus they index) and the training (query, relevant abstract) pairs only,
-    `objective="both"` (unsupervised, then supervised); the library's other defaults (per-size choice, gate)."""
+    `objective="both"` (unsupervised, then supervised); the library's other defaults (per-size choice, gate). The fit
+    covers the sizes below the full one: the full size stays the plain model's, which is why the recipe trains plain
+    (held-out training queries cannot judge an adapted full size: SciFact's share relevant abstracts)."""
     from mrl_text.adaptor import add_adaptor
 
     pairs = [(row["anchor"], row["positive"]) for dataset in datasets_ for row in dataset]
     corpus = [text for e in evaluators for text in e.doc_texts]
     epochs = {"epochs": args.adaptor_epochs, "supervised_epochs": args.adaptor_epochs} if args.adaptor_epochs else {}
-    return add_adaptor(model, corpus, pairs, matryoshka_dimensions=args.sizes, objective="both", seed=seed, **epochs,
+    below_full = [size for size in args.sizes if size < max(args.sizes)]
+    return add_adaptor(model, corpus, pairs, matryoshka_dimensions=below_full, objective="both", seed=seed, **epochs,
                        batch_size=128, max_length=args.eval_max_seq_length, show_progress_bar=False,
                        description="SciFact abstracts and training pairs")
 

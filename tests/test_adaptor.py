@@ -341,3 +341,21 @@ def test_transfer_benchmark_rebuilds_its_committed_targets_and_page():
         assert not any(task.startswith(adaptor_transfer.IN_DOMAIN) for task in result["targets"])  # held-out only
     page = "\n".join(adaptor_transfer.markdown(report)).rstrip("\n") + "\n"  # as _report.write_results writes it
     assert page == stem.with_suffix(".md").read_text()
+
+
+def test_supervised_validation_holds_out_answers_not_only_queries():
+    """Queries 0-39 all point at document 0, queries 40-59 each at their own: whichever of them are held out, no
+    training pair may point at a held-out query's document (the gate would judge answers the fit was taught)."""
+    corpus = F.normalize(torch.randn(200, 16, generator=torch.Generator().manual_seed(0)), dim=-1)
+    queries = F.normalize(torch.randn(60, 16, generator=torch.Generator().manual_seed(1)), dim=-1)
+    relevant = [[0]] * 40 + [[i] for i in range(40, 60)]
+    data = adaptor_lib._Data(corpus, 0.2, torch.Generator().manual_seed(2), pairs=(queries, relevant, None))
+    held_out_answers = {d for q in data.val_queries for d in relevant[q]}
+    trained = {q for q, _ in data.train_pairs}
+    assert trained and not trained & set(data.val_queries)
+    assert not {d for _, d in data.train_pairs} & held_out_answers
+    kept = [q for q in range(60) if q not in data.val_queries and not set(relevant[q]) & held_out_answers]
+    assert sorted(trained) == kept  # only the sharing queries are dropped
+
+    with pytest.raises(ValueError, match="validation_fraction"):  # every query shares the one answer
+        adaptor_lib._Data(corpus, 0.2, torch.Generator().manual_seed(2), pairs=(queries, [[0]] * 60, None))

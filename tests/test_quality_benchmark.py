@@ -165,7 +165,8 @@ def test_plain_adaptor_trains_plain_once_and_fits_the_adaptor_on_a_disjoint_spli
     assert plain["from"] == "plain_adaptor" and plain["values"] == adapted["encoder_values"]  # one training
     assert plain["steps"] == 59 // 8  # q0's two pairs dropped: 59 pairs
     assert set(adapted["values"]["scifact"]) == {32, 16, 8} and set(adapted["fit_summary"]["validation"]) == {
-        "32", "16", "8"}
+        "16", "8"}  # the sizes below the full one
+    assert adapted["values"]["scifact"][32] == plain["values"]["scifact"][32]  # the full size stays plain's
     assert "| plain_adaptor |" in markdown and "59 of 60 training queries, 10 of 10 test queries kept" in markdown
     assert "plain + adaptor >= plain at 32" in {name for name, _, _ in report["targets"]}
 

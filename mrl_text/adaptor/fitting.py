@@ -26,7 +26,8 @@ search reproduces the full-size original neighbours (recall@10 of the full-size 
 rise), and how well it keeps the order of the held-out rows' closest pairs' full-size similarities (Spearman; must
 not drop). The second one is what catches STS-style losses: a PCA rotation raises recall at every size on STS-B's
 sentences but costs STS-B Spearman at 64 dims and below, and only the closest pairs show it (`closest_pairs`).
-The supervised metric is the held-out queries' nDCG@10 over the corpus.
+The supervised metric is the held-out queries' nDCG@10 over the corpus; training drops the queries that share a
+relevant document with a held-out one, so the gate sees answers the fit was not trained on.
 """
 
 import copy
@@ -36,6 +37,7 @@ import numpy as np
 import torch
 from torch.nn import functional as F
 
+from ..data import disjoint_qrels
 from ..losses import InfoNCELoss, MatryoshkaLoss
 from ..models.modeling_matryoshka import truncate_embeddings
 from ..models.modeling_matryoshka_adaptor import MatryoshkaAdaptor, MatryoshkaAdaptorConfig
@@ -102,7 +104,20 @@ class _Data:
         if len(query_order) - n_qval < 2:
             raise ValueError(f"{len(query_order)} query(ies) are too few for a supervised fit; give at least 20.")
         self.val_queries = query_order[:n_qval]
-        self.train_pairs = [(q, d) for q in query_order[n_qval:] for d in self.relevant[q]]
+        # Validation must judge the map on answers it was not trained on: a training query whose relevant document
+        # is also a held-out query's would teach that answer (SciFact's queries share many), and the gate would then
+        # keep maps that lose on new documents. Such training queries are dropped.
+        train_qrels, _ = disjoint_qrels(
+            {q: dict.fromkeys(self.relevant[q], 1) for q in query_order[n_qval:]},
+            {q: dict.fromkeys(self.relevant[q], 1) for q in self.val_queries},
+        )
+        if len(train_qrels) < 2:
+            raise ValueError(
+                f"Only {len(train_qrels)} of {len(query_order) - n_qval} training queries have no relevant document "
+                "in common with the held-out queries: give more pairs over more distinct documents, or a smaller "
+                f"validation_fraction (now {validation_fraction})."
+            )
+        self.train_pairs = [(q, d) for q in query_order[n_qval:] if q in train_qrels for d in self.relevant[q]]
 
 
 def _held_out(n, fraction):

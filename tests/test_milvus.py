@@ -6,6 +6,7 @@ import signal
 import subprocess
 import sys
 import textwrap
+import time
 
 import numpy as np
 import pytest
@@ -130,6 +131,7 @@ INGEST = textwrap.dedent("""
     for start in range(0, len(docs), 50):
         index.add(docs[start:start + 50], ids=np.arange(start, start + len(docs[start:start + 50])), flush=False)
         print(start + 50, flush=True)
+        sys.stdin.readline()  # lock-step with the test: it cannot run ahead to the end while the test is descheduled
 """)
 
 
@@ -146,9 +148,13 @@ def test_a_kill_9_mid_ingestion_then_a_rerun_equals_an_uninterrupted_run(db, tmp
     np.save(tmp_path / "docs.npy", docs)
     killed_db = str(tmp_path / "killed.db")
     child = subprocess.Popen([sys.executable, "-c", INGEST, killed_db, str(tmp_path / "docs.npy")],
-                             stdout=subprocess.PIPE, text=True, env={**os.environ, "PYTHONPATH": os.getcwd()})
+                             stdin=subprocess.PIPE, stdout=subprocess.PIPE, text=True,
+                             env={**os.environ, "PYTHONPATH": os.getcwd()})
     for line in child.stdout:  # kill it once a few batches are in, while it is upserting the next ones
+        child.stdin.write("\n")
+        child.stdin.flush()
         if int(line) >= 100:
+            time.sleep(0.05)
             break
     child.send_signal(signal.SIGKILL)
     child.wait()

@@ -136,6 +136,21 @@ def run_without_mrl_text(script, cwd, env=None):
     assert "Do you wish to run the custom code" not in result.stdout + result.stderr
 
 
+def launch_two_cpu_processes(script, output, port):
+    """`accelerate launch` `script output` as two CPU processes over gloo (`--multi_gpu` with ACCELERATE_USE_CPU: the
+    `--cpu --num_processes 2` form silently runs one), one torch thread each; fails the test with the processes'
+    output if they fail."""
+    import subprocess
+
+    repository = str(Path(script).parents[1])
+    env = {**os.environ, "ACCELERATE_USE_CPU": "true", "OMP_NUM_THREADS": "1", "PYTHONPATH": repository}
+    command = ["accelerate", "launch", "--multi_gpu", "--num_processes", "2", "--num_machines", "1",
+               "--mixed_precision", "no", "--dynamo_backend", "no", "--main_process_port", str(port),
+               str(script), str(output)]
+    run = subprocess.run(command, env=env, capture_output=True, text=True, timeout=300)
+    assert run.returncode == 0, run.stdout[-3000:] + run.stderr[-3000:]
+
+
 # The revision every intercepted upload reports (and the hub cache the tests lay out uses).
 REVISION = "0123456789abcdef0123456789abcdef01234567"
 

@@ -2,10 +2,8 @@
 for every size weighting, with dropout replayed, under the size schedule, bf16 autocast, the trainer with gradient
 accumulation, and DDP (2 CPU processes)."""
 
-import os
 import random
 import shutil
-import subprocess
 from contextlib import contextmanager
 from pathlib import Path
 
@@ -16,6 +14,8 @@ from datasets import Dataset
 from mrl_text.losses import CoSENTLoss, InfoNCELoss, MatryoshkaDepthLoss, MatryoshkaLoss, cached_loss
 from mrl_text.losses.cached import GRADCACHE_CITATION, ReplayableState, split_features
 from mrl_text.training.trainer import MatryoshkaTrainer, MatryoshkaTrainingArguments
+
+from .conftest import launch_two_cpu_processes
 
 TEXTS = {
     "anchor": ["a man plays guitar", "the dog runs in the park today", "what is my balance", "hello world",
@@ -261,12 +261,7 @@ def test_two_processes_cached_match_one_process_on_the_global_batch(tmp_path):
     from .ddp_negatives import build_model, loss_and_gradients
 
     script = Path(__file__).with_name("ddp_cached.py")
-    env = {**os.environ, "ACCELERATE_USE_CPU": "true", "OMP_NUM_THREADS": "1", "PYTHONPATH": str(script.parents[1])}
-    command = ["accelerate", "launch", "--multi_gpu", "--num_processes", "2", "--num_machines", "1",
-               "--mixed_precision", "no", "--dynamo_backend", "no", "--main_process_port", "29531",
-               str(script), str(tmp_path / "ddp.pt")]
-    run = subprocess.run(command, env=env, capture_output=True, text=True, timeout=300)
-    assert run.returncode == 0, run.stdout[-3000:] + run.stderr[-3000:]
+    launch_two_cpu_processes(script, tmp_path / "ddp.pt", port=29531)
     ddp = torch.load(tmp_path / "ddp.pt")
     assert ddp["world_size"] == 2
 

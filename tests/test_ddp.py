@@ -1,13 +1,12 @@
 """Cross-device negatives: 2 CPU processes (DDP, gloo) give the loss and gradients of 1 process on the global batch."""
 
-import os
 import shutil
-import subprocess
 from pathlib import Path
 
 import pytest
 import torch
 
+from .conftest import launch_two_cpu_processes
 from .ddp_negatives import build_model, loss_and_gradients
 
 pytestmark = pytest.mark.ddp
@@ -17,14 +16,7 @@ SCRIPT = Path(__file__).with_name("ddp_negatives.py")
 
 @pytest.mark.skipif(shutil.which("accelerate") is None, reason="the accelerate CLI is not installed")
 def test_two_processes_match_one_process_on_the_global_batch(tmp_path):
-    env = {**os.environ, "ACCELERATE_USE_CPU": "true", "OMP_NUM_THREADS": "1", "PYTHONPATH": str(SCRIPT.parents[1])}
-    command = [
-        "accelerate", "launch", "--multi_gpu", "--num_processes", "2", "--num_machines", "1",
-        "--mixed_precision", "no", "--dynamo_backend", "no", "--main_process_port", "29517",
-        str(SCRIPT), str(tmp_path / "ddp.pt"),
-    ]
-    run = subprocess.run(command, env=env, capture_output=True, text=True, timeout=300)
-    assert run.returncode == 0, run.stdout[-3000:] + run.stderr[-3000:]
+    launch_two_cpu_processes(SCRIPT, tmp_path / "ddp.pt", port=29517)
     ddp = torch.load(tmp_path / "ddp.pt")
     assert ddp["world_size"] == 2
 

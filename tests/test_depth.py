@@ -2,9 +2,7 @@
 detached alignment, training in the trainer, the config field, bad inputs."""
 
 import json
-import os
 import shutil
-import subprocess
 import warnings
 from pathlib import Path
 from types import SimpleNamespace
@@ -20,7 +18,7 @@ from mrl_text.losses.depth import MatryoshkaDepthLoss, alignment_loss, similarit
 from mrl_text.models.modeling_matryoshka_utils import pool, truncate_embeddings
 from mrl_text.training.trainer import MatryoshkaTrainer, MatryoshkaTrainingArguments
 
-from .conftest import tiny_bert_config
+from .conftest import launch_two_cpu_processes, tiny_bert_config
 
 PAIRS = {
     "anchor": ["a man plays guitar", "the dog runs", "what is my balance", "hello world", "the sun is big",
@@ -300,10 +298,5 @@ def test_recipe_trains_depth_and_saves_the_depths(tmp_path):
 @pytest.mark.skipif(shutil.which("accelerate") is None, reason="the accelerate CLI is not installed")
 def test_depth_trains_under_two_process_ddp(tmp_path):
     script = Path(__file__).with_name("ddp_depth.py")
-    env = {**os.environ, "ACCELERATE_USE_CPU": "true", "OMP_NUM_THREADS": "1", "PYTHONPATH": str(script.parents[1])}
-    command = ["accelerate", "launch", "--multi_gpu", "--num_processes", "2", "--num_machines", "1",
-               "--mixed_precision", "no", "--dynamo_backend", "no", "--main_process_port", "29523",
-               str(script), str(tmp_path / "ddp.json")]
-    run = subprocess.run(command, env=env, capture_output=True, text=True, timeout=300)
-    assert run.returncode == 0, run.stdout[-3000:] + run.stderr[-3000:]
+    launch_two_cpu_processes(script, tmp_path / "ddp.json", port=29523)
     assert json.loads((tmp_path / "ddp.json").read_text()) == {"world_size": 2, "steps": 4}

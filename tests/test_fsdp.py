@@ -2,13 +2,13 @@
 trains the same loss curve as DDP (with gradient accumulation, plain and cached), really sharded, and saves a full
 MatryoshkaModel folder."""
 
-import os
 import shutil
-import subprocess
 from pathlib import Path
 
 import pytest
 import torch
+
+from .conftest import launch_two_cpu_processes
 
 SCRIPT = Path(__file__).with_name("ddp_fsdp.py")
 
@@ -17,12 +17,7 @@ SCRIPT = Path(__file__).with_name("ddp_fsdp.py")
 @pytest.mark.slow
 @pytest.mark.skipif(shutil.which("accelerate") is None, reason="the accelerate CLI is not installed")
 def test_fully_sharded_recipe_matches_ddp(tmp_path):
-    env = {**os.environ, "ACCELERATE_USE_CPU": "true", "OMP_NUM_THREADS": "1", "PYTHONPATH": str(SCRIPT.parents[1])}
-    command = ["accelerate", "launch", "--multi_gpu", "--num_processes", "2", "--num_machines", "1",
-               "--mixed_precision", "no", "--dynamo_backend", "no", "--main_process_port", "29547",
-               str(SCRIPT), str(tmp_path / "runs.pt")]
-    run = subprocess.run(command, env=env, capture_output=True, text=True, timeout=300)
-    assert run.returncode == 0, run.stdout[-3000:] + run.stderr[-3000:]
+    launch_two_cpu_processes(SCRIPT, tmp_path / "runs.pt", port=29547)
     runs = torch.load(tmp_path / "runs.pt")
     assert runs["world_size"] == 2
 

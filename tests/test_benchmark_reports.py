@@ -58,7 +58,7 @@ def test_front_page_figure_draws_the_results_files_values(tmp_path):
 
     results = BENCHMARKS / "results"
     runs = {name: json.loads((results / f"quality_{name}.json").read_text())["runs"]
-            for name in ("classification", "retrieval", "adaptor")}
+            for name in ("classification", "retrieval", "adaptor", "adaptor_split_disjoint")}
     datasets = ("banking77", "trec", "emotion")
 
     def classification_means(method, table):
@@ -72,7 +72,8 @@ def test_front_page_figure_draws_the_results_files_values(tmp_path):
     expected = [
         [classification_means("mrl", "head"), classification_means("plain", "probe")],
         [scifact_means(runs["retrieval"], "mrl"), scifact_means(runs["retrieval"], "plain")],
-        [scifact_means(runs["adaptor"], m) for m in ("adaptor_supervised", "adaptor", "truncation")],
+        [scifact_means(runs["adaptor_split_disjoint"], "adaptor_supervised"),
+         *(scifact_means(runs["adaptor"], m) for m in ("adaptor", "truncation"))],
     ]
     assert len(figure.axes) == len(expected)
     for axes, wanted in zip(figure.axes, expected):

@@ -209,6 +209,10 @@ def build_parser():
     export.add_argument("out", help="output folder (must be empty or absent unless --overwrite)")
     export.add_argument("--format", default="sentence-transformers", choices=EXPORT_FORMATS)
     export.add_argument("--overwrite", action="store_true", help="replace a non-empty output folder")
+    export.add_argument("--precisions", type=precision_list, action="append", metavar="LIST",
+                        help="precisions the exported folder must serve, e.g. int8,binary: refused before anything is "
+                        "written when int8/uint8 lack ranges in the model's config (calibrate_quantization, or "
+                        "training with QuantizationAwareLoss, saves them)")
     export.set_defaults(run="run_export")
     add_adapt_command(commands)
     add_mteb_command(commands)

@@ -210,13 +210,17 @@ def run_export(args):
     from transformers import AutoModel
 
     from .deploy.export import check_apart, check_format, export_model
+    from .models.quantization import check_precision
 
-    # The cheap checks first: nothing is loaded or written for a format whose packages are missing, or for an output
-    # folder that is (or holds, or lies in) the model folder.
+    # The cheap checks first: nothing is loaded or written for a format whose packages are missing, an unknown
+    # precision, or an output folder that is (or holds, or lies in) the model folder.
     try:
         check_format(args.format)
     except ImportError as error:
         raise ValueError(str(error)) from None  # a usage error: one line, exit status 2
+    precisions = list(dict.fromkeys(p for group in args.precisions or [] for p in group))
+    for precision in precisions:
+        check_precision(precision)
     check_apart(args.model, args.out)
     out = Path(args.out)
     if out.exists() and not out.is_dir():
@@ -226,7 +230,7 @@ def run_export(args):
     # AutoModel resolves the saved class (importing mrl_text registered ours), a dual encoder too: export then says
     # which formats it supports.
     model = AutoModel.from_pretrained(args.model)
-    out = export_model(model, args.out, format=args.format, overwrite=args.overwrite)
+    out = export_model(model, args.out, format=args.format, overwrite=args.overwrite, precisions=precisions)
     print(f"mrl-text: wrote {args.format} folder {out}", file=sys.stderr)
     return out
 

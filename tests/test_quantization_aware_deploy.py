@@ -94,6 +94,26 @@ def test_export_promising_int8_without_ranges_is_refused_before_writing(make_mod
     export_model(model, tmp_path / "export", precisions=["float32", "binary"])  # no ranges needed
 
 
+def test_cli_export_precisions(make_model, tmp_path, capsys):
+    """`mrl-text export --precisions`: an unknown name is refused before the model loads, int8 without ranges before
+    anything is written (exit status 2, one line naming the value); with ranges the folder carries them."""
+    from mrl_text.cli import main
+
+    saved, out = tmp_path / "saved", tmp_path / "out"
+    model = make_model(matryoshka_dimensions=(32, 16))
+    model.save_pretrained(saved)
+    for precisions, message in (("int4", "int4"), ("float32,int8", "precisions='int8'")):
+        with pytest.raises(SystemExit) as exit_info:
+            main(["export", str(saved), str(out), "--precisions", precisions])
+        assert exit_info.value.code == 2 and message in capsys.readouterr().err
+        assert not out.exists()
+    ranges = {str(dim): [[-1.0] * dim, [1.0] * dim] for dim in (32, 16)}
+    model.config.quantization_ranges = ranges
+    model.save_pretrained(saved)
+    assert main(["export", str(saved), str(out), "--precisions", "int8", "--precisions", "binary"]) == 0
+    assert json.loads((out / "config.json").read_text())["quantization_ranges"] == ranges
+
+
 def test_depth_loss_refuses_quantization_aware_training(make_model):
     model = make_model(matryoshka_dimensions=(32, 16), matryoshka_layers=[2, 1])
     qat = QuantizationAwareLoss(InfoNCELoss(), precisions=["float32", "int8"])

@@ -65,21 +65,28 @@ def grid_model(args, options):
     return embedder
 
 
+def checked_precisions(groups, default=()):
+    """The names of repeated `--precisions LIST` flags, in order without repeats (`default` when none was given),
+    each checked before any model is loaded."""
+    from .models.quantization import check_precision
+
+    precisions = list(dict.fromkeys(p for group in groups or [default] for p in group))
+    for precision in precisions:
+        check_precision(precision)
+    return precisions
+
+
 def run_evaluate(args):
     from .evaluation import Results, as_embedder, evaluate, evaluate_grid
     from .evaluation.embedders import name_apart
     from .file_utils import write_atomic
-    from .models.quantization import check_precision
 
     check_report_folder(Path(args.out), args.overwrite)  # before any file is read or text encoded
-    for group in args.precisions or []:
-        for precision in group:
-            check_precision(precision)
+    precisions = checked_precisions(args.precisions, default=["float32"])
     evaluators = build_evaluators(args)
     options = dict(batch_size=args.batch_size, max_length=args.max_length, device=args.device, show_progress_bar=True)
     grid = args.precisions is not None or args.layers is not None
     if grid:
-        precisions = list(dict.fromkeys(p for group in args.precisions or [["float32"]] for p in group))
         grid_options = dict(precisions=precisions, rescore=args.rescore or None)
     model = grid_model(args, options) if grid else as_embedder(args.model, args.dims, **options)
     embedders = [model]
@@ -210,7 +217,6 @@ def run_export(args):
     from transformers import AutoModel
 
     from .deploy.export import check_apart, check_format, export_model
-    from .models.quantization import check_precision
 
     # The cheap checks first: nothing is loaded or written for a format whose packages are missing, an unknown
     # precision, or an output folder that is (or holds, or lies in) the model folder.
@@ -218,9 +224,7 @@ def run_export(args):
         check_format(args.format)
     except ImportError as error:
         raise ValueError(str(error)) from None  # a usage error: one line, exit status 2
-    precisions = list(dict.fromkeys(p for group in args.precisions or [] for p in group))
-    for precision in precisions:
-        check_precision(precision)
+    precisions = checked_precisions(args.precisions)
     check_apart(args.model, args.out)
     out = Path(args.out)
     if out.exists() and not out.is_dir():

@@ -83,6 +83,21 @@ def test_upsert_replaces_and_delete_removes(db):
     assert reopened.stages == STAGES and reopened.full_dim == 32 and len(reopened) == 48
 
 
+def test_a_memory_mapped_corpus_is_ingested_without_warnings(db, tmp_path):
+    """Embeddings memory-mapped from a .npy file (read-only) go in without torch's "not writable" warning."""
+    import warnings
+
+    np.save(tmp_path / "docs.npy", corpus(40, seed=5).astype(np.float32))
+    mapped = np.load(tmp_path / "docs.npy", mmap_mode="r")
+    index = MilvusFunnelIndex(db, "mapped", stages=STAGES)
+    with warnings.catch_warnings(record=True) as caught:
+        warnings.simplefilter("always")
+        index.add(mapped, ids=np.arange(40))
+    assert not [w for w in caught if "not writable" in str(w.message)]
+    assert len(index) == 40 and index.search(mapped[:1], k=1)[1][0, 0] == 0
+    index.drop()
+
+
 def test_from_model_resumes_without_encoding_twice(db, make_model, sentences, monkeypatch):
     model = make_model()
     encoded = []

@@ -380,6 +380,23 @@ def test_exact_search_over_a_read_only_index_warns_nothing():
     assert not prefix.flags.writeable and np.shares_memory(prefix, docs)
 
 
+@pytest.mark.parametrize("quantization", [None, "int8", "binary"])
+def test_funnel_over_a_read_only_corpus_warns_nothing(tmp_path, quantization):
+    """The large-corpus path (embeddings memory-mapped from a .npy file) builds and searches without torch's
+    "NumPy array is not writable" warning, and finds what the same index over an in-memory copy finds."""
+    import warnings
+
+    docs, queries = matryoshka_like(500)
+    np.save(tmp_path / "docs.npy", docs)
+    mapped = np.load(tmp_path / "docs.npy", mmap_mode="r")
+    with warnings.catch_warnings():
+        warnings.simplefilter("error")
+        index = FunnelIndex(mapped, stages=[(16, 100), (64, 10)], quantization=quantization)
+        found = index.search(queries, k=10)[1]
+    np.testing.assert_array_equal(found, FunnelIndex(docs.copy(), stages=[(16, 100), (64, 10)],
+                                                     quantization=quantization).search(queries, k=10)[1])
+
+
 @pytest.mark.parametrize("stored_norms", [True, False])
 def test_rerank_of_padded_candidates_equals_truncate_and_dot(stored_norms):
     """`rerank` on its own: a middle stage at a prefix (rows gathered) and the last at the full size (rows read in

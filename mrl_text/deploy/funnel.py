@@ -313,7 +313,9 @@ class FunnelIndex:
     def _codes(self, embeddings, queries=False):
         """The first stage's rows for full-size documents (or queries): the re-normalized prefix, its bits, or (int8
         documents) its dequantized codes, which FAISS stores as exactly those codes (`_new_index`)."""
-        prefix = truncate_embeddings(torch.from_numpy(embeddings), self.stages[0][0], self.normalize)
+        dim = self.stages[0][0]
+        # A copy of the prefix only: the rows may be a read-only memory map, which torch.from_numpy warns about
+        prefix = truncate_embeddings(torch.from_numpy(np.array(embeddings[:, :dim])), dim, self.normalize)
         if self.quantization == "binary":
             prefix = quantize(prefix, "ubinary")
         elif self.quantization == "int8" and not queries:

@@ -214,10 +214,10 @@ class MilvusFunnelIndex:
     def _prefixes(self, embeddings):
         """`{field: rows}` for full-size embeddings: each stage's re-normalized prefix (the first as bits when
         binary)."""
-        tensor = torch.from_numpy(embeddings)
         out = {}
         for position, (dim, _) in enumerate(self.stages):
-            prefix = truncate_embeddings(tensor, dim, self.normalize)
+            # A copy of the prefix: the rows may be a read-only memory map, which torch.from_numpy warns about
+            prefix = truncate_embeddings(torch.from_numpy(np.array(embeddings[:, :dim])), dim, self.normalize)
             if position == 0 and self.quantization == "binary":
                 prefix = quantize(prefix, "ubinary")
             out[_field(dim)] = prefix.numpy()

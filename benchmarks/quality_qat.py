@@ -53,6 +53,13 @@ def parse_arguments(argv):
     parser.add_argument("--precisions", default=",".join(PRECISIONS), help="the precisions QAT trains")
     parser.add_argument("--precision-weights", default=None,
                         help="QAT's loss weight per precision, comma-separated, in --precisions' order (default 1)")
+    parser.add_argument("--binary-estimator", default="clipped", choices=["clipped", "tanh"],
+                        help="QAT's binary estimator: the bits with a clipped straight-through gradient, or a "
+                        "tempered tanh annealed towards the bits")
+    parser.add_argument("--binary-temperature", default="1.0,0.1",
+                        help="with --binary-estimator tanh: the start,end temperature (annealed geometrically)")
+    parser.add_argument("--quantization-warmup", type=float, default=0.0,
+                        help="QAT: the fraction of the steps that train float32 alone before the quantized terms")
     parser.add_argument("--rescore", type=int, default=100, help="binary + float re-ranking of the top N")
     parser.add_argument("--funnel-size", type=int, default=128, help="the binary first stage's size")
     parser.add_argument("--funnel-keeps", default="20,50,100,200", help="binary shortlist lengths to measure")
@@ -64,6 +71,7 @@ def parse_arguments(argv):
     args = common.finish_arguments(args)
     args.precisions = [p for p in args.precisions.split(",") if p]
     args.precision_weights = [float(w) for w in args.precision_weights.split(",")] if args.precision_weights else None
+    args.binary_temperature = [float(t) for t in str(args.binary_temperature).split(",") if t.strip()]
     args.funnel_keeps = [int(k) for k in str(args.funnel_keeps).split(",") if k.strip()]
     unknown = sorted(set(args.methods.split(",")) - set(METHODS))
     if unknown:
@@ -85,7 +93,10 @@ def train_model(args, method, datasets_, order, seed, output_dir):
     base = InfoNCELoss()
     if method == "qat":
         base = QuantizationAwareLoss.from_config(model.config, base, precisions=args.precisions,
-                                                 precision_weights=args.precision_weights)
+                                                 precision_weights=args.precision_weights,
+                                                 binary_estimator=args.binary_estimator,
+                                                 binary_temperature=args.binary_temperature,
+                                                 quantization_warmup=args.quantization_warmup)
     loss = MatryoshkaLoss.from_config(model.config, base)
     rows = [datasets_[source][i] for source, batch in order for i in batch]
     common.train(model, rows, args, output_dir, seed, loss, in_order=True)
@@ -196,6 +207,19 @@ def targets(runs, sizes):
     return checks
 
 
+def qat_description(args):
+    """How `qat` treats binary codes and when its quantized terms start, for the report's setup."""
+    if getattr(args, "binary_estimator", "clipped") == "tanh":
+        start, end = (args.binary_temperature * 2)[:2]
+        binary = (f"binary: tanh(sqrt(dim) x / T) scaled to unit length, T annealed geometrically from {start:g} to "
+                  f"{end:g} over training (the +-1 codes at evaluation)")
+    else:
+        binary = "binary: +-1 codes scaled to unit length with a clipped straight-through gradient"
+    warmup = getattr(args, "quantization_warmup", 0.0)
+    when = f"from {warmup:.0%} of the steps on (float32 alone before)" if warmup else "every step"
+    return f"{when}; {binary}"
+
+
 def write(args, argv, runs, timings, partial=None):
     from mrl_text.models.quantization import bytes_per_vector
 
@@ -205,9 +229,8 @@ def write(args, argv, runs, timings, partial=None):
         f"({args.epochs} epoch(s); the same batches in the same order for every method), InfoNCE (scale 20) at "
         f"sizes {args.sizes} (weight 1 each), lr {args.lr}, warmup {args.warmup_ratio}, {args.max_seq_length} "
         f"training tokens, {args.eval_max_seq_length} evaluation tokens; seeds {sorted({r['seed'] for r in runs})} "
-        f"(mean ± sd). qat trains precisions {args.precisions} (weights {args.precision_weights or 'all 1'}, every "
-        "step; binary: +-1 codes "
-        "scaled to unit length with a clipped straight-through gradient; int8: fake quantization with moving-average "
+        f"(mean ± sd). qat trains precisions {args.precisions} (weights {args.precision_weights or 'all 1'}, "
+        f"{qat_description(args)}; int8: fake quantization with moving-average "
         "ranges saved to config.quantization_ranges). plain: InfoNCE at the full size only. mrl, st and plain: "
         "int8 ranges calibrated on the test corpus "
         f"(post-training). binary+rescore (retrieval): the binary search's top {args.rescore} re-ranked by float "

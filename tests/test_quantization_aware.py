@@ -10,6 +10,7 @@ from mrl_text.losses import InfoNCELoss, MatryoshkaLoss
 from mrl_text.losses.quantization_aware import (
     QuantizationAwareLoss,
     binary_straight_through,
+    binary_tempered_tanh,
     int8_straight_through,
 )
 from mrl_text.models.quantization import dequantize, quantize
@@ -93,6 +94,50 @@ def test_sampling_keeps_float32_and_draws_the_rest():
     assert {d[1][0] for d in draws} == {"int8", "binary"}
 
 
+def test_tanh_estimator_relaxes_the_bits_and_anneals_towards_them():
+    x = unit(6, 16)
+    bits = dequantize(quantize(x.detach(), "binary"), "binary") / 4.0
+    soft = binary_tempered_tanh(x, 1.0)
+    torch.testing.assert_close(soft.detach().norm(dim=-1), torch.ones(6))  # unit length, like the codes
+    assert (soft.detach() - bits).abs().max() > 0.05  # smooth, not the bits
+    torch.testing.assert_close(binary_tempered_tanh(x, 1e-4).detach(), bits, atol=1e-3, rtol=0)  # T -> 0: the bits
+    weights = torch.randn(6, 16)
+    (soft * weights).sum().backward()
+    assert x.grad.abs().gt(0).all()  # every coordinate has a gradient, those outside the clip too
+    clipped = x.grad.clone()
+    x.grad = None
+    (binary_straight_through(x) * weights).sum().backward()
+    assert not torch.allclose(clipped, x.grad)  # a different estimator than the clipped identity
+
+    qat = QuantizationAwareLoss(InfoNCELoss(), precisions=["binary"], binary_estimator="tanh",
+                                binary_temperature=(1.0, 0.01))
+    qat.set_progress(0.0)
+    assert qat.temperature() == 1.0
+    qat.set_progress(0.5)
+    assert abs(qat.temperature() - 0.1) < 1e-9  # geometric
+    anchor, positive = unit(4, 16), unit(4, 16, seed=2)
+    torch.testing.assert_close(qat([anchor, positive]), InfoNCELoss()([binary_tempered_tanh(t, 0.1)
+                                                                       for t in (anchor, positive)]))
+    qat.eval()  # out of training the loss scores the bits themselves
+    torch.testing.assert_close(qat([anchor, positive]), InfoNCELoss()([binary_straight_through(t)
+                                                                       for t in (anchor, positive)]))
+
+
+def test_schedules_need_the_progress_and_the_warmup_trains_float32_alone_first():
+    anchor, positive = unit(4, 16), unit(4, 16, seed=2)
+    annealed = QuantizationAwareLoss(InfoNCELoss(), precisions=["float32", "binary"], binary_estimator="tanh")
+    with pytest.raises(ValueError, match=r"set_progress\(step / total_steps\)"):
+        annealed([anchor, positive])
+    QuantizationAwareLoss(InfoNCELoss(), precisions=["binary"], binary_estimator="tanh", binary_temperature=0.5)(
+        [anchor, positive])  # a constant temperature needs no progress
+    qat = QuantizationAwareLoss(InfoNCELoss(), precisions=["float32", "int8", "binary"], quantization_warmup=0.25)
+    qat.set_progress(0.1)
+    assert qat.precisions_for_step() == [("float32", 1.0)]
+    torch.testing.assert_close(qat([anchor, positive]), InfoNCELoss()([anchor, positive]))
+    qat.set_progress(0.25)
+    assert [p for p, _ in qat.precisions_for_step()] == ["float32", "int8", "binary"]
+
+
 def training_args(tmp_path, **overrides):
     options = dict(output_dir=str(tmp_path / "run"), max_steps=3, per_device_train_batch_size=3, learning_rate=1e-3,
                    report_to="none", save_strategy="no", use_cpu=True, disable_tqdm=True, seed=0)
@@ -131,6 +176,30 @@ def test_training_saves_the_tracked_ranges_that_encode_and_the_funnel_use(make_m
     assert loss.get_config_dict()["loss_config"]["precisions"] == ["float32", "int8", "binary"]
 
 
+def test_trainer_drives_the_tanh_temperature_and_the_warmup(make_model, tmp_path):
+    model = make_model(matryoshka_dimensions=(32, 16))
+    qat = QuantizationAwareLoss.from_config(model.config, InfoNCELoss(), precisions=["float32", "binary"],
+                                            binary_estimator="tanh", quantization_warmup=0.5)
+    seen = []
+    forward = qat.forward
+
+    def record(embeddings, labels=None):
+        seen.append((qat.progress, [p for p, _ in qat.precisions_for_step()], qat.temperature()))
+        return forward(embeddings, labels)
+
+    qat.forward = record
+    before = [p.detach().clone() for p in model.parameters()]
+    MatryoshkaTrainer(model=model, args=training_args(tmp_path, max_steps=4), train_dataset=Dataset.from_dict(PAIRS),
+                      loss=MatryoshkaLoss.from_config(model.config, qat)).train()
+    assert any(not torch.equal(a, b) for a, b in zip(before, model.parameters()))
+    progress = sorted({s[0] for s in seen})
+    assert progress == [0.0, 0.25, 0.5, 0.75]
+    assert all(p == ["float32"] for f, p, _ in seen if f < 0.5) and all(len(p) == 2 for f, p, _ in seen if f >= 0.5)
+    temperatures = [t for _, _, t in sorted(seen)]
+    assert temperatures[0] == 1.0 and temperatures == sorted(temperatures, reverse=True)
+    assert qat.get_config_dict()["binary_estimator"] == "tanh"
+
+
 def test_checkpoints_carry_the_ranges_trained_so_far(make_model, tmp_path):
     model = make_model(matryoshka_dimensions=(32, 16))
     loss = MatryoshkaLoss.from_config(model.config, QuantizationAwareLoss(InfoNCELoss(), precisions=["int8"]))
@@ -151,6 +220,11 @@ def test_checkpoints_carry_the_ranges_trained_so_far(make_model, tmp_path):
         (dict(precisions=["binary"], n_precisions_per_step=2), "n_precisions_per_step=2"),
         (dict(precisions=["binary"], ranges_momentum=1.0), "ranges_momentum=1.0"),
         (dict(precisions=["binary", "int8"], precision_weights=[0, 0]), "not all 0"),
+        (dict(precisions=["binary"], binary_estimator="sign"), "binary_estimator='sign' is not one of"),
+        (dict(precisions=["binary"], binary_temperature=0), "binary_temperature=0 must be"),
+        (dict(precisions=["binary"], binary_temperature=(1.0,)), "binary_temperature=(1.0,"),
+        (dict(precisions=["float32", "binary"], quantization_warmup=1.0), "quantization_warmup=1.0 must be"),
+        (dict(precisions=["binary"], quantization_warmup=0.2), "precisions=['binary'] has no float32"),
     ],
 )
 def test_bad_options_name_the_value(kwargs, message):

@@ -44,6 +44,20 @@ def binary_straight_through(prefix):
     return (surrogate + (signs - surrogate).detach()) / root
 
 
+def binary_tempered_tanh(prefix, temperature):
+    """The tempered-tanh relaxation of the binary codes of `prefix` `(..., dim)`: `tanh(sqrt(dim) * x / temperature)`
+    scaled to unit length, like the codes. Smooth, with a gradient for every coordinate; the dot products tend to the
+    codes' (Hamming similarity) as the temperature goes to 0 (`QuantizationAwareLoss(binary_estimator="tanh")` anneals
+    it during training)."""
+    if not temperature > 0:
+        raise ValueError(f"temperature={temperature!r} must be > 0.")
+    soft = torch.tanh(prefix * math.sqrt(prefix.shape[-1]) / temperature)
+    return soft / soft.norm(dim=-1, keepdim=True).clamp_min(1e-12)
+
+
+BINARY_ESTIMATORS = ("clipped", "tanh")
+
+
 def int8_straight_through(prefix, ranges):
     """`prefix` `(..., dim)` as its int8 codes decode (the middle of each of 255 steps of `ranges` `(2, dim)`), with
     the gradient of clipping to the ranges: identity inside, none outside (a value beyond the range stores as the
@@ -61,7 +75,11 @@ class QuantizationAwareLoss(nn.Module):
     encoder runs once per step whatever the sizes and precisions. Per size, the loss is
     `sum_p weight_p * base_loss(prefixes as precision p stores them, labels)`, with:
     - `binary`/`ubinary`: the +-1 bits of `mrl_text.models.quantization.quantize` scaled to unit length (dot
-      products = Hamming similarity, as binary search ranks), a clipped-identity straight-through gradient;
+      products = Hamming similarity, as binary search ranks), a clipped-identity straight-through gradient
+      (`binary_estimator="clipped"`); or, with `binary_estimator="tanh"`, the tempered tanh relaxation of the codes
+      (`binary_tempered_tanh`), its temperature annealed geometrically from `binary_temperature[0]` to
+      `binary_temperature[1]` over training so the loss ends on codes that are nearly the bits (evaluation, out of
+      training, scores the bits themselves);
     - `int8`/`uint8` (the same decoded values): fake quantization with the 255-step per-coordinate ranges of
       `quantize`, straight-through inside the ranges. The ranges are tracked during training per size, as
       `calibrate_quantization` measures them (per-coordinate minimum and maximum of the size's re-normalized
@@ -84,6 +102,14 @@ class QuantizationAwareLoss(nn.Module):
         keep_float32 (`bool`): with `n_precisions_per_step`, always train float32 (the float quality stays).
         ranges_momentum (`float`): the weight of the past in the moving average of int8 ranges (0: the last batch's
             extremes alone).
+        binary_estimator (`str`): `"clipped"` (the bits forward, a clipped-identity gradient) or `"tanh"` (the
+            tempered tanh forward, annealed towards the bits).
+        binary_temperature (`float` or `(float, float)`): with `"tanh"`, the temperature at the start and at the end
+            of training (annealed geometrically; one number: constant).
+        quantization_warmup (`float`): the fraction of the training steps that train float32 alone before the
+            quantized terms join (0: from the first step).
+    The schedules (the tanh temperature, the warm-up) follow the training progress, which the callback
+    `MatryoshkaTrainer` adds sets at each step; with your own loop call `set_progress(step / total_steps)`.
 
     Reference: Jacob et al., "Quantization and Training of Neural Networks for Efficient Integer-Arithmetic-Only
     Inference", CVPR 2018 (fake quantization with tracked ranges); Bengio et al. 2013 (straight-through gradients).
@@ -97,7 +123,8 @@ class QuantizationAwareLoss(nn.Module):
 }"""  # noqa: E501 (BibTeX: one author list per line)
 
     def __init__(self, base_loss, precisions=("float32", "int8", "binary"), precision_weights=None,
-                 n_precisions_per_step=None, keep_float32=True, ranges_momentum=0.9):
+                 n_precisions_per_step=None, keep_float32=True, ranges_momentum=0.9, binary_estimator="clipped",
+                 binary_temperature=(1.0, 0.1), quantization_warmup=0.0):
         super().__init__()
         if getattr(base_loss, "sums_over_sizes", False):
             raise ValueError(f"{type(base_loss).__name__} weights the sizes of nested heads itself; "
@@ -119,12 +146,30 @@ class QuantizationAwareLoss(nn.Module):
                              f"{len(precisions)} precisions {precisions}.")
         if not 0 <= ranges_momentum < 1:
             raise ValueError(f"ranges_momentum={ranges_momentum!r} must be in [0, 1) (0.9 is usual).")
+        if binary_estimator not in BINARY_ESTIMATORS:
+            raise ValueError(f"binary_estimator={binary_estimator!r} is not one of {list(BINARY_ESTIMATORS)} "
+                             "('clipped': the bits with a clipped straight-through gradient; 'tanh': a tempered tanh "
+                             "annealed towards the bits).")
+        temperatures = ((binary_temperature,) * 2 if isinstance(binary_temperature, (int, float))
+                        else tuple(binary_temperature))
+        if len(temperatures) != 2 or not all(isinstance(t, (int, float)) and 0 < t < math.inf for t in temperatures):
+            raise ValueError(f"binary_temperature={binary_temperature!r} must be a temperature > 0 or a (start, end) "
+                             "pair of them, e.g. (1.0, 0.1).")
+        if not 0 <= quantization_warmup < 1:
+            raise ValueError(f"quantization_warmup={quantization_warmup!r} must be a fraction of the steps in [0, 1).")
+        if quantization_warmup and "float32" not in precisions:
+            raise ValueError(f"quantization_warmup={quantization_warmup!r} trains float32 alone first, but "
+                             f"precisions={precisions!r} has no float32.")
         self.base_loss = base_loss
         self.precisions = precisions
         self.precision_weights = weights
         self.n_precisions_per_step = n_precisions_per_step
         self.keep_float32 = keep_float32
         self.ranges_momentum = float(ranges_momentum)
+        self.binary_estimator = binary_estimator
+        self.binary_temperature = tuple(float(t) for t in temperatures)
+        self.quantization_warmup = float(quantization_warmup)
+        self.progress = None  # the fraction of training done, set by the callback (or set_progress)
         self.tracked_ranges = {}  # size -> (2, size) float32 minima and maxima, moving averages over steps
 
     @classmethod
@@ -148,11 +193,31 @@ class QuantizationAwareLoss(nn.Module):
         compute = getattr(self.base_loss, "compute_labels", None)
         return labels if compute is None else compute(columns, labels)
 
+    def set_progress(self, fraction):
+        """The fraction of training done (0 at the first step, towards 1 at the last), which drives the schedules."""
+        self.progress = min(max(float(fraction), 0.0), 1.0)
+
+    def scheduled_progress(self):
+        """The progress the schedules read; an error when a schedule needs it and no one has set it."""
+        if self.progress is None:
+            raise ValueError(f"binary_estimator={self.binary_estimator!r} with binary_temperature="
+                             f"{self.binary_temperature!r} and quantization_warmup={self.quantization_warmup!r} "
+                             "follow the training progress: MatryoshkaTrainer sets it; with your own loop call "
+                             "loss.set_progress(step / total_steps) before each step.")
+        return self.progress
+
+    def temperature(self):
+        """The tanh temperature now: geometric from the start temperature to the end one over training."""
+        start, end = self.binary_temperature
+        return start if start == end else start * (end / start) ** self.scheduled_progress()
+
     def precisions_for_step(self):
         """The (precision, weight) pairs scored now: all of them, or a fresh sample of `n_precisions_per_step`."""
         indices = list(range(len(self.precisions)))
         count = self.n_precisions_per_step
-        if count is not None and count < len(indices):
+        if self.quantization_warmup and self.training and self.scheduled_progress() < self.quantization_warmup:
+            indices = [i for i in indices if self.precisions[i] == "float32"]  # the warm-up: float32 alone
+        elif count is not None and count < len(indices):
             fixed = [i for i in indices if self.keep_float32 and self.precisions[i] == "float32"][:count]
             indices = sorted(fixed + random.sample([i for i in indices if i not in fixed], count - len(fixed)))
         return [(self.precisions[i], self.precision_weights[i]) for i in indices]
@@ -177,6 +242,8 @@ class QuantizationAwareLoss(nn.Module):
         """`prefix` as `precision` stores it, with a straight-through gradient."""
         if precision in BIT_PRECISIONS:
             check_precision(precision, prefix.shape[-1])  # a clear error for a size that is not a multiple of 8
+            if self.binary_estimator == "tanh" and self.training and torch.is_grad_enabled():
+                return binary_tempered_tanh(prefix, self.temperature())
             return binary_straight_through(prefix)
         if precision in SCALAR_PRECISIONS:
             return int8_straight_through(prefix, ranges)
@@ -228,6 +295,9 @@ class QuantizationAwareLoss(nn.Module):
             "n_precisions_per_step": self.n_precisions_per_step,
             "keep_float32": self.keep_float32,
             "ranges_momentum": self.ranges_momentum,
+            "binary_estimator": self.binary_estimator,
+            **({"binary_temperature": list(self.binary_temperature)} if self.binary_estimator == "tanh" else {}),
+            "quantization_warmup": self.quantization_warmup,
         }
 
     def extra_repr(self):
@@ -248,11 +318,16 @@ def find_quantization_aware(loss):
 
 class QuantizationRangesCallback(TrainerCallback):
     """Writes a `QuantizationAwareLoss`'s tracked int8 ranges into `model.config` before each checkpoint save and
-    each evaluation (`on_step_end` runs before the trainer saves or evaluates) and at the end of training."""
+    each evaluation (`on_step_end` runs before the trainer saves or evaluates) and at the end of training; sets the
+    loss's training progress at each step (its schedules)."""
 
     def __init__(self, loss, model):
         self.loss = loss
         self.model = model
+
+    def on_step_begin(self, args, state, control, **kwargs):
+        # The schedules (tanh temperature, float warm-up) follow the fraction of the steps done.
+        self.loss.set_progress(state.global_step / max(state.max_steps, 1))
 
     def on_step_end(self, args, state, control, **kwargs):
         # Before an evaluation too: it scores int8 with the ranges trained so far (the card's precision grid).
@@ -263,5 +338,5 @@ class QuantizationRangesCallback(TrainerCallback):
         self.loss.save_ranges(self.model.config)
 
 
-__all__ = ["QuantizationAwareLoss", "QuantizationRangesCallback", "binary_straight_through", "find_quantization_aware",
-           "int8_straight_through"]
+__all__ = ["QuantizationAwareLoss", "QuantizationRangesCallback", "binary_straight_through", "binary_tempered_tanh",
+           "find_quantization_aware", "int8_straight_through"]

@@ -180,6 +180,9 @@ def milvus_part(args, vectors, queries, folder):
     settings = [("one stage on the full vector, FLAT", {"stages": [(384, 10)]})] + MILVUS_FUNNELS
     if args.milvus_uri:
         settings += MILVUS_SERVER_FUNNELS
+    if args.milvus_settings:  # the one-stage reference always runs: every ratio is against it
+        settings = settings[:1] + [(name, kwargs) for name, kwargs in settings[1:]
+                                   if any(part in name for part in args.milvus_settings)]
     ids = np.arange(len(vectors))
     for position, (name, kwargs) in enumerate(settings):
         before = rss_mb()
@@ -283,6 +286,9 @@ def main():
                         "Milvus Lite files)")
     parser.add_argument("--milvus-label", default="Milvus Lite", help="what part (b)'s rows call the engine")
     parser.add_argument("--milvus-queries", type=int, default=100, help="queries in the Milvus Lite part")
+    parser.add_argument("--milvus-settings", nargs="*", default=[],
+                        help="run only the Milvus funnels whose name holds one of these texts (e.g. 'binary-128' "
+                        "'float-64 (keep 200) > 384, FLAT'); each setting ingests the whole set once")
     parser.add_argument("--single-queries", type=int, default=100, help="one-by-one searches for p50 / p99")
     parser.add_argument("--repeats", type=int, default=3, help="rounds of the FAISS batch searches, interleaved; "
                         "the median is reported")

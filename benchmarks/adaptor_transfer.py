@@ -138,8 +138,8 @@ def choose_by_order(fits):
     """The alternative choice studied against the default: among the candidates passing the gate, the largest gain in
     the held-out closest pairs' Spearman alone (not summed with the recall gain); ties within the tolerance go to the
     candidate with the best mean of that gain."""
-    gains = {name: {d: a - t if fitting.beats_truncation(m) else 0.0 for d, m in f["scores"].items()
-                    for a, t in [m["correlation"]]} for name, f in fits.items()}
+    gains = {name: {d: m["correlation"][0] - m["correlation"][1] if fitting.beats_truncation(m) else 0.0
+                    for d, m in f["scores"].items()} for name, f in fits.items()}
     overall = max(gains, key=lambda name: np.mean(list(gains[name].values())))
     chosen = {}
     for d in DIMS:
@@ -192,7 +192,7 @@ def run_pair(fit_name, corpus, scorer, options, seed, fits_dir=None, in_domain=N
     fits, validation_rows, seconds = fitted_candidates(fit_name, corpus, options, seed, fits_dir)
     rows, default = methods(fits)
     scores = {row: {str(d): scorer(at_size, d, in_domain) for d in DIMS} for row, at_size in rows.items()}
-    validation = {name: {str(d): {m: [round(a, 4), round(t, 4)] for m, (a, t) in f["scores"][d].items()}
+    validation = {name: {str(d): {m: [round(v, 4) for v in values] for m, values in f["scores"][d].items()}
                          for d in DIMS} for name, f in fits.items()}
     return {"fit_on": fit_name, "fit_rows": len(corpus), "validation_rows": validation_rows,
             "fit_seconds": round(seconds), "chosen": {str(d): name_at(default, d) for d in DIMS},
@@ -253,6 +253,68 @@ def markdown(report):
     return lines
 
 
+def summary(results_now, results_before):
+    """Per seed, fit and held-out task: truncation, the default now and before, the best candidate alone and the MLP
+    alone at every size, and the targets' arithmetic for both defaults (from the per-seed reports)."""
+    rows = []
+    for now, before in zip(results_now, results_before):
+        seed = now["options"]["seed"]
+        for result, old in zip(now["results"], before["results"]):
+            for task in next(iter(result["scores"].values()))["384"]:
+                def at(row, d, r=result, task=task):
+                    return r["scores"][row][str(d)][task]
+
+                best = {d: max(result["validation"], key=lambda n, d=d: at(f"{n} alone", d)) for d in DIMS}
+                rows.append({
+                    "seed": seed, "fit_on": result["fit_on"], "task": task,
+                    "truncation": [at("truncation", d) for d in DIMS],
+                    "default": [at("default (auto, chosen per size)", d) for d in DIMS],
+                    "kept": [result["chosen"][str(d)] for d in DIMS],
+                    "default_before": [at("default (auto, chosen per size)", d, old) for d in DIMS],
+                    "kept_before": [old["chosen"][str(d)] for d in DIMS],
+                    "best_candidate": [at(f"{best[d]} alone", d) for d in DIMS],
+                    "best_candidate_name": [best[d] for d in DIMS],
+                    "mlp_alone": [at("mlp alone", d) for d in DIMS],
+                    "targets": None if task.startswith(IN_DOMAIN) else result["targets"][task],
+                    "targets_before": None if task.startswith(IN_DOMAIN) else old["targets"][task],
+                })
+    return rows
+
+
+def summary_markdown(report):
+    def cells(values):
+        return " | ".join(f"{v:.2f}" for v in values)
+
+    def kept(names):
+        return "".join(n[0].upper() if n else "t" for n in names)
+
+    lines = header("The adaptor on a held-out domain, over seeds: the default now and before", report)
+    for fit_on in dict.fromkeys(r["fit_on"] for r in report["rows"]):
+        for task in dict.fromkeys(r["task"] for r in report["rows"] if r["fit_on"] == fit_on):
+            lines += [f"## Fit on {fit_on}; {task} (x100)", "",
+                      "| seed | row | " + " | ".join(map(str, DIMS)) + " | kept |", "|---" * (len(DIMS) + 3) + "|"]
+            for r in [r for r in report["rows"] if r["fit_on"] == fit_on and r["task"] == task]:
+                s = r["seed"]
+                lines += [f"| {s} | truncation | {cells(r['truncation'])} | |",
+                          f"| {s} | default now | {cells(r['default'])} | {kept(r['kept'])} |",
+                          f"| {s} | default before | {cells(r['default_before'])} | {kept(r['kept_before'])} |",
+                          f"| {s} | best candidate alone | {cells(r['best_candidate'])} | "
+                          f"{kept(r['best_candidate_name'])} |",
+                          f"| {s} | mlp alone | {cells(r['mlp_alone'])} | |"]
+            lines.append("")
+    lines += ["## Targets (x100): worst size over the six", "",
+              "| fit | task | seed | default - best candidate alone (now / before) | default - truncation (now / "
+              "before) | gain at 16 (now / before) |", "|---|---|---|---|---|---|"]
+    for r in [r for r in report["rows"] if r["targets"]]:
+        t, b = r["targets"], r["targets_before"]
+        lines.append(f"| {r['fit_on']} | {r['task']} | {r['seed']} | {t['default_minus_best_candidate_worst']:+.2f} / "
+                     f"{b['default_minus_best_candidate_worst']:+.2f} | {t['default_minus_truncation_worst']:+.2f} / "
+                     f"{b['default_minus_truncation_worst']:+.2f} | {t['gain_at_16']:+.2f} / {b['gain_at_16']:+.2f} |")
+    lines += ["", "Kept: M = mlp, P = pca, L = learned, t = truncation, per size from 384 to 16. Best candidate "
+              "alone: per size, the candidate (fit alone, gated) with the highest score on that task."]
+    return lines
+
+
 def main():
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument("--epochs", type=int, default=fitting.DEFAULTS["epochs"], help="unsupervised epochs")
@@ -263,7 +325,23 @@ def main():
     parser.add_argument("--fits-dir", help="save the fitted candidates here and reuse them when present (re-score "
                         "without refitting)")
     parser.add_argument("--out", default=str(REPO / "benchmarks" / "results" / "adaptor_transfer"))
+    parser.add_argument("--summarize", nargs="+", metavar="JSON",
+                        help="fit nothing: tabulate these per-seed reports (one per seed) into --out")
+    parser.add_argument("--before", nargs="+", metavar="JSON",
+                        help="with --summarize: the same seeds' reports under the default before, side by side")
     args = parser.parse_args()
+    if args.summarize:
+        now = [json.loads(Path(f).read_text()) for f in args.summarize]
+        before = [json.loads(Path(f).read_text()) for f in args.before or args.summarize]
+        names = [", ".join(f"`{Path(f).name}`" for f in files) for files in (args.summarize, args.before or [])]
+        report = {"command": command_line(), "machine": now[0]["machine"] + " (the per-seed runs')",
+                  "setup": f"Tabulated from the per-seed reports {names[0]}"
+                           + (f" (the default now) and {names[1]} (the default before)" if args.before else "")
+                           + f"; each: `{now[0]['command']}` with its seed.",
+                  "rows": summary(now, before)}
+        write_results(args.out, report, summary_markdown(report))
+        print(f"wrote {args.out}.json and .md")
+        return
     if not DATA.is_dir():
         raise SystemExit(f"{DATA}: the development data folder is missing (see its README).")
     torch.manual_seed(args.seed)

@@ -24,8 +24,10 @@ only if the adaptor beats plain truncation there on every validation metric (`co
 every other size the adaptor returns its input, which *is* plain truncation. Unsupervised metrics: how well a size's
 search reproduces the full-size original neighbours (recall@10 of the full-size top 10 among held-out rows; must
 rise), and how well it keeps the order of the held-out rows' closest pairs' full-size similarities (Spearman; must
-not drop). The second one is what catches STS-style losses: a PCA rotation raises recall at every size on STS-B's
-sentences but costs STS-B Spearman at 64 dims and below, and only the closest pairs show it (`closest_pairs`).
+not drop, and its gain must hold on 95% of bootstrap resamples of the pairs: `correlation_gain_bound`). The second one
+is what catches STS-style losses: a PCA rotation raises recall at every size on STS-B's sentences but costs STS-B
+Spearman at 64 dims and below, and only the closest pairs show it (`closest_pairs`); on one held-out sample its order
+gain is noisy enough to look positive on some splits, hence the bound.
 The supervised metric is the held-out queries' nDCG@10 over the corpus; training drops the queries that share a
 relevant document with a held-out one, so the gate sees answers the fit was not trained on.
 """
@@ -44,6 +46,7 @@ from ..models.modeling_matryoshka_adaptor import MatryoshkaAdaptor, MatryoshkaAd
 from .metrics import (
     VALIDATION_K,
     closest_pairs,
+    correlation_gain_bound,
     cosine_matrix,
     nearest_neighbours,
     neighbour_recall,
@@ -228,7 +231,12 @@ class _Fitter:
         if supervised not in self.baselines:  # plain truncation's scores do not change during a fit
             self.baselines[supervised] = {d: {m: f(*original, d) for m, f in metrics.items()} for d in self.dims}
         baseline = self.baselines[supervised]
-        return {d: {m: (f(*adapted, d), baseline[d][m]) for m, f in metrics.items()} for d in self.dims}
+        scores = {d: {m: (f(*adapted, d), baseline[d][m]) for m, f in metrics.items()} for d in self.dims}
+        if not supervised:  # the order check's third figure: a lower bound on its gain (see `beats_truncation`)
+            for d in self.dims:
+                bound = correlation_gain_bound(paired, adapted[3], paired, d, self.val_pairs)
+                scores[d]["correlation"] = (*scores[d]["correlation"], bound)
+        return scores
 
     def run(self, supervised, epochs, progress):
         o, adaptor = self.options, self.adaptor
@@ -280,13 +288,19 @@ class _Fitter:
 
 
 def beats_truncation(metrics):
-    """The gate: a size is adapted only when the adaptor beats truncation on the first metric and loses on none."""
+    """The gate: a size is adapted only when the adaptor beats truncation on the first metric and loses on none.
+
+    A metric's figures are `(adapted, truncation)` or `(adapted, truncation, lower bound of the gain)`; with a bound
+    (the closest pairs' order, `correlation_gain_bound`), the gain must also hold on 95% of bootstrap resamples of the
+    held-out pairs: one held-out sample alone let a PCA rotation through at 16 dims on a split where its order gain
+    was +1.5 points, though it costs 7 points of STS-B Spearman on other sentences (and its gain was -6.5 on
+    another split of the same corpus)."""
     values = list(metrics.values())
-    return values[0][0] > values[0][1] and all(a >= t for a, t in values)
+    return values[0][0] > values[0][1] and all(v[0] >= v[1] and (len(v) < 3 or v[2] >= 0) for v in values)
 
 
 def gated_gain(metrics):
-    return sum(a - t for a, t in metrics.values()) if beats_truncation(metrics) else 0.0
+    return raw_gain(metrics) if beats_truncation(metrics) else 0.0
 
 
 DEFAULTS = dict(
@@ -420,7 +434,8 @@ def fit(
                  for d in config.matryoshka_dimensions}
     metrics = {"ndcg": "nDCG@10 of held-out queries",
                "recall": f"recall@{VALIDATION_K} of full-size neighbours among held-out rows",
-               "correlation": "Spearman of held-out rows' closest pairs' cosines against full size (must not drop)"}
+               "correlation": "Spearman of held-out rows' closest pairs' cosines against full size (must not drop, "
+                              "also at the 5% bootstrap bound of its gain)"}
     first = next(iter(scores_at.values()))
     config.fit_summary = {
         "description": description,
@@ -567,16 +582,17 @@ def combine(fits, chosen, hidden_size):
 
 
 def raw_gain(metrics):
-    return sum(a - t for a, t in metrics.values())
+    return sum(v[0] - v[1] for v in metrics.values())
 
 
 def validation_row(metrics):
     """`{"adaptor", "truncation", "<metric>_adaptor", "<metric>_truncation", ...}` of one size, rounded: the first
-    metric under the plain keys (the gate's main one), the others prefixed by their names."""
-    (a, t), rest = next(iter(metrics.values())), list(metrics.items())[1:]
+    metric under the plain keys (the gate's main one), the others prefixed by their names (with
+    "<metric>_gain_lower_bound" where the gate has a bound on that metric's gain)."""
+    (a, t, *_), rest = next(iter(metrics.values())), list(metrics.items())[1:]
     return {"adaptor": round(a, 4), "truncation": round(t, 4),
-            **{f"{name}_{side}": round(pair[i], 4) for name, pair in rest for i, side in enumerate(("adaptor",
-                                                                                                   "truncation"))}}
+            **{f"{name}_{side}": round(pair[i], 4) for name, pair in rest
+               for i, side in enumerate(("adaptor", "truncation", "gain_lower_bound")[:len(pair)])}}
 
 
 def transform(adaptor, embeddings, dim=None, normalize=True):

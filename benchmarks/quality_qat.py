@@ -65,7 +65,8 @@ def parse_arguments(argv):
     parser.add_argument("--funnel-keeps", default="20,50,100,200", help="binary shortlist lengths to measure")
     parser.add_argument("--reuse-runs", nargs="*", default=[],
                         help="quality_qat JSON files of earlier runs with the same settings (e.g. methods run in "
-                        "parallel processes): their (method, seed) runs are taken, not trained again")
+                        "parallel processes): their (method, seed) runs are taken, not trained again (qat runs only "
+                        "when trained with the same --precisions, weights, estimator and warm-up)")
     args = parser.parse_args(argv)
     args.regime = "retrieval"
     args = common.finish_arguments(args)
@@ -140,6 +141,20 @@ def funnel_recall(args, model, evaluators):
     return recall
 
 
+def qat_settings(args):
+    """What makes one `qat` run differ from another on the same data: recorded with each run, checked on reuse."""
+    return {"precisions": list(args.precisions), "precision_weights": args.precision_weights,
+            "binary_estimator": args.binary_estimator,
+            "binary_temperature": args.binary_temperature if args.binary_estimator == "tanh" else None,
+            "quantization_warmup": args.quantization_warmup}
+
+
+def reusable(run, args):
+    """Whether an earlier run stands for this one: any run of the other methods; a `qat` run only when it was trained
+    with this run's QAT settings (runs from before the settings were recorded are taken as they are)."""
+    return run["method"] != "qat" or run.get("qat_settings", qat_settings(args)) == qat_settings(args)
+
+
 def run_one(args, method, seed):
     from mrl_text.evaluation import evaluate_grid
 
@@ -159,7 +174,7 @@ def run_one(args, method, seed):
             recall = funnel_recall(args, model, evaluators)
     trained_ranges = sorted(int(k) for k in getattr(getattr(model, "config", None), "quantization_ranges", None) or {})
     return {"method": method, "seed": seed, "steps": len(order), "data": description, "values": values,
-            "funnel_recall": recall,
+            "funnel_recall": recall, **({"qat_settings": qat_settings(args)} if method == "qat" else {}),
             "int8_ranges": "trained (config)" if trained_ranges else "calibrated on the test corpus",
             "timings": timings}
 
@@ -282,7 +297,7 @@ def main(argv=None):
     for path in args.reuse_runs:
         report = json.loads(Path(path).read_text())
         timings.update(report["timings"])
-        reused.update({(run["method"], run["seed"]): run for run in report["runs"]})
+        reused.update({(run["method"], run["seed"]): run for run in report["runs"] if reusable(run, args)})
     for method, seed in jobs:
         run = reused.get((method, seed)) or run_one(args, method, seed)
         timings.update(run.pop("timings", {}))

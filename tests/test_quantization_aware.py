@@ -298,3 +298,9 @@ def test_benchmark_targets_and_report_from_runs(tmp_path):
     assert "| qat | binary | 54.16 [48] | 56.72 [16] | 57.36 [8] |" in text  # x100, bytes per vector in brackets
     assert "| qat | 8: binary 64 (57.36); 64: int8 64 (59.36) |" in text  # the best cell per byte budget
     assert "| method | keep 20 | keep 50 |" in text and "| qat | 70.00 | 90.00 |" in text  # binary funnel recall
+    # --reuse-runs takes a qat run only when it was trained with the same QAT settings
+    args.binary_estimator, args.binary_temperature, args.quantization_warmup = "clipped", [1.0, 0.1], 0.0
+    recorded = {**runs[1], "qat_settings": qat_bench.qat_settings(args)}
+    assert qat_bench.reusable(recorded, args) and qat_bench.reusable(runs[0], args)
+    args.precision_weights = [1.0, 3.0]
+    assert not qat_bench.reusable(recorded, args) and qat_bench.reusable(runs[0], args)

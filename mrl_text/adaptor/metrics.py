@@ -51,15 +51,18 @@ def closest_pairs(embeddings, rows, k=1):
     return rows.repeat_interleave(near.shape[1]), near.flatten()
 
 
-def spearman(x, y):
-    """Spearman rank correlation of two 1-D tensors (ties broken by order; the pairs' cosines rarely tie)."""
-    def ranks(v):
-        r = torch.empty_like(v, dtype=torch.float64)
-        r[v.argsort()] = torch.arange(len(v), dtype=torch.float64)
-        return r - r.mean()
+def _centered_ranks(values):
+    """Ranks along the last dimension (ties broken by order), minus their mean."""
+    ranks = values.argsort(dim=-1).argsort(dim=-1).double()
+    return ranks - ranks.mean(dim=-1, keepdim=True)
 
-    rx, ry = ranks(x), ranks(y)
-    return float((rx * ry).sum() / (rx.norm() * ry.norm()).clamp_min(1e-12))
+
+def spearman(x, y):
+    """Spearman rank correlation of two tensors along their last dimension (ties broken by order; the pairs' cosines
+    rarely tie): a float for 1-D tensors, a tensor of correlations for batches of rows."""
+    rx, ry = _centered_ranks(x), _centered_ranks(y)
+    rho = (rx * ry).sum(-1) / (rx.norm(dim=-1) * ry.norm(dim=-1)).clamp_min(1e-12)
+    return float(rho) if rho.dim() == 0 else rho
 
 
 def similarity_correlation(original, candidate, dim, pairs):
@@ -70,11 +73,6 @@ def similarity_correlation(original, candidate, dim, pairs):
     a, b = pairs
     full, small = F.normalize(original, dim=-1), truncate_embeddings(candidate, dim, True)
     return spearman((full[a] * full[b]).sum(-1), (small[a] * small[b]).sum(-1))
-
-
-def _centered_ranks(values):
-    ranks = values.argsort(dim=-1).argsort(dim=-1).double()
-    return ranks - ranks.mean(dim=-1, keepdim=True)
 
 
 def correlation_gain_bound(original, candidate, baseline, dim, pairs, quantile=0.05, resamples=200, seed=0):
@@ -90,13 +88,8 @@ def correlation_gain_bound(original, candidate, baseline, dim, pairs, quantile=0
     small = [truncate_embeddings(x, dim, True) for x in (candidate, baseline)]
     cosines = [(x[a] * x[b]).sum(-1) for x in small]
     rows = torch.randint(len(a), (resamples, len(a)), generator=torch.Generator().manual_seed(seed))
-    t = _centered_ranks(target[rows])
-
-    def correlation(values):
-        r = _centered_ranks(values[rows])
-        return (t * r).sum(-1) / (t.norm(dim=-1) * r.norm(dim=-1)).clamp_min(1e-12)
-
-    return float(torch.quantile(correlation(cosines[0]) - correlation(cosines[1]), quantile))
+    gains = spearman(target[rows], cosines[0][rows]) - spearman(target[rows], cosines[1][rows])
+    return float(torch.quantile(gains, quantile))
 
 
 def retrieval_ndcg(queries, documents, relevant, dim, k=VALIDATION_K):

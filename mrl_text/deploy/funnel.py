@@ -71,6 +71,12 @@ def _as_matrix(embeddings, what):
     return np.ascontiguousarray(embeddings, dtype=np.float32)
 
 
+def _prefix_tensor(embeddings, dim, normalize):
+    """The `dim`-prefix of numpy rows `(n, full)` as truncation makes it (re-normalized when `normalize`), a torch
+    tensor. Only the prefix is copied: the rows may be a read-only memory map, which torch.from_numpy warns about."""
+    return truncate_embeddings(torch.from_numpy(np.array(embeddings[:, :dim])), dim, normalize)
+
+
 def _refuse_rows(bad, what, problem):
     """Name the rows flagged in `bad`: FAISS takes NaN or zero rows silently, then ranks them arbitrarily or as -1."""
     rows = np.flatnonzero(bad)
@@ -313,9 +319,7 @@ class FunnelIndex:
     def _codes(self, embeddings, queries=False):
         """The first stage's rows for full-size documents (or queries): the re-normalized prefix, its bits, or (int8
         documents) its dequantized codes, which FAISS stores as exactly those codes (`_new_index`)."""
-        dim = self.stages[0][0]
-        # A copy of the prefix only: the rows may be a read-only memory map, which torch.from_numpy warns about
-        prefix = truncate_embeddings(torch.from_numpy(np.array(embeddings[:, :dim])), dim, self.normalize)
+        prefix = _prefix_tensor(embeddings, self.stages[0][0], self.normalize)
         if self.quantization == "binary":
             prefix = quantize(prefix, "ubinary")
         elif self.quantization == "int8" and not queries:

@@ -25,10 +25,9 @@ import numpy as np
 import torch
 from tqdm.auto import tqdm
 
-from ..models.modeling_matryoshka import truncate_embeddings
 from ..models.quantization import quantize
 from ..progress import progress_enabled
-from .funnel import _as_matrix, _check_k, _refuse_rows, check_stages, default_stages
+from .funnel import _as_matrix, _check_k, _prefix_tensor, _refuse_rows, check_stages, default_stages
 
 QUANTIZATIONS = (None, "binary")
 _ID_FIELD = "id"
@@ -216,8 +215,7 @@ class MilvusFunnelIndex:
         binary)."""
         out = {}
         for position, (dim, _) in enumerate(self.stages):
-            # A copy of the prefix: the rows may be a read-only memory map, which torch.from_numpy warns about
-            prefix = truncate_embeddings(torch.from_numpy(np.array(embeddings[:, :dim])), dim, self.normalize)
+            prefix = _prefix_tensor(embeddings, dim, self.normalize)
             if position == 0 and self.quantization == "binary":
                 prefix = quantize(prefix, "ubinary")
             out[_field(dim)] = prefix.numpy()
